@@ -1,0 +1,195 @@
+"""Load a causal LM from a local path and wrap it with LoRA adapters.
+
+Every model, the built-in tiny ones included, goes through :func:`load_lora_model`: a local
+Hugging Face checkpoint directory, read with ``local_files_only=True``. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from fedveil.core.errors import UserError
+
+# LoRA targets per `config.model_type`. Attention projections everywhere; GPT-2 also adapts its
+# MLP because a small model learns markedly faster with it (see tests/client/test_model.py).
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+}
+
+TINY_ARCHITECTURES = ("gpt2", "llama")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters; ``target_modules=None`` picks the architecture's default."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Optional[list[str]] = None
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise UserError(f"model.lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TinySpec:
+    """Shape of a tiny model built from a config (no download) for demos and tests."""
+
+    arch: str = "gpt2"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_positions: int = 256
+
+    def __post_init__(self) -> None:
+        if self.arch not in TINY_ARCHITECTURES:
+            raise UserError(
+                f"model.tiny.arch must be one of {list(TINY_ARCHITECTURES)}, got '{self.arch}'"
+            )
+        if self.hidden % self.heads:
+            raise UserError(
+                f"model.tiny.hidden ({self.hidden}) must be divisible by model.tiny.heads ({self.heads})"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to fine-tune and how.
+
+    ``path`` is a local Hugging Face causal-LM checkpoint (config, weights, tokenizer). When it
+    is empty and ``tiny`` is set, the runner builds the tiny model into the run directory first
+    and fills ``path`` in, so both kinds load through the same code.
+    """
+
+    name: str = "tiny"
+    path: Optional[str] = None
+    tiny: Optional[TinySpec] = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise UserError(f"model.device must be cpu, cuda or auto, got '{self.device}'")
+        if not self.path and self.tiny is None:
+            raise UserError("model.path is not set: pass model.path=DIR (a local Hugging Face checkpoint) or use model=tiny")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes the GPU when there is one; ``cuda`` without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device=cuda but no CUDA device is visible: use model.device=cpu or auto")
+    return torch.device(name)
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Fail with one clear line unless ``path`` holds a Hugging Face checkpoint."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise UserError(f"model.path '{p}' is not a directory: point model.path at a local Hugging Face checkpoint")
+    if not (p / "config.json").is_file():
+        raise UserError(f"model.path '{p}' has no config.json: save the model there with save_pretrained()")
+    return p.resolve()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The checkpoint's tokenizer, with a pad token (causal LMs often ship none)."""
+    from transformers import AutoTokenizer
+
+    p = check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path '{p}' has no usable tokenizer ({exc.__class__.__name__}): save one there with tokenizer.save_pretrained()") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def lora_targets(model_type: str, settings: LoraSettings) -> list[str]:
+    if settings.target_modules:
+        return list(settings.target_modules)
+    if model_type not in DEFAULT_LORA_TARGETS:
+        raise UserError(
+            f"no default LoRA targets for model_type '{model_type}': "
+            "set model.lora.target_modules=[...] to the names of its linear layers"
+        )
+    return DEFAULT_LORA_TARGETS[model_type]
+
+
+def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None = None):
+    """Base model from ``cfg.path`` with freshly initialised LoRA adapters.
+
+    The model is moved to its device *before* LoRA is attached: otherwise Opacus later hooks a
+    copy and the LoRA weights silently stop updating (opacus#820). ``seed`` fixes the LoRA
+    initialisation, so every party derives the same starting adapter.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(cfg.path)
+    device = device or resolve_device(cfg.device)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path '{p}' could not be loaded as a causal LM: {exc}") from exc
+    base.to(device)
+    model_type = base.config.model_type
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(model_type, cfg.lora),
+        fan_in_fan_out=model_type == "gpt2",  # GPT-2 uses Conv1D (weights stored transposed)
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = get_peft_model(base, lora)
+        except ValueError as exc:
+            raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
+    return model
+
+
+def get_adapter(model) -> dict[str, np.ndarray]:
+    """The LoRA tensors of ``model`` as named float32 numpy arrays, in module order."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model)
+    return {name: t.detach().to("cpu", torch.float32).numpy().copy() for name, t in state.items()}
+
+
+def set_adapter(model, tensors: "dict[str, np.ndarray]") -> None:
+    """Load named LoRA tensors into ``model``; every adapter tensor must be present."""
+    from peft import set_peft_model_state_dict
+
+    current = get_adapter(model)
+    missing = sorted(set(current) - set(tensors))
+    extra = sorted(set(tensors) - set(current))
+    if missing or extra:
+        raise UserError(f"adapter tensors do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    device = next(model.parameters()).device
+    state = {name: torch.as_tensor(tensors[name]).to(device) for name in current}
+    result = set_peft_model_state_dict(model, state)
+    if getattr(result, "unexpected_keys", None):
+        raise UserError(f"adapter tensors not used by the model: {result.unexpected_keys[:3]}")

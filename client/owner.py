@@ -1,0 +1,100 @@
+"""One data owner's side of a round, free of Flower: load, train, protect, evaluate.
+
+The ClientApp (``client/app.py``) only turns Messages into calls on :class:`Owner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedveil.client.data import DataConfig, OwnerData, load_owner_data
+from fedveil.client.model import (
+    LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter,
+)
+from fedveil.client.train import evaluate, make_optimizer, shuffled_loader, train_steps
+from fedveil.configs.schema import FedveilConfig
+from fedveil.core.layout import AdapterLayout
+from fedveil.privacy.secagg import backend_entry
+from fedveil.privacy.secagg.base import Protected
+
+
+@dataclass(frozen=True)
+class OwnerIdentity:
+    """Who this owner is and where its files live (never sent to the server but the id)."""
+
+    client_id: str
+    data_source: str
+    state_dir: str
+
+
+@lru_cache(maxsize=4)
+def _model_bundle(path: str, lora_key: str, seed: int, device: str):
+    """Model, tokenizer and layout, cached per process (a Ray actor serves many rounds)."""
+    cfg = ModelConfig(path=path, lora=LoraSettings(**json.loads(lora_key)), device=device)
+    model = load_lora_model(cfg, seed=seed)
+    tokenizer = load_tokenizer(path)
+    return model, tokenizer, AdapterLayout.of(get_adapter(model))
+
+
+@lru_cache(maxsize=8)
+def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int) -> OwnerData:
+    return load_owner_data(source, load_tokenizer(tokenizer_path), DataConfig(**json.loads(data_key)), seed)
+
+
+class Owner:
+    """A data owner bound to one experiment config."""
+
+    def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity) -> None:
+        self.cfg, self.identity = cfg, identity
+        self.device = resolve_device(cfg.model.device)
+        lora_key = json.dumps(dataclasses.asdict(cfg.model.lora), sort_keys=True)
+        self.model, self.tokenizer, self.layout = _model_bundle(cfg.model.path, lora_key, cfg.seed, str(self.device))
+        data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+        self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed)
+        backend_cls = backend_entry(cfg.aggregation.name)[1]
+        self.backend = backend_cls(cfg.aggregation, size=self.layout.size)
+        Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data.train)
+
+    def load_global(self, vector: np.ndarray) -> None:
+        set_adapter(self.model, self.layout.unflatten(vector))
+
+    def train_round(self, server_round: int, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
+        """Train from the global adapter; protect the weighted delta for the backend."""
+        self.load_global(global_vector)
+        tc = self.cfg.train
+        loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
+                                 seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.client_id}".encode()))
+        torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)
+        result = train_steps(self.model, loader, make_optimizer(self.model, tc), tc.local_steps, self.device)
+        delta = self.layout.flatten(get_adapter(self.model)) - global_vector
+        start = time.perf_counter()
+        protected = self.backend.protect(delta, float(self.num_examples))
+        metrics = {
+            "num-examples": self.num_examples,
+            "train-loss": result.loss,
+            "train-steps": result.steps,
+            "train-seconds": result.seconds,
+            "protect-seconds": time.perf_counter() - start,
+            "update-norm": float(np.linalg.norm(delta)),
+        }
+        return protected, metrics
+
+    def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
+        self.load_global(global_vector)
+        start = time.perf_counter()
+        loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
+                                self.tokenizer.pad_token_id, self.device)
+        return {"num-examples": tokens, "eval-loss": loss, "eval-seconds": time.perf_counter() - start}

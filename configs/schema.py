@@ -1,0 +1,151 @@
+"""The config schema: dataclasses from each component, assembled into one tree.
+
+Hydra composes YAML values (this folder) over these dataclasses, so an unknown key or a wrong
+type fails at start with its name. The composed tree travels to the ServerApp and ClientApps
+as Flower's flat run config (:func:`to_run_config`) and is rebuilt, typed and validated, on the
+other side (:func:`from_run_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from fedveil.client.data import DataConfig
+from fedveil.client.model import ModelConfig, TinySpec
+from fedveil.client.train import TrainConfig
+from fedveil.core.errors import UserError
+from fedveil.privacy.dp import DP_MODES
+from fedveil.privacy.secagg import BACKENDS
+
+LIST_PREFIX = "json:"  # run-config values are scalars: lists travel as JSON strings
+
+
+@dataclass
+class SimulationConfig:
+    """Flower Simulation Engine resources per virtual SuperNode."""
+
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    round_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.client_cpus <= 0:
+            raise UserError(f"sim.client_cpus must be > 0, got {self.client_cpus}")
+
+
+@dataclass
+class FedveilConfig:
+    """One experiment. ``dp`` and ``aggregation`` hold the chosen option's own config."""
+
+    seed: int = 0
+    rounds: int = 3
+    num_clients: int = 3
+    output_dir: str = ""  # filled in by the runner (Hydra's run directory)
+    resume: bool = False  # continue from the latest checkpoint in output_dir
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(tiny=TinySpec()))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dp: Any = None
+    aggregation: Any = None
+    sim: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise UserError(f"rounds must be >= 1, got {self.rounds}")
+        if self.num_clients < 1:
+            raise UserError(f"num_clients must be >= 1, got {self.num_clients}")
+        if self.data.client_dirs is not None and len(self.data.client_dirs) != self.num_clients:
+            raise UserError(
+                f"data.client_dirs lists {len(self.data.client_dirs)} owners but num_clients={self.num_clients}; "
+                "make them agree"
+            )
+
+
+def register_schemas() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="fedveil_schema", node=FedveilConfig)
+    for name, cls in DP_MODES.items():
+        cs.store(group="dp", name=f"{name}_schema", node=cls)
+    for name, (cls, _) in BACKENDS.items():
+        cs.store(group="aggregation", name=f"{name}_schema", node=cls)
+
+
+def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """Construct dataclass ``cls`` from plain values, recursively; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown config key '{where}{unknown[0]}': valid keys here are {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = coerce(hints[key], value, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def coerce(hint: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return coerce(inner[0], value, key)
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return build(hint, value, f"{key}.")
+    if origin is list:
+        if isinstance(value, str) and value.startswith(LIST_PREFIX):
+            value = json.loads(value[len(LIST_PREFIX):])
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return [coerce(args[0], v, key) for v in value] if args else list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise UserError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
+    """A typed, validated :class:`FedveilConfig` from a nested plain dict."""
+    values = dict(values)
+    dp = dict(values.pop("dp", None) or {"name": "off"})
+    agg = dict(values.pop("aggregation", None) or {"name": "plain"})
+    if dp.get("name") not in DP_MODES:
+        raise UserError(f"dp '{dp.get('name')}' is unknown: choose one of {sorted(DP_MODES)}")
+    if agg.get("name") not in BACKENDS:
+        raise UserError(f"aggregation '{agg.get('name')}' is unknown: choose one of {sorted(BACKENDS)}")
+    cfg = build(FedveilConfig, values)
+    cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
+    cfg.aggregation = build(BACKENDS[agg["name"]][0], agg, "aggregation.")
+    return cfg
+
+
+def to_dict(cfg: FedveilConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
+    """Flatten for Flower's run config: dotted keys, scalars only, lists as JSON, None dropped."""
+    from flwr.common.config import flatten_dict
+
+    def encode(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: encode(v) for k, v in node.items() if v is not None}
+        if isinstance(node, (list, tuple)):
+            return LIST_PREFIX + json.dumps(list(node))
+        return node
+
+    return flatten_dict(encode(to_dict(cfg)))
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
+    from flwr.common.config import unflatten_dict
+
+    return from_dict(unflatten_dict(dict(run_config)))

@@ -1,0 +1,36 @@
+"""Silence library chatter a user cannot act on (progress bars, deprecation notes from deps).
+
+Warnings about our own code stay on; only messages from third-party internals are filtered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for module in ("transformers", "peft", "opacus", "torch", "ray", "tenseal", "crypten"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+    quiet_loggers()
+
+
+def quiet_loggers() -> None:
+    """Flower sets its logger to DEBUG when imported: call this again after importing it."""
+    for name in ("flwr", "alembic", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("flwr").propagate = False  # it has its own console handler

@@ -1,0 +1,46 @@
+"""Run the ServerApp and ClientApps on Flower's Simulation Engine (Ray), in this process.
+
+Flower 1.42 deprecates the public ``run_simulation()`` in favour of ``flwr run``, which packages
+the app, starts a detached local SuperLink that outlives the command, and streams logs back. A
+Hydra sweep wants none of that: it wants one in-process run per job that returns when the run
+ends. ``run_simulation()`` is a thin wrapper (deprecation warning + telemetry) around
+``_run_simulation``, which we call directly; the version pin (flwr==1.42.0) and
+``tests/experiments/test_simulation.py`` guard the call. ``flwr run .`` still works for users who
+prefer it (``[tool.flwr.app]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fedveil.configs.schema import FedveilConfig, to_run_config
+
+
+def run_in_simulation(cfg: FedveilConfig) -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    from fedveil.client.app import app as client_app
+    from fedveil.core.quiet import quiet_loggers
+    from fedveil.server.app import app as server_app
+
+    quiet_loggers()
+
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
+    backend_config = {
+        "client_resources": {"num_cpus": cfg.sim.client_cpus, "num_gpus": cfg.sim.client_gpus},
+        "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
+    }
+    _run_simulation(
+        num_supernodes=cfg.num_clients,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+        server_app_context=context,
+    )

@@ -1,0 +1,63 @@
+"""``plain``: updates travel in clear and the server averages them (trusted server).
+
+What the server sees: each client's (DP-noised, where DP is on) adapter delta and its example
+count. Use it where the coordinator is trusted, or as the reference the secure backends match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
+
+
+@dataclass
+class PlainConfig:
+    name: str = "plain"
+
+
+def weighted_sum(vectors: list[np.ndarray], weights: list[float]) -> tuple[np.ndarray, float]:
+    """``sum_k w_k v_k`` (float64 accumulation) and ``sum_k w_k``."""
+    if not vectors:
+        raise PayloadError("nothing to aggregate: no client update arrived")
+    acc = np.zeros_like(vectors[0], dtype=np.float64)
+    for v, w in zip(vectors, weights, strict=True):
+        acc += float(w) * np.asarray(v, dtype=np.float64)
+    return acc, float(sum(weights))
+
+
+class PlainBackend:
+    name = "plain"
+    server_can_reveal = True
+
+    def __init__(self, cfg: PlainConfig | None = None, size: int | None = None) -> None:
+        self.size = size
+
+    def protect(self, delta: np.ndarray, weight: float) -> Protected:
+        return Protected(arrays={"delta": np.asarray(delta, np.float32), "weight": np.array([weight], np.float64)})
+
+    def _unpack(self, p: Protected) -> tuple[np.ndarray, float]:
+        try:
+            delta, weight = p.arrays["delta"], p.arrays["weight"]
+        except KeyError as exc:
+            raise PayloadError(f"plain payload lacks '{exc.args[0]}'") from exc
+        if delta.ndim != 1 or (self.size is not None and delta.size != self.size):
+            raise PayloadError(f"plain payload has {delta.size} values, the adapter layout has {self.size}")
+        if weight.shape != (1,) or not np.isfinite(weight).all() or weight[0] < 0:
+            raise PayloadError("plain payload weight must be one finite, non-negative number")
+        if not np.isfinite(delta).all():
+            raise PayloadError("plain payload holds NaN or infinite values")
+        return delta, float(weight[0])
+
+    def validate(self, p: Protected) -> None:
+        self._unpack(p)
+
+    def combine(self, payloads: list[Protected]) -> Protected:
+        unpacked = [self._unpack(p) for p in payloads]
+        acc, total = weighted_sum([d for d, _ in unpacked], [w for _, w in unpacked])
+        return Protected(arrays={"weighted_sum": acc, "weight": np.array([total], np.float64)})
+
+    def reveal(self, combined: Protected) -> Revealed:
+        return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))

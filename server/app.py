@@ -1,0 +1,18 @@
+"""The ServerApp: reads the experiment from the run config and runs the federation."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedveil.configs.schema import from_run_config
+from fedveil.core.quiet import quiet_libraries
+from fedveil.server.federation import run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    quiet_libraries()
+    run_federation(grid, from_run_config(context.run_config))

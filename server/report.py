@@ -1,0 +1,76 @@
+"""What a run leaves behind: metrics.jsonl, summary.json, report.md, console progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedveil.server.checkpoint import atomic_write_bytes
+
+
+def progress(line: str) -> None:
+    """One line a person can follow on the console (stdout, flushed)."""
+    print(f"[fedveil] {line}", file=sys.stdout, flush=True)
+
+
+def append_metrics(out_dir: Path, row: dict[str, Any]) -> None:
+    """Append one round's row to metrics.jsonl, durably (a crash loses at most this row)."""
+    with open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def drop_rows_after(out_dir: Path, last_round: int) -> None:
+    """On resume: forget rows of rounds after the checkpoint we resume from."""
+    rows = [r for r in read_metrics(out_dir) if r["round"] <= last_round]
+    atomic_write_bytes(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def summarize(out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.json and report.md from metrics.jsonl; returns the summary."""
+    out_dir = Path(out_dir)
+    rows = read_metrics(out_dir)
+    evals = [(r["round"], r.get("eval_loss")) for r in rows if r.get("eval_loss") is not None]
+    trained = [r for r in rows if r["round"] > 0]
+    summary = {
+        **extra,
+        "rounds_completed": max((r["round"] for r in trained), default=0),
+        "initial_eval_loss": evals[0][1] if evals else None,
+        "final_eval_loss": evals[-1][1] if evals else None,
+        "eval_loss_by_round": {str(k): v for k, v in evals},
+        "seconds_total": sum(r["seconds"]["round"] for r in trained),
+        "bytes_up_total": sum(c.get("bytes_up", 0) for r in trained for c in r.get("per_client", {}).values()),
+        "bytes_down_total": sum(c.get("bytes_down", 0) for r in trained for c in r.get("per_client", {}).values()),
+        "excluded": {str(r["round"]): r["excluded"] for r in trained if r.get("excluded")},
+    }
+    atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    lines = [
+        f"# fedveil run: {summary.get('backend', '?')} aggregation, dp={summary.get('dp', '?')}",
+        "",
+        f"- rounds completed: {summary['rounds_completed']}; clients: {', '.join(summary.get('clients', []))}",
+        f"- held-out eval loss: {fmt(summary['initial_eval_loss'])} (round 0) -> {fmt(summary['final_eval_loss'])} (last round)",
+        f"- time in rounds: {summary['seconds_total']:.1f} s; bytes up {summary['bytes_up_total']:,}, down {summary['bytes_down_total']:,}",
+        "",
+        "| round | train loss | eval loss | clients | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['round']} | {fmt(r.get('train_loss'))} | {fmt(r.get('eval_loss'))} | {len(r.get('clients', []))} | {r['seconds']['round']:.2f} |")
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return summary
