@@ -68,36 +68,14 @@ def validate_overrides(overrides: list[str]) -> None:
         fail(str(exc))
 
 
-def prepare(cfg: FedveilConfig, out: Path) -> FedveilConfig:
-    """Build what the config asks to be built (tiny model, demo data) and check all inputs."""
-    from fedveil.client.data import load_owner_data
-    from fedveil.client.demo_data import write_demo_data
-    from fedveil.client.model import check_model_dir, load_tokenizer
-    from fedveil.client.tiny import build_tiny_model
-
-    if not cfg.model.path:
-        print(f"[fedveil] building tiny {cfg.model.tiny.arch} model -> {out / 'base_model'}", flush=True)
-        cfg.model.path = str(build_tiny_model(cfg.model.tiny, out / "base_model", seed=cfg.seed))
-    cfg.model.path = str(check_model_dir(cfg.model.path))
-    if cfg.data.name == "demo" and not cfg.data.client_dirs:
-        cfg.data.client_dirs = write_demo_data(out / "data", cfg.num_clients, cfg.data.demo_examples, cfg.seed)
-        print(f"[fedveil] demo data for {cfg.num_clients} owners -> {out / 'data'}", flush=True)
-    tokenizer = load_tokenizer(cfg.model.path)
-    for k, source in enumerate(cfg.data.client_dirs):
-        data = load_owner_data(source, tokenizer, cfg.data, cfg.seed)
-        print(f"[fedveil] client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}", flush=True)
-    return cfg
-
-
 def run_experiment(cfg: FedveilConfig) -> dict:
     """Prepare and run one experiment; returns the run summary."""
     from fedveil.experiments.simulation import run_in_simulation
-    from fedveil.server.report import read_metrics, summarize
+    from fedveil.server.prepare import prepare
+    from fedveil.server.report import read_metrics
 
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.output_dir = str(out)
-    prepare(cfg, out)
+    prepare(cfg)  # fail fast, before the Simulation Engine starts
+    out = Path(cfg.output_dir)
     run_in_simulation(cfg)
     if not (out / "summary.json").is_file():
         rows = read_metrics(out)

@@ -4,8 +4,8 @@ Flower 1.42 deprecates the public ``run_simulation()`` in favour of ``flwr run``
 the app, starts a detached local SuperLink that outlives the command, and streams logs back. A
 Hydra sweep wants none of that: it wants one in-process run per job that returns when the run
 ends. ``run_simulation()`` is a thin wrapper (deprecation warning + telemetry) around
-``_run_simulation``, which we call directly; the version pin (flwr==1.42.0) and
-``tests/experiments/test_simulation.py`` guard the call. ``flwr run .`` still works for users who
+``_run_simulation``, which we call directly; the version pin (flwr==1.42.0) and the
+end-to-end tests (``tests/experiments/test_end_to_end.py``) guard the call. ``flwr run .`` still works for users who
 prefer it (``[tool.flwr.app]`` in pyproject.toml).
 """
 

@@ -8,6 +8,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedveil.configs.schema import from_run_config
 from fedveil.core.quiet import quiet_libraries
 from fedveil.server.federation import run_federation
+from fedveil.server.prepare import prepare
 
 app = ServerApp()
 
@@ -15,4 +16,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     quiet_libraries()
-    run_federation(grid, from_run_config(context.run_config))
+    run_federation(grid, prepare(from_run_config(context.run_config), report_data=False))

@@ -1,0 +1,37 @@
+"""Make a config runnable: build what it asks to be built and check every input up front.
+
+Used by the Hydra runner (before the Simulation Engine starts, so mistakes fail fast) and by the
+ServerApp (so ``flwr run .`` works from the pyproject defaults alone). Idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fedveil.client.data import load_owner_data
+from fedveil.client.demo_data import write_demo_data
+from fedveil.client.model import check_model_dir, load_tokenizer
+from fedveil.client.tiny import build_tiny_model
+from fedveil.configs.schema import FedveilConfig
+from fedveil.server.report import progress
+
+
+def prepare(cfg: FedveilConfig, report_data: bool = True) -> FedveilConfig:
+    """Fill in ``output_dir``, ``model.path`` and demo ``data.client_dirs``; check the data."""
+    out = Path(cfg.output_dir or Path("outputs") / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.output_dir = str(out)
+    if not cfg.model.path:
+        progress(f"building tiny {cfg.model.tiny.arch} model -> {out / 'base_model'}")
+        cfg.model.path = str(build_tiny_model(cfg.model.tiny, out / "base_model", seed=cfg.seed))
+    cfg.model.path = str(check_model_dir(cfg.model.path))
+    if cfg.data.name == "demo" and not cfg.data.client_dirs:
+        cfg.data.client_dirs = write_demo_data(out / "data", cfg.num_clients, cfg.data.demo_examples, cfg.seed)
+        progress(f"demo data for {cfg.num_clients} owners -> {out / 'data'}")
+    tokenizer = load_tokenizer(cfg.model.path)
+    for k, source in enumerate(cfg.data.client_dirs or []):
+        data = load_owner_data(source, tokenizer, cfg.data, cfg.seed)
+        if report_data:
+            progress(f"client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}")
+    return cfg

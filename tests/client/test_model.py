@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from fedveil.client.model import (
+    LoraSettings, ModelConfig, TinySpec, get_adapter, load_lora_model, load_tokenizer, set_adapter,
+)
+from fedveil.core.errors import UserError
+from fedveil.core.layout import AdapterLayout
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_adapter_get_set_round_trip(arch, request):
+    path = request.getfixturevalue(f"tiny_{arch}")
+    model = load_lora_model(ModelConfig(path=str(path)), seed=1)
+    before = get_adapter(model)
+    assert before and all("lora_" in k for k in before)
+    layout = AdapterLayout.of(before)
+    changed = layout.unflatten(layout.flatten(before) + 0.25)
+    set_adapter(model, changed)
+    after = get_adapter(model)
+    for k in before:
+        np.testing.assert_allclose(after[k], before[k] + 0.25, rtol=0, atol=1e-6)
+    # only the adapter is trainable
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_same_seed_same_initial_adapter_other_seed_differs(tiny_gpt2):
+    a = get_adapter(load_lora_model(ModelConfig(path=str(tiny_gpt2)), seed=3))
+    b = get_adapter(load_lora_model(ModelConfig(path=str(tiny_gpt2)), seed=3))
+    c = get_adapter(load_lora_model(ModelConfig(path=str(tiny_gpt2)), seed=4))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_default_targets_per_architecture_and_override(tiny_llama):
+    model = load_lora_model(ModelConfig(path=str(tiny_llama)), seed=0)
+    names = " ".join(get_adapter(model))
+    assert "q_proj" in names and "o_proj" in names
+    only_v = load_lora_model(ModelConfig(path=str(tiny_llama), lora=LoraSettings(target_modules=["v_proj"])), seed=0)
+    assert all("v_proj" in k for k in get_adapter(only_v))
+
+
+def test_tokenizer_round_trips_bytes(tiny_gpt2):
+    tok = load_tokenizer(tiny_gpt2)
+    text = "Q: 3 + 4 = 7 — naïve 😀"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.pad_token_id is not None and tok.eos_token_id is not None
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(UserError, match="is not a directory"):
+        load_lora_model(ModelConfig(path=str(tmp_path / "missing")))
+    with pytest.raises(UserError, match="has no config.json"):
+        load_lora_model(ModelConfig(path=str(tmp_path)))
+    with pytest.raises(UserError, match="model.path is not set"):
+        ModelConfig(path=None, tiny=None)
+    with pytest.raises(UserError, match="divisible"):
+        TinySpec(hidden=10, heads=4)
+
+
+def test_unknown_architecture_needs_explicit_targets(tmp_path):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from fedveil.client.tiny import byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="set model.lora.target_modules"):
+        load_lora_model(ModelConfig(path=str(tmp_path)))
+    model = load_lora_model(ModelConfig(path=str(tmp_path), lora=LoraSettings(target_modules=["query_key_value"])))
+    assert get_adapter(model)

@@ -1,0 +1,83 @@
+"""Whole federations on the Flower Simulation Engine, through the same command a user types."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(out, *args, multirun=False):
+    cmd = [sys.executable, "-m", "fedveil.experiments.run", *(["-m"] if multirun else []),
+           f"hydra.{'sweep' if multirun else 'run'}.dir={out}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_acceptance_run_plain_no_dp(tmp_path):
+    out = tmp_path / "D"
+    proc = run_cli(out, "seed=1", "rounds=3", "num_clients=3", "aggregation=plain", "dp=off")
+    assert "round 3/3" in proc.stdout and "eval loss" in proc.stdout
+    assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr + proc.stdout
+
+    metrics = rows(out)
+    assert [r["round"] for r in metrics] == [0, 1, 2, 3]
+    assert metrics[-1]["eval_loss"] < 0.92 * metrics[0]["eval_loss"]  # clearly below round 0
+    for r in metrics[1:]:
+        assert r["clients"] == ["client_0", "client_1", "client_2"] and r["backend"] == "plain"
+        assert set(r["seconds"]) >= {"round", "train", "protect", "aggregate", "reveal", "evaluate"}
+        for c in r["per_client"].values():
+            assert c["bytes_up"] > 4 * 16384 and c["bytes_down"] > 4 * 16384 and c["num_examples"] == 216
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3 and summary["final_eval_loss"] == metrics[-1]["eval_loss"]
+    assert (out / "report.md").is_file() and len(list((out / "checkpoints").glob("round_*.safetensors"))) == 3
+
+    # final_adapter/ loads with PEFT onto the base model its config names, and equals round 3's global
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    from fedveil.client.model import get_adapter
+    from fedveil.core.layout import AdapterLayout
+
+    adapter_cfg = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], local_files_only=True)
+    model = PeftModel.from_pretrained(base, out / "final_adapter", local_files_only=True)
+    loaded = get_adapter(model)
+    vector = load_file(out / "checkpoints" / "round_0003.safetensors")["adapter"]
+    np.testing.assert_allclose(AdapterLayout.of(loaded).flatten(loaded), vector, atol=1e-7)
+    assert np.abs(vector).max() > 0
+
+
+def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
+    out = tmp_path / "L"
+    run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke")
+    metrics = rows(out)
+    assert metrics[-1]["eval_loss"] < 0.95 * metrics[0]["eval_loss"]
+    adapter_cfg = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_llama)
+    assert "q_proj" in adapter_cfg["target_modules"]
+
+
+def test_resume_continues_from_the_latest_checkpoint(tmp_path):
+    out = tmp_path / "R"
+    run_cli(out, "experiment=smoke", "rounds=1")
+    proc = run_cli(out, "experiment=smoke", "rounds=2", "resume=true")
+    assert "resuming after round 1" in proc.stdout
+    assert [r["round"] for r in rows(out)] == [0, 1, 2]
+
+
+def test_multirun_sweep_writes_one_run_per_job(tmp_path):
+    out = tmp_path / "S"
+    run_cli(out, "experiment=smoke", "rounds=1", "seed=0,1", multirun=True)
+    losses = [rows(out / str(i))[-1]["eval_loss"] for i in (0, 1)]
+    assert all(np.isfinite(losses)) and losses[0] != losses[1]
