@@ -44,7 +44,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
     if "data-dir" in node:
         client_id = str(node.get("client-id", f"node_{context.node_id}"))
         state = str(node.get("state-dir", Path.home() / ".fedveil" / client_id))
-        return OwnerIdentity(client_id, str(node["data-dir"]), state)
+        cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
+        return OwnerIdentity(client_id, str(node["data-dir"]), state, cap)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\"")
     k = int(node["partition-id"])

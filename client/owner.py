@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from fedveil.client.model import (
 from fedveil.client.train import evaluate, make_optimizer, shuffled_loader, train_steps
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core.layout import AdapterLayout
+from fedveil.privacy import budget
+from fedveil.privacy.dp import private_training, sample_rate
+from fedveil.privacy.ledger import Step, reserve
 from fedveil.privacy.secagg import backend_entry
 from fedveil.privacy.secagg.base import Protected
 
@@ -34,6 +38,7 @@ class OwnerIdentity:
     client_id: str
     data_source: str
     state_dir: str
+    max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget
 
 
 @lru_cache(maxsize=4)
@@ -71,25 +76,43 @@ class Owner:
     def load_global(self, vector: np.ndarray) -> None:
         set_adapter(self.model, self.layout.unflatten(vector))
 
+    def run_key(self) -> str:
+        """Identifies this run in the owner's ledger (its output directory and config)."""
+        blob = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
+        return f"{self.cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
+
     def train_round(self, server_round: int, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
-        """Train from the global adapter; protect the weighted delta for the backend."""
+        """Train from the global adapter (with DP-SGD where configured); protect the delta."""
         self.load_global(global_vector)
-        tc = self.cfg.train
+        tc, dp = self.cfg.train, self.cfg.dp
         loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
                                  seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.client_id}".encode()))
         torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)
-        result = train_steps(self.model, loader, make_optimizer(self.model, tc), tc.local_steps, self.device)
-        delta = self.layout.flatten(get_adapter(self.model)) - global_vector
+        optimizer = make_optimizer(self.model, tc)
+        metrics: dict[str, float] = {}
+        if dp.name == "sample_level":
+            ledger = budget.open_ledger(self.identity.state_dir, dp, self.num_examples, self.identity.max_epsilon)
+            q = sample_rate(tc.batch_size, self.num_examples)
+            sigma = budget.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
+            # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
+            epsilon = reserve(self.identity.state_dir, ledger, Step(self.run_key(), server_round, sigma, q, tc.local_steps))
+            with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
+                result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device)
+            metrics.update({"dp-noise-multiplier": sigma, "dp-sample-rate": q, "dp-steps": result.steps,
+                            "dp-delta": ledger.delta, "dp-epsilon": epsilon, "dp-budget": ledger.budget_epsilon})
+        else:
+            result = train_steps(self.model, loader, optimizer, tc.local_steps, self.device)
+        delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
         start = time.perf_counter()
         protected = self.backend.protect(delta, float(self.num_examples))
-        metrics = {
+        metrics.update({
             "num-examples": self.num_examples,
             "train-loss": result.loss,
             "train-steps": result.steps,
             "train-seconds": result.seconds,
             "protect-seconds": time.perf_counter() - start,
             "update-norm": float(np.linalg.norm(delta)),
-        }
+        })
         return protected, metrics
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
@@ -98,3 +121,11 @@ class Owner:
         loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
         return {"num-examples": tokens, "eval-loss": loss, "eval-seconds": time.perf_counter() - start}
+
+
+def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:
+    """Scale ``delta`` down to L2 norm ``bound`` (no-op when None or already within)."""
+    if bound is None:
+        return delta
+    norm = float(np.linalg.norm(delta))
+    return delta if norm <= bound else (delta * (bound / norm)).astype(delta.dtype)

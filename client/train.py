@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     eval_batch_size: int = 32
+    update_clip_norm: Optional[float] = None  # L2 bound on each round's adapter delta (None: off)
 
     def __post_init__(self) -> None:
         for key in ("local_steps", "batch_size", "eval_batch_size"):
@@ -31,6 +32,8 @@ class TrainConfig:
                 raise UserError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if not self.lr > 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.update_clip_norm is not None and not self.update_clip_norm > 0:
+            raise UserError(f"train.update_clip_norm must be > 0 (or null for off), got {self.update_clip_norm}")
 
 
 @dataclass
@@ -66,23 +69,46 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def batch_loss(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+def per_example_loss(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Mean token loss of each example, shape ``(batch,)``.
+
+    Each entry depends on its own example only. (The usual token-mean over the whole batch
+    would scale every example's gradient by the batch's total token count, letting one example
+    change the others' contributions, which breaks DP-SGD's per-example sensitivity.)
+    """
     batch = {k: v.to(device) for k, v in batch.items()}
-    return model(**batch).loss
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2).float(), target, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    counts = (target != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return token_loss.sum(dim=1) / counts
 
 
 def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.device) -> TrainResult:
-    """Run ``steps`` optimizer steps over ``loader`` (cycled); returns the mean loss."""
+    """Take ``steps`` optimizer steps over ``loader`` (cycled); returns the mean loss.
+
+    Under Opacus' BatchMemoryManager a logical step spans several physical batches: only steps
+    the optimizer did not skip count. An empty Poisson batch (Opacus hands a non-dict) counts as
+    a step without an update: releasing nothing is never less private.
+    """
     model.train()
-    start, total = time.perf_counter(), 0.0
+    start, total, batches_seen, taken = time.perf_counter(), 0.0, 0, 0
     batches = iter(cycle(loader))
-    for _ in range(steps):
+    while taken < steps:
+        batch = next(batches)
+        if not isinstance(batch, dict) or batch["input_ids"].shape[0] == 0:
+            taken += 1
+            continue
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(model, next(batches), device)
+        loss = per_example_loss(model, batch, device).mean()
         loss.backward()
         optimizer.step()
-        total += float(loss.detach())
-    return TrainResult(loss=total / steps, steps=steps, seconds=time.perf_counter() - start)
+        total, batches_seen = total + float(loss.detach()), batches_seen + 1
+        if not getattr(optimizer, "_is_last_step_skipped", False):
+            taken += 1
+    return TrainResult(loss=total / max(batches_seen, 1), steps=taken, seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()

@@ -27,6 +27,11 @@ from fedveil.server.report import append_metrics, drop_rows_after, fmt, progress
 from fedveil.server.strategy import SecureAggregation, client_label
 
 
+# What each client reports of its DP accounting (its ledger stays with it).
+DP_FIELDS = {"dp-noise-multiplier": "noise_multiplier", "dp-sample-rate": "sample_rate", "dp-steps": "steps",
+             "dp-delta": "delta", "dp-epsilon": "epsilon", "dp-budget": "epsilon_budget"}
+
+
 @dataclass
 class Exchange:
     """One send-and-receive: the replies and the bytes each client moved."""
@@ -100,6 +105,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
                 "bytes_down": ex.bytes_down.get(node, 0), "bytes_up": ex.bytes_up.get(node, 0),
                 "num_examples": m.get(wire.WEIGHT_KEY), "train_loss": m.get("train-loss"),
                 "update_norm": m.get("update-norm"), **eval_clients.get(who, {}),
+                **{name: m[key] for key, name in DP_FIELDS.items() if key in m},
             }
         seen.update(log.accepted)
         accepted = log.accepted.values()
@@ -115,9 +121,12 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
                 "aggregate": log.aggregate_seconds, "reveal": log.reveal_seconds, "evaluate": eval_secs,
             },
         }
+        row["max_epsilon"] = max((c["epsilon"] for c in per_client.values() if "epsilon" in c), default=None)
         checkpoint.save(out, rnd, vector, layout)
         append_metrics(out, row)
-        note = f" | excluded {sorted(log.excluded)}" if log.excluded else ""
+        max_eps = row["max_epsilon"]
+        note = f" | max eps {max_eps:.3f}" if max_eps is not None else ""
+        note += f" | excluded {sorted(log.excluded)}" if log.excluded else ""
         progress(f"round {rnd}/{cfg.rounds} | train loss {fmt(row['train_loss'])} | eval loss {fmt(eval_loss)} | "
                  f"{len(log.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
         for who, reason in log.excluded.items():

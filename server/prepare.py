@@ -14,6 +14,8 @@ from fedveil.client.demo_data import write_demo_data
 from fedveil.client.model import check_model_dir, load_tokenizer
 from fedveil.client.tiny import build_tiny_model
 from fedveil.configs.schema import FedveilConfig
+from fedveil.privacy.accounting import plan_noise
+from fedveil.privacy.dp import owner_delta, sample_rate
 from fedveil.server.report import progress
 
 
@@ -32,6 +34,19 @@ def prepare(cfg: FedveilConfig, report_data: bool = True) -> FedveilConfig:
     tokenizer = load_tokenizer(cfg.model.path)
     for k, source in enumerate(cfg.data.client_dirs or []):
         data = load_owner_data(source, tokenizer, cfg.data, cfg.seed)
+        check_dp_plan(cfg, len(data.train))
         if report_data:
             progress(f"client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}")
     return cfg
+
+
+def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> None:
+    """Refuse at start a DP target that no allowed noise level reaches in the planned steps.
+
+    (Owners check again against their own ledgers; this catches a bad config before any work.)
+    """
+    dp = cfg.dp
+    if dp.name != "sample_level" or dp.noise_multiplier is not None:
+        return
+    plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), sample_rate(cfg.train.batch_size, num_examples),
+               cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)

@@ -58,6 +58,7 @@ def summarize(out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
         "bytes_up_total": sum(c.get("bytes_up", 0) for r in trained for c in r.get("per_client", {}).values()),
         "bytes_down_total": sum(c.get("bytes_down", 0) for r in trained for c in r.get("per_client", {}).values()),
         "excluded": {str(r["round"]): r["excluded"] for r in trained if r.get("excluded")},
+        "max_epsilon": max((r["max_epsilon"] for r in trained if r.get("max_epsilon") is not None), default=None),
     }
     atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     lines = [
@@ -65,6 +66,7 @@ def summarize(out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
         "",
         f"- rounds completed: {summary['rounds_completed']}; clients: {', '.join(summary.get('clients', []))}",
         f"- held-out eval loss: {fmt(summary['initial_eval_loss'])} (round 0) -> {fmt(summary['final_eval_loss'])} (last round)",
+        f"- max epsilon reported by any owner: {fmt(summary['max_epsilon'], 3)}",
         f"- time in rounds: {summary['seconds_total']:.1f} s; bytes up {summary['bytes_up_total']:,}, down {summary['bytes_down_total']:,}",
         "",
         "| round | train loss | eval loss | clients | seconds |",

@@ -18,6 +18,10 @@ def run_cli(*args, cwd):
     (["model.path=/does/not/exist"], "model.path '/does/not/exist' is not a directory"),
     (["data=files"], "data=files needs data.client_dirs"),
     (["num_clients=1", "data.client_dirs=[/no/such/dir]"], "/no/such/dir: no such file or directory"),
+    (["dp=sample_level", "dp.target_epsilon=0"], "dp.target_epsilon must be > 0"),
+    (["dp=sample_level", "dp.delta=1.0"], "dp.delta must be in (0, 1)"),
+    (["dp=sample_level", "dp.target_epsilon=0.01", "dp.max_noise_multiplier=5"], "is unreachable in 60 steps"),
+    (["dp=sample_level", "dp.accountant=magic"], "dp.accountant 'magic' is unknown"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = run_cli(*args, cwd=tmp_path)

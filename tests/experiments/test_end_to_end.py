@@ -58,6 +58,34 @@ def test_acceptance_run_plain_no_dp(tmp_path):
     assert np.abs(vector).max() > 0
 
 
+def test_acceptance_run_with_dp(tmp_path):
+    out = tmp_path / "P"
+    proc = run_cli(out, "seed=1", "rounds=3", "num_clients=3", "aggregation=plain", "dp=sample_level",
+                   "dp.target_epsilon=4")
+    assert "max eps" in proc.stdout
+    metrics = rows(out)
+    eps = [c["epsilon"] for r in metrics[1:] for c in r["per_client"].values()]
+    assert len(eps) == 9 and all(0 < e <= 4.0 for e in eps)
+    for r in metrics[1:]:
+        for c in r["per_client"].values():
+            assert {"noise_multiplier", "sample_rate", "steps", "delta", "epsilon"} <= set(c)
+            assert c["delta"] < 1 / c["num_examples"] and c["steps"] == 20
+    assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_epsilon"] == max(eps)
+    # each owner's ledger is in its own state directory, never in what the server wrote
+    for k in range(3):
+        ledger = json.loads((out / "clients" / f"client_{k}" / "privacy_ledger.json").read_text())
+        assert len(ledger["history"]) == 3 and ledger["spent_epsilon"] <= 4.0
+    # a 4th round at the same noise, same state directories: every owner refuses; the run still ends
+    proc = run_cli(out, "seed=1", "rounds=4", "num_clients=3", "aggregation=plain", "dp=sample_level",
+                   "dp.target_epsilon=4", f"dp.noise_multiplier={metrics[1]['per_client']['client_0']['noise_multiplier']}",
+                   "resume=true")
+    last = rows(out)[-1]
+    assert last["round"] == 4 and last["clients"] == [] and len(last["excluded"]) == 3
+    assert all("privacy budget" in reason for reason in last["excluded"].values())
+
+
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
     out = tmp_path / "L"
     run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke")

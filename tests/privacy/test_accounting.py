@@ -1,0 +1,73 @@
+"""Epsilon figures: known answers, an independent accountant, and the noise planner."""
+
+import math
+
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from fedveil.privacy.accounting import BudgetUnreachable, epsilon_of, plan_noise
+
+
+def exact_gaussian_epsilon(sigma, steps, delta):
+    """Full-batch DP-SGD is a Gaussian mechanism with mu = sqrt(steps)/sigma; its exact (eps, delta)
+    curve is delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2) (Balle & Wang 2018)."""
+    mu = math.sqrt(steps) / sigma
+    curve = lambda eps: norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+    return brentq(curve, 1e-9, 100)
+
+
+@pytest.mark.parametrize("sigma, steps, delta", [(1.0, 10, 1e-5), (2.0, 100, 1e-5), (5.0, 50, 1e-6)])
+def test_known_answer_full_batch_gaussian(sigma, steps, delta):
+    exact = exact_gaussian_epsilon(sigma, steps, delta)
+    assert epsilon_of([(sigma, 1.0, steps)], delta, "prv") == pytest.approx(exact, rel=0.01)
+    assert epsilon_of([(sigma, 1.0, steps)], delta, "rdp") >= exact  # RDP is an upper bound
+
+
+def test_known_answer_subsampled_rdp():
+    # q=0.01, sigma=1.0, 1000 steps, delta=1e-5: 2.1014, the figure Google's RDP accountant gives too.
+    from dp_accounting import dp_event, rdp
+
+    google = rdp.RdpAccountant()
+    google.compose(dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(1.0)), 1000)
+    ours = epsilon_of([(1.0, 0.01, 1000)], 1e-5, "rdp")
+    assert ours == pytest.approx(2.1014, abs=1e-3)
+    assert ours == pytest.approx(google.get_epsilon(1e-5), rel=1e-3)
+
+
+@pytest.mark.parametrize("q, sigma, steps", [(0.074, 1.0, 60), (0.01, 0.8, 500), (0.25, 2.0, 40)])
+def test_opacus_never_reports_less_than_google_pld_minus_one_percent(q, sigma, steps):
+    from dp_accounting import dp_event, pld
+
+    delta = 1e-5
+    accountant = pld.PLDAccountant()
+    accountant.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+    reference = accountant.get_epsilon(delta)
+    for name in ("prv", "rdp"):
+        assert epsilon_of([(sigma, q, steps)], delta, name) >= 0.99 * reference, name
+
+
+def test_planned_noise_meets_the_target_tightly():
+    sigma = plan_noise(4.0, 1e-5, 16 / 216, 60)
+    eps = epsilon_of([(sigma, 16 / 216, 60)], 1e-5)
+    assert 3.9 <= eps <= 4.0
+
+
+def test_planning_after_history_spends_only_what_is_left():
+    first = plan_noise(4.0, 1e-5, 0.05, 30)
+    spent = [(first, 0.05, 30)]
+    sigma = plan_noise(6.0, 1e-5, 0.05, 30, spent=spent)
+    assert sigma < first  # more budget left over, less noise needed
+    assert 5.9 <= epsilon_of([*spent, (sigma, 0.05, 30)], 1e-5) <= 6.0
+
+
+def test_unreachable_and_exhausted_budgets():
+    with pytest.raises(BudgetUnreachable, match="unreachable in 10000 steps"):
+        plan_noise(0.01, 1e-5, 0.5, 10000, max_noise=20.0)
+    with pytest.raises(BudgetUnreachable, match="already spent"):
+        plan_noise(1.0, 1e-5, 0.05, 10, spent=[(0.5, 0.05, 200)])
+
+
+def test_noiseless_steps_are_not_private():
+    assert epsilon_of([(0.0, 0.1, 5)], 1e-5) == math.inf
+    assert epsilon_of([], 1e-5) == 0.0
