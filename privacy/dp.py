@@ -29,7 +29,9 @@ from typing import Iterator, Optional
 from fedveil.core.errors import UserError
 from fedveil.privacy.accounting import ACCOUNTANTS
 
-GRAD_SAMPLE_MODES = ("hooks", "ghost", "functorch", "ew")
+# Per-sample gradient engines that work with our per-example loss. Opacus' "ghost" clipping needs
+# its own criterion wrapper and only pays off in memory for full fine-tuning, not for LoRA.
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
 
 
 @dataclass

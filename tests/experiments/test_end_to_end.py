@@ -109,3 +109,11 @@ def test_multirun_sweep_writes_one_run_per_job(tmp_path):
     run_cli(out, "experiment=smoke", "rounds=1", "seed=0,1", multirun=True)
     losses = [rows(out / str(i))[-1]["eval_loss"] for i in (0, 1)]
     assert all(np.isfinite(losses)) and losses[0] != losses[1]
+
+
+def test_dp_benchmark_runs_and_prints_ratios():
+    proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.bench_dp", "--models", "tiny", "--steps", "2",
+                           "--repeats", "1", "--variants", "hooks"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ratios = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(ratios) == {"tiny/hooks"} and ratios["tiny/hooks"]["time_ratio"] > 0
