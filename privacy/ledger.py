@@ -12,11 +12,11 @@ after training then over-counts, never under-counts.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedveil.core.atomic import atomic_write_bytes, temp_path
 from fedveil.core.errors import UserError
 from fedveil.privacy.accounting import Entry, epsilon_of
 
@@ -73,10 +73,6 @@ def ledger_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / FILENAME
 
 
-def temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def load(state_dir: str | Path) -> Ledger | None:
     """The owner's ledger, or None if it has never trained with DP. Damage is an error."""
     path = ledger_path(state_dir)
@@ -115,17 +111,7 @@ def save(state_dir: str | Path, ledger: Ledger) -> None:
     data = {"version": VERSION, "budget_epsilon": ledger.budget_epsilon, "delta": ledger.delta,
             "accountant": ledger.accountant, "spent_epsilon": ledger.spent_epsilon,
             "plans": ledger.plans, "history": [asdict(s) for s in ledger.history]}
-    tmp = temp_path(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=1) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 def reserve(state_dir: str | Path, ledger: Ledger, step: Step) -> float:

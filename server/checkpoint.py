@@ -7,31 +7,17 @@ renamed, so a crash leaves either the previous checkpoint or the new one, never 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
 
+from fedveil.core.atomic import atomic_write_bytes
 from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
 
 NAME = re.compile(r"round_(\d{4})\.safetensors$")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(out_dir: Path, server_round: int, vector: np.ndarray, layout: AdapterLayout) -> Path:

@@ -32,11 +32,14 @@ def prepare(cfg: FedveilConfig, report_data: bool = True) -> FedveilConfig:
         cfg.data.client_dirs = write_demo_data(out / "data", cfg.num_clients, cfg.data.demo_examples, cfg.seed)
         progress(f"demo data for {cfg.num_clients} owners -> {out / 'data'}")
     tokenizer = load_tokenizer(cfg.model.path)
+    sizes = set()
     for k, source in enumerate(cfg.data.client_dirs or []):
         data = load_owner_data(source, tokenizer, cfg.data, cfg.seed)
-        check_dp_plan(cfg, len(data.train))
+        sizes.add(len(data.train))
         if report_data:
             progress(f"client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}")
+    for size in sorted(sizes):
+        check_dp_plan(cfg, size)
     return cfg
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedveil.server.checkpoint import atomic_write_bytes
+from fedveil.core.atomic import atomic_write_bytes
 
 
 def progress(line: str) -> None:

@@ -62,8 +62,8 @@ def test_planning_after_history_spends_only_what_is_left():
 
 
 def test_unreachable_and_exhausted_budgets():
-    with pytest.raises(BudgetUnreachable, match="unreachable in 10000 steps"):
-        plan_noise(0.01, 1e-5, 0.5, 10000, max_noise=20.0)
+    with pytest.raises(BudgetUnreachable, match="unreachable in 100 steps"):
+        plan_noise(0.01, 1e-5, 0.5, 100, max_noise=20.0)
     with pytest.raises(BudgetUnreachable, match="already spent"):
         plan_noise(1.0, 1e-5, 0.05, 10, spent=[(0.5, 0.05, 200)])
 
