@@ -27,7 +27,7 @@ from fedveil.core.layout import AdapterLayout
 from fedveil.privacy import budget
 from fedveil.privacy.dp import private_training, sample_rate
 from fedveil.privacy.ledger import Step, reserve
-from fedveil.privacy.secagg import backend_entry
+from fedveil.privacy.secagg import owner_backend
 from fedveil.privacy.secagg.base import Protected
 
 
@@ -47,7 +47,8 @@ def _model_bundle(path: str, lora_key: str, seed: int, device: str):
     cfg = ModelConfig(path=path, lora=LoraSettings(**json.loads(lora_key)), device=device)
     model = load_lora_model(cfg, seed=seed)
     tokenizer = load_tokenizer(path)
-    return model, tokenizer, AdapterLayout.of(get_adapter(model))
+    layout = AdapterLayout.of(get_adapter(model))
+    return model, tokenizer, layout, layout.flatten(get_adapter(model))
 
 
 @lru_cache(maxsize=8)
@@ -62,16 +63,38 @@ class Owner:
         self.cfg, self.identity = cfg, identity
         self.device = resolve_device(cfg.model.device)
         lora_key = json.dumps(dataclasses.asdict(cfg.model.lora), sort_keys=True)
-        self.model, self.tokenizer, self.layout = _model_bundle(cfg.model.path, lora_key, cfg.seed, str(self.device))
+        self.model, self.tokenizer, self.layout, self.initial = _model_bundle(
+            cfg.model.path, lora_key, cfg.seed, str(self.device))
         data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed)
-        backend_cls = backend_entry(cfg.aggregation.name)[1]
-        self.backend = backend_cls(cfg.aggregation, size=self.layout.size)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
+        self.backend = owner_backend(cfg.aggregation, self.layout.size, identity.state_dir)
 
     @property
     def num_examples(self) -> int:
         return len(self.data.train)
+
+    def open_global(self, base: bytes | None, pending: list[bytes]) -> tuple[np.ndarray, float]:
+        """The global adapter from a sealed backend's ciphertexts; returns it and seconds spent.
+
+        ``Dec(base)`` (or the seed-derived initial adapter) plus each pending round's mean delta.
+        """
+        start = time.perf_counter()
+        vector = self.backend.reveal(self.backend.sealed(base)).mean if base is not None else self.initial.copy()
+        for blob in pending:
+            vector = vector + self.backend.reveal(self.backend.sealed(blob)).mean
+        return vector.astype(np.float32), time.perf_counter() - start
+
+    def seal_global(self, vector: np.ndarray) -> bytes:
+        """Enc(global) for the server to hold between rounds (weight 1: it decrypts to itself)."""
+        return self.backend.protect(vector, 1.0).blobs["ciphertext"]
+
+    def save_final_adapter(self, vector: np.ndarray) -> Path:
+        """The final adapter, written by the owner into its own state directory."""
+        self.load_global(vector)
+        target = Path(self.identity.state_dir) / "final_adapter"
+        self.model.save_pretrained(target)
+        return target
 
     def load_global(self, vector: np.ndarray) -> None:
         set_adapter(self.model, self.layout.unflatten(vector))
@@ -111,8 +134,9 @@ class Owner:
             "train-steps": result.steps,
             "train-seconds": result.seconds,
             "protect-seconds": time.perf_counter() - start,
-            "update-norm": float(np.linalg.norm(delta)),
         })
+        if self.backend.server_can_reveal:  # the server sees the update anyway; elsewhere even its norm stays home
+            metrics["update-norm"] = float(np.linalg.norm(delta))
         return protected, metrics
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:

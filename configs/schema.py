@@ -132,12 +132,14 @@ def to_dict(cfg: FedveilConfig) -> dict[str, Any]:
 
 
 def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
-    """Flatten for Flower's run config: dotted keys, scalars only, lists as JSON, None dropped."""
+    """Flatten for Flower's run config: dotted keys, scalars only, lists as JSON; None and "" are
+    dropped (Flower 1.42's ``ConfigRecord.count_bytes`` rejects empty strings), so they come back
+    as the field defaults; only fields whose default is None or "" may hold them."""
     from flwr.common.config import flatten_dict
 
     def encode(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: encode(v) for k, v in node.items() if v is not None}
+            return {k: encode(v) for k, v in node.items() if v is not None and v != ""}
         if isinstance(node, (list, tuple)):
             return LIST_PREFIX + json.dumps(list(node))
         return node

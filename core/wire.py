@@ -2,7 +2,10 @@
 
 Server -> client (train and evaluate)::
 
-    "global":  ArrayRecord  {"adapter": flat float32 vector}   (omitted where the server has none)
+    "global":  ArrayRecord  plain: {"adapter": flat float32 vector}
+                            sealed backends: {"base-ct": bytes of Enc(global), "pending-NNN": bytes of
+                            Enc(sum n_k delta_k, sum n_k) per round not yet folded in}; no base-ct means
+                            the seed-derived initial adapter every party computes itself
     "config":  ConfigRecord the experiment's flat config + "server-round" + "layout-digest"
 
 Client -> server (train)::
@@ -28,9 +31,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedveil.privacy.secagg.base import Protected
 
 GLOBAL, CONFIG, UPDATE, BLOBS, METRICS, META = "global", "config", "update", "blobs", "metrics", "meta"
+KEYS = "keys"  # key set-up messages: public keys, public context, sealed boxes
 ROUND_KEY, DIGEST_KEY, CLIENT_KEY = "server-round", "layout-digest", "client-id"
+REENCRYPT_KEY, FINAL_KEY = "reencrypt-by", "final-adapter"  # sealed backends, evaluate only
+REENCRYPTED = "global-ct"  # blob an owner returns with Enc(new global) when asked
 WEIGHT_KEY = "num-examples"
-PER_ROUND_KEYS = (ROUND_KEY, DIGEST_KEY)
+PER_ROUND_KEYS = (ROUND_KEY, DIGEST_KEY, REENCRYPT_KEY, FINAL_KEY)
 
 
 def vector_record(vector: np.ndarray) -> ArrayRecord:
@@ -39,6 +45,18 @@ def vector_record(vector: np.ndarray) -> ArrayRecord:
 
 def record_vector(record: ArrayRecord) -> np.ndarray:
     return record["adapter"].numpy()
+
+
+def sealed_record(base: bytes | None, pending: list[bytes]) -> ArrayRecord:
+    arrays = {} if base is None else {"base-ct": Array(np.frombuffer(base, dtype=np.uint8).copy())}
+    arrays.update({f"pending-{i:03d}": Array(np.frombuffer(b, dtype=np.uint8).copy()) for i, b in enumerate(pending)})
+    return ArrayRecord(arrays)
+
+
+def record_sealed(record: ArrayRecord) -> tuple[bytes | None, list[bytes]]:
+    base = record["base-ct"].numpy().tobytes() if "base-ct" in record else None
+    pending = [record[k].numpy().tobytes() for k in sorted(k for k in record.keys() if k.startswith("pending-"))]
+    return base, pending
 
 
 def protected_to_records(p: Protected) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class TrainRound:
     accepted: dict[str, dict[str, float]] = field(default_factory=dict)  # client id -> metrics
     excluded: dict[str, str] = field(default_factory=dict)  # client id or node -> reason
     node_to_client: dict[int, str] = field(default_factory=dict)
+    combined: Protected | None = None  # what the backend combined (ciphertexts for sealed backends)
     aggregate_seconds: float = 0.0
     reveal_seconds: float = 0.0
 
@@ -65,7 +66,7 @@ class SecureAggregation(Strategy):
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.current = wire.record_vector(arrays)
+        self.current = wire.record_vector(arrays) if "adapter" in arrays else None
         return self.base.configure_train(server_round, arrays, self._stamp(config), grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -104,13 +105,16 @@ class SecureAggregation(Strategy):
         if not payloads:
             return None, None
         start = time.perf_counter()
-        combined = self.backend.combine(payloads)
+        combined = log.combined = self.backend.combine(payloads)
         log.aggregate_seconds = time.perf_counter() - start
+        metrics = MetricRecord(weighted_means(log.accepted))
+        if not self.backend.server_can_reveal:
+            return None, metrics  # the server keeps the ciphertext; owners reveal it
         start = time.perf_counter()
         revealed = self.backend.reveal(combined)
         log.reveal_seconds = time.perf_counter() - start
         new_global = (self.current + revealed.mean).astype(np.float32)
-        return wire.vector_record(new_global), MetricRecord(weighted_means(log.accepted))
+        return wire.vector_record(new_global), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = [m for m in replies if not m.has_error() and wire.METRICS in m.content]

@@ -45,6 +45,7 @@ class TensealConfig:
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: list[int] = field(default_factory=lambda: [60, 49])
     scale_bits: int = 40
+    key_holder: str = ""  # client id of the owner that creates the context ("" = smallest id)
 
     def __post_init__(self) -> None:
         n, bits = self.poly_modulus_degree, list(self.coeff_mod_bit_sizes)
@@ -154,6 +155,10 @@ class TensealBackend:
         chunks = [ts.ckks_vector(self._secret, values[i : i + slots].tolist()).serialize()
                   for i in range(0, values.size, slots)]
         return Protected(blobs=self._tag(pack(chunks)))
+
+    def sealed(self, ciphertext: bytes) -> Protected:
+        """A payload around ciphertext bytes received from the server (tags recomputed here)."""
+        return Protected(blobs=self._tag(ciphertext))
 
     def _tag(self, blob: bytes) -> dict[str, bytes]:
         return {"ciphertext": blob, "context-id": self.context_id.encode(), "sha256": hashlib.sha256(blob).digest()}
