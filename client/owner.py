@@ -129,7 +129,7 @@ class Owner:
         start = time.perf_counter()
         protected = self.backend.protect(delta, float(self.num_examples))
         metrics.update({
-            "num-examples": self.num_examples,
+            "num-examples": self.metric_weight(self.num_examples),
             "train-loss": result.loss,
             "train-steps": result.steps,
             "train-seconds": result.seconds,
@@ -139,12 +139,16 @@ class Owner:
             metrics["update-norm"] = float(np.linalg.norm(delta))
         return protected, metrics
 
+    def metric_weight(self, count: int) -> int:
+        """Counts weight the server's metric averages; a sealed backend hides them (weight 1)."""
+        return count if self.backend.server_can_reveal else 1
+
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
         self.load_global(global_vector)
         start = time.perf_counter()
         loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
-        return {"num-examples": tokens, "eval-loss": loss, "eval-seconds": time.perf_counter() - start}
+        return {"num-examples": self.metric_weight(tokens), "eval-loss": loss, "eval-seconds": time.perf_counter() - start}
 
 
 def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:

@@ -124,6 +124,9 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     cfg = build(FedveilConfig, values)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     cfg.aggregation = build(BACKENDS[agg["name"]][0], agg, "aggregation.")
+    if cfg.resume and cfg.aggregation.name == "tenseal":
+        raise UserError("resume=true is not supported with aggregation=tenseal yet (a restart re-keys the federation, "
+                        "so the stored ciphertexts could not be opened); start a new run directory")
     return cfg
 
 

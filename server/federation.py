@@ -125,7 +125,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
                 "bytes_down": ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
                 "bytes_up": ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
                 "bytes_update_up": ex.bytes_up.get(node, 0),
-                "num_examples": m.get(wire.WEIGHT_KEY), "train_loss": m.get("train-loss"),
+                "num_examples": None if state.sealed else m.get(wire.WEIGHT_KEY), "train_loss": m.get("train-loss"),
                 **({"update_norm": m["update-norm"]} if "update-norm" in m else {}),
                 **eval_clients.get(who, {}),
                 **{name: m[key] for key, name in DP_FIELDS.items() if key in m},

@@ -56,6 +56,8 @@ def test_defaults():
     ({"rounds": "three"}, "config key 'rounds' must be int"),
     ({"aggregation": {"name": "magic"}}, "aggregation 'magic' is unknown"),
     ({"num_clients": 2, "data": {"name": "files", "client_dirs": ["/a"]}}, "lists 1 owners but num_clients=2"),
+    ({"resume": True, "aggregation": {"name": "tenseal"}}, "not supported with aggregation=tenseal"),
+    ({"aggregation": {"name": "tenseal", "coeff_mod_bit_sizes": [60, 60]}}, "below 128-bit security"),
 ])
 def test_bad_values_fail_with_the_key(values, match):
     with pytest.raises(UserError, match=match):

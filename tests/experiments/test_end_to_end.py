@@ -86,6 +86,36 @@ def test_acceptance_run_with_dp(tmp_path):
     assert all("privacy budget" in reason for reason in last["excluded"].values())
 
 
+def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    args = ["dp=off", "seed=3", "rounds=2", "num_clients=3"]
+    run_cli(tmp_path / "plain", "aggregation=plain", *args)
+    proc = run_cli(tmp_path / "he", "aggregation=tenseal", *args)
+    out = tmp_path / "he"
+    assert "server holds the public context only" in proc.stdout
+    reference = load_file(tmp_path / "plain" / "final_adapter" / "adapter_model.safetensors")
+    for k in range(3):
+        owner = load_file(out / "clients" / f"client_{k}" / "final_adapter" / "adapter_model.safetensors")
+        assert max(float(np.abs(owner[n] - reference[n]).max()) for n in reference) < 1e-4
+    # the server side of the output: no final adapter, checkpoints of ciphertext bytes only,
+    # no update norms in its metrics
+    assert not (out / "final_adapter").exists()
+    for ckpt in (out / "checkpoints").glob("*.safetensors"):
+        with safe_open(str(ckpt), framework="numpy") as fh:
+            assert all(k.startswith(("base-ct", "pending-")) and fh.get_tensor(k).dtype == np.uint8 for k in fh.keys())
+    for r in rows(out)[1:]:
+        assert r["backend"] == "tenseal" and r["clients"] == ["client_0", "client_1", "client_2"]
+        assert all("update_norm" not in c and c["num_examples"] is None for c in r["per_client"].values())
+    server_files = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("clients", "data", "base_model")]
+    weights = reference["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].tobytes()[:64]
+    assert not any(weights in p.read_bytes() for p in server_files)
+    # owners hold the keys; the server's output has none
+    assert (out / "clients" / "client_0" / "keys" / "ckks_secret.ctx").is_file()
+    assert not any(p.name.endswith(".ctx") or p.name.endswith(".key") for p in server_files)
+
+
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
     out = tmp_path / "L"
     run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke")

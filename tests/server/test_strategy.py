@@ -65,3 +65,28 @@ def test_layout_mismatch_error_and_malformed_replies_are_excluded_and_the_round_
 def test_nothing_accepted_means_no_new_global():
     s = strategy_at([0, 0, 0, 0])
     assert s.aggregate_train(1, [Message(Error(code=1, reason="boom"), reply_to=instruction(1))]) == (None, None)
+
+
+def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived():
+    from fedveil.privacy.secagg.tenseal_ckks import (
+        TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes,
+    )
+
+    ctx = make_context(TensealConfig())
+    owner = TensealBackend(TensealConfig(), 4, public=public_bytes(ctx), secret=secret_bytes(ctx))
+    s = SecureAggregation(FedAvg(), TensealBackend(TensealConfig(), 4, public=public_bytes(ctx)), LAYOUT)
+    s.current = None  # the server holds no plaintext global
+    tampered = train_reply(3, [5, 5, 5, 5], 1, backend=owner)
+    blobs = tampered.content.config_records[wire.BLOBS]
+    blob = bytearray(blobs["ciphertext"])
+    blob[100] ^= 1
+    blobs["ciphertext"] = bytes(blob)
+    # client 2 dropped out mid-round: no reply at all
+    arrays, metrics = s.aggregate_train(1, [train_reply(1, [1, 0, 0, 0], 1, backend=owner), tampered,
+                                            train_reply(4, [0, 0, 0, 2], 3, backend=owner)])
+    assert arrays is None and metrics["num-examples"] == 4  # the server got no model, only the ciphertext sum
+    assert set(s.last_train.excluded) == {"client_3"} and "SHA-256" in s.last_train.excluded["client_3"]
+    revealed = owner.reveal(s.last_train.combined)
+    np.testing.assert_allclose(revealed.mean, [0.25, 0, 0, 1.5], atol=1e-6)
+    with pytest.raises(Exception, match="cannot decrypt"):
+        s.backend.reveal(s.last_train.combined)

@@ -1,0 +1,90 @@
+"""Secure aggregation cost: bytes per adapter value and round time of a backend vs ``plain``.
+
+    .venv/bin/python -m fedveil.experiments.bench_secagg [--backends tenseal] [--model mid|tiny] [--rounds 2]
+
+Runs the same federation (same seed, model, data, steps) once per backend, each through the
+real runner, and prints per backend: the update's bytes per adapter value (vs fp32's 4), bytes
+up and down per client per round, and the median round time, as ratios to ``plain`` from the
+same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODELS = {
+    "tiny": [],
+    "mid": ["model.tiny.hidden=512", "model.tiny.layers=4", "model.tiny.heads=8", "data.max_length=128"],
+}
+
+
+def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"aggregation={backend}",
+           f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0",
+           *MODELS[args.model]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{backend} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    summary = json.loads((out / "summary.json").read_text())
+    per_client = [c for r in rows for c in r["per_client"].values()]
+    return {
+        "round_seconds": statistics.median(r["seconds"]["round"] for r in rows),
+        "update_bytes": statistics.median(c["bytes_update_up"] for c in per_client),
+        "up_bytes": statistics.median(c["bytes_up"] for c in per_client),
+        "down_bytes": statistics.median(c["bytes_down"] for c in per_client),
+        "protect_seconds": statistics.median(r["seconds"]["protect"] for r in rows),
+        "aggregate_seconds": statistics.median(r["seconds"]["aggregate"] for r in rows),
+        "reveal_seconds": statistics.median(r["seconds"]["reveal"] for r in rows),
+        "final_eval_loss": summary["final_eval_loss"],
+    }
+
+
+def adapter_values(out: Path) -> int:
+    from fedveil.client.model import ModelConfig, get_adapter, load_lora_model
+    from fedveil.core.quiet import quiet_libraries
+
+    quiet_libraries()
+    return sum(v.size for v in get_adapter(load_lora_model(ModelConfig(path=str(out / "base_model")))).values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="tenseal")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mid")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {"plain": run(Path(tmp) / "plain", "plain", args)}
+        values = adapter_values(Path(tmp) / "plain")
+        for backend in args.backends.split(","):
+            results[backend] = run(Path(tmp) / backend, backend, args)
+    base = results["plain"]
+    print(f"model={args.model} ({values:,} adapter values), {args.clients} clients, {args.rounds} rounds, "
+          f"{args.steps} local steps")
+    report = {}
+    for name, r in results.items():
+        report[name] = {
+            "bytes_per_value": r["update_bytes"] / values,
+            "update_bytes_vs_fp32": r["update_bytes"] / (4 * values),
+            "up_ratio": r["up_bytes"] / base["up_bytes"], "down_ratio": r["down_bytes"] / base["down_bytes"],
+            "round_time_ratio": r["round_seconds"] / base["round_seconds"], **r,
+        }
+        x = report[name]
+        print(f"  {name:8s} update {x['bytes_per_value']:.2f} B/value (x{x['update_bytes_vs_fp32']:.2f} fp32) | "
+              f"up x{x['up_ratio']:.2f} down x{x['down_ratio']:.2f} vs plain | round {r['round_seconds']:.2f} s "
+              f"(x{x['round_time_ratio']:.3f}) | protect {r['protect_seconds']:.3f} s, aggregate "
+              f"{r['aggregate_seconds']:.3f} s, reveal {r['reveal_seconds']:.3f} s")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
