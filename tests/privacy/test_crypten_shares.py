@@ -1,0 +1,84 @@
+"""Owner-side secret sharing for the crypten backend: exact reconstruction, uniform single shares,
+refusal of misrouted, replayed or cut shares."""
+
+import numpy as np
+import pytest
+from nacl.public import PrivateKey
+from scipy.stats import chisquare
+
+from fedveil.privacy.secagg import crypten_compat
+from fedveil.privacy.secagg.base import PayloadError
+from fedveil.privacy.secagg.crypten_shares import (
+    ShareHeader, decode_fixed, encode_fixed, open_share, reconstruct, seal_share, split,
+)
+
+
+def test_shares_reveal_the_update_within_one_ulp_per_client():
+    rng = np.random.default_rng(0)
+    updates = [rng.normal(scale=0.3, size=1000) for _ in range(3)]
+    weights = [216.0, 54.0, 1000.0]
+    per_party = [split(encode_fixed(w * u), 3) for u, w in zip(updates, weights)]
+    # each party sums the shares it holds; the parties' sums together reveal the weighted sum
+    party_sums = [reconstruct([shares[p] for shares in per_party]) for p in range(3)]
+    revealed = decode_fixed(reconstruct(party_sums))
+    expected = sum(w * u for u, w in zip(updates, weights))
+    assert np.abs(revealed - expected).max() <= 3 * 2**-16 + 1e-9
+    assert decode_fixed(encode_fixed(np.array([-1.49999])))[0] == pytest.approx(-1.49999, abs=2**-17)
+
+
+def test_fixed_point_matches_patched_crypten_encoder():
+    import torch
+
+    crypten_compat.import_crypten()
+    from crypten.encoder import FixedPointEncoder
+
+    x = np.array([-1.49999, -3.00001, 0.25, 7.123456, -1e-6])
+    ours = encode_fixed(x)
+    assert np.array_equal(ours, FixedPointEncoder().encode(torch.tensor(x)).numpy())
+    assert np.allclose(decode_fixed(ours), FixedPointEncoder().decode(torch.tensor(ours)).numpy(), atol=1e-6)
+
+
+def test_a_single_share_is_uniform_whatever_the_update():
+    # the top byte of a party's share should be uniform over 256 values for any fixed update
+    for update in (np.zeros(20000), np.full(20000, 3.0)):
+        share = split(encode_fixed(update), 3)[1]
+        top = (share.view(np.uint64) >> np.uint64(56)).astype(np.int64)
+        counts = np.bincount(top, minlength=256)
+        assert chisquare(counts).pvalue > 1e-4
+        low = (share.view(np.uint64) & np.uint64(0xFF)).astype(np.int64)
+        assert chisquare(np.bincount(low, minlength=256)).pvalue > 1e-4
+
+
+def test_sealed_shares_open_only_for_their_party_round_and_length():
+    parties = [PrivateKey.generate() for _ in range(3)]
+    shares = split(encode_fixed(np.arange(10) / 7), 3)
+    head = lambda p, **kw: ShareHeader(**{"round": 2, "client": "client_0", "party": p, "layout_digest": "abc", "length": 10, **kw})
+    sealed = [seal_share(s, head(p), bytes(parties[p].public_key)) for p, s in enumerate(shares)]
+    opened = [open_share(sealed[p], bytes(parties[p]), head(p)) for p in range(3)]
+    assert np.allclose(decode_fixed(reconstruct(opened)), np.arange(10) / 7, atol=2**-16)
+    with pytest.raises(PayloadError, match="does not open with party 1"):
+        open_share(sealed[0], bytes(parties[1]), head(1))
+    with pytest.raises(PayloadError, match="does not match"):
+        open_share(sealed[0], bytes(parties[0]), head(0, round=3))  # replayed into another round
+    wrong_length = seal_share(shares[0][:9], head(0, length=10), bytes(parties[0].public_key))
+    with pytest.raises(PayloadError, match="holds 9 values"):
+        open_share(wrong_length, bytes(parties[0]), head(0))
+    with pytest.raises(PayloadError):
+        open_share(sealed[0][:-5], bytes(parties[0]), head(0))  # cut short
+
+
+@pytest.mark.slow
+def test_mpc_norm_check_drops_the_oversized_update_and_reveals_the_others_aggregate():
+    from fedveil.privacy.secagg.crypten_mpc import run_local_parties
+
+    rng = np.random.default_rng(1)
+    updates = [rng.normal(scale=0.05, size=500) for _ in range(3)]
+    updates[1] = updates[1] * 1000  # far over the bound
+    counts = [216, 54, 100]
+    shares = [split(encode_fixed(u), 3) for u in updates]
+    results = run_local_parties(shares, counts, bound=5.0)
+    assert len(results) == 3
+    for accepted, weighted_sum, total in results:  # every party agrees
+        assert accepted == [True, False, True] and total == 316
+        expected = (216 * updates[0] + 100 * updates[2]) / 316
+        assert np.abs(weighted_sum / total - expected).max() < 1e-4
