@@ -69,7 +69,7 @@ def identity_for(msg: Message, context: Context):
 
 def owner_for(msg: Message, context: Context) -> tuple[Owner, dict]:
     cfg, identity, per_round = identity_for(msg, context)
-    owner = Owner(cfg, identity)
+    owner = Owner(cfg, identity, per_round)
     owner.layout.check(str(per_round.get(wire.DIGEST_KEY, "")), "the server")
     return owner, per_round
 

@@ -59,7 +59,7 @@ def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int) -> O
 class Owner:
     """A data owner bound to one experiment config."""
 
-    def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity) -> None:
+    def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity, per_round: dict | None = None) -> None:
         self.cfg, self.identity = cfg, identity
         self.device = resolve_device(cfg.model.device)
         lora_key = json.dumps(dataclasses.asdict(cfg.model.lora), sort_keys=True)
@@ -68,7 +68,10 @@ class Owner:
         data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
-        self.backend = owner_backend(cfg.aggregation, self.layout.size, identity.state_dir)
+        per_round = per_round or {}
+        round_info = {"round": int(per_round.get("server-round", 0)), "client": identity.client_id,
+                      "layout_digest": self.layout.digest, "party-keys": per_round.get("party-keys", "")}
+        self.backend = owner_backend(cfg.aggregation, self.layout.size, identity.state_dir, round_info)
 
     @property
     def num_examples(self) -> int:
@@ -135,13 +138,13 @@ class Owner:
             "train-seconds": result.seconds,
             "protect-seconds": time.perf_counter() - start,
         })
-        if self.backend.server_can_reveal:  # the server sees the update anyway; elsewhere even its norm stays home
+        if self.backend.server_sees_updates:  # the server sees the update anyway; elsewhere even its norm stays home
             metrics["update-norm"] = float(np.linalg.norm(delta))
         return protected, metrics
 
     def metric_weight(self, count: int) -> int:
-        """Counts weight the server's metric averages; a sealed backend hides them (weight 1)."""
-        return count if self.backend.server_can_reveal else 1
+        """Counts weight the server's metric averages; secure backends hide them (weight 1)."""
+        return count if self.backend.server_sees_updates else 1
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
         self.load_global(global_vector)

@@ -36,7 +36,8 @@ ROUND_KEY, DIGEST_KEY, CLIENT_KEY = "server-round", "layout-digest", "client-id"
 REENCRYPT_KEY, FINAL_KEY = "reencrypt-by", "final-adapter"  # sealed backends, evaluate only
 REENCRYPTED = "global-ct"  # blob an owner returns with Enc(new global) when asked
 WEIGHT_KEY = "num-examples"
-PER_ROUND_KEYS = (ROUND_KEY, DIGEST_KEY, REENCRYPT_KEY, FINAL_KEY)
+PARTY_KEYS = "party-keys"  # crypten: the aggregator parties' X25519 public keys, hex, comma-separated
+PER_ROUND_KEYS = (ROUND_KEY, DIGEST_KEY, REENCRYPT_KEY, FINAL_KEY, PARTY_KEYS)
 
 
 def vector_record(vector: np.ndarray) -> ArrayRecord:

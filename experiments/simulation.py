@@ -21,8 +21,6 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from flwr.app import Context, RecordDict
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.telemetry import EventType
 
     from fedveil.client.app import app as client_app
     from fedveil.core.quiet import quiet_loggers
@@ -30,11 +28,33 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
 
     quiet_loggers()
 
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
     backend_config = {
         "client_resources": {"num_cpus": cfg.sim.client_cpus, "num_gpus": cfg.sim.client_gpus},
         "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
     }
+    parties = []
+    if cfg.aggregation.name == "crypten" and not cfg.aggregation.party_addresses:
+        from pathlib import Path
+
+        from fedveil.privacy.secagg.crypten_party import start_local_parties
+
+        print(f"[fedveil] crypten: starting {cfg.aggregation.parties} aggregator parties and a TTP dealer", flush=True)
+        cfg.aggregation.party_addresses, parties = start_local_parties(cfg.aggregation.parties,
+                                                                       Path(cfg.output_dir) / "parties")
+    try:
+        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
+        run_engine(cfg, context, client_app, server_app, backend_config)
+    finally:
+        if parties:
+            from fedveil.privacy.secagg.crypten_party import stop_parties
+
+            stop_parties(parties)
+
+
+def run_engine(cfg: FedveilConfig, context, client_app, server_app, backend_config: dict) -> None:
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
     _run_simulation(
         num_supernodes=cfg.num_clients,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedveil.client.model import get_adapter, load_lora_model, set_adapter
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import wire
+from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import server_backend
 from fedveil.server import checkpoint
@@ -75,6 +76,15 @@ def start_state(cfg: FedveilConfig, grid: Grid, layout: AdapterLayout, initial: 
                                     cfg.sim.round_timeout_s)
         progress(f"tenseal: {len(owners)} owners keyed; the server holds the public context only")
         return server_backend(cfg.aggregation, layout.size, public=public), SealedGlobal(), sorted(owners.values())
+    if cfg.aggregation.name == "crypten":
+        from fedveil.privacy.secagg.crypten_party import call
+
+        addresses = cfg.aggregation.party_addresses or []
+        if len(addresses) != cfg.aggregation.parties:
+            raise UserError("aggregation.party_addresses must list every aggregator party (HOST:PORT each)")
+        keys = [call(a, "PublicKey", b"", timeout=30).hex() for a in addresses]
+        base_config[wire.PARTY_KEYS] = ",".join(keys)
+        progress(f"crypten: {len(keys)} aggregator parties reachable; owners seal one share to each")
     return server_backend(cfg.aggregation, layout.size), ClearGlobal(initial), []
 
 
@@ -125,7 +135,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
                 "bytes_down": ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
                 "bytes_up": ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
                 "bytes_update_up": ex.bytes_up.get(node, 0),
-                "num_examples": None if state.sealed else m.get(wire.WEIGHT_KEY), "train_loss": m.get("train-loss"),
+                "num_examples": m.get(wire.WEIGHT_KEY) if backend.server_sees_updates else None, "train_loss": m.get("train-loss"),
                 **({"update_norm": m["update-norm"]} if "update-norm" in m else {}),
                 **eval_clients.get(who, {}),
                 **{name: m[key] for key, name in DP_FIELDS.items() if key in m},

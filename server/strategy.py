@@ -91,7 +91,7 @@ class SecureAggregation(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         log = self.last_train = TrainRound()
-        payloads = []
+        payloads, order = [], []
         for msg in replies:
             who = client_label(msg)
             log.node_to_client[msg.metadata.src_node_id] = who
@@ -102,11 +102,19 @@ class SecureAggregation(Strategy):
                 continue
             log.accepted[who] = metrics
             payloads.append(protected)
+            order.append(who)
         if not payloads:
             return None, None
         start = time.perf_counter()
-        combined = log.combined = self.backend.combine(payloads)
+        combined = log.combined = self.backend.combine(payloads, clients=order, server_round=server_round,
+                                                       layout_digest=self.layout.digest)
         log.aggregate_seconds = time.perf_counter() - start
+        for who, status in zip(order, getattr(self.backend, "last_status", None) or []):
+            if status != "ok":  # the parties' MPC left this owner out (norm over the bound, bad share)
+                log.excluded[who] = f"dropped by the aggregator parties: {status}"
+                log.accepted.pop(who)
+        if not log.accepted:
+            return None, None
         metrics = MetricRecord(weighted_means(log.accepted))
         if not self.backend.server_can_reveal:
             return None, metrics  # the server keeps the ciphertext; owners reveal it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedveil.core.errors import UserError
+from fedveil.privacy.secagg.crypten_backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
 from fedveil.privacy.secagg.tenseal_ckks import TensealBackend, TensealConfig
 
@@ -12,6 +13,7 @@ from fedveil.privacy.secagg.tenseal_ckks import TensealBackend, TensealConfig
 BACKENDS = {
     "plain": (PlainConfig, PlainBackend),
     "tenseal": (TensealConfig, TensealBackend),
+    "crypten": (CryptenConfig, CryptenBackend),
 }
 
 
@@ -28,8 +30,13 @@ def server_backend(cfg, size: int, public: bytes | None = None):
     return backend_entry(cfg.name)[1](cfg, size=size)
 
 
-def owner_backend(cfg, size: int, state_dir: str | Path):
-    """An owner's side; ``tenseal`` reads the installed context from the owner's state dir."""
+def owner_backend(cfg, size: int, state_dir: str | Path, round_info: dict | None = None):
+    """An owner's side; ``tenseal`` reads the installed context from the owner's state dir;
+    ``crypten`` takes the parties' public keys and the round from ``round_info``."""
+    if cfg.name == "crypten":
+        info = dict(round_info or {})
+        keys = [bytes.fromhex(h) for h in str(info.pop("party-keys", "")).split(",") if h]
+        return CryptenBackend(cfg, size, party_keys=keys, round_info=info)
     if cfg.name == "tenseal":
         from fedveil.privacy.keys import load_contexts
 

@@ -59,12 +59,14 @@ class Backend(Protocol):
 
     name: str
     server_can_reveal: bool  # True only where the server may see the aggregate in clear
+    server_sees_updates: bool  # True only where the server sees each client's update (plain)
 
     def protect(self, delta: np.ndarray, weight: float) -> Protected: ...
 
     def validate(self, payload: Protected) -> None:
         """Raise :class:`PayloadError` unless ``payload`` is well formed for this setup."""
 
-    def combine(self, payloads: list[Protected]) -> Protected: ...
+    def combine(self, payloads: list[Protected], **context) -> Protected:
+        """``context``: ``clients`` (ids, payload order), ``server_round``, ``layout_digest``."""
 
     def reveal(self, combined: Protected) -> Revealed: ...

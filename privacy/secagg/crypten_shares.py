@@ -76,16 +76,17 @@ def reconstruct(shares: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def seal_share(share: np.ndarray, header: ShareHeader, party_public_key: bytes) -> bytes:
+def seal_share(share: np.ndarray, header: ShareHeader, party_public_key: bytes, count: float = 1.0) -> bytes:
+    """Seal one share (and the owner's example count, which the parties see) to its party."""
     from nacl.public import PublicKey, SealedBox
 
     head = header.encode()
-    body = np.ascontiguousarray(share, np.int64).tobytes()
+    body = np.array([count], np.float64).tobytes() + np.ascontiguousarray(share, np.int64).tobytes()
     return SealedBox(PublicKey(party_public_key)).encrypt(len(head).to_bytes(4, "big") + head + body)
 
 
-def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -> np.ndarray:
-    """The share inside ``sealed``, if it is for ``expected``; anything else is refused."""
+def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -> tuple[float, np.ndarray]:
+    """(count, share) inside ``sealed``, if it is for ``expected``; anything else is refused."""
     from nacl.exceptions import CryptoError
     from nacl.public import PrivateKey, SealedBox
 
@@ -101,10 +102,13 @@ def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -
         raise PayloadError(f"share from {expected.client} has a malformed header") from exc
     if header != expected:
         raise PayloadError(f"share header {header} does not match what party {expected.party} expects ({expected})")
-    body = raw[4 + n :]
+    body = raw[4 + n + 8 :]
+    count = float(np.frombuffer(raw[4 + n : 4 + n + 8], np.float64)[0]) if len(raw) >= 4 + n + 8 else -1.0
     if len(body) != 8 * expected.length:
         raise PayloadError(f"share from {expected.client} holds {len(body) // 8} values, the layout needs {expected.length}")
-    return np.frombuffer(body, dtype=np.int64).copy()
+    if not (np.isfinite(count) and count > 0):
+        raise PayloadError(f"share from {expected.client} carries no positive example count")
+    return count, np.frombuffer(body, dtype=np.int64).copy()
 
 
 def digest(values: np.ndarray) -> str:

@@ -31,6 +31,7 @@ def weighted_sum(vectors: list[np.ndarray], weights: list[float]) -> tuple[np.nd
 class PlainBackend:
     name = "plain"
     server_can_reveal = True
+    server_sees_updates = True  # does the coordinator see single updates (and their norms, counts)?
 
     def __init__(self, cfg: PlainConfig | None = None, size: int | None = None) -> None:
         self.size = size
@@ -54,7 +55,7 @@ class PlainBackend:
     def validate(self, p: Protected) -> None:
         self._unpack(p)
 
-    def combine(self, payloads: list[Protected]) -> Protected:
+    def combine(self, payloads: list[Protected], **context) -> Protected:
         unpacked = [self._unpack(p) for p in payloads]
         acc, total = weighted_sum([d for d, _ in unpacked], [w for _, w in unpacked])
         return Protected(arrays={"weighted_sum": acc, "weight": np.array([total], np.float64)})

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedveil.core.errors import UserError
+from fedveil.core.framing import FramingError, pack, unpack
 from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, by ring degree N
@@ -85,24 +86,6 @@ def context_id(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()
 
 
-def pack(chunks: list[bytes]) -> bytes:
-    """Length-prefixed concatenation of serialized ciphertexts."""
-    return b"".join(len(c).to_bytes(4, "big") + c for c in chunks)
-
-
-def unpack(blob: bytes) -> list[bytes]:
-    chunks, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise PayloadError("ciphertext stream is truncated (dangling length prefix)")
-        n = int.from_bytes(blob[pos : pos + 4], "big")
-        if n == 0 or pos + 4 + n > len(blob):
-            raise PayloadError("ciphertext stream is truncated (a ciphertext is cut short)")
-        chunks.append(blob[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-    return chunks
-
-
 def load_context(data: bytes):
     import tenseal as ts
 
@@ -135,6 +118,7 @@ class TensealBackend:
 
     name = "tenseal"
     server_can_reveal = False
+    server_sees_updates = False  # does the coordinator see single updates (and their norms, counts)?
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes,
                  secret: bytes | None = None) -> None:
@@ -177,8 +161,8 @@ class TensealBackend:
             raise PayloadError("ciphertext bytes do not match their SHA-256: damaged or tampered in transit")
         try:
             vecs = [ts.ckks_vector_from(ctx, c) for c in unpack(blob)]
-        except PayloadError:
-            raise
+        except FramingError as exc:
+            raise PayloadError(f"ciphertext stream is unreadable: {exc}") from exc
         except Exception as exc:
             raise PayloadError(f"ciphertext is unreadable ({exc}): truncated or not a CKKS vector") from exc
         held = sum(v.size() for v in vecs)
@@ -189,7 +173,7 @@ class TensealBackend:
     def validate(self, p: Protected) -> None:
         self._vectors(p, self._public)
 
-    def combine(self, payloads: list[Protected]) -> Protected:
+    def combine(self, payloads: list[Protected], **context) -> Protected:
         if not payloads:
             raise PayloadError("nothing to aggregate: no ciphertext arrived")
         total = self._vectors(payloads[0], self._public)

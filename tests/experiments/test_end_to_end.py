@@ -86,16 +86,27 @@ def test_acceptance_run_with_dp(tmp_path):
     assert all("privacy budget" in reason for reason in last["excluded"].values())
 
 
-def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path):
+SECURE_ARGS = ["dp=off", "seed=3", "rounds=2", "num_clients=3"]
+
+
+@pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory):
+    """The plain run the secure backends must reproduce: its final adapter tensors."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path_factory.mktemp("plain") / "run"
+    run_cli(out, "aggregation=plain", *SECURE_ARGS)
+    return load_file(out / "final_adapter" / "adapter_model.safetensors")
+
+
+def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plain_reference):
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
-    args = ["dp=off", "seed=3", "rounds=2", "num_clients=3"]
-    run_cli(tmp_path / "plain", "aggregation=plain", *args)
-    proc = run_cli(tmp_path / "he", "aggregation=tenseal", *args)
+    proc = run_cli(tmp_path / "he", "aggregation=tenseal", *SECURE_ARGS)
     out = tmp_path / "he"
     assert "server holds the public context only" in proc.stdout
-    reference = load_file(tmp_path / "plain" / "final_adapter" / "adapter_model.safetensors")
+    reference = plain_reference
     for k in range(3):
         owner = load_file(out / "clients" / f"client_{k}" / "final_adapter" / "adapter_model.safetensors")
         assert max(float(np.abs(owner[n] - reference[n]).max()) for n in reference) < 1e-4
@@ -114,6 +125,23 @@ def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path):
     # owners hold the keys; the server's output has none
     assert (out / "clients" / "client_0" / "keys" / "ckks_secret.ctx").is_file()
     assert not any(p.name.endswith(".ctx") or p.name.endswith(".key") for p in server_files)
+
+
+def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_path, plain_reference):
+    import psutil
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "mpc"
+    proc = run_cli(out, "aggregation=crypten", *SECURE_ARGS)
+    assert "3 aggregator parties reachable" in proc.stdout
+    final = load_file(out / "final_adapter" / "adapter_model.safetensors")
+    assert max(float(np.abs(final[n] - plain_reference[n]).max()) for n in plain_reference) < 1e-3
+    for r in rows(out)[1:]:
+        assert r["backend"] == "crypten" and r["clients"] == ["client_0", "client_1", "client_2"]
+        for c in r["per_client"].values():
+            assert "update_norm" not in c and c["num_examples"] is None  # the server sees the aggregate only
+            assert c["bytes_update_up"] <= 3 * 2 * 4 * 16384 + 3 * 4096  # <= 2x fp32 per party
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "crypten_party" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):

@@ -53,8 +53,9 @@ def test_sealed_shares_open_only_for_their_party_round_and_length():
     parties = [PrivateKey.generate() for _ in range(3)]
     shares = split(encode_fixed(np.arange(10) / 7), 3)
     head = lambda p, **kw: ShareHeader(**{"round": 2, "client": "client_0", "party": p, "layout_digest": "abc", "length": 10, **kw})
-    sealed = [seal_share(s, head(p), bytes(parties[p].public_key)) for p, s in enumerate(shares)]
-    opened = [open_share(sealed[p], bytes(parties[p]), head(p)) for p in range(3)]
+    sealed = [seal_share(s, head(p), bytes(parties[p].public_key), count=12) for p, s in enumerate(shares)]
+    assert open_share(sealed[2], bytes(parties[2]), head(2))[0] == 12
+    opened = [open_share(sealed[p], bytes(parties[p]), head(p))[1] for p in range(3)]
     assert np.allclose(decode_fixed(reconstruct(opened)), np.arange(10) / 7, atol=2**-16)
     with pytest.raises(PayloadError, match="does not open with party 1"):
         open_share(sealed[0], bytes(parties[1]), head(1))

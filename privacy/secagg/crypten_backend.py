@@ -1,0 +1,123 @@
+"""``crypten``: K non-colluding aggregator parties hold additive shares; only the aggregate is revealed.
+
+What each party holds and sees:
+
+- owners: split ``Δ_k`` (fixed point, Z_2^64) into K shares, seal share p and the count ``n_k``
+  to party p's X25519 key; the server relays sealed boxes it cannot open.
+- parties: one uniformly random share per owner (plus every owner's count); in MPC they check
+  ``||Δ_k|| <= aggregation.norm_bound`` (only the yes/no is revealed: an over-bound update is
+  dropped unseen) and reveal ``Σ n_k Δ_k`` over the accepted owners. Up to K-1 colluding parties
+  learn nothing about an update. Multiplication triples come from a trusted dealer (TTP
+  process) that sees no share.
+- server: the revealed aggregate (and which owners were dropped), as with ``plain`` but without
+  any single update.
+
+Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from fedveil.core.errors import UserError
+from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
+from fedveil.privacy.secagg.crypten_shares import ShareHeader, encode_fixed, seal_share, split
+
+
+@dataclass
+class CryptenConfig:
+    name: str = "crypten"
+    parties: int = 3
+    norm_bound: Optional[float] = None  # L2 bound on each owner's delta, checked in MPC (None: no check)
+    party_addresses: Optional[list[str]] = None  # HOST:PORT per party; simulation fills these in
+    party_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.parties < 2:
+            raise UserError(f"aggregation.parties must be >= 2, got {self.parties}")
+        if self.norm_bound is not None and not self.norm_bound > 0:
+            raise UserError(f"aggregation.norm_bound must be > 0 (or null), got {self.norm_bound}")
+        if self.party_addresses is not None and len(self.party_addresses) != self.parties:
+            raise UserError(f"aggregation.party_addresses lists {len(self.party_addresses)} parties, "
+                            f"aggregation.parties={self.parties}")
+
+
+class PartyFailure(UserError):
+    """A party did not answer in time or failed; the round cannot be aggregated."""
+
+
+class CryptenBackend:
+    name = "crypten"
+    server_can_reveal = True  # the coordinator receives the aggregate, never a single update
+    server_sees_updates = False  # does the coordinator see single updates (and their norms, counts)?
+
+    def __init__(self, cfg: CryptenConfig | None, size: int | None = None, *, party_keys: list[bytes] | None = None,
+                 round_info: dict | None = None) -> None:
+        self.cfg, self.size = cfg or CryptenConfig(), size
+        self.party_keys = party_keys or []
+        self.round_info = round_info or {}  # {"round", "client", "layout_digest"} on an owner
+        self.last_status: list[str] = []
+        self.last_seconds: dict[str, float] = {}
+
+    # --- owner side -------------------------------------------------------------------------
+    def protect(self, delta: np.ndarray, weight: float) -> Protected:
+        if len(self.party_keys) != self.cfg.parties:
+            raise UserError("this owner has no public keys for the aggregator parties; the server must send them")
+        start = time.perf_counter()
+        shares = split(encode_fixed(delta), self.cfg.parties)
+        info = self.round_info
+        blobs = {f"share.{p}": seal_share(s, ShareHeader(info["round"], info["client"], p, info["layout_digest"], s.size),
+                                          key, count=weight)
+                 for p, (s, key) in enumerate(zip(shares, self.party_keys))}
+        self.last_seconds = {"share": time.perf_counter() - start}
+        return Protected(blobs=blobs)
+
+    # --- server side ------------------------------------------------------------------------
+    def validate(self, p: Protected) -> None:
+        for party in range(self.cfg.parties):
+            blob = p.blobs.get(f"share.{party}")
+            if not isinstance(blob, bytes):
+                raise PayloadError(f"crypten payload lacks the share for party {party}")
+            if self.size is not None and len(blob) < 8 * self.size:
+                raise PayloadError(f"share for party {party} is {len(blob)} bytes, too short for {self.size} values")
+
+    def combine(self, payloads: list[Protected], clients: list[str] | None = None, server_round: int = 0,
+                layout_digest: str = "") -> Protected:
+        from fedveil.privacy.secagg.crypten_party import call, decode_response, encode_request
+
+        if not self.cfg.party_addresses:
+            raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
+        clients = clients or [f"client_{i}" for i in range(len(payloads))]
+        meta = {"round": server_round, "clients": clients, "layout_digest": layout_digest, "length": self.size,
+                "bound": self.cfg.norm_bound}
+
+        def ask(party: int):
+            request = encode_request(meta, [p.blobs[f"share.{party}"] for p in payloads])
+            try:
+                return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s))
+            except Exception as exc:  # grpc.RpcError and friends: report them all below
+                return exc
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.cfg.parties) as pool:
+            answers = list(pool.map(ask, range(self.cfg.parties)))
+        failed = [f"party {i} at {self.cfg.party_addresses[i]} ({a.__class__.__name__})"
+                  for i, a in enumerate(answers) if isinstance(a, Exception)]
+        if failed:
+            raise PartyFailure(f"aggregator {', '.join(failed)} failed or did not answer within "
+                               f"{self.cfg.party_timeout_s:g} s; check that every party process is running")
+        metas = [m for m, _ in answers]
+        if any(m != metas[0] for m in metas) or any(not np.array_equal(answers[0][1], a[1]) for a in answers[1:]):
+            raise PartyFailure("aggregator parties disagree on the revealed aggregate; refusing the round")
+        self.last_status = metas[0]["status"]
+        self.last_seconds["mpc"] = time.perf_counter() - start
+        return Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
+
+    def reveal(self, combined: Protected) -> Revealed:
+        return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))

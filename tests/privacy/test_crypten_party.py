@@ -1,0 +1,47 @@
+"""Real aggregator party processes (gloo + TTP) behind their gRPC service."""
+
+import numpy as np
+import pytest
+
+from fedveil.privacy.secagg.base import Protected
+from fedveil.privacy.secagg.crypten_backend import CryptenBackend, CryptenConfig, PartyFailure
+from fedveil.privacy.secagg.crypten_party import call, start_local_parties, stop_parties
+
+pytestmark = pytest.mark.slow
+SIZE = 300
+
+
+def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_path):
+    addresses, procs = start_local_parties(3, tmp_path)
+    try:
+        keys = [call(a, "PublicKey", b"", timeout=10) for a in addresses]
+        cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20)
+        rng = np.random.default_rng(0)
+        deltas = {"client_0": rng.normal(scale=0.05, size=SIZE), "client_1": rng.normal(scale=50.0, size=SIZE),
+                  "client_2": rng.normal(scale=0.05, size=SIZE), "client_3": rng.normal(scale=0.05, size=SIZE)}
+        counts = {"client_0": 216, "client_1": 54, "client_2": 100, "client_3": 10}
+
+        def protect(client, size=SIZE):
+            owner = CryptenBackend(cfg, size, party_keys=keys,
+                                   round_info={"round": 1, "client": client, "layout_digest": "L"})
+            return owner.protect(deltas[client][:size] if size <= SIZE else np.zeros(size), counts[client])
+
+        payloads = [protect("client_0"), protect("client_1"), protect("client_2")]
+        bad = protect("client_3", size=SIZE - 1)  # wrong length: every party refuses to open it
+        server = CryptenBackend(cfg, SIZE)
+        combined = server.combine([*payloads, Protected(blobs=bad.blobs)],
+                                  clients=["client_0", "client_1", "client_2", "client_3"],
+                                  server_round=1, layout_digest="L")
+        assert server.last_status == ["ok", "over-bound", "ok", "malformed"]
+        revealed = server.reveal(combined)
+        expected = (216 * deltas["client_0"] + 100 * deltas["client_2"]) / 316
+        assert revealed.total_weight == 316
+        assert np.abs(revealed.mean - expected).max() < 2**-16
+
+        procs[1].kill()  # a party dies
+        procs[1].wait()
+        with pytest.raises(PartyFailure, match=r"party 1 at .* failed or did not answer"):
+            server.combine(payloads, clients=["client_0", "client_1", "client_2"], server_round=2, layout_digest="L")
+    finally:
+        stop_parties(procs)
+    assert all(p.poll() is not None for p in procs)  # every party and the dealer are gone
