@@ -27,6 +27,7 @@ MODELS = {
 def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"aggregation={backend}",
            f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0",
+           *([f"aggregation.parties={args.parties}"] if backend == "crypten" else []),
            *MODELS[args.model]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -60,7 +61,8 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="mid")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--parties", type=int, default=3, help="crypten aggregator parties")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = {"plain": run(Path(tmp) / "plain", "plain", args)}
@@ -72,14 +74,17 @@ def main() -> None:
           f"{args.steps} local steps")
     report = {}
     for name, r in results.items():
+        receivers = args.parties if name == "crypten" else 1  # crypten: one share per party
         report[name] = {
             "bytes_per_value": r["update_bytes"] / values,
+            "per_receiver_vs_fp32": r["update_bytes"] / receivers / (4 * values),
             "update_bytes_vs_fp32": r["update_bytes"] / (4 * values),
             "up_ratio": r["up_bytes"] / base["up_bytes"], "down_ratio": r["down_bytes"] / base["down_bytes"],
             "round_time_ratio": r["round_seconds"] / base["round_seconds"], **r,
         }
         x = report[name]
-        print(f"  {name:8s} update {x['bytes_per_value']:.2f} B/value (x{x['update_bytes_vs_fp32']:.2f} fp32) | "
+        print(f"  {name:8s} update {x['bytes_per_value']:.2f} B/value (x{x['update_bytes_vs_fp32']:.2f} fp32; "
+              f"x{x['per_receiver_vs_fp32']:.2f} per receiving party) | "
               f"up x{x['up_ratio']:.2f} down x{x['down_ratio']:.2f} vs plain | round {r['round_seconds']:.2f} s "
               f"(x{x['round_time_ratio']:.3f}) | protect {r['protect_seconds']:.3f} s, aggregate "
               f"{r['aggregate_seconds']:.3f} s, reveal {r['reveal_seconds']:.3f} s")
