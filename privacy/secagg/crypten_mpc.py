@@ -10,9 +10,8 @@ which hands party 0 the randomness), they:
 2. form ``sum_k n_k x_k`` over the accepted clients (``n_k`` are public to the parties);
 3. reveal that sum: the only value that leaves the MPC (to the parties and the coordinator).
 
-Not built yet: party processes on separate hosts (``fedveil-party``), the transport of sealed
-shares from the server to the parties, and the Flower wrapper; :func:`run_local_parties` runs
-the computation in local processes (CrypTen's ``run_multiprocess``, gloo) for tests.
+The party processes and their transport live in ``crypten_party.py``; :func:`run_local_parties`
+runs the same computation in forked local processes (CrypTen's ``run_multiprocess``) for tests.
 """
 
 from __future__ import annotations

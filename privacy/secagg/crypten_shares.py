@@ -7,7 +7,7 @@ seal each share to its party's X25519 key, bound to (round, client, party, layou
 share replayed into another round, routed to another party or cut short is refused.
 
 Any K-1 shares are uniformly random and independent of the update: only all K together
-determine it. The parties' MPC (sum, norm check, reveal of the aggregate) is not built yet.
+determine it. The parties' side is ``crypten_mpc.py`` and ``crypten_party.py``.
 """
 
 from __future__ import annotations
