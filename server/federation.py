@@ -7,6 +7,7 @@ progress a person can follow.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from fedveil.core import wire
 from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import server_backend
-from fedveil.server import checkpoint
+from fedveil.server import checkpoint, round_ledger
 from fedveil.server.global_state import ClearGlobal, SealedGlobal
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.report import append_metrics, drop_rows_after, fmt, progress, summarize
@@ -33,6 +34,15 @@ from fedveil.server.strategy import SecureAggregation, client_label
 # What each client reports of its DP accounting (its ledger stays with it).
 DP_FIELDS = {"dp-noise-multiplier": "noise_multiplier", "dp-sample-rate": "sample_rate", "dp-steps": "steps",
              "dp-delta": "delta", "dp-epsilon": "epsilon", "dp-budget": "epsilon_budget"}
+
+
+def payload_digest(combined) -> str | None:
+    """SHA-256 over what the backend aggregated (clear arrays or ciphertext bytes), in name order."""
+    if combined is None:
+        return None
+    parts = [combined.arrays[k].tobytes() for k in sorted(combined.arrays)]
+    parts += [combined.blobs[k] for k in sorted(combined.blobs)]
+    return round_ledger.sha256_of(*parts)
 
 
 @dataclass
@@ -100,7 +110,8 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
                   min_available_nodes=cfg.num_clients, arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
     strategy = SecureAggregation(base, backend, layout)
 
-    first, seen = 1, set()
+    first, seen, head = 1, set(), None
+    config_hash = round_ledger.sha256_of(json.dumps(base_config, sort_keys=True).encode())
     resumed = checkpoint.latest(out, layout) if cfg.resume else None
     if resumed:
         first, state = resumed[0] + 1, type(state).restore(resumed[1])
@@ -156,8 +167,16 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
             },
         }
         row["max_epsilon"] = max((c["epsilon"] for c in per_client.values() if "epsilon" in c), default=None)
-        checkpoint.save(out, rnd, state.checkpoint(), layout)
+        saved = state.checkpoint()
+        checkpoint.save(out, rnd, saved, layout)
         append_metrics(out, row)
+        head = round_ledger.append(out / round_ledger.FILENAME, {
+            "round": rnd, "backend": backend.name, "config_hash": config_hash, "layout_digest": layout.digest,
+            "participants": sorted(log.accepted), "excluded": sorted(log.excluded),
+            "aggregated_digest": payload_digest(log.combined),
+            "epsilon": {who: c["epsilon"] for who, c in per_client.items() if "epsilon" in c},
+            "global_state_hash": round_ledger.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
+        })["hash"]
         max_eps = row["max_epsilon"]
         note = f" | max eps {max_eps:.3f}" if max_eps is not None else ""
         note += f" | excluded {sorted(log.excluded)}" if log.excluded else ""
@@ -175,7 +194,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
         extra_summary["final_adapter"] = str(out / "final_adapter")
     summary = summarize(out, {"backend": backend.name, "dp": cfg.dp.name, "seed": cfg.seed, "rounds": cfg.rounds,
                               "clients": sorted(seen), "model_path": cfg.model.path, "layout_digest": layout.digest,
-                              **extra_summary})
+                              "ledger_head": head, **extra_summary})
     progress(f"done: eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])} | "
              f"outputs in {out}")
     return summary

@@ -41,6 +41,13 @@ def test_acceptance_run_plain_no_dp(tmp_path):
     assert summary["rounds_completed"] == 3 and summary["final_eval_loss"] == metrics[-1]["eval_loss"]
     assert (out / "report.md").is_file() and len(list((out / "checkpoints").glob("round_*.safetensors"))) == 3
 
+    # the round ledger verifies against the head the summary recorded
+    from fedveil.server.cli import main as fedveil
+
+    ledger = [json.loads(line) for line in (out / "round_ledger.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in ledger] == [1, 2, 3] and ledger[0]["participants"] == ["client_0", "client_1", "client_2"]
+    assert fedveil(["verify-ledger", str(out), "--head", summary["ledger_head"]]) == 0
+
     # final_adapter/ loads with PEFT onto the base model its config names, and equals round 3's global
     from peft import PeftModel
     from safetensors.numpy import load_file

@@ -1,0 +1,83 @@
+"""A tamper-evident round ledger: one JSON line per round, each carrying the previous line's hash.
+
+``<out>/round_ledger.jsonl``, appended by the coordinator after every round: round, config hash,
+adapter layout digest, participating clients, a digest of what was aggregated (ciphertexts or the
+revealed aggregate), the epsilon each client reported, the hash of the resulting global state
+where the server has one, ``prev_hash`` and the entry's own ``hash`` (SHA-256 of the canonical JSON
+of everything else).
+
+What it proves: that the file is the unbroken sequence the writer produced — editing an entry,
+deleting one from the middle or reordering entries breaks the chain, and ``fedveil verify-ledger``
+says where. Deleting the newest entries is visible only against a head hash kept elsewhere
+(``summary.json`` records ``ledger_head``; pass it with ``--head``). What it does not prove: that the
+coordinator told the truth when it wrote an entry. It is evidence a coordinator commits to, not
+consensus; owners who keep the head hashes they were shown can hold it to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+FILENAME = "round_ledger.jsonl"
+GENESIS = "0" * 64
+
+
+def canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in entry.items() if k != "hash"}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(entry)).hexdigest()
+
+
+def sha256_of(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry chained to the last; returns it (with ``hash``)."""
+    entries = read(path)
+    entry = {**fields, "index": len(entries), "prev_hash": entries[-1]["hash"] if entries else GENESIS}
+    entry["hash"] = entry_hash(entry)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return entry
+
+
+def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
+    """(ok, one line saying so or naming the first break)."""
+    if not path.is_file():
+        return False, f"{path}: no such ledger"
+    prev = GENESIS
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return False, f"{path}:{i}: not valid JSON (damaged or truncated)"
+        if entry.get("hash") != entry_hash(entry):
+            return False, f"{path}:{i}: entry hash does not match its content (the entry was edited)"
+        if entry.get("prev_hash") != prev:
+            return False, f"{path}:{i}: prev_hash does not match line {i - 1} (an entry was deleted, inserted or reordered)"
+        if entry.get("index") != i - 1:
+            return False, f"{path}:{i}: index {entry.get('index')} where {i - 1} belongs (entries were reordered or removed)"
+        prev = entry["hash"]
+    if head is not None and prev != head:
+        return False, f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... (entries were removed from the end, or another ledger)"
+    return True, f"{path}: {len(lines)} entries, chain intact, head {prev}"
