@@ -1,6 +1,7 @@
 # fedveil: one entry point for set-up, the demo and the tests.
 #   make demo   installs (if needed) and runs a small federated fine-tuning (3 owners x 3 rounds)
 #   make test   installs (if needed) and runs the whole test suite, slow end-to-end tests included
+#   make deploy-demo [BACKEND=tenseal|crypten|plain]   the deployment (TLS, node auth) on 127.0.0.1
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DEMO_DIR ?= outputs/demo
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast deploy-demo clean
 
 install: $(STAMP)
 
@@ -33,6 +34,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow"
+
+# The deployment on 127.0.0.1 (TLS, SuperNode auth, 3 SuperNodes, tenseal; BACKEND=crypten for MPC).
+deploy-demo: install
+	BACKEND=$(or $(BACKEND),tenseal) bash deploy/demo.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -34,7 +34,8 @@ class DataConfig:
     """Where each data owner's files are and how they are cut.
 
     ``client_dirs`` lists one directory or file per owner (simulation). With ``name=demo`` and no
-    ``client_dirs`` the runner generates the demo set into the run directory first.
+    ``client_dirs`` the runner generates the demo set into the run directory first. ``name=node``
+    (deployment): each SuperNode's ``data-dir`` node config says where its owner's data is.
     """
 
     name: str = "demo"
@@ -48,7 +49,7 @@ class DataConfig:
             raise UserError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.max_length < 8:
             raise UserError(f"data.max_length must be >= 8, got {self.max_length}")
-        if self.name != "demo" and not self.client_dirs:
+        if self.name not in ("demo", "node") and not self.client_dirs:
             raise UserError(f"data={self.name} needs data.client_dirs=[DIR0,DIR1,...] (one per data owner)")
 
 

@@ -81,7 +81,7 @@ class ModelConfig:
 
     name: str = "tiny"
     path: Optional[str] = None
-    tiny: Optional[TinySpec] = None
+    tiny: Optional[TinySpec] = field(default_factory=TinySpec)
     lora: LoraSettings = field(default_factory=LoraSettings)
     device: str = "cpu"
 

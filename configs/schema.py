@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from fedveil.client.data import DataConfig
-from fedveil.client.model import ModelConfig, TinySpec
+from fedveil.client.model import ModelConfig
 from fedveil.client.train import TrainConfig
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp import DP_MODES
 from fedveil.privacy.secagg import BACKENDS
 
-LIST_PREFIX = "json:"  # run-config values are scalars: lists travel as JSON strings
+LIST_PREFIX = "json:"  # run-config values are scalars: lists and None travel as JSON strings
 
 
 @dataclass
@@ -46,7 +46,7 @@ class FedveilConfig:
     num_clients: int = 3
     output_dir: str = ""  # filled in by the runner (Hydra's run directory)
     resume: bool = False  # continue from the latest checkpoint in output_dir
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(tiny=TinySpec()))
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dp: Any = None
@@ -92,6 +92,8 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
 
 def coerce(hint: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, str) and value.startswith(LIST_PREFIX):
+        value = json.loads(value[len(LIST_PREFIX):])
     if value is None:
         return None
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
@@ -100,8 +102,6 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
         return build(hint, value, f"{key}.")
     if origin is list:
-        if isinstance(value, str) and value.startswith(LIST_PREFIX):
-            value = json.loads(value[len(LIST_PREFIX):])
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key '{key}' must be a list, got {value!r}")
         return [coerce(args[0], v, key) for v in value] if args else list(value)
@@ -135,16 +135,17 @@ def to_dict(cfg: FedveilConfig) -> dict[str, Any]:
 
 
 def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
-    """Flatten for Flower's run config: dotted keys, scalars only, lists as JSON; None and "" are
-    dropped (Flower 1.42's ``ConfigRecord.count_bytes`` rejects empty strings), so they come back
-    as the field defaults; only fields whose default is None or "" may hold them."""
+    """Flatten for Flower's run config: dotted keys, scalars only; lists and None travel as JSON
+    (``json:[...]``, ``json:null``); "" is dropped (Flower 1.42's ``ConfigRecord.count_bytes``
+    rejects empty strings) and comes back as the field default, so only fields defaulting to ""
+    may hold it."""
     from flwr.common.config import flatten_dict
 
     def encode(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: encode(v) for k, v in node.items() if v is not None and v != ""}
-        if isinstance(node, (list, tuple)):
-            return LIST_PREFIX + json.dumps(list(node))
+            return {k: encode(v) for k, v in node.items() if v != ""}
+        if node is None or isinstance(node, (list, tuple)):
+            return LIST_PREFIX + json.dumps(node if node is None else list(node))
         return node
 
     return flatten_dict(encode(to_dict(cfg)))
@@ -153,4 +154,5 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
 def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
     from flwr.common.config import unflatten_dict
 
-    return from_dict(unflatten_dict(dict(run_config)))
+    # "" stands for "unset" (pyproject's [tool.flwr.app.config] cannot hold None)
+    return from_dict(unflatten_dict({k: v for k, v in run_config.items() if v != ""}))

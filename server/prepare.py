@@ -28,6 +28,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True) -> FedveilConfig:
         progress(f"building tiny {cfg.model.tiny.arch} model -> {out / 'base_model'}")
         cfg.model.path = str(build_tiny_model(cfg.model.tiny, out / "base_model", seed=cfg.seed))
     cfg.model.path = str(check_model_dir(cfg.model.path))
+    if cfg.data.name == "node":
+        return cfg  # deployment: owners' data stays on their SuperNodes; they check it themselves
     if cfg.data.name == "demo" and not cfg.data.client_dirs:
         cfg.data.client_dirs = write_demo_data(out / "data", cfg.num_clients, cfg.data.demo_examples, cfg.seed)
         progress(f"demo data for {cfg.num_clients} owners -> {out / 'data'}")

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Start the SuperLink with TLS and SuperNode authentication; state survives restarts (database file).
+#   deploy/start-superlink.sh [--insecure]
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+PKI=$DEPLOY_DIR/pki
+if [ "${1:-}" = "--insecure" ]; then
+  echo "deploy: WARNING: starting the SuperLink WITHOUT TLS, as asked (--insecure)" >&2
+  TLS=(--insecure)
+else
+  [ -f "$PKI/server.pem" ] && [ -f "$PKI/ca.crt" ] || die "no TLS certificate in $PKI: run deploy/make-pki.sh first, or pass --insecure explicitly"
+  TLS=(--ssl-ca-certfile "$PKI/ca.crt" --ssl-certfile "$PKI/server.pem" --ssl-keyfile "$PKI/server.key")
+fi
+start_bg superlink flower-superlink "${TLS[@]}" --host "$SUPERLINK_HOST" --port "$SUPERLINK_PORT" --enable-supernode-auth --disable-runtime-dependency-installation \
+  --database "$DEPLOY_DIR/state/superlink.db"
+mkdir -p "$FLWR_HOME"
+cat >"$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "$CONNECTION"
+
+[superlink.$CONNECTION]
+address = "$SUPERLINK_HOST:$SUPERLINK_PORT"
+$( [ "${1:-}" = "--insecure" ] && echo 'insecure = true' || echo "root-certificates = \"$PKI/ca.crt\"" )
+TOML
+for _ in $(seq 60); do
+  flwr supernode list "$CONNECTION" >/dev/null 2>&1 && { echo "SuperLink up on $SUPERLINK_HOST:$SUPERLINK_PORT (pid $(cat "$DEPLOY_DIR/pids/superlink.pid"))"; exit 0; }
+  sleep 1
+done
+die "the SuperLink did not come up in 60 s; see $DEPLOY_DIR/logs/superlink.log"
