@@ -52,13 +52,9 @@ def shuffled_loader(examples: list, batch_size: int, pad_id: int, seed: int) -> 
 
 
 def cycle(loader: Iterable) -> Iterable:
+    """Pass over ``loader`` again and again (each pass reshuffles or resamples)."""
     while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:  # a Poisson-sampled loader can be empty for one pass; try again
-            continue
+        yield from loader
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:

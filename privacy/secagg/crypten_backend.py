@@ -17,10 +17,8 @@ Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes 
 
 from __future__ import annotations
 
-import json
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -63,19 +61,16 @@ class CryptenBackend:
         self.party_keys = party_keys or []
         self.round_info = round_info or {}  # {"round", "client", "layout_digest"} on an owner
         self.last_status: list[str] = []
-        self.last_seconds: dict[str, float] = {}
 
     # --- owner side -------------------------------------------------------------------------
     def protect(self, delta: np.ndarray, weight: float) -> Protected:
         if len(self.party_keys) != self.cfg.parties:
             raise UserError("this owner has no public keys for the aggregator parties; the server must send them")
-        start = time.perf_counter()
         shares = split(encode_fixed(delta), self.cfg.parties)
         info = self.round_info
         blobs = {f"share.{p}": seal_share(s, ShareHeader(info["round"], info["client"], p, info["layout_digest"], s.size),
                                           key, count=weight)
                  for p, (s, key) in enumerate(zip(shares, self.party_keys))}
-        self.last_seconds = {"share": time.perf_counter() - start}
         return Protected(blobs=blobs)
 
     # --- server side ------------------------------------------------------------------------
@@ -104,7 +99,6 @@ class CryptenBackend:
             except Exception as exc:  # grpc.RpcError and friends: report them all below
                 return exc
 
-        start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.cfg.parties) as pool:
             answers = list(pool.map(ask, range(self.cfg.parties)))
         failed = [f"party {i} at {self.cfg.party_addresses[i]} ({a.__class__.__name__})"
@@ -116,7 +110,6 @@ class CryptenBackend:
         if any(m != metas[0] for m in metas) or any(not np.array_equal(answers[0][1], a[1]) for a in answers[1:]):
             raise PartyFailure("aggregator parties disagree on the revealed aggregate; refusing the round")
         self.last_status = metas[0]["status"]
-        self.last_seconds["mpc"] = time.perf_counter() - start
         return Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
 
     def reveal(self, combined: Protected) -> Revealed:

@@ -12,7 +12,6 @@ determine it. The parties' side is ``crypten_mpc.py`` and ``crypten_party.py``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -110,6 +109,3 @@ def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -
         raise PayloadError(f"share from {expected.client} carries no positive example count")
     return count, np.frombuffer(body, dtype=np.int64).copy()
 
-
-def digest(values: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from fedveil.client.model import (
     LoraSettings, ModelConfig, TinySpec, get_adapter, load_lora_model, load_tokenizer, set_adapter,
