@@ -12,19 +12,16 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import numpy as np
-
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedveil.client.owner import Owner, OwnerIdentity
-from fedveil.configs.schema import from_run_config
-from fedveil.core import wire
+from fedveil.configs.schema import FedveilConfig, from_run_config
+from fedveil.core import records, wire
+from fedveil.core.console import quiet_libraries
 from fedveil.core.errors import UserError
-from fedveil.core.quiet import quiet_libraries
-from fedveil.privacy import keys
-from fedveil.privacy.secagg import tenseal_ckks as ckks
-from fedveil.privacy.secagg.base import Protected
+from fedveil.core.payload import Protected
+from fedveil.privacy.secagg import backend_spec, sealing
 
 app = ClientApp()
 
@@ -47,10 +44,10 @@ def refusals_as_errors(handler):
 def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: str) -> OwnerIdentity:
     node = context.node_config
     if "data-dir" in node:
-        client_id = str(node.get("client-id", f"node_{context.node_id}"))
-        state = str(node.get("state-dir", Path.home() / ".fedveil" / client_id))
+        owner_id = str(node.get("client-id", f"node_{context.node_id}"))
+        state = str(node.get("state-dir", Path.home() / ".fedveil" / owner_id))
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
-        return OwnerIdentity(client_id, str(node["data-dir"]), state, cap)
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\"")
     k = int(node["partition-id"])
@@ -59,10 +56,10 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
     return OwnerIdentity(f"client_{k}", data_dirs[k], str(Path(output_dir) / "clients" / f"client_{k}"))
 
 
-def identity_for(msg: Message, context: Context):
+def identity_for(msg: Message, context: Context) -> tuple[FedveilConfig, OwnerIdentity, dict]:
     """(experiment config, this owner's identity, per-round keys) from a message."""
     quiet_libraries()
-    run_config, per_round = wire.split_config(msg.content[wire.CONFIG])
+    run_config, per_round = records.split_config(msg.content[wire.CONFIG])
     cfg = from_run_config(run_config)
     return cfg, owner_identity(context, cfg.data.client_dirs, cfg.output_dir), per_round
 
@@ -70,75 +67,72 @@ def identity_for(msg: Message, context: Context):
 def owner_for(msg: Message, context: Context) -> tuple[Owner, dict]:
     cfg, identity, per_round = identity_for(msg, context)
     owner = Owner(cfg, identity, per_round)
-    owner.layout.check(str(per_round.get(wire.DIGEST_KEY, "")), "the server")
+    owner.layout.check(str(per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
     return owner, per_round
 
 
-def global_of(owner: Owner, record) -> tuple[np.ndarray, float]:
-    """The global adapter from the message: in clear (plain) or opened from ciphertexts."""
-    if "adapter" in record:
-        return wire.record_vector(record), 0.0
-    return owner.open_global(*wire.record_sealed(record))
-
-
-def meta_of(owner: Owner) -> dict:
-    return {wire.DIGEST_KEY: owner.layout.digest, wire.CLIENT_KEY: owner.identity.client_id}
+def reply(msg: Message, owner_id: str, metrics: dict | None = None, meta: dict | None = None,
+          protected: Protected | None = None) -> Message:
+    return Message(records.reply(metrics or {}, {wire.OWNER_ID: owner_id, **(meta or {})}, protected), reply_to=msg)
 
 
 @app.train()
 @refusals_as_errors
 def train(msg: Message, context: Context) -> Message:
-    owner, per_round = owner_for(msg, context)
-    global_vector, reveal_seconds = global_of(owner, msg.content[wire.GLOBAL])
-    protected, metrics = owner.train_round(int(per_round[wire.ROUND_KEY]), global_vector)
-    metrics["reveal-seconds"] = reveal_seconds
-    return Message(wire.reply(metrics, meta_of(owner), protected), reply_to=msg)
+    owner, _ = owner_for(msg, context)
+    global_vector, reveal_seconds = owner.open_global(records.record_arrays(msg.content[wire.GLOBAL]))
+    protected, metrics = owner.train_round(global_vector)
+    metrics[wire.REVEAL_SECONDS] = reveal_seconds
+    return reply(msg, owner.identity.owner_id, metrics, {wire.LAYOUT_DIGEST: owner.layout.digest}, protected)
 
 
 @app.evaluate()
 @refusals_as_errors
 def evaluate(msg: Message, context: Context) -> Message:
     owner, per_round = owner_for(msg, context)
-    global_vector, reveal_seconds = global_of(owner, msg.content[wire.GLOBAL])
-    metrics = {**owner.evaluate(global_vector), "reveal-seconds": reveal_seconds}
-    resealed = None
-    if per_round.get(wire.REENCRYPT_KEY) == owner.identity.client_id:
-        resealed = Protected(blobs={wire.REENCRYPTED: owner.seal_global(global_vector)})
-    if per_round.get(wire.FINAL_KEY):
+    global_vector, reveal_seconds = owner.open_global(records.record_arrays(msg.content[wire.GLOBAL]))
+    metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
+    encrypted = None
+    if per_round.get(wire.REENCRYPT_BY) == owner.identity.owner_id:
+        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: owner.encrypt_global(global_vector)})
+    if per_round.get(wire.FINAL_ADAPTER):
         owner.save_final_adapter(global_vector)
-    return Message(wire.reply(metrics, meta_of(owner), resealed), reply_to=msg)
+    return reply(msg, owner.identity.owner_id, metrics, {wire.LAYOUT_DIGEST: owner.layout.digest}, encrypted)
 
 
-# --- tenseal key set-up (see fedveil.server.key_setup) -------------------------------------
+# --- key set-up (see fedveil.server.key_setup; the backend's KeySetup does the work) -------
 
 
-@app.query("pubkey")
+@app.query(wire.QUERY_PUBKEY.split(".", 1)[1])
 @refusals_as_errors
 def pubkey(msg: Message, context: Context) -> Message:
     _, identity, _ = identity_for(msg, context)
-    _, public = keys.owner_keypair(identity.state_dir)
-    return Message(wire.reply({}, {wire.CLIENT_KEY: identity.client_id, "public-key": public}), reply_to=msg)
+    _, public = sealing.keypair(identity.state_dir)
+    return reply(msg, identity.owner_id, meta={wire.PUBLIC_KEY: public})
 
 
-@app.query("keygen")
+@app.query(wire.QUERY_KEYGEN.split(".", 1)[1])
 @refusals_as_errors
 def keygen(msg: Message, context: Context) -> Message:
     cfg, identity, _ = identity_for(msg, context)
-    ctx = ckks.make_context(cfg.aggregation)
-    public, secret = ckks.public_bytes(ctx), ckks.secret_bytes(ctx)
     record = msg.content.config_records[wire.KEYS]
-    sealed = {f"sealed.{k[len('pubkey.'):]}": ckks.seal(secret, record[k]) for k in record.keys() if k.startswith("pubkey.")}
-    del secret, ctx  # the key holder keeps its copy only through its own sealed box, like everyone
-    return Message(wire.reply({}, {wire.CLIENT_KEY: identity.client_id, "public-context": public, **sealed}), reply_to=msg)
+    owner_keys = {k[len(wire.PUBKEY_PREFIX):]: record[k] for k in record.keys() if k.startswith(wire.PUBKEY_PREFIX)}
+    public, sealed = key_setup_of(cfg).generate(cfg.aggregation, owner_keys)
+    boxes = {f"{wire.SEALED_PREFIX}{owner}": box for owner, box in sealed.items()}
+    return reply(msg, identity.owner_id, meta={wire.PUBLIC_CONTEXT: public, **boxes})
 
 
-@app.query("install")
+@app.query(wire.QUERY_INSTALL.split(".", 1)[1])
 @refusals_as_errors
 def install(msg: Message, context: Context) -> Message:
-    _, identity, _ = identity_for(msg, context)
+    cfg, identity, _ = identity_for(msg, context)
     record = msg.content.config_records[wire.KEYS]
-    private, _ = keys.owner_keypair(identity.state_dir)
-    secret = ckks.unseal(record["sealed"], private)
-    ckks.load_context(secret)  # refuse bytes that are no CKKS context before storing them
-    keys.install_context(identity.state_dir, record["public-context"], secret)
-    return Message(wire.reply({}, {wire.CLIENT_KEY: identity.client_id}), reply_to=msg)
+    key_setup_of(cfg).install(identity.state_dir, record[wire.PUBLIC_CONTEXT], record[wire.SEALED])
+    return reply(msg, identity.owner_id)
+
+
+def key_setup_of(cfg: FedveilConfig):
+    setup = backend_spec(cfg.aggregation.name).key_setup
+    if setup is None:
+        raise UserError(f"aggregation '{cfg.aggregation.name}' has no key set-up; the server asked for one by mistake")
+    return setup

@@ -1,6 +1,7 @@
 """One data owner's side of a round, free of Flower: load, train, protect, evaluate.
 
-The ClientApp (``client/app.py``) only turns Messages into calls on :class:`Owner`.
+The ClientApp (``client/app.py``) only turns Messages into calls on :class:`Owner`. The owner's
+backend side (``privacy/secagg``) protects its update and opens the global the server sends.
 """
 
 from __future__ import annotations
@@ -17,25 +18,23 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fedveil.client.data import DataConfig, OwnerData, load_owner_data
-from fedveil.client.model import (
-    LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter,
-)
-from fedveil.client.train import evaluate, make_optimizer, shuffled_loader, train_steps
 from fedveil.configs.schema import FedveilConfig
+from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
-from fedveil.privacy import budget
-from fedveil.privacy.dp import private_training, sample_rate
-from fedveil.privacy.ledger import Step, reserve
-from fedveil.privacy.secagg import owner_backend
-from fedveil.privacy.secagg.base import Protected
+from fedveil.core.payload import Protected, RoundContext
+from fedveil.privacy.dp import epsilon_ledger
+from fedveil.privacy.dp.sgd import private_training, sample_rate
+from fedveil.privacy.secagg import backend_spec
+from fedveil.task.data import DataConfig, OwnerData, load_owner_data
+from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
+from fedveil.task.train import evaluate, make_optimizer, shuffled_loader, train_steps
 
 
 @dataclass(frozen=True)
 class OwnerIdentity:
     """Who this owner is and where its files live (never sent to the server but the id)."""
 
-    client_id: str
+    owner_id: str
     data_source: str
     state_dir: str
     max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget
@@ -57,7 +56,7 @@ def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int) -> O
 
 
 class Owner:
-    """A data owner bound to one experiment config."""
+    """A data owner bound to one experiment config and one round's instructions."""
 
     def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity, per_round: dict | None = None) -> None:
         self.cfg, self.identity = cfg, identity
@@ -69,28 +68,23 @@ class Owner:
         self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
-        round_info = {"round": int(per_round.get("server-round", 0)), "client": identity.client_id,
-                      "layout_digest": self.layout.digest, "party-keys": per_round.get("party-keys", "")}
-        self.backend = owner_backend(cfg.aggregation, self.layout.size, identity.state_dir, round_info)
+        self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
+        self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.state_dir,
+                                                                per_round)
 
     @property
     def num_examples(self) -> int:
         return len(self.data.train)
 
-    def open_global(self, base: bytes | None, pending: list[bytes]) -> tuple[np.ndarray, float]:
-        """The global adapter from a sealed backend's ciphertexts; returns it and seconds spent.
-
-        ``Dec(base)`` (or the seed-derived initial adapter) plus each pending round's mean delta.
-        """
+    def open_global(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """The global adapter from the server's arrays (clear, or decrypted here); and seconds spent."""
         start = time.perf_counter()
-        vector = self.backend.reveal(self.backend.sealed(base)).mean if base is not None else self.initial.copy()
-        for blob in pending:
-            vector = vector + self.backend.reveal(self.backend.sealed(blob)).mean
-        return vector.astype(np.float32), time.perf_counter() - start
+        vector = self.backend.open_global(arrays, self.initial)
+        return vector, time.perf_counter() - start
 
-    def seal_global(self, vector: np.ndarray) -> bytes:
-        """Enc(global) for the server to hold between rounds (weight 1: it decrypts to itself)."""
-        return self.backend.protect(vector, 1.0).blobs["ciphertext"]
+    def encrypt_global(self, vector: np.ndarray) -> bytes:
+        """Enc(global) for a server that holds the global only encrypted."""
+        return self.backend.encrypt_global(vector)
 
     def save_final_adapter(self, vector: np.ndarray) -> Path:
         """The final adapter, written by the owner into its own state directory."""
@@ -103,43 +97,44 @@ class Owner:
         set_adapter(self.model, self.layout.unflatten(vector))
 
     def run_key(self) -> str:
-        """Identifies this run in the owner's ledger (its output directory and config)."""
+        """Identifies this run in the owner's epsilon ledger (its output directory and config)."""
         blob = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
         return f"{self.cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
-    def train_round(self, server_round: int, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
+    def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
         self.load_global(global_vector)
-        tc, dp = self.cfg.train, self.cfg.dp
+        tc, dp, server_round = self.cfg.train, self.cfg.dp, self.round.round
         loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
-                                 seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.client_id}".encode()))
+                                 seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
         torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)
         optimizer = make_optimizer(self.model, tc)
         metrics: dict[str, float] = {}
         if dp.name == "sample_level":
-            ledger = budget.open_ledger(self.identity.state_dir, dp, self.num_examples, self.identity.max_epsilon)
+            ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_examples, self.identity.max_epsilon)
             q = sample_rate(tc.batch_size, self.num_examples)
-            sigma = budget.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
+            sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
             # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
-            epsilon = reserve(self.identity.state_dir, ledger, Step(self.run_key(), server_round, sigma, q, tc.local_steps))
+            step = epsilon_ledger.Step(self.run_key(), server_round, sigma, q, tc.local_steps)
+            epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
             with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
                 result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device)
-            metrics.update({"dp-noise-multiplier": sigma, "dp-sample-rate": q, "dp-steps": result.steps,
-                            "dp-delta": ledger.delta, "dp-epsilon": epsilon, "dp-budget": ledger.budget_epsilon})
+            metrics.update({wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: result.steps,
+                            wire.DP_DELTA: ledger.delta, wire.DP_EPSILON: epsilon, wire.DP_BUDGET: ledger.budget_epsilon})
         else:
             result = train_steps(self.model, loader, optimizer, tc.local_steps, self.device)
         delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
         start = time.perf_counter()
-        protected = self.backend.protect(delta, float(self.num_examples))
+        protected = self.backend.protect(delta, float(self.num_examples), self.round)
         metrics.update({
-            "num-examples": self.metric_weight(self.num_examples),
-            "train-loss": result.loss,
-            "train-steps": result.steps,
-            "train-seconds": result.seconds,
-            "protect-seconds": time.perf_counter() - start,
+            wire.NUM_EXAMPLES: self.metric_weight(self.num_examples),
+            wire.TRAIN_LOSS: result.loss,
+            wire.TRAIN_STEPS: result.steps,
+            wire.TRAIN_SECONDS: result.seconds,
+            wire.PROTECT_SECONDS: time.perf_counter() - start,
         })
         if self.backend.server_sees_updates:  # the server sees the update anyway; elsewhere even its norm stays home
-            metrics["update-norm"] = float(np.linalg.norm(delta))
+            metrics[wire.UPDATE_NORM] = float(np.linalg.norm(delta))
         return protected, metrics
 
     def metric_weight(self, count: int) -> int:
@@ -151,7 +146,8 @@ class Owner:
         start = time.perf_counter()
         loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
-        return {"num-examples": self.metric_weight(tokens), "eval-loss": loss, "eval-seconds": time.perf_counter() - start}
+        return {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_LOSS: loss,
+                wire.EVAL_SECONDS: time.perf_counter() - start}
 
 
 def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:

@@ -14,11 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from fedveil.client.data import DataConfig
-from fedveil.client.model import ModelConfig
-from fedveil.client.train import TrainConfig
+from fedveil.task.data import DataConfig
+from fedveil.task.model import ModelConfig
+from fedveil.task.train import TrainConfig
 from fedveil.core.errors import UserError
-from fedveil.privacy.dp import DP_MODES
+from fedveil.privacy.dp.sgd import DP_MODES
 from fedveil.privacy.secagg import BACKENDS
 
 LIST_PREFIX = "json:"  # run-config values are scalars: lists and None travel as JSON strings
@@ -73,8 +73,8 @@ def register_schemas() -> None:
     cs.store(name="fedveil_schema", node=FedveilConfig)
     for name, cls in DP_MODES.items():
         cs.store(group="dp", name=f"{name}_schema", node=cls)
-    for name, (cls, _) in BACKENDS.items():
-        cs.store(group="aggregation", name=f"{name}_schema", node=cls)
+    for name, spec in BACKENDS.items():
+        cs.store(group="aggregation", name=f"{name}_schema", node=spec.config)
 
 
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
@@ -123,9 +123,9 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
         raise UserError(f"aggregation '{agg.get('name')}' is unknown: choose one of {sorted(BACKENDS)}")
     cfg = build(FedveilConfig, values)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
-    cfg.aggregation = build(BACKENDS[agg["name"]][0], agg, "aggregation.")
-    if cfg.resume and cfg.aggregation.name == "tenseal":
-        raise UserError("resume=true is not supported with aggregation=tenseal yet (a restart re-keys the federation, "
+    cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
+    if cfg.resume and not BACKENDS[agg["name"]].can_resume:
+        raise UserError(f"resume=true is not supported with aggregation={agg['name']} yet (a restart re-keys the federation, "
                         "so the stored ciphertexts could not be opened); start a new run directory")
     return cfg
 

@@ -25,9 +25,9 @@ echo "registered ${#owners[@]} SuperNode keys"
 
 python - "$DEPLOY_DIR" <<'PY'
 import sys
-from fedveil.client.demo_data import write_demo_data
-from fedveil.client.model import TinySpec
-from fedveil.client.tiny import build_tiny_model
+from fedveil.task.demo_data import write_demo_data
+from fedveil.task.model import TinySpec
+from fedveil.task.tiny import build_tiny_model
 root = sys.argv[1]
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
 build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
@@ -44,7 +44,7 @@ if [ "$BACKEND" = crypten ]; then
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
   run_config="$run_config aggregation.party_addresses='json:[\"${addresses//,/\",\"}\"]'"
   for a in ${addresses//,/ }; do
-    for _ in $(seq 120); do python -c "from fedveil.privacy.secagg.crypten_party import call; import sys; sys.exit(call('$a','Ready',b'',2)!=b'1')" 2>/dev/null && break; sleep 1; done
+    for _ in $(seq 120); do python -c "from fedveil.privacy.secagg.crypten.party import call; import sys; sys.exit(call('$a','Ready',b'',2)!=b'1')" 2>/dev/null && break; sleep 1; done
   done
   echo "3 aggregator parties ready: $addresses"
 fi

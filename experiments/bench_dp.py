@@ -33,10 +33,10 @@ def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, devi
 
     import torch
 
-    from fedveil.client.model import ModelConfig, load_lora_model
-    from fedveil.client.train import TrainConfig, make_optimizer, per_example_loss
-    from fedveil.core.quiet import quiet_libraries
-    from fedveil.privacy.dp import SampleLevelDPConfig, private_training
+    from fedveil.task.model import ModelConfig, load_lora_model
+    from fedveil.task.train import TrainConfig, make_optimizer, per_example_loss
+    from fedveil.core.console import quiet_libraries
+    from fedveil.privacy.dp.sgd import SampleLevelDPConfig, private_training
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -94,8 +94,8 @@ def main() -> None:
         print(json.dumps(measure(**spec)))
         return
 
-    from fedveil.client.model import TinySpec
-    from fedveil.client.tiny import build_tiny_model
+    from fedveil.task.model import TinySpec
+    from fedveil.task.tiny import build_tiny_model
 
     variants = ["nodp", *args.variants.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

@@ -48,8 +48,8 @@ def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
 
 
 def adapter_values(out: Path) -> int:
-    from fedveil.client.model import ModelConfig, get_adapter, load_lora_model
-    from fedveil.core.quiet import quiet_libraries
+    from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
+    from fedveil.core.console import quiet_libraries
 
     quiet_libraries()
     return sum(v.size for v in get_adapter(load_lora_model(ModelConfig(path=str(out / "base_model")))).values())

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedveil.configs.schema import FedveilConfig, from_dict, register_schemas  # noqa: E402
 from fedveil.core.errors import UserError  # noqa: E402
-from fedveil.core.quiet import quiet_libraries  # noqa: E402
+from fedveil.core.console import quiet_libraries  # noqa: E402
 
 CONFIG_MODULE = "fedveil.configs"
 
@@ -72,7 +72,7 @@ def run_experiment(cfg: FedveilConfig) -> dict:
     """Prepare and run one experiment; returns the run summary."""
     from fedveil.experiments.simulation import run_in_simulation
     from fedveil.server.prepare import prepare
-    from fedveil.server.report import read_metrics
+    from fedveil.server.outputs import read_metrics
 
     prepare(cfg)  # fail fast, before the Simulation Engine starts
     out = Path(cfg.output_dir)

@@ -12,8 +12,10 @@ prefer it (``[tool.flwr.app]`` in pyproject.toml).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
+from fedveil.privacy.secagg import backend_spec
 
 
 def run_in_simulation(cfg: FedveilConfig) -> None:
@@ -23,7 +25,7 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
     from flwr.app import Context, RecordDict
 
     from fedveil.client.app import app as client_app
-    from fedveil.core.quiet import quiet_loggers
+    from fedveil.core.console import quiet_loggers
     from fedveil.server.app import app as server_app
 
     quiet_loggers()
@@ -32,23 +34,10 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
         "client_resources": {"num_cpus": cfg.sim.client_cpus, "num_gpus": cfg.sim.client_gpus},
         "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
     }
-    parties = []
-    if cfg.aggregation.name == "crypten" and not cfg.aggregation.party_addresses:
-        from pathlib import Path
-
-        from fedveil.privacy.secagg.crypten_party import start_local_parties
-
-        print(f"[fedveil] crypten: starting {cfg.aggregation.parties} aggregator parties and a TTP dealer", flush=True)
-        cfg.aggregation.party_addresses, parties = start_local_parties(cfg.aggregation.parties,
-                                                                       Path(cfg.output_dir) / "parties")
-    try:
+    # what the backend needs running beside the federation (crypten: local aggregator parties)
+    with backend_spec(cfg.aggregation.name).local_services(cfg.aggregation, Path(cfg.output_dir)):
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
         run_engine(cfg, context, client_app, server_app, backend_config)
-    finally:
-        if parties:
-            from fedveil.privacy.secagg.crypten_party import stop_parties
-
-            stop_parties(parties)
 
 
 def run_engine(cfg: FedveilConfig, context, client_app, server_app, backend_config: dict) -> None:

@@ -6,7 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedveil.configs.schema import from_run_config
-from fedveil.core.quiet import quiet_libraries
+from fedveil.core.console import quiet_libraries
 from fedveil.server.federation import run_federation
 from fedveil.server.prepare import prepare
 

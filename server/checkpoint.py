@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from fedveil.core.atomic import atomic_write_bytes
+from fedveil.core.io import atomic_write_bytes
 from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedveil.server.round_ledger import verify
+from fedveil.server.round_chain import verify
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,16 @@
 """The coordinator's loop: rounds of train -> aggregate -> evaluate, with outputs each round.
 
-Like Flower's ``Strategy.start`` but it also evaluates the starting adapter (round 0), writes a
-metrics row and a checkpoint after every round, resumes from the latest checkpoint, and prints
-progress a person can follow.
+Reads top to bottom: :func:`run_federation` sets up, evaluates the starting adapter (round 0),
+runs each round (:func:`run_round`: train, advance the global, evaluate, write the round's row,
+checkpoint and round-chain entry) and writes the final outputs (:func:`finish`). Like Flower's
+``Strategy.start`` but with round-0 evaluation, per-round outputs, resume and progress lines.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +19,215 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedveil.client.model import get_adapter, load_lora_model, set_adapter
 from fedveil.configs.schema import FedveilConfig, to_run_config
-from fedveil.core import wire
-from fedveil.core.errors import UserError
+from fedveil.core import records, wire
+from fedveil.core.console import progress
 from fedveil.core.layout import AdapterLayout
-from fedveil.privacy.secagg import server_backend
-from fedveil.server import checkpoint, round_ledger
-from fedveil.server.global_state import ClearGlobal, SealedGlobal
+from fedveil.privacy.secagg import BackendSpec, backend_spec
+from fedveil.server import checkpoint, round_chain
+from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
 from fedveil.server.key_setup import setup_keys
-from fedveil.server.report import append_metrics, drop_rows_after, fmt, progress, summarize
-from fedveil.server.strategy import SecureAggregation, client_label
+from fedveil.server.outputs import append_metrics, drop_rows_after, fmt, summarize
+from fedveil.server.strategy import SecureAggregation, TrainOutcome
+from fedveil.task.model import get_adapter, load_lora_model, set_adapter
 
 
-# What each client reports of its DP accounting (its ledger stays with it).
-DP_FIELDS = {"dp-noise-multiplier": "noise_multiplier", "dp-sample-rate": "sample_rate", "dp-steps": "steps",
-             "dp-delta": "delta", "dp-epsilon": "epsilon", "dp-budget": "epsilon_budget"}
+@dataclass
+class Exchange:
+    """One send-and-receive: the replies and the bytes each node moved."""
+
+    replies: list[Message]
+    bytes_down: dict[int, int]
+    bytes_up: dict[int, int]
+    seconds: float
+
+
+@dataclass
+class Evaluation:
+    loss: float | None
+    per_owner: dict[str, dict]
+    exchange: Exchange
+
+
+@dataclass
+class Federation:
+    """Everything the loop needs, set up once."""
+
+    cfg: FedveilConfig
+    grid: Grid
+    out: Path
+    model: torch.nn.Module  # the server never trains; it needs the model for the layout and the final adapter
+    layout: AdapterLayout
+    spec: BackendSpec
+    strategy: SecureAggregation
+    state: ClearGlobal | EncryptedGlobal
+    run_config: dict
+    owners: list[str]  # owner ids known from the key set-up (encrypted global only)
+    seen: set[str] = field(default_factory=set)
+    chain_head: str | None = None
+
+    @property
+    def config_hash(self) -> str:
+        return round_chain.sha256_of(json.dumps(self.run_config, sort_keys=True).encode())
+
+
+def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
+    fed = setup(grid, cfg)
+    first = resume(fed)
+    progress(f"{cfg.num_clients} clients x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
+             f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})")
+    if first == 1:
+        evaluate_start(fed)
+    for rnd in range(first, cfg.rounds + 1):
+        run_round(fed, rnd)
+    return finish(fed)
+
+
+def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
+    """Model and layout, the backend's server side (after any key set-up) and the starting global."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_lora_model(cfg.model, seed=cfg.seed, device=torch.device("cpu"))
+    layout = AdapterLayout.of(get_adapter(model))
+    spec = backend_spec(cfg.aggregation.name)
+    run_config = to_run_config(cfg)
+    public, owners = None, {}
+    if spec.key_setup is not None:
+        progress(f"{cfg.aggregation.name}: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
+        public, owners = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s)
+        progress(f"{cfg.aggregation.name}: {len(owners)} owners keyed; the server holds the public context only")
+    backend = spec.server(cfg.aggregation, layout.size, public=public)
+    run_config.update(backend.round_config())
+    state = EncryptedGlobal() if spec.encrypted_global else ClearGlobal(layout.flatten(get_adapter(model)))
+    inner = FedAvg(min_train_nodes=cfg.num_clients, min_evaluate_nodes=cfg.num_clients,
+                   min_available_nodes=cfg.num_clients, arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
+    return Federation(cfg, grid, out, model, layout, spec, SecureAggregation(inner, backend, layout), state,
+                      run_config, sorted(owners.values()))
+
+
+def resume(fed: Federation) -> int:
+    """The first round to run: 1, or the one after the newest checkpoint when ``resume=true``."""
+    resumed = checkpoint.latest(fed.out, fed.layout) if fed.cfg.resume else None
+    if not resumed:
+        return 1
+    last, arrays = resumed
+    fed.state = type(fed.state).restore(arrays)
+    drop_rows_after(fed.out, last)
+    progress(f"resuming after round {last} from {fed.out / 'checkpoints'}")
+    return last + 1
+
+
+def evaluate_start(fed: Federation) -> None:
+    ev = evaluate(fed, 0)
+    append_metrics(fed.out, {"round": 0, "backend": fed.strategy.backend.name, "eval_loss": ev.loss,
+                             "clients": sorted(ev.per_owner), "per_client": ev.per_owner,
+                             "seconds": {"round": 0.0, "evaluate": ev.exchange.seconds}})
+    progress(f"round 0/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (starting adapter)")
+
+
+def run_round(fed: Federation, rnd: int) -> None:
+    start = time.perf_counter()
+    outcome, train_ex = train(fed, rnd)
+    fed.state.apply(outcome)
+    fed.seen.update(outcome.accepted)
+    ev = evaluate(fed, rnd, handover(fed, rnd, outcome))
+    row = round_row(fed, rnd, outcome, train_ex, ev, time.perf_counter() - start)
+    record_round(fed, rnd, row, outcome)
+    note = f" | max eps {row['max_epsilon']:.3f}" if row["max_epsilon"] is not None else ""
+    note += f" | excluded {sorted(outcome.excluded)}" if outcome.excluded else ""
+    progress(f"round {rnd}/{fed.cfg.rounds} | train loss {fmt(row['train_loss'])} | eval loss {fmt(ev.loss)} | "
+             f"{len(outcome.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
+    for who, reason in outcome.excluded.items():
+        progress(f"  excluded {who}: {reason}")
+
+
+def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
+    msgs = fed.strategy.configure_train(rnd, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)),
+                                        fed.grid)
+    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
+    return fed.strategy.aggregate_train(rnd, ex.replies), ex
+
+
+def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
+    """Encrypted global: one owner re-encrypts the new global for the server; the last round ends it."""
+    if not fed.state.encrypted:
+        return {}
+    return {wire.REENCRYPT_BY: min(outcome.accepted or fed.owners or [""]), wire.FINAL_ADAPTER: rnd == fed.cfg.rounds}
+
+
+def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation:
+    config = ConfigRecord({**fed.run_config, **(extra or {})})
+    msgs = fed.strategy.configure_evaluate(rnd, records.arrays_record(fed.state.arrays()), config, fed.grid)
+    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
+    agg = fed.strategy.aggregate_evaluate(rnd, ex.replies)
+    answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
+    per_owner = {}
+    for m in answered:
+        if wire.METRICS in m.content:
+            metrics = m.content.metric_records[wire.METRICS]
+            per_owner[records.owner_label(m)] = {"eval_loss": float(metrics[wire.EVAL_LOSS]),
+                                                 "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
+    fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in answered})
+    return Evaluation(float(agg[wire.EVAL_LOSS]) if agg else None, per_owner, ex)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
+    down = {m.metadata.dst_node_id: records.content_nbytes(m.content) for m in messages}
+    start = time.perf_counter()
+    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+    up = {m.metadata.src_node_id: records.content_nbytes(m.content) for m in replies if m.has_content()}
+    return Exchange(replies, down, up, time.perf_counter() - start)
+
+
+def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, ev: Evaluation,
+              seconds: float) -> dict:
+    """The round's line in metrics.jsonl."""
+    backend = fed.strategy.backend
+    eval_ex = ev.exchange
+    per_owner = {}
+    for node, who in outcome.node_to_owner.items():
+        m = outcome.accepted.get(who, {})
+        per_owner[who] = {
+            "bytes_down": train_ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
+            "bytes_up": train_ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
+            "bytes_update_up": train_ex.bytes_up.get(node, 0),
+            "num_examples": m.get(wire.NUM_EXAMPLES) if backend.server_sees_updates else None,
+            "train_loss": m.get(wire.TRAIN_LOSS),
+            **({"update_norm": m[wire.UPDATE_NORM]} if wire.UPDATE_NORM in m else {}),
+            **ev.per_owner.get(who, {}),
+            **{name: m[key] for key, name in wire.DP_FIELDS.items() if key in m},
+        }
+    accepted = outcome.accepted.values()
+    return {
+        "round": rnd, "backend": backend.name, "dp": fed.cfg.dp.name,
+        "clients": sorted(outcome.accepted), "excluded": outcome.excluded,
+        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS]) if outcome.metrics else None,
+        "eval_loss": ev.loss, "per_client": per_owner,
+        "seconds": {
+            "round": seconds,
+            "train": max((m[wire.TRAIN_SECONDS] for m in accepted), default=0.0),
+            "protect": max((m[wire.PROTECT_SECONDS] for m in accepted), default=0.0),
+            "aggregate": outcome.aggregate_seconds,
+            "reveal": outcome.reveal_seconds + max((c.get("eval_reveal_seconds", 0.0) for c in ev.per_owner.values()),
+                                                   default=0.0),
+            "evaluate": eval_ex.seconds,
+        },
+        "max_epsilon": max((c["epsilon"] for c in per_owner.values() if "epsilon" in c), default=None),
+    }
+
+
+def record_round(fed: Federation, rnd: int, row: dict, outcome: TrainOutcome) -> None:
+    """Checkpoint, metrics row and round-chain entry, in that order (a crash leaves a resumable run)."""
+    saved = fed.state.arrays()
+    checkpoint.save(fed.out, rnd, saved, fed.layout)
+    append_metrics(fed.out, row)
+    fed.chain_head = round_chain.append(fed.out / round_chain.FILENAME, {
+        "round": rnd, "backend": row["backend"], "config_hash": fed.config_hash, "layout_digest": fed.layout.digest,
+        "participants": sorted(outcome.accepted), "excluded": sorted(outcome.excluded),
+        "aggregated_digest": payload_digest(outcome.combined),
+        "epsilon": {who: c["epsilon"] for who, c in row["per_client"].items() if "epsilon" in c},
+        "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
+    })["hash"]
 
 
 def payload_digest(combined) -> str | None:
@@ -42,159 +236,22 @@ def payload_digest(combined) -> str | None:
         return None
     parts = [combined.arrays[k].tobytes() for k in sorted(combined.arrays)]
     parts += [combined.blobs[k] for k in sorted(combined.blobs)]
-    return round_ledger.sha256_of(*parts)
+    return round_chain.sha256_of(*parts)
 
 
-@dataclass
-class Exchange:
-    """One send-and-receive: the replies and the bytes each client moved."""
-
-    replies: list[Message]
-    bytes_down: dict[int, int]
-    bytes_up: dict[int, int]
-    seconds: float
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
-    down = {m.metadata.dst_node_id: wire.content_nbytes(m.content) for m in messages}
-    start = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-    up = {m.metadata.src_node_id: wire.content_nbytes(m.content) for m in replies if m.has_content()}
-    return Exchange(replies, down, up, time.perf_counter() - start)
-
-
-def evaluate_round(strategy: SecureAggregation, grid: Grid, server_round: int, state, base_config: dict,
-                   timeout: float, extra: dict | None = None) -> tuple[float | None, dict[str, dict], Exchange]:
-    config = ConfigRecord({**base_config, **(extra or {})})
-    ex = exchange(grid, list(strategy.configure_evaluate(server_round, state.record(), config, grid)), timeout)
-    agg = strategy.aggregate_evaluate(server_round, ex.replies)
-    per_client = {}
-    for m in ex.replies:
-        if m.has_content() and not m.has_error() and wire.METRICS in m.content:
-            metrics = m.content.metric_records[wire.METRICS]
-            per_client[client_label(m)] = {"eval_loss": float(metrics["eval-loss"]),
-                                           "eval_reveal_seconds": float(metrics.get("reveal-seconds", 0.0))}
-    state.after_evaluate(ex.replies)
-    return (float(agg["eval-loss"]) if agg else None), per_client, ex
-
-
-def start_state(cfg: FedveilConfig, grid: Grid, layout: AdapterLayout, initial: np.ndarray, base_config: dict, out: Path):
-    """The backend the server uses and its starting global state (keys are set up here)."""
-    if cfg.aggregation.name == "tenseal":
-        progress("tenseal: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
-        public, owners = setup_keys(grid, base_config, cfg.num_clients, cfg.aggregation.key_holder,
-                                    cfg.sim.round_timeout_s)
-        progress(f"tenseal: {len(owners)} owners keyed; the server holds the public context only")
-        return server_backend(cfg.aggregation, layout.size, public=public), SealedGlobal(), sorted(owners.values())
-    if cfg.aggregation.name == "crypten":
-        from fedveil.privacy.secagg.crypten_party import call
-
-        addresses = cfg.aggregation.party_addresses or []
-        if len(addresses) != cfg.aggregation.parties:
-            raise UserError("aggregation.party_addresses must list every aggregator party (HOST:PORT each)")
-        keys = [call(a, "PublicKey", b"", timeout=30).hex() for a in addresses]
-        base_config[wire.PARTY_KEYS] = ",".join(keys)
-        progress(f"crypten: {len(keys)} aggregator parties reachable; owners seal one share to each")
-    return server_backend(cfg.aggregation, layout.size), ClearGlobal(initial), []
-
-
-def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_lora_model(cfg.model, seed=cfg.seed, device=torch.device("cpu"))  # the server never trains
-    layout = AdapterLayout.of(get_adapter(model))
-    base_config = to_run_config(cfg)
-    timeout = cfg.sim.round_timeout_s
-    backend, state, owners = start_state(cfg, grid, layout, layout.flatten(get_adapter(model)), base_config, out)
-    base = FedAvg(min_train_nodes=cfg.num_clients, min_evaluate_nodes=cfg.num_clients,
-                  min_available_nodes=cfg.num_clients, arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
-    strategy = SecureAggregation(base, backend, layout)
-
-    first, seen, head = 1, set(), None
-    config_hash = round_ledger.sha256_of(json.dumps(base_config, sort_keys=True).encode())
-    resumed = checkpoint.latest(out, layout) if cfg.resume else None
-    if resumed:
-        first, state = resumed[0] + 1, type(state).restore(resumed[1])
-        drop_rows_after(out, resumed[0])
-        progress(f"resuming after round {resumed[0]} from {out / 'checkpoints'}")
-    progress(f"{cfg.num_clients} clients x {cfg.rounds} rounds | backend={backend.name} dp={cfg.dp.name} | "
-             f"adapter {layout.size:,} values ({layout.digest[:12]})")
-
-    if first == 1:
-        loss, per_client, ex = evaluate_round(strategy, grid, 0, state, base_config, timeout)
-        append_metrics(out, {"round": 0, "backend": backend.name, "eval_loss": loss, "clients": sorted(per_client),
-                             "per_client": per_client, "seconds": {"round": 0.0, "evaluate": ex.seconds}})
-        progress(f"round 0/{cfg.rounds} | eval loss {fmt(loss)} (starting adapter)")
-
-    for rnd in range(first, cfg.rounds + 1):
-        start = time.perf_counter()
-        msgs = list(strategy.configure_train(rnd, state.record(), ConfigRecord(dict(base_config)), grid))
-        ex = exchange(grid, msgs, timeout)
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, ex.replies)
-        log = strategy.last_train
-        state.after_train(new_arrays, log.combined)
-        seen.update(log.accepted)
-        extra = {}
-        if state.sealed:  # one owner re-encrypts the new global for the server to hold; the last round ends it
-            extra[wire.REENCRYPT_KEY] = min(log.accepted or owners or [""])
-            extra[wire.FINAL_KEY] = rnd == cfg.rounds
-        eval_loss, eval_clients, eval_ex = evaluate_round(strategy, grid, rnd, state, base_config, timeout, extra)
-        per_client = {}
-        for node, who in log.node_to_client.items():
-            m = log.accepted.get(who, {})
-            per_client[who] = {
-                "bytes_down": ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
-                "bytes_up": ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
-                "bytes_update_up": ex.bytes_up.get(node, 0),
-                "num_examples": m.get(wire.WEIGHT_KEY) if backend.server_sees_updates else None, "train_loss": m.get("train-loss"),
-                **({"update_norm": m["update-norm"]} if "update-norm" in m else {}),
-                **eval_clients.get(who, {}),
-                **{name: m[key] for key, name in DP_FIELDS.items() if key in m},
-            }
-        accepted = log.accepted.values()
-        row = {
-            "round": rnd, "backend": backend.name, "dp": cfg.dp.name,
-            "clients": sorted(log.accepted), "excluded": log.excluded,
-            "train_loss": float(train_metrics["train-loss"]) if train_metrics else None,
-            "eval_loss": eval_loss, "per_client": per_client,
-            "seconds": {
-                "round": time.perf_counter() - start,
-                "train": max((m["train-seconds"] for m in accepted), default=0.0),
-                "protect": max((m["protect-seconds"] for m in accepted), default=0.0),
-                "aggregate": log.aggregate_seconds,
-                "reveal": log.reveal_seconds + max((c.get("eval_reveal_seconds", 0.0) for c in eval_clients.values()), default=0.0),
-                "evaluate": eval_ex.seconds,
-            },
-        }
-        row["max_epsilon"] = max((c["epsilon"] for c in per_client.values() if "epsilon" in c), default=None)
-        saved = state.checkpoint()
-        checkpoint.save(out, rnd, saved, layout)
-        append_metrics(out, row)
-        head = round_ledger.append(out / round_ledger.FILENAME, {
-            "round": rnd, "backend": backend.name, "config_hash": config_hash, "layout_digest": layout.digest,
-            "participants": sorted(log.accepted), "excluded": sorted(log.excluded),
-            "aggregated_digest": payload_digest(log.combined),
-            "epsilon": {who: c["epsilon"] for who, c in per_client.items() if "epsilon" in c},
-            "global_state_hash": round_ledger.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
-        })["hash"]
-        max_eps = row["max_epsilon"]
-        note = f" | max eps {max_eps:.3f}" if max_eps is not None else ""
-        note += f" | excluded {sorted(log.excluded)}" if log.excluded else ""
-        progress(f"round {rnd}/{cfg.rounds} | train loss {fmt(row['train_loss'])} | eval loss {fmt(eval_loss)} | "
-                 f"{len(log.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
-        for who, reason in log.excluded.items():
-            progress(f"  excluded {who}: {reason}")
-
-    extra_summary = {}
-    if state.sealed:
-        extra_summary["final_adapter"] = "written by each data owner into its state directory (clients/<id>/final_adapter/)"
+def finish(fed: Federation) -> dict:
+    """The final adapter (where the server holds it in clear), summary.json and report.md."""
+    cfg, out = fed.cfg, fed.out
+    if fed.state.encrypted:
+        final = "written by each data owner into its state directory (clients/<id>/final_adapter/)"
     else:
-        set_adapter(model, layout.unflatten(state.vector))
-        model.save_pretrained(out / "final_adapter")
-        extra_summary["final_adapter"] = str(out / "final_adapter")
-    summary = summarize(out, {"backend": backend.name, "dp": cfg.dp.name, "seed": cfg.seed, "rounds": cfg.rounds,
-                              "clients": sorted(seen), "model_path": cfg.model.path, "layout_digest": layout.digest,
-                              "ledger_head": head, **extra_summary})
+        set_adapter(fed.model, fed.layout.unflatten(np.asarray(fed.state.vector)))
+        fed.model.save_pretrained(out / "final_adapter")
+        final = str(out / "final_adapter")
+    summary = summarize(out, {"backend": fed.strategy.backend.name, "dp": cfg.dp.name, "seed": cfg.seed,
+                              "rounds": cfg.rounds, "clients": sorted(fed.seen), "model_path": cfg.model.path,
+                              "layout_digest": fed.layout.digest, "ledger_head": fed.chain_head,
+                              "final_adapter": final})
     progress(f"done: eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])} | "
              f"outputs in {out}")
     return summary

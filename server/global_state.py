@@ -1,73 +1,66 @@
-"""What the server holds of the global adapter between rounds, per kind of backend.
+"""The one holder of the global adapter on the server: it advances, checkpoints and restores itself.
 
-- :class:`ClearGlobal` (``plain``): the adapter vector itself.
-- :class:`SealedGlobal` (``tenseal``): ciphertexts only. ``base`` is Enc(global) as last
-  re-encrypted by an owner; ``pending`` are the round aggregates Enc(sum n_k delta_k, sum n_k)
-  not yet folded into it. Owners compute ``global = Dec(base) + sum_i Dec(S_i) / Dec(N_i)``; the
-  server cannot, and never writes a plaintext adapter.
+- :class:`ClearGlobal` (``plain``, ``crypten``): the adapter vector itself; a round adds the
+  revealed mean delta.
+- :class:`EncryptedGlobal` (``tenseal``): ciphertexts only (``privacy/secagg/tenseal/global_codec``):
+  Enc(global) as last re-encrypted by an owner, and the round aggregates not yet folded into it.
+  Owners compute the global; the server cannot, and never writes a plaintext adapter.
+
+The same arrays go to owners (as the Message's global record) and into checkpoints.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
 
 from fedveil.core import wire
-from fedveil.privacy.secagg.base import Protected
+from fedveil.core.payload import Protected
+from fedveil.privacy.secagg.tenseal import global_codec
+from fedveil.server.strategy import TrainOutcome
 
 
 class ClearGlobal:
-    sealed = False
+    encrypted = False
 
     def __init__(self, vector: np.ndarray) -> None:
         self.vector = np.asarray(vector, np.float32)
 
-    def record(self) -> ArrayRecord:
-        return wire.vector_record(self.vector)
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {wire.CLEAR_GLOBAL: self.vector}
 
-    def after_train(self, new_arrays: ArrayRecord | None, combined: Protected | None) -> None:
-        if new_arrays is not None:
-            self.vector = wire.record_vector(new_arrays)
+    def apply(self, outcome: TrainOutcome) -> None:
+        if outcome.revealed is not None:
+            self.vector = outcome.revealed.applied_to(self.vector)
 
-    def after_evaluate(self, replies: list[Message]) -> None:
+    def adopt(self, evaluated: dict[str, Protected]) -> None:
         pass
-
-    def checkpoint(self) -> dict[str, np.ndarray]:
-        return {"adapter": self.vector}
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray]) -> "ClearGlobal":
-        return cls(arrays["adapter"])
+        return cls(arrays[wire.CLEAR_GLOBAL])
 
 
-class SealedGlobal:
-    sealed = True
+class EncryptedGlobal:
+    encrypted = True
 
     def __init__(self, base: bytes | None = None, pending: list[bytes] | None = None) -> None:
         self.base, self.pending = base, list(pending or [])
 
-    def record(self) -> ArrayRecord:
-        return wire.sealed_record(self.base, self.pending)
+    def arrays(self) -> dict[str, np.ndarray]:
+        return global_codec.to_arrays(self.base, self.pending)
 
-    def after_train(self, new_arrays: ArrayRecord | None, combined: Protected | None) -> None:
-        if combined is not None:
-            self.pending.append(combined.blobs["ciphertext"])
+    def apply(self, outcome: TrainOutcome) -> None:
+        if outcome.combined is not None and outcome.accepted:
+            self.pending.append(outcome.combined.blobs["ciphertext"])
 
-    def after_evaluate(self, replies: list[Message]) -> None:
+    def adopt(self, evaluated: dict[str, Protected]) -> None:
         """Adopt an owner's re-encrypted global; the aggregates it folds in are then settled."""
-        for msg in replies:
-            if msg.has_content() and wire.BLOBS in msg.content:
-                blob = msg.content.config_records[wire.BLOBS].get(wire.REENCRYPTED)
-                if isinstance(blob, bytes) and blob:
-                    self.base, self.pending = blob, []
-                    return
-
-    def checkpoint(self) -> dict[str, np.ndarray]:
-        arrays = {} if self.base is None else {"base-ct": np.frombuffer(self.base, np.uint8)}
-        arrays.update({f"pending-{i:03d}": np.frombuffer(b, np.uint8) for i, b in enumerate(self.pending)})
-        return arrays
+        for payload in evaluated.values():
+            blob = payload.blobs.get(wire.ENCRYPTED_GLOBAL)
+            if isinstance(blob, bytes) and blob:
+                self.base, self.pending = blob, []
+                return
 
     @classmethod
-    def restore(cls, arrays: dict[str, np.ndarray]) -> "SealedGlobal":
-        base = arrays["base-ct"].tobytes() if "base-ct" in arrays else None
-        return cls(base, [arrays[k].tobytes() for k in sorted(arrays) if k.startswith("pending-")])
+    def restore(cls, arrays: dict[str, np.ndarray]) -> "EncryptedGlobal":
+        return cls(*global_codec.from_arrays(arrays))

@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fedveil.client.data import load_owner_data
-from fedveil.client.demo_data import write_demo_data
-from fedveil.client.model import check_model_dir, load_tokenizer
-from fedveil.client.tiny import build_tiny_model
+from fedveil.task.data import load_owner_data
+from fedveil.task.demo_data import write_demo_data
+from fedveil.task.model import check_model_dir, load_tokenizer
+from fedveil.task.tiny import build_tiny_model
 from fedveil.configs.schema import FedveilConfig
-from fedveil.privacy.accounting import plan_noise
-from fedveil.privacy.dp import owner_delta, sample_rate
-from fedveil.server.report import progress
+from fedveil.core.console import progress
+from fedveil.privacy.dp.accounting import plan_noise
+from fedveil.privacy.dp.sgd import owner_delta, sample_rate
 
 
 def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True) -> FedveilConfig:

@@ -2,8 +2,9 @@
 
 In the style of Flower's DP wrappers: node sampling, configuration and evaluation-metric
 averaging stay with the base strategy (FedAvg); this wrapper stamps the adapter layout into every
-instruction, checks it on every reply, refuses malformed payloads client by client (the round
-goes on with the others) and lets the backend combine what arrived.
+instruction, checks it on every reply, refuses malformed payloads owner by owner (the round
+goes on with the others) and lets the backend combine what arrived. It returns what the round
+produced (:class:`TrainOutcome`) and holds no global adapter: ``global_state`` does.
 """
 
 from __future__ import annotations
@@ -12,129 +13,102 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedveil.core import wire
+from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
-from fedveil.privacy.secagg.base import Backend, Protected
+from fedveil.core.payload import Protected, Revealed, RoundContext
+from fedveil.privacy.secagg.base import ServerSide
 
 
 @dataclass
-class TrainRound:
-    """What the server learned about one training round (for metrics.jsonl and the ledger)."""
+class TrainOutcome:
+    """What one training round produced (for the global state, metrics.jsonl and the round chain)."""
 
-    accepted: dict[str, dict[str, float]] = field(default_factory=dict)  # client id -> metrics
-    excluded: dict[str, str] = field(default_factory=dict)  # client id or node -> reason
-    node_to_client: dict[int, str] = field(default_factory=dict)
-    combined: Protected | None = None  # what the backend combined (ciphertexts for sealed backends)
+    accepted: dict[str, dict[str, float]] = field(default_factory=dict)  # owner id -> metrics
+    excluded: dict[str, str] = field(default_factory=dict)  # owner id or node -> reason
+    node_to_owner: dict[int, str] = field(default_factory=dict)
+    combined: Protected | None = None  # what the backend combined (ciphertexts for encrypted backends)
+    revealed: Revealed | None = None  # the aggregate, where the server may see it
+    metrics: dict[str, float] | None = None  # weighted means of the accepted owners' metrics
     aggregate_seconds: float = 0.0
     reveal_seconds: float = 0.0
 
 
-def error_reason(msg: Message, limit: int = 300) -> str:
-    """One line from an error reply (Ray wraps client tracebacks; keep their last message)."""
-    reason = str(msg.error.reason or f"error code {msg.error.code}")
-    if "Message: " in reason:
-        reason = reason.rsplit("Message: ", 1)[1].rstrip("'>\n ")
-    reason = " ".join(reason.split())
-    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+class SecureAggregation:
+    """Aggregate adapter deltas through ``backend``; everything else is ``inner``'s."""
 
-
-def client_label(msg: Message) -> str:
-    if msg.has_content() and wire.META in msg.content:
-        return str(msg.content.config_records[wire.META].get(wire.CLIENT_KEY, ""))
-    return f"node_{msg.metadata.src_node_id}"
-
-
-class SecureAggregation(Strategy):
-    """Aggregate adapter deltas through ``backend``; everything else is ``base``'s."""
-
-    def __init__(self, base: Strategy, backend: Backend, layout: AdapterLayout) -> None:
-        self.base, self.backend, self.layout = base, backend, layout
-        self.current: np.ndarray | None = None  # the global vector the round started from
-        self.last_train = TrainRound()
-
-    def summary(self) -> None:
-        self.base.summary()
+    def __init__(self, inner: Strategy, backend: ServerSide, layout: AdapterLayout) -> None:
+        self.inner, self.backend, self.layout = inner, backend, layout
 
     def _stamp(self, config: ConfigRecord) -> ConfigRecord:
-        config[wire.DIGEST_KEY] = self.layout.digest
+        config[wire.LAYOUT_DIGEST] = self.layout.digest
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self.current = wire.record_vector(arrays) if "adapter" in arrays else None
-        return self.base.configure_train(server_round, arrays, self._stamp(config), grid)
+        return self.inner.configure_train(server_round, arrays, self._stamp(config), grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.base.configure_evaluate(server_round, arrays, self._stamp(config), grid)
+        return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
 
-    def _accept(self, msg: Message) -> tuple[str, Protected, dict[str, float]]:
+    def _accept(self, msg: Message) -> tuple[Protected, dict[str, float]]:
         """Validate one reply; raise :class:`UserError` with the reason to exclude it."""
-        who = client_label(msg)
         if msg.has_error():
-            raise UserError(f"client failed: {error_reason(msg)}")
+            raise UserError(f"owner failed: {records.error_reason(msg)}")
         content = msg.content
         if wire.META not in content or wire.METRICS not in content:
             raise UserError("reply lacks its meta or metrics record")
-        self.layout.check(str(content.config_records[wire.META].get(wire.DIGEST_KEY, "")), who)
+        self.layout.check(str(content.config_records[wire.META].get(wire.LAYOUT_DIGEST, "")), records.owner_label(msg))
         metrics = dict(content.metric_records[wire.METRICS])
-        weight = float(metrics.get(wire.WEIGHT_KEY, -1))
+        weight = float(metrics.get(wire.NUM_EXAMPLES, -1))
         if not weight > 0:
-            raise UserError(f"reply has no positive '{wire.WEIGHT_KEY}'")
-        protected = wire.records_to_protected(content)
+            raise UserError(f"reply has no positive '{wire.NUM_EXAMPLES}'")
+        protected = records.records_to_protected(content)
         self.backend.validate(protected)
-        return who, protected, metrics
+        return protected, metrics
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        log = self.last_train = TrainRound()
-        payloads, order = [], []
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> TrainOutcome:
+        out = TrainOutcome()
+        payloads: dict[str, Protected] = {}
         for msg in replies:
-            who = client_label(msg)
-            log.node_to_client[msg.metadata.src_node_id] = who
+            who = records.owner_label(msg)
+            out.node_to_owner[msg.metadata.src_node_id] = who
             try:
-                who, protected, metrics = self._accept(msg)
+                payloads[who], out.accepted[who] = self._accept(msg)
             except UserError as exc:
-                log.excluded[who] = str(exc)
-                continue
-            log.accepted[who] = metrics
-            payloads.append(protected)
-            order.append(who)
+                out.excluded[who] = str(exc)
         if not payloads:
-            return None, None
+            return out
         start = time.perf_counter()
-        combined = log.combined = self.backend.combine(payloads, clients=order, server_round=server_round,
-                                                       layout_digest=self.layout.digest)
-        log.aggregate_seconds = time.perf_counter() - start
-        for who, status in zip(order, getattr(self.backend, "last_status", None) or []):
-            if status != "ok":  # the parties' MPC left this owner out (norm over the bound, bad share)
-                log.excluded[who] = f"dropped by the aggregator parties: {status}"
-                log.accepted.pop(who)
-        if not log.accepted:
-            return None, None
-        metrics = MetricRecord(weighted_means(log.accepted))
-        if not self.backend.server_can_reveal:
-            return None, metrics  # the server keeps the ciphertext; owners reveal it
-        start = time.perf_counter()
-        revealed = self.backend.reveal(combined)
-        log.reveal_seconds = time.perf_counter() - start
-        new_global = (self.current + revealed.mean).astype(np.float32)
-        return wire.vector_record(new_global), metrics
+        combined = self.backend.combine(payloads, RoundContext(server_round, self.layout.digest))
+        out.aggregate_seconds = time.perf_counter() - start
+        out.combined = combined.payload
+        for who, reason in combined.excluded.items():  # e.g. the parties' MPC left this owner out
+            out.excluded[who] = reason
+            out.accepted.pop(who, None)
+        if not out.accepted:
+            return out
+        out.metrics = weighted_means(out.accepted)
+        if self.backend.server_can_reveal:  # elsewhere the server keeps the ciphertext; owners reveal it
+            start = time.perf_counter()
+            out.revealed = self.backend.reveal(out.combined)
+            out.reveal_seconds = time.perf_counter() - start
+        return out
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> dict[str, float] | None:
         replies = [m for m in replies if not m.has_error() and wire.METRICS in m.content]
         if not replies:
             return None
-        return MetricRecord(weighted_means({client_label(m): dict(m.content.metric_records[wire.METRICS]) for m in replies}))
+        return weighted_means({records.owner_label(m): dict(m.content.metric_records[wire.METRICS]) for m in replies})
 
 
-def weighted_means(per_client: dict[str, dict[str, float]]) -> dict[str, float]:
+def weighted_means(per_owner: dict[str, dict[str, float]]) -> dict[str, float]:
     """Metrics averaged with ``num-examples`` weights; ``num-examples`` itself is summed."""
-    total = sum(float(m[wire.WEIGHT_KEY]) for m in per_client.values())
-    keys = sorted({k for m in per_client.values() for k in m} - {wire.WEIGHT_KEY})
-    out = {k: sum(float(m.get(k, 0.0)) * float(m[wire.WEIGHT_KEY]) for m in per_client.values()) / total for k in keys}
-    out[wire.WEIGHT_KEY] = total
+    total = sum(float(m[wire.NUM_EXAMPLES]) for m in per_owner.values())
+    keys = sorted({k for m in per_owner.values() for k in m} - {wire.NUM_EXAMPLES})
+    out = {k: sum(float(m.get(k, 0.0)) * float(m[wire.NUM_EXAMPLES]) for m in per_owner.values()) / total for k in keys}
+    out[wire.NUM_EXAMPLES] = total
     return out

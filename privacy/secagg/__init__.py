@@ -1,45 +1,87 @@
-"""Secure-aggregation backends, chosen by ``aggregation.name`` through a closed registry."""
+"""Secure-aggregation backends, chosen by ``aggregation.name`` through a closed registry.
+
+Each :class:`BackendSpec` says everything the federation needs to know about its backend: its
+config, how the server side and the owner side are built, whether the server holds the global
+adapter only as ciphertexts (owners re-encrypt it), whether owners key the federation before
+round 1, whether a run can resume, and what the simulation must start for it. A run config
+names a key of :data:`BACKENDS`; nothing else loads.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, ContextManager, Optional
 
 from fedveil.core.errors import UserError
-from fedveil.privacy.secagg.crypten_backend import CryptenBackend, CryptenConfig
+from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
-from fedveil.privacy.secagg.tenseal_ckks import TensealBackend, TensealConfig
+from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
 
-# name -> (config dataclass, backend class). A run config names a key here; nothing else loads.
-BACKENDS = {
-    "plain": (PlainConfig, PlainBackend),
-    "tenseal": (TensealConfig, TensealBackend),
-    "crypten": (CryptenConfig, CryptenBackend),
+
+@dataclass(frozen=True)
+class KeySetup:
+    """Owner-side steps of a federation-wide key set-up (the server relays them)."""
+
+    generate: Callable[[Any, dict[str, bytes]], tuple[bytes, dict[str, bytes]]]  # key holder: public, sealed
+    install: Callable[[str, bytes, bytes], None]  # (state_dir, public, sealed) on every owner
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    config: type
+    server: Callable[..., Any]  # (cfg, size, public=<key set-up result>) -> server side
+    owner: Callable[..., Any]  # (cfg, size, state_dir, per_round) -> owner side
+    encrypted_global: bool = False  # the server never holds the global in clear
+    key_setup: Optional[KeySetup] = None
+    can_resume: bool = True
+    local_services: Callable[[Any, Path], ContextManager] = lambda cfg, out: nullcontext()
+
+
+def _tenseal_owner(cfg, size, state_dir, per_round):
+    from fedveil.privacy.secagg.tenseal.keys import load_contexts
+
+    public, secret = load_contexts(state_dir)
+    return TensealBackend(cfg, size, public=public, secret=secret)
+
+
+def _tenseal_key_setup() -> KeySetup:
+    from fedveil.privacy.secagg.tenseal import keys
+
+    return KeySetup(generate=keys.generate, install=keys.install)
+
+
+def _crypten_parties(cfg, out: Path) -> ContextManager:
+    from fedveil.privacy.secagg.crypten.launcher import local_parties
+
+    return local_parties(cfg, out)
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "plain": BackendSpec(
+        PlainConfig,
+        server=lambda cfg, size, public=None: PlainBackend(cfg, size),
+        owner=lambda cfg, size, state_dir, per_round: PlainBackend(cfg, size),
+    ),
+    "tenseal": BackendSpec(
+        TensealConfig,
+        server=lambda cfg, size, public=None: TensealBackend(cfg, size, public=public),
+        owner=_tenseal_owner,
+        encrypted_global=True,
+        key_setup=_tenseal_key_setup(),
+        can_resume=False,  # a restart re-keys, so stored ciphertexts could not be opened
+    ),
+    "crypten": BackendSpec(
+        CryptenConfig,
+        server=lambda cfg, size, public=None: CryptenBackend.for_server(cfg, size),
+        owner=lambda cfg, size, state_dir, per_round: CryptenBackend.for_owner(cfg, size, per_round),
+        local_services=_crypten_parties,
+    ),
 }
 
 
-def backend_entry(name: str):
+def backend_spec(name: str) -> BackendSpec:
     if name not in BACKENDS:
         raise UserError(f"aggregation '{name}' is unknown: choose one of {sorted(BACKENDS)}")
     return BACKENDS[name]
-
-
-def server_backend(cfg, size: int, public: bytes | None = None):
-    """The server's side: ``plain`` in clear; ``tenseal`` with the public context only."""
-    if cfg.name == "tenseal":
-        return TensealBackend(cfg, size, public=public)
-    return backend_entry(cfg.name)[1](cfg, size=size)
-
-
-def owner_backend(cfg, size: int, state_dir: str | Path, round_info: dict | None = None):
-    """An owner's side; ``tenseal`` reads the installed context from the owner's state dir;
-    ``crypten`` takes the parties' public keys and the round from ``round_info``."""
-    if cfg.name == "crypten":
-        info = dict(round_info or {})
-        keys = [bytes.fromhex(h) for h in str(info.pop("party-keys", "")).split(",") if h]
-        return CryptenBackend(cfg, size, party_keys=keys, round_info=info)
-    if cfg.name == "tenseal":
-        from fedveil.privacy.keys import load_contexts
-
-        public, secret = load_contexts(state_dir)
-        return TensealBackend(cfg, size, public=public, secret=secret)
-    return backend_entry(cfg.name)[1](cfg, size=size)

@@ -1,72 +1,56 @@
 """The secure-aggregation backend contract, free of Flower.
 
-Every backend computes the same thing, a weighted FedAvg of adapter *deltas*::
+Every backend computes the same weighted FedAvg of adapter deltas (see ``core/payload.py``) and
+differs only in who can see what on the way:
 
-    global_{r+1} = global_r + sum_k n_k * delta_k / sum_k n_k
-
-and differs only in who can see what on the way:
-
-1. each client ``protect``s ``(delta_k, n_k)`` into a :class:`Protected` payload;
-2. the server ``combine``s the payloads that arrived into one payload (it never needs to read them);
+1. each owner ``protect``s ``(delta_k, n_k)`` for one :class:`RoundContext` into a ``Protected`` payload;
+2. the server ``validate``s each payload and ``combine``s those that arrived into a ``Combined``
+   (it never needs to read them), which names any owner the backend itself left out;
 3. whoever holds the key ``reveal``s the combined payload into ``(sum_k n_k delta_k, sum_k n_k)``.
 
-The payload is split into clear ``arrays`` and opaque ``blobs`` so the Flower adapters can carry
-it as an ``ArrayRecord`` plus a ``ConfigRecord`` without knowing the backend.
+A backend also says how owners read the global adapter the server sends (``open_global``) and
+what owners need each round besides it (``round_config``). The registry (``__init__.py``) says,
+per backend, how each side is built, whether the server holds the global only encrypted, whether
+owners key the federation first and whether a run can resume.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from fedveil.core.errors import UserError
+from fedveil.core import wire
+from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 
 
-class PayloadError(UserError):
-    """A payload that is malformed, truncated, tampered with or built for another setup."""
-
-
-@dataclass
-class Protected:
-    """What travels for one client (or, combined, for all of them)."""
-
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    blobs: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values()) + sum(len(b) for b in self.blobs.values())
-
-
-@dataclass(frozen=True)
-class Revealed:
-    """The weighted sum of deltas and the total weight."""
-
-    weighted_sum: np.ndarray
-    total_weight: float
-
-    @property
-    def mean(self) -> np.ndarray:
-        if not self.total_weight > 0:
-            raise PayloadError("aggregate has zero total weight: no client contributed examples")
-        return (self.weighted_sum / self.total_weight).astype(np.float32)
-
-
-class Backend(Protocol):
-    """One aggregation backend; see the module docstring for the protocol."""
-
+class ServerSide(Protocol):
     name: str
     server_can_reveal: bool  # True only where the server may see the aggregate in clear
-    server_sees_updates: bool  # True only where the server sees each client's update (plain)
-
-    def protect(self, delta: np.ndarray, weight: float) -> Protected: ...
+    server_sees_updates: bool  # True only where the server sees each owner's update (plain)
 
     def validate(self, payload: Protected) -> None:
         """Raise :class:`PayloadError` unless ``payload`` is well formed for this setup."""
 
-    def combine(self, payloads: list[Protected], **context) -> Protected:
-        """``context``: ``clients`` (ids, payload order), ``server_round``, ``layout_digest``."""
+    def combine(self, payloads: dict[str, Protected], ctx: RoundContext) -> Combined: ...
 
     def reveal(self, combined: Protected) -> Revealed: ...
+
+    def round_config(self) -> dict[str, str]:
+        """Per-round values owners need (crypten: the parties' public keys)."""
+
+
+class OwnerSide(Protocol):
+    def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext) -> Protected: ...
+
+    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray) -> np.ndarray: ...
+
+
+def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = None) -> np.ndarray:
+    """The global adapter where the server holds it in clear."""
+    if wire.CLEAR_GLOBAL not in arrays:
+        raise PayloadError("the global adapter is missing from the server's message")
+    return np.asarray(arrays[wire.CLEAR_GLOBAL], np.float32)
+
+
+__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide", "clear_global"]

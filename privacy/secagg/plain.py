@@ -1,6 +1,6 @@
 """``plain``: updates travel in clear and the server averages them (trusted server).
 
-What the server sees: each client's (DP-noised, where DP is on) adapter delta and its example
+What the server sees: each owner's (DP-noised, where DP is on) adapter delta and its example
 count. Use it where the coordinator is trusted, or as the reference the secure backends match.
 """
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
+from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
+from fedveil.privacy.secagg.base import clear_global
 
 
 @dataclass
@@ -21,7 +22,7 @@ class PlainConfig:
 def weighted_sum(vectors: list[np.ndarray], weights: list[float]) -> tuple[np.ndarray, float]:
     """``sum_k w_k v_k`` (float64 accumulation) and ``sum_k w_k``."""
     if not vectors:
-        raise PayloadError("nothing to aggregate: no client update arrived")
+        raise PayloadError("nothing to aggregate: no owner update arrived")
     acc = np.zeros_like(vectors[0], dtype=np.float64)
     for v, w in zip(vectors, weights, strict=True):
         acc += float(w) * np.asarray(v, dtype=np.float64)
@@ -32,11 +33,15 @@ class PlainBackend:
     name = "plain"
     server_can_reveal = True
     server_sees_updates = True  # does the coordinator see single updates (and their norms, counts)?
+    open_global = staticmethod(clear_global)
 
     def __init__(self, cfg: PlainConfig | None = None, size: int | None = None) -> None:
         self.size = size
 
-    def protect(self, delta: np.ndarray, weight: float) -> Protected:
+    def round_config(self) -> dict[str, str]:
+        return {}
+
+    def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext | None = None) -> Protected:
         return Protected(arrays={"delta": np.asarray(delta, np.float32), "weight": np.array([weight], np.float64)})
 
     def _unpack(self, p: Protected) -> tuple[np.ndarray, float]:
@@ -55,10 +60,10 @@ class PlainBackend:
     def validate(self, p: Protected) -> None:
         self._unpack(p)
 
-    def combine(self, payloads: list[Protected], **context) -> Protected:
-        unpacked = [self._unpack(p) for p in payloads]
+    def combine(self, payloads: dict[str, Protected], ctx: RoundContext | None = None) -> Combined:
+        unpacked = [self._unpack(p) for p in payloads.values()]
         acc, total = weighted_sum([d for d, _ in unpacked], [w for _, w in unpacked])
-        return Protected(arrays={"weighted_sum": acc, "weight": np.array([total], np.float64)})
+        return Combined(Protected(arrays={"weighted_sum": acc, "weight": np.array([total], np.float64)}))
 
     def reveal(self, combined: Protected) -> Revealed:
         return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))

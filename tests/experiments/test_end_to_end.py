@@ -53,7 +53,7 @@ def test_acceptance_run_plain_no_dp(tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    from fedveil.client.model import get_adapter
+    from fedveil.task.model import get_adapter
     from fedveil.core.layout import AdapterLayout
 
     adapter_cfg = json.loads((out / "final_adapter" / "adapter_config.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from fedveil.privacy.accounting import BudgetUnreachable, epsilon_of, plan_noise
+from fedveil.privacy.dp.accounting import BudgetUnreachable, epsilon_of, plan_noise
 
 
 def exact_gaussian_epsilon(sigma, steps, delta):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedveil.privacy.secagg.crypten_compat import import_crypten
+from fedveil.privacy.secagg.crypten.compat import import_crypten
 
 SCALE = 2**16
 

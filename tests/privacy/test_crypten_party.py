@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fedveil.privacy.secagg.base import Protected
-from fedveil.privacy.secagg.crypten_backend import CryptenBackend, CryptenConfig, PartyFailure
-from fedveil.privacy.secagg.crypten_party import call, start_local_parties, stop_parties
+from fedveil.core.payload import Protected, RoundContext
+from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig, PartyFailure
+from fedveil.privacy.secagg.crypten.launcher import start_local_parties, stop_parties
+from fedveil.privacy.secagg.crypten.party import call
 
 pytestmark = pytest.mark.slow
 SIZE = 300
@@ -22,18 +23,18 @@ def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_pa
         counts = {"client_0": 216, "client_1": 54, "client_2": 100, "client_3": 10}
 
         def protect(client, size=SIZE):
-            owner = CryptenBackend(cfg, size, party_keys=keys,
-                                   round_info={"round": 1, "client": client, "layout_digest": "L"})
-            return owner.protect(deltas[client][:size] if size <= SIZE else np.zeros(size), counts[client])
+            owner = CryptenBackend(cfg, size, party_keys=keys)
+            return owner.protect(deltas[client][:size] if size <= SIZE else np.zeros(size), counts[client],
+                                 RoundContext(1, "L", client))
 
         payloads = [protect("client_0"), protect("client_1"), protect("client_2")]
         bad = protect("client_3", size=SIZE - 1)  # wrong length: every party refuses to open it
         server = CryptenBackend(cfg, SIZE)
-        combined = server.combine([*payloads, Protected(blobs=bad.blobs)],
-                                  clients=["client_0", "client_1", "client_2", "client_3"],
-                                  server_round=1, layout_digest="L")
-        assert server.last_status == ["ok", "over-bound", "ok", "malformed"]
-        revealed = server.reveal(combined)
+        result = server.combine({"client_0": payloads[0], "client_1": payloads[1], "client_2": payloads[2],
+                                 "client_3": Protected(blobs=bad.blobs)}, RoundContext(1, "L"))
+        assert result.excluded == {"client_1": "dropped by the aggregator parties: over-bound",
+                                   "client_3": "dropped by the aggregator parties: malformed"}
+        revealed = server.reveal(result.payload)
         expected = (216 * deltas["client_0"] + 100 * deltas["client_2"]) / 316
         assert revealed.total_weight == 316
         assert np.abs(revealed.mean - expected).max() < 2**-16
@@ -41,7 +42,7 @@ def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_pa
         procs[1].kill()  # a party dies
         procs[1].wait()
         with pytest.raises(PartyFailure, match=r"party 1 at .* failed or did not answer"):
-            server.combine(payloads, clients=["client_0", "client_1", "client_2"], server_round=2, layout_digest="L")
+            server.combine(dict(zip(["client_0", "client_1", "client_2"], payloads)), RoundContext(2, "L"))
     finally:
         stop_parties(procs)
     assert all(p.poll() is not None for p in procs)  # every party and the dealer are gone

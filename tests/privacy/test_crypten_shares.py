@@ -6,9 +6,9 @@ import pytest
 from nacl.public import PrivateKey
 from scipy.stats import chisquare
 
-from fedveil.privacy.secagg import crypten_compat
-from fedveil.privacy.secagg.base import PayloadError
-from fedveil.privacy.secagg.crypten_shares import (
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg.crypten import compat as crypten_compat
+from fedveil.privacy.secagg.crypten.shares import (
     ShareHeader, decode_fixed, encode_fixed, open_share, reconstruct, seal_share, split,
 )
 
@@ -70,7 +70,7 @@ def test_sealed_shares_open_only_for_their_party_round_and_length():
 
 @pytest.mark.slow
 def test_mpc_norm_check_drops_the_oversized_update_and_reveals_the_others_aggregate():
-    from fedveil.privacy.secagg.crypten_mpc import run_local_parties
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
 
     rng = np.random.default_rng(1)
     updates = [rng.normal(scale=0.05, size=500) for _ in range(3)]

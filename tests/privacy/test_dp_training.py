@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedveil.client.data import DataConfig, load_owner_data
-from fedveil.client.demo_data import write_demo_data
-from fedveil.client.model import ModelConfig, get_adapter, load_lora_model, load_tokenizer
-from fedveil.client.train import TrainConfig, make_optimizer, shuffled_loader, train_steps
-from fedveil.privacy.dp import SampleLevelDPConfig, private_training
+from fedveil.task.data import DataConfig, load_owner_data
+from fedveil.task.demo_data import write_demo_data
+from fedveil.task.model import ModelConfig, get_adapter, load_lora_model, load_tokenizer
+from fedveil.task.train import TrainConfig, make_optimizer, shuffled_loader, train_steps
+from fedveil.privacy.dp.sgd import SampleLevelDPConfig, private_training
 
 CPU = torch.device("cpu")
 
@@ -51,7 +51,7 @@ def test_zero_noise_and_huge_clip_equals_non_dp(tiny_gpt2, demo_dir):
     train_steps(model, shuffled_loader(data.train, 16, tok.pad_token_id, 7), sgd(), 4, CPU)
     plain = get_adapter(model)
 
-    from fedveil.client.model import set_adapter
+    from fedveil.task.model import set_adapter
 
     set_adapter(model, start)
     cfg = SampleLevelDPConfig(max_grad_norm=1e6, poisson_sampling=False)

@@ -6,10 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedveil.core.errors import UserError
-from fedveil.privacy.secagg.base import PayloadError
-from fedveil.privacy.secagg.tenseal_ckks import (
-    TensealBackend, TensealConfig, make_context, public_bytes, seal, secret_bytes, unseal,
-)
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg.sealing import seal, unseal
+from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
 
 SIZE = 300
 
@@ -35,7 +34,7 @@ def test_decrypt_of_sum_is_the_weighted_sum(keys, clients, seed):
     deltas = [rng.normal(scale=abs(s) + 1e-3, size=SIZE) for _, s in clients]
     weights = [n for n, _ in clients]
     o = owner(keys)
-    combined = server(keys).combine([o.protect(d, w) for d, w in zip(deltas, weights)])
+    combined = server(keys).combine({f"owner_{i}": o.protect(d, w) for i, (d, w) in enumerate(zip(deltas, weights))}).payload
     revealed = o.reveal(combined)
     expected = sum(w * d for w, d in zip(weights, deltas))
     assert revealed.total_weight == pytest.approx(sum(weights), abs=1e-3)
@@ -45,7 +44,7 @@ def test_decrypt_of_sum_is_the_weighted_sum(keys, clients, seed):
 
 def test_server_holds_no_secret_and_cannot_decrypt_or_encrypt(keys):
     o, s = owner(keys), server(keys)
-    combined = s.combine([o.protect(np.ones(SIZE), 3)])
+    combined = s.combine({"owner_0": o.protect(np.ones(SIZE), 3)}).payload
     with pytest.raises(UserError, match="cannot decrypt"):
         s.reveal(combined)
     with pytest.raises(UserError, match="cannot encrypt"):
@@ -106,6 +105,6 @@ def test_secret_context_sealed_to_each_owner_opens_only_for_it(keys):
 
     alice, bob = PrivateKey.generate(), PrivateKey.generate()
     sealed = seal(keys[1], bytes(alice.public_key))
-    assert unseal(sealed, bytes(alice)) == keys[1] and keys[1] not in sealed
+    assert unseal(sealed, bytes(alice), "sealed CKKS secret") == keys[1] and keys[1] not in sealed
     with pytest.raises(PayloadError, match="sealed to someone else"):
-        unseal(sealed, bytes(bob))
+        unseal(sealed, bytes(bob), "sealed CKKS secret")

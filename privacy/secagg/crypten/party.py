@@ -7,13 +7,14 @@ Party R joins CrypTen's gloo group (K parties plus the TTP dealer), keeps an X25
 state directory and serves two gRPC calls (raw bytes, no generated code):
 
 - ``/fedveil.Party/PublicKey``: its X25519 public key, for owners to seal shares to;
-- ``/fedveil.Party/Aggregate``: one round. The request lists the clients and carries, sealed to
-  this party, each client's share and count. The parties agree (a public all-gather) on the
-  clients whose shares every party could open with equal counts, run the MPC norm check and sum
-  (``crypten_mpc.party_aggregate``), and answer with the revealed weighted sum only.
+- ``/fedveil.Party/Aggregate``: one round. The request lists the owners and carries, sealed to
+  this party, each owner's share and count. The parties agree (a public all-gather) on the
+  owners whose shares every party could open with equal counts, run the MPC norm check and sum
+  (``mpc.party_aggregate``), and answer with the revealed weighted sum only.
 
-The coordinator calls every party with the same client list at the same time; a party that is
-down or slow makes the call time out, which fails the round with a clear error.
+The coordinator calls every party with the same owner list at the same time; a party that is
+down or slow makes the call time out, which fails the round with a clear error. Starting and
+stopping parties on one machine (simulation, tests) is ``launcher.py``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedveil.core.framing import pack, unpack
-from fedveil.privacy.secagg.base import PayloadError
-from fedveil.privacy.secagg.crypten_shares import ShareHeader, open_share
+from fedveil.core.io import pack, unpack
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg import sealing
+from fedveil.privacy.secagg.crypten.shares import ShareHeader, open_share
 
 SERVICE = "fedveil.Party"
 
@@ -57,10 +59,8 @@ def decode_response(blob: bytes) -> tuple[dict, np.ndarray]:
 
 class Party:
     def __init__(self, rank: int, world: int, state_dir: Path) -> None:
-        from fedveil.privacy.keys import owner_keypair
-
         self.rank, self.world = rank, world
-        self.private, self.public = owner_keypair(state_dir)
+        self.private, self.public = sealing.keypair(state_dir)
         self.lock = threading.Lock()
         self.ready = threading.Event()  # set once the MPC group has formed
 
@@ -73,8 +73,8 @@ class Party:
     def aggregate(self, request: bytes, context) -> bytes:
         import torch
 
-        from fedveil.privacy.secagg.crypten_compat import import_crypten
-        from fedveil.privacy.secagg.crypten_mpc import party_aggregate
+        from fedveil.privacy.secagg.crypten.compat import import_crypten
+        from fedveil.privacy.secagg.crypten.mpc import party_aggregate
 
         crypten = import_crypten()
         meta, sealed = decode_request(request)
@@ -82,8 +82,8 @@ class Party:
             raise RuntimeError("the MPC group has not formed: are all parties and the TTP running?")
         with self.lock:
             shares, counts, valid = [], [], []
-            for client, blob in zip(meta["clients"], sealed):
-                expected = ShareHeader(meta["round"], client, self.rank, meta["layout_digest"], meta["length"])
+            for owner, blob in zip(meta["clients"], sealed):
+                expected = ShareHeader(meta["round"], owner, self.rank, meta["layout_digest"], meta["length"])
                 try:
                     count, share = open_share(blob, self.private, expected)
                     valid.append(1.0)
@@ -92,7 +92,7 @@ class Party:
                     valid.append(0.0)
                 shares.append(share)
                 counts.append(count)
-            # public agreement: a client counts only if every party opened its share, with equal counts
+            # public agreement: an owner counts only if every party opened its share, with equal counts
             # (CrypTen's all_gather is int64: counts travel as the bit patterns of their float64s)
             mine = torch.from_numpy(np.stack([np.array(valid, np.float64), np.array(counts, np.float64)]).view(np.int64))
             everyone = [t.numpy().view(np.float64) for t in crypten.comm.get().all_gather(mine)]
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
                        "RENDEZVOUS": args.rendezvous, "DISTRIBUTED_BACKEND": "gloo"})
     from fedveil.core.quiet import quiet_libraries
-    from fedveil.privacy.secagg.crypten_compat import import_crypten
+    from fedveil.privacy.secagg.crypten.compat import import_crypten
 
     quiet_libraries()
     crypten = import_crypten()
@@ -165,58 +165,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main(sys.argv[1:])
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_local_parties(world: int, state_root: Path, timeout: float = 120.0):
-    """Start K parties and the TTP on this machine; returns (addresses, processes) once all are ready."""
-    import subprocess
-    import time
-
-    rendezvous = f"tcp://127.0.0.1:{free_port()}"
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
-    logs = Path(state_root)
-    logs.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "fedveil.privacy.secagg.crypten_party", "--world", str(world), "--rendezvous", rendezvous]
-    procs = []
-    for rank in range(world):
-        log = open(logs / f"party_{rank}.log", "w")
-        procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank],
-                                       "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT))
-    log = open(logs / "ttp.log", "w")
-    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    for rank, address in enumerate(addresses):
-        while True:
-            if any(p.poll() is not None for p in procs):
-                stop_parties(procs)
-                raise RuntimeError(f"an aggregator party exited during start-up; see {logs}/party_*.log and ttp.log")
-            try:
-                if call(address, "Ready", b"", timeout=2) == b"1":
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                stop_parties(procs)
-                raise RuntimeError(f"aggregator party {rank} was not ready within {timeout:g} s; see {logs}/party_{rank}.log")
-            time.sleep(0.3)
-    return addresses, procs
-
-
-def stop_parties(procs) -> None:
-    """Terminate, then kill what is left; returns when every process is gone."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except Exception:
-            p.kill()
-            p.wait()

@@ -17,7 +17,7 @@ import torch
 from fedveil.core.errors import UserError
 
 # LoRA targets per `config.model_type`. Attention projections everywhere; GPT-2 also adapts its
-# MLP because a small model learns markedly faster with it (see tests/client/test_model.py).
+# MLP because a small model learns markedly faster with it (see tests/task/test_model.py).
 DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],

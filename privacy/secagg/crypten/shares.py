@@ -1,13 +1,13 @@
 """Additive secret sharing of an adapter update for K aggregator parties (CrypTen's ring).
 
 The owner's side of the ``crypten`` backend, free of Flower: encode the update in CrypTen's
-fixed-point ring (Z_2^64, 16 fractional bits, rounding: see ``crypten_compat``), split it into
+fixed-point ring (Z_2^64, 16 fractional bits, rounding: see ``compat``), split it into
 K additive shares (K-1 drawn uniformly from the OS CSPRNG, the last one completing the sum), and
 seal each share to its party's X25519 key, bound to (round, client, party, layout, length) so a
 share replayed into another round, routed to another party or cut short is refused.
 
 Any K-1 shares are uniformly random and independent of the update: only all K together
-determine it. The parties' side is ``crypten_mpc.py`` and ``crypten_party.py``.
+determine it. The parties' side is ``mpc.py`` and ``party.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedveil.privacy.secagg.base import PayloadError
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg import sealing
 
 PRECISION_BITS = 16
 SCALE = 1 << PRECISION_BITS
@@ -29,7 +30,7 @@ class ShareHeader:
     """What a sealed share is bound to; the party checks every field before using it."""
 
     round: int
-    client: str
+    client: str  # the owner's id (the on-the-wire spelling stays "client")
     party: int
     layout_digest: str
     length: int
@@ -77,23 +78,14 @@ def reconstruct(shares: list[np.ndarray]) -> np.ndarray:
 
 def seal_share(share: np.ndarray, header: ShareHeader, party_public_key: bytes, count: float = 1.0) -> bytes:
     """Seal one share (and the owner's example count, which the parties see) to its party."""
-    from nacl.public import PublicKey, SealedBox
-
     head = header.encode()
     body = np.array([count], np.float64).tobytes() + np.ascontiguousarray(share, np.int64).tobytes()
-    return SealedBox(PublicKey(party_public_key)).encrypt(len(head).to_bytes(4, "big") + head + body)
+    return sealing.seal(len(head).to_bytes(4, "big") + head + body, party_public_key)
 
 
 def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -> tuple[float, np.ndarray]:
     """(count, share) inside ``sealed``, if it is for ``expected``; anything else is refused."""
-    from nacl.exceptions import CryptoError
-    from nacl.public import PrivateKey, SealedBox
-
-    try:
-        raw = SealedBox(PrivateKey(party_private_key)).decrypt(sealed)
-    except CryptoError as exc:
-        raise PayloadError(f"share from {expected.client} does not open with party {expected.party}'s key "
-                           "(sealed to another party, or damaged)") from exc
+    raw = sealing.unseal(sealed, party_private_key, f"share from {expected.client}", f"party {expected.party}'s")
     n = int.from_bytes(raw[:4], "big")
     try:
         header = ShareHeader(**json.loads(raw[4 : 4 + n]))

@@ -1,13 +1,20 @@
-"""Silence library chatter a user cannot act on (progress bars, deprecation notes from deps).
+"""What a person sees on the console: fedveil's progress lines, and no library chatter.
 
-Warnings about our own code stay on; only messages from third-party internals are filtered.
+Warnings about our own code stay on; only messages from third-party internals (progress bars,
+deprecation notes from dependencies) are filtered.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+
+
+def progress(line: str) -> None:
+    """One line a person can follow on the console (stdout, flushed)."""
+    print(f"[fedveil] {line}", file=sys.stdout, flush=True)
 
 
 def quiet_libraries() -> None:

@@ -1,16 +1,16 @@
 """The aggregator parties' computation for the ``crypten`` backend, free of Flower.
 
-Each of K parties holds one additive share of every client's update (``crypten_shares``). With
+Each of K parties holds one additive share of every owner's update (``shares.py``). With
 CrypTen's MPC among them, and multiplication triples from a trusted third party (``TTP``
 provider: a separate dealer process that never sees a share, unlike CrypTen's default ``TFP``,
 which hands party 0 the randomness), they:
 
-1. compute each client's squared L2 norm on shares and compare it with ``bound**2``: only the
+1. compute each owner's squared L2 norm on shares and compare it with ``bound**2``: only the
    comparison bit is revealed, so an over-bound update is dropped without being seen;
-2. form ``sum_k n_k x_k`` over the accepted clients (``n_k`` are public to the parties);
+2. form ``sum_k n_k x_k`` over the accepted owners (``n_k`` are public to the parties);
 3. reveal that sum: the only value that leaves the MPC (to the parties and the coordinator).
 
-The party processes and their transport live in ``crypten_party.py``; :func:`run_local_parties`
+The party processes and their transport live in ``party.py``; :func:`run_local_parties`
 runs the same computation in forked local processes (CrypTen's ``run_multiprocess``) for tests.
 """
 
@@ -20,16 +20,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from fedveil.privacy.secagg.crypten_compat import import_crypten
-from fedveil.privacy.secagg.crypten_shares import PRECISION_BITS
+from fedveil.privacy.secagg.crypten.compat import import_crypten
+from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS
 
 
 def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
                     bound: Optional[float]) -> tuple[list[bool], np.ndarray | None, float]:
     """Run on every party inside an initialised CrypTen communicator.
 
-    ``local_shares[k]`` is this party's share of client k's encoded update. Returns the accepted
-    flags, the revealed ``sum_k n_k x_k`` over accepted clients (None if none) and ``sum_k n_k``.
+    ``local_shares[k]`` is this party's share of owner k's encoded update. Returns the accepted
+    flags, the revealed ``sum_k n_k x_k`` over accepted owners (None if none) and ``sum_k n_k``.
     """
     import torch
 
@@ -55,7 +55,7 @@ def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
 
 def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[float],
                       bound: Optional[float], parties: int = 3):
-    """``shares[k][p]``: party p's share of client k. Runs K local party processes + a TTP."""
+    """``shares[k][p]``: party p's share of owner k. Runs K local party processes + a TTP."""
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
     import crypten.mpc as mpc
@@ -63,7 +63,7 @@ def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[f
     @mpc.run_multiprocess(world_size=parties)
     def party():
         rank = crypten.comm.get().get_rank()
-        return party_aggregate([client[rank] for client in shares], counts, bound)
+        return party_aggregate([owner[rank] for owner in shares], counts, bound)
 
     results = party()
     if not results or any(r is None for r in results):

@@ -1,41 +1,30 @@
-"""What a run leaves behind: metrics.jsonl, summary.json, report.md, console progress."""
+"""What a run leaves behind: metrics.jsonl (a row per round), summary.json and report.md."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from fedveil.core.atomic import atomic_write_bytes
+from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
 
-
-def progress(line: str) -> None:
-    """One line a person can follow on the console (stdout, flushed)."""
-    print(f"[fedveil] {line}", file=sys.stdout, flush=True)
+METRICS_FILE = "metrics.jsonl"
 
 
 def append_metrics(out_dir: Path, row: dict[str, Any]) -> None:
     """Append one round's row to metrics.jsonl, durably (a crash loses at most this row)."""
-    with open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(Path(out_dir) / METRICS_FILE, row)
 
 
 def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(Path(out_dir) / METRICS_FILE)
 
 
 def drop_rows_after(out_dir: Path, last_round: int) -> None:
     """On resume: forget rows of rounds after the checkpoint we resume from."""
     rows = [r for r in read_metrics(out_dir) if r["round"] <= last_round]
-    atomic_write_bytes(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    atomic_write_bytes(Path(out_dir) / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

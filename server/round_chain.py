@@ -1,8 +1,11 @@
-"""A tamper-evident round ledger: one JSON line per round, each carrying the previous line's hash.
+"""The round chain: one JSON line per round, each carrying the previous line's hash (tamper-evident).
+
+(An owner's epsilon ledger is another thing: ``privacy/dp/epsilon_ledger.py``. The file keeps its
+historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it.)
 
 ``<out>/round_ledger.jsonl``, appended by the coordinator after every round: round, config hash,
-adapter layout digest, participating clients, a digest of what was aggregated (ciphertexts or the
-revealed aggregate), the epsilon each client reported, the hash of the resulting global state
+adapter layout digest, participating owners, a digest of what was aggregated (ciphertexts or the
+revealed aggregate), the epsilon each owner reported, the hash of the resulting global state
 where the server has one, ``prev_hash`` and the entry's own ``hash`` (SHA-256 of the canonical JSON
 of everything else).
 
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from fedveil.core.io import append_jsonl, read_jsonl
 
 FILENAME = "round_ledger.jsonl"
 GENESIS = "0" * 64
@@ -42,21 +46,12 @@ def sha256_of(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def read(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def append(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     """Append one entry chained to the last; returns it (with ``hash``)."""
-    entries = read(path)
+    entries = read_jsonl(path)
     entry = {**fields, "index": len(entries), "prev_hash": entries[-1]["hash"] if entries else GENESIS}
     entry["hash"] = entry_hash(entry)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(path, entry)
     return entry
 
 

@@ -1,8 +1,9 @@
 """``tenseal``: CKKS homomorphic encryption; the server adds ciphertexts it cannot read.
 
-Flower-free core of the backend: parameters (insecure ones refused), context creation, sealing
-the secret context to each owner's X25519 key, encrypting a weighted update, summing
-ciphertexts, decrypting the sum.
+Flower-free core of the backend: parameters (insecure ones refused), context creation,
+encrypting a weighted update, summing ciphertexts, decrypting the sum, and the owner's view of
+the encrypted global adapter. Key generation and installing are in ``keys.py``; the arrays the
+server keeps of the encrypted global in ``global_codec.py``.
 
 What each party holds and sees:
 
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedveil.core.errors import UserError
-from fedveil.core.framing import FramingError, pack, unpack
-from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
+from fedveil.core.io import FramingError, pack, unpack
+from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
+from fedveil.privacy.secagg.tenseal import global_codec
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, by ring degree N
 # (HomomorphicEncryption.org standard, as enforced by SEAL).
@@ -95,26 +97,9 @@ def load_context(data: bytes):
         raise PayloadError(f"CKKS context bytes are unreadable ({exc}); ask the key holder to resend them") from exc
 
 
-def seal(secret: bytes, owner_public_key: bytes) -> bytes:
-    """Seal the secret context to one owner's X25519 public key (libsodium sealed box)."""
-    from nacl.public import PublicKey, SealedBox
-
-    return SealedBox(PublicKey(owner_public_key)).encrypt(secret)
-
-
-def unseal(sealed: bytes, owner_private_key: bytes) -> bytes:
-    from nacl.exceptions import CryptoError
-    from nacl.public import PrivateKey, SealedBox
-
-    try:
-        return SealedBox(PrivateKey(owner_private_key)).decrypt(sealed)
-    except CryptoError as exc:
-        raise PayloadError("sealed CKKS secret does not open with this owner's key: it was sealed to someone else") from exc
-
-
 class TensealBackend:
-    """Owners: ``protect``/``reveal`` with the secret context. Server: ``validate``/``combine``
-    with the public context only (``secret`` absent)."""
+    """Owners: ``protect``/``reveal``/``open_global`` with the secret context. Server:
+    ``validate``/``combine`` with the public context only (``secret`` absent)."""
 
     name = "tenseal"
     server_can_reveal = False
@@ -129,7 +114,10 @@ class TensealBackend:
             raise PayloadError("the context given as public holds a secret key; pass public_bytes(ctx)")
         self._secret = load_context(secret) if secret is not None else None
 
-    def protect(self, delta: np.ndarray, weight: float) -> Protected:
+    def round_config(self) -> dict[str, str]:
+        return {}
+
+    def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext | None = None) -> Protected:
         import tenseal as ts
 
         if self._secret is None:
@@ -140,9 +128,22 @@ class TensealBackend:
                   for i in range(0, values.size, slots)]
         return Protected(blobs=self._tag(pack(chunks)))
 
-    def sealed(self, ciphertext: bytes) -> Protected:
+    def payload_of(self, ciphertext: bytes) -> Protected:
         """A payload around ciphertext bytes received from the server (tags recomputed here)."""
         return Protected(blobs=self._tag(ciphertext))
+
+    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray) -> np.ndarray:
+        """The global adapter from the server's ciphertexts: ``Dec(base)`` (or the seed-derived
+        initial adapter every owner computes itself) plus each pending round's mean delta."""
+        base, pending = global_codec.from_arrays(arrays)
+        vector = self.reveal(self.payload_of(base)).mean if base is not None else np.asarray(initial, np.float32)
+        for blob in pending:
+            vector = self.reveal(self.payload_of(blob)).applied_to(vector)
+        return vector
+
+    def encrypt_global(self, vector: np.ndarray) -> bytes:
+        """Enc(global) for the server to hold between rounds (weight 1: it decrypts to itself)."""
+        return self.protect(vector, 1.0).blobs["ciphertext"]
 
     def _tag(self, blob: bytes) -> dict[str, bytes]:
         return {"ciphertext": blob, "context-id": self.context_id.encode(), "sha256": hashlib.sha256(blob).digest()}
@@ -173,14 +174,15 @@ class TensealBackend:
     def validate(self, p: Protected) -> None:
         self._vectors(p, self._public)
 
-    def combine(self, payloads: list[Protected], **context) -> Protected:
+    def combine(self, payloads: dict[str, Protected], ctx: RoundContext | None = None) -> Combined:
         if not payloads:
             raise PayloadError("nothing to aggregate: no ciphertext arrived")
-        total = self._vectors(payloads[0], self._public)
-        for p in payloads[1:]:
+        first, *rest = payloads.values()
+        total = self._vectors(first, self._public)
+        for p in rest:
             for acc, v in zip(total, self._vectors(p, self._public), strict=True):
                 acc += v
-        return Protected(blobs=self._tag(pack([v.serialize() for v in total])))
+        return Combined(Protected(blobs=self._tag(pack([v.serialize() for v in total]))))
 
     def reveal(self, combined: Protected) -> Revealed:
         if self._secret is None:

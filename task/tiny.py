@@ -1,7 +1,7 @@
 """Build a tiny causal LM and a byte-level tokenizer from a config, with no download.
 
 The result is saved as an ordinary Hugging Face checkpoint directory, so demos and tests load it
-through the same :func:`fedveil.client.model.load_lora_model` path as any real model.
+through the same :func:`fedveil.task.model.load_lora_model` path as any real model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fedveil.client.model import TinySpec
+from fedveil.task.model import TinySpec
 
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 

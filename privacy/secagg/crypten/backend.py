@@ -23,9 +23,12 @@ from typing import Optional
 
 import numpy as np
 
+from fedveil.core import wire
+from fedveil.core.console import progress
 from fedveil.core.errors import UserError
-from fedveil.privacy.secagg.base import PayloadError, Protected, Revealed
-from fedveil.privacy.secagg.crypten_shares import ShareHeader, encode_fixed, seal_share, split
+from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
+from fedveil.privacy.secagg.base import clear_global
+from fedveil.privacy.secagg.crypten.shares import ShareHeader, encode_fixed, seal_share, split
 
 
 @dataclass
@@ -51,24 +54,46 @@ class PartyFailure(UserError):
 
 
 class CryptenBackend:
+    """Owners: ``protect`` (shares sealed to the parties). Server: ``validate``, ``combine`` (ask
+    the parties), ``reveal`` (the aggregate the parties revealed)."""
+
     name = "crypten"
     server_can_reveal = True  # the coordinator receives the aggregate, never a single update
     server_sees_updates = False  # does the coordinator see single updates (and their norms, counts)?
+    open_global = staticmethod(clear_global)
 
-    def __init__(self, cfg: CryptenConfig | None, size: int | None = None, *, party_keys: list[bytes] | None = None,
-                 round_info: dict | None = None) -> None:
+    def __init__(self, cfg: CryptenConfig | None, size: int | None = None, *,
+                 party_keys: list[bytes] | None = None) -> None:
         self.cfg, self.size = cfg or CryptenConfig(), size
         self.party_keys = party_keys or []
-        self.round_info = round_info or {}  # {"round", "client", "layout_digest"} on an owner
-        self.last_status: list[str] = []
+
+    @classmethod
+    def for_server(cls, cfg: CryptenConfig, size: int) -> "CryptenBackend":
+        """The coordinator's side: it fetches the parties' public keys to hand to owners each round."""
+        from fedveil.privacy.secagg.crypten.party import call
+
+        addresses = cfg.party_addresses or []
+        if len(addresses) != cfg.parties:
+            raise UserError("aggregation.party_addresses must list every aggregator party (HOST:PORT each)")
+        keys = [call(a, "PublicKey", b"", timeout=30) for a in addresses]
+        progress(f"crypten: {len(keys)} aggregator parties reachable; owners seal one share to each")
+        return cls(cfg, size, party_keys=keys)
+
+    @classmethod
+    def for_owner(cls, cfg: CryptenConfig, size: int, per_round: dict) -> "CryptenBackend":
+        keys = [bytes.fromhex(h) for h in str(per_round.get(wire.PARTY_KEYS, "")).split(",") if h]
+        return cls(cfg, size, party_keys=keys)
+
+    def round_config(self) -> dict[str, str]:
+        """What owners need each round: the parties' public keys."""
+        return {wire.PARTY_KEYS: ",".join(k.hex() for k in self.party_keys)}
 
     # --- owner side -------------------------------------------------------------------------
-    def protect(self, delta: np.ndarray, weight: float) -> Protected:
+    def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext) -> Protected:
         if len(self.party_keys) != self.cfg.parties:
             raise UserError("this owner has no public keys for the aggregator parties; the server must send them")
         shares = split(encode_fixed(delta), self.cfg.parties)
-        info = self.round_info
-        blobs = {f"share.{p}": seal_share(s, ShareHeader(info["round"], info["client"], p, info["layout_digest"], s.size),
+        blobs = {f"share.{p}": seal_share(s, ShareHeader(ctx.round, ctx.owner, p, ctx.layout_digest, s.size),
                                           key, count=weight)
                  for p, (s, key) in enumerate(zip(shares, self.party_keys))}
         return Protected(blobs=blobs)
@@ -82,18 +107,18 @@ class CryptenBackend:
             if self.size is not None and len(blob) < 8 * self.size:
                 raise PayloadError(f"share for party {party} is {len(blob)} bytes, too short for {self.size} values")
 
-    def combine(self, payloads: list[Protected], clients: list[str] | None = None, server_round: int = 0,
-                layout_digest: str = "") -> Protected:
-        from fedveil.privacy.secagg.crypten_party import call, decode_response, encode_request
+    def combine(self, payloads: dict[str, Protected], ctx: RoundContext) -> Combined:
+        """Ask every party to aggregate; owners the parties dropped come back in ``excluded``."""
+        from fedveil.privacy.secagg.crypten.party import call, decode_response, encode_request
 
         if not self.cfg.party_addresses:
             raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
-        clients = clients or [f"client_{i}" for i in range(len(payloads))]
-        meta = {"round": server_round, "clients": clients, "layout_digest": layout_digest, "length": self.size,
+        owners = list(payloads)
+        meta = {"round": ctx.round, "clients": owners, "layout_digest": ctx.layout_digest, "length": self.size,
                 "bound": self.cfg.norm_bound}
 
         def ask(party: int):
-            request = encode_request(meta, [p.blobs[f"share.{party}"] for p in payloads])
+            request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners])
             try:
                 return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s))
             except Exception as exc:  # grpc.RpcError and friends: report them all below
@@ -109,8 +134,10 @@ class CryptenBackend:
         metas = [m for m, _ in answers]
         if any(m != metas[0] for m in metas) or any(not np.array_equal(answers[0][1], a[1]) for a in answers[1:]):
             raise PartyFailure("aggregator parties disagree on the revealed aggregate; refusing the round")
-        self.last_status = metas[0]["status"]
-        return Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
+        excluded = {o: f"dropped by the aggregator parties: {status}"
+                    for o, status in zip(owners, metas[0]["status"]) if status != "ok"}
+        payload = Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
+        return Combined(payload, excluded)
 
     def reveal(self, combined: Protected) -> Revealed:
         return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedveil.client.model import (
+from fedveil.task.model import (
     LoraSettings, ModelConfig, TinySpec, get_adapter, load_lora_model, load_tokenizer, set_adapter,
 )
 from fedveil.core.errors import UserError
@@ -62,7 +62,7 @@ def test_bad_model_paths(tmp_path):
 def test_unknown_architecture_needs_explicit_targets(tmp_path):
     from transformers import BloomConfig, BloomForCausalLM
 
-    from fedveil.client.tiny import byte_level_tokenizer
+    from fedveil.task.tiny import byte_level_tokenizer
 
     tok = byte_level_tokenizer()
     BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=1, n_head=2)).save_pretrained(tmp_path)

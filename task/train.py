@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from fedveil.client.data import IGNORE_INDEX, collate
+from fedveil.task.data import IGNORE_INDEX, collate
 from fedveil.core.errors import UserError
 
 

@@ -10,8 +10,8 @@ examples changes the distribution of *everything the owner ever releases* (all u
 rounds, all runs recorded in its ledger) by at most ``(epsilon, delta)``. It holds whatever the
 aggregation backend leaks, and it holds only if
 
-- the per-example loss depends on that example alone (``fedveil.client.train.per_example_loss``),
-- the owner's ledger is kept (``privacy/ledger.py``), and
+- the per-example loss depends on that example alone (``fedveil.task.train.per_example_loss``),
+- the owner's epsilon ledger is kept (``privacy/dp/epsilon_ledger.py``), and
 - sampling and noise come from torch's PRNG: Opacus' ``secure_mode`` (a CSPRNG) is not enabled,
   as torchcsprng is not maintained for torch 2.13; against an adversary that can predict torch's
   Mersenne Twister the guarantee is weaker.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from fedveil.core.errors import UserError
-from fedveil.privacy.accounting import ACCOUNTANTS
+from fedveil.privacy.dp.accounting import ACCOUNTANTS
 
 # Per-sample gradient engines that work with our per-example loss. Opacus' "ghost" clipping needs
 # its own criterion wrapper and only pays off in memory for full fine-tuning, not for LoRA.

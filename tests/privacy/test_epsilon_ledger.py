@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from fedveil.privacy import budget, ledger
-from fedveil.privacy.dp import SampleLevelDPConfig
-from fedveil.privacy.ledger import BudgetExceeded, LedgerError, Step, reserve
+from fedveil.privacy.dp import epsilon_ledger as ledger
+from fedveil.privacy.dp.sgd import SampleLevelDPConfig
+from fedveil.privacy.dp.epsilon_ledger import BudgetExceeded, LedgerError, Step, reserve
 
 DP = SampleLevelDPConfig(target_epsilon=3.0, delta=1e-5)
 
 
 def spend(state, run, rounds, cfg=DP, cap=None, q=0.05, steps=20, planned_rounds=3):
-    led = budget.open_ledger(state, cfg, 1000, cap)
-    sigma = budget.run_noise(led, run, cfg, q, planned_rounds * steps)
+    led = ledger.open_ledger(state, cfg, 1000, cap)
+    sigma = ledger.run_noise(led, run, cfg, q, planned_rounds * steps)
     return [reserve(state, led, Step(run, r, sigma, q, steps)) for r in range(1, rounds + 1)], sigma
 
 
@@ -37,7 +37,7 @@ def test_second_run_starts_from_the_spent_epsilon(tmp_path):
 def test_the_server_cannot_raise_the_budget(tmp_path):
     spend(tmp_path, "run-a", 3)
     greedy = SampleLevelDPConfig(target_epsilon=100.0, delta=1e-5)
-    led = budget.open_ledger(tmp_path, greedy, 1000)
+    led = ledger.open_ledger(tmp_path, greedy, 1000)
     assert led.budget_epsilon == 3.0
     with pytest.raises(BudgetExceeded):
         reserve(tmp_path, led, Step("run-b", 1, 0.5, 0.05, 20))
@@ -45,16 +45,16 @@ def test_the_server_cannot_raise_the_budget(tmp_path):
 
 def test_explicit_noise_multiplier_with_too_little_noise_is_refused(tmp_path):
     cfg = SampleLevelDPConfig(target_epsilon=1.0, delta=1e-5, noise_multiplier=0.3)
-    led = budget.open_ledger(tmp_path, cfg, 1000)
+    led = ledger.open_ledger(tmp_path, cfg, 1000)
     with pytest.raises(BudgetExceeded, match="would bring epsilon"):
-        reserve(tmp_path, led, Step("run", 1, budget.run_noise(led, "run", cfg, 0.05, 60), 0.05, 20))
+        reserve(tmp_path, led, Step("run", 1, ledger.run_noise(led, "run", cfg, 0.05, 60), 0.05, 20))
 
 
 def test_interrupted_write_is_reported_not_reset(tmp_path):
     spend(tmp_path, "run-a", 1)
     (tmp_path / ".privacy_ledger.json.tmp").write_text('{"version": 1, "hist')
     with pytest.raises(LedgerError, match="write was interrupted"):
-        budget.open_ledger(tmp_path, DP, 1000)
+        ledger.open_ledger(tmp_path, DP, 1000)
 
 
 @pytest.mark.parametrize("damage", [
@@ -67,7 +67,7 @@ def test_damaged_ledger_is_reported_not_reset(tmp_path, damage):
     path = tmp_path / "privacy_ledger.json"
     path.write_text(damage(path.read_text()))
     with pytest.raises(LedgerError, match="privacy_ledger.json"):
-        budget.open_ledger(tmp_path, DP, 1000)
+        ledger.open_ledger(tmp_path, DP, 1000)
 
 
 def test_ledger_file_is_complete_json_after_each_round(tmp_path):

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from fedveil.client.data import (
+from fedveil.task.data import (
     IGNORE_INDEX, DataConfig, DataError, Example, load_examples, load_owner_data, split_examples, tokenize,
 )
-from fedveil.client.demo_data import demo_records, write_demo_data
-from fedveil.client.model import load_tokenizer
+from fedveil.task.demo_data import demo_records, write_demo_data
+from fedveil.task.model import load_tokenizer
 
 
 def write_jsonl(path, records):
