@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
                        "RENDEZVOUS": args.rendezvous, "DISTRIBUTED_BACKEND": "gloo"})
-    from fedveil.core.quiet import quiet_libraries
+    from fedveil.core.console import quiet_libraries
     from fedveil.privacy.secagg.crypten.compat import import_crypten
 
     quiet_libraries()
