@@ -2,7 +2,8 @@
 
 Where an owner's files are:
 
-- deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'"``;
+- deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'
+  policy='...'"`` (the owner's policy file; default ``<state-dir>/policy.json``);
 - simulation: ``data.client_dirs[partition-id]`` of the experiment, state under
   ``<output_dir>/clients/client_<partition-id>/``.
 """
@@ -47,7 +48,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
         owner_id = str(node.get("client-id", f"node_{context.node_id}"))
         state = str(node.get("state-dir", Path.home() / ".fedveil" / owner_id))
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap)
+        policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\"")
     k = int(node["partition-id"])

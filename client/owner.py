@@ -1,7 +1,11 @@
-"""One data owner's side of a round, free of Flower: load, train, protect, evaluate.
+"""One data owner's side of a round, free of Flower: check, load, train, protect, evaluate.
 
 The ClientApp (``client/app.py``) only turns Messages into calls on :class:`Owner`. The owner's
 backend side (``privacy/secagg``) protects its update and opens the global the server sends.
+
+Every instruction is first checked against the owner's own policy (``privacy/policy.py``). Under
+DP the owner releases only its DP-SGD update (weight 1, a public value) and its DP accounting
+record; its losses and counts stay home (``<state dir>/evaluations.jsonl``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Optional
 
@@ -22,9 +26,13 @@ from fedveil.configs.schema import FedveilConfig
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, RoundContext
+from fedveil.core.io import append_jsonl
 from fedveil.privacy.dp import epsilon_ledger
-from fedveil.privacy.dp.sgd import private_training, sample_rate
+from fedveil.privacy.dp.sgd import poisson_loader, private_training
+from fedveil.privacy.policy import FILENAME as POLICY_FILE
+from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
+from fedveil.task.data import collate
 from fedveil.task.data import DataConfig, OwnerData, load_owner_data
 from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
 from fedveil.task.train import evaluate, make_optimizer, shuffled_loader, train_steps
@@ -37,7 +45,12 @@ class OwnerIdentity:
     owner_id: str
     data_source: str
     state_dir: str
-    max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget
+    max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget (its policy's wins)
+    policy_path: Optional[str] = None  # None: <state_dir>/policy.json
+
+    @property
+    def policy_file(self) -> Path:
+        return Path(self.policy_path) if self.policy_path else Path(self.state_dir) / POLICY_FILE
 
 
 @lru_cache(maxsize=4)
@@ -51,8 +64,9 @@ def _model_bundle(path: str, lora_key: str, seed: int, device: str):
 
 
 @lru_cache(maxsize=8)
-def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int) -> OwnerData:
-    return load_owner_data(source, load_tokenizer(tokenizer_path), DataConfig(**json.loads(data_key)), seed)
+def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int, one_row_per_record: bool) -> OwnerData:
+    return load_owner_data(source, load_tokenizer(tokenizer_path), DataConfig(**json.loads(data_key)), seed,
+                           one_row_per_record=one_row_per_record)
 
 
 class Owner:
@@ -60,12 +74,15 @@ class Owner:
 
     def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity, per_round: dict | None = None) -> None:
         self.cfg, self.identity = cfg, identity
+        self.policy = load_policy(identity.policy_file)
+        self.dp_on = cfg.dp.name != "off"
         self.device = resolve_device(cfg.model.device)
         lora_key = json.dumps(dataclasses.asdict(cfg.model.lora), sort_keys=True)
         self.model, self.tokenizer, self.layout, self.initial = _model_bundle(
             cfg.model.path, lora_key, cfg.seed, str(self.device))
         data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-        self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed)
+        self.policy.check(cfg, self.layout.digest)  # before any data is read or budget spent
+        self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed, self.dp_on)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
         self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
@@ -75,6 +92,11 @@ class Owner:
     @property
     def num_examples(self) -> int:
         return len(self.data.train)
+
+    @property
+    def num_records(self) -> int:
+        """Every record the owner holds, held-out ones included (all are protected under DP)."""
+        return len(self.data.train) + len(self.data.eval)
 
     def open_global(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         """The global adapter from the server's arrays (clear, or decrypted here); and seconds spent."""
@@ -104,50 +126,70 @@ class Owner:
     def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
         self.load_global(global_vector)
-        tc, dp, server_round = self.cfg.train, self.cfg.dp, self.round.round
-        loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
-                                 seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
-        torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)
+        tc, server_round = self.cfg.train, self.round.round
+        torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)  # init-like randomness only; DP draws its own
         optimizer = make_optimizer(self.model, tc)
-        metrics: dict[str, float] = {}
-        if dp.name == "sample_level":
-            ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_examples, self.identity.max_epsilon)
-            q = sample_rate(tc.batch_size, self.num_examples)
-            sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
-            # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
-            step = epsilon_ledger.Step(self.run_key(), server_round, sigma, q, tc.local_steps)
-            epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
-            with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
-                result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device)
-            metrics.update({wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: result.steps,
-                            wire.DP_DELTA: ledger.delta, wire.DP_EPSILON: epsilon, wire.DP_BUDGET: ledger.budget_epsilon})
+        if self.dp_on:
+            result, metrics = self.train_private(optimizer)
         else:
-            result = train_steps(self.model, loader, optimizer, tc.local_steps, self.device)
+            loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
+                                     seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
+            result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device), {}
         delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
         start = time.perf_counter()
-        protected = self.backend.protect(delta, float(self.num_examples), self.round)
+        # under DP every owner weighs 1 (a public value): an exact count would leave un-noised
+        protected = self.backend.protect(delta, 1.0 if self.dp_on else float(self.num_examples), self.round)
         metrics.update({
             wire.NUM_EXAMPLES: self.metric_weight(self.num_examples),
-            wire.TRAIN_LOSS: result.loss,
             wire.TRAIN_STEPS: result.steps,
             wire.TRAIN_SECONDS: result.seconds,
             wire.PROTECT_SECONDS: time.perf_counter() - start,
         })
-        if self.backend.server_sees_updates:  # the server sees the update anyway; elsewhere even its norm stays home
+        self.keep_local({"round": server_round, "train_loss": result.loss})
+        if not self.dp_on:
+            metrics[wire.TRAIN_LOSS] = result.loss
+        if self.backend.server_sees_updates and not self.dp_on:  # elsewhere even the norm stays home
             metrics[wire.UPDATE_NORM] = float(np.linalg.norm(delta))
         return protected, metrics
 
+    def train_private(self, optimizer):
+        """DP-SGD for this round: noise planned and spend reserved in the owner's ledger first."""
+        tc, dp, q = self.cfg.train, self.cfg.dp, self.cfg.dp.sample_rate
+        cap = self.policy.max_epsilon if self.policy.max_epsilon is not None else self.identity.max_epsilon
+        ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
+        sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
+        self.policy.check_noise(sigma)
+        # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
+        step = epsilon_ledger.Step(self.run_key(), self.round.round, sigma, q, tc.local_steps)
+        epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
+        loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
+        with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
+            result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device)
+        return result, {wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: result.steps,
+                        wire.DP_DELTA: ledger.delta, wire.DP_EPSILON: epsilon, wire.DP_BUDGET: ledger.budget_epsilon}
+
     def metric_weight(self, count: int) -> int:
-        """Counts weight the server's metric averages; secure backends hide them (weight 1)."""
-        return count if self.backend.server_sees_updates else 1
+        """Counts weight the server's metric averages; secure backends and DP hide them (weight 1)."""
+        return count if self.backend.server_sees_updates and not self.dp_on else 1
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
+        """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)."""
         self.load_global(global_vector)
         start = time.perf_counter()
         loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
-        return {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_LOSS: loss,
-                wire.EVAL_SECONDS: time.perf_counter() - start}
+        self.keep_local({"round": self.round.round, "eval_loss": loss, "eval_tokens": tokens})
+        metrics = {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start}
+        if not self.dp_on:
+            metrics[wire.EVAL_LOSS] = loss
+        return metrics
+
+    def keep_local(self, row: dict) -> None:
+        """The owner's own record of its losses (never sent): ``<state dir>/evaluations.jsonl``."""
+        append_jsonl(Path(self.identity.state_dir) / EVALUATIONS_FILE, {"run": self.cfg.output_dir, **row})
+
+
+EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:

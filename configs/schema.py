@@ -19,6 +19,7 @@ from fedveil.task.model import ModelConfig
 from fedveil.task.train import TrainConfig
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.sgd import DP_MODES
+from fedveil.privacy.policy import OwnerPolicy
 from fedveil.privacy.secagg import BACKENDS
 
 LIST_PREFIX = "json:"  # run-config values are scalars: lists and None travel as JSON strings
@@ -52,6 +53,9 @@ class FedveilConfig:
     dp: Any = None
     aggregation: Any = None
     sim: SimulationConfig = field(default_factory=SimulationConfig)
+    # simulation only: each simulated owner's own policy, written into its state directory by the
+    # runner; owners never read it from the server's messages
+    owner_policy: OwnerPolicy = field(default_factory=OwnerPolicy)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

@@ -32,7 +32,10 @@ root = sys.argv[1]
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
 build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
 PY
-for i in "${!owners[@]}"; do deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((9094 + i)); done
+for i in "${!owners[@]}"; do  # each owner's own policy: the backend it accepts, at most 10 rounds
+  python -c "from fedveil.privacy.policy import OwnerPolicy, write_policy; write_policy('$DEPLOY_DIR/policies/${owners[$i]}.json', OwnerPolicy(allowed_backends=['$BACKEND'], max_rounds=10))"
+  deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((9094 + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"
+done
 for _ in $(seq 90); do
   [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] && break; sleep 1
 done

@@ -11,6 +11,7 @@ in Hydra's run directory (``hydra.run.dir``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedveil.configs.schema import FedveilConfig, from_dict, register_schemas  # noqa: E402
 from fedveil.core.errors import UserError  # noqa: E402
-from fedveil.core.console import quiet_libraries  # noqa: E402
+from fedveil.core.console import progress, quiet_libraries  # noqa: E402
 
 CONFIG_MODULE = "fedveil.configs"
 
@@ -71,18 +72,44 @@ def validate_overrides(overrides: list[str]) -> None:
 def run_experiment(cfg: FedveilConfig) -> dict:
     """Prepare and run one experiment; returns the run summary."""
     from fedveil.experiments.simulation import run_in_simulation
+    from fedveil.server.outputs import read_metrics, read_run_error
     from fedveil.server.prepare import prepare
-    from fedveil.server.outputs import read_metrics
 
-    prepare(cfg)  # fail fast, before the Simulation Engine starts
+    prepare(cfg, write_policies=True)  # fail fast, before the Simulation Engine starts
     out = Path(cfg.output_dir)
     run_in_simulation(cfg)
+    error = read_run_error(out)
+    if error:
+        raise UserError(error)
     if not (out / "summary.json").is_file():
         rows = read_metrics(out)
         raise RuntimeError(f"the federation ended without a summary (rounds logged: {len(rows)}); see the log above")
-    import json
-
+    if cfg.dp.name != "off":
+        add_owner_evaluations(out, cfg.num_clients)
     return json.loads((out / "summary.json").read_text())
+
+
+def add_owner_evaluations(out: Path, num_owners: int) -> None:
+    """Simulation only (the runner plays every owner): the federation-level held-out loss per round,
+    token-weighted over the owners' own logs. Under DP no owner sends its loss to the coordinator,
+    so in a deployment nobody but each owner sees these figures."""
+    from fedveil.client.owner import EVALUATIONS_FILE
+    from fedveil.core.io import atomic_write_bytes, read_jsonl
+
+    per_round: dict[int, dict[int, tuple[float, int]]] = {}
+    for k in range(num_owners):
+        for row in read_jsonl(out / "clients" / f"client_{k}" / EVALUATIONS_FILE):
+            if row.get("run") == str(out) and "eval_loss" in row:
+                per_round.setdefault(int(row["round"]), {})[k] = (float(row["eval_loss"]), int(row["eval_tokens"]))
+    summary = json.loads((out / "summary.json").read_text())
+    losses = {str(r): sum(loss * n for loss, n in owners.values()) / max(1, sum(n for _, n in owners.values()))
+              for r, owners in sorted(per_round.items())}
+    summary["owners_eval_loss_by_round"] = losses
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    if losses:
+        first, last = next(iter(losses.items())), list(losses.items())[-1]
+        progress(f"owners' held-out loss (their own logs; under DP never sent to the server): "
+                 f"{first[1]:.4f} (round {first[0]}) -> {last[1]:.4f} (round {last[0]})")
 
 
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")

@@ -1,4 +1,8 @@
-"""The ServerApp: reads the experiment from the run config and runs the federation."""
+"""The ServerApp: reads the experiment from the run config and runs the federation.
+
+A :class:`UserError` that ends the run (e.g. a round in which no owner trained) is printed as one
+line and written to ``<output_dir>/run_error.txt``, which the runner turns into a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedveil.configs.schema import from_run_config
-from fedveil.core.console import quiet_libraries
+from fedveil.core.console import progress, quiet_libraries
+from fedveil.core.errors import UserError
 from fedveil.server.federation import run_federation
+from fedveil.server.outputs import write_run_error
 from fedveil.server.prepare import prepare
 
 app = ServerApp()
@@ -16,4 +22,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     quiet_libraries()
-    run_federation(grid, prepare(from_run_config(context.run_config), report_data=False, check_dp=False))
+    cfg = prepare(from_run_config(context.run_config), report_data=False, check_dp=False)
+    try:
+        run_federation(grid, cfg)
+    except UserError as exc:
+        progress(f"error: {exc}")
+        write_run_error(cfg.output_dir, str(exc))

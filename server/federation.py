@@ -22,12 +22,13 @@ from flwr.serverapp.strategy import FedAvg
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import records, wire
 from fedveil.core.console import progress
+from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
 from fedveil.server.key_setup import setup_keys
-from fedveil.server.outputs import append_metrics, drop_rows_after, fmt, summarize
+from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, summarize
 from fedveil.server.strategy import SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_model, set_adapter
 
@@ -87,6 +88,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     """Model and layout, the backend's server side (after any key set-up) and the starting global."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_ERROR_FILE).unlink(missing_ok=True)
     model = load_lora_model(cfg.model, seed=cfg.seed, device=torch.device("cpu"))
     layout = AdapterLayout.of(get_adapter(model))
     spec = backend_spec(cfg.aggregation.name)
@@ -128,6 +130,8 @@ def evaluate_start(fed: Federation) -> None:
 def run_round(fed: Federation, rnd: int) -> None:
     start = time.perf_counter()
     outcome, train_ex = train(fed, rnd)
+    if not outcome.accepted:
+        stop_untrained(fed, rnd, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
     ev = evaluate(fed, rnd, handover(fed, rnd, outcome))
@@ -139,6 +143,17 @@ def run_round(fed: Federation, rnd: int) -> None:
              f"{len(outcome.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
     for who, reason in outcome.excluded.items():
         progress(f"  excluded {who}: {reason}")
+
+
+def stop_untrained(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, seconds: float) -> None:
+    """No owner trained: record the round's row (no checkpoint, so a resume retries it) and stop."""
+    row = round_row(fed, rnd, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
+    append_metrics(fed.out, row)
+    reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
+    for who, reason in outcome.excluded.items():
+        progress(f"  excluded {who}: {reason}")
+    raise UserError(f"round {rnd}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
+                    f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''})")
 
 
 def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
@@ -165,10 +180,11 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
     for m in answered:
         if wire.METRICS in m.content:
             metrics = m.content.metric_records[wire.METRICS]
-            per_owner[records.owner_label(m)] = {"eval_loss": float(metrics[wire.EVAL_LOSS]),
-                                                 "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
+            per_owner[records.owner_label(m)] = {
+                **({"eval_loss": float(metrics[wire.EVAL_LOSS])} if wire.EVAL_LOSS in metrics else {}),  # none under DP
+                "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
     fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in answered})
-    return Evaluation(float(agg[wire.EVAL_LOSS]) if agg else None, per_owner, ex)
+    return Evaluation(float(agg[wire.EVAL_LOSS]) if agg and wire.EVAL_LOSS in agg else None, per_owner, ex)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
@@ -183,6 +199,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
               seconds: float) -> dict:
     """The round's line in metrics.jsonl."""
     backend = fed.strategy.backend
+    counts_seen = backend.server_sees_updates and fed.cfg.dp.name == "off"  # under DP owners send weight 1
     eval_ex = ev.exchange
     per_owner = {}
     for node, who in outcome.node_to_owner.items():
@@ -191,7 +208,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
             "bytes_down": train_ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
             "bytes_up": train_ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
             "bytes_update_up": train_ex.bytes_up.get(node, 0),
-            "num_examples": m.get(wire.NUM_EXAMPLES) if backend.server_sees_updates else None,
+            "num_examples": m.get(wire.NUM_EXAMPLES) if counts_seen else None,
             "train_loss": m.get(wire.TRAIN_LOSS),
             **({"update_norm": m[wire.UPDATE_NORM]} if wire.UPDATE_NORM in m else {}),
             **ev.per_owner.get(who, {}),
@@ -201,7 +218,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
     return {
         "round": rnd, "backend": backend.name, "dp": fed.cfg.dp.name,
         "clients": sorted(outcome.accepted), "excluded": outcome.excluded,
-        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS]) if outcome.metrics else None,
+        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS]) if outcome.metrics and wire.TRAIN_LOSS in outcome.metrics else None,
         "eval_loss": ev.loss, "per_client": per_owner,
         "seconds": {
             "round": seconds,

@@ -10,6 +10,16 @@ from typing import Any
 from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
+RUN_ERROR_FILE = "run_error.txt"  # one line: why the federation stopped before its last round
+
+
+def write_run_error(out_dir: str | Path, message: str) -> None:
+    atomic_write_bytes(Path(out_dir) / RUN_ERROR_FILE, (message.splitlines()[0] + "\n").encode())
+
+
+def read_run_error(out_dir: str | Path) -> str | None:
+    path = Path(out_dir) / RUN_ERROR_FILE
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def append_metrics(out_dir: Path, row: dict[str, Any]) -> None:

@@ -19,11 +19,18 @@ from fedveil.task.tiny import build_tiny_model
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core.console import progress
 from fedveil.privacy.dp.accounting import plan_noise
-from fedveil.privacy.dp.sgd import owner_delta, sample_rate
+from fedveil.privacy.dp.sgd import owner_delta
+from fedveil.privacy.policy import FILENAME as POLICY_FILE
+from fedveil.privacy.policy import write_policy
 
 
-def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True) -> FedveilConfig:
-    """Fill in ``output_dir``, ``model.path`` and demo ``data.client_dirs``; check the data."""
+def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
+            write_policies: bool = False) -> FedveilConfig:
+    """Fill in ``output_dir``, ``model.path`` and demo ``data.client_dirs``; check the data.
+
+    ``write_policies`` (the simulation runner, which plays every owner): check the config against
+    ``owner_policy`` up front and write it into each simulated owner's state directory, where the
+    owners read it. The ServerApp never writes an owner's policy."""
     out = Path(cfg.output_dir or Path("outputs") / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
@@ -31,6 +38,10 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True)
         progress(f"building tiny {cfg.model.tiny.arch} model -> {out / 'base_model'}")
         cfg.model.path = str(build_tiny_model(cfg.model.tiny, out / "base_model", seed=cfg.seed))
     cfg.model.path = str(check_model_dir(cfg.model.path))
+    if write_policies:
+        cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
+        for k in range(cfg.num_clients):
+            write_policy(out / "clients" / f"client_{k}" / POLICY_FILE, cfg.owner_policy)
     if cfg.data.name == "node":
         return cfg  # deployment: owners' data stays on their SuperNodes; they check it themselves
     if cfg.data.name == "demo" and not cfg.data.client_dirs:
@@ -39,8 +50,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True)
     tokenizer = load_tokenizer(cfg.model.path)
     sizes = set()
     for k, source in enumerate(cfg.data.client_dirs or []):
-        data = load_owner_data(source, tokenizer, cfg.data, cfg.seed)
-        sizes.add(len(data.train))
+        data = load_owner_data(source, tokenizer, cfg.data, cfg.seed, one_row_per_record=cfg.dp.name != "off")
+        sizes.add(len(data.train) + len(data.eval))
         if report_data:
             progress(f"client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}")
     for size in sorted(sizes) if check_dp else ():
@@ -54,7 +65,10 @@ def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> None:
     (Owners check again against their own ledgers; this catches a bad config before any work.)
     """
     dp = cfg.dp
-    if dp.name != "sample_level" or dp.noise_multiplier is not None:
+    if dp.name != "sample_level":
         return
-    plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), sample_rate(cfg.train.batch_size, num_examples),
+    if dp.noise_multiplier is not None:
+        owner_delta(dp, num_examples)
+        return
+    plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), dp.sample_rate,
                cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)

@@ -160,8 +160,11 @@ def split_examples(examples: list[Example], eval_fraction: float, seed: int) -> 
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def tokenize(examples: list[Example], tokenizer, max_length: int) -> list[dict[str, torch.Tensor]]:
-    """Token ids with labels masked on the prompt; text-only examples are cut into windows."""
+def tokenize(examples: list[Example], tokenizer, max_length: int, one_row_per_record: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Token ids with labels masked on the prompt; text-only examples are cut into windows.
+
+    ``one_row_per_record`` (under DP, where a record is the privacy unit): a long text is truncated
+    to ``max_length`` tokens instead, so one record is never sampled twice in a step."""
     out = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for ex in examples:
@@ -174,7 +177,7 @@ def tokenize(examples: list[Example], tokenizer, max_length: int) -> list[dict[s
                 continue  # the prompt alone fills the window: nothing to learn
             out.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
         else:
-            for start in range(0, len(response), max_length):
+            for start in range(0, len(response) if not one_row_per_record else 1, max_length):
                 window = response[start : start + max_length]
                 if len(window) > 1:
                     out.append({"input_ids": torch.tensor(window), "labels": torch.tensor(window)})
@@ -201,9 +204,11 @@ class OwnerData:
     eval: list[dict[str, torch.Tensor]]
 
 
-def load_owner_data(source: str | Path, tokenizer, cfg: DataConfig, seed: int) -> OwnerData:
+def load_owner_data(source: str | Path, tokenizer, cfg: DataConfig, seed: int, one_row_per_record: bool = False) -> OwnerData:
+    """Train and held-out rows of one owner; ``one_row_per_record`` truncates long texts (DP)."""
     train, held_out = split_examples(load_examples(source), cfg.eval_fraction, seed)
-    data = OwnerData(tokenize(train, tokenizer, cfg.max_length), tokenize(held_out, tokenizer, cfg.max_length))
+    data = OwnerData(tokenize(train, tokenizer, cfg.max_length, one_row_per_record),
+                     tokenize(held_out, tokenizer, cfg.max_length, one_row_per_record))
     if not data.train or not data.eval:
         raise DataError(f"{source}: no example fits data.max_length={cfg.max_length} after tokenizing; raise it")
     return data

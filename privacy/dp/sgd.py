@@ -1,33 +1,37 @@
 """Sample-level differential privacy of each owner's training: Opacus DP-SGD on LoRA.
 
-``dp=sample_level``: every local step is a DP-SGD step (Poisson sampling with rate ``q``, each
-example's gradient clipped to ``max_grad_norm`` in L2, Gaussian noise of standard deviation
-``noise_multiplier * max_grad_norm`` added to the sum). Only LoRA parameters are trainable, so
-only they get gradients and noise; the frozen base model is public.
+``dp=sample_level``: every local step is a DP-SGD step (Poisson sampling with the public rate
+``dp.sample_rate``, each record's gradient clipped to ``max_grad_norm`` in L2, Gaussian noise of
+standard deviation ``noise_multiplier * max_grad_norm`` added to the sum). Only LoRA parameters
+are trainable, so only they get gradients and noise; the frozen base model is public. One record
+(a JSONL object, a .txt paragraph) is one privacy unit: under DP it is one training row
+(truncated to ``data.max_length``, never split).
 
-What epsilon means here: for each data owner, adding or removing any one of its training
-examples changes the distribution of *everything the owner ever releases* (all updates, all
-rounds, all runs recorded in its ledger) by at most ``(epsilon, delta)``. It holds whatever the
-aggregation backend leaks, and it holds only if
+What epsilon means here: for each data owner, adding or removing any one of its records (training
+or held-out) changes the distribution of *everything the owner releases to the coordinator*
+(all updates, all rounds, all runs recorded in its epsilon ledger) by at most ``(epsilon,
+delta)``. Under DP an owner releases only its DP-SGD updates (inside the backend's protection)
+and values computed from public ones (its DP accounting record: sigma, q, steps, delta, epsilon,
+budget; timings and bytes); no loss, count or norm of its data leaves it. It holds whatever the
+aggregation backend leaks, against a coordinator that knows the whole config, and only if
 
 - the per-example loss depends on that example alone (``fedveil.task.train.per_example_loss``),
 - the owner's epsilon ledger is kept (``privacy/dp/epsilon_ledger.py``), and
-- sampling and noise come from torch's PRNG: Opacus' ``secure_mode`` (a CSPRNG) is not enabled,
-  as torchcsprng is not maintained for torch 2.13; against an adversary that can predict torch's
-  Mersenne Twister the guarantee is weaker.
+- the noise and the batches are secret: they come from the OS CSPRNG, never from ``seed``
+  (``privacy/dp/randomness.py``, which also says what is not covered).
 
 ``dp=off`` trains without DP: the update a backend protects is the owner's exact delta.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.accounting import ACCOUNTANTS
+from fedveil.privacy.dp.randomness import secret_poisson_loader, use_secret_noise
 
 # Per-sample gradient engines that work with our per-example loss. Opacus' "ghost" clipping needs
 # its own criterion wrapper and only pays off in memory for full fine-tuning, not for LoRA.
@@ -45,7 +49,8 @@ class SampleLevelDPConfig:
 
     name: str = "sample_level"
     target_epsilon: float = 8.0
-    delta: Optional[float] = None  # None: min(1e-5, 0.1 / n_k), below 1/n_k for every owner
+    delta: float = 1e-5  # public; every owner refuses a delta >= 1 / its number of records
+    sample_rate: float = 0.05  # public Poisson rate q (never derived from an owner's data size)
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     noise_multiplier: Optional[float] = None  # None: derived from the target over the planned steps
@@ -57,8 +62,10 @@ class SampleLevelDPConfig:
     def __post_init__(self) -> None:
         if not self.target_epsilon > 0:
             raise UserError(f"dp.target_epsilon must be > 0, got {self.target_epsilon}")
-        if self.delta is not None and not 0 < self.delta < 1:
+        if not 0 < self.delta < 1:
             raise UserError(f"dp.delta must be in (0, 1), got {self.delta}; typical values are below 1/n (e.g. 1e-5)")
+        if not 0 < self.sample_rate <= 1:
+            raise UserError(f"dp.sample_rate must be in (0, 1], got {self.sample_rate}; e.g. 0.05")
         if not self.max_grad_norm > 0:
             raise UserError(f"dp.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.accountant not in ACCOUNTANTS:
@@ -74,19 +81,29 @@ class SampleLevelDPConfig:
 DP_MODES = {"off": NoDPConfig, "sample_level": SampleLevelDPConfig}
 
 
-def owner_delta(cfg: SampleLevelDPConfig, num_examples: int) -> float:
-    return cfg.delta if cfg.delta is not None else min(1e-5, 0.1 / num_examples)
+def owner_delta(cfg: SampleLevelDPConfig, num_records: int) -> float:
+    """The public ``dp.delta``, refused unless below 1/n (a delta of 1/n lets one record out in clear)."""
+    if not cfg.delta < 1.0 / num_records:
+        raise UserError(f"dp.delta={cfg.delta:g} is not below 1/n = {1.0 / num_records:.3g} for this owner's "
+                        f"{num_records} records; the owner refuses: lower dp.delta")
+    return cfg.delta
 
 
-def sample_rate(batch_size: int, num_examples: int) -> float:
-    """Poisson rate as Opacus derives it from a loader: 1 / number of batches per epoch."""
-    return 1.0 / math.ceil(num_examples / min(batch_size, num_examples))
+def poisson_loader(examples: list, collate_fn, cfg: SampleLevelDPConfig):
+    """The owner's DP batches: Poisson samples at the public ``dp.sample_rate``, drawn from the OS
+    CSPRNG. Refuses ``dp.poisson_sampling=false``: the accountant assumes Poisson sampling."""
+    if not cfg.poisson_sampling:
+        raise UserError("dp.poisson_sampling=false: the accountant assumes Poisson sampling; the owner refuses")
+    return secret_poisson_loader(examples, cfg.sample_rate, collate_fn)
 
 
 @contextmanager
 def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_multiplier: float) -> Iterator:
     """Yield ``(model, optimizer, loader)`` wrapped for DP-SGD; remove Opacus' hooks on exit.
 
+    The noise is Gaussian from the OS CSPRNG (``randomness.py``). ``loader`` is used as given:
+    owners pass :func:`poisson_loader` (secret Poisson batches, what the accountant assumes);
+    tests and benchmarks may pass a fixed loader to compare with plain SGD.
     The model must already be on its device with LoRA attached (opacus#820).
     """
     from opacus import PrivacyEngine
@@ -96,9 +113,10 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
     engine = PrivacyEngine(accountant=cfg.accountant)
     dp_model, dp_optimizer, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=cfg.max_grad_norm, poisson_sampling=cfg.poisson_sampling,
+        max_grad_norm=cfg.max_grad_norm, poisson_sampling=False,  # sampling is the loader's (poisson_loader)
         grad_sample_mode=cfg.grad_sample_mode, loss_reduction="mean",
     )
+    use_secret_noise(dp_optimizer)
     try:
         if cfg.max_physical_batch_size:
             with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=cfg.max_physical_batch_size,

@@ -22,6 +22,10 @@ def run_cli(*args, cwd):
     (["dp=sample_level", "dp.delta=1.0"], "dp.delta must be in (0, 1)"),
     (["dp=sample_level", "dp.target_epsilon=0.01", "dp.max_noise_multiplier=5"], "is unreachable in 60 steps"),
     (["dp=sample_level", "dp.accountant=magic"], "dp.accountant 'magic' is unknown"),
+    (["dp=sample_level", "dp.delta=0.5"], "dp.delta=0.5 is not below 1/n"),
+    (["dp=sample_level", "dp.sample_rate=0"], "dp.sample_rate must be in (0, 1]"),
+    (["owner_policy.require_dp=true", "dp=off"], "owner policy require_dp=true: the server asked for dp=off"),
+    (["owner_policy.allowed_backends=[tenseal]"], "owner policy allowed_backends=['tenseal']: the server asked for aggregation=plain"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = run_cli(*args, cwd=tmp_path)

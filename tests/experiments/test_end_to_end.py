@@ -10,11 +10,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def run_cli(out, *args, multirun=False):
+def run_cli(out, *args, multirun=False, expect=0):
     cmd = [sys.executable, "-m", "fedveil.experiments.run", *(["-m"] if multirun else []),
            f"hydra.{'sweep' if multirun else 'run'}.dir={out}", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -76,9 +76,14 @@ def test_acceptance_run_with_dp(tmp_path):
     for r in metrics[1:]:
         for c in r["per_client"].values():
             assert {"noise_multiplier", "sample_rate", "steps", "delta", "epsilon"} <= set(c)
-            assert c["delta"] < 1 / c["num_examples"] and c["steps"] == 20
-    assert metrics[-1]["eval_loss"] < metrics[0]["eval_loss"]
+            assert c["delta"] == 1e-5 and c["sample_rate"] == 0.05 and c["steps"] == 20
+            # under DP nothing exact about the owner's data reaches the server
+            assert c["num_examples"] is None and c["train_loss"] is None and "eval_loss" not in c
+            assert "update_norm" not in c
+        assert r["eval_loss"] is None and r["train_loss"] is None
     summary = json.loads((out / "summary.json").read_text())
+    owners_loss = summary["owners_eval_loss_by_round"]  # simulation only: the owners' own figures
+    assert owners_loss["3"] < owners_loss["0"]
     assert summary["max_epsilon"] == max(eps)
     # each owner's ledger is in its own state directory, never in what the server wrote
     for k in range(3):
@@ -87,10 +92,26 @@ def test_acceptance_run_with_dp(tmp_path):
     # a 4th round at the same noise, same state directories: every owner refuses; the run still ends
     proc = run_cli(out, "seed=1", "rounds=4", "num_clients=3", "aggregation=plain", "dp=sample_level",
                    "dp.target_epsilon=4", f"dp.noise_multiplier={metrics[1]['per_client']['client_0']['noise_multiplier']}",
-                   "resume=true")
+                   "resume=true", expect=2)
+    assert proc.stderr.strip().splitlines() == [
+        "fedveil: error: round 4: no owner trained, so the run stops (3 excluded; " + proc.stderr.split("excluded; ", 1)[1].strip()]
+    assert "privacy budget" in proc.stderr
     last = rows(out)[-1]
     assert last["round"] == 4 and last["clients"] == [] and len(last["excluded"]) == 3
     assert all("privacy budget" in reason for reason in last["excluded"].values())
+
+
+def test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat(tmp_path):
+    from safetensors.numpy import load_file
+
+    def final(name, *args):
+        run_cli(tmp_path / name, "experiment=smoke", "rounds=1", "seed=5", *args)
+        return load_file(tmp_path / name / "final_adapter" / "adapter_model.safetensors")
+
+    plain = [final(f"off{i}", "dp=off") for i in range(2)]
+    assert all(np.array_equal(plain[0][k], plain[1][k]) for k in plain[0])
+    private = [final(f"dp{i}", "dp=sample_level", "dp.target_epsilon=8") for i in range(2)]
+    assert max(float(np.abs(private[0][k] - private[1][k]).max()) for k in private[0]) > 1e-4
 
 
 SECURE_ARGS = ["dp=off", "seed=3", "rounds=2", "num_clients=3"]
@@ -148,7 +169,7 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
         for c in r["per_client"].values():
             assert "update_norm" not in c and c["num_examples"] is None  # the server sees the aggregate only
             assert c["bytes_update_up"] <= 3 * 2 * 4 * 16384 + 3 * 4096  # <= 2x fp32 per party
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "crypten_party" in " ".join(p.info["cmdline"] or [])]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "secagg.crypten.party" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):

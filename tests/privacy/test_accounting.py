@@ -71,3 +71,21 @@ def test_unreachable_and_exhausted_budgets():
 def test_noiseless_steps_are_not_private():
     assert epsilon_of([(0.0, 0.1, 5)], 1e-5) == math.inf
     assert epsilon_of([], 1e-5) == 0.0
+
+
+def test_owner_ledger_epsilon_composed_over_rounds_is_within_one_percent_of_google_pld(tmp_path):
+    """What an owner reports after each of 3 rounds (its ledger, PRV) against Google's PLD accountant
+    composing the same Poisson-subsampled Gaussian steps: within 1 % either way."""
+    from dp_accounting import dp_event, pld
+
+    from fedveil.privacy.dp import epsilon_ledger
+    from fedveil.privacy.dp.sgd import SampleLevelDPConfig
+
+    cfg = SampleLevelDPConfig(target_epsilon=4.0, sample_rate=0.05)
+    ledger = epsilon_ledger.open_ledger(tmp_path, cfg, 240)
+    sigma = epsilon_ledger.run_noise(ledger, "run", cfg, 0.05, 60)
+    for rnd in (1, 2, 3):
+        reported = epsilon_ledger.reserve(tmp_path, ledger, epsilon_ledger.Step("run", rnd, sigma, 0.05, 20))
+        google = pld.PLDAccountant()
+        google.compose(dp_event.PoissonSampledDpEvent(0.05, dp_event.GaussianDpEvent(sigma)), 20 * rnd)
+        assert reported == pytest.approx(google.get_epsilon(1e-5), rel=0.01), rnd

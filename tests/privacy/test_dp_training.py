@@ -54,7 +54,7 @@ def test_zero_noise_and_huge_clip_equals_non_dp(tiny_gpt2, demo_dir):
     from fedveil.task.model import set_adapter
 
     set_adapter(model, start)
-    cfg = SampleLevelDPConfig(max_grad_norm=1e6, poisson_sampling=False)
+    cfg = SampleLevelDPConfig(max_grad_norm=1e6)
     loader = shuffled_loader(data.train, 16, tok.pad_token_id, 7)
     with private_training(model, sgd(), loader, cfg, 0.0) as (m, o, dl):
         train_steps(m, dl, o, 4, CPU)
