@@ -16,7 +16,7 @@ def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_pa
     addresses, procs = start_local_parties(3, tmp_path)
     try:
         keys = [call(a, "PublicKey", b"", timeout=10) for a in addresses]
-        cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20)
+        cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20, min_owners=2)
         rng = np.random.default_rng(0)
         deltas = {"client_0": rng.normal(scale=0.05, size=SIZE), "client_1": rng.normal(scale=50.0, size=SIZE),
                   "client_2": rng.normal(scale=0.05, size=SIZE), "client_3": rng.normal(scale=0.05, size=SIZE)}

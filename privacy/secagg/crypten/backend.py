@@ -4,11 +4,23 @@ What each party holds and sees:
 
 - owners: split ``Δ_k`` (fixed point, Z_2^64) into K shares, seal share p and the count ``n_k``
   to party p's X25519 key; the server relays sealed boxes it cannot open.
-- parties: one uniformly random share per owner (plus every owner's count); in MPC they check
-  ``||Δ_k|| <= aggregation.norm_bound`` (only the yes/no is revealed: an over-bound update is
-  dropped unseen) and reveal ``Σ n_k Δ_k`` over the accepted owners. Up to K-1 colluding parties
-  learn nothing about an update. Multiplication triples come from a trusted dealer (TTP
-  process) that sees no share.
+- parties: one uniformly random share per owner (plus every owner's count). Before anything is
+  revealed they (see ``party.py`` and ``mpc.py`` for exactly how):
+
+  * refuse a round of a run (``run`` in the request: a fresh id per coordinator start) that is
+    not newer than the last one they took up, and refuse to open a sealed share they opened
+    before (``replayed``), both remembered in each party's state directory across restarts;
+  * agree on the owners whose shares every party opened, with equal counts (else ``malformed``);
+  * drop an owner whose count exceeds ``aggregation.max_weight`` (``over-weight``; off by default);
+  * with ``aggregation.norm_bound`` B set, check in MPC every coordinate ``|Δ_k,i| <= B`` and then
+    ``||Δ_k|| <= B`` (only the yes/no is revealed; a failing update, however large, is dropped
+    unseen as ``over-bound``; the coordinate check is what keeps the norm from wrapping the ring);
+  * reveal ``Σ n_k Δ_k`` over the accepted owners only if there are at least
+    ``aggregation.min_owners`` (default 3, never below 2) of them; else nothing is revealed and
+    :meth:`CryptenBackend.combine` raises :class:`CohortTooSmall`: that round fails.
+
+  Up to K-1 colluding parties learn nothing about an update. Multiplication triples come from a
+  trusted dealer (TTP process) that sees no share.
 - server: the revealed aggregate (and which owners were dropped), as with ``plain`` but without
   any single update.
 
@@ -17,6 +29,7 @@ Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes 
 
 from __future__ import annotations
 
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -38,19 +51,34 @@ class CryptenConfig:
     norm_bound: Optional[float] = None  # L2 bound on each owner's delta, checked in MPC (None: no check)
     party_addresses: Optional[list[str]] = None  # HOST:PORT per party; simulation fills these in
     party_timeout_s: float = 300.0
+    min_owners: int = 3  # the parties reveal no aggregate of fewer accepted owners (the round fails)
+    max_weight: Optional[float] = None  # the parties drop an owner whose example count exceeds this (None: off)
 
     def __post_init__(self) -> None:
         if self.parties < 2:
             raise UserError(f"aggregation.parties must be >= 2, got {self.parties}")
         if self.norm_bound is not None and not self.norm_bound > 0:
             raise UserError(f"aggregation.norm_bound must be > 0 (or null), got {self.norm_bound}")
+        if isinstance(self.min_owners, bool) or not isinstance(self.min_owners, int) or self.min_owners < 2:
+            raise UserError(f"aggregation.min_owners must be an integer >= 2 (an aggregate of one owner is "
+                            f"that owner's update), got {self.min_owners!r}")
+        if self.max_weight is not None and not self.max_weight > 0:
+            raise UserError(f"aggregation.max_weight must be > 0 (or null), got {self.max_weight}")
         if self.party_addresses is not None and len(self.party_addresses) != self.parties:
             raise UserError(f"aggregation.party_addresses lists {len(self.party_addresses)} parties, "
                             f"aggregation.parties={self.parties}")
 
 
 class PartyFailure(UserError):
-    """A party did not answer in time or failed; the round cannot be aggregated."""
+    """A party did not answer in time, failed or refused; the round cannot be aggregated."""
+
+
+class RoundRefused(PartyFailure):
+    """The parties refused the request (a round they already took up, a bound they cannot check)."""
+
+
+class CohortTooSmall(PartyFailure):
+    """Fewer than ``aggregation.min_owners`` owners passed the parties' checks: nothing was revealed."""
 
 
 class CryptenBackend:
@@ -63,9 +91,10 @@ class CryptenBackend:
     open_global = staticmethod(clear_global)
 
     def __init__(self, cfg: CryptenConfig | None, size: int | None = None, *,
-                 party_keys: list[bytes] | None = None) -> None:
+                 party_keys: list[bytes] | None = None, run: str = "") -> None:
         self.cfg, self.size = cfg or CryptenConfig(), size
         self.party_keys = party_keys or []
+        self.run = run  # the parties remember the last round per run: a round is taken up once
 
     @classmethod
     def for_server(cls, cfg: CryptenConfig, size: int) -> "CryptenBackend":
@@ -77,7 +106,9 @@ class CryptenBackend:
             raise UserError("aggregation.party_addresses must list every aggregator party (HOST:PORT each)")
         keys = [call(a, "PublicKey", b"", timeout=30) for a in addresses]
         progress(f"crypten: {len(keys)} aggregator parties reachable; owners seal one share to each")
-        return cls(cfg, size, party_keys=keys)
+        # a fresh run id per coordinator start: the parties take each round of a run up once, and a
+        # new run (or a resumed one) in the same place starts its own count
+        return cls(cfg, size, party_keys=keys, run=secrets.token_hex(8))
 
     @classmethod
     def for_owner(cls, cfg: CryptenConfig, size: int, per_round: dict) -> "CryptenBackend":
@@ -108,14 +139,22 @@ class CryptenBackend:
                 raise PayloadError(f"share for party {party} is {len(blob)} bytes, too short for {self.size} values")
 
     def combine(self, payloads: dict[str, Protected], ctx: RoundContext) -> Combined:
-        """Ask every party to aggregate; owners the parties dropped come back in ``excluded``."""
+        """Ask every party to aggregate; owners the parties dropped come back in ``excluded``.
+
+        Raises :class:`PartyFailure` if a party fails or the parties disagree,
+        :class:`RoundRefused` if they refuse the round (already taken up for this run: a replay),
+        and :class:`CohortTooSmall` if fewer than ``aggregation.min_owners`` owners pass their
+        checks: then nothing was revealed and the coordinator's round fails (by design: the
+        alternative is revealing the update of one or two owners).
+        """
         from fedveil.privacy.secagg.crypten.party import call, decode_response, encode_request
 
         if not self.cfg.party_addresses:
             raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
         owners = list(payloads)
         meta = {"round": ctx.round, "clients": owners, "layout_digest": ctx.layout_digest, "length": self.size,
-                "bound": self.cfg.norm_bound}
+                "bound": self.cfg.norm_bound, "run": self.run, "min_owners": self.cfg.min_owners,
+                "max_weight": self.cfg.max_weight}
 
         def ask(party: int):
             request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners])
@@ -134,8 +173,18 @@ class CryptenBackend:
         metas = [m for m, _ in answers]
         if any(m != metas[0] for m in metas) or any(not np.array_equal(answers[0][1], a[1]) for a in answers[1:]):
             raise PartyFailure("aggregator parties disagree on the revealed aggregate; refusing the round")
+        verdict = metas[0]
+        if verdict.get("refused"):
+            raise RoundRefused(f"aggregator parties refused round {ctx.round}: {verdict['refused']}")
         excluded = {o: f"dropped by the aggregator parties: {status}"
-                    for o, status in zip(owners, metas[0]["status"]) if status != "ok"}
+                    for o, status in zip(owners, verdict["status"]) if status != "ok"}
+        if verdict.get("below_min_owners"):
+            dropped = {o: why for o, why in excluded.items() if not why.endswith(": unchecked")}
+            raise CohortTooSmall(
+                f"cohort below aggregation.min_owners={verdict['min_owners']}: {len(owners) - len(dropped)} of "
+                f"{len(owners)} owners remained after the aggregator parties' checks "
+                f"({'; '.join(f'{o}: {why}' for o, why in dropped.items()) or 'none dropped'}); "
+                f"nothing was revealed and round {ctx.round} fails")
         payload = Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
         return Combined(payload, excluded)
 

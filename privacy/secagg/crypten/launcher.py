@@ -27,8 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local_parties(world: int, state_root: Path, timeout: float = 120.0):
-    """Start K parties and the TTP on this machine; returns (addresses, processes) once all are ready."""
+def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, min_owners: int = 2,
+                        max_weight: float | None = None):
+    """Start K parties and the TTP on this machine; returns (addresses, processes) once all are ready.
+
+    ``min_owners`` and ``max_weight`` are the parties' own floors (``--min-owners``, ``--max-weight``),
+    on top of what each request asks."""
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
     logs = Path(state_root)
@@ -37,7 +41,8 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0):
     procs = []
     for rank in range(world):
         log = open(logs / f"party_{rank}.log", "w")
-        procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank],
+        limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
+        procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
                                        "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT))
     log = open(logs / "ttp.log", "w")
     procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT))
@@ -79,7 +84,8 @@ def local_parties(cfg, out_dir: Path) -> Iterator[None]:
         yield
         return
     progress(f"crypten: starting {cfg.parties} aggregator parties and a TTP dealer")
-    cfg.party_addresses, procs = start_local_parties(cfg.parties, Path(out_dir) / "parties")
+    cfg.party_addresses, procs = start_local_parties(cfg.parties, Path(out_dir) / "parties",
+                                                        min_owners=cfg.min_owners, max_weight=cfg.max_weight)
     try:
         yield
     finally:

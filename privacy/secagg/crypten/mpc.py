@@ -1,17 +1,35 @@
 """The aggregator parties' computation for the ``crypten`` backend, free of Flower.
 
-Each of K parties holds one additive share of every owner's update (``shares.py``). With
-CrypTen's MPC among them, and multiplication triples from a trusted third party (``TTP``
-provider: a separate dealer process that never sees a share, unlike CrypTen's default ``TFP``,
-which hands party 0 the randomness), they:
+Each of K parties holds one additive share of every owner's update (``shares.py``): an int64
+ring element per value (Z_2^64, 16 fractional bits). With CrypTen's MPC among them, and
+multiplication triples from a trusted third party (``TTP`` provider: a separate dealer process
+that never sees a share, unlike CrypTen's default ``TFP``, which hands party 0 the randomness),
+they check every owner's update, then reveal one weighted sum.
 
-1. compute each owner's squared L2 norm on shares and compare it with ``bound**2``: only the
-   comparison bit is revealed, so an over-bound update is dropped without being seen;
-2. form ``sum_k n_k x_k`` over the accepted owners (``n_k`` are public to the parties);
-3. reveal that sum: the only value that leaves the MPC (to the parties and the coordinator).
+What is checked, for a ``bound`` B (``aggregation.norm_bound``; ``b = round(B * 2^16)`` in the ring):
 
-The party processes and their transport live in ``party.py``; :func:`run_local_parties`
-runs the same computation in forked local processes (CrypTen's ``run_multiprocess``) for tests.
+1. every coordinate, all owners at once: ``x_i <= b`` and ``x_i >= -b``, computed as the sign
+   bits of ``b - x_i`` and ``x_i + b`` (CrypTen's exact binary conversion, one batched call on
+   a ``2 x owners x values`` tensor). Reading ring elements as signed int64, ``b - x`` cannot
+   wrap for ``x > b`` and ``x + b`` cannot wrap for ``x < -b`` (both land in ``[-2^63 + b, -1]``),
+   and for ``|x| <= b`` both lie in ``[0, 2b]``: the pair is exact for *every* ring element,
+   ``-2^63`` included. The per-owner count of violations is compared with 1 in MPC; only the
+   yes/no bit is revealed.
+2. only for the owners passing 1: ``sum_i x_i^2 <= B^2``. With every ``|x_i| <= b`` this sum
+   cannot wrap the ring (``values * B^2 * 2^16 < 2^61`` is required and checked, else the
+   parties refuse the request). The old check (2 alone) ran in Z_2^64 and an update of norm
+   2^16 squared to 0: it passed any bound.
+
+An owner failing 1 or 2 is excluded (``over-bound``), whatever its size. Then:
+
+3. if fewer than ``min_owners`` owners remain, nothing is revealed (no sum is even formed): a
+   "sum" of one owner is that owner's update;
+4. otherwise ``sum_k n_k x_k`` over the accepted owners (``n_k`` are public to the parties) is
+   revealed: the only value, besides the per-owner check bits, that leaves the MPC.
+
+Counts (``max_weight``), replayed rounds and agreement on which owners are valid are the
+parties' business (``party.py``), before this runs. :func:`run_local_parties` runs the same
+computation in forked local processes (CrypTen's ``run_multiprocess``) for tests.
 """
 
 from __future__ import annotations
@@ -21,40 +39,82 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fedveil.privacy.secagg.crypten.compat import import_crypten
-from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS
+from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS, SCALE
+
+MIN_OWNERS_FLOOR = 2  # no party ever reveals the "sum" of a single owner
+RING_HEADROOM = 2.0**61  # what a checked sum of squares (or a weighted term) may reach in the ring
 
 
-def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
-                    bound: Optional[float]) -> tuple[list[bool], np.ndarray | None, float]:
+class CheckOverflow(ValueError):
+    """The norm check would not be wrap-free for this bound and length: the parties refuse."""
+
+
+def norm_check_fits(bound: float, length: int) -> bool:
+    """Whether ``sum_i x_i^2`` over ``length`` values each ``<= bound`` stays far from a ring wrap."""
+    b = round(float(bound) * SCALE)
+    # per product before truncation (scale 2^32), and the sum after it (scale 2^16, +1 per rounding)
+    return float(b) ** 2 < RING_HEADROOM and length * (float(b) ** 2 / SCALE + 1) < RING_HEADROOM
+
+
+def check_owners(x, bound: float) -> list[bool]:
+    """The checks 1 and 2 above on ``x`` (an MPCTensor, owners x values); one bit per owner revealed."""
+    crypten = import_crypten()
+
+    owners, length = x.size()
+    if not norm_check_fits(bound, length):
+        raise CheckOverflow(f"norm_bound={bound:g} over {length} values could wrap the fixed-point ring; "
+                            "lower aggregation.norm_bound")
+    # 1. every coordinate within [-b, b]: sign bits of (b - x) and (x + b), in one batched comparison
+    outside = (crypten.stack([-x + float(bound), x + float(bound)]) < 0)  # 1 where violated (scale 1)
+    violations = outside.sum(0).sum(1)  # per owner, at most 2 * length: no wrap
+    inside = [bool(v) for v in (violations < 1).get_plain_text().round().long().tolist()]
+    accepted = list(inside)
+    # 2. squared L2 norm, only for the owners whose every coordinate is bounded (so it cannot wrap)
+    passing = [k for k in range(owners) if inside[k]]
+    if passing:
+        sub = x[passing] if len(passing) < owners else x
+        within = (sub.square().sum(1) <= float(bound) ** 2).get_plain_text().round().long().tolist()
+        for k, ok in zip(passing, within):
+            accepted[k] = bool(ok)
+    return accepted
+
+
+def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float], bound: Optional[float],
+                    min_owners: int = MIN_OWNERS_FLOOR) -> tuple[list[bool], np.ndarray | None, float]:
     """Run on every party inside an initialised CrypTen communicator.
 
     ``local_shares[k]`` is this party's share of owner k's encoded update. Returns the accepted
-    flags, the revealed ``sum_k n_k x_k`` over accepted owners (None if none) and ``sum_k n_k``.
+    flags (False: ``over-bound``), the revealed ``sum_k n_k x_k`` over accepted owners and
+    ``sum_k n_k`` -- or ``(flags, None, 0.0)`` when fewer than ``max(min_owners, 2)`` owners are
+    accepted: then nothing is revealed.
     """
     import torch
 
-    crypten = import_crypten()
+    import_crypten()
     from crypten.mpc import MPCTensor
 
-    xs = [MPCTensor.from_shares(torch.from_numpy(np.asarray(s, np.int64)), precision=PRECISION_BITS)
-          for s in local_shares]
+    min_owners = max(int(min_owners), MIN_OWNERS_FLOOR)
+    if not local_shares:
+        return [], None, 0.0
     if bound is None:
-        accepted = [True] * len(xs)
+        accepted = [True] * len(local_shares)
     else:
-        accepted = [bool(((x * x).sum() <= float(bound) ** 2).get_plain_text().item()) for x in xs]
+        stacked = torch.from_numpy(np.stack([np.asarray(s, np.int64) for s in local_shares]))
+        accepted = check_owners(MPCTensor.from_shares(stacked, precision=PRECISION_BITS), bound)
+    if sum(accepted) < min_owners:
+        return accepted, None, 0.0
     total, weight = None, 0.0
-    for x, n, ok in zip(xs, counts, accepted):
+    for s, n, ok in zip(local_shares, counts, accepted):
         if ok:
+            x = MPCTensor.from_shares(torch.from_numpy(np.asarray(s, np.int64)), precision=PRECISION_BITS)
             term = x * float(n)
             total = term if total is None else total + term
             weight += float(n)
-    revealed = None if total is None else total.get_plain_text().double().numpy()
-    del crypten
-    return accepted, revealed, weight
+    return accepted, total.get_plain_text().double().numpy(), weight
 
 
 def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[float],
-                      bound: Optional[float], parties: int = 3):
+                      bound: Optional[float], parties: int = 3, min_owners: int = MIN_OWNERS_FLOOR):
     """``shares[k][p]``: party p's share of owner k. Runs K local party processes + a TTP."""
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
@@ -63,7 +123,7 @@ def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[f
     @mpc.run_multiprocess(world_size=parties)
     def party():
         rank = crypten.comm.get().get_rank()
-        return party_aggregate([owner[rank] for owner in shares], counts, bound)
+        return party_aggregate([owner[rank] for owner in shares], counts, bound, min_owners)
 
     results = party()
     if not results or any(r is None for r in results):

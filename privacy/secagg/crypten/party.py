@@ -7,10 +7,28 @@ Party R joins CrypTen's gloo group (K parties plus the TTP dealer), keeps an X25
 state directory and serves two gRPC calls (raw bytes, no generated code):
 
 - ``/fedveil.Party/PublicKey``: its X25519 public key, for owners to seal shares to;
-- ``/fedveil.Party/Aggregate``: one round. The request lists the owners and carries, sealed to
-  this party, each owner's share and count. The parties agree (a public all-gather) on the
-  owners whose shares every party could open with equal counts, run the MPC norm check and sum
-  (``mpc.party_aggregate``), and answer with the revealed weighted sum only.
+- ``/fedveil.Party/Aggregate``: one round. The request (meta: ``run`` (default ""), ``round``,
+  owners, layout, length, ``bound``, ``min_owners``, ``max_weight``) carries, sealed to this
+  party, each owner's share and count. In order:
+
+  1. the party takes the round up only if it is newer than the last round of that ``run`` it
+     took up (kept in ``rounds.json`` in its state directory, written before any MPC, so a
+     restart does not forget and a failed round is not retried); otherwise it refuses (replay);
+  2. a sealed share whose exact bytes this party opened before (SHA-256 kept in ``seen-shares``
+     in its state directory) is not opened again (``replayed``), whatever run or round the
+     request names: the run id is the coordinator's choice, the sealed bytes are the owner's;
+  3. the parties agree (a public all-gather) on every party's verdict on the request, on a
+     digest of the request (all must have received the same), and on the owners whose shares
+     every party could open with equal counts (else ``malformed``); any party refusing makes
+     them all refuse, before any share enters the MPC;
+  4. an owner whose count exceeds ``max_weight`` (the smaller of the request's and the party's
+     own ``--max-weight``), or is so large that ``n * bound`` could wrap the ring, is
+     ``over-weight``;
+  5. if at least ``min_owners`` (the larger of the request's and every party's own
+     ``--min-owners``, never below 2) owners remain, the MPC checks every coordinate and then
+     the norm (``mpc.party_aggregate``: ``over-bound``) and reveals the weighted sum, but only if
+     at least ``min_owners`` owners passed; otherwise the response reveals nothing and says
+     ``below_min_owners``.
 
 The coordinator calls every party with the same owner list at the same time; a party that is
 down or slow makes the call time out, which fails the round with a clear error. Starting and
@@ -20,6 +38,7 @@ stopping parties on one machine (simulation, tests) is ``launcher.py``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -36,6 +55,17 @@ from fedveil.privacy.secagg import sealing
 from fedveil.privacy.secagg.crypten.shares import ShareHeader, open_share
 
 SERVICE = "fedveil.Party"
+ROUNDS_FILE = "rounds.json"  # {run: last round taken up}, in the party's state directory
+SEEN_FILE = "seen-shares"  # SHA-256 of every sealed share this party opened, 32 bytes each
+
+OK, REPLAYED, UNCHECKABLE, DIFFERENT = 1, 2, 3, 4  # a party's verdict on a request, agreed before any MPC
+MALFORMED, OPENED, REPLAYED_SHARE = 0.0, 1.0, 2.0  # a party's verdict on one owner's share
+REFUSALS = {
+    REPLAYED: "round {round} of run '{run}' is not newer than the last round the aggregator parties took up "
+              "(a replay, or a retry of a failed round): refused, nothing revealed",
+    UNCHECKABLE: "norm_bound={bound} over {length} values could wrap the fixed-point ring: refused, lower it",
+    DIFFERENT: "the aggregator parties received different requests: refused",
+}
 
 
 def encode_request(meta: dict, sealed: list[bytes]) -> bytes:
@@ -58,9 +88,19 @@ def decode_response(blob: bytes) -> tuple[dict, np.ndarray]:
 
 
 class Party:
-    def __init__(self, rank: int, world: int, state_dir: Path) -> None:
+    def __init__(self, rank: int, world: int, state_dir: Path, min_owners: int = 2,
+                 max_weight: float | None = None) -> None:
+        from fedveil.privacy.secagg.crypten.mpc import MIN_OWNERS_FLOOR
+
         self.rank, self.world = rank, world
         self.private, self.public = sealing.keypair(state_dir)
+        self.min_owners = max(int(min_owners), MIN_OWNERS_FLOOR)  # this party's own floor, whatever a request says
+        self.max_weight = max_weight
+        self.rounds_file = Path(state_dir) / ROUNDS_FILE
+        self.rounds: dict[str, int] = json.loads(self.rounds_file.read_text()) if self.rounds_file.exists() else {}
+        self.seen_file = Path(state_dir) / SEEN_FILE
+        raw = self.seen_file.read_bytes() if self.seen_file.exists() else b""
+        self.seen = {raw[i : i + 32] for i in range(0, len(raw) - len(raw) % 32, 32)}
         self.lock = threading.Lock()
         self.ready = threading.Event()  # set once the MPC group has formed
 
@@ -70,40 +110,103 @@ class Party:
     def is_ready(self, request: bytes, context) -> bytes:
         return b"1" if self.ready.is_set() else b"0"
 
+    def take_up(self, run: str, round_: int) -> bool:
+        """Whether ``round_`` of ``run`` is newer than any taken up; if so it is recorded (on disk) now."""
+        if round_ <= self.rounds.get(run, 0):
+            return False
+        self.rounds[run] = round_
+        tmp = self.rounds_file.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.rounds, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.rounds_file)
+        return True
+
+    def remember(self, digests: list[bytes]) -> None:
+        """Record sealed shares as used (on disk): the same sealed bytes are never opened again."""
+        if digests:
+            with open(self.seen_file, "ab") as f:
+                f.write(b"".join(digests))
+                f.flush()
+                os.fsync(f.fileno())
+            self.seen.update(digests)
+
     def aggregate(self, request: bytes, context) -> bytes:
         import torch
 
         from fedveil.privacy.secagg.crypten.compat import import_crypten
-        from fedveil.privacy.secagg.crypten.mpc import party_aggregate
+        from fedveil.privacy.secagg.crypten.mpc import RING_HEADROOM, norm_check_fits, party_aggregate
+        from fedveil.privacy.secagg.crypten.shares import SCALE
 
         crypten = import_crypten()
         meta, sealed = decode_request(request)
+        run, round_, bound = str(meta.get("run", "")), int(meta["round"]), meta.get("bound")
+        min_owners = max(self.min_owners, int(meta.get("min_owners") or 0))
+        weights = [w for w in (self.max_weight, meta.get("max_weight")) if w is not None]
+        max_weight = float(min(weights)) if weights else float("inf")
+        digest = int.from_bytes(hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).digest()[:8], "big", signed=True)
         if not self.ready.wait(timeout=60):
             raise RuntimeError("the MPC group has not formed: are all parties and the TTP running?")
         with self.lock:
-            shares, counts, valid = [], [], []
+            # taken up before anything else: whatever happens next, this round of this run never runs again
+            code = OK if self.take_up(run, round_) else REPLAYED
+            if code == OK and bound is not None and not norm_check_fits(float(bound), int(meta["length"])):
+                code = UNCHECKABLE
+            shares, counts, valid, opened = [], [], [], []
             for owner, blob in zip(meta["clients"], sealed):
-                expected = ShareHeader(meta["round"], owner, self.rank, meta["layout_digest"], meta["length"])
-                try:
-                    count, share = open_share(blob, self.private, expected)
-                    valid.append(1.0)
-                except PayloadError:
-                    count, share = 0.0, np.zeros(meta["length"], np.int64)
-                    valid.append(0.0)
+                expected = ShareHeader(round_, owner, self.rank, meta["layout_digest"], meta["length"])
+                seen = hashlib.sha256(blob).digest()
+                count, share = 0.0, np.zeros(meta["length"], np.int64)
+                if code != OK:
+                    valid.append(MALFORMED)  # refused below; shares not opened
+                elif seen in self.seen or seen in opened:
+                    valid.append(REPLAYED_SHARE)  # the same sealed bytes, whatever run or round the request names
+                else:
+                    try:
+                        count, share = open_share(blob, self.private, expected)
+                        valid.append(OPENED)
+                        opened.append(seen)
+                    except PayloadError:
+                        valid.append(MALFORMED)
                 shares.append(share)
                 counts.append(count)
-            # public agreement: an owner counts only if every party opened its share, with equal counts
-            # (CrypTen's all_gather is int64: counts travel as the bit patterns of their float64s)
-            mine = torch.from_numpy(np.stack([np.array(valid, np.float64), np.array(counts, np.float64)]).view(np.int64))
-            everyone = [t.numpy().view(np.float64) for t in crypten.comm.get().all_gather(mine)]
-            ok = [all(t[0, k] == 1.0 for t in everyone) and len({float(t[1, k]) for t in everyone}) == 1
-                  for k in range(len(sealed))]
-            chosen = [k for k, good in enumerate(ok) if good]
-            accepted, weighted_sum, weight = party_aggregate([shares[k] for k in chosen], [counts[k] for k in chosen],
-                                                             meta.get("bound"))
-        norm_ok = {chosen[i]: a for i, a in enumerate(accepted)}
-        status = ["malformed" if not ok[k] else ("ok" if norm_ok[k] else "over-bound") for k in range(len(sealed))]
-        return encode_response({"status": status, "weight": weight}, weighted_sum)
+            self.remember(opened)
+            # public agreement (CrypTen's all_gather is int64: floats travel as their bit patterns): every
+            # party's verdict on the request, a digest of the request (all must have got the same one), its
+            # floors, and per owner whether it opened the share and with which count
+            mine = np.zeros((2, 4 + len(sealed)), np.float64)
+            mine[0, 0], mine[0, 2], mine[0, 3], mine[0, 4:], mine[1, 4:] = code, min_owners, max_weight, valid, counts
+            mine.view(np.int64)[0, 1] = digest
+            everyone = [t.numpy().view(np.float64) for t in crypten.comm.get().all_gather(torch.from_numpy(mine.view(np.int64)))]
+            codes = {int(t[0, 0]) for t in everyone}
+            if len({int(t.view(np.int64)[0, 1]) for t in everyone}) > 1:
+                codes.add(DIFFERENT)
+            min_owners = int(max(t[0, 2] for t in everyone))
+            max_weight = float(min(t[0, 3] for t in everyone))
+            n = len(sealed)
+            if codes != {OK}:
+                refused = "; ".join(REFUSALS[c].format(round=round_, run=run, bound=bound, length=meta["length"])
+                                    for c in sorted(codes - {OK}))
+                return encode_response({"status": ["refused"] * n, "weight": 0.0, "min_owners": min_owners,
+                                        "below_min_owners": False, "refused": refused}, None)
+            ok = [all(t[0, 4 + k] == OPENED for t in everyone) and len({float(t[1, 4 + k]) for t in everyone}) == 1
+                  for k in range(n)]
+            replayed = [any(t[0, 4 + k] == REPLAYED_SHARE for t in everyone) for k in range(n)]
+            # the weighted term n * x must not wrap the ring either: with |x| <= bound, n * bound < 2^29
+            heavy = [ok[k] and (counts[k] > max_weight or (bound is not None and counts[k] * float(bound) * SCALE**2 >= RING_HEADROOM))
+                     for k in range(n)]
+            chosen = [k for k in range(n) if ok[k] and not heavy[k]]
+            if len(chosen) >= min_owners:
+                accepted, weighted_sum, weight = party_aggregate([shares[k] for k in chosen], [counts[k] for k in chosen],
+                                                                 bound, min_owners)
+            else:  # too few to reveal anything: the norm checks are not even run
+                accepted, weighted_sum, weight = [False] * len(chosen), None, 0.0
+        checked = {chosen[i]: a for i, a in enumerate(accepted)}
+        status = [("replayed" if replayed[k] else "malformed") if not ok[k] else "over-weight" if heavy[k] else
+                  ("ok" if checked[k] else "over-bound") if len(chosen) >= min_owners else "unchecked" for k in range(n)]
+        return encode_response({"status": status, "weight": weight, "min_owners": min_owners,
+                                "below_min_owners": weighted_sum is None, "refused": None}, weighted_sum)
 
 
 def serve(party: Party, listen: str):
@@ -137,7 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", type=int, required=True, help="number of aggregator parties K")
     parser.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT shared by all parties and the TTP")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of this party's gRPC service")
-    parser.add_argument("--state-dir", default=".", help="where this party keeps its X25519 key")
+    parser.add_argument("--state-dir", default=".", help="where this party keeps its X25519 key and the last round per run")
+    parser.add_argument("--min-owners", type=int, default=2,
+                        help="reveal no aggregate of fewer owners, whatever a request asks (at least 2)")
+    parser.add_argument("--max-weight", type=float, default=None, help="drop an owner whose example count exceeds this")
     parser.add_argument("--ttp", action="store_true", help="run the trusted triple dealer instead of a party")
     args = parser.parse_args(argv)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
@@ -153,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         crypten.init()
         crypten.mpc.provider.TTPServer()  # serves triples until the parties leave
         return
-    party = Party(args.rank, args.world, Path(args.state_dir))
+    party = Party(args.rank, args.world, Path(args.state_dir), args.min_owners, args.max_weight)
     server = serve(party, args.listen)
     print(f"fedveil-party {args.rank}/{args.world} listening on {args.listen}", flush=True)
     crypten.init()  # blocks until all parties and the TTP have joined

@@ -1,0 +1,227 @@
+"""Attacks on the ``crypten`` backend's claims that must fail.
+
+Each test plays an attack that worked before the hardening (what it achieved is in a comment)
+and checks that the parties now refuse it. The MPC-only checks use ``run_local_parties``
+(forked CrypTen processes); the service checks share one set of real party processes.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fedveil.core.errors import UserError
+from fedveil.core.payload import RoundContext
+from fedveil.privacy.secagg.crypten.backend import CohortTooSmall, CryptenBackend, CryptenConfig, RoundRefused
+from fedveil.privacy.secagg.crypten.party import Party, call, decode_response, encode_request
+from fedveil.privacy.secagg.crypten.shares import SCALE, encode_fixed, split
+
+pytestmark = pytest.mark.adversary  # and slow, per test, where it starts processes
+SIZE = 64
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _sign_bit(v: int) -> int:
+    """The bit CrypTen's comparison extracts: the top bit of ``v mod 2^64``."""
+    return (v % 2**64) >> 63
+
+
+def test_two_sided_coordinate_check_is_exact_for_every_ring_element():
+    # The reasoning behind check 1 in mpc.py, on the integers: with b = bound * 2^16 < 2^62, "x <= b"
+    # is NOT sign(b - x) and "x >= -b" is NOT sign(x + b), both mod 2^64. Both hold exactly when
+    # |x| <= b, for every int64 x: b - x cannot wrap when x > b, x + b cannot wrap when x < -b.
+    # The one-sided square (old check) is not: (2^32)^2 = 2^64 = 0 in the ring.
+    rng = np.random.default_rng(0)
+    for bound in (1.0, 5.0, 1000.0, 2.0**45):
+        b = round(bound * SCALE)
+        edges = [INT64_MIN, INT64_MIN + 1, INT64_MIN + b, INT64_MIN + b + 1, -(2**62), -b - 1, -b, -b + 1, -1, 0, 1,
+                 b - 1, b, b + 1, 2**32, 2**62, INT64_MAX - b, INT64_MAX - b + 1, INT64_MAX]
+        for x in [*edges, *(int(v) for v in rng.integers(INT64_MIN, INT64_MAX, size=2000, dtype=np.int64))]:
+            inside = _sign_bit(b - x) == 0 and _sign_bit(x + b) == 0
+            assert inside == (-b <= x <= b), (bound, x)
+    assert (2**32) ** 2 % 2**64 == 0  # why the old check passed an update of norm 2^16
+
+
+def _honest(n=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(scale=0.01, size=SIZE) for _ in range(n)]  # norm ~0.08, well inside bound 1
+
+
+
+
+@pytest.mark.slow
+def test_update_of_norm_2_16_is_excluded_and_the_aggregate_is_the_honest_one():
+    # Before: (x*x).sum() <= 1 ran in Z_2^64; x = 65,536 in one coordinate is 2^32 in the ring and squares
+    # to 2^64 = 0, so the update passed norm_bound=1.0 and moved that aggregate coordinate to ~32,768.
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+
+    honest = _honest()
+    attack = np.zeros(SIZE)
+    attack[5] = 65536.0
+    counts = [10, 20, 30, 60]
+    results = run_local_parties([split(encode_fixed(u), 3) for u in [*honest, attack]], counts, bound=1.0)
+    expected = sum(n * u for n, u in zip(counts, honest))
+    for accepted, weighted_sum, weight in results:
+        assert accepted == [True, True, True, False]
+        assert weight == 60
+        assert np.abs(weighted_sum - expected).max() < 1e-3  # coordinate 5 untouched
+
+
+@pytest.mark.slow
+def test_ring_elements_near_the_ends_of_int64_are_excluded():
+    # Before: an owner sharing raw ring elements (bypassing encode_fixed) passed bound 1.0 with
+    # -2^63 + 5 (squares to 25 mod 2^64: ~0), 2^62 (squares to 0) or 2^63 - 1 (squares to 1): each
+    # then shifted the aggregate by ~2^46 or wrapped it. Also an update at the edge of the bound.
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+
+    honest = [encode_fixed(u) for u in _honest()]
+    attacks = []
+    for value in (INT64_MIN + 5, INT64_MIN, 2**62, INT64_MAX, round(1.0 * SCALE) + 1):
+        ring = np.zeros(SIZE, np.int64)
+        ring[3] = value
+        attacks.append(ring)
+    fits = encode_fixed(np.full(SIZE, 0.9 / np.sqrt(SIZE)))  # norm 0.9: every check passes
+    over_norm = encode_fixed(np.full(SIZE, 1.1 / np.sqrt(SIZE)))  # each |x_i| < 1, norm 1.1: check 2 fails
+    owners = [*honest, *attacks, fits, over_norm]
+    counts = [1.0] * len(owners)
+    results = run_local_parties([split(r, 3) for r in owners], counts, bound=1.0)
+    for accepted, weighted_sum, weight in results:
+        assert accepted == [True] * 3 + [False] * 5 + [True, False]
+        assert weight == 4
+        expected = sum(u for u in _honest()) + 0.9 / np.sqrt(SIZE)
+        assert np.abs(weighted_sum - expected).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_mpc_reveals_nothing_below_min_owners():
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+
+    honest = _honest(2)
+    results = run_local_parties([split(encode_fixed(u), 3) for u in honest], [1, 1], bound=1.0, min_owners=3)
+    assert all(r == ([True, True], None, 0.0) for r in results)
+    results = run_local_parties([split(encode_fixed(honest[0]), 3)], [1], bound=None, min_owners=1)  # floor is 2
+    assert all(r[1] is None for r in results)
+
+
+def test_config_validates_min_owners_and_max_weight():
+    assert CryptenConfig().min_owners == 3 and CryptenConfig().max_weight is None
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(UserError, match="aggregation.min_owners"):
+            CryptenConfig(min_owners=bad)
+    for bad in (0, -3.0):
+        with pytest.raises(UserError, match="aggregation.max_weight"):
+            CryptenConfig(max_weight=bad)
+
+
+def test_party_remembers_rounds_and_opened_shares_across_a_restart(tmp_path):
+    # Before: nothing was remembered; a restarted party took any round again.
+    party = Party(0, 3, tmp_path)
+    assert party.take_up("run-a", 1) and party.take_up("run-a", 2)
+    party.remember([b"\1" * 32])
+    restarted = Party(0, 3, tmp_path)
+    assert not restarted.take_up("run-a", 2) and not restarted.take_up("run-a", 1)
+    assert restarted.take_up("run-a", 3) and restarted.take_up("run-b", 1)
+    assert b"\1" * 32 in restarted.seen
+
+
+# --- the real services: one set of parties for the tests below -------------------------------------
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory):
+    from fedveil.privacy.secagg.crypten.launcher import start_local_parties, stop_parties
+
+    addresses, procs = start_local_parties(3, tmp_path_factory.mktemp("parties"))  # parties' own floor: 2
+    try:
+        yield addresses, [call(a, "PublicKey", b"", timeout=10) for a in addresses]
+    finally:
+        stop_parties(procs)
+
+
+def _cfg(addresses, **kw):
+    return CryptenConfig(norm_bound=1.0, party_addresses=addresses, party_timeout_s=30, **kw)
+
+
+def _protect(cfg, keys, owner, delta, count, round_):
+    return CryptenBackend(cfg, SIZE, party_keys=keys).protect(delta, count, RoundContext(round_, "L", owner))
+
+
+def _ask_all(addresses, meta, payloads):
+    """What every party answers to one Aggregate request (the parties' raw responses)."""
+    answers = [None] * len(addresses)
+
+    def ask(p):
+        request = encode_request(meta, [payloads[o].blobs[f"share.{p}"] for o in meta["clients"]])
+        answers[p] = decode_response(call(addresses[p], "Aggregate", request, timeout=30))
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in range(len(addresses))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
+
+
+
+
+@pytest.mark.slow
+def test_oversized_weight_is_excluded(parties):
+    # Before: counts were unbounded; an owner claiming 10^6 examples set the aggregate to its own update.
+    addresses, keys = parties
+    cfg = _cfg(addresses, max_weight=1000.0)
+    honest = _honest(3)
+    attack = np.full(SIZE, 0.1)
+    payloads = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, 100, 1) for i, u in enumerate(honest)}
+    payloads["heavy"] = _protect(cfg, keys, "heavy", attack, 1e6, 1)
+    server = CryptenBackend(cfg, SIZE, run="weight")
+    result = server.combine(payloads, RoundContext(1, "L"))
+    assert result.excluded == {"heavy": "dropped by the aggregator parties: over-weight"}
+    revealed = server.reveal(result.payload)
+    assert revealed.total_weight == 300
+    assert np.abs(revealed.mean - sum(honest) / 3).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_replayed_round_and_replayed_shares_are_refused_and_reveal_nothing(parties):
+    # Before: parties kept no memory; re-sending client_0's round-1 shares (alone, or beside sybil
+    # owners whose updates the coordinator knows) revealed client_0's round-1 update.
+    addresses, keys = parties
+    cfg = _cfg(addresses)
+    honest = _honest(3)
+    payloads = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, 10, 1) for i, u in enumerate(honest)}
+    server = CryptenBackend(cfg, SIZE, run="replay")
+    assert server.combine(payloads, RoundContext(1, "L")).excluded == {}
+    # 1. the same round of the same run again: refused before any MPC
+    with pytest.raises(RoundRefused, match="round 1 of run 'replay' is not newer"):
+        server.combine(payloads, RoundContext(1, "L"))
+    # 2. a fresh run id (the coordinator picks it), client_0's round-1 shares + two sybils it knows
+    sybils = {f"sybil_{i}": _protect(cfg, keys, f"sybil_{i}", np.zeros(SIZE), 10, 1) for i in range(2)}
+    meta = {"round": 1, "run": "evil", "clients": ["client_0", *sybils], "layout_digest": "L", "length": SIZE,
+            "bound": 1.0, "min_owners": 2, "max_weight": None}  # the attacker also asks for the lowest floor
+    for m, body in _ask_all(addresses, meta, {"client_0": payloads["client_0"], **sybils}):
+        # client_0's share is not even opened; what is revealed is the sybils' own (zero) sum
+        assert m["status"] == ["replayed", "ok", "ok"] and m["weight"] == 20
+        assert np.abs(body).max() < 1e-4
+    # 3. the same through the backend: a clear error, no aggregate
+    evil = CryptenBackend(cfg, SIZE, run="evil-2")
+    with pytest.raises(CohortTooSmall, match="client_0: dropped by the aggregator parties: replayed"):
+        evil.combine({"client_0": payloads["client_0"], **sybils}, RoundContext(1, "L"))
+
+
+@pytest.mark.slow
+def test_cohort_below_min_owners_is_refused(parties):
+    # Before: any cohort was revealed: an "aggregate" of one owner is its update, of two owners
+    # it is the other's update to either of them.
+    addresses, keys = parties
+    cfg = _cfg(addresses)  # min_owners=3, the default
+    honest = _honest(3)
+    for round_, owners in ((1, ["client_0"]), (2, ["client_0", "client_1"])):
+        payloads = {o: _protect(cfg, keys, o, honest[i], 10, round_) for i, o in enumerate(owners)}
+        with pytest.raises(CohortTooSmall, match=rf"cohort below aggregation.min_owners=3: {len(owners)} of {len(owners)}"):
+            CryptenBackend(cfg, SIZE, run="cohort").combine(payloads, RoundContext(round_, "L"))
+    # three owners, one over the bound: two pass the checks, still too few; nothing revealed
+    owners = {"client_0": honest[0], "client_1": honest[1], "big": np.full(SIZE, 5.0)}
+    payloads = {o: _protect(cfg, keys, o, d, 10, 3) for o, d in owners.items()}
+    meta = {"round": 3, "run": "cohort-raw", "clients": list(owners), "layout_digest": "L", "length": SIZE,
+            "bound": 1.0, "min_owners": 3, "max_weight": None}
+    for m, body in _ask_all(addresses, meta, payloads):
+        assert m["status"] == ["ok", "ok", "over-bound"] and m["below_min_owners"] and body.size == 0
