@@ -53,12 +53,22 @@ class OwnerIdentity:
         return Path(self.policy_path) if self.policy_path else Path(self.state_dir) / POLICY_FILE
 
 
+_LOADS = {"models": 0}
+
+
+def model_loads() -> int:
+    """How many times this process loaded a model (a worker: once per model, whatever the rounds)."""
+    return _LOADS["models"]
+
+
 @lru_cache(maxsize=4)
-def _model_bundle(path: str, lora_key: str, seed: int, device: str):
-    """Model, tokenizer and layout, cached per process (a Ray actor serves many rounds)."""
-    cfg = ModelConfig(path=path, lora=LoraSettings(**json.loads(lora_key)), device=device)
+def _model_bundle(model_key: str, seed: int, device: str):
+    """Model, tokenizer and layout, cached per process (a Ray actor or an owner worker serves many rounds)."""
+    _LOADS["models"] += 1
+    values = json.loads(model_key)
+    cfg = ModelConfig(**{**values, "lora": LoraSettings(**values["lora"]), "tiny": None, "device": device})
     model = load_lora_model(cfg, seed=seed)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(cfg.path)
     layout = AdapterLayout.of(get_adapter(model))
     return model, tokenizer, layout, layout.flatten(get_adapter(model))
 
@@ -77,9 +87,8 @@ class Owner:
         self.policy = load_policy(identity.policy_file)
         self.dp_on = cfg.dp.name != "off"
         self.device = resolve_device(cfg.model.device)
-        lora_key = json.dumps(dataclasses.asdict(cfg.model.lora), sort_keys=True)
-        self.model, self.tokenizer, self.layout, self.initial = _model_bundle(
-            cfg.model.path, lora_key, cfg.seed, str(self.device))
+        model_key = json.dumps({**dataclasses.asdict(cfg.model), "tiny": None}, sort_keys=True)
+        self.model, self.tokenizer, self.layout, self.initial = _model_bundle(model_key, cfg.seed, str(self.device))
         data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         self.policy.check(cfg, self.layout.digest)  # before any data is read or budget spent
         self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed, self.dp_on)

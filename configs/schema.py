@@ -128,6 +128,10 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     cfg = build(FedveilConfig, values)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
+    if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
+        raise UserError("model.gradient_checkpointing=true does not work with dp=sample_level (Opacus' per-sample "
+                        "gradient hooks do not fire through recomputed layers); bound memory with "
+                        "dp.max_physical_batch_size instead")
     if cfg.resume and not BACKENDS[agg["name"]].can_resume:
         raise UserError(f"resume=true is not supported with aggregation={agg['name']} yet (a restart re-keys the federation, "
                         "so the stored ciphertexts could not be opened); start a new run directory")

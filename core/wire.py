@@ -48,7 +48,7 @@ CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server ma
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
 
 # --- message types of the key set-up -------------------------------------------------------------
-QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = "query.pubkey", "query.keygen", "query.install"
+QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = "query.pubkey", "query.keygen", "query.install"  # handlers: client/app.py
 
 # --- metrics -----------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

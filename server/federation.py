@@ -8,6 +8,7 @@ checkpoint and round-chain entry) and writes the final outputs (:func:`finish`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -89,7 +90,9 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_ERROR_FILE).unlink(missing_ok=True)
-    model = load_lora_model(cfg.model, seed=cfg.seed, device=torch.device("cpu"))
+    # the server never trains: it loads the plain fp32 model on its CPU, for the layout and the final adapter
+    plain = dataclasses.replace(cfg.model, dtype="fp32", quantization="none", gradient_checkpointing=False)
+    model = load_lora_model(plain, seed=cfg.seed, device=torch.device("cpu"))
     layout = AdapterLayout.of(get_adapter(model))
     spec = backend_spec(cfg.aggregation.name)
     run_config = to_run_config(cfg)

@@ -31,6 +31,8 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
 }
 
 TINY_ARCHITECTURES = ("gpt2", "llama")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZATIONS = ("none", "4bit", "8bit")
 
 
 @dataclass
@@ -83,11 +85,18 @@ class ModelConfig:
     path: Optional[str] = None
     tiny: Optional[TinySpec] = field(default_factory=TinySpec)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | auto (the GPU when there is one)
+    dtype: str = "fp32"  # the frozen base model's dtype; LoRA weights stay fp32 (what DP-SGD noises)
+    quantization: str = "none"  # none | 4bit | 8bit: QLoRA-style frozen quantized base (CUDA + bitsandbytes)
+    gradient_checkpointing: bool = False  # trade compute for activation memory (works under DP-SGD)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
             raise UserError(f"model.device must be cpu, cuda or auto, got '{self.device}'")
+        if self.dtype not in DTYPES:
+            raise UserError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
+        if self.quantization not in QUANTIZATIONS:
+            raise UserError(f"model.quantization must be one of {list(QUANTIZATIONS)}, got '{self.quantization}'")
         if not self.path and self.tiny is None:
             raise UserError("model.path is not set: pass model.path=DIR (a local Hugging Face checkpoint) or use model=tiny")
 
@@ -125,6 +134,25 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+def quantization_config(cfg: ModelConfig, device: torch.device):
+    """bitsandbytes settings for a quantized frozen base, refused where it cannot run."""
+    if cfg.quantization == "none":
+        return None
+    if device.type != "cuda":
+        raise UserError(f"model.quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); this owner runs on "
+                        f"{device.type}: use model.quantization=none, or model.device=auto on a GPU machine")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise UserError(f"model.quantization={cfg.quantization} needs bitsandbytes: pip install -e '.[gpu]' "
+                        "(see README, GPUs)") from exc
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=DTYPES[cfg.dtype] if cfg.dtype != "fp32" else torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def lora_targets(model_type: str, settings: LoraSettings) -> list[str]:
     if settings.target_modules:
         return list(settings.target_modules)
@@ -148,11 +176,22 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
 
     p = check_model_dir(cfg.path)
     device = device or resolve_device(cfg.device)
+    quantized = quantization_config(cfg, device)
     try:
-        base = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=torch.float32)
+        if quantized is None:
+            base = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=DTYPES[cfg.dtype])
+            base.to(device)
+        else:
+            base = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, quantization_config=quantized,
+                                                        device_map={"": device.index or 0})
     except (OSError, ValueError) as exc:
         raise UserError(f"model.path '{p}' could not be loaded as a causal LM: {exc}") from exc
-    base.to(device)
+    for param in base.parameters():
+        param.requires_grad_(False)  # the base is frozen (and public); only LoRA trains
+    if cfg.gradient_checkpointing:
+        # non-reentrant checkpointing keeps per-sample gradient hooks (Opacus) working
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
     model_type = base.config.model_type
     lora = LoraConfig(
         r=cfg.lora.r,
@@ -165,7 +204,7 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = get_peft_model(base, lora)
+            model = get_peft_model(base, lora, autocast_adapter_dtype=True)  # LoRA weights in fp32
         except ValueError as exc:
             raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
     return model

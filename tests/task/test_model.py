@@ -71,3 +71,25 @@ def test_unknown_architecture_needs_explicit_targets(tmp_path):
         load_lora_model(ModelConfig(path=str(tmp_path)))
     model = load_lora_model(ModelConfig(path=str(tmp_path), lora=LoraSettings(target_modules=["query_key_value"])))
     assert get_adapter(model)
+
+
+def test_dtype_selection_keeps_lora_in_fp32(tiny_llama):
+    import torch
+
+    from fedveil.task.model import ModelConfig, load_lora_model
+
+    model = load_lora_model(ModelConfig(path=str(tiny_llama), dtype="bf16"), seed=0)
+    lora = {n: p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    base = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+    assert lora and set(lora.values()) == {torch.float32} and base == {torch.bfloat16}
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+    with pytest.raises(UserError, match="model.dtype must be one of"):
+        ModelConfig(path=str(tiny_llama), dtype="int3")
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_quantization_is_refused_without_cuda(tiny_llama, bits):
+    from fedveil.task.model import ModelConfig, load_lora_model
+
+    with pytest.raises(UserError, match=f"model.quantization={bits} needs a CUDA GPU"):
+        load_lora_model(ModelConfig(path=str(tiny_llama), quantization=bits, device="cpu"), seed=0)

@@ -1,0 +1,100 @@
+"""What a data owner does for each kind of instruction, free of Flower: one implementation for
+both paths (in the ClientApp's process in simulation, in the owner worker in deployment).
+
+:func:`handle` turns an :class:`Instruction` (what the ClientApp decoded from a Message) into an
+:class:`Answer` (metrics, meta, protected payload) for the ClientApp to encode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from fedveil.client.owner import Owner, OwnerIdentity, model_loads
+from fedveil.client.worker import Answer, Instruction, decode, encode
+from fedveil.configs.schema import FedveilConfig, from_run_config
+from fedveil.core import wire
+from fedveil.core.errors import UserError
+from fedveil.core.payload import Protected
+from fedveil.privacy.secagg import backend_spec, sealing
+
+TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL = "train", "evaluate", "pubkey", "keygen", "install"
+OPERATIONS = (TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL)
+
+
+def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig | None = None) -> Answer:
+    """Carry out one instruction as ``identity``; a refusal or bad input raises :class:`UserError`."""
+    if instruction.op not in OPERATIONS:
+        raise UserError(f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}")
+    cfg = cfg or from_run_config(instruction.run_config)
+    if instruction.op in (TRAIN, EVALUATE):
+        return round_step(instruction, cfg, identity)
+    return key_setup(instruction, cfg, identity)
+
+
+def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    owner = Owner(cfg, identity, instruction.per_round)
+    owner.layout.check(str(instruction.per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
+    global_vector, reveal_seconds = owner.open_global(instruction.arrays)
+    meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
+    if instruction.op == TRAIN:
+        protected, metrics = owner.train_round(global_vector)
+        return Answer({**metrics, wire.REVEAL_SECONDS: reveal_seconds}, meta, protected)
+    metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
+    encrypted = None
+    if instruction.per_round.get(wire.REENCRYPT_BY) == identity.owner_id:
+        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: owner.encrypt_global(global_vector)})
+    if instruction.per_round.get(wire.FINAL_ADAPTER):
+        owner.save_final_adapter(global_vector)
+    return Answer(metrics, meta, encrypted)
+
+
+def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    """The owner's side of a backend's key set-up (``server/key_setup.py`` relays it)."""
+    meta: dict[str, Any] = {wire.OWNER_ID: identity.owner_id}
+    if instruction.op == PUBKEY:
+        meta[wire.PUBLIC_KEY] = sealing.keypair(identity.state_dir)[1]
+        return Answer(meta=meta)
+    setup = backend_spec(cfg.aggregation.name).key_setup
+    if setup is None:
+        raise UserError(f"aggregation '{cfg.aggregation.name}' has no key set-up; the server asked for one by mistake")
+    keys = instruction.keys
+    if instruction.op == KEYGEN:
+        owner_keys = {k[len(wire.PUBKEY_PREFIX):]: v for k, v in keys.items() if k.startswith(wire.PUBKEY_PREFIX)}
+        public, sealed = setup.generate(cfg.aggregation, owner_keys)
+        meta.update({wire.PUBLIC_CONTEXT: public, **{f"{wire.SEALED_PREFIX}{o}": box for o, box in sealed.items()}})
+        return Answer(meta=meta)
+    setup.install(identity.state_dir, keys[wire.PUBLIC_CONTEXT], keys[wire.SEALED])
+    return Answer(meta=meta)
+
+
+@dataclass
+class WorkerState:
+    """A worker's fixed identity; it answers framed requests (``client/worker.py``) with :func:`handle`."""
+
+    owner_id: str
+    data_dir: str
+    state_dir: str
+    policy: Optional[str] = None
+    max_epsilon: Optional[float] = None
+
+    @property
+    def identity(self) -> OwnerIdentity:
+        return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy)
+
+    def answer(self, request: bytes) -> bytes:
+        try:
+            head, arrays, blobs = decode(request)
+            keys = {**head.get("keys", {}), **blobs}
+            answer = handle(Instruction(str(head.get("op")), dict(head.get("run_config", {})),
+                                        dict(head.get("per_round", {})), arrays, keys), self.identity)
+        except UserError as exc:
+            return encode({"error": str(exc)})
+        meta_blobs = {k: v for k, v in answer.meta.items() if isinstance(v, bytes)}
+        meta = {k: v for k, v in answer.meta.items() if not isinstance(v, bytes)}
+        p = answer.protected
+        return encode({"metrics": answer.metrics, "meta": meta, "meta_blobs": sorted(meta_blobs),
+                       "protected": None if p is None else {"arrays": sorted(p.arrays), "blobs": sorted(p.blobs)},
+                       "model_loads": model_loads()},
+                      arrays=p.arrays if p is not None else None,
+                      blobs={**meta_blobs, **({f"protected.{k}": v for k, v in p.blobs.items()} if p else {})})
