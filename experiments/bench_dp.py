@@ -27,7 +27,8 @@ MODELS = {
 }
 
 
-def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, device: str) -> dict:
+def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, device: str, dtype: str = "fp32",
+            quantization: str = "none") -> dict:
     """Runs in a fresh subprocess: time ``steps`` steps of one variant; report seconds/step, peak memory."""
     import resource
 
@@ -41,7 +42,7 @@ def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, devi
     quiet_libraries()
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = load_lora_model(ModelConfig(path=model_dir, device=device), seed=0)
+    model = load_lora_model(ModelConfig(path=model_dir, device=device, dtype=dtype, quantization=quantization), seed=0)
     vocab = model.config.vocab_size
     data = [{"input_ids": torch.randint(3, vocab, (seq,)), "labels": torch.randint(3, vocab, (seq,)),
              "attention_mask": torch.ones(seq, dtype=torch.long)} for _ in range(batch)]
@@ -76,7 +77,15 @@ def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, devi
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) * 1024
-    return {"seconds_per_step": secs, "peak_bytes": max(peak, 1)}
+    return {"seconds_per_step": secs, "peak_bytes": max(peak, 1), "tokens_per_second": batch * seq / secs}
+
+
+def run_child(spec: dict) -> dict:
+    """``measure(**spec)`` in a fresh Python process (its own peak memory)."""
+    out = subprocess.run([sys.executable, "-m", "fedveil.experiments.bench_dp", "--_child", json.dumps(spec)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -108,9 +117,7 @@ def main() -> None:
             for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
                 for v in variants:
                     spec = dict(model_dir=str(path), variant=v, steps=args.steps, batch=args.batch, seq=m["seq"], device=args.device)
-                    out = subprocess.run([sys.executable, "-m", "fedveil.experiments.bench_dp", "--_child", json.dumps(spec)],
-                                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
-                    runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs[v].append(run_child(spec))
             base_t = statistics.median(r["seconds_per_step"] for r in runs["nodp"])
             base_m = statistics.median(r["peak_bytes"] for r in runs["nodp"])
             print(f"{name}: {m} batch={args.batch} device={args.device}: non-DP {base_t * 1e3:.1f} ms/step, "
