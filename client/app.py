@@ -3,9 +3,12 @@
 Where an owner's files are:
 
 - deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'
-  policy='...'"`` (the owner's policy file; default ``<state-dir>/policy.json``);
+  policy='...' roster='...'"`` (the owner's policy file, default ``<state-dir>/policy.json``; the
+  pinned roster of every owner's keys that tenseal's key set-up needs, default
+  ``<state-dir>/roster.json``, format in ``privacy/secagg/identity.py``; the federation distributes
+  it out of band, the coordinator never does);
 - simulation: ``data.client_dirs[partition-id]`` of the experiment, state under
-  ``<output_dir>/clients/client_<partition-id>/``.
+  ``<output_dir>/clients/client_<partition-id>/`` (the runner pins the roster there).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fedveil.client.owner import Owner, OwnerIdentity
+from fedveil.client.owner import Owner, OwnerIdentity, run_key
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import records, wire
 from fedveil.core.console import quiet_libraries
 from fedveil.core.errors import UserError
 from fedveil.core.payload import Protected
-from fedveil.privacy.secagg import backend_spec, sealing
+from fedveil.privacy.secagg import backend_spec
 
 app = ClientApp()
 
@@ -49,7 +52,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
         state = str(node.get("state-dir", Path.home() / ".fedveil" / owner_id))
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
         policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy)
+        roster = str(node["roster"]) if "roster" in node else None  # else <state-dir>/roster.json
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\"")
     k = int(node["partition-id"])
@@ -82,7 +86,8 @@ def reply(msg: Message, owner_id: str, metrics: dict | None = None, meta: dict |
 @refusals_as_errors
 def train(msg: Message, context: Context) -> Message:
     owner, _ = owner_for(msg, context)
-    global_vector, reveal_seconds = owner.open_global(records.record_arrays(msg.content[wire.GLOBAL]))
+    arrays = records.record_arrays(msg.content[wire.GLOBAL])
+    global_vector, reveal_seconds = owner.open_global(arrays, owner.round.round - 1)  # round r starts from r - 1
     protected, metrics = owner.train_round(global_vector)
     metrics[wire.REVEAL_SECONDS] = reveal_seconds
     return reply(msg, owner.identity.owner_id, metrics, {wire.LAYOUT_DIGEST: owner.layout.digest}, protected)
@@ -92,11 +97,13 @@ def train(msg: Message, context: Context) -> Message:
 @refusals_as_errors
 def evaluate(msg: Message, context: Context) -> Message:
     owner, per_round = owner_for(msg, context)
-    global_vector, reveal_seconds = owner.open_global(records.record_arrays(msg.content[wire.GLOBAL]))
+    arrays = records.record_arrays(msg.content[wire.GLOBAL])
+    global_vector, reveal_seconds = owner.open_global(arrays, owner.round.round)  # the global after round r
     metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
     encrypted = None
     if per_round.get(wire.REENCRYPT_BY) == owner.identity.owner_id:
-        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: owner.encrypt_global(global_vector)})
+        blob, signature = owner.encrypt_global(global_vector)
+        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})
     if per_round.get(wire.FINAL_ADAPTER):
         owner.save_final_adapter(global_vector)
     return reply(msg, owner.identity.owner_id, metrics, {wire.LAYOUT_DIGEST: owner.layout.digest}, encrypted)
@@ -108,9 +115,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query(wire.QUERY_PUBKEY.split(".", 1)[1])
 @refusals_as_errors
 def pubkey(msg: Message, context: Context) -> Message:
-    _, identity, _ = identity_for(msg, context)
-    _, public = sealing.keypair(identity.state_dir)
-    return reply(msg, identity.owner_id, meta={wire.PUBLIC_KEY: public})
+    cfg, identity, _ = identity_for(msg, context)
+    return reply(msg, identity.owner_id, meta={wire.PUBLIC_KEY: key_setup_of(cfg).announce(identity.keys)})
 
 
 @app.query(wire.QUERY_KEYGEN.split(".", 1)[1])
@@ -119,9 +125,10 @@ def keygen(msg: Message, context: Context) -> Message:
     cfg, identity, _ = identity_for(msg, context)
     record = msg.content.config_records[wire.KEYS]
     owner_keys = {k[len(wire.PUBKEY_PREFIX):]: record[k] for k in record.keys() if k.startswith(wire.PUBKEY_PREFIX)}
-    public, sealed = key_setup_of(cfg).generate(cfg.aggregation, owner_keys)
-    boxes = {f"{wire.SEALED_PREFIX}{owner}": box for owner, box in sealed.items()}
-    return reply(msg, identity.owner_id, meta={wire.PUBLIC_CONTEXT: public, **boxes})
+    made = key_setup_of(cfg).generate(cfg.aggregation, identity.keys, run_key(cfg), owner_keys)
+    boxes = {f"{wire.SEALED_PREFIX}{owner}": box for owner, box in made.sealed.items()}
+    return reply(msg, identity.owner_id, meta={wire.PUBLIC_CONTEXT: made.public, wire.SETUP_STATEMENT: made.statement,
+                                               wire.SETUP_SIGNATURE: made.signature, **boxes})
 
 
 @app.query(wire.QUERY_INSTALL.split(".", 1)[1])
@@ -129,7 +136,9 @@ def keygen(msg: Message, context: Context) -> Message:
 def install(msg: Message, context: Context) -> Message:
     cfg, identity, _ = identity_for(msg, context)
     record = msg.content.config_records[wire.KEYS]
-    key_setup_of(cfg).install(identity.state_dir, record[wire.PUBLIC_CONTEXT], record[wire.SEALED])
+    signed = {k: record.get(wire_key, b"") for k, wire_key in (("public", wire.PUBLIC_CONTEXT), ("sealed", wire.SEALED),
+              ("statement", wire.SETUP_STATEMENT), ("signature", wire.SETUP_SIGNATURE))}  # absent: refused as unsigned
+    key_setup_of(cfg).install(identity.keys, run_key(cfg), **signed)
     return reply(msg, identity.owner_id)
 
 
