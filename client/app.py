@@ -9,9 +9,12 @@ error reply of one line. In relay mode this process imports neither torch nor th
 Where an owner's files are (in-process path):
 
 - deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'
-  policy='...'"`` (the owner's policy file; default ``<state-dir>/policy.json``);
+  policy='...' roster='...'"`` (the owner's policy file, default ``<state-dir>/policy.json``; the
+  pinned roster of every owner's keys that tenseal's key set-up needs, default
+  ``<state-dir>/roster.json``, format in ``privacy/secagg/identity.py``; the federation distributes
+  it out of band, the coordinator never does);
 - simulation: ``data.client_dirs[partition-id]`` of the experiment, state under
-  ``<output_dir>/clients/client_<partition-id>/``.
+  ``<output_dir>/clients/client_<partition-id>/`` (the runner pins the roster there).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
         state = str(node.get("state-dir", Path.home() / ".fedveil" / owner_id))
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
         policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy)
+        roster = str(node["roster"]) if "roster" in node else None  # else <state-dir>/roster.json
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\" "
                         "(or worker='/path/owner.sock' beside a running fedveil-owner worker)")

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from fedveil.client.owner import Owner, OwnerIdentity, model_loads
+from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
 from fedveil.client.worker import Answer, Instruction, decode, encode
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.errors import UserError
 from fedveil.core.payload import Protected
-from fedveil.privacy.secagg import backend_spec, sealing
+from fedveil.privacy.secagg import backend_spec
 
 TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL = "train", "evaluate", "pubkey", "keygen", "install"
 OPERATIONS = (TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL)
@@ -35,7 +35,9 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
 def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
     owner = Owner(cfg, identity, instruction.per_round)
     owner.layout.check(str(instruction.per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
-    global_vector, reveal_seconds = owner.open_global(instruction.arrays)
+    # train in round r starts from the global after round r - 1; evaluate sees the one after round r
+    after_round = owner.round.round - 1 if instruction.op == TRAIN else owner.round.round
+    global_vector, reveal_seconds = owner.open_global(instruction.arrays, after_round)
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
     if instruction.op == TRAIN:
         protected, metrics = owner.train_round(global_vector)
@@ -43,7 +45,8 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
     encrypted = None
     if instruction.per_round.get(wire.REENCRYPT_BY) == identity.owner_id:
-        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: owner.encrypt_global(global_vector)})
+        blob, signature = owner.encrypt_global(global_vector)
+        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})
     if instruction.per_round.get(wire.FINAL_ADAPTER):
         owner.save_final_adapter(global_vector)
     return Answer(metrics, meta, encrypted)
@@ -52,19 +55,23 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
 def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
     """The owner's side of a backend's key set-up (``server/key_setup.py`` relays it)."""
     meta: dict[str, Any] = {wire.OWNER_ID: identity.owner_id}
-    if instruction.op == PUBKEY:
-        meta[wire.PUBLIC_KEY] = sealing.keypair(identity.state_dir)[1]
-        return Answer(meta=meta)
     setup = backend_spec(cfg.aggregation.name).key_setup
     if setup is None:
         raise UserError(f"aggregation '{cfg.aggregation.name}' has no key set-up; the server asked for one by mistake")
     keys = instruction.keys
+    if instruction.op == PUBKEY:
+        meta[wire.PUBLIC_KEY] = setup.announce(identity.keys)
+        return Answer(meta=meta)
     if instruction.op == KEYGEN:
         owner_keys = {k[len(wire.PUBKEY_PREFIX):]: v for k, v in keys.items() if k.startswith(wire.PUBKEY_PREFIX)}
-        public, sealed = setup.generate(cfg.aggregation, owner_keys)
-        meta.update({wire.PUBLIC_CONTEXT: public, **{f"{wire.SEALED_PREFIX}{o}": box for o, box in sealed.items()}})
+        made = setup.generate(cfg.aggregation, identity.keys, run_key(cfg), owner_keys)
+        meta.update({wire.PUBLIC_CONTEXT: made.public, wire.SETUP_STATEMENT: made.statement,
+                     wire.SETUP_SIGNATURE: made.signature,
+                     **{f"{wire.SEALED_PREFIX}{o}": box for o, box in made.sealed.items()}})
         return Answer(meta=meta)
-    setup.install(identity.state_dir, keys[wire.PUBLIC_CONTEXT], keys[wire.SEALED])
+    signed = {k: keys.get(wire_key, b"") for k, wire_key in (("public", wire.PUBLIC_CONTEXT), ("sealed", wire.SEALED),
+              ("statement", wire.SETUP_STATEMENT), ("signature", wire.SETUP_SIGNATURE))}  # absent: refused as unsigned
+    setup.install(identity.keys, run_key(cfg), **signed)
     return Answer(meta=meta)
 
 
@@ -77,10 +84,11 @@ class WorkerState:
     state_dir: str
     policy: Optional[str] = None
     max_epsilon: Optional[float] = None
+    roster: Optional[str] = None
 
     @property
     def identity(self) -> OwnerIdentity:
-        return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy)
+        return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy, self.roster)
 
     def answer(self, request: bytes) -> bytes:
         try:

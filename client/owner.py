@@ -32,6 +32,7 @@ from fedveil.privacy.dp.sgd import poisson_loader, private_training
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.task.data import collate
 from fedveil.task.data import DataConfig, OwnerData, load_owner_data
 from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
@@ -47,10 +48,16 @@ class OwnerIdentity:
     state_dir: str
     max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget (its policy's wins)
     policy_path: Optional[str] = None  # None: <state_dir>/policy.json
+    roster_path: Optional[str] = None  # the pinned roster of owner keys; None: <state_dir>/roster.json
 
     @property
     def policy_file(self) -> Path:
         return Path(self.policy_path) if self.policy_path else Path(self.state_dir) / POLICY_FILE
+
+    @property
+    def keys(self) -> OwnerKeys:
+        """This owner's signing and sealing keys and its pinned roster (privacy/secagg/identity.py)."""
+        return OwnerKeys(self.owner_id, self.state_dir, self.roster_path)
 
 
 _LOADS = {"models": 0}
@@ -95,7 +102,7 @@ class Owner:
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
         self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
-        self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.state_dir,
+        self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.keys,
                                                                 per_round)
 
     @property
@@ -107,15 +114,16 @@ class Owner:
         """Every record the owner holds, held-out ones included (all are protected under DP)."""
         return len(self.data.train) + len(self.data.eval)
 
-    def open_global(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-        """The global adapter from the server's arrays (clear, or decrypted here); and seconds spent."""
+    def open_global(self, arrays: dict[str, np.ndarray], after_round: int) -> tuple[np.ndarray, float]:
+        """The global adapter after round ``after_round`` from the server's arrays (clear, or checked
+        and decrypted here); and seconds spent."""
         start = time.perf_counter()
-        vector = self.backend.open_global(arrays, self.initial)
+        vector = self.backend.open_global(arrays, self.initial, after_round)
         return vector, time.perf_counter() - start
 
-    def encrypt_global(self, vector: np.ndarray) -> bytes:
-        """Enc(global) for a server that holds the global only encrypted."""
-        return self.backend.encrypt_global(vector)
+    def encrypt_global(self, vector: np.ndarray) -> tuple[bytes, bytes]:
+        """(Enc(global after this round), this owner's signature) for a server that holds it only encrypted."""
+        return self.backend.encrypt_global(vector, self.round.round)
 
     def save_final_adapter(self, vector: np.ndarray) -> Path:
         """The final adapter, written by the owner into its own state directory."""
@@ -128,9 +136,7 @@ class Owner:
         set_adapter(self.model, self.layout.unflatten(vector))
 
     def run_key(self) -> str:
-        """Identifies this run in the owner's epsilon ledger (its output directory and config)."""
-        blob = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
-        return f"{self.cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
+        return run_key(self.cfg)
 
     def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
@@ -199,6 +205,12 @@ class Owner:
 
 
 EVALUATIONS_FILE = "evaluations.jsonl"
+
+
+def run_key(cfg: FedveilConfig) -> str:
+    """Identifies a run in the owner's epsilon ledger and key set-up (its output directory and config)."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
 
 def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:

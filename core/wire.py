@@ -15,10 +15,12 @@ Owner -> server (train)::
 
 Owner -> server (evaluate)::
 
-    METRICS MetricRecord  NUM_EXAMPLES (held-out tokens), EVAL_LOSS; BLOBS: ENCRYPTED_GLOBAL when asked
+    METRICS MetricRecord  NUM_EXAMPLES (held-out tokens), EVAL_LOSS; BLOBS: ENCRYPTED_GLOBAL and
+                          GLOBAL_SIGNATURE (the owner's Ed25519 signature over it) when asked
     META    ConfigRecord  as above
 
-Key set-up queries (``QUERY_*``) carry KEYS (public keys, public context, sealed boxes).
+Key set-up queries (``QUERY_*``) carry KEYS (public keys, public context, the key holder's signed
+set-up statement, sealed boxes).
 The values are the on-the-wire spellings; they do not change without a migration.
 """
 
@@ -39,6 +41,8 @@ PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS)
 OWNER_ID = "client-id"
 PUBLIC_KEY = "public-key"
 PUBLIC_CONTEXT = "public-context"
+SETUP_STATEMENT = "setup-statement"  # keygen reply / install query: run, context id, sealed-box digests
+SETUP_SIGNATURE = "setup-signature"  # the key holder's Ed25519 signature over SETUP_STATEMENT
 SEALED = "sealed"  # one owner's sealed box in an install query
 SEALED_PREFIX = "sealed."  # keygen reply: one sealed box per owner id
 PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id
@@ -46,6 +50,7 @@ PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id
 # --- arrays and blobs --------------------------------------------------------------------------
 CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server may hold it
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
+GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (context id, round, ENCRYPTED_GLOBAL)
 
 # --- message types of the key set-up -------------------------------------------------------------
 QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = "query.pubkey", "query.keygen", "query.install"  # handlers: client/app.py

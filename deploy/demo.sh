@@ -32,6 +32,12 @@ root = sys.argv[1]
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
 build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
 PY
+if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them pinned at every owner
+  # (stands in for the out-of-band exchange: each owner makes its keys on its host, the owners agree
+  # on the roster of public keys and copy it into their state directories; the coordinator never sees it)
+  python -c "from fedveil.privacy.secagg.identity import pin_roster; pin_roster({o: '$DEPLOY_DIR/state/' + o for o in '${owners[*]}'.split()}, '${owners[0]}')"
+  echo "roster of ${#owners[@]} owners pinned in each state directory"
+fi
 for i in "${!owners[@]}"; do  # each owner's own policy: the backend it accepts, at most 10 rounds
   python -c "from fedveil.privacy.policy import OwnerPolicy, write_policy; write_policy('$DEPLOY_DIR/policies/${owners[$i]}.json', OwnerPolicy(allowed_backends=['$BACKEND'], max_rounds=10))"
   deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((9094 + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"

@@ -65,6 +65,7 @@ class Federation:
     state: ClearGlobal | EncryptedGlobal
     run_config: dict
     owners: list[str]  # owner ids known from the key set-up (encrypted global only)
+    node_owner: dict[int, str] = field(default_factory=dict)  # node id -> owner id, from the key set-up
     seen: set[str] = field(default_factory=set)
     chain_head: str | None = None
 
@@ -107,7 +108,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     inner = FedAvg(min_train_nodes=cfg.num_clients, min_evaluate_nodes=cfg.num_clients,
                    min_available_nodes=cfg.num_clients, arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
     return Federation(cfg, grid, out, model, layout, spec, SecureAggregation(inner, backend, layout), state,
-                      run_config, sorted(owners.values()))
+                      run_config, sorted(owners.values()), dict(owners))
 
 
 def resume(fed: Federation) -> int:
@@ -186,7 +187,10 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
             per_owner[records.owner_label(m)] = {
                 **({"eval_loss": float(metrics[wire.EVAL_LOSS])} if wire.EVAL_LOSS in metrics else {}),  # none under DP
                 "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
-    fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in answered})
+    # the re-encrypted global is adopted only from the owner asked, on the node keyed as that owner
+    keyed = [m for m in answered if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)]
+    fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
+                    str((extra or {}).get(wire.REENCRYPT_BY, "")), rnd)
     return Evaluation(float(agg[wire.EVAL_LOSS]) if agg and wire.EVAL_LOSS in agg else None, per_owner, ex)
 
 

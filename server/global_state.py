@@ -3,7 +3,8 @@
 - :class:`ClearGlobal` (``plain``, ``crypten``): the adapter vector itself; a round adds the
   revealed mean delta.
 - :class:`EncryptedGlobal` (``tenseal``): ciphertexts only (``privacy/secagg/tenseal/global_codec``):
-  Enc(global) as last re-encrypted by an owner, and the round aggregates not yet folded into it.
+  Enc(global) as last re-encrypted and signed by the owner the server asked, and the round
+  aggregates not yet folded into it.
   Owners compute the global; the server cannot, and never writes a plaintext adapter.
 
 The same arrays go to owners (as the Message's global record) and into checkpoints.
@@ -32,7 +33,7 @@ class ClearGlobal:
         if outcome.revealed is not None:
             self.vector = outcome.revealed.applied_to(self.vector)
 
-    def adopt(self, evaluated: dict[str, Protected]) -> None:
+    def adopt(self, evaluated: dict[str, Protected], asked: str = "", after_round: int = 0) -> None:
         pass
 
     @classmethod
@@ -43,7 +44,7 @@ class ClearGlobal:
 class EncryptedGlobal:
     encrypted = True
 
-    def __init__(self, base: bytes | None = None, pending: list[bytes] | None = None) -> None:
+    def __init__(self, base: global_codec.SignedBase | None = None, pending: list[bytes] | None = None) -> None:
         self.base, self.pending = base, list(pending or [])
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -53,13 +54,14 @@ class EncryptedGlobal:
         if outcome.combined is not None and outcome.accepted:
             self.pending.append(outcome.combined.blobs["ciphertext"])
 
-    def adopt(self, evaluated: dict[str, Protected]) -> None:
-        """Adopt an owner's re-encrypted global; the aggregates it folds in are then settled."""
-        for payload in evaluated.values():
-            blob = payload.blobs.get(wire.ENCRYPTED_GLOBAL)
-            if isinstance(blob, bytes) and blob:
-                self.base, self.pending = blob, []
-                return
+    def adopt(self, evaluated: dict[str, Protected], asked: str = "", after_round: int = 0) -> None:
+        """Adopt the re-encrypted global of the owner ``asked`` (no one else's), with its signature;
+        the aggregates it folds in are then settled. Owners check the signature when they open it."""
+        payload = evaluated.get(asked) if asked else None
+        blob = payload.blobs.get(wire.ENCRYPTED_GLOBAL) if payload else None
+        signature = payload.blobs.get(wire.GLOBAL_SIGNATURE) if payload else None
+        if isinstance(blob, bytes) and blob and isinstance(signature, bytes) and signature:
+            self.base, self.pending = global_codec.SignedBase(blob, after_round, asked, signature), []
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray]) -> "EncryptedGlobal":

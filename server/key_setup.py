@@ -1,12 +1,14 @@
 """Federation-wide key set-up, relayed by the server (``tenseal``): it ends up with the public context only.
 
-1. ``query.pubkey``: every owner answers with its X25519 public key.
-2. ``query.keygen``: the key holder (the owner with the smallest id, or ``aggregation.key_holder``)
-   makes the keys and seals the secret part to every owner's public key; it answers with the
-   public context and the sealed boxes.
-3. ``query.install``: each owner receives its sealed box, opens it and stores the context.
+1. ``query.pubkey``: every owner checks its pinned roster and answers with its X25519 public key.
+2. ``query.keygen``: the key holder (the owner with the smallest id, or ``aggregation.key_holder``;
+   it must be the roster's) makes the keys, seals the secret part to every *pinned* owner key and
+   signs the set-up; it answers with the public context, the signed statement and the sealed boxes.
+3. ``query.install``: each owner checks the key holder's signature, opens its sealed box and stores
+   the context.
 
-The server relays sealed boxes it cannot open; the owner-side steps are the backend's ``KeySetup``.
+The server relays sealed boxes it cannot open and a signature it cannot forge; the owner-side steps
+are the backend's ``KeySetup`` (``privacy/secagg/tenseal/keys.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
     keygen = {f"{wire.PUBKEY_PREFIX}{oid}": pk for oid, pk in pubkeys.items()}
     made = ask(grid, [holder], wire.QUERY_KEYGEN, run_config, {holder: keygen}, timeout)[holder].content.config_records[wire.META]
     public = made[wire.PUBLIC_CONTEXT]
-    install = {n: {wire.PUBLIC_CONTEXT: public, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
+    signed = {wire.PUBLIC_CONTEXT: public, wire.SETUP_STATEMENT: made[wire.SETUP_STATEMENT],
+              wire.SETUP_SIGNATURE: made[wire.SETUP_SIGNATURE]}
+    missing = sorted(owners[n] for n in nodes if f"{wire.SEALED_PREFIX}{owners[n]}" not in made)
+    if missing:
+        raise UserError(f"the key holder sealed no context to {missing}: they are not in its pinned roster; "
+                        "pin the same roster at every owner")
+    install = {n: {**signed, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
     ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout)
     return public, owners

@@ -22,6 +22,8 @@ from fedveil.privacy.dp.accounting import plan_noise
 from fedveil.privacy.dp.sgd import owner_delta
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import write_policy
+from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg.identity import pin_roster
 
 
 def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
@@ -30,7 +32,9 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
 
     ``write_policies`` (the simulation runner, which plays every owner): check the config against
     ``owner_policy`` up front and write it into each simulated owner's state directory, where the
-    owners read it. The ServerApp never writes an owner's policy."""
+    owners read it; for a backend with a key set-up (tenseal) also make each simulated owner's keys
+    and pin one roster of them in every state directory (``roster.json``). The ServerApp never
+    writes an owner's policy or roster."""
     out = Path(cfg.output_dir or Path("outputs") / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
@@ -40,8 +44,11 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     cfg.model.path = str(check_model_dir(cfg.model.path))
     if write_policies:
         cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
-        for k in range(cfg.num_clients):
-            write_policy(out / "clients" / f"client_{k}" / POLICY_FILE, cfg.owner_policy)
+        owners = {f"client_{k}": out / "clients" / f"client_{k}" for k in range(cfg.num_clients)}
+        for state in owners.values():
+            write_policy(state / POLICY_FILE, cfg.owner_policy)
+        if backend_spec(cfg.aggregation.name).key_setup is not None:  # as a deployment would distribute it
+            pin_roster(owners, getattr(cfg.aggregation, "key_holder", "") or min(owners))
     if cfg.data.name == "node":
         return cfg  # deployment: owners' data stays on their SuperNodes; they check it themselves
     if cfg.data.name == "demo" and not cfg.data.client_dirs:

@@ -22,34 +22,36 @@ from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
 
 @dataclass(frozen=True)
 class KeySetup:
-    """Owner-side steps of a federation-wide key set-up (the server relays them)."""
+    """Owner-side steps of a federation-wide key set-up (the server relays them); ``keys`` is the
+    owner's ``identity.OwnerKeys`` (its keys and pinned roster), ``run`` the run being keyed."""
 
-    generate: Callable[[Any, dict[str, bytes]], tuple[bytes, dict[str, bytes]]]  # key holder: public, sealed
-    install: Callable[[str, bytes, bytes], None]  # (state_dir, public, sealed) on every owner
+    announce: Callable[[Any], bytes]  # (keys) on every owner: its X25519 public key
+    generate: Callable[[Any, Any, str, dict[str, bytes]], Any]  # (cfg, keys, run, listed) on the key holder
+    install: Callable[..., None]  # (keys, run, public=, statement=, signature=, sealed=) on every owner
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     config: type
     server: Callable[..., Any]  # (cfg, size, public=<key set-up result>) -> server side
-    owner: Callable[..., Any]  # (cfg, size, state_dir, per_round) -> owner side
+    owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round) -> owner side
     encrypted_global: bool = False  # the server never holds the global in clear
     key_setup: Optional[KeySetup] = None
     can_resume: bool = True
     local_services: Callable[[Any, Path], ContextManager] = lambda cfg, out: nullcontext()
 
 
-def _tenseal_owner(cfg, size, state_dir, per_round):
+def _tenseal_owner(cfg, size, keys, per_round):
     from fedveil.privacy.secagg.tenseal.keys import load_contexts
 
-    public, secret = load_contexts(state_dir)
-    return TensealBackend(cfg, size, public=public, secret=secret)
+    public, secret = load_contexts(keys.state_dir)
+    return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys)
 
 
 def _tenseal_key_setup() -> KeySetup:
     from fedveil.privacy.secagg.tenseal import keys
 
-    return KeySetup(generate=keys.generate, install=keys.install)
+    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install)
 
 
 def _crypten_parties(cfg, out: Path) -> ContextManager:
@@ -62,7 +64,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "plain": BackendSpec(
         PlainConfig,
         server=lambda cfg, size, public=None: PlainBackend(cfg, size),
-        owner=lambda cfg, size, state_dir, per_round: PlainBackend(cfg, size),
+        owner=lambda cfg, size, keys, per_round: PlainBackend(cfg, size),
     ),
     "tenseal": BackendSpec(
         TensealConfig,
@@ -75,7 +77,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "crypten": BackendSpec(
         CryptenConfig,
         server=lambda cfg, size, public=None: CryptenBackend.for_server(cfg, size),
-        owner=lambda cfg, size, state_dir, per_round: CryptenBackend.for_owner(cfg, size, per_round),
+        owner=lambda cfg, size, keys, per_round: CryptenBackend.for_owner(cfg, size, per_round),
         local_services=_crypten_parties,
     ),
 }

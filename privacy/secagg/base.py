@@ -43,11 +43,13 @@ class ServerSide(Protocol):
 class OwnerSide(Protocol):
     def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext) -> Protected: ...
 
-    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray) -> np.ndarray: ...
+    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray, after_round: int) -> np.ndarray:
+        """The global adapter after round ``after_round`` (0: the starting adapter) from the server's arrays."""
 
 
-def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = None) -> np.ndarray:
-    """The global adapter where the server holds it in clear."""
+def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = None,
+                 after_round: int | None = None) -> np.ndarray:
+    """The global adapter where the server holds it in clear (and is trusted with it)."""
     if wire.CLEAR_GLOBAL not in arrays:
         raise PayloadError("the global adapter is missing from the server's message")
     return np.asarray(arrays[wire.CLEAR_GLOBAL], np.float32)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fedveil.core.errors import UserError
-from fedveil.core.io import atomic_write_bytes
+from fedveil.core.io import fsync_dir, temp_path
 from fedveil.core.payload import PayloadError
 
 
@@ -23,8 +23,16 @@ def keys_dir(state_dir: str | Path) -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o600)
+    """Replace ``path`` atomically with a file that is mode 0600 from its creation (never readable by others)."""
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def keypair(state_dir: str | Path) -> tuple[bytes, bytes]:

@@ -94,6 +94,6 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived():
     assert set(outcome.excluded) == {"client_3"} and "SHA-256" in outcome.excluded["client_3"]
     revealed = owner.reveal(outcome.combined)
     np.testing.assert_allclose(revealed.mean, [0.25, 0, 0, 1.5], atol=1e-6)
-    np.testing.assert_allclose(owner.open_global(state.arrays(), np.zeros(4, np.float32)), [0.25, 0, 0, 1.5], atol=1e-6)
+    np.testing.assert_allclose(owner.open_global(state.arrays(), np.zeros(4, np.float32), 1), [0.25, 0, 0, 1.5], atol=1e-6)
     with pytest.raises(Exception, match="cannot decrypt"):
         s.backend.reveal(outcome.combined)

@@ -18,8 +18,10 @@ What each party holds and sees:
 
 TenSEAL accepts tampered ciphertext bytes and ciphertexts of another context without complaint
 (seen here: garbage sums). Every payload therefore names the public context's SHA-256, and
-carries the SHA-256 of the ciphertext so transport damage is caught before summing; a malicious
-sender that recomputes the digest is out of this check's scope (an owner signature is the fix).
+carries the SHA-256 of the ciphertext so transport damage is caught before summing, and each
+ciphertext's scale, size, ring and level are checked against the parameters (one owner's odd
+ciphertext is left out of the sum, never fatal). The encrypted global an owner re-encrypts is
+signed (Ed25519) by it and checked by every owner against the pinned roster (``identity.py``).
 CKKS is not IND-CPA-D secure: never show decrypted values to a party without the key.
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
+from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import global_codec
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, by ring degree N
@@ -97,22 +100,30 @@ def load_context(data: bytes):
         raise PayloadError(f"CKKS context bytes are unreadable ({exc}); ask the key holder to resend them") from exc
 
 
+def global_statement(cid: str, after_round: int, blob: bytes) -> bytes:
+    """What the re-encrypting owner signs: Enc(global after ``after_round``) under context ``cid``."""
+    return identity.digest(b"fedveil/tenseal-global/v1", cid.encode(), str(after_round).encode(), blob)
+
+
 class TensealBackend:
-    """Owners: ``protect``/``reveal``/``open_global`` with the secret context. Server:
-    ``validate``/``combine`` with the public context only (``secret`` absent)."""
+    """Owners: ``protect``/``reveal``/``open_global``/``encrypt_global`` with the secret context,
+    the pinned ``roster`` (whose signatures a global must carry) and their own ``keys`` (to sign
+    a global they re-encrypt). Server: ``validate``/``combine`` with the public context only."""
 
     name = "tenseal"
     server_can_reveal = False
     server_sees_updates = False  # does the coordinator see single updates (and their norms, counts)?
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, roster: identity.Roster | None = None,
+                 keys: identity.OwnerKeys | None = None) -> None:
         self.cfg, self.size = cfg or TensealConfig(), size
         self.context_id = context_id(public)
         self._public = load_context(public)
         if self._public.is_private():
             raise PayloadError("the context given as public holds a secret key; pass public_bytes(ctx)")
         self._secret = load_context(secret) if secret is not None else None
+        self.roster, self.keys = roster, keys
 
     def round_config(self) -> dict[str, str]:
         return {}
@@ -123,27 +134,53 @@ class TensealBackend:
         if self._secret is None:
             raise UserError("this party holds no CKKS secret context and cannot encrypt for the federation")
         values = np.concatenate([np.asarray(delta, np.float64) * float(weight), [float(weight)]])
-        slots = self.cfg.poly_modulus_degree // 2  # one ciphertext per slot-full: no TenSEAL warnings
-        chunks = [ts.ckks_vector(self._secret, values[i : i + slots].tolist()).serialize()
-                  for i in range(0, values.size, slots)]
+        chunks = [ts.ckks_vector(self._secret, values[i : i + self.slots].tolist()).serialize()
+                  for i in range(0, values.size, self.slots)]
         return Protected(blobs=self._tag(pack(chunks)))
+
+    @property
+    def slots(self) -> int:
+        return self.cfg.poly_modulus_degree // 2  # one ciphertext per slot-full: no TenSEAL warnings
 
     def payload_of(self, ciphertext: bytes) -> Protected:
         """A payload around ciphertext bytes received from the server (tags recomputed here)."""
         return Protected(blobs=self._tag(ciphertext))
 
-    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray) -> np.ndarray:
-        """The global adapter from the server's ciphertexts: ``Dec(base)`` (or the seed-derived
-        initial adapter every owner computes itself) plus each pending round's mean delta."""
+    def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray, after_round: int) -> np.ndarray:
+        """The global adapter after round ``after_round`` from the server's ciphertexts: ``Dec(base)``
+        (or the seed-derived initial adapter every owner computes itself) plus each pending round's
+        mean delta. The base must be signed by a pinned owner for the round it claims, and it and
+        the pending sums must add up to ``after_round`` (a stale or replayed global is refused)."""
         base, pending = global_codec.from_arrays(arrays)
-        vector = self.reveal(self.payload_of(base)).mean if base is not None else np.asarray(initial, np.float32)
+        reached = len(pending)
+        if base is not None:
+            self._check_signed(base)
+            reached += base.round
+        if reached != after_round:
+            raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
+                               f"sums), not round {after_round}: stale or replayed; refused")
+        vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
         for blob in pending:
             vector = self.reveal(self.payload_of(blob)).applied_to(vector)
         return vector
 
-    def encrypt_global(self, vector: np.ndarray) -> bytes:
-        """Enc(global) for the server to hold between rounds (weight 1: it decrypts to itself)."""
-        return self.protect(vector, 1.0).blobs["ciphertext"]
+    def _check_signed(self, base: global_codec.SignedBase) -> None:
+        if self.roster is None:
+            raise UserError("no pinned roster: this owner cannot check who encrypted the global adapter")
+        if not base.signature or not base.signer or base.round < 1:
+            raise PayloadError("the encrypted global carries no owner's signature (the server could have encrypted "
+                               "it): refused")
+        member = self.roster.member(base.signer, "the encrypted global's signer")
+        identity.verify(member.verify_key, global_statement(self.context_id, base.round, base.blob), base.signature,
+                        f"the encrypted global of round {base.round} (signer {base.signer})")
+
+    def encrypt_global(self, vector: np.ndarray, after_round: int) -> tuple[bytes, bytes]:
+        """(Enc(global after ``after_round``), this owner's signature over it) for the server to hold
+        between rounds (weight 1: it decrypts to itself)."""
+        if self.keys is None:
+            raise UserError("this owner has no signing key: it cannot re-encrypt the global for the server")
+        blob = self.protect(vector, 1.0).blobs["ciphertext"]
+        return blob, self.keys.sign(global_statement(self.context_id, after_round, blob))
 
     def _tag(self, blob: bytes) -> dict[str, bytes]:
         return {"ciphertext": blob, "context-id": self.context_id.encode(), "sha256": hashlib.sha256(blob).digest()}
@@ -169,20 +206,40 @@ class TensealBackend:
         held = sum(v.size() for v in vecs)
         if self.size is not None and held != self.size + 1:
             raise PayloadError(f"ciphertext holds {held} values, the adapter layout needs {self.size} + 1")
+        for i, v in enumerate(vecs):
+            self._check_shape(v, last=i == len(vecs) - 1)
         return vecs
+
+    def _check_shape(self, v, last: bool) -> None:
+        """Refuse a ciphertext that would not add to the others: other scale, size, ring or level."""
+        try:
+            (c,) = v.ciphertext()
+            shape = (c.scale, c.size(), c.poly_modulus_degree(), c.coeff_modulus_size(), c.is_ntt_form())
+        except Exception as exc:
+            raise PayloadError(f"ciphertext is not a single CKKS ciphertext ({exc}); the owner must use protect()") from exc
+        want = (2.0 ** self.cfg.scale_bits, 2, self.cfg.poly_modulus_degree, len(self.cfg.coeff_mod_bit_sizes) - 1, True)
+        if shape != want:
+            raise PayloadError(f"ciphertext (scale 2^{np.log2(shape[0]):.1f}, size {shape[1]}, N {shape[2]}, "
+                               f"{shape[3]} moduli) does not match the context (scale 2^{self.cfg.scale_bits}, size 2, "
+                               f"N {want[2]}, {want[3]} moduli): refused")
+        if not last and v.size() != self.slots:
+            raise PayloadError(f"ciphertext chunk holds {v.size()} values, not {self.slots}: not built by protect()")
 
     def validate(self, p: Protected) -> None:
         self._vectors(p, self._public)
 
     def combine(self, payloads: dict[str, Protected], ctx: RoundContext | None = None) -> Combined:
-        if not payloads:
-            raise PayloadError("nothing to aggregate: no ciphertext arrived")
-        first, *rest = payloads.values()
-        total = self._vectors(first, self._public)
-        for p in rest:
-            for acc, v in zip(total, self._vectors(p, self._public), strict=True):
-                acc += v
-        return Combined(Protected(blobs=self._tag(pack([v.serialize() for v in total]))))
+        """Sum the ciphertexts; a payload that fails to load or add is left out (``Combined.excluded``)."""
+        total, excluded = None, {}
+        for who, p in payloads.items():
+            try:
+                vecs = self._vectors(p, self._public)
+                total = vecs if total is None else [acc + v for acc, v in zip(total, vecs, strict=True)]
+            except Exception as exc:  # TenSEAL raises bare ValueError ("scale mismatch") and RuntimeError
+                excluded[who] = f"ciphertext does not add to the others: {exc}"
+        if total is None:
+            return Combined(Protected(), excluded)
+        return Combined(Protected(blobs=self._tag(pack([v.serialize() for v in total]))), excluded)
 
     def reveal(self, combined: Protected) -> Revealed:
         if self._secret is None:
