@@ -9,7 +9,8 @@ error reply of one line. In relay mode this process imports neither torch nor th
 Where an owner's files are (in-process path):
 
 - deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'
-  policy='...' roster='...'"`` (the owner's policy file, default ``<state-dir>/policy.json``; the
+  policy='...' roster='...' model-path='...'"`` (the owner's own copy of the base model, default the
+  run's ``model.path``; the owner's policy file, default ``<state-dir>/policy.json``; the
   pinned roster of every owner's keys that tenseal's key set-up needs, default
   ``<state-dir>/roster.json``, format in ``privacy/secagg/identity.py``; the federation distributes
   it out of band, the coordinator never does);
@@ -65,7 +66,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
         policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
         roster = str(node["roster"]) if "roster" in node else None  # else <state-dir>/roster.json
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster)
+        model = str(node["model-path"]) if "model-path" in node else None  # else the run's model.path
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster, model)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\" "
                         "(or worker='/path/owner.sock' beside a running fedveil-owner worker)")

@@ -7,6 +7,7 @@ both paths (in the ClientApp's process in simulation, in the owner worker in dep
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,6 +28,8 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
     if instruction.op not in OPERATIONS:
         raise UserError(f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}")
     cfg = cfg or from_run_config(instruction.run_config)
+    if identity.model_path:  # the owner's own copy of the base model (its layout digest is what is checked)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=identity.model_path))
     if instruction.op in (TRAIN, EVALUATE):
         return round_step(instruction, cfg, identity)
     return key_setup(instruction, cfg, identity)
@@ -85,10 +88,12 @@ class WorkerState:
     policy: Optional[str] = None
     max_epsilon: Optional[float] = None
     roster: Optional[str] = None
+    model_path: Optional[str] = None
 
     @property
     def identity(self) -> OwnerIdentity:
-        return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy, self.roster)
+        return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy, self.roster,
+                             self.model_path)
 
     def answer(self, request: bytes) -> bytes:
         try:

@@ -49,6 +49,7 @@ class OwnerIdentity:
     max_epsilon: Optional[float] = None  # the owner's own cap on its privacy budget (its policy's wins)
     policy_path: Optional[str] = None  # None: <state_dir>/policy.json
     roster_path: Optional[str] = None  # the pinned roster of owner keys; None: <state_dir>/roster.json
+    model_path: Optional[str] = None  # the owner's own copy of the base model; None: the config's model.path
 
     @property
     def policy_file(self) -> Path:

@@ -1,7 +1,7 @@
 """The owner worker: one long-lived process per data owner, holding its model, data, keys, policy
 and epsilon ledger across rounds and runs, so nothing is reloaded per Flower message.
 
-    fedveil-owner serve --data-dir DIR --state-dir DIR [--owner-id ID] [--policy FILE] [--roster FILE] [--socket PATH]
+    fedveil-owner serve --data-dir DIR --state-dir DIR [--owner-id ID] [--policy FILE] [--roster FILE] [--model-path DIR] [--socket PATH]
 
 Flower 1.42 starts a fresh ClientApp process for every message (flwr #3670): torch, transformers
 and the model would be imported and loaded again each time. With a worker, the SuperNode's
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--owner-id", default="", help="the owner's id (default: the state directory's name)")
     s.add_argument("--policy", default=None, help="the owner's policy file (default <state-dir>/policy.json)")
     s.add_argument("--roster", default=None, help="the pinned roster of owner keys (default <state-dir>/roster.json)")
+    s.add_argument("--model-path", default=None, help="this owner's copy of the base model (default: the run's model.path)")
     s.add_argument("--max-epsilon", type=float, default=None, help="the owner's epsilon cap where its policy sets none")
     s.add_argument("--socket", default=None, help=f"Unix socket path (default <state-dir>/{SOCKET_NAME})")
     args = parser.parse_args(argv)
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedveil-owner: error: data directory {args.data_dir} does not exist", file=sys.stderr)
         raise SystemExit(2)
     state = WorkerState(owner_id=args.owner_id or Path(args.state_dir).name, data_dir=args.data_dir,
-                        state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster)
+                        state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster,
+                        model_path=args.model_path)
     sock = Path(args.socket or Path(args.state_dir) / SOCKET_NAME)
     serve(sock, state.answer, lambda: progress(f"owner worker {state.owner_id}: listening on {sock} (pid {os.getpid()})"))
 

@@ -8,7 +8,6 @@ checkpoint and round-chain entry) and writes the final outputs (:func:`finish`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, summarize
 from fedveil.server.strategy import SecureAggregation, TrainOutcome
-from fedveil.task.model import get_adapter, load_lora_model, set_adapter
+from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
 
 @dataclass
@@ -91,9 +90,8 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_ERROR_FILE).unlink(missing_ok=True)
-    # the server never trains: it loads the plain fp32 model on its CPU, for the layout and the final adapter
-    plain = dataclasses.replace(cfg.model, dtype="fp32", quantization="none", gradient_checkpointing=False)
-    model = load_lora_model(plain, seed=cfg.seed, device=torch.device("cpu"))
+    # the server never trains: from config.json alone, the adapters (layout, initial values, final adapter)
+    model = load_lora_skeleton(cfg.model, seed=cfg.seed)
     layout = AdapterLayout.of(get_adapter(model))
     spec = backend_spec(cfg.aggregation.name)
     run_config = to_run_config(cfg)

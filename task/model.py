@@ -171,7 +171,7 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
     copy and the LoRA weights silently stop updating (opacus#820). ``seed`` fixes the LoRA
     initialisation, so every party derives the same starting adapter.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(cfg.path)
@@ -192,8 +192,20 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
         # non-reentrant checkpointing keeps per-sample gradient hooks (Opacus) working
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    model_type = base.config.model_type
-    lora = LoraConfig(
+    lora = lora_config(cfg, base.config.model_type)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = get_peft_model(base, lora, autocast_adapter_dtype=True)  # LoRA weights in fp32
+        except ValueError as exc:
+            raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
+    return model
+
+
+def lora_config(cfg: ModelConfig, model_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
@@ -201,12 +213,43 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
         fan_in_fan_out=model_type == "gpt2",  # GPT-2 uses Conv1D (weights stored transposed)
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            model = get_peft_model(base, lora, autocast_adapter_dtype=True)  # LoRA weights in fp32
-        except ValueError as exc:
-            raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
+
+
+def load_lora_skeleton(cfg: ModelConfig, seed: int = 0):
+    """The LoRA adapters of ``cfg``'s model without its weights: what a coordinator needs.
+
+    Only ``config.json`` is read; the base model lives on the meta device (no memory, no weight
+    files), and the LoRA tensors are created on the CPU and initialised exactly as
+    :func:`load_lora_model` initialises them for ``seed`` (peft draws them from the same RNG
+    sequence, whatever the base's device; ``tests/task/test_model.py`` checks equality). peft
+    would move the adapters to the base's (meta) device; that move is held back while they are
+    attached. The result serves :func:`get_adapter`, :func:`set_adapter` and ``save_pretrained``
+    of the adapter, not a forward pass.
+    """
+    from peft import get_peft_model
+    from peft.tuners.lora.model import LoraModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    p = check_model_dir(cfg.path)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path '{p}' has no usable config.json ({exc})") from exc
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    base.config._name_or_path = str(p)  # the final adapter names its base model
+    held = (BaseTunerLayer._move_adapter_to_device_of_base_layer, LoraModel._replace_module)
+    BaseTunerLayer._move_adapter_to_device_of_base_layer = lambda self, *args, **kwargs: None
+    LoraModel._replace_module = lambda self, parent, child_name, new_module, child: setattr(parent, child_name, new_module)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = get_peft_model(base, lora_config(cfg, config.model_type), autocast_adapter_dtype=True)
+    except ValueError as exc:
+        raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
+    finally:
+        BaseTunerLayer._move_adapter_to_device_of_base_layer, LoraModel._replace_module = held
     return model
 
 
@@ -227,7 +270,7 @@ def set_adapter(model, tensors: "dict[str, np.ndarray]") -> None:
     extra = sorted(set(tensors) - set(current))
     if missing or extra:
         raise UserError(f"adapter tensors do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
-    device = next(model.parameters()).device
+    device = next(p for n, p in model.named_parameters() if "lora_" in n).device  # the base may be on meta
     state = {name: torch.as_tensor(tensors[name]).to(device) for name in current}
     result = set_peft_model_state_dict(model, state)
     if getattr(result, "unexpected_keys", None):

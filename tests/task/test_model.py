@@ -93,3 +93,31 @@ def test_quantization_is_refused_without_cuda(tiny_llama, bits):
 
     with pytest.raises(UserError, match=f"model.quantization={bits} needs a CUDA GPU"):
         load_lora_model(ModelConfig(path=str(tiny_llama), quantization=bits, device="cpu"), seed=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_coordinator_needs_no_weights(arch, request, tmp_path):
+    """From config.json alone: the same layout and initial adapter as the owners' loaded model, and a
+    final adapter that loads onto the real weights."""
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from fedveil.task.model import ModelConfig, get_adapter, load_lora_model, load_lora_skeleton, set_adapter
+
+    weights = request.getfixturevalue(f"tiny_{arch}")
+    server = tmp_path / "server_copy"
+    server.mkdir()
+    shutil.copy(weights / "config.json", server / "config.json")  # no weight files at all
+    owner = get_adapter(load_lora_model(ModelConfig(path=str(weights)), seed=7))
+    skeleton = load_lora_skeleton(ModelConfig(path=str(server)), seed=7)
+    coordinator = get_adapter(skeleton)
+    assert AdapterLayout.of(coordinator).digest == AdapterLayout.of(owner).digest
+    assert all(np.array_equal(owner[k], coordinator[k]) for k in owner)
+    moved = {k: v + 0.5 for k, v in coordinator.items()}
+    set_adapter(skeleton, moved)
+    skeleton.save_pretrained(tmp_path / "final")
+    base = AutoModelForCausalLM.from_pretrained(weights, local_files_only=True)
+    loaded = get_adapter(PeftModel.from_pretrained(base, tmp_path / "final", local_files_only=True))
+    assert all(np.allclose(loaded[k], moved[k]) for k in moved)
