@@ -1,6 +1,7 @@
 """Bytes on disk and on the wire: crash-safe replacement, durable JSON lines, length framing.
 
-- :func:`atomic_write_bytes`: a reader sees the old file or the new one, never half of one.
+- :func:`atomic_write_bytes`: a reader sees the old file or the new one, never half of one;
+  each write has its own temp file (:func:`leftover_temps` finds those a crash left).
 - :func:`append_jsonl` / :func:`read_jsonl`: one JSON object per line, each append fsynced, so a
   crash loses at most the line being written.
 - :func:`pack` / :func:`unpack`: length-prefixed byte strings (ciphertext chunks, sealed shares).
@@ -8,8 +9,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +23,46 @@ class FramingError(UserError):
     """A framed byte stream that is cut short or malformed."""
 
 
-def temp_path(path: Path) -> Path:
-    """Where the new content is written before it replaces ``path``."""
-    return path.with_name(f".{path.name}.tmp")
+def leftover_temps(path: str | os.PathLike) -> list[Path]:
+    """Temp files that :func:`atomic_write_bytes` left beside ``path`` (a write that was cut off).
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file, fsync it, rename it over ``path``, fsync the directory."""
+    Covers the unique names written now (``.NAME.<random>.tmp``) and the fixed name older
+    versions used (``.NAME.tmp``). A writer that is still running also has one; callers that
+    must tell the two apart hold a lock around their writes.
+    """
     path = Path(path)
-    tmp = temp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    found = set(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    legacy = path.with_name(f".{path.name}.tmp")
+    if legacy.exists():
+        found.add(legacy)
+    return sorted(found)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666) -> None:
+    """Write ``data`` to a fresh temp file beside ``path``, fsync it, rename it over ``path``,
+    fsync the directory.
+
+    The temp name is unique per call (``.NAME.<random>.tmp``, created with ``O_EXCL``), so two
+    writers never share one; the last rename wins. ``mode`` is filtered by the umask as for
+    ``open``. If the write fails, the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            break
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
