@@ -8,11 +8,10 @@ each aggregator party keeps one X25519 key pair in its state directory,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fedveil.core.errors import UserError
-from fedveil.core.io import fsync_dir, temp_path
+from fedveil.core.io import atomic_write_bytes
 from fedveil.core.payload import PayloadError
 
 
@@ -24,15 +23,7 @@ def keys_dir(state_dir: str | Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with a file that is mode 0600 from its creation (never readable by others)."""
-    tmp = temp_path(path)
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def keypair(state_dir: str | Path) -> tuple[bytes, bytes]:
