@@ -3,7 +3,9 @@
 Where an owner's files are:
 
 - deployment: the SuperNode's ``--node-config "data-dir='...' state-dir='...' client-id='...'
-  policy='...'"`` (the owner's policy file; default ``<state-dir>/policy.json``);
+  policy='...' party-keys='...'"`` (the owner's policy file; default ``<state-dir>/policy.json``;
+  crypten: the aggregator parties' X25519 keys the owner pins, default
+  ``<state-dir>/party-keys.json`` where it exists: keys from the server that differ are refused);
 - simulation: ``data.client_dirs[partition-id]`` of the experiment, state under
   ``<output_dir>/clients/client_<partition-id>/``.
 """
@@ -66,8 +68,21 @@ def identity_for(msg: Message, context: Context) -> tuple[FedveilConfig, OwnerId
     return cfg, owner_identity(context, cfg.data.client_dirs, cfg.output_dir), per_round
 
 
+def check_party_keys(cfg: FedveilConfig, context: Context, per_round: dict) -> None:
+    """crypten: refuse party keys from the server that differ from those the node config pins."""
+    pinned = context.node_config.get("party-keys")
+    if cfg.aggregation.name != "crypten" or not pinned:
+        return  # else the owner's <state-dir>/party-keys.json, where it exists (privacy/secagg/__init__.py)
+    from fedveil.privacy.secagg.crypten.backend import check_pinned_party_keys
+
+    keys = [bytes.fromhex(h) for h in str(per_round.get(wire.PARTY_KEYS, "")).split(",") if h]
+    if keys:
+        check_pinned_party_keys(keys, str(pinned))
+
+
 def owner_for(msg: Message, context: Context) -> tuple[Owner, dict]:
     cfg, identity, per_round = identity_for(msg, context)
+    check_party_keys(cfg, context, per_round)
     owner = Owner(cfg, identity, per_round)
     owner.layout.check(str(per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
     return owner, per_round
