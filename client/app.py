@@ -13,7 +13,9 @@ Where an owner's files are (in-process path):
   run's ``model.path``; the owner's policy file, default ``<state-dir>/policy.json``; the
   pinned roster of every owner's keys that tenseal's key set-up needs, default
   ``<state-dir>/roster.json``, format in ``privacy/secagg/identity.py``; the federation distributes
-  it out of band, the coordinator never does);
+  it out of band, the coordinator never does); ``party-keys='...'`` (crypten: the aggregator
+  parties' X25519 keys the owner pins, default ``<state-dir>/party-keys.json`` where it exists:
+  keys from the server that differ are refused);
 - simulation: ``data.client_dirs[partition-id]`` of the experiment, state under
   ``<output_dir>/clients/client_<partition-id>/`` (the runner pins the roster there).
 """
@@ -67,7 +69,8 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
         policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
         roster = str(node["roster"]) if "roster" in node else None  # else <state-dir>/roster.json
         model = str(node["model-path"]) if "model-path" in node else None  # else the run's model.path
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster, model)
+        parties = str(node["party-keys"]) if "party-keys" in node else None  # else <state-dir>/party-keys.json
+        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster, model, parties)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\" "
                         "(or worker='/path/owner.sock' beside a running fedveil-owner worker)")

@@ -89,11 +89,12 @@ class WorkerState:
     max_epsilon: Optional[float] = None
     roster: Optional[str] = None
     model_path: Optional[str] = None
+    party_keys: Optional[str] = None
 
     @property
     def identity(self) -> OwnerIdentity:
         return OwnerIdentity(self.owner_id, self.data_dir, self.state_dir, self.max_epsilon, self.policy, self.roster,
-                             self.model_path)
+                             self.model_path, self.party_keys)
 
     def answer(self, request: bytes) -> bytes:
         try:

@@ -50,6 +50,7 @@ class OwnerIdentity:
     policy_path: Optional[str] = None  # None: <state_dir>/policy.json
     roster_path: Optional[str] = None  # the pinned roster of owner keys; None: <state_dir>/roster.json
     model_path: Optional[str] = None  # the owner's own copy of the base model; None: the config's model.path
+    party_keys_path: Optional[str] = None  # crypten: pinned party keys; None: <state_dir>/party-keys.json if any
 
     @property
     def policy_file(self) -> Path:
@@ -58,7 +59,7 @@ class OwnerIdentity:
     @property
     def keys(self) -> OwnerKeys:
         """This owner's signing and sealing keys and its pinned roster (privacy/secagg/identity.py)."""
-        return OwnerKeys(self.owner_id, self.state_dir, self.roster_path)
+        return OwnerKeys(self.owner_id, self.state_dir, self.roster_path, self.party_keys_path)
 
 
 _LOADS = {"models": 0}

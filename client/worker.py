@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--policy", default=None, help="the owner's policy file (default <state-dir>/policy.json)")
     s.add_argument("--roster", default=None, help="the pinned roster of owner keys (default <state-dir>/roster.json)")
     s.add_argument("--model-path", default=None, help="this owner's copy of the base model (default: the run's model.path)")
+    s.add_argument("--party-keys", default=None, help="crypten: the parties' keys this owner pins (default <state-dir>/party-keys.json)")
     s.add_argument("--max-epsilon", type=float, default=None, help="the owner's epsilon cap where its policy sets none")
     s.add_argument("--socket", default=None, help=f"Unix socket path (default <state-dir>/{SOCKET_NAME})")
     args = parser.parse_args(argv)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     state = WorkerState(owner_id=args.owner_id or Path(args.state_dir).name, data_dir=args.data_dir,
                         state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster,
-                        model_path=args.model_path)
+                        model_path=args.model_path, party_keys=args.party_keys)
     sock = Path(args.socket or Path(args.state_dir) / SOCKET_NAME)
     serve(sock, state.answer, lambda: progress(f"owner worker {state.owner_id}: listening on {sock} (pid {os.getpid()})"))
 

@@ -3,7 +3,8 @@
 # requires them, 3 SuperNodes with their own demo data, the chosen backend (tenseal by default;
 # BACKEND=crypten starts 3 aggregator parties and a TTP dealer), a 2-round run with `flwr run`,
 # then every process stopped by its PID. Exits 0 only if the run finished, the owners' final
-# adapters exist and the round ledger verifies.
+# adapters exist and the round ledger verifies, and then a run of a modified copy of the app (one
+# changed line) is refused by every SuperNode (each pins the app's SHA-256) and does not finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEPLOY_DIR=${DEPLOY_DIR:-$PWD/outputs/deploy-demo}
@@ -19,6 +20,8 @@ owners=(client_0 client_1 client_2)
 trap 'deploy/stop.sh >/dev/null' EXIT
 
 deploy/make-pki.sh "${owners[@]}"
+export APP_SHA256=$(deploy/app-sha256.sh "$PWD")   # the owners pin the app they reviewed: this project's FAB
+echo "owners pin the app: FAB sha256 $APP_SHA256"
 deploy/start-superlink.sh
 for o in "${owners[@]}"; do deploy/register-supernode.sh "$o" >/dev/null; done
 echo "registered ${#owners[@]} SuperNode keys"
@@ -32,6 +35,16 @@ root = sys.argv[1]
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
 build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
 PY
+base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/base_model'"
+if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
+  addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
+  export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json
+  base_config="$base_config aggregation.tls_dir='$DEPLOY_DIR/pki' aggregation.party_addresses='json:[\"${addresses//,/\",\"}\"]'"
+  for a in ${addresses//,/ }; do
+    for _ in $(seq 120); do python -c "from fedveil.privacy.secagg.crypten.party import call, TlsFiles; import sys; sys.exit(call('$a','Ready',b'',2,tls=TlsFiles.coordinator('$DEPLOY_DIR/pki'))!=b'1')" 2>/dev/null && break; sleep 1; done
+  done
+  echo "3 aggregator parties ready (TLS, coordinator only): $addresses; owners pin their keys ($PARTY_KEYS)"
+fi
 if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them pinned at every owner
   # (stands in for the out-of-band exchange: each owner makes its keys on its host, the owners agree
   # on the roster of public keys and copy it into their state directories; the coordinator never sees it)
@@ -48,15 +61,7 @@ done
 [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
 
-run_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' output_dir='$DEPLOY_DIR/server' model.path='$DEPLOY_DIR/base_model'"
-if [ "$BACKEND" = crypten ]; then
-  addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
-  run_config="$run_config aggregation.party_addresses='json:[\"${addresses//,/\",\"}\"]'"
-  for a in ${addresses//,/ }; do
-    for _ in $(seq 120); do python -c "from fedveil.privacy.secagg.crypten.party import call; import sys; sys.exit(call('$a','Ready',b'',2)!=b'1')" 2>/dev/null && break; sleep 1; done
-  done
-  echo "3 aggregator parties ready: $addresses"
-fi
+run_config="$base_config output_dir='$DEPLOY_DIR/server'"
 timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
@@ -70,4 +75,24 @@ else
 fi
 head=$(python -c "import json; print(json.load(open('$DEPLOY_DIR/server/summary.json'))['ledger_head'])")
 fedveil verify-ledger "$DEPLOY_DIR/server" --head "$head"
+
+# A coordinator ships a modified app: a copy of this project with one changed line. Every SuperNode
+# must refuse it before any of its code runs, and the run must not finish.
+copy=$DEPLOY_DIR/modified-app
+python - "$PWD" "$copy" <<'PY'
+import shutil, sys
+shutil.copytree(sys.argv[1], sys.argv[2], ignore=shutil.ignore_patterns(
+    ".git", ".venv", "outputs", "multirun", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", ".whl", "build"))
+PY
+[ "$(deploy/app-sha256.sh "$copy")" = "$APP_SHA256" ] || die "an unmodified copy of the app does not hash to the pin"
+echo 'import os; os.environ.get("HOME")  # the one changed line: any code could be here' >> "$copy/client/app.py"
+echo "submitting a modified copy of the app (FAB sha256 $(deploy/app-sha256.sh "$copy" | cut -c1-12)...)"
+timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config output_dir='$DEPLOY_DIR/modified-run'" \
+  >"$DEPLOY_DIR/logs/modified-run.log" 2>&1 || true
+! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/modified-run.log" || die "the modified app ran to the end"
+for o in "${owners[@]}"; do
+  grep -q "fedveil-supernode: refused run" "$DEPLOY_DIR/logs/supernode-$o.log" || die "SuperNode $o did not refuse the modified app"
+done
+grep -h "fedveil-supernode: refused run" "$DEPLOY_DIR/logs/supernode-${owners[0]}.log" | head -1
+echo "the modified app was refused by all ${#owners[@]} SuperNodes; the run did not finish"
 echo "deploy-demo ($BACKEND): OK"

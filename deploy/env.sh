@@ -1,7 +1,8 @@
 # Shared settings for the deploy scripts; every value can be set in the environment first.
 DEPLOY_DIR=${DEPLOY_DIR:-$PWD/deploy-state}      # certificates, keys, databases, logs, PIDs, owners' state
 VENV=${VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv}
-SUPERLINK_HOST=${SUPERLINK_HOST:-127.0.0.1}
+SUPERLINK_HOST=${SUPERLINK_HOST:-127.0.0.1}           # the address SuperNodes and `flwr` dial (in server.pem)
+SUPERLINK_BIND=${SUPERLINK_BIND:-$SUPERLINK_HOST}    # where the SuperLink listens (0.0.0.0: every interface)
 SUPERLINK_PORT=${SUPERLINK_PORT:-8000}             # Flower 1.42 serves Fleet, Control and Runtime APIs here
 CONNECTION=${CONNECTION:-fedveil}                  # name of the SuperLink connection for `flwr`
 export FLWR_HOME=${FLWR_HOME:-$DEPLOY_DIR/flwr}    # the `flwr` CLI's config lives here, not in ~/.flwr

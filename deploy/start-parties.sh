@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Start K crypten aggregator parties and the triple dealer (TTP) on this host (one per host in production).
 #   deploy/start-parties.sh K FIRST_PORT      -> prints the party addresses for aggregation.party_addresses
+# Each party serves TLS and accepts only the coordinator's client certificate ($DEPLOY_DIR/pki:
+# ca.crt, party-R.pem/.key, made here from the CA if missing). Its gRPC service, the rendezvous and
+# gloo are bound to PARTY_HOST (default 127.0.0.1) / GLOO_IFNAME (default lo): CrypTen's gloo traffic
+# is NOT encrypted, so in production use a private network interface. The parties' X25519 public
+# keys go to $DEPLOY_DIR/pki/party-keys.json: the file owners pin (node config party-keys).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-K=${1:-3} first=${2:-7100} rendezvous="tcp://127.0.0.1:$((first + 99))"
-addresses=()
+K=${1:-3} first=${2:-7100} host=${PARTY_HOST:-127.0.0.1} ifname=${GLOO_IFNAME:-lo}
+rendezvous="tcp://$host:$((first + 99))"
+PKI=$DEPLOY_DIR/pki
+addresses=() keys=()
 for r in $(seq 0 $((K - 1))); do
-  start_bg "party-$r" fedveil-party --rank "$r" --world "$K" --rendezvous "$rendezvous" \
-    --listen "127.0.0.1:$((first + r))" --state-dir "$DEPLOY_DIR/state/party-$r"
-  addresses+=("127.0.0.1:$((first + r))")
+  python "$(dirname "$0")/keys.py" party "$PKI" "$r" "$host" >&2
+  keys+=("$(fedveil-party --print-public-key --state-dir "$DEPLOY_DIR/state/party-$r")")
+  start_bg "party-$r" fedveil-party --rank "$r" --world "$K" --rendezvous "$rendezvous" --gloo-ifname "$ifname" \
+    --listen "$host:$((first + r))" --state-dir "$DEPLOY_DIR/state/party-$r" --tls-dir "$PKI"
+  addresses+=("$host:$((first + r))")
 done
-start_bg ttp fedveil-party --ttp --world "$K" --rendezvous "$rendezvous"
+start_bg ttp fedveil-party --ttp --world "$K" --rendezvous "$rendezvous" --gloo-ifname "$ifname"
+python -c "import sys; from fedveil.privacy.secagg.crypten.backend import write_pinned_party_keys as w; w(sys.argv[1], [bytes.fromhex(k) for k in sys.argv[2:]])" \
+  "$PKI/party-keys.json" "${keys[@]}"
 (IFS=,; echo "${addresses[*]}")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Start the SuperLink with TLS and SuperNode authentication; state survives restarts (database file).
-#   deploy/start-superlink.sh [--insecure]
+# fedveil-superlink is flower-superlink whose Control and Runtime APIs answer only the operator's
+# host (loopback, the bind address, FEDVEIL_OPERATOR_ADDRESSES); other addresses reach the Fleet
+# API only (server/superlink.py). Run `flwr` (register, run, stop) on this host.
+#   deploy/start-superlink.sh [--insecure]      (SUPERLINK_BIND=0.0.0.0 to serve SuperNodes on other hosts)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 PKI=$DEPLOY_DIR/pki
@@ -11,7 +14,7 @@ else
   [ -f "$PKI/server.pem" ] && [ -f "$PKI/ca.crt" ] || die "no TLS certificate in $PKI: run deploy/make-pki.sh first, or pass --insecure explicitly"
   TLS=(--ssl-ca-certfile "$PKI/ca.crt" --ssl-certfile "$PKI/server.pem" --ssl-keyfile "$PKI/server.key")
 fi
-start_bg superlink flower-superlink "${TLS[@]}" --host "$SUPERLINK_HOST" --port "$SUPERLINK_PORT" --enable-supernode-auth --disable-runtime-dependency-installation \
+start_bg superlink fedveil-superlink "${TLS[@]}" --host "$SUPERLINK_BIND" --port "$SUPERLINK_PORT" --enable-supernode-auth --disable-runtime-dependency-installation \
   --database "$DEPLOY_DIR/state/superlink.db"
 mkdir -p "$FLWR_HOME"
 cat >"$FLWR_HOME/config.toml" <<TOML
@@ -23,7 +26,7 @@ address = "$SUPERLINK_HOST:$SUPERLINK_PORT"
 $( [ "${1:-}" = "--insecure" ] && echo 'insecure = true' || echo "root-certificates = \"$PKI/ca.crt\"" )
 TOML
 for _ in $(seq 60); do
-  flwr supernode list "$CONNECTION" >/dev/null 2>&1 && { echo "SuperLink up on $SUPERLINK_HOST:$SUPERLINK_PORT (pid $(cat "$DEPLOY_DIR/pids/superlink.pid"))"; exit 0; }
+  flwr supernode list "$CONNECTION" >/dev/null 2>&1 && { echo "SuperLink up on $SUPERLINK_BIND:$SUPERLINK_PORT (pid $(cat "$DEPLOY_DIR/pids/superlink.pid"); Control API: operator's host only)"; exit 0; }
   sleep 1
 done
 die "the SuperLink did not come up in 60 s; see $DEPLOY_DIR/logs/superlink.log"

@@ -35,7 +35,7 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
         "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
     }
     # what the backend needs running beside the federation (crypten: local aggregator parties)
-    with backend_spec(cfg.aggregation.name).local_services(cfg.aggregation, Path(cfg.output_dir)):
+    with backend_spec(cfg.aggregation.name).local_services(cfg.aggregation, Path(cfg.output_dir), cfg.num_clients):
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
         run_engine(cfg, context, client_app, server_app, backend_config)
 

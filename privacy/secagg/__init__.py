@@ -38,7 +38,8 @@ class BackendSpec:
     encrypted_global: bool = False  # the server never holds the global in clear
     key_setup: Optional[KeySetup] = None
     can_resume: bool = True
-    local_services: Callable[[Any, Path], ContextManager] = lambda cfg, out: nullcontext()
+    # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
+    local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
 
 
 def _tenseal_owner(cfg, size, keys, per_round):
@@ -54,10 +55,14 @@ def _tenseal_key_setup() -> KeySetup:
     return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install)
 
 
-def _crypten_parties(cfg, out: Path) -> ContextManager:
+def _crypten_owner(cfg, size, keys, per_round):
+    return CryptenBackend.for_owner(cfg, size, per_round, keys.party_keys_file)
+
+
+def _crypten_parties(cfg, out: Path, owners: int = 0) -> ContextManager:
     from fedveil.privacy.secagg.crypten.launcher import local_parties
 
-    return local_parties(cfg, out)
+    return local_parties(cfg, out, owners)
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -77,7 +82,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "crypten": BackendSpec(
         CryptenConfig,
         server=lambda cfg, size, public=None: CryptenBackend.for_server(cfg, size),
-        owner=lambda cfg, size, keys, per_round: CryptenBackend.for_owner(cfg, size, per_round),
+        owner=_crypten_owner,
         local_services=_crypten_parties,
     ),
 }

@@ -28,6 +28,7 @@ from fedveil.core.io import atomic_write_bytes
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import sealing
 
+PARTY_KEYS_FILE = "party-keys.json"  # crypten: the aggregator parties' X25519 keys an owner trusts
 ROSTER_FILE = "roster.json"
 SIGNING_KEY_FILE = "owner_ed25519.key"
 
@@ -107,10 +108,19 @@ class OwnerKeys:
     owner_id: str
     state_dir: str
     roster_path: str | None = None  # None: <state_dir>/roster.json
+    party_keys_path: str | None = None  # crypten: the parties' keys it pins; None: <state_dir>/party-keys.json
 
     @property
     def roster_file(self) -> Path:
         return Path(self.roster_path) if self.roster_path else Path(self.state_dir) / ROSTER_FILE
+
+    @property
+    def party_keys_file(self) -> Path | None:
+        """The pinned party keys: the named file (which must exist), else the state dir's where it exists."""
+        if self.party_keys_path:
+            return Path(self.party_keys_path)
+        default = Path(self.state_dir) / PARTY_KEYS_FILE
+        return default if default.is_file() else None
 
     def roster(self) -> Roster:
         """The pinned roster, checked to hold this owner with the keys it really has."""

@@ -13,7 +13,7 @@ import pytest
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
 from fedveil.privacy.secagg.crypten.backend import CohortTooSmall, CryptenBackend, CryptenConfig, RoundRefused
-from fedveil.privacy.secagg.crypten.party import Party, call, decode_response, encode_request
+from fedveil.privacy.secagg.crypten.party import Party, TlsFiles, call, decode_response, encode_request
 from fedveil.privacy.secagg.crypten.shares import SCALE, encode_fixed, split
 
 pytestmark = pytest.mark.adversary  # and slow, per test, where it starts processes
@@ -128,17 +128,22 @@ def test_party_remembers_rounds_and_opened_shares_across_a_restart(tmp_path):
 
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory):
-    from fedveil.privacy.secagg.crypten.launcher import start_local_parties, stop_parties
+    from fedveil.privacy.secagg.crypten.launcher import coordinator_tls_of, start_local_parties, stop_parties
 
-    addresses, procs = start_local_parties(3, tmp_path_factory.mktemp("parties"))  # parties' own floor: 2
+    root = tmp_path_factory.mktemp("parties")
+    addresses, procs = start_local_parties(3, root)  # parties' own floor: 2
     try:
-        yield addresses, [call(a, "PublicKey", b"", timeout=10) for a in addresses]
+        _TLS["dir"] = str(root / "tls")  # the coordinator's client certificate: the only caller the parties accept
+        yield addresses, [call(a, "PublicKey", b"", timeout=10, tls=coordinator_tls_of(root)) for a in addresses]
     finally:
         stop_parties(procs)
 
 
+_TLS: dict = {}
+
+
 def _cfg(addresses, **kw):
-    return CryptenConfig(norm_bound=1.0, party_addresses=addresses, party_timeout_s=30, **kw)
+    return CryptenConfig(norm_bound=1.0, party_addresses=addresses, party_timeout_s=30, tls_dir=_TLS["dir"], **kw)
 
 
 def _protect(cfg, keys, owner, delta, count, round_):
@@ -151,7 +156,8 @@ def _ask_all(addresses, meta, payloads):
 
     def ask(p):
         request = encode_request(meta, [payloads[o].blobs[f"share.{p}"] for o in meta["clients"]])
-        answers[p] = decode_response(call(addresses[p], "Aggregate", request, timeout=30))
+        answers[p] = decode_response(call(addresses[p], "Aggregate", request, timeout=30,
+                                          tls=TlsFiles.coordinator(_TLS["dir"])))
 
     threads = [threading.Thread(target=ask, args=(p,)) for p in range(len(addresses))]
     for t in threads:

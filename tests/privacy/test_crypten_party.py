@@ -5,7 +5,7 @@ import pytest
 
 from fedveil.core.payload import Protected, RoundContext
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig, PartyFailure
-from fedveil.privacy.secagg.crypten.launcher import start_local_parties, stop_parties
+from fedveil.privacy.secagg.crypten.launcher import coordinator_tls_of, start_local_parties, stop_parties, tls_dir_of
 from fedveil.privacy.secagg.crypten.party import call
 
 pytestmark = pytest.mark.slow
@@ -15,8 +15,9 @@ SIZE = 300
 def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_path):
     addresses, procs = start_local_parties(3, tmp_path)
     try:
-        keys = [call(a, "PublicKey", b"", timeout=10) for a in addresses]
-        cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20, min_owners=2)
+        keys = [call(a, "PublicKey", b"", timeout=10, tls=coordinator_tls_of(tmp_path)) for a in addresses]
+        cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20, min_owners=2,
+                            tls_dir=str(tls_dir_of(tmp_path)))
         rng = np.random.default_rng(0)
         deltas = {"client_0": rng.normal(scale=0.05, size=SIZE), "client_1": rng.normal(scale=50.0, size=SIZE),
                   "client_2": rng.normal(scale=0.05, size=SIZE), "client_3": rng.normal(scale=0.05, size=SIZE)}

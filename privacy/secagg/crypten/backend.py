@@ -29,9 +29,11 @@ Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes 
 
 from __future__ import annotations
 
+import json
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -41,6 +43,7 @@ from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg.base import clear_global
+from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
 from fedveil.privacy.secagg.crypten.shares import ShareHeader, encode_fixed, seal_share, split
 
 
@@ -53,6 +56,10 @@ class CryptenConfig:
     party_timeout_s: float = 300.0
     min_owners: int = 3  # the parties reveal no aggregate of fewer accepted owners (the round fails)
     max_weight: Optional[float] = None  # the parties drop an owner whose example count exceeds this (None: off)
+    # the coordinator's TLS files for the parties: DIR/ca.crt, DIR/coordinator.pem, DIR/coordinator.key
+    # (simulation fills it in with a throwaway CA); parties accept no other caller
+    tls_dir: Optional[str] = None
+    insecure: bool = False  # talk to --insecure parties in plaintext (a lab only); never with tls_dir
 
     def __post_init__(self) -> None:
         if self.parties < 2:
@@ -64,9 +71,48 @@ class CryptenConfig:
                             f"that owner's update), got {self.min_owners!r}")
         if self.max_weight is not None and not self.max_weight > 0:
             raise UserError(f"aggregation.max_weight must be > 0 (or null), got {self.max_weight}")
+        if self.insecure and self.tls_dir:
+            raise UserError("aggregation.insecure=true and aggregation.tls_dir are exclusive: pick one")
         if self.party_addresses is not None and len(self.party_addresses) != self.parties:
             raise UserError(f"aggregation.party_addresses lists {len(self.party_addresses)} parties, "
                             f"aggregation.parties={self.parties}")
+
+
+PINNED_PARTY_KEYS = PARTY_KEYS_FILE  # in an owner's state directory: the parties' X25519 keys it trusts
+
+
+def write_pinned_party_keys(path: str | Path, keys: list[bytes]) -> None:
+    """The parties' public keys, in rank order, as an owner pins them: ``{"parties": [hex, ...]}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"parties": [k.hex() for k in keys]}, indent=1) + "\n")
+
+
+def check_pinned_party_keys(keys: list[bytes], pinned_file: str | Path) -> None:
+    """Refuse (:class:`UserError`) party keys that differ from the ones pinned in ``pinned_file``."""
+    try:
+        pinned = [bytes.fromhex(h) for h in json.loads(Path(pinned_file).read_text())["parties"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"pinned party keys {pinned_file} cannot be read ({exc.__class__.__name__}): "
+                        f"fix or restore it; this owner sends no shares meanwhile") from exc
+    if keys != pinned:
+        wrong = [p for p in range(max(len(keys), len(pinned))) if p >= len(keys) or p >= len(pinned) or keys[p] != pinned[p]]
+        raise UserError(f"the server sent aggregator party keys that differ from this owner's pinned keys "
+                        f"({pinned_file}; parties {wrong}): refused, no share sealed (a substituted key would let "
+                        f"its holder open this owner's share)")
+
+
+def coordinator_tls(cfg: "CryptenConfig"):
+    """The coordinator's TLS files for calling the parties (None with ``aggregation.insecure``)."""
+    from fedveil.privacy.secagg.crypten.party import TlsFiles
+
+    if cfg.insecure:
+        return None
+    if not cfg.tls_dir:
+        raise UserError("aggregation.tls_dir is not set: the aggregator parties accept only the coordinator's TLS "
+                        "client certificate (DIR/ca.crt, DIR/coordinator.pem, DIR/coordinator.key; "
+                        "deploy/make-pki.sh makes them). aggregation.insecure=true talks plaintext (a lab only)")
+    return TlsFiles.coordinator(cfg.tls_dir)
 
 
 class PartyFailure(UserError):
@@ -104,15 +150,21 @@ class CryptenBackend:
         addresses = cfg.party_addresses or []
         if len(addresses) != cfg.parties:
             raise UserError("aggregation.party_addresses must list every aggregator party (HOST:PORT each)")
-        keys = [call(a, "PublicKey", b"", timeout=30) for a in addresses]
+        tls = coordinator_tls(cfg)
+        keys = [call(a, "PublicKey", b"", timeout=30, tls=tls) for a in addresses]
         progress(f"crypten: {len(keys)} aggregator parties reachable; owners seal one share to each")
         # a fresh run id per coordinator start: the parties take each round of a run up once, and a
         # new run (or a resumed one) in the same place starts its own count
         return cls(cfg, size, party_keys=keys, run=secrets.token_hex(8))
 
     @classmethod
-    def for_owner(cls, cfg: CryptenConfig, size: int, per_round: dict) -> "CryptenBackend":
+    def for_owner(cls, cfg: CryptenConfig, size: int, per_round: dict,
+                  pinned_file: str | Path | None = None) -> "CryptenBackend":
+        """The owner's side. With ``pinned_file`` (the owner's ``party-keys.json``), keys from the
+        server that differ from the pinned ones are refused before anything is sealed."""
         keys = [bytes.fromhex(h) for h in str(per_round.get(wire.PARTY_KEYS, "")).split(",") if h]
+        if pinned_file is not None and keys:
+            check_pinned_party_keys(keys, pinned_file)
         return cls(cfg, size, party_keys=keys)
 
     def round_config(self) -> dict[str, str]:
@@ -152,6 +204,7 @@ class CryptenBackend:
         if not self.cfg.party_addresses:
             raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
         owners = list(payloads)
+        tls = coordinator_tls(self.cfg)
         meta = {"round": ctx.round, "clients": owners, "layout_digest": ctx.layout_digest, "length": self.size,
                 "bound": self.cfg.norm_bound, "run": self.run, "min_owners": self.cfg.min_owners,
                 "max_weight": self.cfg.max_weight}
@@ -159,7 +212,8 @@ class CryptenBackend:
         def ask(party: int):
             request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners])
             try:
-                return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s))
+                return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s,
+                                            tls=tls))
             except Exception as exc:  # grpc.RpcError and friends: report them all below
                 return exc
 

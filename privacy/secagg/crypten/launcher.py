@@ -2,6 +2,12 @@
 
 Used by the simulation (``BACKENDS["crypten"].local_services``) and the tests; a deployment
 starts each party on its own host instead (``deploy/start-parties.sh``).
+
+The local parties get a throwaway CA in ``<state_root>/tls/`` (``ca.crt``, ``party-R.pem/key``,
+and the coordinator's client certificate ``coordinator.pem/key``): they serve TLS and accept only
+the coordinator; gloo is bound to the loopback interface. Their X25519 public keys are written to
+``<state_root>/party-keys.json``, the file owners pin (``local_parties`` copies it into every
+simulated owner's state directory).
 """
 
 from __future__ import annotations
@@ -13,8 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import os
+import shutil
+
 from fedveil.core.console import progress
-from fedveil.privacy.secagg.crypten.party import call
+from fedveil.core.pki import make_party_tls
+from fedveil.privacy.secagg.crypten.backend import PINNED_PARTY_KEYS, write_pinned_party_keys
+from fedveil.privacy.secagg.crypten.party import TlsFiles, call
 
 PARTY_MODULE = "fedveil.privacy.secagg.crypten.party"
 
@@ -27,25 +38,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tls_dir_of(state_root: Path) -> Path:
+    return Path(state_root) / "tls"
+
+
+def coordinator_tls_of(state_root: Path) -> TlsFiles:
+    """The coordinator's client certificate for the parties started in ``state_root``."""
+    return TlsFiles.coordinator(tls_dir_of(state_root))
+
+
 def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, min_owners: int = 2,
                         max_weight: float | None = None):
     """Start K parties and the TTP on this machine; returns (addresses, processes) once all are ready.
 
     ``min_owners`` and ``max_weight`` are the parties' own floors (``--min-owners``, ``--max-weight``),
-    on top of what each request asks."""
+    on top of what each request asks. The parties serve TLS and accept only the coordinator's
+    client certificate (:func:`coordinator_tls_of`); their public keys are in
+    ``<state_root>/party-keys.json``."""
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
     logs = Path(state_root)
     logs.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", PARTY_MODULE, "--world", str(world), "--rendezvous", rendezvous]
+    tls_dir = tls_dir_of(logs)
+    make_party_tls(tls_dir, world, ["127.0.0.1", "localhost"])
+    tls = coordinator_tls_of(logs)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    base = [sys.executable, "-m", PARTY_MODULE, "--world", str(world), "--rendezvous", rendezvous,
+            "--tls-dir", str(tls_dir)]
+    keys = []
+    for rank in range(world):  # each party's X25519 key, made before it starts: what owners pin
+        out = subprocess.run([sys.executable, "-m", PARTY_MODULE, "--print-public-key", "--state-dir",
+                              str(logs / f"party_{rank}")], capture_output=True, text=True, check=True)
+        keys.append(bytes.fromhex(out.stdout.strip()))
+    write_pinned_party_keys(logs / PINNED_PARTY_KEYS, keys)
     procs = []
     for rank in range(world):
         log = open(logs / f"party_{rank}.log", "w")
         limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
         procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
-                                       "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT))
+                                       "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT,
+                                      env=env))
     log = open(logs / "ttp.log", "w")
-    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT))
+    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env))
     deadline = time.monotonic() + timeout
     for rank, address in enumerate(addresses):
         while True:
@@ -53,7 +87,7 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
                 stop_parties(procs)
                 raise RuntimeError(f"an aggregator party exited during start-up; see {logs}/party_*.log and ttp.log")
             try:
-                if call(address, "Ready", b"", timeout=2) == b"1":
+                if call(address, "Ready", b"", timeout=2, tls=tls) == b"1":
                     break
             except Exception:
                 pass
@@ -78,14 +112,25 @@ def stop_parties(procs) -> None:
 
 
 @contextmanager
-def local_parties(cfg, out_dir: Path) -> Iterator[None]:
-    """Run the federation with K local parties unless ``cfg.party_addresses`` names running ones."""
+def local_parties(cfg, out_dir: Path, owners: int = 0) -> Iterator[None]:
+    """Run the federation with K local parties unless ``cfg.party_addresses`` names running ones.
+
+    The parties' public keys are pinned in each of the ``owners`` simulated owners' state
+    directories (``<out_dir>/clients/client_K/party-keys.json``, as ``client/app.py`` names them),
+    and ``cfg.tls_dir`` is set to the coordinator's throwaway TLS files."""
     if cfg.party_addresses:
         yield
         return
-    progress(f"crypten: starting {cfg.parties} aggregator parties and a TTP dealer")
-    cfg.party_addresses, procs = start_local_parties(cfg.parties, Path(out_dir) / "parties",
-                                                        min_owners=cfg.min_owners, max_weight=cfg.max_weight)
+    progress(f"crypten: starting {cfg.parties} aggregator parties and a TTP dealer (TLS, coordinator only)")
+    root = Path(out_dir) / "parties"
+    cfg.party_addresses, procs = start_local_parties(cfg.parties, root, min_owners=cfg.min_owners,
+                                                        max_weight=cfg.max_weight)
+    if not cfg.insecure:
+        cfg.tls_dir = str(tls_dir_of(root))
+    for k in range(owners):
+        state = Path(out_dir) / "clients" / f"client_{k}"
+        state.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / PINNED_PARTY_KEYS, state / PINNED_PARTY_KEYS)
     try:
         yield
     finally:

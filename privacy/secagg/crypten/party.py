@@ -1,7 +1,16 @@
 """An aggregator party of the ``crypten`` backend: one process per party, on its own host.
 
-    fedveil-party --rank R --world K --rendezvous tcp://HOST:PORT --listen 127.0.0.1:PORT --state-dir DIR
+    fedveil-party --rank R --world K --rendezvous tcp://HOST:PORT --listen 127.0.0.1:PORT --state-dir DIR \
+                  --tls-dir DIR          # or --ca FILE --cert FILE --key FILE; --insecure for a lab only
     fedveil-party --ttp --world K --rendezvous tcp://HOST:PORT          # the triple dealer (rank K)
+    fedveil-party --print-public-key --state-dir DIR                    # the X25519 key owners pin
+
+TLS with client authentication: the service accepts only a client certificate signed by the
+federation CA (``--ca``) whose common name is the coordinator's (``--coordinator-cn``, default
+``fedveil-coordinator``); any other caller, plaintext or with another certificate, is refused
+(the handshake fails, or ``UNAUTHENTICATED``). Without ``--tls-dir``/``--ca --cert --key`` a
+party refuses to start unless ``--insecure`` is given. CrypTen's own gloo traffic between the
+parties (``--rendezvous``) is NOT encrypted: keep it on a private network.
 
 Party R joins CrypTen's gloo group (K parties plus the TTP dealer), keeps an X25519 key in its
 state directory and serves two gRPC calls (raw bytes, no generated code):
@@ -38,6 +47,7 @@ stopping parties on one machine (simulation, tests) is ``launcher.py``.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -45,11 +55,13 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedveil.core.io import pack, unpack
+from fedveil.core.pki import COORDINATOR_CN
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import sealing
 from fedveil.privacy.secagg.crypten.shares import ShareHeader, open_share
@@ -209,43 +221,150 @@ class Party:
                                 "below_min_owners": weighted_sum is None, "refused": None}, weighted_sum)
 
 
-def serve(party: Party, listen: str):
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the federation CA, this side's certificate and its private key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def party(cls, tls_dir: str | Path, rank: int) -> "TlsFiles":
+        d = Path(tls_dir)
+        return cls(str(d / "ca.crt"), str(d / f"party-{rank}.pem"), str(d / f"party-{rank}.key"))
+
+    @classmethod
+    def coordinator(cls, tls_dir: str | Path) -> "TlsFiles":
+        d = Path(tls_dir)
+        return cls(str(d / "ca.crt"), str(d / "coordinator.pem"), str(d / "coordinator.key"))
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        missing = [f for f in (self.ca, self.cert, self.key) if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"TLS file(s) missing: {', '.join(missing)}")
+        return Path(self.ca).read_bytes(), Path(self.cert).read_bytes(), Path(self.key).read_bytes()
+
+
+def caller_is(context, common_name: str) -> bool:
+    """Whether the TLS peer presented a (CA-verified) client certificate with this common name."""
+    auth = context.auth_context() or {}
+    return auth.get("x509_common_name") == [common_name.encode()]
+
+
+def authenticated(handler, common_name: str | None):
+    """``handler`` for the coordinator only: any other caller gets ``UNAUTHENTICATED`` (None: no check)."""
+    import grpc
+
+    if common_name is None:
+        return handler
+
+    @functools.wraps(handler)
+    def checked(request: bytes, context) -> bytes:
+        if not caller_is(context, common_name):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"only the coordinator ({common_name}, certified by the federation CA) may call this party")
+        return handler(request, context)
+
+    return checked
+
+
+def serve(party: Party, listen: str, tls: TlsFiles | None = None, coordinator_cn: str = COORDINATOR_CN):
+    """Serve the party on ``listen``: TLS requiring the coordinator's client certificate, or
+    plaintext without any caller check when ``tls`` is None (``--insecure``)."""
     import grpc
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          options=[("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)])
+    cn = coordinator_cn if tls is not None else None
     handlers = {
-        "PublicKey": grpc.unary_unary_rpc_method_handler(party.public_key),
-        "Ready": grpc.unary_unary_rpc_method_handler(party.is_ready),
-        "Aggregate": grpc.unary_unary_rpc_method_handler(party.aggregate),
+        "PublicKey": grpc.unary_unary_rpc_method_handler(authenticated(party.public_key, cn)),
+        "Ready": grpc.unary_unary_rpc_method_handler(authenticated(party.is_ready, cn)),
+        "Aggregate": grpc.unary_unary_rpc_method_handler(authenticated(party.aggregate, cn)),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    if server.add_insecure_port(listen) == 0:
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        ca, cert, key = tls.read()
+        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+        port = server.add_secure_port(listen, credentials)
+    if port == 0:
         raise SystemExit(f"fedveil-party: error: cannot listen on {listen}; pick a free port")
     server.start()
     return server
 
 
-def call(address: str, method: str, payload: bytes, timeout: float) -> bytes:
+def call(address: str, method: str, payload: bytes, timeout: float, tls: TlsFiles | None = None) -> bytes:
+    """One call to a party; over TLS with the coordinator's client certificate when ``tls`` is given."""
     import grpc
 
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 1 << 30),
-                                                  ("grpc.max_send_message_length", 1 << 30)]) as channel:
+    options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
+    if tls is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        ca, cert, key = tls.read()
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    with channel:
         return channel.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedveil-party", description=__doc__.split("\n")[0])
     parser.add_argument("--rank", type=int, default=0)
-    parser.add_argument("--world", type=int, required=True, help="number of aggregator parties K")
-    parser.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT shared by all parties and the TTP")
+    parser.add_argument("--world", type=int, help="number of aggregator parties K (required)")
+    parser.add_argument("--rendezvous", help="tcp://HOST:PORT shared by all parties and the TTP (required); keep it "
+                        "on a private network: CrypTen's gloo traffic is not encrypted")
+    parser.add_argument("--gloo-ifname", help="network interface gloo binds to (GLOO_SOCKET_IFNAME), e.g. lo or a "
+                        "private interface")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of this party's gRPC service")
     parser.add_argument("--state-dir", default=".", help="where this party keeps its X25519 key and the last round per run")
     parser.add_argument("--min-owners", type=int, default=2,
                         help="reveal no aggregate of fewer owners, whatever a request asks (at least 2)")
     parser.add_argument("--max-weight", type=float, default=None, help="drop an owner whose example count exceeds this")
     parser.add_argument("--ttp", action="store_true", help="run the trusted triple dealer instead of a party")
+    parser.add_argument("--tls-dir", help="TLS files: DIR/ca.crt, DIR/party-RANK.pem, DIR/party-RANK.key")
+    parser.add_argument("--ca", help="the federation CA certificate (PEM): only clients it certified get in")
+    parser.add_argument("--cert", help="this party's server certificate (PEM), signed by --ca")
+    parser.add_argument("--key", help="this party's private key (PEM)")
+    parser.add_argument("--coordinator-cn", default=COORDINATOR_CN,
+                        help="the common name of the only client certificate accepted (default: %(default)s)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve plaintext gRPC and accept ANY caller (a lab only)")
+    parser.add_argument("--print-public-key", action="store_true",
+                        help="print this party's X25519 public key (hex; created if missing) and exit")
     args = parser.parse_args(argv)
+    if args.print_public_key:
+        print(sealing.keypair(args.state_dir)[1].hex())
+        return
+    if args.world is None or args.rendezvous is None:
+        parser.error("--world and --rendezvous are required")
+    if args.gloo_ifname:
+        os.environ["GLOO_SOCKET_IFNAME"] = args.gloo_ifname
+    tls = None
+    if not args.ttp:
+        if args.tls_dir and (args.ca or args.cert or args.key):
+            parser.error("give either --tls-dir or --ca/--cert/--key, not both")
+        if args.tls_dir:
+            tls = TlsFiles.party(args.tls_dir, args.rank)
+        elif args.ca or args.cert or args.key:
+            if not (args.ca and args.cert and args.key):
+                parser.error("--ca, --cert and --key go together")
+            tls = TlsFiles(args.ca, args.cert, args.key)
+        elif not args.insecure:
+            print("fedveil-party: error: no TLS files: without them anyone who can reach --listen could call this "
+                  "party (read its key, submit rounds) in plaintext. Pass --tls-dir DIR (or --ca/--cert/--key), "
+                  "or --insecure to accept that explicitly (a lab only).", file=sys.stderr)
+            raise SystemExit(2)
+        if tls is not None:
+            try:
+                tls.read()
+            except FileNotFoundError as exc:
+                print(f"fedveil-party: error: {exc}", file=sys.stderr)
+                raise SystemExit(2)
+        else:
+            print("fedveil-party: WARNING: --insecure: plaintext gRPC, every caller accepted", file=sys.stderr, flush=True)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
                        "RENDEZVOUS": args.rendezvous, "DISTRIBUTED_BACKEND": "gloo"})
     from fedveil.core.console import quiet_libraries
@@ -260,8 +379,9 @@ def main(argv: list[str] | None = None) -> None:
         crypten.mpc.provider.TTPServer()  # serves triples until the parties leave
         return
     party = Party(args.rank, args.world, Path(args.state_dir), args.min_owners, args.max_weight)
-    server = serve(party, args.listen)
-    print(f"fedveil-party {args.rank}/{args.world} listening on {args.listen}", flush=True)
+    server = serve(party, args.listen, tls, args.coordinator_cn)
+    print(f"fedveil-party {args.rank}/{args.world} listening on {args.listen} "
+          f"({'TLS, coordinator ' + args.coordinator_cn + ' only' if tls else 'PLAINTEXT, anyone'})", flush=True)
     crypten.init()  # blocks until all parties and the TTP have joined
     party.ready.set()
     print(f"fedveil-party {args.rank}: MPC group ready", flush=True)
