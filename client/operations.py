@@ -15,6 +15,7 @@ from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
 from fedveil.client.worker import Answer, Instruction, decode, encode
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
+from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.payload import Protected
 from fedveil.privacy.secagg import backend_spec
@@ -28,11 +29,11 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
     if instruction.op not in OPERATIONS:
         raise UserError(f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}")
     cfg = cfg or from_run_config(instruction.run_config)
+    if instruction.op not in (TRAIN, EVALUATE):
+        return key_setup(instruction, cfg, identity)  # bound to the run as every owner sees it
     if identity.model_path:  # the owner's own copy of the base model (its layout digest is what is checked)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=identity.model_path))
-    if instruction.op in (TRAIN, EVALUATE):
-        return round_step(instruction, cfg, identity)
-    return key_setup(instruction, cfg, identity)
+    return round_step(instruction, cfg, identity)
 
 
 def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
@@ -97,6 +98,7 @@ class WorkerState:
                              self.model_path, self.party_keys)
 
     def answer(self, request: bytes) -> bytes:
+        loads = model_loads()
         try:
             head, arrays, blobs = decode(request)
             keys = {**head.get("keys", {}), **blobs}
@@ -104,6 +106,9 @@ class WorkerState:
                                         dict(head.get("per_round", {})), arrays, keys), self.identity)
         except UserError as exc:
             return encode({"error": str(exc)})
+        finally:
+            if model_loads() > loads:
+                progress(f"owner worker {self.owner_id}: model loaded ({model_loads()} load(s) in this process)")
         meta_blobs = {k: v for k, v in answer.meta.items() if isinstance(v, bytes)}
         meta = {k: v for k, v in answer.meta.items() if not isinstance(v, bytes)}
         p = answer.protected

@@ -35,7 +35,11 @@ root = sys.argv[1]
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
 build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
 PY
-base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/base_model'"
+# the coordinator gets the model's config.json only (no weights); each owner keeps the full model
+mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "$DEPLOY_DIR/server_model/"
+export MODEL_PATH=$DEPLOY_DIR/base_model
+echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
+base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
   export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json
@@ -73,6 +77,11 @@ if [ "$BACKEND" = tenseal ]; then
 else
   [ -f "$DEPLOY_DIR/server/final_adapter/adapter_model.safetensors" ] || die "no final adapter"
 fi
+for o in "${owners[@]}"; do  # each owner worker loaded the model once for the whole run
+  loads=$(grep -c "model loaded" "$DEPLOY_DIR/logs/owner-$o.log" || true)
+  [ "$loads" = 1 ] || die "owner worker $o loaded the model $loads times (expected once); see $DEPLOY_DIR/logs/owner-$o.log"
+done
+echo "each owner worker loaded the model once for ${ROUNDS} rounds"
 head=$(python -c "import json; print(json.load(open('$DEPLOY_DIR/server/summary.json'))['ledger_head'])")
 fedveil verify-ledger "$DEPLOY_DIR/server" --head "$head"
 

@@ -6,6 +6,10 @@
 # APP_SHA256 (or the file $DEPLOY_DIR/app.sha256): the only app this SuperNode runs, the SHA-256 of
 # the FAB of the project the owner trusts (deploy/app-sha256.sh PROJECT_DIR). Required.
 # PARTY_KEYS (crypten): the owner's pinned party keys file (party-keys.json); keys that differ are refused.
+# WORKER=1 (default): first start the owner's long-lived worker (fedveil-owner serve), which holds the
+# model, data, keys, policy and ledger across rounds; the SuperNode's ClientApp only relays to its
+# socket ($DEPLOY_DIR/state/OWNER/owner.sock, 0600). WORKER=0: everything runs in the ClientApp.
+# MODEL_PATH: the owner's own copy of the base model (default: the run's model.path).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 [ $# -ge 3 ] || die "usage: deploy/start-supernode.sh OWNER DATA_DIR PORT [POLICY_JSON]"
@@ -13,17 +17,30 @@ owner=$1 data=$2 port=$3
 [ -e "$data" ] || die "data directory $data does not exist"
 app=${APP_SHA256:-$(cat "$DEPLOY_DIR/app.sha256" 2>/dev/null || true)}
 [ -n "$app" ] || die "no pinned app: set APP_SHA256 or write $DEPLOY_DIR/app.sha256 (deploy/app-sha256.sh PROJECT_DIR)"
-node_config="data-dir='$data' state-dir='$DEPLOY_DIR/state/$owner' client-id='$owner' app-sha256='$app'"
+state=$DEPLOY_DIR/state/$owner
+owner_args=(--data-dir "$data" --state-dir "$state" --owner-id "$owner")
+node_config="data-dir='$data' state-dir='$state' client-id='$owner' app-sha256='$app'"
 if [ -n "${4:-}" ]; then
   [ -f "$4" ] || die "owner policy $4 does not exist"
-  node_config="$node_config policy='$4'"
+  node_config="$node_config policy='$4'"; owner_args+=(--policy "$4")
 fi
 if [ -n "${PARTY_KEYS:-}" ]; then
   [ -f "$PARTY_KEYS" ] || die "pinned party keys $PARTY_KEYS do not exist"
-  node_config="$node_config party-keys='$PARTY_KEYS'"
+  node_config="$node_config party-keys='$PARTY_KEYS'"; owner_args+=(--party-keys "$PARTY_KEYS")
+fi
+if [ -n "${MODEL_PATH:-}" ]; then
+  [ -f "$MODEL_PATH/config.json" ] || die "MODEL_PATH $MODEL_PATH holds no model (config.json)"
+  node_config="$node_config model-path='$MODEL_PATH'"; owner_args+=(--model-path "$MODEL_PATH")
+fi
+if [ "${WORKER:-1}" = 1 ]; then
+  mkdir -p "$state" && chmod 700 "$state"
+  start_bg "owner-$owner" fedveil-owner serve "${owner_args[@]}"
+  for _ in $(seq 120); do grep -q "listening on" "$DEPLOY_DIR/logs/owner-$owner.log" 2>/dev/null && break; sleep 0.5; done
+  grep -q "listening on" "$DEPLOY_DIR/logs/owner-$owner.log" || die "the owner worker of $owner did not start; see $DEPLOY_DIR/logs/owner-$owner.log"
+  node_config="worker='$state/owner.sock' app-sha256='$app'"  # the worker holds the rest
 fi
 start_bg "supernode-$owner" fedveil-supernode --root-certificates "$DEPLOY_DIR/pki/ca.crt" \
   --superlink "$SUPERLINK_HOST:$SUPERLINK_PORT" --port "$port" \
   --auth-supernode-private-key "$DEPLOY_DIR/pki/$owner.key" --auth-supernode-public-key "$DEPLOY_DIR/pki/$owner.pub" \
   --node-config "$node_config"
-echo "SuperNode $owner started (pid $(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")), state in $DEPLOY_DIR/state/$owner, app pinned to ${app:0:12}"
+echo "SuperNode $owner started (pid $(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")), state in $state, app pinned to ${app:0:12}$([ "${WORKER:-1}" = 1 ] && echo ", owner worker on $state/owner.sock")"

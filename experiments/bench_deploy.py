@@ -1,0 +1,57 @@
+"""Round time in a local deployment against the same federation in simulation, in one invocation.
+
+    .venv/bin/python -m fedveil.experiments.bench_deploy [--backend tenseal] [--rounds 3]
+
+Runs the same config (3 owners of the tiny model, demo data of 120 records each, 5 local steps,
+DP off) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
+(``deploy/demo.sh``: TLS, SuperNode authentication, owner workers on, a weightless coordinator).
+Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up effects)
+is left out of the mean when there are more rounds. Prints, last, ``deploy/simulation round time
+ratio: X.XX``. Needs the ports the deploy demo uses (8000, 9094-9096) to be free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def round_seconds(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["seconds"]["round"] for r in rows if r["round"] > 0]
+
+
+def steady(seconds: list[float]) -> float:
+    return statistics.mean(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="tenseal", choices=["plain", "tenseal"])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = Path(tmp) / "simulation"
+        subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
+                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", "dp=off"],
+                       check=True, cwd=ROOT)
+        deploy = Path(tmp) / "deployment"
+        subprocess.run(["bash", "deploy/demo.sh"], check=True, cwd=ROOT,
+                       env={**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds)})
+        sim_s, dep_s = round_seconds(sim), round_seconds(deploy / "server")
+    print(f"simulation round seconds: {', '.join(f'{s:.2f}' for s in sim_s)}")
+    print(f"deployment round seconds: {', '.join(f'{s:.2f}' for s in dep_s)} (owner workers, TLS, weightless coordinator)")
+    print(json.dumps({"backend": args.backend, "simulation": sim_s, "deployment": dep_s}))
+    print(f"deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
+
+
+if __name__ == "__main__":
+    main()
