@@ -199,12 +199,18 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--party-keys", default=None, help="crypten: the parties' keys this owner pins (default <state-dir>/party-keys.json)")
     s.add_argument("--max-epsilon", type=float, default=None, help="the owner's epsilon cap where its policy sets none")
     s.add_argument("--socket", default=None, help=f"Unix socket path (default <state-dir>/{SOCKET_NAME})")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default; set it when "
+                   "several owners share one machine)")
     args = parser.parse_args(argv)
 
     from fedveil.client.operations import WorkerState
     from fedveil.core.console import progress, quiet_libraries
 
     quiet_libraries()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not Path(args.data_dir).exists():
         print(f"fedveil-owner: error: data directory {args.data_dir} does not exist", file=sys.stderr)
         raise SystemExit(2)

@@ -37,7 +37,7 @@ build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
 PY
 # the coordinator gets the model's config.json only (no weights); each owner keeps the full model
 mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "$DEPLOY_DIR/server_model/"
-export MODEL_PATH=$DEPLOY_DIR/base_model
+export MODEL_PATH=$DEPLOY_DIR/base_model OWNER_THREADS=${OWNER_THREADS:-1}  # 3 owners share this machine
 echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
 base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys

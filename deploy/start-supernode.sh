@@ -10,6 +10,7 @@
 # model, data, keys, policy and ledger across rounds; the SuperNode's ClientApp only relays to its
 # socket ($DEPLOY_DIR/state/OWNER/owner.sock, 0600). WORKER=0: everything runs in the ClientApp.
 # MODEL_PATH: the owner's own copy of the base model (default: the run's model.path).
+# OWNER_THREADS: CPU threads of the owner worker (set it when several owners share one machine).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 [ $# -ge 3 ] || die "usage: deploy/start-supernode.sh OWNER DATA_DIR PORT [POLICY_JSON]"
@@ -34,7 +35,7 @@ if [ -n "${MODEL_PATH:-}" ]; then
 fi
 if [ "${WORKER:-1}" = 1 ]; then
   mkdir -p "$state" && chmod 700 "$state"
-  start_bg "owner-$owner" fedveil-owner serve "${owner_args[@]}"
+  start_bg "owner-$owner" fedveil-owner serve "${owner_args[@]}" --threads "${OWNER_THREADS:-0}"
   for _ in $(seq 120); do grep -q "listening on" "$DEPLOY_DIR/logs/owner-$owner.log" 2>/dev/null && break; sleep 0.5; done
   grep -q "listening on" "$DEPLOY_DIR/logs/owner-$owner.log" || die "the owner worker of $owner did not start; see $DEPLOY_DIR/logs/owner-$owner.log"
   node_config="worker='$state/owner.sock' app-sha256='$app'"  # the worker holds the rest
