@@ -104,24 +104,29 @@ def test_a_swapped_party_key_is_refused_by_an_owner_with_pinned_keys(tmp_path):
     cfg = CryptenConfig()
     swapped = {wire.PARTY_KEYS: ",".join(k.hex() for k in [real[0], evil, real[2]])}
     honest = {wire.PARTY_KEYS: ",".join(k.hex() for k in real)}
-    owner_side = backend_spec("crypten").owner  # what client/owner.py builds, with the owner's state dir
-    with pytest.raises(UserError, match=r"differ from this owner's pinned keys .*parties \[1\]"):
-        owner_side(cfg, 8, str(tmp_path), swapped)
-    assert owner_side(cfg, 8, str(tmp_path), honest).party_keys == real
+    owner_side = backend_spec("crypten").owner  # what client/owner.py builds, with the owner's keys
+    from fedveil.privacy.secagg.identity import OwnerKeys
 
-    # the node-config key party-keys='FILE' (deployment), checked by the ClientApp before the owner starts
+    mine = OwnerKeys("client_0", str(tmp_path))  # the pin in its state directory
+    with pytest.raises(UserError, match=r"differ from this owner's pinned keys .*parties \[1\]"):
+        owner_side(cfg, 8, mine, swapped)
+    assert owner_side(cfg, 8, mine, honest).party_keys == real
+
+    # the node-config key party-keys='FILE' (deployment) reaches the owner's keys through the ClientApp
     from types import SimpleNamespace
 
-    from fedveil.client.app import check_party_keys
+    from fedveil.client.app import owner_identity
 
-    ctx = SimpleNamespace(node_config={"party-keys": str(tmp_path / PINNED_PARTY_KEYS)})
-    fed = SimpleNamespace(aggregation=SimpleNamespace(name="crypten"))
+    elsewhere = tmp_path / "state"
+    ctx = SimpleNamespace(node_id=1, node_config={"data-dir": str(tmp_path), "state-dir": str(elsewhere),
+                                                  "client-id": "client_0", "party-keys": str(tmp_path / PINNED_PARTY_KEYS)})
+    named = owner_identity(ctx, None, "").keys
     with pytest.raises(UserError, match="pinned keys"):
-        check_party_keys(fed, ctx, swapped)
-    check_party_keys(fed, ctx, honest)
-    missing = SimpleNamespace(node_config={"party-keys": str(tmp_path / "nope.json")})
+        owner_side(cfg, 8, named, swapped)
+    assert owner_side(cfg, 8, named, honest).party_keys == real
+    lost = OwnerKeys("client_0", str(elsewhere), party_keys_path=str(tmp_path / "nope.json"))
     with pytest.raises(UserError, match="cannot be read"):  # a pin the owner named but lost: refuse, never skip
-        check_party_keys(fed, missing, honest)
+        owner_side(cfg, 8, lost, honest)
 
 
 # --- key files ---------------------------------------------------------------------------------

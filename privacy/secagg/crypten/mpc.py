@@ -117,7 +117,6 @@ def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[f
                       bound: Optional[float], parties: int = 3, min_owners: int = MIN_OWNERS_FLOOR):
     """``shares[k][p]``: party p's share of owner k. Runs K local party processes + a TTP."""
     crypten = import_crypten()
-    crypten.cfg.mpc.provider = "TTP"
     import crypten.mpc as mpc
 
     @mpc.run_multiprocess(world_size=parties)
@@ -125,7 +124,13 @@ def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[f
         rank = crypten.comm.get().get_rank()
         return party_aggregate([owner[rank] for owner in shares], counts, bound, min_owners)
 
-    results = party()
+    # the TTP provider for these processes only: left set, it made every later crypten.init() in
+    # this process wait forever for a dealer that never comes
+    previous, crypten.cfg.mpc.provider = crypten.cfg.mpc.provider, "TTP"
+    try:
+        results = party()
+    finally:
+        crypten.cfg.mpc.provider = previous
     if not results or any(r is None for r in results):
         raise RuntimeError("an MPC party process failed; see its log above")
     return results
