@@ -19,6 +19,7 @@ from fedveil.task.model import ModelConfig
 from fedveil.task.train import TrainConfig
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.sgd import DP_MODES
+from fedveil.privacy.planner import AutoConfig, PrivacyConfig, choose
 from fedveil.privacy.policy import OwnerPolicy
 from fedveil.privacy.secagg import BACKENDS
 
@@ -53,6 +54,9 @@ class FedveilConfig:
     dp: Any = None
     aggregation: Any = None
     sim: SimulationConfig = field(default_factory=SimulationConfig)
+    # what the federation trusts and can afford: aggregation=auto picks the backend from it, and
+    # privacy.epsilon sets dp=sample_level with that target (privacy/planner.py)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # simulation only: each simulated owner's own policy, written into its state directory by the
     # runner; owners never read it from the server's messages
     owner_policy: OwnerPolicy = field(default_factory=OwnerPolicy)
@@ -79,6 +83,7 @@ def register_schemas() -> None:
         cs.store(group="dp", name=f"{name}_schema", node=cls)
     for name, spec in BACKENDS.items():
         cs.store(group="aggregation", name=f"{name}_schema", node=spec.config)
+    cs.store(group="aggregation", name="auto_schema", node=AutoConfig)
 
 
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
@@ -123,9 +128,10 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     agg = dict(values.pop("aggregation", None) or {"name": "plain"})
     if dp.get("name") not in DP_MODES:
         raise UserError(f"dp '{dp.get('name')}' is unknown: choose one of {sorted(DP_MODES)}")
-    if agg.get("name") not in BACKENDS:
-        raise UserError(f"aggregation '{agg.get('name')}' is unknown: choose one of {sorted(BACKENDS)}")
+    if agg.get("name") not in (*BACKENDS, "auto"):
+        raise UserError(f"aggregation '{agg.get('name')}' is unknown: choose one of {sorted(BACKENDS)} or auto")
     cfg = build(FedveilConfig, values)
+    agg, dp = resolve_privacy(cfg, agg, dp)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
@@ -136,6 +142,29 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
         raise UserError(f"resume=true is not supported with aggregation={agg['name']} yet (a restart re-keys the federation, "
                         "so the stored ciphertexts could not be opened); start a new run directory")
     return cfg
+
+
+def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any]) -> tuple[dict, dict]:
+    """``aggregation=auto``: the planner's pick from ``privacy.*`` (or a one-line refusal naming the
+    assumption to relax); ``privacy.epsilon``: dp=sample_level with that target (and
+    ``privacy.delta``). A named backend bypasses the planner. The resolved config is what travels
+    to the ServerApp and the owners, so they never plan again."""
+    if agg.get("name") == "auto":
+        extra = sorted(set(agg) - {"name"})
+        if extra:
+            raise UserError(f"aggregation=auto takes no options (got aggregation.{extra[0]}): state privacy.* "
+                            "instead, or name a backend (aggregation=plain|tenseal|crypten)")
+        plan = choose(cfg.privacy, cfg.num_clients, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+        plan.refuse()
+        agg = dict(plan.agg_values)
+    p = cfg.privacy
+    if p.epsilon is not None:
+        if cfg.owner_policy.max_epsilon is not None and p.epsilon > cfg.owner_policy.max_epsilon:
+            raise UserError(f"privacy.epsilon={p.epsilon:g} is above the owners' policy max_epsilon="
+                            f"{cfg.owner_policy.max_epsilon:g}: lower privacy.epsilon")
+        dp = {**(dp if dp.get("name") == "sample_level" else {"name": "sample_level"}), "target_epsilon": p.epsilon,
+              **({"delta": p.delta} if p.delta is not None else {})}
+    return agg, dp
 
 
 def to_dict(cfg: FedveilConfig) -> dict[str, Any]:

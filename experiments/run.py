@@ -76,6 +76,7 @@ def run_experiment(cfg: FedveilConfig) -> dict:
     from fedveil.server.prepare import prepare
 
     prepare(cfg, write_policies=True)  # fail fast, before the Simulation Engine starts
+    check_limits(cfg)
     out = Path(cfg.output_dir)
     run_in_simulation(cfg)
     error = read_run_error(out)
@@ -87,6 +88,27 @@ def run_experiment(cfg: FedveilConfig) -> dict:
     if cfg.dp.name != "off":
         add_owner_evaluations(out, cfg.num_clients)
     return json.loads((out / "summary.json").read_text())
+
+
+def check_limits(cfg: FedveilConfig) -> None:
+    """``privacy.max_bytes_per_round`` / ``max_seconds_per_round``: refuse at start a backend over them
+    (the adapter size is known once the model is)."""
+    from fedveil.privacy.planner import estimate
+    from fedveil.task.model import get_adapter, load_lora_skeleton
+
+    p = cfg.privacy
+    if p.max_bytes_per_round is None and p.max_seconds_per_round is None:
+        return
+    values = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, cfg.seed)).values())
+    cost = estimate(cfg.aggregation.name, cfg.aggregation, values, cfg.num_clients)
+    if p.max_bytes_per_round is not None and cost.per_owner > p.max_bytes_per_round:
+        raise UserError(f"aggregation={cfg.aggregation.name} moves {cost.per_owner:,} bytes per owner per round, over "
+                        f"privacy.max_bytes_per_round={p.max_bytes_per_round:,}: raise the limit or relax the threats "
+                        "(see `fedveil plan`)")
+    if p.max_seconds_per_round is not None and cost.seconds > p.max_seconds_per_round:
+        raise UserError(f"aggregation={cfg.aggregation.name} adds ~{cost.seconds:.2f} s per round, over "
+                        f"privacy.max_seconds_per_round={p.max_seconds_per_round:g}: raise the limit or relax the "
+                        "threats (see `fedveil plan`)")
 
 
 def add_owner_evaluations(out: Path, num_owners: int) -> None:
@@ -120,7 +142,14 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     values = OmegaConf.to_container(dcfg, resolve=True)
     values["output_dir"] = HydraConfig.get().runtime.output_dir
     try:
-        summary = run_experiment(from_dict(values))
+        cfg = from_dict(values)
+        if (values.get("aggregation") or {}).get("name") == "auto":
+            from fedveil.privacy.planner import choose
+
+            plan = choose(cfg.privacy, cfg.num_clients, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+            progress(f"planner (aggregation=auto): {plan.reason}"
+                     + (f"; DP-SGD to epsilon {cfg.dp.target_epsilon:g}" if cfg.privacy.epsilon is not None else ""))
+        summary = run_experiment(cfg)
     except UserError as exc:
         fail(str(exc))
     return summary.get("final_eval_loss")

@@ -1,6 +1,7 @@
 """``fedveil``: operator commands.
 
     fedveil verify-ledger PATH [--head HASH]    check a round ledger's hash chain; exit 1 where it breaks
+    fedveil plan [overrides] [--json]           each backend against the stated threats, its cost, the pick
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from fedveil.server.round_chain import verify
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plan"]:  # overrides look like key=value, so the planner parses its own arguments
+        from fedveil.experiments.plan import main as plan_main
+
+        return plan_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fedveil", description="fedveil operator commands")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify-ledger", help="check a round ledger (round_ledger.jsonl) for tampering")
     check.add_argument("path", type=Path, help="round_ledger.jsonl, or a run directory holding one")
     check.add_argument("--head", help="expected hash of the last entry (summary.json's ledger_head)")
+    sub.add_parser("plan", help="each backend against the stated privacy.* threats, its cost, the pick "
+                                "(fedveil plan [overrides] [--json])")
     args = parser.parse_args(argv)
     path = args.path / "round_ledger.jsonl" if args.path.is_dir() else args.path
     ok, message = verify(path, args.head)

@@ -3,8 +3,10 @@
 Each :class:`BackendSpec` says everything the federation needs to know about its backend: its
 config, how the server side and the owner side are built, whether the server holds the global
 adapter only as ciphertexts (owners re-encrypt it), whether owners key the federation before
-round 1, whether a run can resume, and what the simulation must start for it. A run config
-names a key of :data:`BACKENDS`; nothing else loads.
+round 1, whether a run can resume, what the simulation must start for it, and what it defends
+against and costs (:class:`Guarantees`: the one threat table; ``privacy/planner.py`` picks from it
+and README's threat model is checked against it). A run config names a key of :data:`BACKENDS`;
+nothing else loads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,39 @@ class KeySetup:
     install: Callable[..., None]  # (keys, run, public=, statement=, signature=, sealed=) on every owner
 
 
+COORDINATOR_THREATS = ("trusted", "curious", "malicious")  # weakest to strongest
+
+
+@dataclass(frozen=True)
+class Guarantees:
+    """What a backend, as built, defends each owner's update against, and what it costs.
+
+    ``coordinator``: the coordinator behaviours under which no single update leaks to it
+    (confidentiality; integrity caveats are in ``caveats``). ``owner_collusion``: an owner
+    colluding with the coordinator still learns no other owner's update. ``why_not`` says, per
+    threat not covered (``curious``, ``malicious``, ``owner_collusion``), why. ``parties``:
+    independent aggregator parties needed (0: none). ``min_owners``: owners a round needs.
+    ``bytes_per_value``: update bytes per adapter value each receiver gets (fp32 = 4), and
+    ``receivers`` who gets them (the coordinator, or each of K parties).
+    """
+
+    coordinator: tuple[str, ...]
+    owner_collusion: bool
+    coordinator_sees: str
+    why_not: tuple[tuple[str, str], ...] = ()
+    caveats: tuple[str, ...] = ()
+    parties: int = 0
+    min_owners: int = 1
+    bytes_per_value: float = 4.0
+    receivers: str = "coordinator"
+
+    def survives(self, coordinator: str) -> bool:
+        return coordinator in self.coordinator
+
+    def reason(self, threat: str) -> str:
+        return dict(self.why_not).get(threat, "")
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     config: type
@@ -40,6 +75,7 @@ class BackendSpec:
     can_resume: bool = True
     # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
+    guarantees: Optional[Guarantees] = None
 
 
 def _tenseal_owner(cfg, size, keys, per_round):
@@ -70,6 +106,16 @@ BACKENDS: dict[str, BackendSpec] = {
         PlainConfig,
         server=lambda cfg, size, public=None: PlainBackend(cfg, size),
         owner=lambda cfg, size, keys, per_round: PlainBackend(cfg, size),
+        guarantees=Guarantees(
+            coordinator=("trusted",),
+            owner_collusion=False,
+            coordinator_sees="each owner's update (with DP: the DP-noised update only)",
+            why_not=(("curious", "the coordinator sees each owner's update in clear (DP, if on, bounds what it "
+                                 "reveals about any record)"),
+                     ("malicious", "the coordinator sees each owner's update in clear"),
+                     ("owner_collusion", "the coordinator already sees every owner's update")),
+            bytes_per_value=4.0,
+        ),
     ),
     "tenseal": BackendSpec(
         TensealConfig,
@@ -78,12 +124,35 @@ BACKENDS: dict[str, BackendSpec] = {
         encrypted_global=True,
         key_setup=_tenseal_key_setup(),
         can_resume=False,  # a restart re-keys, so stored ciphertexts could not be opened
+        guarantees=Guarantees(
+            coordinator=("trusted", "curious", "malicious"),
+            owner_collusion=False,
+            coordinator_sees="CKKS ciphertexts only (no update, count, norm or aggregate)",
+            why_not=(("owner_collusion", "owners share the CKKS secret key: one owner colluding with the coordinator "
+                                         "decrypts every update"),),
+            caveats=("a malicious coordinator can drop, replay or forge the pending round sums (moves the global; "
+                     "learns nothing)",),
+            bytes_per_value=32.32,  # 2048 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
+        ),
     ),
     "crypten": BackendSpec(
         CryptenConfig,
         server=lambda cfg, size, public=None: CryptenBackend.for_server(cfg, size),
         owner=_crypten_owner,
         local_services=_crypten_parties,
+        guarantees=Guarantees(
+            coordinator=("trusted", "curious"),
+            owner_collusion=True,
+            coordinator_sees="the aggregate only (and which owners the parties dropped)",
+            why_not=(("malicious", "the parties' public keys reach owners through the coordinator; only owners that "
+                                   "pin them (party-keys.json) refuse a substitute, and the planner does not assume pins"),),
+            caveats=("up to K-1 of K aggregator parties may collude; not all K, nor the TTP dealer with a party",
+                     "the parties learn the owners' example counts"),
+            parties=2,
+            min_owners=3,
+            bytes_per_value=8.0,  # one int64 share per value per party (+ 48 B sealing, header)
+            receivers="each of K aggregator parties",
+        ),
     ),
 }
 

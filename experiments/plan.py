@@ -1,0 +1,159 @@
+"""``fedveil plan [overrides] [--json]``: what a run would protect, against whom, at what cost.
+
+Before any run: each backend against the threats stated under ``privacy.*`` (covered, or why not),
+its exact payload bytes per owner per round and the rough seconds it adds, the planned DP noise σ
+and ε, and the pick with its reason. The same overrides as ``fedveil.experiments.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from fedveil.core.errors import UserError
+
+
+def compose(overrides: list[str]) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedveil.configs.schema import register_schemas
+    from fedveil.experiments.run import CONFIG_MODULE, hydra_error_line
+
+    register_schemas()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(hydra_error_line(exc)) from None
+
+
+def adapter_values(model_cfg, seed: int) -> int:
+    """Adapter values of the configured model, from its config alone (meta device, no weights)."""
+    from fedveil.task.model import get_adapter, load_lora_skeleton
+
+    if model_cfg.path:
+        return sum(v.size for v in get_adapter(load_lora_skeleton(model_cfg, seed)).values())
+    from fedveil.task.tiny import byte_level_tokenizer, tiny_config
+
+    tok = byte_level_tokenizer()
+    config = tiny_config(model_cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        model = load_lora_skeleton(replace(model_cfg, path=tmp), seed)
+        return sum(v.size for v in get_adapter(model).values())
+
+
+def dp_plan(cfg) -> dict | None:
+    """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps)."""
+    from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
+
+    dp = cfg.dp
+    if dp.name == "off":
+        return None
+    steps = cfg.rounds * cfg.train.local_steps
+    sigma = dp.noise_multiplier
+    if sigma is None:
+        sigma = plan_noise(dp.target_epsilon, dp.delta, dp.sample_rate, steps, dp.accountant,
+                           max_noise=dp.max_noise_multiplier)
+    return {"mode": dp.name, "target_epsilon": dp.target_epsilon, "delta": dp.delta, "sample_rate": dp.sample_rate,
+            "steps": steps, "accountant": dp.accountant, "noise_multiplier": sigma,
+            "epsilon": epsilon_of([(sigma, dp.sample_rate, steps)], dp.delta, dp.accountant)}
+
+
+def make_plan(overrides: list[str]) -> dict:
+    """The plan as plain data (what ``--json`` prints). ``pick`` is None where nothing covers."""
+    from fedveil.configs.schema import from_dict
+    from fedveil.privacy.planner import choose
+
+    values = compose(overrides)
+    requested = (values.get("aggregation") or {}).get("name", "plain")
+    # parse everything but the pick (the planner below says why, refusal included)
+    cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
+    n = adapter_values(cfg.model, cfg.seed)
+    plan = choose(cfg.privacy, cfg.num_clients, values=n, resume=cfg.resume,
+                  allowed=list(cfg.owner_policy.allowed_backends))
+    if requested == "auto":
+        pick, reason = plan.pick, plan.reason
+    else:
+        verdict = next(v for v in plan.verdicts if v.backend == requested)
+        pick = requested
+        reason = (f"aggregation={requested} was named, so the planner is bypassed"
+                  + ("" if verdict.covered else f"; it does NOT cover the stated threats ({'; '.join(verdict.why_not)})")
+                  + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else ""))
+    return {
+        "owners": cfg.num_clients, "rounds": cfg.rounds, "local_steps": cfg.train.local_steps,
+        "adapter_values": n, "model": cfg.model.path or f"tiny {cfg.model.tiny.arch}",
+        "privacy": {k: getattr(cfg.privacy, k) for k in cfg.privacy.__dataclass_fields__},
+        "requested": requested,
+        "backends": [{"backend": v.backend, "covered": v.covered, "why_not": v.why_not, **v.cost.as_dict()}
+                     for v in plan.verdicts],
+        "dp": dp_plan(cfg),
+        "pick": pick, "reason": reason,
+        "seconds_note": "rough: the backend's protect + aggregate + reveal from privacy/calibration.json; "
+                        "training, evaluation and network time excluded",
+        "bytes_note": "exact payload bytes (protect() output, global adapter); Flower's config/metric records "
+                      "add a few KB per message",
+    }
+
+
+def human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def render(p: dict) -> str:
+    pr = p["privacy"]
+    lines = [f"fedveil plan: {p['owners']} owners x {p['rounds']} rounds x {p['local_steps']} local steps | "
+             f"adapter {p['adapter_values']:,} values ({p['model']})",
+             "stated: " + " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in pr.items()),
+             f"{'backend':8s} {'covers':6s} {'up/owner':>10s} {'down/owner':>11s} {'per party in':>12s} "
+             f"{'+s/round':>8s}  why not"]
+    for b in p["backends"]:
+        party = human(b["party_in"]) if b["parties"] else "-"
+        lines.append(f"{b['backend']:8s} {'yes' if b['covered'] else 'no':6s} {human(b['update_up']):>10s} "
+                     f"{human(b['global_down']):>11s} {party:>12s} {b['seconds']:8.2f}  {'; '.join(b['why_not'])}")
+    dp = p["dp"]
+    if dp:
+        lines.append(f"DP: {dp['mode']}, target epsilon {dp['target_epsilon']:g} at delta {dp['delta']:g}, "
+                     f"q {dp['sample_rate']:g}, {dp['steps']} steps -> noise sigma {dp['noise_multiplier']:.3f}, "
+                     f"epsilon {dp['epsilon']:.3f} ({dp['accountant']})")
+    else:
+        lines.append("DP: off (set privacy.epsilon=E, or dp=sample_level, for DP-SGD on every owner)")
+    lines.append(f"pick: {p['reason']}" if p["pick"] else "pick: none")
+    lines.append("(bytes: exact payloads per round, down = train + evaluate messages in a steady-state round; "
+                 "+s/round: rough backend overhead, training excluded)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedveil plan", description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for fedveil.experiments.run")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+    from fedveil.core.console import quiet_libraries
+
+    quiet_libraries()
+    try:
+        plan = make_plan(args.overrides)
+    except UserError as exc:
+        print(f"fedveil: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan, indent=2) if args.json else render(plan))
+    if plan["pick"] is None:
+        print(f"fedveil: error: {plan['reason']}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

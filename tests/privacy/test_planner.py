@@ -1,0 +1,235 @@
+"""The planner: one threat table in code, the pick per stated threat, exact byte estimates, `fedveil plan`."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedveil.core.errors import UserError
+from fedveil.core.payload import RoundContext
+from fedveil.privacy.planner import PrivacyConfig, Refusal, choose, estimate, threat_table_markdown, update_bytes
+from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_VALUES = 16_384  # the tiny GPT-2's adapter (r=8 on c_attn, c_proj, c_fc; 2 layers)
+
+
+# --- the threat table: each row's pick ----------------------------------------------------------
+
+@pytest.mark.parametrize("stated, owners, pick", [
+    (dict(coordinator="trusted"), 3, "plain"),
+    (dict(coordinator="curious"), 3, "tenseal"),
+    (dict(coordinator="malicious"), 3, "tenseal"),
+    (dict(coordinator="curious", aggregator_parties=3), 3, "crypten"),
+    (dict(coordinator="trusted", owner_collusion=True, aggregator_parties=3), 3, "crypten"),
+    (dict(coordinator="curious", owner_collusion=True, aggregator_parties=4), 5, "crypten"),
+    # crypten, as built, does not survive a malicious coordinator (party keys are relayed by it)
+    (dict(coordinator="malicious", aggregator_parties=3), 3, "tenseal"),
+    # crypten reveals no aggregate of fewer than 3 owners: with 2, parties do not help
+    (dict(coordinator="curious", aggregator_parties=3), 2, "tenseal"),
+])
+def test_the_pick_for_each_row_of_the_threat_table(stated, owners, pick):
+    plan = choose(PrivacyConfig(**stated), owners)
+    assert plan.pick == pick, plan.reason
+    assert plan.reason.startswith(f"{pick}: the cheapest backend covering")
+    assert plan.agg_values["name"] == pick
+    if pick == "crypten":
+        assert plan.agg_values["parties"] == stated["aggregator_parties"]
+
+
+@pytest.mark.parametrize("stated, relax", [
+    (dict(coordinator="curious", owner_collusion=True), "privacy.owner_collusion=false (-> tenseal) or "
+                                                        "privacy.aggregator_parties=3 (-> crypten)"),
+    (dict(coordinator="trusted", owner_collusion=True), "privacy.owner_collusion=false (-> plain)"),
+    (dict(coordinator="malicious", owner_collusion=True, aggregator_parties=3),
+     "privacy.owner_collusion=false (-> tenseal) or privacy.coordinator=curious (-> crypten)"),
+])
+def test_collusion_without_a_covering_backend_is_refused_in_one_line_naming_what_to_relax(stated, relax):
+    plan = choose(PrivacyConfig(**stated), 3)
+    assert plan.pick is None
+    with pytest.raises(Refusal) as err:
+        plan.refuse()
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("no aggregation backend covers") and relax in line
+
+
+def test_every_backend_declares_its_guarantees_and_they_match_its_behaviour():
+    for name, spec in BACKENDS.items():
+        g = spec.guarantees
+        assert g is not None, name
+        assert set(g.coordinator) <= set(COORDINATOR_THREATS) and "trusted" in g.coordinator
+        for threat in [*[c for c in COORDINATOR_THREATS if c not in g.coordinator],
+                       *(["owner_collusion"] if not g.owner_collusion else [])]:
+            assert g.reason(threat), f"{name} gives no reason for not covering {threat}"
+    # a backend whose server sees single updates cannot claim anything beyond a trusted coordinator
+    from fedveil.privacy.secagg.plain import PlainBackend
+
+    assert PlainBackend.server_sees_updates and BACKENDS["plain"].guarantees.coordinator == ("trusted",)
+
+
+def test_bad_privacy_values_are_one_line():
+    for kwargs, match in [(dict(coordinator="evil"), "privacy.coordinator must be one of"),
+                          (dict(aggregator_parties=1), "privacy.aggregator_parties must be 0"),
+                          (dict(epsilon=0), "privacy.epsilon must be > 0"),
+                          (dict(delta=1e-5), "privacy.delta is set without privacy.epsilon"),
+                          (dict(max_bytes_per_round=0), "privacy.max_bytes_per_round must be > 0")]:
+        with pytest.raises(UserError, match=re.escape(match)):
+            PrivacyConfig(**kwargs)
+
+
+def test_limits_rule_backends_out_and_the_refusal_says_which():
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
+    plan = choose(PrivacyConfig(coordinator="curious", max_bytes_per_round=cost.per_owner - 1), 3, values=TINY_VALUES)
+    assert plan.pick is None and "privacy.max_bytes_per_round=null (-> tenseal)" in plan.reason
+    tenseal = next(v for v in plan.verdicts if v.backend == "tenseal")
+    assert tenseal.why_not == [f"moves {cost.per_owner:,} bytes per owner per round, over "
+                               f"privacy.max_bytes_per_round={cost.per_owner - 1:,}"]
+    assert choose(PrivacyConfig(coordinator="curious", max_bytes_per_round=cost.per_owner), 3,
+                  values=TINY_VALUES).pick == "tenseal"
+
+
+# --- the config: aggregation=auto and privacy.epsilon ------------------------------------------
+
+def composed(overrides):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from fedveil.configs.schema import register_schemas
+
+    register_schemas()
+    with initialize_config_module("fedveil.configs", version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+
+def test_auto_resolves_before_the_run_and_named_backends_bypass_the_planner():
+    from fedveil.configs.schema import from_dict, from_run_config, to_run_config
+
+    cfg = from_dict(composed(["aggregation=auto", "privacy.coordinator=curious", "privacy.aggregator_parties=3",
+                              "privacy.epsilon=4"]))
+    assert (cfg.aggregation.name, cfg.aggregation.parties) == ("crypten", 3)
+    assert (cfg.dp.name, cfg.dp.target_epsilon, cfg.dp.delta) == ("sample_level", 4.0, 1e-5)
+    assert from_run_config(to_run_config(cfg)) == cfg  # what the ServerApp and owners rebuild: no re-planning
+    named = from_dict(composed(["aggregation=plain", "privacy.coordinator=malicious"]))
+    assert named.aggregation.name == "plain" and named.dp.name == "off"
+    with pytest.raises(Refusal, match="relax privacy.owner_collusion=false"):
+        from_dict(composed(["aggregation=auto", "privacy.owner_collusion=true"]))
+    with pytest.raises(UserError, match="above the owners' policy max_epsilon=2"):
+        from_dict(composed(["privacy.epsilon=4", "owner_policy.max_epsilon=2"]))
+    policy = from_dict(composed(["aggregation=auto", "privacy.coordinator=curious", "privacy.aggregator_parties=3",
+                                 "owner_policy.allowed_backends=[tenseal]"]))
+    assert policy.aggregation.name == "tenseal"
+
+
+# --- the cost model against what the backends really produce ----------------------------------
+
+def measured_update_bytes(name: str, values: int, parties: int = 3) -> int:
+    """Bytes of one owner's protected update, from the backend's own protect()."""
+    delta = np.random.default_rng(0).normal(0, 1e-2, values).astype(np.float32)
+    if name == "plain":
+        from fedveil.privacy.secagg.plain import PlainBackend
+
+        return PlainBackend(None, values).protect(delta, 1.0).nbytes
+    if name == "tenseal":
+        from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+
+        ctx = make_context(TensealConfig())
+        return TensealBackend(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx)).protect(
+            delta, 12.0).nbytes
+    from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
+    from nacl.public import PrivateKey
+
+    keys = [bytes(PrivateKey.generate().public_key) for _ in range(parties)]
+    backend = CryptenBackend(CryptenConfig(parties=parties), values, party_keys=keys)
+    return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
+
+
+@pytest.mark.parametrize("name", ["plain", "tenseal", "crypten"])
+def test_byte_estimate_equals_protect_output_on_the_tiny_adapter(name):
+    agg = BACKENDS[name].config()
+    estimated = estimate(name, agg, TINY_VALUES, 3).update_up
+    measured = measured_update_bytes(name, TINY_VALUES, getattr(agg, "parties", 3))
+    assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
+    assert estimated == measured  # the layouts are deterministic: exact, in fact
+    assert update_bytes(name, agg, TINY_VALUES) == estimated
+
+
+def test_tenseal_global_down_follows_the_encrypted_global_layout():
+    """Round 1 sends one pending sum (evaluate); later rounds the signed base twice and one sum."""
+    c = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
+    ct = c.update_up - 96
+    assert c.global_down_first == ct and ct * 3 < c.global_down < ct * 3 + 400
+    plain = estimate("plain", BACKENDS["plain"].config(), TINY_VALUES, 3)
+    assert plain.global_down == 8 * TINY_VALUES
+
+
+def test_privacy_never_imports_flower():
+    code = ("import sys, fedveil.privacy.planner, fedveil.privacy.secagg; "
+            "assert not [m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')], 'flwr imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- README -----------------------------------------------------------------------------------
+
+def test_readme_threat_table_is_the_declared_guarantees():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- threat-table: generated.*?-->\n(.*?)\n<!-- /threat-table -->", readme, re.S)
+    assert block, "README lacks the generated threat table"
+    assert block.group(1).strip() == threat_table_markdown(), (
+        "README's threat table differs from privacy/secagg's Guarantees: paste planner.threat_table_markdown()")
+    for name, spec in BACKENDS.items():  # every backend has its row, caveats included
+        row = next(line for line in block.group(1).splitlines() if line.startswith(f"| `{name}` |"))
+        assert all(c in row for c in spec.guarantees.caveats)
+
+
+# --- fedveil plan -------------------------------------------------------------------------------
+
+def fedveil(*args):
+    return subprocess.run([sys.executable, "-m", "fedveil.server.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def test_fedveil_plan_json_parses_and_names_the_pick():
+    proc = fedveil("plan", "aggregation=auto", "privacy.coordinator=curious", "privacy.epsilon=4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["pick"] == "tenseal" and plan["reason"].startswith("tenseal:")
+    assert plan["adapter_values"] == TINY_VALUES
+    rows = {b["backend"]: b for b in plan["backends"]}
+    assert set(rows) == set(BACKENDS) and rows["tenseal"]["covered"] and not rows["plain"]["covered"]
+    assert rows["tenseal"]["update_up"] == estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3).update_up
+    assert plan["dp"]["epsilon"] <= 4.0 and plan["dp"]["noise_multiplier"] > 0 and plan["dp"]["steps"] == 60
+
+
+def test_fedveil_plan_refusal_and_bad_input_are_one_line_exit_2():
+    proc = fedveil("plan", "aggregation=auto", "privacy.owner_collusion=true")
+    assert proc.returncode == 2 and "plain" in proc.stdout  # the table still shows why each backend is out
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fedveil: error: no aggregation backend covers")
+    bad = fedveil("plan", "privacy.coordinator=evil")
+    lines = [l for l in bad.stderr.splitlines() if l.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "privacy.coordinator must be one of" in lines[0]
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_an_auto_run_moves_the_planned_bytes(tmp_path):
+    """aggregation=auto with a curious coordinator and a DP target runs tenseal + DP-SGD end to end,
+    and metrics.jsonl's bytes match the cost model within 2 % (Flower's records add the rest)."""
+    proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
+                           "experiment=smoke", "num_clients=3", "aggregation=auto", "privacy.coordinator=curious",
+                           "privacy.epsilon=8"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "planner (aggregation=auto): tenseal: the cheapest backend" in proc.stdout
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [r["backend"] for r in rows] == ["tenseal", "tenseal"] and all(r["dp"] == "sample_level" for r in rows)
+    for r in rows:
+        planned_down = cost.global_down_first if r["round"] == 1 else cost.global_down
+        for c in r["per_client"].values():
+            assert abs(c["bytes_update_up"] - cost.update_up) <= 0.02 * cost.update_up
+            assert abs(c["bytes_down"] - planned_down) <= 0.02 * planned_down
+            assert c["epsilon"] <= 8.0
