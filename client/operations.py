@@ -113,7 +113,6 @@ class WorkerState:
         meta = {k: v for k, v in answer.meta.items() if not isinstance(v, bytes)}
         p = answer.protected
         return encode({"metrics": answer.metrics, "meta": meta, "meta_blobs": sorted(meta_blobs),
-                       "protected": None if p is None else {"arrays": sorted(p.arrays), "blobs": sorted(p.blobs)},
-                       "model_loads": model_loads()},
+                       "protected": None if p is None else {"arrays": sorted(p.arrays), "blobs": sorted(p.blobs)}},
                       arrays=p.arrays if p is not None else None,
                       blobs={**meta_blobs, **({f"protected.{k}": v for k, v in p.blobs.items()} if p else {})})

@@ -12,7 +12,6 @@ import json
 import sys
 import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 from fedveil.core.errors import UserError
 

@@ -164,7 +164,7 @@ def test_private_keys_are_0600_from_creation(tmp_path, monkeypatch):
 
 def test_deploy_keys_script_writes_0600_keys(tmp_path):
     env = {**os.environ}
-    script = f"import os, runpy, sys; os.umask(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    script = "import os, runpy, sys; os.umask(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for args in (["ca"], ["server", "127.0.0.1"], ["node", "client_0"], ["party", "0", "127.0.0.1"], ["coordinator"]):
         subprocess.run([sys.executable, "-c", script, f"{root}/deploy/keys.py", args[0], str(tmp_path), *args[1:]],
