@@ -27,6 +27,7 @@ import socketserver
 import stat
 import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -172,8 +173,16 @@ def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: 
             except (ConnectionError, UserError):
                 return
             with lock:
-                answer = handler(request)
-            _send_message(self.request, answer)
+                try:
+                    answer = handler(request)
+                except Exception as exc:  # a bug, not a refusal: keep serving, log it, say so in one line
+                    traceback.print_exc()
+                    answer = encode({"error": f"the owner worker failed on this instruction "
+                                              f"({exc.__class__.__name__}: {exc}); its log has the traceback"})
+            try:
+                _send_message(self.request, answer)
+            except OSError:
+                return  # the relay went away; the next instruction finds the worker ready
 
     old = os.umask(0o177)  # the socket is created 0600: only the owner's user can connect
     try:

@@ -82,19 +82,36 @@ def per_example_loss(model, batch: dict[str, torch.Tensor], device: torch.device
     return token_loss.sum(dim=1) / counts
 
 
+def noise_only_step(model, optimizer) -> None:
+    """The DP-SGD step of an empty Poisson batch: no per-example gradient, the noise all the same.
+
+    Skipping the step would release whether the batch was empty, and that depends on who is in
+    the data (an owner with one example more empties fewer batches). A DP optimizer (Opacus) gets
+    per-example gradients with zero rows, so it clips and sums nothing and adds its noise; a plain
+    optimizer never sees an empty batch (its loader is not Poisson), and nothing happens.
+    """
+    if not hasattr(optimizer, "add_noise"):
+        return
+    optimizer.zero_grad(set_to_none=True)
+    for p in trainable_parameters(model):
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    optimizer.step()
+
+
 def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.device) -> TrainResult:
     """Take ``steps`` optimizer steps over ``loader`` (cycled); returns the mean loss.
 
     Under Opacus' BatchMemoryManager a logical step spans several physical batches: only steps
-    the optimizer did not skip count. An empty Poisson batch (Opacus hands a non-dict) counts as
-    a step without an update: releasing nothing is never less private.
+    the optimizer did not skip count. An empty Poisson batch is still a full DP-SGD step (see
+    :func:`noise_only_step`).
     """
     model.train()
     start, total, batches_seen, taken = time.perf_counter(), 0.0, 0, 0
     batches = iter(cycle(loader))
     while taken < steps:
         batch = next(batches)
-        if not isinstance(batch, dict) or batch["input_ids"].shape[0] == 0:
+        if not batch or batch["input_ids"].shape[0] == 0:
+            noise_only_step(model, optimizer)
             taken += 1
             continue
         optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import types
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -79,4 +81,14 @@ def secret_poisson_loader(dataset, sample_rate: float, collate_fn):
 
     loader = DPDataLoader(dataset, sample_rate=sample_rate, collate_fn=collate_fn)
     loader.batch_sampler.__class__ = SecretPoissonSampler  # same state; only the source of randomness differs
+    # An empty Poisson batch collates to ``EMPTY_BATCH``. Opacus' own stand-in builds zero tensors
+    # from the dtypes of ``dataset[0]``, which fails for dict examples when the first batch is empty.
+    loader.collate_fn = partial(_collate_or_empty, collate_fn)
     return loader
+
+
+EMPTY_BATCH: dict = {}
+
+
+def _collate_or_empty(collate_fn, batch: list):
+    return collate_fn(batch) if batch else EMPTY_BATCH

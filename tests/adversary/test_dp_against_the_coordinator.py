@@ -103,6 +103,27 @@ def test_a_replay_from_the_config_does_not_reproduce_an_owners_update(tiny_gpt2,
     assert np.abs(ours[0] - ours[1]).max() > 1e-4
 
 
+def test_an_empty_poisson_batch_is_still_a_noisy_step(tiny_gpt2, demo_dir):
+    """Membership shows in empty batches: with one example more, fewer batches are empty. A step
+    skipped on an empty batch would release that exactly (an unchanged adapter); the owner takes
+    the noisy step all the same, and an empty first batch of a fresh process works."""
+    from fedveil.task.data import DataConfig, load_owner_data
+    from fedveil.task.model import load_tokenizer
+
+    model = load_lora_model(ModelConfig(path=str(tiny_gpt2)), seed=0)
+    start = get_adapter(model)
+    tok = load_tokenizer(tiny_gpt2)
+    data = load_owner_data(demo_dir, tok, DataConfig(), seed=0, one_row_per_record=True)
+    cfg = SampleLevelDPConfig(sample_rate=1e-12)  # every batch empty, the first one included
+    loader = poisson_loader(data.train, lambda b: collate(b, tok.pad_token_id), cfg)
+    with private_training(model, make_optimizer(model, TrainConfig()), loader, cfg, 1.0) as (m, o, dl):
+        result = train_steps(m, dl, o, 3, CPU)
+    assert result.steps == 3
+    after = get_adapter(model)
+    moved = np.concatenate([(after[k] - start[k]).ravel() for k in start])
+    assert np.count_nonzero(moved) == moved.size  # every LoRA weight got noise: nothing tells an empty batch
+
+
 def make_owner(tmp_path, model_path, demo_dir, policy: OwnerPolicy | None, **overrides):
     values = {"seed": 1, "rounds": 2, "num_clients": 1, "output_dir": str(tmp_path / "run"),
               "model": {"path": str(model_path)}, "train": {"local_steps": 2},

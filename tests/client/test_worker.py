@@ -97,7 +97,12 @@ def test_a_dead_worker_is_a_clear_error_and_a_restarted_one_rejoins_with_its_led
         with pytest.raises(WorkerUnavailable, match="not running; start it with `fedveil-owner serve"):
             relay(sock, train_instruction(config, 2, start))
         worker = launch()
-        second = relay(sock, train_instruction(config, 2, start))
+        try:
+            second = relay(sock, train_instruction(config, 2, start))
+        except Exception:
+            worker.kill()
+            print(worker.stdout.read())  # the restarted worker's log, for the failure report
+            raise
         assert second.metrics[wire.DP_EPSILON] > first.metrics[wire.DP_EPSILON]  # the ledger went on, not reset
     finally:
         worker.kill()
