@@ -30,7 +30,7 @@ demo: install
 	$(PY) -m fedveil.experiments.run hydra.run.dir=$(DEMO_DIR)
 
 test: install
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow"
