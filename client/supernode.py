@@ -24,6 +24,11 @@ get an error reply, and none of its code runs. It hooks Flower 1.42's own verifi
 (``flwr/supernode/start_client_internal.py:_pull_and_store_message``, ``_verify_fab``); the
 version is pinned (flwr==1.42.0) and ``tests/deploy/`` exercises it.
 
+It also shortens the SuperNode's fixed sleeps (:func:`install_prompt_polling`): 3 s between idle
+pulls, 1 s+ back-off on message objects still being uploaded, 0.5 s between looks for a reply.
+With ``--isolation process`` its ClientApp tasks run in one long-lived process beside it
+(``client/clientapp_runner.py``) instead of a fresh ``flwr-clientapp`` per message.
+
 What the pin covers: everything a run ships (component names, config defaults, every file of the
 FAB). What it does not: the ``fedveil`` package installed on the owner's own host (the FAB's
 ``fedveil.client.app:app`` is imported from there, as the FAB holds ``client/``, not
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 APP_PIN_KEY = "app-sha256"  # node-config key: the SHA-256 (hex) of the only FAB this SuperNode runs
@@ -87,6 +93,62 @@ def install_app_pin(pinned: str) -> None:
     sci._verify_fab = lambda fab, trusted: fab.verifications.get("valid_license") == _MARK
 
 
+IDLE_PULL_S = 0.1  # between pulls from the SuperLink when no message came (Flower 1.42: 3 s)
+REPLY_WAIT_S = 0.02  # between looks for the ClientApp's reply and its objects (Flower 1.42: 0.5 s)
+
+
+class _Prompt:
+    """A view of the SuperNode's node state or object store whose waits return as soon as data is there.
+
+    Flower 1.42's ``_push_messages`` waits for the ClientApp's reply, and then for each of its
+    objects, by sleeping 0.5 s between looks; this view makes the same calls and looks every
+    ``REPLY_WAIT_S`` instead. Everything else goes straight to the wrapped object.
+    """
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def get_messages_legacy(self, **kwargs):  # node state: an empty answer marks nothing retrieved
+        while not (found := self._inner.get_messages_legacy(**kwargs)):
+            time.sleep(REPLY_WAIT_S)
+        return found
+
+    def get(self, object_id: str):  # object store: b"" = registered, not pushed yet
+        while (content := self._inner.get(object_id)) == b"":
+            time.sleep(REPLY_WAIT_S)
+        return content
+
+
+def install_prompt_polling() -> None:
+    """Shorten the SuperNode's own sleeps: idle pulls (3 s), back-off on objects still being
+    uploaded (1 s, 2 s, ...: ``core/prompt_pull.py``) and waits for the ClientApp's reply (0.5 s).
+
+    Hooks the same Flower 1.42 functions as :func:`install_app_pin` (``start_client_internal``:
+    ``_pull_and_store_message``, which the main loop follows with a 3 s sleep when it returns no
+    run, and ``_push_messages``); nothing else changes. Install after :func:`install_app_pin`.
+    """
+    from flwr.supernode import start_client_internal as sci
+
+    from fedveil.core.prompt_pull import prompt_pull_fn
+
+    pull, push = sci._pull_and_store_message, sci._push_messages
+
+    def pull_until_a_message(**kwargs):
+        kwargs["pull_object"] = prompt_pull_fn(kwargs["pull_object"])  # objects still being uploaded: ask again soon
+        while (run_id := pull(**kwargs)) is None:
+            time.sleep(IDLE_PULL_S)
+        return run_id
+
+    def push_promptly(**kwargs):
+        return push(**{**kwargs, "state": _Prompt(kwargs["state"]), "object_store": _Prompt(kwargs["object_store"])})
+
+    sci._pull_and_store_message = pull_until_a_message
+    sci._push_messages = push_promptly
+
+
 def node_config_of(argv: list[str]) -> dict:
     from flwr.common.config import parse_config_args
 
@@ -112,6 +174,7 @@ def main() -> None:
               f"python -m fedveil.client.supernode --app-sha256 PROJECT_DIR", file=sys.stderr)
         raise SystemExit(2)
     install_app_pin(pinned)
+    install_prompt_polling()
     print(f"fedveil-supernode: runs only the app with FAB sha256 {pinned}", file=sys.stderr, flush=True)
     from flwr.supernode.cli import flower_supernode
 

@@ -8,7 +8,9 @@
 # PARTY_KEYS (crypten): the owner's pinned party keys file (party-keys.json); keys that differ are refused.
 # WORKER=1 (default): first start the owner's long-lived worker (fedveil-owner serve), which holds the
 # model, data, keys, policy and ledger across rounds; the SuperNode's ClientApp only relays to its
-# socket ($DEPLOY_DIR/state/OWNER/owner.sock, 0600). WORKER=0: everything runs in the ClientApp.
+# socket ($DEPLOY_DIR/state/OWNER/owner.sock, 0600), and that ClientApp runs in one long-lived process
+# (python -m fedveil.client.clientapp_runner; the SuperNode runs with --isolation process) instead of a
+# fresh flwr-clientapp process per message. WORKER=0: everything runs in Flower's per-message ClientApp.
 # MODEL_PATH: the owner's own copy of the base model (default: the run's model.path).
 # OWNER_THREADS: CPU threads of the owner worker (set it when several owners share one machine).
 set -euo pipefail
@@ -40,8 +42,14 @@ if [ "${WORKER:-1}" = 1 ]; then
   grep -q "listening on" "$DEPLOY_DIR/logs/owner-$owner.log" || die "the owner worker of $owner did not start; see $DEPLOY_DIR/logs/owner-$owner.log"
   node_config="worker='$state/owner.sock' app-sha256='$app'"  # the worker holds the rest
 fi
+isolation=()
+[ "${WORKER:-1}" = 1 ] && isolation=(--isolation process)  # its ClientApps run in the long-lived runner below
 start_bg "supernode-$owner" fedveil-supernode --root-certificates "$DEPLOY_DIR/pki/ca.crt" \
-  --superlink "$SUPERLINK_HOST:$SUPERLINK_PORT" --port "$port" \
+  --superlink "$SUPERLINK_HOST:$SUPERLINK_PORT" --port "$port" "${isolation[@]}" \
   --auth-supernode-private-key "$DEPLOY_DIR/pki/$owner.key" --auth-supernode-public-key "$DEPLOY_DIR/pki/$owner.pub" \
   --node-config "$node_config"
+if [ "${WORKER:-1}" = 1 ]; then  # one ClientApp process for all messages (Flower starts one per message)
+  start_bg "clientapp-$owner" python -m fedveil.client.clientapp_runner --runtime-api "127.0.0.1:$port" \
+    --app-sha256 "$app" --supernode-pid "$(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")"
+fi
 echo "SuperNode $owner started (pid $(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")), state in $state, app pinned to ${app:0:12}$([ "${WORKER:-1}" = 1 ] && echo ", owner worker on $state/owner.sock")"

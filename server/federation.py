@@ -27,6 +27,7 @@ from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
+from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, summarize
 from fedveil.server.strategy import SecureAggregation, TrainOutcome
@@ -195,7 +196,7 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     down = {m.metadata.dst_node_id: records.content_nbytes(m.content) for m in messages}
     start = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+    replies = send_and_receive(grid, messages, timeout) if messages else []
     up = {m.metadata.src_node_id: records.content_nbytes(m.content) for m in replies if m.has_content()}
     return Exchange(replies, down, up, time.perf_counter() - start)
 

@@ -19,13 +19,14 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
+from fedveil.server.grid_poll import send_and_receive
 
 
 def ask(grid: Grid, nodes: list[int], message_type: str, run_config: dict, keys: dict[int, dict],
         timeout: float) -> dict[int, Message]:
     msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord(dict(run_config)), wire.KEYS: ConfigRecord(keys.get(n, {}))}),
                     dst_node_id=n, message_type=message_type) for n in nodes]
-    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(msgs, timeout=timeout)}
+    replies = {m.metadata.src_node_id: m for m in send_and_receive(grid, msgs, timeout)}
     failed = {n: (records.error_reason(m) if m.has_error() else "no answer") for n, m in replies.items() if m.has_error()}
     failed.update({n: "no answer in time" for n in nodes if n not in replies})
     if failed:
