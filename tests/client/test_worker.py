@@ -1,6 +1,7 @@
 """The owner worker: one model load for many rounds, the same answers as in-process, a 0600 socket,
 and a clear error (then a clean rejoin, ledger intact) when it dies."""
 
+import json
 import os
 import signal
 import stat
@@ -107,3 +108,80 @@ def test_a_dead_worker_is_a_clear_error_and_a_restarted_one_rejoins_with_its_led
     finally:
         worker.kill()
         worker.wait()
+
+
+class RelayGrid:
+    """The coordinator's Grid, minus the network: each message goes through its node's ClientApp
+    (``client/app.py`` in relay mode, node config ``worker=<socket>``) to that owner's worker.
+    ``before_round(rnd)`` runs before each round's train messages (one push per round)."""
+
+    def __init__(self, sockets, before_round):
+        self.sockets, self.before_round, self.replies, self.rounds = sockets, before_round, {}, 0
+
+    def get_node_ids(self):
+        return list(self.sockets)
+
+    def push_messages(self, messages):
+        from flwr.app import Context, RecordDict
+
+        from fedveil.client.app import app
+
+        if any(m.metadata.message_type == "train" for m in messages):
+            self.rounds += 1
+            self.before_round(self.rounds)
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+            node = m.metadata.dst_node_id
+            context = Context(run_id=1, node_id=node, node_config={"worker": str(self.sockets[node])},
+                              state=RecordDict(), run_config={})
+            self.replies[m.object_id] = app(message=m, context=context)
+            ids.append(m.object_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+
+def test_a_federation_goes_on_without_a_dead_worker_and_its_owner_rejoins_with_its_ledger(tmp_path, tiny_gpt2,
+                                                                                          monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedveil.server.federation import run_federation
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):  # what a ServerApp process is given
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+    data = write_demo_data(tmp_path / "data", 2, 60, seed=0)
+    cfg = from_dict({"seed": 2, "rounds": 3, "num_clients": 2, "output_dir": str(tmp_path / "run"),
+                     "model": {"path": str(tiny_gpt2)}, "train": {"local_steps": 2},
+                     "dp": {"name": "sample_level", "target_epsilon": 8.0, "accountant": "rdp"}})
+    data_dirs = {"client_0": data[0], "client_1": data[1]}
+
+    def start_worker(owner):  # a fresh WorkerState: what a (re)started worker process knows, i.e. its state dir
+        state = WorkerState(owner, str(data_dirs[owner]), str(tmp_path / owner))
+        ready = threading.Event()
+        threading.Thread(target=serve, args=(tmp_path / owner / "owner.sock", state.answer, ready.set),
+                         daemon=True).start()
+        assert ready.wait(10)
+
+    def before_round(rnd):
+        if rnd == 2:  # client_1's worker goes away between rounds 1 and 2 (a real SIGKILL: the test above)
+            (tmp_path / "client_1" / "owner.sock").unlink()
+        if rnd == 3:  # and is started again, from its state directory only
+            start_worker("client_1")
+
+    for owner in data_dirs:
+        start_worker(owner)
+    sockets = {10: tmp_path / "client_0" / "owner.sock", 11: tmp_path / "client_1" / "owner.sock"}
+    run_federation(RelayGrid(sockets, before_round), cfg)
+    rows = {r["round"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    assert rows[1]["clients"] == rows[3]["clients"] == ["client_0", "client_1"]
+    assert rows[2]["clients"] == ["client_0"]  # the round went on without client_1
+    (reason,) = rows[2]["excluded"].values()
+    assert "not running; start it with `fedveil-owner serve" in reason
+    eps = {(who, r): rows[r]["per_client"][who]["epsilon"] for who in ("client_0", "client_1") for r in (1, 2, 3)
+           if "epsilon" in rows[r]["per_client"].get(who, {})}
+    # the restarted worker's ledger holds both participations of client_1, as client_0's held its first two
+    assert eps["client_1", 3] > eps["client_1", 1]
+    assert eps["client_1", 3] == pytest.approx(eps["client_0", 2], rel=1e-6)
