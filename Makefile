@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m fedveil.experiments.run hydra.run.dir=$(DEMO_DIR)
+	$(PY) -m fedveil.experiments.run hydra.run.dir=$(DEMO_DIR) overwrite=true
 
 test: install
 	$(PY) -m pytest -ra --durations=25

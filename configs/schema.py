@@ -48,6 +48,7 @@ class FedveilConfig:
     num_clients: int = 3
     output_dir: str = ""  # filled in by the runner (Hydra's run directory)
     resume: bool = False  # continue from the latest checkpoint in output_dir
+    overwrite: bool = False  # delete an earlier run's outputs in output_dir first (owners' state is kept)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

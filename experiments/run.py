@@ -52,29 +52,62 @@ def hydra_error_line(exc: BaseException) -> str:
     return first.split(" Config search path")[0] + hint
 
 
-def validate_overrides(overrides: list[str]) -> None:
-    """Compose once before Hydra starts, so a bad key or value is one line, not a report."""
+def job_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the job's config (Hydra's own, ``hydra.*`` and ``hydra/...``, set the runner up)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Every job of a ``-m`` sweep, as Hydra's basic sweeper will launch them (in its order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+
+
+def validate_jobs(overrides: list[str], sweep: bool) -> None:
+    """Compose and check every job before Hydra starts any, so a bad key, value, input path or an
+    earlier run in a job's directory is one line and no job has run yet."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+    from fedveil.server.outputs import check_run_dir
+    from fedveil.server.prepare import check_devices, check_inputs
+
+    where = ""
     try:
+        jobs = sweep_jobs(overrides) if sweep else [overrides]
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = compose("config", overrides=job_overrides)
-            from_dict(OmegaConf.to_container(cfg, resolve=True))
+            for num, job in enumerate(jobs):
+                where = f"sweep job {num} ({' '.join(job_overrides(job))}): " if sweep else ""
+                dcfg = compose("config", overrides=[*job, *([f"hydra.job.num={num}"] if sweep else [])],
+                               return_hydra_config=True)
+                h = dcfg.hydra
+                out = f"{h.sweep.dir}/{h.sweep.subdir}" if sweep else str(h.run.dir)
+                with open_dict(dcfg):
+                    del dcfg["hydra"]
+                cfg = from_dict(OmegaConf.to_container(dcfg, resolve=True))
+                check_run_dir(out, cfg.resume, cfg.overwrite)
+                check_inputs(cfg)
+                check_devices(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        fail(hydra_error_line(exc))
+        fail(where + hydra_error_line(exc))
     except UserError as exc:
-        fail(str(exc))
+        fail(where + str(exc))
 
 
 def run_experiment(cfg: FedveilConfig) -> dict:
     """Prepare and run one experiment; returns the run summary."""
     from fedveil.experiments.simulation import run_in_simulation
-    from fedveil.server.outputs import read_metrics, read_run_error
-    from fedveil.server.prepare import prepare
+    from fedveil.server.outputs import check_run_dir, clear_earlier_run, read_metrics, read_run_error
+    from fedveil.server.prepare import check_devices, prepare
 
+    check_run_dir(cfg.output_dir, cfg.resume, cfg.overwrite)  # before anything is written there
+    check_devices(cfg)
+    if cfg.overwrite:
+        clear_earlier_run(cfg.output_dir)
     prepare(cfg, write_policies=True)  # fail fast, before the Simulation Engine starts
     check_limits(cfg)
     out = Path(cfg.output_dir)
@@ -159,8 +192,9 @@ def main() -> None:
     register_schemas()
     quiet_libraries()
     args = sys.argv[1:]
-    if not any(a.startswith("-") for a in args):  # a plain run: check the overrides up front
-        validate_overrides(args)
+    flags = {a for a in args if a.startswith("-")}
+    if flags <= {"-m", "--multirun"}:  # a run or a sweep (not --help, --cfg, ...): check every job up front
+        validate_jobs([a for a in args if not a.startswith("-")], sweep=bool(flags))
     hydra_main()
 
 

@@ -141,11 +141,10 @@ def run_round(fed: Federation, rnd: int) -> None:
     row = round_row(fed, rnd, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, rnd, row, outcome)
     note = f" | max eps {row['max_epsilon']:.3f}" if row["max_epsilon"] is not None else ""
-    note += f" | excluded {sorted(outcome.excluded)}" if outcome.excluded else ""
+    note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
     progress(f"round {rnd}/{fed.cfg.rounds} | train loss {fmt(row['train_loss'])} | eval loss {fmt(ev.loss)} | "
              f"{len(outcome.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
-    for who, reason in outcome.excluded.items():
-        progress(f"  excluded {who}: {reason}")
+    report_excluded(outcome.excluded)
 
 
 def stop_untrained(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, seconds: float) -> None:
@@ -153,10 +152,20 @@ def stop_untrained(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: E
     row = round_row(fed, rnd, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
     append_metrics(fed.out, row)
     reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
-    for who, reason in outcome.excluded.items():
-        progress(f"  excluded {who}: {reason}")
+    report_excluded(outcome.excluded)
     raise UserError(f"round {rnd}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
                     f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''})")
+
+
+def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
+    """One console line per distinct reason, naming a few owners (all of them: metrics.jsonl)."""
+    by_reason: dict[str, list[str]] = {}
+    for who, reason in excluded.items():
+        by_reason.setdefault(reason, []).append(who)
+    for reason, owners in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        owners = sorted(owners)
+        names = ", ".join(owners[:shown]) + (f" and {len(owners) - shown} more (metrics.jsonl)" if len(owners) > shown else "")
+        progress(f"  excluded {names}: {reason}")
 
 
 def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:

@@ -1,16 +1,52 @@
-"""What a run leaves behind: metrics.jsonl (a row per round), summary.json and report.md."""
+"""What a run leaves behind: metrics.jsonl (a row per round), summary.json and report.md; and the
+check that a new run does not write over an earlier one (:func:`check_run_dir`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
+from fedveil.core.errors import UserError
 from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 RUN_ERROR_FILE = "run_error.txt"  # one line: why the federation stopped before its last round
+# What the coordinator wrote for a run that started (summary.json first: it marks a finished run).
+# The owners' state directories (clients/: epsilon ledgers, keys) are theirs and never in this list.
+RUN_OUTPUTS = ("summary.json", "report.md", "final_adapter", METRICS_FILE, "round_ledger.jsonl", "checkpoints",
+               RUN_ERROR_FILE)
+
+
+def earlier_run(out_dir: str | Path) -> list[str]:
+    """The outputs of an earlier run (finished or partial) in ``out_dir``, by name."""
+    out = Path(out_dir)
+    return [name for name in RUN_OUTPUTS if (out / name).exists()]
+
+
+def check_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an earlier one's outputs unless told what to do with them:
+    ``resume=true`` continues it, ``overwrite=true`` replaces it (:func:`clear_earlier_run`).
+    Without either a re-run would mix its rows into the earlier ``metrics.jsonl`` and replace
+    its checkpoints and final adapter."""
+    if resume and overwrite:
+        raise UserError("resume=true and overwrite=true contradict each other: pick one")
+    found = earlier_run(out_dir)
+    if found and not (resume or overwrite):
+        finished = "a finished" if "summary.json" in found else "a partial"
+        raise UserError(f"{out_dir} holds {finished} run ({', '.join(found)}): pass resume=true to continue it, "
+                        "overwrite=true to replace it, or choose another hydra.run.dir")
+
+
+def clear_earlier_run(out_dir: str | Path) -> None:
+    """``overwrite=true``: delete the coordinator's outputs of the earlier run, summary.json first
+    (a crash half-way leaves a partial run, refused again). Never the owners' state directories
+    under ``clients/``: what an owner spent of its privacy budget stays spent."""
+    for name in earlier_run(out_dir):
+        path = Path(out_dir) / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def write_run_error(out_dir: str | Path, message: str) -> None:

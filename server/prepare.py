@@ -9,12 +9,16 @@ Simulation Engine had started.
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from pathlib import Path
 
-from fedveil.task.data import load_owner_data
+from fedveil.core.errors import UserError
+from fedveil.core.io import atomic_write_bytes
+from fedveil.task.data import data_files, load_owner_data
 from fedveil.task.demo_data import write_demo_data
-from fedveil.task.model import check_model_dir, load_tokenizer
+from fedveil.task.model import check_model_dir, check_tokenizer_files, load_tokenizer, resolve_device
 from fedveil.task.tiny import build_tiny_model
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core.console import progress
@@ -55,15 +59,54 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
         cfg.data.client_dirs = write_demo_data(out / "data", cfg.num_clients, cfg.data.demo_examples, cfg.seed)
         progress(f"demo data for {cfg.num_clients} owners -> {out / 'data'}")
     tokenizer = load_tokenizer(cfg.model.path)
-    sizes = set()
+    owners = []
     for k, source in enumerate(cfg.data.client_dirs or []):
         data = load_owner_data(source, tokenizer, cfg.data, cfg.seed, one_row_per_record=cfg.dp.name != "off")
-        sizes.add(len(data.train) + len(data.eval))
-        if report_data:
-            progress(f"client_{k}: {len(data.train)} train / {len(data.eval)} held-out examples from {source}")
-    for size in sorted(sizes) if check_dp else ():
+        owners.append({"owner": f"client_{k}", "train": len(data.train), "held_out": len(data.eval), "source": str(source)})
+    if report_data:
+        report_owner_data(owners, out)
+    for size in sorted({o["train"] + o["held_out"] for o in owners}) if check_dp else ():
         check_dp_plan(cfg, size)
     return cfg
+
+
+OWNER_DATA_FILE = "owners_data.jsonl"  # the runner's per-owner data counts (simulation: it plays every owner)
+CONSOLE_OWNERS = 10  # up to this many owners get a console line each; more get one summary line
+
+
+def report_owner_data(owners: list[dict], out: Path) -> None:
+    """Each owner's example counts into ``<out>/owners_data.jsonl``; on the console a line per owner
+    for a few owners, one summary line for many."""
+    atomic_write_bytes(out / OWNER_DATA_FILE, "".join(json.dumps(o, sort_keys=True) + "\n" for o in owners).encode())
+    if len(owners) <= CONSOLE_OWNERS:
+        for o in owners:
+            progress(f"{o['owner']}: {o['train']} train / {o['held_out']} held-out examples from {o['source']}")
+        return
+    train = [o["train"] for o in owners]
+    progress(f"{len(owners)} owners: {min(train)} / {statistics.median(train):g} / {max(train)} train examples "
+             f"(min / median / max), {sum(o['held_out'] for o in owners)} held-out in all; per owner: "
+             f"{out / OWNER_DATA_FILE}")
+
+
+def check_inputs(cfg: FedveilConfig) -> None:
+    """The cheap checks of what a run reads, for every job of a sweep before the first starts:
+    the model directory and its tokenizer files, each owner's data path. (``prepare`` reads them.)"""
+    if cfg.model.path:
+        check_tokenizer_files(cfg.model.path)
+    if cfg.data.name != "node":
+        for source in cfg.data.client_dirs or []:
+            data_files(source)
+
+
+def check_devices(cfg: FedveilConfig) -> None:
+    """Simulation: the owners train on this machine, so a device it lacks is refused here, once,
+    rather than by every owner in every round."""
+    import torch
+
+    resolve_device(cfg.model.device)
+    if cfg.sim.client_gpus > 0 and not torch.cuda.is_available():
+        raise UserError(f"sim.client_gpus={cfg.sim.client_gpus:g} but no CUDA device is visible, so no simulated owner "
+                        "could ever be scheduled: set sim.client_gpus=0")
 
 
 def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> None:

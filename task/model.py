@@ -120,15 +120,35 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     return p.resolve()
 
 
+# A tokenizer's vocabulary lives in one of these (fast: tokenizer.json; SentencePiece: *.model;
+# BPE: vocab.json + merges.txt; WordPiece: vocab.txt). Without any, transformers builds an empty
+# tokenizer from config.json alone and every text encodes to nothing.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("spiece.model",), ("vocab.json", "merges.txt"),
+                   ("vocab.txt",))
+
+
+def check_tokenizer_files(path: str | os.PathLike) -> Path:
+    """Fail with one line naming the files when ``path`` holds no tokenizer vocabulary."""
+    p = check_model_dir(path)
+    if not any(all((p / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        wanted = ", ".join(" + ".join(names) for names in TOKENIZER_FILES)
+        raise UserError(f"model.path '{p}' has no tokenizer files (none of {wanted}): copy them from the original "
+                        "checkpoint, or save them there with tokenizer.save_pretrained(DIR)")
+    return p
+
+
 def load_tokenizer(path: str | os.PathLike):
     """The checkpoint's tokenizer, with a pad token (causal LMs often ship none)."""
     from transformers import AutoTokenizer
 
-    p = check_model_dir(path)
+    p = check_tokenizer_files(path)
     try:
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.path '{p}' has no usable tokenizer ({exc.__class__.__name__}): save one there with tokenizer.save_pretrained()") from exc
+    if not tok("hello world")["input_ids"]:
+        raise UserError(f"model.path '{p}': its tokenizer encodes text to nothing (an empty vocabulary): copy the "
+                        "tokenizer files from the original checkpoint, or save them there with tokenizer.save_pretrained(DIR)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -8,10 +8,17 @@ knows about Flower or the model: each function is checked against known answers 
 The guarantee: an owner whose every update came from Opacus DP-SGD steps listed in the history
 is (epsilon, delta)-DP with respect to adding or removing one training example (sample-level DP),
 across all rounds and runs the history covers.
+
+Both functions are pure, and one PRV epsilon costs about a second of CPU (Opacus' RDP-based domain
+bound in pure Python), so each process memoises them: an owner recomputes the epsilon of the
+history it just reserved when it next loads its ledger, and simulated owners that share a process
+and a plan (same budget, delta, q, steps, accountant, spent history) plan once. The results are
+the same numbers, computed once; every check that uses them still runs.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 from opacus.accountants import create_accountant
@@ -34,13 +41,18 @@ def check_accountant(name: str) -> None:
 def epsilon_of(history: Sequence[Entry], delta: float, accountant: str = "prv") -> float:
     """Epsilon spent by ``history`` at ``delta`` (0.0 for an empty history)."""
     check_accountant(accountant)
-    history = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    history = tuple((float(s), float(q), int(n)) for s, q, n in history if int(n) > 0)
     if not history:
         return 0.0
     if any(s <= 0 for s, _, _ in history):
         return float("inf")  # a noiseless step is not private at all
+    return _epsilon(history, float(delta), accountant)
+
+
+@lru_cache(maxsize=1024)
+def _epsilon(history: tuple[Entry, ...], delta: float, accountant: str) -> float:
     acc = create_accountant(mechanism=accountant)
-    acc.history = history
+    acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))
 
 
@@ -54,7 +66,13 @@ def plan_noise(budget: float, delta: float, sample_rate: float, steps: int, acco
     PRV estimate is not smooth in sigma (seen here: minutes at 100 % CPU).
     """
     check_accountant(accountant)
-    spent = list(spent)
+    spent = tuple((float(s), float(q), int(n)) for s, q, n in spent)
+    return _plan_noise(float(budget), float(delta), float(sample_rate), int(steps), accountant, spent, float(max_noise))
+
+
+@lru_cache(maxsize=64)  # a refusal (BudgetUnreachable) is not cached: it is raised again each time
+def _plan_noise(budget: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                spent: tuple[Entry, ...], max_noise: float) -> float:
     if spent and epsilon_of(spent, delta, accountant) >= budget:
         raise BudgetUnreachable(f"the privacy budget epsilon={budget:g} is already spent; no further rounds are possible")
 

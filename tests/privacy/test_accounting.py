@@ -89,3 +89,44 @@ def test_owner_ledger_epsilon_composed_over_rounds_is_within_one_percent_of_goog
         google = pld.PLDAccountant()
         google.compose(dp_event.PoissonSampledDpEvent(0.05, dp_event.GaussianDpEvent(sigma)), 20 * rnd)
         assert reported == pytest.approx(google.get_epsilon(1e-5), rel=0.01), rnd
+
+
+@pytest.fixture
+def counted_accountant(monkeypatch):
+    """Opacus' accountant, counted; the process-wide memo emptied before and after (no leaks)."""
+    from fedveil.privacy.dp import accounting
+
+    calls = []
+    real = accounting.create_accountant
+
+    def counting(mechanism):
+        calls.append(mechanism)
+        return real(mechanism=mechanism)
+
+    accounting._epsilon.cache_clear(), accounting._plan_noise.cache_clear()
+    monkeypatch.setattr(accounting, "create_accountant", counting)
+    yield calls  # (sample rate 1.0 below: Opacus' RDP is closed-form there, so these tests are quick)
+    accounting._epsilon.cache_clear(), accounting._plan_noise.cache_clear()
+
+
+def test_an_epsilon_is_computed_once_per_process_and_is_the_same_number(counted_accountant):
+    history = [(1.1, 1.0, 20)]
+    first = epsilon_of(history, 1e-5, "rdp")
+    assert epsilon_of([(1.1, 1.0, 20)], 1e-5, "rdp") == first  # the ledger re-checks what reserve computed
+    assert epsilon_of(((1.1, 1.0, 20.0),), 1e-5, "rdp") == first  # normalised: same key
+    assert counted_accountant == ["rdp"]
+    assert epsilon_of([(1.1, 1.0, 21)], 1e-5, "rdp") > first  # another history is computed anew
+    assert epsilon_of([(1.1, 1.0, 20)], 1e-6, "rdp") > first  # ... and another delta
+    assert len(counted_accountant) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+def test_owners_sharing_a_plan_plan_once_and_a_refusal_is_never_remembered(counted_accountant):
+    sigma = plan_noise(8.0, 1e-5, 1.0, 20, "rdp")
+    planned = len(counted_accountant)
+    assert planned > 5  # a bisection
+    assert plan_noise(8.0, 1e-5, 1.0, 20, "rdp") == sigma and len(counted_accountant) == planned
+    assert plan_noise(8.0, 1e-5, 1.0, 20, "rdp", spent=[(2 * sigma, 1.0, 20)]) > sigma  # the spent history is in the key
+    for _ in range(2):
+        with pytest.raises(BudgetUnreachable):
+            plan_noise(8.0, 1e-5, 1.0, 20, "rdp", spent=[(0.3, 1.0, 400)])

@@ -48,6 +48,18 @@ def test_tokenizer_round_trips_bytes(tiny_gpt2):
     assert tok.pad_token_id is not None and tok.eos_token_id is not None
 
 
+def test_a_model_dir_without_tokenizer_files_is_refused_naming_them(tiny_gpt2, tmp_path):
+    import shutil
+
+    bare = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_gpt2, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*", "special_tokens*"))
+    # transformers alone would build an empty tokenizer from config.json and encode every text to nothing
+    with pytest.raises(UserError, match=r"has no tokenizer files \(none of tokenizer.json, .*vocab.json \+ merges.txt"):
+        load_tokenizer(bare)
+    shutil.copy(tiny_gpt2 / "tokenizer.json", bare / "tokenizer.json")
+    assert load_tokenizer(bare)("hello")["input_ids"]
+
+
 def test_bad_model_paths(tmp_path):
     with pytest.raises(UserError, match="is not a directory"):
         load_lora_model(ModelConfig(path=str(tmp_path / "missing")))
