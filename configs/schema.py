@@ -12,7 +12,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from fedveil.task.data import DataConfig
 from fedveil.task.model import ModelConfig
@@ -33,10 +33,18 @@ class SimulationConfig:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     round_timeout_s: float = 900.0
+    # an existing Ray cluster to run the owners on ("auto", or the head's HOST:PORT, as `ray start
+    # --head` prints it); None starts a local Ray instance for the run
+    ray_address: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.client_cpus <= 0:
             raise UserError(f"sim.client_cpus must be > 0, got {self.client_cpus}")
+        if self.ray_address is not None and self.ray_address != "auto":
+            host, _, port = self.ray_address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(f"sim.ray_address='{self.ray_address}' is neither auto nor HOST:PORT: pass the address "
+                                "`ray start --head` printed (e.g. sim.ray_address=10.0.0.5:6379), or auto")
 
 
 @dataclass

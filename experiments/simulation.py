@@ -30,9 +30,12 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
 
     quiet_loggers()
 
+    init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
+    if cfg.sim.ray_address:  # an existing cluster: its nodes need this environment and the run's paths
+        init_args["address"] = cfg.sim.ray_address
     backend_config = {
         "client_resources": {"num_cpus": cfg.sim.client_cpus, "num_gpus": cfg.sim.client_gpus},
-        "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
+        "init_args": init_args,
     }
     # what the backend needs running beside the federation (crypten: local aggregator parties)
     with backend_spec(cfg.aggregation.name).local_services(cfg.aggregation, Path(cfg.output_dir), cfg.num_clients):

@@ -100,9 +100,12 @@ def check_inputs(cfg: FedveilConfig) -> None:
 
 def check_devices(cfg: FedveilConfig) -> None:
     """Simulation: the owners train on this machine, so a device it lacks is refused here, once,
-    rather than by every owner in every round."""
+    rather than by every owner in every round. (On a Ray cluster, ``sim.ray_address``, they train
+    on its nodes: nothing to check here.)"""
     import torch
 
+    if cfg.sim.ray_address:
+        return
     resolve_device(cfg.model.device)
     if cfg.sim.client_gpus > 0 and not torch.cuda.is_available():
         raise UserError(f"sim.client_gpus={cfg.sim.client_gpus:g} but no CUDA device is visible, so no simulated owner "
