@@ -51,7 +51,10 @@ def adapter_values(model_cfg, seed: int) -> int:
 
 
 def dp_plan(cfg) -> dict | None:
-    """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps)."""
+    """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps).
+
+    With ``clients_per_round`` the plan is the same: the coordinator picks who trains, so no
+    privacy amplification by that sampling is claimed; an owner left out of a round spends nothing."""
     from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
 
     dp = cfg.dp
@@ -84,7 +87,7 @@ def plan_of(values: dict) -> dict:
     # parse everything but the pick (the planner below says why, refusal included)
     cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
-    plan = choose(cfg.privacy, cfg.num_clients, values=n, resume=cfg.resume,
+    plan = choose(cfg.privacy, cfg.participants, values=n, resume=cfg.resume,
                   allowed=list(cfg.owner_policy.allowed_backends))
     if requested == "auto":
         pick, reason = plan.pick, plan.reason
@@ -97,10 +100,11 @@ def plan_of(values: dict) -> dict:
                   + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else ""))
     run = None
     if pick:
-        run = {**estimate(run_agg.name, run_agg, n, cfg.num_clients).as_dict(),
-               "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.num_clients)}
+        run = {**estimate(run_agg.name, run_agg, n, cfg.participants).as_dict(),
+               "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
     return {
-        "owners": cfg.num_clients, "rounds": cfg.rounds, "local_steps": cfg.train.local_steps,
+        "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
+        "local_steps": cfg.train.local_steps,
         "adapter_values": n, "model": cfg.model.path or f"tiny {cfg.model.tiny.arch}",
         "privacy": {k: getattr(cfg.privacy, k) for k in cfg.privacy.__dataclass_fields__},
         "requested": requested,
@@ -159,7 +163,9 @@ def human(n: float) -> str:
 
 def render(p: dict) -> str:
     pr = p["privacy"]
-    lines = [f"fedveil plan: {p['owners']} owners x {p['rounds']} rounds x {p['local_steps']} local steps | "
+    sampled = p.get("clients_per_round", p["owners"])
+    owners = f"{p['owners']} owners" + (f" ({sampled} sampled to train per round)" if sampled < p["owners"] else "")
+    lines = [f"fedveil plan: {owners} x {p['rounds']} rounds x {p['local_steps']} local steps | "
              f"adapter {p['adapter_values']:,} values ({p['model']})",
              "stated: " + " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in pr.items()),
              f"{'backend':8s} {'covers':6s} {'up/owner':>10s} {'down/owner':>11s} {'per party in':>12s} "
@@ -173,6 +179,10 @@ def render(p: dict) -> str:
         lines.append(f"DP: {dp['mode']}, target epsilon {dp['target_epsilon']:g} at delta {dp['delta']:g}, "
                      f"q {dp['sample_rate']:g}, {dp['steps']} steps -> noise sigma {dp['noise_multiplier']:.3f}, "
                      f"epsilon {dp['epsilon']:.3f} ({dp['accountant']})")
+        if sampled < p["owners"]:
+            lines.append(f"DP with client sampling: no amplification is claimed (the coordinator picks who trains); "
+                         f"sigma is planned as if every owner trained every round, and an owner spends epsilon only in "
+                         f"the rounds it trains, so it ends at or below {dp['epsilon']:.3f}")
     else:
         lines.append("DP: off (set privacy.epsilon=E, or dp=sample_level, for DP-SGD on every owner)")
     lines.append(f"pick: {p['reason']}" if p["pick"] else "pick: none")

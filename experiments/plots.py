@@ -139,7 +139,8 @@ def plot_seconds(rows: list[dict], path: Path) -> dict[str, Any]:
             pts = per_round(trained, lambda r: r.get("seconds", {}).get(phase))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=phase)
-        ax.set(xlabel="round", ylabel="seconds", title="Seconds per phase per round")
+        ax.set_yscale("symlog", linthresh=1e-3)  # protect/aggregate/reveal are ms beside training
+        ax.set(xlabel="round", ylabel="seconds (symlog)", title="Seconds per phase per round")
     return save(path, draw)
 
 

@@ -126,7 +126,7 @@ def check_limits(cfg: FedveilConfig) -> None:
     if p.max_bytes_per_round is None and p.max_seconds_per_round is None:
         return
     values = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, cfg.seed)).values())
-    cost = estimate(cfg.aggregation.name, cfg.aggregation, values, cfg.num_clients)
+    cost = estimate(cfg.aggregation.name, cfg.aggregation, values, cfg.participants)
     if p.max_bytes_per_round is not None and cost.per_owner > p.max_bytes_per_round:
         raise UserError(f"aggregation={cfg.aggregation.name} moves {cost.per_owner:,} bytes per owner per round, over "
                         f"privacy.max_bytes_per_round={p.max_bytes_per_round:,}: raise the limit or relax the threats "
@@ -182,7 +182,7 @@ def hydra_main(dcfg: DictConfig) -> float | None:
         if (values.get("aggregation") or {}).get("name") == "auto":
             from fedveil.privacy.planner import choose
 
-            plan = choose(cfg.privacy, cfg.num_clients, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+            plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
             progress(f"planner (aggregation=auto): {plan.reason}"
                      + (f"; DP-SGD to epsilon {cfg.dp.target_epsilon:g}" if cfg.privacy.epsilon is not None else ""))
         summary = run_experiment(cfg, values)

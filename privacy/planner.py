@@ -253,7 +253,8 @@ def _threat_gaps(backend: str, privacy: PrivacyConfig, owners: int, resume: bool
         gaps.append(f"needs >= {g.parties} independent aggregator parties (privacy.aggregator_parties="
                     f"{privacy.aggregator_parties})")
     if owners < g.min_owners:
-        gaps.append(f"needs >= {g.min_owners} owners per round (num_clients={owners})")
+        gaps.append(f"needs >= {g.min_owners} owners per round ({owners} train per round: num_clients, "
+                    "or clients_per_round)")
     if resume and not spec.can_resume:
         gaps.append("cannot resume (a restart re-keys the federation)")
     if allowed is not None and backend not in allowed:
