@@ -54,6 +54,9 @@ class FedveilConfig:
     seed: int = 0
     rounds: int = 3
     num_clients: int = 3
+    # owners sampled (uniformly, by the coordinator) to train each round, as FedAvg's fraction_train;
+    # None: all. Every owner evaluates every round. No DP amplification is claimed for it.
+    clients_per_round: Optional[int] = None
     output_dir: str = ""  # filled in by the runner (Hydra's run directory)
     resume: bool = False  # continue from the latest checkpoint in output_dir
     overwrite: bool = False  # delete an earlier run's outputs in output_dir first (owners' state is kept)
@@ -75,11 +78,20 @@ class FedveilConfig:
             raise UserError(f"rounds must be >= 1, got {self.rounds}")
         if self.num_clients < 1:
             raise UserError(f"num_clients must be >= 1, got {self.num_clients}")
+        if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.num_clients:
+            raise UserError(f"clients_per_round must be between 1 and num_clients={self.num_clients} "
+                            f"(or null for all), got {self.clients_per_round}")
         if self.data.client_dirs is not None and len(self.data.client_dirs) != self.num_clients:
             raise UserError(
                 f"data.client_dirs lists {len(self.data.client_dirs)} owners but num_clients={self.num_clients}; "
                 "make them agree"
             )
+
+
+    @property
+    def participants(self) -> int:
+        """Owners that train in each round (``clients_per_round``, else all)."""
+        return self.clients_per_round or self.num_clients
 
 
 def register_schemas() -> None:
@@ -147,6 +159,11 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
         raise UserError("model.gradient_checkpointing=true does not work with dp=sample_level (Opacus' per-sample "
                         "gradient hooks do not fire through recomputed layers); bound memory with "
                         "dp.max_physical_batch_size instead")
+    min_owners = getattr(cfg.aggregation, "min_owners", 1)
+    if cfg.participants < min_owners:
+        raise UserError(f"aggregation={agg['name']} reveals no aggregate of fewer than aggregation.min_owners="
+                        f"{min_owners} owners, but only {cfg.participants} train per round: raise clients_per_round "
+                        "(or num_clients)")
     if cfg.resume and not BACKENDS[agg["name"]].can_resume:
         raise UserError(f"resume=true is not supported with aggregation={agg['name']} yet (a restart re-keys the federation, "
                         "so the stored ciphertexts could not be opened); start a new run directory")
@@ -163,7 +180,7 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any])
         if extra:
             raise UserError(f"aggregation=auto takes no options (got aggregation.{extra[0]}): state privacy.* "
                             "instead, or name a backend (aggregation=plain|tenseal|crypten)")
-        plan = choose(cfg.privacy, cfg.num_clients, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+        plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
         plan.refuse()
         agg = dict(plan.agg_values)
     p = cfg.privacy

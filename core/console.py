@@ -38,6 +38,6 @@ def quiet_libraries() -> None:
 
 def quiet_loggers() -> None:
     """Flower sets its logger to DEBUG when imported: call this again after importing it."""
-    for name in ("flwr", "alembic", "ray"):
+    for name in ("flwr", "alembic", "ray", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("flwr").propagate = False  # it has its own console handler

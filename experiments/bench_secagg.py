@@ -26,7 +26,7 @@ MODELS = {
 
 def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"aggregation={backend}",
-           f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0",
+           f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0", "dp=off",
            *([f"aggregation.parties={args.parties}"] if backend == "crypten" else []),
            *MODELS[args.model]]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -51,7 +51,10 @@ def adapter_values(model_cfg, seed: int) -> int:
 
 
 def dp_plan(cfg) -> dict | None:
-    """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps)."""
+    """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps).
+
+    With ``clients_per_round`` the plan is the same: the coordinator picks who trains, so no
+    privacy amplification by that sampling is claimed; an owner left out of a round spends nothing."""
     from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
 
     dp = cfg.dp
@@ -69,38 +72,86 @@ def dp_plan(cfg) -> dict | None:
 
 def make_plan(overrides: list[str]) -> dict:
     """The plan as plain data (what ``--json`` prints). ``pick`` is None where nothing covers."""
-    from fedveil.configs.schema import from_dict
-    from fedveil.privacy.planner import choose
+    return plan_of(compose(overrides))
 
-    values = compose(overrides)
+
+def plan_of(values: dict) -> dict:
+    """The plan of a composed config (what the runner prints first and keeps in summary.json).
+
+    ``run``: the cost of the backend the run uses, with its own config (e.g. crypten's
+    ``aggregation.parties``), by phase: what ``planned_vs_measured`` compares with the run."""
+    from fedveil.configs.schema import from_dict
+    from fedveil.privacy.planner import choose, estimate, rough_phase_seconds
+
     requested = (values.get("aggregation") or {}).get("name", "plain")
     # parse everything but the pick (the planner below says why, refusal included)
     cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
-    plan = choose(cfg.privacy, cfg.num_clients, values=n, resume=cfg.resume,
+    plan = choose(cfg.privacy, cfg.participants, values=n, resume=cfg.resume,
                   allowed=list(cfg.owner_policy.allowed_backends))
     if requested == "auto":
         pick, reason = plan.pick, plan.reason
+        run_agg = from_dict(values).aggregation if pick else None  # what a run resolves auto to
     else:
         verdict = next(v for v in plan.verdicts if v.backend == requested)
-        pick = requested
+        pick, run_agg = requested, cfg.aggregation
         reason = (f"aggregation={requested} was named, so the planner is bypassed"
                   + ("" if verdict.covered else f"; it does NOT cover the stated threats ({'; '.join(verdict.why_not)})")
                   + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else ""))
+    run = None
+    if pick:
+        run = {**estimate(run_agg.name, run_agg, n, cfg.participants).as_dict(),
+               "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
     return {
-        "owners": cfg.num_clients, "rounds": cfg.rounds, "local_steps": cfg.train.local_steps,
+        "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
+        "local_steps": cfg.train.local_steps,
         "adapter_values": n, "model": cfg.model.path or f"tiny {cfg.model.tiny.arch}",
         "privacy": {k: getattr(cfg.privacy, k) for k in cfg.privacy.__dataclass_fields__},
         "requested": requested,
         "backends": [{"backend": v.backend, "covered": v.covered, "why_not": v.why_not, **v.cost.as_dict()}
                      for v in plan.verdicts],
         "dp": dp_plan(cfg),
-        "pick": pick, "reason": reason,
+        "pick": pick, "reason": reason, "run": run,
         "seconds_note": "rough: the backend's protect + aggregate + reveal from privacy/calibration.json; "
                         "training, evaluation and network time excluded",
         "bytes_note": "exact payload bytes (protect() output, global adapter); Flower's config/metric records "
                       "add a few KB per message",
     }
+
+
+def planned_vs_measured(plan: dict, rows: list[dict], max_epsilon: float | None) -> dict:
+    """Per figure: the plan's value, the run's measured value (metrics.jsonl) and measured/planned.
+
+    Bytes are means over owners and trained rounds (measured includes Flower's config and metric
+    records, which the plan leaves out); seconds per phase are means over trained rounds (the plan
+    is rough and covers only the backend's phases: no figure for train and evaluate); epsilon is
+    the largest any owner reported against the ε every owner planned."""
+    run = plan.get("run")
+    trained = [r for r in rows if r.get("round", 0) > 0 and r.get("clients")]
+    if not run or not trained:
+        return {}
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    owners = [c for r in trained for c in r.get("per_client", {}).values()]
+    planned_down = mean([(run["global_down_first"] if r["round"] == 1 else run["global_down"])
+                         for r in trained for _ in r.get("per_client", {})])
+    figures = {
+        "bytes_up_per_owner_per_round": (run["update_up"], mean([c.get("bytes_update_up") for c in owners])),
+        "bytes_down_per_owner_per_round": (planned_down, mean([c.get("bytes_down") for c in owners])),
+    }
+    for phase in ("train", "protect", "aggregate", "reveal", "evaluate", "round"):
+        planned = run["phase_seconds"].get(phase)
+        if phase == "round":
+            planned = None  # training dominates a round and is not modelled
+        name = "seconds_per_round" if phase == "round" else f"seconds_{phase}_per_round"
+        figures[name] = (planned, mean([r["seconds"].get(phase) for r in trained]))
+    dp = plan.get("dp")
+    figures["epsilon"] = (dp["epsilon"] if dp else None, max_epsilon)
+    return {name: {"planned": p, "measured": m,
+                   "ratio": (m / p) if p and m is not None else None} for name, (p, m) in figures.items()}
 
 
 def human(n: float) -> str:
@@ -112,7 +163,9 @@ def human(n: float) -> str:
 
 def render(p: dict) -> str:
     pr = p["privacy"]
-    lines = [f"fedveil plan: {p['owners']} owners x {p['rounds']} rounds x {p['local_steps']} local steps | "
+    sampled = p.get("clients_per_round", p["owners"])
+    owners = f"{p['owners']} owners" + (f" ({sampled} sampled to train per round)" if sampled < p["owners"] else "")
+    lines = [f"fedveil plan: {owners} x {p['rounds']} rounds x {p['local_steps']} local steps | "
              f"adapter {p['adapter_values']:,} values ({p['model']})",
              "stated: " + " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in pr.items()),
              f"{'backend':8s} {'covers':6s} {'up/owner':>10s} {'down/owner':>11s} {'per party in':>12s} "
@@ -126,6 +179,10 @@ def render(p: dict) -> str:
         lines.append(f"DP: {dp['mode']}, target epsilon {dp['target_epsilon']:g} at delta {dp['delta']:g}, "
                      f"q {dp['sample_rate']:g}, {dp['steps']} steps -> noise sigma {dp['noise_multiplier']:.3f}, "
                      f"epsilon {dp['epsilon']:.3f} ({dp['accountant']})")
+        if sampled < p["owners"]:
+            lines.append(f"DP with client sampling: no amplification is claimed (the coordinator picks who trains); "
+                         f"sigma is planned as if every owner trained every round, and an owner spends epsilon only in "
+                         f"the rounds it trains, so it ends at or below {dp['epsilon']:.3f}")
     else:
         lines.append("DP: off (set privacy.epsilon=E, or dp=sample_level, for DP-SGD on every owner)")
     lines.append(f"pick: {p['reason']}" if p["pick"] else "pick: none")

@@ -5,8 +5,9 @@
     python -m fedveil.experiments.run -m seed=0,1,2 train.lr=1e-3,3e-3
 
 Steps: compose and validate the config, build the tiny model and the demo data where asked,
-check every owner's data, then run the federation on Flower's Simulation Engine. Outputs land
-in Hydra's run directory (``hydra.run.dir``).
+check every owner's data, print the plan (``fedveil plan``'s table), run the federation on
+Flower's Simulation Engine, then add the plan and planned-vs-measured figures to summary.json
+and write the run's plots. Outputs land in Hydra's run directory (``hydra.run.dir``).
 """
 
 from __future__ import annotations
@@ -98,8 +99,10 @@ def validate_jobs(overrides: list[str], sweep: bool) -> None:
         fail(where + str(exc))
 
 
-def run_experiment(cfg: FedveilConfig) -> dict:
-    """Prepare and run one experiment; returns the run summary."""
+def run_experiment(cfg: FedveilConfig, values: dict | None = None) -> dict:
+    """Prepare and run one experiment; returns the run summary and writes the run's plots. With
+    ``values`` (the composed config) the plan is printed once the inputs are checked, before the
+    federation starts, and summary.json gets it with planned vs measured per figure."""
     from fedveil.experiments.simulation import run_in_simulation
     from fedveil.server.outputs import check_run_dir, clear_earlier_run, read_metrics, read_run_error
     from fedveil.server.prepare import check_devices, prepare
@@ -110,6 +113,7 @@ def run_experiment(cfg: FedveilConfig) -> dict:
         clear_earlier_run(cfg.output_dir)
     prepare(cfg, write_policies=True)  # fail fast, before the Simulation Engine starts
     check_limits(cfg)
+    plan = show_plan(values) if values is not None else None
     out = Path(cfg.output_dir)
     run_in_simulation(cfg)
     error = read_run_error(out)
@@ -120,7 +124,29 @@ def run_experiment(cfg: FedveilConfig) -> dict:
         raise RuntimeError(f"the federation ended without a summary (rounds logged: {len(rows)}); see the log above")
     if cfg.dp.name != "off":
         add_owner_evaluations(out, cfg.num_clients)
+    if plan is not None:
+        add_plan(out, plan)
+    from fedveil.experiments.plots import plot_run
+
+    plots = plot_run(out)
+    progress(f"plots: {', '.join(sorted(plots))} in {out / 'plots'}")
     return json.loads((out / "summary.json").read_text())
+
+
+def add_plan(out: Path, plan: dict) -> None:
+    """summary.json gets the plan printed at start and, per figure, planned vs measured."""
+    from fedveil.core.io import atomic_write_bytes
+    from fedveil.experiments.plan import planned_vs_measured
+    from fedveil.server.outputs import read_metrics
+
+    summary = json.loads((out / "summary.json").read_text())
+    compared = planned_vs_measured(plan, read_metrics(out), summary.get("max_epsilon"))
+    summary.update(plan=plan, planned_vs_measured=compared)
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    shown = [f"{name.replace('_per_owner_per_round', '/owner/round')} x{f['ratio']:.3f}"
+             for name, f in compared.items() if f["ratio"] is not None and not name.startswith("seconds")]
+    if shown:
+        progress("measured / planned: " + ", ".join(shown) + " (all figures: summary.json planned_vs_measured)")
 
 
 def check_limits(cfg: FedveilConfig) -> None:
@@ -133,7 +159,7 @@ def check_limits(cfg: FedveilConfig) -> None:
     if p.max_bytes_per_round is None and p.max_seconds_per_round is None:
         return
     values = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, cfg.seed)).values())
-    cost = estimate(cfg.aggregation.name, cfg.aggregation, values, cfg.num_clients)
+    cost = estimate(cfg.aggregation.name, cfg.aggregation, values, cfg.participants)
     if p.max_bytes_per_round is not None and cost.per_owner > p.max_bytes_per_round:
         raise UserError(f"aggregation={cfg.aggregation.name} moves {cost.per_owner:,} bytes per owner per round, over "
                         f"privacy.max_bytes_per_round={p.max_bytes_per_round:,}: raise the limit or relax the threats "
@@ -167,6 +193,16 @@ def add_owner_evaluations(out: Path, num_owners: int) -> None:
                  f"{first[1]:.4f} (round {first[0]}) -> {last[1]:.4f} (round {last[0]})")
 
 
+def show_plan(values: dict) -> dict:
+    """What ``fedveil plan`` would print for this config, printed first (kept for summary.json)."""
+    from fedveil.experiments.plan import plan_of, render
+
+    plan = plan_of(values)
+    for line in render(plan).splitlines():
+        progress(f"plan | {line}")
+    return plan
+
+
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
 def hydra_main(dcfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -179,10 +215,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
         if (values.get("aggregation") or {}).get("name") == "auto":
             from fedveil.privacy.planner import choose
 
-            plan = choose(cfg.privacy, cfg.num_clients, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+            plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
             progress(f"planner (aggregation=auto): {plan.reason}"
                      + (f"; DP-SGD to epsilon {cfg.dp.target_epsilon:g}" if cfg.privacy.epsilon is not None else ""))
-        summary = run_experiment(cfg)
+        summary = run_experiment(cfg, values)
     except UserError as exc:
         fail(str(exc))
     return summary.get("final_eval_loss")

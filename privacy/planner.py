@@ -198,9 +198,15 @@ def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
 def rough_seconds(backend: str, values: int, owners: int) -> float:
     """Seconds a backend adds to a round (protect + aggregate + reveal), from calibration.json's
     per-value rates; ROUGH (one machine, one model size), and training time is not included."""
+    return sum(rough_phase_seconds(backend, values, owners).values())
+
+
+def rough_phase_seconds(backend: str, values: int, owners: int) -> dict[str, float]:
+    """:func:`rough_seconds` by phase, as metrics.jsonl names them (``protect``, ``aggregate``, ``reveal``)."""
     rates = calibration().get("seconds_per_value", {}).get(backend, {})
-    return values * (rates.get("protect", 0.0) + owners * rates.get("aggregate_per_owner", 0.0)
-                     + rates.get("reveal", 0.0))
+    return {"protect": values * rates.get("protect", 0.0),
+            "aggregate": values * owners * rates.get("aggregate_per_owner", 0.0),
+            "reveal": values * rates.get("reveal", 0.0)}
 
 
 # --- the pick ------------------------------------------------------------------------------------
@@ -247,7 +253,8 @@ def _threat_gaps(backend: str, privacy: PrivacyConfig, owners: int, resume: bool
         gaps.append(f"needs >= {g.parties} independent aggregator parties (privacy.aggregator_parties="
                     f"{privacy.aggregator_parties})")
     if owners < g.min_owners:
-        gaps.append(f"needs >= {g.min_owners} owners per round (num_clients={owners})")
+        gaps.append(f"needs >= {g.min_owners} owners per round ({owners} train per round: num_clients, "
+                    "or clients_per_round)")
     if resume and not spec.can_resume:
         gaps.append("cannot resume (a restart re-keys the federation)")
     if allowed is not None and backend not in allowed:

@@ -2,6 +2,7 @@
 
     fedveil verify-ledger PATH [--head HASH]    check a round ledger's hash chain; exit 1 where it breaks
     fedveil plan [overrides] [--json]           each backend against the stated threats, its cost, the pick
+    fedveil report DIR... [--out DIR]           compare finished runs or a sweep: a table and plots
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from fedveil.experiments.plan import main as plan_main
 
         return plan_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from fedveil.experiments.report import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fedveil", description="fedveil operator commands")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify-ledger", help="check a round ledger (round_ledger.jsonl) for tampering")
@@ -26,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--head", help="expected hash of the last entry (summary.json's ledger_head)")
     sub.add_parser("plan", help="each backend against the stated privacy.* threats, its cost, the pick "
                                 "(fedveil plan [overrides] [--json])")
+    sub.add_parser("report", help="compare finished runs or a multirun sweep: one table, comparison plots "
+                                  "(fedveil report DIR... [--out DIR])")
     args = parser.parse_args(argv)
     path = args.path / "round_ledger.jsonl" if args.path.is_dir() else args.path
     ok, message = verify(path, args.head)

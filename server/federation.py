@@ -77,7 +77,8 @@ class Federation:
 def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
     fed = setup(grid, cfg)
     first = resume(fed)
-    progress(f"{cfg.num_clients} clients x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
+    sampled = f" ({cfg.participants} train per round)" if cfg.participants < cfg.num_clients else ""
+    progress(f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
              f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})")
     if first == 1:
         evaluate_start(fed)
@@ -104,8 +105,10 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     backend = spec.server(cfg.aggregation, layout.size, public=public)
     run_config.update(backend.round_config())
     state = EncryptedGlobal() if spec.encrypted_global else ClearGlobal(layout.flatten(get_adapter(model)))
-    inner = FedAvg(min_train_nodes=cfg.num_clients, min_evaluate_nodes=cfg.num_clients,
-                   min_available_nodes=cfg.num_clients, arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
+    # clients_per_round: FedAvg samples that many owners to train; all of them evaluate
+    inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
+                   min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
+                   arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
     return Federation(cfg, grid, out, model, layout, spec, SecureAggregation(inner, backend, layout), state,
                       run_config, sorted(owners.values()), dict(owners))
 

@@ -43,13 +43,20 @@ def test_experiment_overrides_the_base_values():
     assert (cfg.rounds, cfg.num_clients, cfg.train.local_steps) == (2, 2, 5)
 
 
-def test_defaults():
-    cfg = from_dict(composed([]))
-    assert (cfg.rounds, cfg.num_clients, cfg.aggregation.name, cfg.dp.name, cfg.model.name) == (3, 3, "plain", "off", "tiny")
+def test_defaults_protect_and_plain_dp_off_remain_overrides():
+    cfg = from_dict(composed([]))  # privacy on: DP-SGD, and the planner's pick against a curious coordinator
+    assert (cfg.rounds, cfg.num_clients, cfg.model.name) == (3, 3, "tiny")
+    assert (cfg.privacy.coordinator, cfg.aggregation.name, cfg.dp.name, cfg.dp.target_epsilon) == \
+        ("curious", "tenseal", "sample_level", 8.0)
+    cfg = from_dict(composed(["aggregation=plain", "dp=off"]))
+    assert (cfg.aggregation.name, cfg.dp.name) == ("plain", "off")
 
 
 @pytest.mark.parametrize("values, match", [
     ({"rounds": 0}, "rounds must be >= 1"),
+    ({"num_clients": 3, "clients_per_round": 4}, "clients_per_round must be between 1 and num_clients=3"),
+    ({"num_clients": 3, "clients_per_round": 2, "aggregation": {"name": "crypten"}},
+     "reveals no aggregate of fewer than aggregation.min_owners=3 owners, but only 2 train per round"),
     ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
     ({"model": {"path": "/m", "lora": {"r": 0}}}, "model.lora.r must be >= 1"),
     ({"model": {"path": "/m", "bogus": 1}}, "unknown config key 'model.bogus'"),

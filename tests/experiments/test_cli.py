@@ -25,7 +25,8 @@ def run_cli(*args, cwd):
     (["dp=sample_level", "dp.delta=0.5"], "dp.delta=0.5 is not below 1/n"),
     (["dp=sample_level", "dp.sample_rate=0"], "dp.sample_rate must be in (0, 1]"),
     (["owner_policy.require_dp=true", "dp=off"], "owner policy require_dp=true: the server asked for dp=off"),
-    (["owner_policy.allowed_backends=[tenseal]"], "owner policy allowed_backends=['tenseal']: the server asked for aggregation=plain"),
+    (["aggregation=plain", "owner_policy.allowed_backends=[tenseal]"],
+     "owner policy allowed_backends=['tenseal']: the server asked for aggregation=plain"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = run_cli(*args, cwd=tmp_path)

@@ -40,6 +40,12 @@ def test_acceptance_run_plain_no_dp(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 3 and summary["final_eval_loss"] == metrics[-1]["eval_loss"]
     assert (out / "report.md").is_file() and len(list((out / "checkpoints").glob("round_*.safetensors"))) == 3
+    # the plan comes first and stays in the summary, with planned vs measured per figure
+    assert proc.stdout.index("[fedveil] plan | ") < proc.stdout.index("round 0/3")
+    assert summary["plan"]["run"]["backend"] == "plain" and summary["plan"]["dp"] is None
+    up = summary["planned_vs_measured"]["bytes_up_per_owner_per_round"]
+    assert up["planned"] == 4 * 16384 + 8 and 1.0 < up["ratio"] < 1.02  # Flower's records add the rest
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["bytes.png", "epsilon.png", "loss.png", "seconds.png"]
 
     # the round ledger verifies against the head the summary recorded
     from fedveil.server.cli import main as fedveil
@@ -105,7 +111,7 @@ def test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat(tmp_path):
     from safetensors.numpy import load_file
 
     def final(name, *args):
-        run_cli(tmp_path / name, "experiment=smoke", "rounds=1", "seed=5", *args)
+        run_cli(tmp_path / name, "experiment=smoke", "rounds=1", "seed=5", "aggregation=plain", *args)
         return load_file(tmp_path / name / "final_adapter" / "adapter_model.safetensors")
 
     plain = [final(f"off{i}", "dp=off") for i in range(2)]
@@ -115,6 +121,7 @@ def test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat(tmp_path):
 
 
 SECURE_ARGS = ["dp=off", "seed=3", "rounds=2", "num_clients=3"]
+PLAIN = ["aggregation=plain", "dp=off"]  # the defaults are DP-SGD and the planner's secure backend
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +181,7 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
 
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
     out = tmp_path / "L"
-    run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke")
+    run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke", *PLAIN)
     metrics = rows(out)
     assert metrics[-1]["eval_loss"] < 0.95 * metrics[0]["eval_loss"]
     adapter_cfg = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
@@ -184,17 +191,31 @@ def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path):
     out = tmp_path / "R"
-    run_cli(out, "experiment=smoke", "rounds=1")
-    proc = run_cli(out, "experiment=smoke", "rounds=2", "resume=true")
+    run_cli(out, "experiment=smoke", "rounds=1", *PLAIN)
+    proc = run_cli(out, "experiment=smoke", "rounds=2", "resume=true", *PLAIN)
     assert "resuming after round 1" in proc.stdout
     assert [r["round"] for r in rows(out)] == [0, 1, 2]
 
 
-def test_multirun_sweep_writes_one_run_per_job(tmp_path):
+def test_an_epsilon_sweep_with_client_sampling_and_fedveil_report_draws_its_frontier(tmp_path):
+    from fedveil.experiments.report import main as report
+
     out = tmp_path / "S"
-    run_cli(out, "experiment=smoke", "rounds=1", "seed=0,1", multirun=True)
-    losses = [rows(out / str(i))[-1]["eval_loss"] for i in (0, 1)]
-    assert all(np.isfinite(losses)) and losses[0] != losses[1]
+    run_cli(out, "experiment=smoke", "rounds=1", "aggregation=plain", "clients_per_round=1", "dp.target_epsilon=2,8",
+            multirun=True)
+    for i in (0, 1):  # one of the two owners trains (and spends epsilon); both evaluate
+        trained = rows(out / str(i))[1]
+        assert len(trained["clients"]) == 1 and list(trained["per_client"]) == trained["clients"]
+        untrained = ({"client_0", "client_1"} - set(trained["clients"])).pop()
+        ledger = out / str(i) / "clients" / untrained / "privacy_ledger.json"
+        assert not ledger.exists() or json.loads(ledger.read_text())["history"] == []
+    summaries = [json.loads((out / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    eps = [s["max_epsilon"] for s in summaries]
+    assert 1 < eps[0] <= 2 < eps[1] <= 8  # each job spent its own target
+    losses = [list(s["owners_eval_loss_by_round"].values())[-1] for s in summaries]
+    assert all(np.isfinite(losses))
+    assert report([str(out)]) == 0
+    assert (out / "report" / "frontier.png").is_file() and (out / "0" / "plots" / "epsilon.png").is_file()
 
 
 def test_dp_benchmark_runs_and_prints_ratios():

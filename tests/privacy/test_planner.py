@@ -113,7 +113,7 @@ def test_auto_resolves_before_the_run_and_named_backends_bypass_the_planner():
     assert (cfg.aggregation.name, cfg.aggregation.parties) == ("crypten", 3)
     assert (cfg.dp.name, cfg.dp.target_epsilon, cfg.dp.delta) == ("sample_level", 4.0, 1e-5)
     assert from_run_config(to_run_config(cfg)) == cfg  # what the ServerApp and owners rebuild: no re-planning
-    named = from_dict(composed(["aggregation=plain", "privacy.coordinator=malicious"]))
+    named = from_dict(composed(["aggregation=plain", "privacy.coordinator=malicious", "dp=off"]))
     assert named.aggregation.name == "plain" and named.dp.name == "off"
     with pytest.raises(Refusal, match="relax privacy.owner_collusion=false"):
         from_dict(composed(["aggregation=auto", "privacy.owner_collusion=true"]))

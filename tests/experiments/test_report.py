@@ -1,0 +1,153 @@
+"""Run plots, planned vs measured, and ``fedveil report``: checked against the records, not by eye.
+
+The run directories are written by the real writers (``server.outputs``' metrics rows and
+summary, the runner's ``add_plan`` with a real plan of the config) from synthetic rounds, so no
+federation runs here; the slow end-to-end tests check the same files from real runs.
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from fedveil.experiments.plan import compose, plan_of
+from fedveil.experiments.plots import PIXELS, plot_run
+from fedveil.experiments.report import main as report_main
+from fedveil.experiments.report import report
+from fedveil.experiments.run import add_plan
+from fedveil.server.outputs import append_metrics, summarize
+
+OWNERS = ["client_0", "client_1", "client_2"]
+
+
+def rounds(plan, losses, epsilons=None, dp="off"):
+    """metrics.jsonl rows shaped as server.federation writes them; bytes 1 % over the plan's."""
+    run = plan["run"]
+    rows = [{"round": 0, "backend": run["backend"], "eval_loss": losses[0] if dp == "off" else None,
+             "clients": OWNERS, "per_client": {}, "seconds": {"round": 0.0, "evaluate": 0.2}}]
+    for rnd in range(1, len(losses)):
+        per_client = {}
+        for k, who in enumerate(OWNERS):
+            down = run["global_down_first"] if rnd == 1 else run["global_down"]
+            c = {"bytes_down": int(down * 1.01) + k, "bytes_update_up": int(run["update_up"] * 1.01) + k,
+                 "bytes_up": int(run["update_up"] * 1.01) + k + 200 + rnd}
+            if dp == "off":
+                c["eval_loss"] = losses[rnd] + 0.01 * (k - 1)
+            else:
+                c.update(epsilon=epsilons[rnd - 1] * (1 - 0.01 * k), epsilon_budget=epsilons[-1] + 1)
+            per_client[who] = c
+        rows.append({"round": rnd, "backend": run["backend"], "dp": dp, "clients": OWNERS, "excluded": {},
+                     "train_loss": losses[rnd] + 0.1, "eval_loss": losses[rnd] if dp == "off" else None,
+                     "per_client": per_client,
+                     "seconds": {"round": 1.0 + rnd, "train": 0.5 * rnd, "protect": 0.01, "aggregate": 0.02,
+                                 "reveal": 0.03, "evaluate": 0.2},
+                     "max_epsilon": max((c["epsilon"] for c in per_client.values() if "epsilon" in c), default=None)})
+    return rows
+
+
+def write_run(path, plan, rows, overrides, owners_losses=None):
+    path.mkdir(parents=True)
+    for row in rows:
+        append_metrics(path, row)
+    summarize(path, {"backend": plan["run"]["backend"], "dp": rows[-1]["dp"], "clients": OWNERS})
+    if owners_losses:  # what the simulation runner adds under DP (add_owner_evaluations)
+        summary = json.loads((path / "summary.json").read_text())
+        summary["owners_eval_loss_by_round"] = {str(r): v for r, v in enumerate(owners_losses)}
+        (path / "summary.json").write_text(json.dumps(summary))
+    add_plan(path, plan)
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A sweep directory of three runs: plain without DP, and tenseal + DP-SGD at epsilon 2 and 8."""
+    root = tmp_path_factory.mktemp("sweep")
+    common = ["rounds=2", "aggregation=auto"]
+    plain = plan_of(compose(["rounds=2", "aggregation=plain"]))
+    tenseal = plan_of(compose(["rounds=2", "aggregation=tenseal", "dp=sample_level", "dp.target_epsilon=2"]))
+    write_run(root / "0", plain, rounds(plain, [5.6, 5.1, 4.8]), [*common, "privacy.coordinator=trusted"])
+    write_run(root / "1", tenseal, rounds(tenseal, [5.6, 5.4, 5.3], [1.2, 1.9], dp="sample_level"),
+              [*common, "privacy.coordinator=curious", "privacy.epsilon=2"], owners_losses=[5.6, 5.4, 5.3])
+    write_run(root / "2", tenseal, rounds(tenseal, [5.6, 5.3, 5.0], [5.1, 7.9], dp="sample_level"),
+              [*common, "privacy.coordinator=curious", "privacy.epsilon=8"], owners_losses=[5.6, 5.3, 5.0])
+    return root
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_summary_holds_the_plan_and_planned_vs_measured(sweep):
+    summary = json.loads((sweep / "2" / "summary.json").read_text())
+    plan, rows = summary["plan"], metrics(sweep / "2")
+    assert plan["pick"] == "tenseal" and plan["dp"]["noise_multiplier"] > 0
+    figures = summary["planned_vs_measured"]
+    up = np.mean([c["bytes_update_up"] for r in rows[1:] for c in r["per_client"].values()])
+    assert figures["bytes_up_per_owner_per_round"]["measured"] == pytest.approx(up)
+    assert figures["bytes_up_per_owner_per_round"]["ratio"] == pytest.approx(up / plan["run"]["update_up"])
+    assert 1.0 < figures["bytes_down_per_owner_per_round"]["ratio"] < 1.02  # round 1 planned smaller
+    assert figures["epsilon"] == {"planned": plan["dp"]["epsilon"], "measured": 7.9,
+                                  "ratio": pytest.approx(7.9 / plan["dp"]["epsilon"])}
+    assert figures["seconds_protect_per_round"]["planned"] == pytest.approx(plan["run"]["phase_seconds"]["protect"])
+    assert figures["seconds_protect_per_round"]["measured"] == pytest.approx(0.01)
+    assert figures["seconds_train_per_round"]["planned"] is None  # training is not modelled
+
+
+def test_run_plots_decode_at_their_size_and_hold_the_metrics(sweep):
+    plotted = {run: plot_run(sweep / run) for run in ("0", "2")}
+    for run in plotted:
+        for name in ("loss.png", "epsilon.png", "bytes.png", "seconds.png"):
+            image = imread(sweep / run / "plots" / name)
+            assert image.shape[:2] == (PIXELS[1], PIXELS[0]) and image.std() > 0, name
+    rows = metrics(sweep / "0")
+    drawn = plotted["0"]
+    assert drawn["loss.png"]["federation (token-weighted)"] == [[r["round"], r["eval_loss"]] for r in rows]
+    assert drawn["loss.png"]["client_2"] == [[r["round"], r["per_client"]["client_2"]["eval_loss"]] for r in rows[1:]]
+    assert drawn["epsilon.png"] == {}  # dp=off: nothing spent, nothing drawn
+    assert drawn["seconds.png"]["train"] == [[r["round"], r["seconds"]["train"]] for r in rows[1:]]
+    assert drawn["bytes.png"]["up: protected update"] == [
+        [r["round"], pytest.approx(np.mean([c["bytes_update_up"] for c in r["per_client"].values()]))] for r in rows[1:]]
+
+    rows = metrics(sweep / "2")
+    drawn = plotted["2"]
+    assert drawn["epsilon.png"]["client_1"] == [[r["round"], r["per_client"]["client_1"]["epsilon"]] for r in rows[1:]]
+    assert drawn["epsilon.png"]["budget 8.9"] == [[0, 8.9], [1, 8.9]]  # axhline spans the axes
+    assert "federation (token-weighted)" not in drawn["loss.png"]  # under DP the coordinator sees no loss
+    assert drawn["loss.png"]["owners' own logs (never sent under DP)"] == [[0, 5.6], [1, 5.3], [2, 5.0]]
+
+
+def test_report_compares_a_sweep_in_one_table_and_a_frontier(sweep, tmp_path, capsys):
+    text, plots = report([sweep], tmp_path)
+    lines = text.splitlines()
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[:4]]  # columns are 2+ spaces apart
+    assert cells[0][:4] == ["run", "backend", "dp", "epsilon"]
+    # labels: the overrides that differ between the runs
+    assert [c[0] for c in cells[1:]] == ["privacy.coordinator=trusted", "privacy.coordinator=curious privacy.epsilon=2",
+                                         "privacy.coordinator=curious privacy.epsilon=8"]
+    assert cells[1][1:6] == ["plain", "off", "-", "5.6000", "4.8000"]
+    assert cells[3][1:6] == ["tenseal", "sample_level", "7.900", "5.6000*", "5.0000*"]
+    assert cells[3][8] == f"{1.01:.3f}"  # measured / planned bytes up
+    assert lines[4].startswith("* held-out loss from the owners' own logs")
+
+    frontier = plots["frontier.png"]
+    assert frontier["tenseal (DP-SGD)"] == [[1.9, 5.3], [7.9, 5.0]]  # (epsilon spent, final loss), in epsilon order
+    assert frontier["no DP: privacy.coordinator=trusted"] == [[0, 4.8], [1, 4.8]]
+    cost = plots["cost_bytes.png"]["bytes"]
+    assert set(cost) == {"plain", "tenseal"} and cost["tenseal"] > 8 * cost["plain"]
+    for name in plots:
+        assert imread(tmp_path / name).shape[:2] == (PIXELS[1], PIXELS[0])
+
+    assert report_main([str(sweep / "0"), str(sweep / "2"), "--out", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [re.split(r"\s{2,}", l)[0] for l in out[1:3]] == ["privacy.coordinator=trusted",
+                                                                "privacy.coordinator=curious privacy.epsilon=8"]
+    assert (tmp_path / "two" / "frontier.png").is_file()
+
+
+def test_report_on_a_directory_without_runs_is_one_line_exit_2(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fedveil: error:") and "no finished run" in err[0]
