@@ -65,6 +65,7 @@ def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdent
     keys = instruction.keys
     if instruction.op == PUBKEY:
         meta[wire.PUBLIC_KEY] = setup.announce(identity.keys)
+        meta[wire.VERIFY_KEY] = identity.keys.member().verify_key
         return Answer(meta=meta)
     if instruction.op == KEYGEN:
         owner_keys = {k[len(wire.PUBKEY_PREFIX):]: v for k, v in keys.items() if k.startswith(wire.PUBKEY_PREFIX)}

@@ -40,6 +40,7 @@ PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS)
 # --- META and KEYS ------------------------------------------------------------------------------
 OWNER_ID = "client-id"
 PUBLIC_KEY = "public-key"
+VERIFY_KEY = "verify-key"  # pubkey reply: the owner's Ed25519 key (the server's own filter of signed payloads)
 PUBLIC_CONTEXT = "public-context"
 SETUP_STATEMENT = "setup-statement"  # keygen reply / install query: run, context id, sealed-box digests
 SETUP_SIGNATURE = "setup-signature"  # the key holder's Ed25519 signature over SETUP_STATEMENT
@@ -50,7 +51,7 @@ PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id
 # --- arrays and blobs --------------------------------------------------------------------------
 CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server may hold it
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
-GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (context id, round, ENCRYPTED_GLOBAL)
+GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (run, context id, round, ENCRYPTED_GLOBAL)
 
 # --- message types of the key set-up -------------------------------------------------------------
 QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = "query.pubkey", "query.keygen", "query.install"  # handlers: client/app.py

@@ -25,7 +25,8 @@ from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 SEAL_OVERHEAD = 48  # libsodium sealed box: 32-byte ephemeral key + 16-byte MAC
-TENSEAL_TAGS = 64 + 32  # context id (hex SHA-256) + the ciphertext's SHA-256
+SIGNATURE_BYTES = 64  # Ed25519
+TENSEAL_TAGS = 64 + 32 + SIGNATURE_BYTES  # context id (hex SHA-256) + the ciphertext's SHA-256 + the owner's signature
 FRAME = 4  # core.io.pack: a 4-byte length before each part
 
 
@@ -122,8 +123,10 @@ class Cost:
 
     ``update_up``: what one owner uploads for its update (the backend's ``protect`` payload).
     ``global_down``: what one owner downloads of the global adapter per round (train + evaluate
-    messages), in steady state; ``global_down_first``: in round 1. ``reencrypt_up``: tenseal, what
-    the one owner asked each round uploads besides (Enc(global) and its signature). ``party_in`` /
+    messages), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
+    carries every accepted owner's signed update of the round, so it grows with the owners).
+    ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
+    its signature). ``party_in`` /
     ``party_out``: crypten, per party per round (every owner's share in, the float64 aggregate out;
     the parties' own MPC traffic is not counted). Flower's config and metric records add a few KB
     per message to all of these; they are not counted.
@@ -180,12 +183,15 @@ def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
     up = update_bytes(backend, agg, values)
     seconds = rough_seconds(backend, values, owners)
     if backend == "tenseal":
-        ct = up - TENSEAL_TAGS  # Enc(vector) framed: what the server holds of a global or a round sum
-        signed = ct + 64 + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
-        # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's pending sum;
-        # round 1: train sends nothing (owners derive the initial adapter), evaluate the pending sum
-        return Cost(backend, values, owners, up, global_down=2 * signed + ct, global_down_first=ct,
-                    reencrypt_up=ct + 64, seconds=seconds)
+        ct = up - TENSEAL_TAGS  # Enc(vector) framed: what an owner sends of an update or a global
+        signed = ct + SIGNATURE_BYTES + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
+        ids = sorted(f"client_{i}" for i in range(owners))  # the simulation's owner ids
+        head = len(json.dumps({"round": 1, "owners": ids}))
+        updates = FRAME + head + owners * (2 * FRAME + ct + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+        # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
+        # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
+        return Cost(backend, values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
+                    reencrypt_up=ct + SIGNATURE_BYTES, seconds=seconds)
     down = 2 * 4 * values  # the fp32 global in the train and the evaluate message
     if backend == "crypten":
         parties = agg.parties

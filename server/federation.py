@@ -97,14 +97,17 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     layout = AdapterLayout.of(get_adapter(model))
     spec = backend_spec(cfg.aggregation.name)
     run_config = to_run_config(cfg)
-    public, owners = None, {}
+    keyed = {}
+    owners: dict[int, str] = {}
     if spec.key_setup is not None:
         progress(f"{cfg.aggregation.name}: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
-        public, owners = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s)
+        made = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s)
+        keyed, owners = dict(public=made.public, run=made.run, signers=made.signers), made.owners
         progress(f"{cfg.aggregation.name}: {len(owners)} owners keyed; the server holds the public context only")
-    backend = spec.server(cfg.aggregation, layout.size, public=public)
+    backend = spec.server(cfg.aggregation, layout.size, **keyed)
     run_config.update(backend.round_config())
-    state = EncryptedGlobal() if spec.encrypted_global else ClearGlobal(layout.flatten(get_adapter(model)))
+    state = (EncryptedGlobal(check=backend.check_global) if spec.encrypted_global
+             else ClearGlobal(layout.flatten(get_adapter(model))))
     # clients_per_round: FedAvg samples that many owners to train; all of them evaluate
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
@@ -119,7 +122,7 @@ def resume(fed: Federation) -> int:
     if not resumed:
         return 1
     last, arrays = resumed
-    fed.state = type(fed.state).restore(arrays)
+    fed.state = fed.state.restored(arrays)
     drop_rows_after(fed.out, last)
     progress(f"resuming after round {last} from {fed.out / 'checkpoints'}")
     return last + 1
@@ -200,8 +203,10 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
                 "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
     # the re-encrypted global is adopted only from the owner asked, on the node keyed as that owner
     keyed = [m for m in answered if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)]
-    fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
-                    str((extra or {}).get(wire.REENCRYPT_BY, "")), rnd)
+    refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
+                              str((extra or {}).get(wire.REENCRYPT_BY, "")), rnd)
+    if refused:
+        progress(f"  round {rnd}: {refused}; the round's signed updates stay pending")
     return Evaluation(float(agg[wire.EVAL_LOSS]) if agg and wire.EVAL_LOSS in agg else None, per_owner, ex)
 
 

@@ -1,6 +1,8 @@
 """Federation-wide key set-up, relayed by the server (``tenseal``): it ends up with the public context only.
 
-1. ``query.pubkey``: every owner checks its pinned roster and answers with its X25519 public key.
+1. ``query.pubkey``: every owner checks its pinned roster and answers with its X25519 public key
+   and its Ed25519 verify key (the server checks owners' signed updates and globals against these
+   to exclude bad ones; owners check them against their pinned roster, whatever the server does).
 2. ``query.keygen``: the key holder (the owner with the smallest id, or ``aggregation.key_holder``;
    it must be the roster's) makes the keys, seals the secret part to every *pinned* owner key and
    signs the set-up; it answers with the public context, the signed statement and the sealed boxes.
@@ -13,12 +15,15 @@ are the backend's ``KeySetup`` (``privacy/secagg/tenseal/keys.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
+from fedveil.privacy.secagg.tenseal.keys import run_of
 from fedveil.server.grid_poll import send_and_receive
 
 
@@ -35,12 +40,24 @@ def ask(grid: Grid, nodes: list[int], message_type: str, run_config: dict, keys:
     return replies
 
 
-def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, timeout: float) -> tuple[bytes, dict[int, str]]:
-    """Run the three exchanges; returns the public context and node id -> owner id."""
+@dataclass(frozen=True)
+class Keyed:
+    """What the server ends up with: the public context, the run it was made for, node id -> owner
+    id, and owner id -> the Ed25519 verify key it announced."""
+
+    public: bytes
+    run: str
+    owners: dict[int, str]
+    signers: dict[str, bytes]
+
+
+def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, timeout: float) -> Keyed:
+    """Run the three exchanges."""
     nodes, _ = sample_nodes(grid, num_owners, num_owners)
     replies = ask(grid, nodes, wire.QUERY_PUBKEY, run_config, {}, timeout)
     owners = {n: records.owner_label(m) for n, m in replies.items()}
     pubkeys = {owners[n]: m.content.config_records[wire.META][wire.PUBLIC_KEY] for n, m in replies.items()}
+    signers = {owners[n]: bytes(m.content.config_records[wire.META].get(wire.VERIFY_KEY, b"")) for n, m in replies.items()}
     holder_id = key_holder or min(owners.values())
     holder = next((n for n, oid in owners.items() if oid == holder_id), None)
     if holder is None:
@@ -56,4 +73,4 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
                         "pin the same roster at every owner")
     install = {n: {**signed, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
     ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout)
-    return public, owners
+    return Keyed(public, run_of(made[wire.SETUP_STATEMENT]), owners, signers)

@@ -68,7 +68,8 @@ class Guarantees:
 @dataclass(frozen=True)
 class BackendSpec:
     config: type
-    server: Callable[..., Any]  # (cfg, size, public=<key set-up result>) -> server side
+    # (cfg, size, public=, run=, signers=: what the key set-up gave the server) -> server side
+    server: Callable[..., Any]
     owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round) -> owner side
     encrypted_global: bool = False  # the server never holds the global in clear
     key_setup: Optional[KeySetup] = None
@@ -81,8 +82,8 @@ class BackendSpec:
 def _tenseal_owner(cfg, size, keys, per_round):
     from fedveil.privacy.secagg.tenseal.keys import load_contexts
 
-    public, secret = load_contexts(keys.state_dir)
-    return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys)
+    public, secret, run = load_contexts(keys.state_dir)
+    return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
 
 
 def _tenseal_key_setup() -> KeySetup:
@@ -104,7 +105,7 @@ def _crypten_parties(cfg, out: Path, owners: int = 0) -> ContextManager:
 BACKENDS: dict[str, BackendSpec] = {
     "plain": BackendSpec(
         PlainConfig,
-        server=lambda cfg, size, public=None: PlainBackend(cfg, size),
+        server=lambda cfg, size, public=None, **_: PlainBackend(cfg, size),
         owner=lambda cfg, size, keys, per_round: PlainBackend(cfg, size),
         guarantees=Guarantees(
             coordinator=("trusted",),
@@ -119,7 +120,8 @@ BACKENDS: dict[str, BackendSpec] = {
     ),
     "tenseal": BackendSpec(
         TensealConfig,
-        server=lambda cfg, size, public=None: TensealBackend(cfg, size, public=public),
+        server=lambda cfg, size, public=None, run="", signers=None: TensealBackend(
+            cfg, size, public=public, run=run, signers=signers),
         owner=_tenseal_owner,
         encrypted_global=True,
         key_setup=_tenseal_key_setup(),
@@ -130,14 +132,15 @@ BACKENDS: dict[str, BackendSpec] = {
             coordinator_sees="CKKS ciphertexts only (no update, count, norm or aggregate)",
             why_not=(("owner_collusion", "owners share the CKKS secret key: one owner colluding with the coordinator "
                                          "decrypts every update"),),
-            caveats=("a malicious coordinator can drop, replay or forge the pending round sums (moves the global; "
-                     "learns nothing)",),
+            caveats=("a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
+                     "refuses a round without its own) and show owners different subsets of one round's signed "
+                     "updates at its evaluation",),
             bytes_per_value=32.32,  # 2048 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
         ),
     ),
     "crypten": BackendSpec(
         CryptenConfig,
-        server=lambda cfg, size, public=None: CryptenBackend.for_server(cfg, size),
+        server=lambda cfg, size, public=None, **_: CryptenBackend.for_server(cfg, size),
         owner=_crypten_owner,
         local_services=_crypten_parties,
         guarantees=Guarantees(

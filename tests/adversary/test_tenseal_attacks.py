@@ -17,13 +17,13 @@ import pytest
 from fedveil.core import wire
 from fedveil.core.errors import UserError
 from fedveil.core.io import pack
-from fedveil.core.payload import PayloadError, Protected
+from fedveil.core.payload import PayloadError, Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec, sealing
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.ckks import (TensealBackend, TensealConfig, context_id, global_statement, make_context,
-                                                 public_bytes, secret_bytes)
-from fedveil.privacy.secagg.tenseal.global_codec import SignedBase
+from fedveil.privacy.secagg.tenseal.ckks import (ROUND_UPDATES, SIGNATURE, TensealBackend, TensealConfig, context_id,
+                                                 global_statement, make_context, public_bytes, secret_bytes)
+from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates, SignedBase
 from fedveil.server.global_state import EncryptedGlobal
 
 pytestmark = pytest.mark.adversary
@@ -51,6 +51,27 @@ def install(k, made, box, run=RUN, **over):
 
 def owner_side(keys, o):
     return backend_spec("tenseal").owner(CFG, SIZE, keys[o], {})
+
+
+def server_side(keys, made):
+    """The server's side as the federation builds it: the public context, the run and the announced keys."""
+    return TensealBackend(CFG, SIZE, public=made.public, run=RUN, signers={o: k.member().verify_key for o, k in keys.items()})
+
+
+def signed_updates(keys, rnd, deltas):
+    """Each owner's signed round-``rnd`` update of ``deltas[owner]`` (weight 1)."""
+    return {o: owner_side(keys, o).protect(np.asarray(d, np.float64), 1.0, RoundContext(rnd, "L", o))
+            for o, d in deltas.items()}
+
+
+def round_updates(keys, made, rnd, deltas):
+    """What an honest server keeps of round ``rnd``: every owner's signed update (global_codec.RoundUpdates)."""
+    combined = server_side(keys, made).combine(signed_updates(keys, rnd, deltas), RoundContext(rnd, "L"))
+    assert combined.excluded == {}
+    return combined.payload.blobs[ROUND_UPDATES]
+
+
+ZEROS = np.zeros(SIZE, np.float32)
 
 
 def installed_context(k):
@@ -141,14 +162,14 @@ def test_re_keying_mid_run_is_refused(fed, tmp_path):
     install(keys["client_1"], made, made.sealed["client_1"])  # the same context again is fine
 
 
-def _signed_round(owner, server, state, rnd, delta):
-    """One round: every owner's update summed by the server, then ``owner`` (asked) re-encrypts."""
+def _signed_round(keys, made, owner, state, rnd, delta):
+    """One round: every owner's signed update kept by the server, then ``owner`` (asked) re-encrypts."""
     asked = owner.keys.owner_id
-    outcome = server.combine({o: owner.protect(delta, 1.0) for o in OWNERS})
-    state.pending.append(outcome.payload.blobs["ciphertext"])
-    vector = owner.open_global(state.arrays(), np.zeros(SIZE, np.float32), rnd)
+    state.pending.append(round_updates(keys, made, rnd, {o: delta for o in OWNERS}))
+    vector = owner.open_global(state.arrays(), ZEROS, rnd)
     blob, signature = owner.encrypt_global(vector, rnd)
-    state.adopt({asked: Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})}, asked, rnd)
+    assert state.adopt({asked: Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})},
+                       asked, rnd) is None
     return vector
 
 
@@ -157,9 +178,8 @@ def test_a_re_encrypted_global_from_an_owner_not_asked_is_not_adopted(fed):
     # any owner (or a node claiming an owner id) could replace the global everyone trains from.
     keys, made = fed
     o1, o2 = owner_side(keys, "client_1"), owner_side(keys, "client_2")
-    server = TensealBackend(CFG, SIZE, public=made.public)
     state = EncryptedGlobal()
-    state.pending.append(server.combine({"client_1": o1.protect(np.full(SIZE, 0.5), 1.0)}).payload.blobs["ciphertext"])
+    state.pending.append(round_updates(keys, made, 1, {"client_1": np.full(SIZE, 0.5)}))
     rogue_blob, rogue_sig = o2.encrypt_global(np.full(SIZE, 9.0), 1)
     good_blob, good_sig = o1.encrypt_global(np.full(SIZE, 0.5), 1)
     rogue = Protected(blobs={wire.ENCRYPTED_GLOBAL: rogue_blob, wire.GLOBAL_SIGNATURE: rogue_sig})
@@ -178,11 +198,11 @@ def test_a_stale_signed_global_is_refused(fed):
     # Before: owners accepted whatever base the server sent, so it could replay round 1's global
     # in round 3 (undoing round 2 for everyone, or showing owners different rounds).
     keys, made = fed
-    owner, server = owner_side(keys, "client_2"), TensealBackend(CFG, SIZE, public=made.public)
+    owner = owner_side(keys, "client_2")
     state = EncryptedGlobal()
-    _signed_round(owner, server, state, 1, np.full(SIZE, 0.1))
+    _signed_round(keys, made, owner, state, 1, np.full(SIZE, 0.1))
     old = EncryptedGlobal(state.base, list(state.pending))
-    _signed_round(owner, server, state, 2, np.full(SIZE, 0.2))
+    _signed_round(keys, made, owner, state, 2, np.full(SIZE, 0.2))
     zeros = np.zeros(SIZE, np.float32)
     np.testing.assert_allclose(owner.open_global(state.arrays(), zeros, 2), 0.3, atol=1e-5)  # honest: round 3 trains from 2
     with pytest.raises(PayloadError, match="stale or replayed"):
@@ -212,7 +232,7 @@ def test_a_global_the_server_encrypted_itself_is_refused(fed):
         owner.open_global(EncryptedGlobal(SignedBase(blob, 1, "client_1", b"\x02" * 64)).arrays(), zeros, 1)
     with pytest.raises(PayloadError, match="not in the pinned roster"):
         forger = OwnerKeys("server", keys["client_0"].state_dir + "-server")
-        signature = forger.sign(global_statement(owner.context_id, 1, blob))
+        signature = forger.sign(global_statement(RUN, owner.context_id, 1, blob))
         owner.open_global(EncryptedGlobal(SignedBase(blob, 1, "server", signature)).arrays(), zeros, 1)
 
 
@@ -269,3 +289,140 @@ def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed):
                                            reply(1, owner.protect(np.full(SIZE, 3.0), 1.0))])
     assert sorted(outcome.accepted) == ["client_0", "client_1"] and "scale" in outcome.excluded["client_2"]
     np.testing.assert_allclose(owner.reveal(outcome.combined).mean, 2.0, atol=1e-5)
+
+
+# --- what the server holds between rounds: owners' signed updates and signed globals ---------------
+
+def _server_encrypted(made, value):
+    """Enc(value, weight 1) made by the server itself with the public context (which encrypts)."""
+    import tenseal as ts
+
+    values = np.full(SIZE + 1, float(value))
+    values[-1] = 1.0
+    return pack([ts.ckks_vector(ts.context_from(made.public), values.tolist()).serialize()])
+
+
+def test_a_round_sum_the_server_forged_is_refused(fed):
+    # Before: the pending round sums were the server's alone (unsigned): it encrypted Enc(7) with
+    # the public context, sent it as round 1's sum, and every owner trained from global + 7.
+    keys, made = fed
+    owner = owner_side(keys, "client_0")
+    forged = _server_encrypted(made, 7.0)
+    with pytest.raises(PayloadError, match="unreadable"):  # a bare ciphertext is no round of signed updates
+        owner.open_global(EncryptedGlobal(None, [forged]).arrays(), ZEROS, 1)
+    server_signer = OwnerKeys("server", keys["client_0"].state_dir + "-server")
+    claims = {"client_1": b"\x03" * 64,  # a pinned owner's name, no valid signature
+              "server": server_signer.sign(b"anything")}  # a key the roster lacks
+    for who, signature in claims.items():
+        bundle = RoundUpdates(1, {who: (forged, signature)}).encode()
+        with pytest.raises(PayloadError, match="not signed by|not in the pinned roster"):
+            owner.open_global(EncryptedGlobal(None, [bundle]).arrays(), ZEROS, 1)
+    # the honest round opens: every owner adds the signed updates itself
+    honest = round_updates(keys, made, 1, {o: np.full(SIZE, i + 1.0) for i, o in enumerate(OWNERS)})
+    np.testing.assert_allclose(owner.open_global(EncryptedGlobal(None, [honest]).arrays(), ZEROS, 1), 2.0, atol=1e-5)
+
+
+def test_a_round_replayed_from_an_earlier_round_is_refused(fed):
+    # Before: after round 2 the server could send round 1's signed base plus round 1's sum again
+    # (1 + 1 pending = round 2, so the count check passed) and move every owner's global by round
+    # 1's update a second time instead of round 2's.
+    keys, made = fed
+    owner = owner_side(keys, "client_1")
+    state = EncryptedGlobal()
+    _signed_round(keys, made, owner, state, 1, np.full(SIZE, 0.1))
+    round1 = round_updates(keys, made, 1, {o: np.full(SIZE, 0.1) for o in OWNERS})
+    round2 = round_updates(keys, made, 2, {o: np.full(SIZE, 0.2) for o in OWNERS})
+    np.testing.assert_allclose(owner.open_global(EncryptedGlobal(state.base, [round2]).arrays(), ZEROS, 2), 0.3,
+                               atol=1e-5)
+    with pytest.raises(PayloadError, match="stale or replayed"):
+        owner.open_global(EncryptedGlobal(state.base, [round1]).arrays(), ZEROS, 2)
+    with pytest.raises(PayloadError, match="stale or replayed"):  # no base: round 1 twice
+        owner.open_global(EncryptedGlobal(None, [round1, round1]).arrays(), ZEROS, 2)
+    relabelled = RoundUpdates(2, RoundUpdates.decode(round1).signed).encode()  # the round is under each signature
+    with pytest.raises(PayloadError, match="not signed by"):
+        owner.open_global(EncryptedGlobal(state.base, [relabelled]).arrays(), ZEROS, 2)
+    # a round of another run (same owners, same context) is refused too: the run is signed
+    other_run = {o: TensealBackend(CFG, SIZE, public=made.public, secret=owner_side(keys, o)._secret.serialize(),
+                                   keys=keys[o], run="/runs/other#1").protect(np.full(SIZE, 5.0), 1.0,
+                                                                               RoundContext(2, "L", o))
+                 for o in OWNERS}
+    foreign = RoundUpdates(2, {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE]) for o, p in other_run.items()}).encode()
+    with pytest.raises(PayloadError, match="not signed by"):
+        owner.open_global(EncryptedGlobal(state.base, [foreign]).arrays(), ZEROS, 2)
+
+
+def test_a_re_encrypted_global_not_signed_by_the_designated_owner_is_not_adopted(fed):
+    # Before: the server stored whatever global-ct the asked owner's reply carried without checking
+    # its signature, so a node answering as the designated owner (or a damaged reply) replaced the
+    # global, and every owner then refused to open it: the run stopped.
+    keys, made = fed
+    server = server_side(keys, made)
+    o1, o2 = owner_side(keys, "client_1"), owner_side(keys, "client_2")
+    state = EncryptedGlobal(check=server.check_global)
+    state.pending.append(round_updates(keys, made, 1, {o: np.full(SIZE, 0.5) for o in OWNERS}))
+
+    def reply(blob, signature):
+        return {"client_1": Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})}
+
+    blob, by_client_2 = o2.encrypt_global(np.full(SIZE, 9.0), 1)  # signed by client_2, sent as client_1's
+    refused = state.adopt(reply(blob, by_client_2), "client_1", 1)
+    assert "not signed by" in refused and state.base is None and len(state.pending) == 1
+    earlier_blob, earlier = o1.encrypt_global(np.full(SIZE, 0.25), 0)  # the designated owner's, for another round
+    assert "not signed by" in state.adopt(reply(earlier_blob, earlier), "client_1", 1) and state.base is None
+    with pytest.raises(PayloadError, match="not signed by"):  # owners refuse it too, whatever the server does
+        o1.open_global(EncryptedGlobal(SignedBase(blob, 1, "client_1", by_client_2)).arrays(), ZEROS, 1)
+    np.testing.assert_allclose(o1.open_global(state.arrays(), ZEROS, 1), 0.5, atol=1e-5)  # the round stays pending
+    good_blob, good = o1.encrypt_global(np.full(SIZE, 0.5), 1)
+    assert state.adopt(reply(good_blob, good), "client_1", 1) is None and state.base.signer == "client_1"
+    np.testing.assert_allclose(o2.open_global(state.arrays(), ZEROS, 1), 0.5, atol=1e-5)
+
+
+def test_a_dropped_or_replaced_owner_update_is_refused(fed):
+    # Before: the server summed the updates itself, so it could leave client_1's update out of the
+    # round (client_1 trained, but its work vanished without its knowing) or swap client_2's for
+    # one it encrypted itself; owners decrypted whatever sum it sent.
+    keys, made = fed
+    server = server_side(keys, made)
+    payloads = signed_updates(keys, 1, {o: np.full(SIZE, i + 1.0) for i, o in enumerate(OWNERS)})
+    signed = {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE]) for o, p in payloads.items()}
+    dropped = RoundUpdates(1, {o: v for o, v in signed.items() if o != "client_1"}).encode()
+    with pytest.raises(PayloadError, match="leaves out this owner's own update"):
+        owner_side(keys, "client_1").open_global(EncryptedGlobal(None, [dropped]).arrays(), ZEROS, 1)
+    # another owner cannot tell a drop from a dropout; it opens the round of the two that remain
+    np.testing.assert_allclose(owner_side(keys, "client_0").open_global(EncryptedGlobal(None, [dropped]).arrays(),
+                                                                         ZEROS, 1), 2.0, atol=1e-5)
+    replaced = RoundUpdates(1, {**signed, "client_2": (_server_encrypted(made, 50.0), signed["client_2"][1])}).encode()
+    for o in OWNERS:
+        with pytest.raises(PayloadError, match="client_2's update in pending round 1 is not signed by"):
+            owner_side(keys, o).open_global(EncryptedGlobal(None, [replaced]).arrays(), ZEROS, 1)
+    # the honest server excludes, never adds, an update replaced in transit or replayed from round 1
+    swapped = Protected(blobs={**payloads["client_2"].blobs, SIGNATURE: payloads["client_0"].blobs[SIGNATURE]})
+    combined = server.combine({**payloads, "client_2": swapped}, RoundContext(1, "L"))
+    assert set(combined.excluded) == {"client_2"} and "not signed by" in combined.excluded["client_2"]
+    assert sorted(RoundUpdates.decode(combined.payload.blobs[ROUND_UPDATES]).signed) == ["client_0", "client_1"]
+    replayed = server.combine(payloads, RoundContext(2, "L"))
+    assert set(replayed.excluded) == set(OWNERS) and replayed.payload.blobs == {}
+
+
+def test_a_wrong_size_or_foreign_context_update_is_excluded_and_the_round_goes_on(fed):
+    # A payload at wrong scale (above), size or context is left out of the round, never fatal; and
+    # a signed but odd ciphertext a malicious server slips into a round is refused by owners, not a crash.
+    keys, made = fed
+    server = server_side(keys, made)
+    good = signed_updates(keys, 1, {"client_0": np.full(SIZE, 1.0)})["client_0"]
+    short = TensealBackend(CFG, SIZE - 2, public=made.public, secret=owner_side(keys, "client_1")._secret.serialize(),
+                           keys=keys["client_1"], run=RUN).protect(np.ones(SIZE - 2), 1.0, RoundContext(1, "L", "client_1"))
+    other = make_context(CFG)
+    foreign = TensealBackend(CFG, SIZE, public=public_bytes(other), secret=secret_bytes(other), keys=keys["client_2"],
+                             run=RUN).protect(np.ones(SIZE), 1.0, RoundContext(1, "L", "client_2"))
+    for bad, reason in ((short, "holds 39 values"), (foreign, "another CKKS context")):
+        with pytest.raises(PayloadError, match=reason):
+            server.validate(bad)
+    combined = server.combine({"client_0": good, "client_1": short, "client_2": foreign}, RoundContext(1, "L"))
+    assert "holds 39 values" in combined.excluded["client_1"] and "another CKKS context" in combined.excluded["client_2"]
+    np.testing.assert_allclose(owner_side(keys, "client_0").open_global(
+        EncryptedGlobal(None, [combined.payload.blobs[ROUND_UPDATES]]).arrays(), ZEROS, 1), 1.0, atol=1e-5)
+    odd = RoundUpdates(1, {"client_0": (good.blobs["ciphertext"], good.blobs[SIGNATURE]),
+                           "client_1": (short.blobs["ciphertext"], short.blobs[SIGNATURE])}).encode()
+    with pytest.raises(PayloadError, match="holds 39 values"):
+        owner_side(keys, "client_0").open_global(EncryptedGlobal(None, [odd]).arrays(), ZEROS, 1)

@@ -136,9 +136,15 @@ def measured_update_bytes(name: str, values: int, parties: int = 3) -> int:
     if name == "tenseal":
         from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
 
+        import tempfile
+
+        from fedveil.privacy.secagg.identity import OwnerKeys
+
         ctx = make_context(TensealConfig())
-        return TensealBackend(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx)).protect(
-            delta, 12.0).nbytes
+        with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its update: its keys
+            backend = TensealBackend(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx),
+                                     keys=OwnerKeys("client_0", state_dir), run="run")
+            return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
     from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
     from nacl.public import PrivateKey
 
@@ -157,11 +163,32 @@ def test_byte_estimate_equals_protect_output_on_the_tiny_adapter(name):
     assert update_bytes(name, agg, TINY_VALUES) == estimated
 
 
-def test_tenseal_global_down_follows_the_encrypted_global_layout():
-    """Round 1 sends one pending sum (evaluate); later rounds the signed base twice and one sum."""
-    c = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
-    ct = c.update_up - 96
-    assert c.global_down_first == ct and ct * 3 < c.global_down < ct * 3 + 400
+def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path):
+    """Round 1 sends round 1's signed updates (evaluate); later rounds the signed base twice and them."""
+    from fedveil.privacy.secagg.identity import OwnerKeys
+    from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES, TensealBackend, TensealConfig, make_context
+    from fedveil.privacy.secagg.tenseal.ckks import public_bytes, secret_bytes
+    from fedveil.privacy.secagg.tenseal.global_codec import SignedBase, to_arrays
+
+    values, owners = 5000, 3
+    cfg, ctx = TensealConfig(), make_context(TensealConfig())
+    sides = {f"client_{i}": TensealBackend(cfg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
+                                           keys=OwnerKeys(f"client_{i}", str(tmp_path / str(i))), run="run")
+             for i in range(owners)}
+    delta = np.random.default_rng(0).normal(0, 1e-2, values)
+    payloads = {o: b.protect(delta, 1.0, RoundContext(1, "L", o)) for o, b in sides.items()}
+    updates = TensealBackend(cfg, values, public=public_bytes(ctx)).combine(payloads, RoundContext(1, "L"))
+    pending = [updates.payload.blobs[ROUND_UPDATES]]
+    blob, signature = sides["client_0"].encrypt_global(delta, 1)
+    base = SignedBase(blob, 1, "client_0", signature)
+
+    def nbytes(arrays):
+        return sum(a.nbytes for a in arrays.values())
+
+    c = estimate("tenseal", cfg, values, owners)
+    assert c.global_down_first == nbytes(to_arrays(None, pending))
+    assert c.global_down == nbytes(to_arrays(base, [])) + nbytes(to_arrays(base, pending))
+    assert c.reencrypt_up == len(blob) + len(signature)
     plain = estimate("plain", BACKENDS["plain"].config(), TINY_VALUES, 3)
     assert plain.global_down == 8 * TINY_VALUES
 

@@ -73,25 +73,44 @@ def test_nothing_accepted_means_no_new_global():
     np.testing.assert_array_equal(vector, [0, 0, 0, 0])
 
 
-def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived():
-    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
+    from fedveil.core.payload import RoundContext
+    from fedveil.privacy.secagg import backend_spec
+    from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
+    from fedveil.privacy.secagg.tenseal import keys as setup
+    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
     from fedveil.server.global_state import EncryptedGlobal
 
-    ctx = make_context(TensealConfig())
-    owner = TensealBackend(TensealConfig(), 4, public=public_bytes(ctx), secret=secret_bytes(ctx))
-    s = SecureAggregation(FedAvg(), TensealBackend(TensealConfig(), 4, public=public_bytes(ctx)), LAYOUT)
-    state = EncryptedGlobal()  # the server holds no plaintext global
-    tampered = train_reply(3, [5, 5, 5, 5], 1, backend=owner)
+    owners = {f"client_{n}": OwnerKeys(f"client_{n}", str(tmp_path / f"client_{n}")) for n in (1, 2, 3, 4)}
+    pin_roster({o: k.state_dir for o, k in owners.items()}, "client_1")
+    made = setup.generate(TensealConfig(), owners["client_1"], "run", {})
+    for o, k in owners.items():
+        setup.install(k, "run", public=made.public, statement=made.statement, signature=made.signature,
+                      sealed=made.sealed[o])
+    sides = {o: backend_spec("tenseal").owner(TensealConfig(), 4, k, {}) for o, k in owners.items()}
+
+    def reply(node, delta, n):
+        who = f"client_{node}"
+        payload = sides[who].protect(np.asarray(delta, np.float32), n, RoundContext(1, LAYOUT.digest, who))
+        content = records.reply({"num-examples": n, "train-loss": 1.0}, {wire.LAYOUT_DIGEST: LAYOUT.digest,
+                                                                           wire.OWNER_ID: who}, payload)
+        return Message(content, reply_to=instruction(node))
+
+    server = TensealBackend(TensealConfig(), 4, public=made.public, run="run",
+                            signers={o: k.member().verify_key for o, k in owners.items()})
+    s = SecureAggregation(FedAvg(), server, LAYOUT)
+    state = EncryptedGlobal(check=server.check_global)  # the server holds no plaintext global
+    tampered = reply(3, [5, 5, 5, 5], 1)
     blobs = tampered.content.config_records[wire.BLOBS]
     blob = bytearray(blobs["ciphertext"])
     blob[100] ^= 1
     blobs["ciphertext"] = bytes(blob)
     # client 2 dropped out mid-round: no reply at all
-    outcome = s.aggregate_train(1, [train_reply(1, [1, 0, 0, 0], 1, backend=owner), tampered,
-                                     train_reply(4, [0, 0, 0, 2], 3, backend=owner)])
+    outcome = s.aggregate_train(1, [reply(1, [1, 0, 0, 0], 1), tampered, reply(4, [0, 0, 0, 2], 3)])
     state.apply(outcome)
     assert outcome.revealed is None and outcome.metrics["num-examples"] == 4  # no model, only the ciphertext sum
     assert set(outcome.excluded) == {"client_3"} and "SHA-256" in outcome.excluded["client_3"]
+    owner = sides["client_1"]
     revealed = owner.reveal(outcome.combined)
     np.testing.assert_allclose(revealed.mean, [0.25, 0, 0, 1.5], atol=1e-6)
     np.testing.assert_allclose(owner.open_global(state.arrays(), np.zeros(4, np.float32), 1), [0.25, 0, 0, 1.5], atol=1e-6)

@@ -20,20 +20,31 @@ TenSEAL accepts tampered ciphertext bytes and ciphertexts of another context wit
 (seen here: garbage sums). Every payload therefore names the public context's SHA-256, and
 carries the SHA-256 of the ciphertext so transport damage is caught before summing, and each
 ciphertext's scale, size, ring and level are checked against the parameters (one owner's odd
-ciphertext is left out of the sum, never fatal). The encrypted global an owner re-encrypts is
-signed (Ed25519) by it and checked by every owner against the pinned roster (``identity.py``).
-CKKS is not IND-CPA-D secure: never show decrypted values to a party without the key.
+ciphertext is left out of the sum, never fatal).
+
+The server holds the public context, which encrypts, so nothing an owner decrypts may be the
+server's word alone. Each owner signs (Ed25519) its update ciphertext bound to the run, the
+context, the round and its owner id (:func:`update_statement`), and the owner asked to re-encrypt
+the global signs that ciphertext bound to the run, the context and the round it reaches
+(:func:`global_statement`). The server keeps every accepted owner's signed ciphertext of a round
+(``global_codec.RoundUpdates``), checks the signatures against the Ed25519 keys owners announced
+at key set-up (to exclude a bad one, never to be trusted), and owners check them again against
+their pinned roster (``identity.py``) and add the ciphertexts themselves; an owner also refuses a
+round that leaves out its own update. CKKS is not IND-CPA-D secure: never show decrypted values to
+a party without the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from fedveil.core.errors import UserError
-from fedveil.core.io import FramingError, pack, unpack
+from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import global_codec
@@ -100,15 +111,28 @@ def load_context(data: bytes):
         raise PayloadError(f"CKKS context bytes are unreadable ({exc}); ask the key holder to resend them") from exc
 
 
-def global_statement(cid: str, after_round: int, blob: bytes) -> bytes:
-    """What the re-encrypting owner signs: Enc(global after ``after_round``) under context ``cid``."""
-    return identity.digest(b"fedveil/tenseal-global/v1", cid.encode(), str(after_round).encode(), blob)
+ROUND_UPDATES = "round-updates"  # blob of a combined payload: global_codec.RoundUpdates
+SIGNATURE = "signature"  # blob of a payload: the owner's Ed25519 signature over update_statement
+SENT_FILE = "ckks_sent.json"  # <state_dir>/keys/: the run, round and SHA-256 of this owner's last update
+
+
+def global_statement(run: str, cid: str, after_round: int, blob: bytes) -> bytes:
+    """What the re-encrypting owner signs: Enc(global after ``after_round``) of ``run`` under context ``cid``."""
+    return identity.digest(b"fedveil/tenseal-global/v2", run.encode(), cid.encode(), str(after_round).encode(), blob)
+
+
+def update_statement(run: str, cid: str, rnd: int, owner: str, blob: bytes) -> bytes:
+    """What an owner signs with its update: ``blob`` is its round-``rnd`` ciphertext of ``run`` under ``cid``."""
+    return identity.digest(b"fedveil/tenseal-update/v1", run.encode(), cid.encode(), str(rnd).encode(), owner.encode(),
+                           hashlib.sha256(blob).digest())
 
 
 class TensealBackend:
     """Owners: ``protect``/``reveal``/``open_global``/``encrypt_global`` with the secret context,
     the pinned ``roster`` (whose signatures a global must carry) and their own ``keys`` (to sign
-    a global they re-encrypt). Server: ``validate``/``combine`` with the public context only."""
+    their updates and a global they re-encrypt). Server: ``validate``/``combine``/``check_global``
+    with the public context only and ``signers``, the Ed25519 keys owners announced (the server's
+    own filter; owners never rely on it). ``run`` is the run the context was made for."""
 
     name = "tenseal"
     server_can_reveal = False
@@ -116,8 +140,9 @@ class TensealBackend:
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes,
                  secret: bytes | None = None, roster: identity.Roster | None = None,
-                 keys: identity.OwnerKeys | None = None) -> None:
-        self.cfg, self.size = cfg or TensealConfig(), size
+                 keys: identity.OwnerKeys | None = None, run: str = "",
+                 signers: dict[str, bytes] | None = None) -> None:
+        self.cfg, self.size, self.run, self.signers = cfg or TensealConfig(), size, run, signers
         self.context_id = context_id(public)
         self._public = load_context(public)
         if self._public.is_private():
@@ -129,14 +154,28 @@ class TensealBackend:
         return {}
 
     def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext | None = None) -> Protected:
+        """Enc(n_k delta_k, n_k); signed by this owner for ``ctx``'s round where it has keys (owners always do)."""
+        blob = self._encrypt(np.concatenate([np.asarray(delta, np.float64) * float(weight), [float(weight)]]))
+        tags = self._tag(blob)
+        if self.keys is not None and ctx is not None:
+            if ctx.owner != self.keys.owner_id:
+                raise UserError(f"round context names owner '{ctx.owner}', but these keys are '{self.keys.owner_id}'")
+            tags[SIGNATURE] = self.keys.sign(update_statement(self.run, self.context_id, ctx.round, ctx.owner, blob))
+            record = {"run": self.run, "round": ctx.round, "sha256": hashlib.sha256(blob).hexdigest()}
+            atomic_write_bytes(self._sent_file, json.dumps(record).encode())
+        return Protected(blobs=tags)
+
+    def _encrypt(self, values: np.ndarray) -> bytes:
         import tenseal as ts
 
         if self._secret is None:
             raise UserError("this party holds no CKKS secret context and cannot encrypt for the federation")
-        values = np.concatenate([np.asarray(delta, np.float64) * float(weight), [float(weight)]])
-        chunks = [ts.ckks_vector(self._secret, values[i : i + self.slots].tolist()).serialize()
-                  for i in range(0, values.size, self.slots)]
-        return Protected(blobs=self._tag(pack(chunks)))
+        return pack([ts.ckks_vector(self._secret, values[i : i + self.slots].tolist()).serialize()
+                     for i in range(0, values.size, self.slots)])
+
+    @property
+    def _sent_file(self) -> Path:
+        return Path(self.keys.state_dir) / "keys" / SENT_FILE
 
     @property
     def slots(self) -> int:
@@ -148,39 +187,79 @@ class TensealBackend:
 
     def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray, after_round: int) -> np.ndarray:
         """The global adapter after round ``after_round`` from the server's ciphertexts: ``Dec(base)``
-        (or the seed-derived initial adapter every owner computes itself) plus each pending round's
-        mean delta. The base must be signed by a pinned owner for the round it claims, and it and
-        the pending sums must add up to ``after_round`` (a stale or replayed global is refused)."""
-        base, pending = global_codec.from_arrays(arrays)
-        reached = len(pending)
-        if base is not None:
-            self._check_signed(base)
-            reached += base.round
-        if reached != after_round:
-            raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
-                               f"sums), not round {after_round}: stale or replayed; refused")
-        vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
-        for blob in pending:
-            vector = self.reveal(self.payload_of(blob)).applied_to(vector)
-        return vector
-
-    def _check_signed(self, base: global_codec.SignedBase) -> None:
+        (or the seed-derived initial adapter every owner computes itself) plus the mean delta of
+        each pending round, which this owner adds up itself from the owners' signed updates. Every
+        signature is checked against the pinned roster, bound to this run and to the round it
+        claims, and the rounds must run on from the base to exactly ``after_round``: a forged,
+        altered, stale or replayed global is refused, as is a round that leaves out this owner's
+        own update. Everything is checked before anything is decrypted."""
         if self.roster is None:
             raise UserError("no pinned roster: this owner cannot check who encrypted the global adapter")
+        base, pending = global_codec.from_arrays(arrays)
+        reached = 0
+        if base is not None:
+            self._check_signed(base)
+            reached = base.round
+        rounds = []
+        for blob in pending:
+            updates = global_codec.RoundUpdates.decode(blob)
+            if updates.round != reached + 1:
+                raise PayloadError(f"the encrypted global's pending round {updates.round} does not follow round "
+                                   f"{reached}: stale or replayed; refused")
+            rounds.append(self._checked_round(updates))
+            reached = updates.round
+        if reached != after_round:
+            raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
+                               f"rounds), not round {after_round}: stale or replayed; refused")
+        vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
+        for payloads in rounds:
+            total = self.combine(payloads)
+            if total.excluded:  # signed, yet odd (a malicious owner's ciphertext an honest server excludes)
+                raise PayloadError(f"pending round updates do not add up: {sorted(total.excluded.values())[0]}")
+            vector = self.reveal(total.payload).applied_to(vector)
+        return vector
+
+    def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:
+        """One pending round's updates, each checked as its owner's for this run and round."""
+        for owner, (blob, signature) in updates.signed.items():
+            member = self.roster.member(owner, f"an update of pending round {updates.round} names owner")
+            identity.verify(member.verify_key, update_statement(self.run, self.context_id, updates.round, owner, blob),
+                            signature, f"owner {owner}'s update in pending round {updates.round}")
+        if self.keys is not None and self._sent_file.is_file():
+            sent = json.loads(self._sent_file.read_text())
+            mine = updates.signed.get(self.keys.owner_id, (b"", b""))[0]
+            if (sent.get("run"), sent.get("round")) == (self.run, updates.round) and \
+                    hashlib.sha256(mine).hexdigest() != sent.get("sha256"):
+                raise PayloadError(f"pending round {updates.round} leaves out this owner's own update "
+                                   f"(the server dropped it, or it arrived after the round closed): refused")
+        return {owner: self.payload_of(blob) for owner, (blob, _) in updates.signed.items()}
+
+    def _check_signed(self, base: global_codec.SignedBase) -> None:
         if not base.signature or not base.signer or base.round < 1:
             raise PayloadError("the encrypted global carries no owner's signature (the server could have encrypted "
                                "it): refused")
         member = self.roster.member(base.signer, "the encrypted global's signer")
-        identity.verify(member.verify_key, global_statement(self.context_id, base.round, base.blob), base.signature,
+        self._verify_global(member.verify_key, base)
+
+    def _verify_global(self, verify_key: bytes, base: global_codec.SignedBase) -> None:
+        identity.verify(verify_key, global_statement(self.run, self.context_id, base.round, base.blob), base.signature,
                         f"the encrypted global of round {base.round} (signer {base.signer})")
+
+    def check_global(self, base: global_codec.SignedBase) -> None:
+        """Server: refuse a re-encrypted global not signed, for this run and round, by the owner it names."""
+        if self.signers is None:
+            raise UserError("the server side holds no owner keys from the key set-up: it cannot check a global")
+        if base.signer not in self.signers or not base.signature:
+            raise PayloadError(f"the re-encrypted global names signer '{base.signer}', who announced no key: refused")
+        self._verify_global(self.signers[base.signer], base)
 
     def encrypt_global(self, vector: np.ndarray, after_round: int) -> tuple[bytes, bytes]:
         """(Enc(global after ``after_round``), this owner's signature over it) for the server to hold
         between rounds (weight 1: it decrypts to itself)."""
         if self.keys is None:
             raise UserError("this owner has no signing key: it cannot re-encrypt the global for the server")
-        blob = self.protect(vector, 1.0).blobs["ciphertext"]
-        return blob, self.keys.sign(global_statement(self.context_id, after_round, blob))
+        blob = self._encrypt(np.concatenate([np.asarray(vector, np.float64), [1.0]]))
+        return blob, self.keys.sign(global_statement(self.run, self.context_id, after_round, blob))
 
     def _tag(self, blob: bytes) -> dict[str, bytes]:
         return {"ciphertext": blob, "context-id": self.context_id.encode(), "sha256": hashlib.sha256(blob).digest()}
@@ -229,17 +308,39 @@ class TensealBackend:
         self._vectors(p, self._public)
 
     def combine(self, payloads: dict[str, Protected], ctx: RoundContext | None = None) -> Combined:
-        """Sum the ciphertexts; a payload that fails to load or add is left out (``Combined.excluded``)."""
-        total, excluded = None, {}
+        """Sum the ciphertexts; a payload that fails to load, verify or add is left out
+        (``Combined.excluded``). Besides the sum, the payload holds the round's signed updates
+        (``ROUND_UPDATES``): what the server keeps, and what owners check and add themselves."""
+        total, excluded, signed = None, {}, {}
         for who, p in payloads.items():
             try:
                 vecs = self._vectors(p, self._public)
+                self._check_update(who, p, ctx)
                 total = vecs if total is None else [acc + v for acc, v in zip(total, vecs, strict=True)]
+            except PayloadError as exc:
+                excluded[who] = str(exc)
+                continue
             except Exception as exc:  # TenSEAL raises bare ValueError ("scale mismatch") and RuntimeError
                 excluded[who] = f"ciphertext does not add to the others: {exc}"
+                continue
+            if p.blobs.get(SIGNATURE):
+                signed[who] = (p.blobs["ciphertext"], p.blobs[SIGNATURE])
         if total is None:
             return Combined(Protected(), excluded)
-        return Combined(Protected(blobs=self._tag(pack([v.serialize() for v in total]))), excluded)
+        blobs = self._tag(pack([v.serialize() for v in total]))
+        if signed and ctx is not None:
+            blobs[ROUND_UPDATES] = global_codec.RoundUpdates(ctx.round, signed).encode()
+        return Combined(Protected(blobs=blobs), excluded)
+
+    def _check_update(self, who: str, p: Protected, ctx: RoundContext | None) -> None:
+        """Server: the update must be signed by ``who`` (as announced at key set-up) for this run and round."""
+        if self.signers is None or ctx is None:
+            return
+        if who not in self.signers:
+            raise PayloadError(f"'{who}' announced no signing key at key set-up: its update is refused")
+        identity.verify(self.signers[who], update_statement(self.run, self.context_id, ctx.round, who,
+                                                            p.blobs["ciphertext"]),
+                        p.blobs.get(SIGNATURE, b""), f"the round-{ctx.round} update of '{who}'")
 
     def reveal(self, combined: Protected) -> Revealed:
         if self._secret is None:

@@ -1,12 +1,15 @@
 """The encrypted global adapter as arrays: what the server holds, checkpoints and sends to owners.
 
 ``base-ct`` is Enc(global after round ``r``) as last re-encrypted by the owner the server asked,
-with that owner's Ed25519 signature over (context id, ``r``, ciphertext) in ``base-ct-signature`` and
-``{"round": r, "signer": owner id}`` in ``base-ct-claim`` (absent: the seed-derived initial adapter
-every owner computes itself, round 0); ``pending-NNN`` are the round aggregates
-Enc(sum n_k delta_k, sum n_k) not yet folded into it, in round order. The server cannot decrypt
-any of them; owners do, after checking the signature (``TensealBackend.open_global``). The same
-arrays go into Messages and into checkpoints, so the two cannot drift apart.
+with that owner's Ed25519 signature over (run, context id, ``r``, ciphertext) in
+``base-ct-signature`` and ``{"round": r, "signer": owner id}`` in ``base-ct-claim`` (absent: the
+seed-derived initial adapter every owner computes itself, round 0); ``pending-NNN`` are the rounds
+not yet folded into it, in round order, each a :class:`RoundUpdates`: every accepted owner's own
+ciphertext Enc(n_k delta_k, n_k) with that owner's signature over (run, context id, round, owner,
+ciphertext SHA-256). Owners check every signature and add the ciphertexts themselves, so the
+server can neither forge, replay nor alter a round's sum (``TensealBackend.open_global``); it
+cannot decrypt any of it. The same arrays go into Messages and into checkpoints, so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedveil.core.io import FramingError, pack, unpack
+from fedveil.core.payload import PayloadError
 
 BASE = "base-ct"
 BASE_SIGNATURE = "base-ct-signature"
@@ -30,6 +36,32 @@ class SignedBase:
     round: int
     signer: str
     signature: bytes
+
+
+@dataclass(frozen=True)
+class RoundUpdates:
+    """One round's accepted updates as their owners signed them: owner id -> (ciphertext, signature)."""
+
+    round: int
+    signed: dict[str, tuple[bytes, bytes]]
+
+    def encode(self) -> bytes:
+        owners = sorted(self.signed)
+        head = json.dumps({"round": self.round, "owners": owners}).encode()
+        return pack([head, *(part for o in owners for part in self.signed[o])])
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "RoundUpdates":
+        try:
+            head, *parts = unpack(blob)
+            claim = json.loads(head)
+            owners, at = [str(o) for o in claim["owners"]], int(claim["round"])
+        except (FramingError, ValueError, KeyError, TypeError) as exc:
+            raise PayloadError(f"a pending round of the encrypted global is unreadable ({exc}): refused") from exc
+        if len(parts) != 2 * len(owners) or len(set(owners)) != len(owners) or not owners:
+            raise PayloadError(f"pending round {at} lists {len(owners)} owner(s) (or one twice) but holds "
+                               f"{len(parts)} parts: malformed; refused")
+        return cls(at, {o: (parts[2 * i], parts[2 * i + 1]) for i, o in enumerate(owners)})
 
 
 def _bytes(b: bytes) -> np.ndarray:

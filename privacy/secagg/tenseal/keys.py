@@ -118,10 +118,25 @@ def _record_run(state_dir: str | Path, run: str, cid: str) -> None:
     atomic_write_bytes(path, json.dumps({"run": run, "context": cid}).encode())
 
 
-def load_contexts(state_dir: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) CKKS context bytes; an owner without them cannot take part."""
+def load_contexts(state_dir: str | Path) -> tuple[bytes, bytes, str]:
+    """(public, secret) CKKS context bytes and the run they were made for; an owner without them
+    cannot take part."""
     d = Path(state_dir) / "keys"
     try:
-        return (d / "ckks_public.ctx").read_bytes(), (d / "ckks_secret.ctx").read_bytes()
+        public, secret = (d / "ckks_public.ctx").read_bytes(), (d / "ckks_secret.ctx").read_bytes()
+        held = json.loads((d / RUN_FILE).read_text())
     except FileNotFoundError as exc:
         raise UserError(f"no CKKS context in {d}: this owner missed the key set-up; restart the run to re-key") from exc
+    except ValueError as exc:
+        raise UserError(f"{d / RUN_FILE} is unreadable ({exc}); restart the run to re-key") from exc
+    if held.get("context") != context_id(public):
+        raise UserError(f"{d} holds a CKKS context of another run than {d / RUN_FILE} names; restart the run to re-key")
+    return public, secret, str(held.get("run", ""))
+
+
+def run_of(statement: bytes) -> str:
+    """The run a set-up statement names (the server's copy: it checks signatures of this run)."""
+    try:
+        return str(json.loads(statement)["run"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError("the key holder's set-up statement names no run; the key set-up failed") from exc
