@@ -260,3 +260,8 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
             assert abs(c["bytes_update_up"] - cost.update_up) <= 0.02 * cost.update_up
             assert abs(c["bytes_down"] - planned_down) <= 0.02 * planned_down
             assert c["epsilon"] <= 8.0
+    # the run kept its plan, and the same comparison per figure, in summary.json
+    figures = json.loads((tmp_path / "run" / "summary.json").read_text())["planned_vs_measured"]
+    assert 1.0 <= figures["bytes_up_per_owner_per_round"]["ratio"] <= 1.02
+    assert 1.0 <= figures["bytes_down_per_owner_per_round"]["ratio"] <= 1.02
+    assert 0.99 <= figures["epsilon"]["ratio"] <= 1.0  # planned sigma reaches the target; nothing overspent
