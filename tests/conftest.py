@@ -28,3 +28,40 @@ def tiny_llama(tmp_path_factory):
     from fedveil.task.tiny import build_tiny_model
 
     return build_tiny_model(TinySpec(arch="llama"), tmp_path_factory.mktemp("models") / "llama", seed=0)
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head started as its own process (as an operator would, ``ray start --head``); yields its
+    address and its temp dir; stopped afterwards by its process group (never ``ray stop``, which
+    would stop every Ray on the machine)."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(ray_tmp.glob("session_*/logs/raylet.out")):
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        yield f"127.0.0.1:{port}", ray_tmp
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head and what it started: this fixture's process group
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -107,15 +107,18 @@ def test_acceptance_run_with_dp(tmp_path):
     assert all("privacy budget" in reason for reason in last["excluded"].values())
 
 
-def test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat(tmp_path):
+def test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat(tmp_path, ray_head):
     from safetensors.numpy import load_file
 
     def final(name, *args):
         run_cli(tmp_path / name, "experiment=smoke", "rounds=1", "seed=5", "aggregation=plain", *args)
         return load_file(tmp_path / name / "final_adapter" / "adapter_model.safetensors")
 
-    plain = [final(f"off{i}", "dp=off") for i in range(2)]
+    # the second plain run goes to a Ray head started beforehand (sim.ray_address), and repeats the first
+    address, ray_tmp = ray_head
+    plain = [final("off0", "dp=off"), final("off1", "dp=off", f"sim.ray_address={address}")]
     assert all(np.array_equal(plain[0][k], plain[1][k]) for k in plain[0])
+    assert list(ray_tmp.glob("session_*/logs/python-core-driver-*"))  # that run's driver connected to the head
     private = [final(f"dp{i}", "dp=sample_level", "dp.target_epsilon=8") for i in range(2)]
     assert max(float(np.abs(private[0][k] - private[1][k]).max()) for k in private[0]) > 1e-4
 
