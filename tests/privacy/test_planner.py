@@ -153,14 +153,18 @@ def measured_update_bytes(name: str, values: int, parties: int = 3) -> int:
     return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
 
 
+MID_VALUES = 262_144  # bench_secagg's mid model (hidden 512, 4 layers): its adapter size
+
+
+@pytest.mark.parametrize("values", [TINY_VALUES, MID_VALUES], ids=["tiny", "mid"])
 @pytest.mark.parametrize("name", ["plain", "tenseal", "crypten"])
-def test_byte_estimate_equals_protect_output_on_the_tiny_adapter(name):
+def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, values):
     agg = BACKENDS[name].config()
-    estimated = estimate(name, agg, TINY_VALUES, 3).update_up
-    measured = measured_update_bytes(name, TINY_VALUES, getattr(agg, "parties", 3))
+    estimated = estimate(name, agg, values, 3).update_up
+    measured = measured_update_bytes(name, values, getattr(agg, "parties", 3))
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
     assert estimated == measured  # the layouts are deterministic: exact, in fact
-    assert update_bytes(name, agg, TINY_VALUES) == estimated
+    assert update_bytes(name, agg, values) == estimated
 
 
 def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path):
