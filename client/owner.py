@@ -26,6 +26,7 @@ from fedveil.configs.schema import FedveilConfig
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, RoundContext
+from fedveil.core.console import progress
 from fedveil.core.io import append_jsonl
 from fedveil.privacy.dp import epsilon_ledger
 from fedveil.privacy.dp.sgd import poisson_loader, private_training
@@ -151,7 +152,8 @@ class Owner:
         else:
             loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
                                      seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
-            result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device), {}
+            result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device,
+                                           self.training_progress), {}
         delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
         start = time.perf_counter()
         # under DP every owner weighs 1 (a public value): an exact count would leave un-noised
@@ -181,9 +183,13 @@ class Owner:
         epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
         with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
-            result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device)
+            result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device, self.training_progress)
         return result, {wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: result.steps,
                         wire.DP_DELTA: ledger.delta, wire.DP_EPSILON: epsilon, wire.DP_BUDGET: ledger.budget_epsilon}
+
+    def training_progress(self, done: int, steps: int) -> None:
+        """A console line while local training runs long (every 10 s; never for short rounds)."""
+        progress(f"{self.identity.owner_id}: round {self.round.round} local training, step {done}/{steps}")
 
     def metric_weight(self, count: int) -> int:
         """Counts weight the server's metric averages; secure backends and DP hide them (weight 1)."""

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -98,15 +98,19 @@ def noise_only_step(model, optimizer) -> None:
     optimizer.step()
 
 
-def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.device) -> TrainResult:
+def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.device,
+                on_progress: Optional[Callable[[int, int], None]] = None, every_s: float = 10.0) -> TrainResult:
     """Take ``steps`` optimizer steps over ``loader`` (cycled); returns the mean loss.
 
     Under Opacus' BatchMemoryManager a logical step spans several physical batches: only steps
     the optimizer did not skip count. An empty Poisson batch is still a full DP-SGD step (see
     :func:`noise_only_step`).
+    ``on_progress(done, steps)`` is called at most every ``every_s`` seconds, so only
+    training long enough to need it shows on the console.
     """
     model.train()
     start, total, batches_seen, taken = time.perf_counter(), 0.0, 0, 0
+    last_report = start
     batches = iter(cycle(loader))
     while taken < steps:
         batch = next(batches)
@@ -121,6 +125,9 @@ def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.de
         total, batches_seen = total + float(loss.detach()), batches_seen + 1
         if not getattr(optimizer, "_is_last_step_skipped", False):
             taken += 1
+        if on_progress is not None and time.perf_counter() - last_report >= every_s:
+            on_progress(taken, steps)
+            last_report = time.perf_counter()
     return TrainResult(loss=total / max(batches_seen, 1), steps=taken, seconds=time.perf_counter() - start)
 
 

@@ -133,3 +133,26 @@ def test_a_coordinator_needs_no_weights(arch, request, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(weights, local_files_only=True)
     loaded = get_adapter(PeftModel.from_pretrained(base, tmp_path / "final", local_files_only=True))
     assert all(np.allclose(loaded[k], moved[k]) for k in moved)
+
+
+def test_long_local_training_reports_progress_and_short_training_stays_quiet(tiny_gpt2):
+    import tempfile
+
+    import torch
+
+    from fedveil.task.data import DataConfig, load_owner_data
+    from fedveil.task.demo_data import write_demo_data
+    from fedveil.task.model import ModelConfig, load_lora_model, load_tokenizer
+    from fedveil.task.train import TrainConfig, make_optimizer, shuffled_loader, train_steps
+
+    model = load_lora_model(ModelConfig(path=str(tiny_gpt2)), seed=0)
+    tok = load_tokenizer(tiny_gpt2)
+    data = load_owner_data(write_demo_data(tempfile.mkdtemp(), 1, 40, seed=0)[0], tok, DataConfig(), seed=0)
+    loader = shuffled_loader(data.train, 4, tok.pad_token_id, seed=0)
+    seen = []
+    train_steps(model, loader, make_optimizer(model, TrainConfig()), 3, torch.device("cpu"),
+                on_progress=lambda done, total: seen.append((done, total)), every_s=0.0)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    quiet = []
+    train_steps(model, loader, make_optimizer(model, TrainConfig()), 2, torch.device("cpu"), on_progress=lambda done, total: quiet.append(done))
+    assert quiet == []  # well under the 10 s between lines
