@@ -1,11 +1,16 @@
 """Secure aggregation cost: bytes per adapter value and round time of a backend vs ``plain``.
 
     .venv/bin/python -m fedveil.experiments.bench_secagg [--backends tenseal] [--model mid|tiny] [--rounds 2]
+    .venv/bin/python -m fedveil.experiments.bench_secagg --calibrate     # rewrite privacy/calibration.json
 
 Runs the same federation (same seed, model, data, steps) once per backend, each through the
 real runner, and prints per backend: the update's bytes per adapter value (vs fp32's 4), bytes
 up and down per client per round, and the median round time, as ratios to ``plain`` from the
 same invocation.
+
+``--calibrate`` runs plain, tenseal and crypten on the tiny and the mid model and rewrites
+``privacy/calibration.json`` (the planner's seconds per phase: a fixed part plus a part per adapter
+value, fitted over both sizes), keeping its byte constants and backend parameters.
 """
 
 from __future__ import annotations
@@ -55,6 +60,39 @@ def adapter_values(out: Path) -> int:
     return sum(v.size for v in get_adapter(load_lora_model(ModelConfig(path=str(out / "base_model")))).values())
 
 
+def calibrate(args: argparse.Namespace) -> None:
+    from datetime import date
+
+    from fedveil.core.io import atomic_write_bytes
+    from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
+
+    points: dict[str, list] = {"tenseal": [], "crypten": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in ("tiny", "mid"):
+            args.model = model
+            values = None
+            for backend in ("plain", *points):
+                out = Path(tmp) / f"{model}-{backend}"
+                print(f"calibrate: {model} model, {backend} ...", flush=True)
+                r = run(out, backend, args)
+                values = values or adapter_values(out)
+                if backend in points:
+                    points[backend].append((values, args.clients, {k: r[f"{k}_seconds"]
+                                                                   for k in ("protect", "aggregate", "reveal")}))
+    cal = calibration()
+    cal["version"] = int(cal.get("version", 1)) + 1
+    cal["source"] = (f"python -m fedveil.experiments.bench_secagg --calibrate on {date.today().isoformat()}: tiny and "
+                     f"mid GPT-2, {args.clients} owners, {args.rounds} rounds, {args.steps} local steps, median "
+                     "seconds per phase fitted as fixed + per value (aggregate per owner). Rough: one machine; "
+                     "training and network time are not included.")
+    cal.setdefault("fixed_seconds", {})["plain"] = {"protect": 0.0, "aggregate_per_owner": 0.0, "reveal": 0.0}
+    for backend, pts in points.items():
+        cal["fixed_seconds"][backend], cal["seconds_per_value"][backend] = fit_phase_seconds(pts)
+    atomic_write_bytes(CALIBRATION_FILE, (json.dumps(cal, indent=2) + "\n").encode())
+    print(f"calibrate: wrote {CALIBRATION_FILE} (version {cal['version']})")
+    print(json.dumps({k: cal[k] for k in ("fixed_seconds", "seconds_per_value")}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="tenseal")
@@ -63,7 +101,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--parties", type=int, default=3, help="crypten aggregator parties")
+    parser.add_argument("--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)")
     args = parser.parse_args()
+    if args.calibrate:
+        return calibrate(args)
     with tempfile.TemporaryDirectory() as tmp:
         results = {"plain": run(Path(tmp) / "plain", "plain", args)}
         values = adapter_values(Path(tmp) / "plain")

@@ -208,11 +208,36 @@ def rough_seconds(backend: str, values: int, owners: int) -> float:
 
 
 def rough_phase_seconds(backend: str, values: int, owners: int) -> dict[str, float]:
-    """:func:`rough_seconds` by phase, as metrics.jsonl names them (``protect``, ``aggregate``, ``reveal``)."""
-    rates = calibration().get("seconds_per_value", {}).get(backend, {})
-    return {"protect": values * rates.get("protect", 0.0),
-            "aggregate": values * owners * rates.get("aggregate_per_owner", 0.0),
-            "reveal": values * rates.get("reveal", 0.0)}
+    """:func:`rough_seconds` by phase, as metrics.jsonl names them (``protect``, ``aggregate``, ``reveal``):
+    ``fixed + per_value * values`` from calibration.json (``aggregate`` per owner, times ``owners``)."""
+    cal = calibration()
+    rates = cal.get("seconds_per_value", {}).get(backend, {})
+    fixed = cal.get("fixed_seconds", {}).get(backend, {})
+
+    def phase(name: str) -> float:
+        return fixed.get(name, 0.0) + values * rates.get(name, 0.0)
+
+    return {"protect": phase("protect"), "aggregate": owners * phase("aggregate_per_owner"),
+            "reveal": phase("reveal")}
+
+
+def fit_phase_seconds(points: list[tuple[int, int, dict[str, float]]]) -> tuple[dict, dict]:
+    """Fit calibration.json's ``fixed_seconds`` and ``seconds_per_value`` for one backend from
+    ``(values, owners, measured seconds per phase)`` at two or more model sizes: least squares of
+    ``fixed + per_value * values`` per phase (``aggregate`` per owner), both kept >= 0."""
+    import numpy as np
+
+    if len({v for v, _, _ in points}) < 2:
+        raise ValueError("calibration needs runs at two or more adapter sizes")
+    fixed, per_value = {}, {}
+    for name, key in (("protect", "protect"), ("aggregate_per_owner", "aggregate"), ("reveal", "reveal")):
+        x = np.array([float(v) for v, _, _ in points])
+        y = np.array([m[key] / (o if key == "aggregate" else 1) for _, o, m in points])
+        slope, intercept = np.polyfit(x, y, 1)
+        slope = max(float(slope), 0.0)
+        intercept = max(float(np.mean(y - slope * x)), 0.0)
+        fixed[name], per_value[name] = float(f"{intercept:.3g}"), float(f"{slope:.3g}")
+    return fixed, per_value
 
 
 # --- the pick ------------------------------------------------------------------------------------

@@ -269,3 +269,20 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
     assert 1.0 <= figures["bytes_up_per_owner_per_round"]["ratio"] <= 1.02
     assert 1.0 <= figures["bytes_down_per_owner_per_round"]["ratio"] <= 1.02
     assert 0.99 <= figures["epsilon"]["ratio"] <= 1.0  # planned sigma reaches the target; nothing overspent
+
+
+def test_calibration_fit_recovers_fixed_and_per_value_seconds_and_the_planner_uses_both(monkeypatch):
+    from fedveil.privacy import planner
+
+    truth = {"protect": (0.05, 1e-6), "aggregate": (0.01, 2e-7), "reveal": (0.02, 4e-7)}
+    points = [(v, 3, {k: (a + b * v) * (3 if k == "aggregate" else 1) for k, (a, b) in truth.items()})
+              for v in (16_384, 262_144)]
+    fixed, per_value = planner.fit_phase_seconds(points)
+    assert fixed == {"protect": 0.05, "aggregate_per_owner": 0.01, "reveal": 0.02}
+    assert per_value == {"protect": 1e-6, "aggregate_per_owner": 2e-7, "reveal": 4e-7}
+    with pytest.raises(ValueError, match="two or more adapter sizes"):
+        planner.fit_phase_seconds(points[:1])
+    monkeypatch.setattr(planner, "calibration", lambda: {"fixed_seconds": {"tenseal": fixed},
+                                                         "seconds_per_value": {"tenseal": per_value}})
+    phases = planner.rough_phase_seconds("tenseal", 100_000, 4)
+    assert phases == pytest.approx({"protect": 0.15, "aggregate": 4 * 0.03, "reveal": 0.06})
