@@ -195,3 +195,17 @@ def test_delta_of_one_over_n_is_refused(tmp_path, tiny_gpt2, demo_dir):
     with pytest.raises(UserError, match="not below 1/n"):
         owner.train_round(owner.initial)
     assert not (tmp_path / "state" / "privacy_ledger.json").exists()
+
+
+def test_owners_replayed_with_one_config_repeat_without_dp_and_differ_with_it(tmp_path, tiny_gpt2, demo_dir):
+    """The owner path end to end (Owner.train_round: its config-seeded init, loader, DP-SGD,
+    protection): a coordinator replaying a run's config and seed reproduces a non-DP update bit for
+    bit, and never a DP one (the noise and batches are the owner's own)."""
+    def delta(name, **dp):
+        owner = make_owner(tmp_path / name, tiny_gpt2, demo_dir, None, **dp)
+        return owner.train_round(owner.initial)[0].arrays["delta"]
+
+    off = [delta(f"off{i}", dp={"name": "off"}) for i in range(2)]
+    np.testing.assert_array_equal(off[0], off[1])
+    private = [delta(f"dp{i}") for i in range(2)]
+    assert np.abs(private[0] - private[1]).max() > 1e-4

@@ -1,7 +1,7 @@
 """sim.ray_address: the simulation runs its owners on an existing Ray cluster instead of starting one.
 
 The run through a Ray head started beforehand is in ``test_end_to_end.py``
-(``test_dp_runs_with_one_seed_differ_and_non_dp_runs_repeat``: a plain run on that head repeats
+(``test_non_dp_runs_with_one_seed_repeat_also_on_an_existing_ray_head``: a plain run on that head repeats
 the local one exactly).
 """
 
