@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def script(name, *args, env, timeout=180):
+def script(name, *args, env, timeout=300):  # above start-superlink.sh's own 120 s wait
     return subprocess.run(["bash", str(ROOT / "deploy" / name), *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
