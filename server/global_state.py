@@ -12,9 +12,9 @@ The same arrays go to owners (as the Message's global record) and into checkpoin
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Callable, Optional
+
+import numpy as np
 
 from fedveil.core import wire
 from fedveil.core.payload import PayloadError, Protected

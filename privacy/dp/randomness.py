@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import types
-
 from functools import partial
 
 import numpy as np
