@@ -165,12 +165,16 @@ class Runner:
                 time.sleep(POLL_S)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedveil-clientapp", description=__doc__.split("\n")[0])
     parser.add_argument("--runtime-api", required=True, help="the SuperNode's Runtime API, HOST:PORT (its --port)")
     parser.add_argument("--app-sha256", required=True, help="the pinned FAB SHA-256, as in the SuperNode's node config")
     parser.add_argument("--supernode-pid", type=int, help="exit when this process (the SuperNode) exits")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     pinned = args.app_sha256.strip().lower()
     if len(pinned) != 64 or any(c not in "0123456789abcdef" for c in pinned):
         print("fedveil-clientapp: error: --app-sha256 must be the 64 hex digits the SuperNode pins "

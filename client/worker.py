@@ -195,7 +195,7 @@ def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: 
         server.serve_forever()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedveil-owner", description="the data owner's long-lived worker")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="hold this owner's model, data, keys, policy and ledger; answer its ClientApp")
@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--socket", default=None, help=f"Unix socket path (default <state-dir>/{SOCKET_NAME})")
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default; set it when "
                    "several owners share one machine)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     from fedveil.client.operations import WorkerState
     from fedveil.core.console import progress, quiet_libraries
