@@ -30,10 +30,10 @@ demo: install
 	$(PY) -m fedveil.experiments.run hydra.run.dir=$(DEMO_DIR) overwrite=true
 
 test: install
-	$(PY) -m pytest -ra --durations=25
+	$(PY) -m pytest -ra --durations=25 -n auto --maxprocesses 4 --dist loadgroup
 
 test-fast: install
-	$(PY) -m pytest -ra -m "not slow"
+	$(PY) -m pytest -ra -m "not slow" -n auto --maxprocesses 4 --dist loadgroup
 
 # The deployment on 127.0.0.1 (TLS, SuperNode auth, 3 SuperNodes, tenseal; BACKEND=crypten for MPC).
 deploy-demo: install

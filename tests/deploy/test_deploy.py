@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]  # fixed ports: one xdist worker runs them all
 ROOT = Path(__file__).resolve().parents[2]
 
 
