@@ -180,3 +180,19 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     forged = {**held, "client_0": {**held["client_0"], "signature": b"\x01" * 64}}
     with pytest.raises(UserError, match="does not check out"):
         rejoin(forged, nodes, signers)
+
+
+def test_an_update_dropped_in_one_run_is_not_hidden_by_another_run(fed):
+    # Before (once owners could hold contexts of several runs): an owner remembered only its very
+    # last update, of whichever run, so a coordinator that had it train a round of another run in
+    # between could then drop its update from this run's round unnoticed.
+    from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates
+
+    keys, made = fed
+    key_run(keys, OTHER_RUN)
+    payloads = {o: owner_side(k).protect(np.full(SIZE, 1.0), 1.0, RoundContext(1, "L", o)) for o, k in keys.items()}
+    owner_side(keys["client_1"], OTHER_RUN).protect(np.full(SIZE, 2.0), 1.0, RoundContext(1, "L", "client_1"))
+    dropped = RoundUpdates(1, {o: (p.blobs["ciphertext"], p.blobs["signature"]) for o, p in payloads.items()
+                               if o != "client_1"}).encode()
+    with pytest.raises(PayloadError, match="leaves out this owner's own update"):
+        owner_side(keys["client_1"]).open_global(EncryptedGlobal(None, [dropped]).arrays(), ZEROS, 1)
