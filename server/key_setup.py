@@ -77,7 +77,7 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
             raise UserError(f"the owners already hold a CKKS context for this run ({_contexts(held)}): a second key "
                             "set-up would re-key it, which they refuse; pass resume=true to continue the run, or "
                             "choose another hydra.run.dir")
-        return rejoin(held, owners, signers)
+        return rejoin(held, owners, signers, key_holder or min(owners.values()))
     holder_id = key_holder or min(owners.values())
     holder = next((n for n, oid in owners.items() if oid == holder_id), None)
     if holder is None:
@@ -100,19 +100,22 @@ def _contexts(held: dict[str, dict[str, bytes]]) -> str:
     return ", ".join(f"{o}: {h['context'].decode()[:12] if 'context' in h else 'none'}" for o, h in sorted(held.items()))
 
 
-def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: dict[str, bytes]) -> Keyed:
-    """A restarted coordinator takes up the context every owner holds for the run (no re-keying)."""
+def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: dict[str, bytes],
+           key_holder: str) -> Keyed:
+    """A restarted coordinator takes up the context every owner holds for the run (no re-keying);
+    the public context and the run come from ``key_holder``'s signed set-up, checked here."""
     contexts = {h.get("context", b"") for h in held.values()}
     if len(contexts) != 1 or b"" in contexts:
         raise UserError(f"the owners do not all hold the same CKKS context for this run ({_contexts(held)}), so it cannot "
                         "resume without re-keying (which would orphan its stored ciphertexts); start a new run directory")
-    told = next((h for h in held.values() if "public" in h), None)
-    if told is None:
-        raise UserError("no owner sent the public CKKS context it holds (the key holder answers with it): the run cannot "
-                        "resume; check that the key holder's state directory is intact")
+    told = held.get(key_holder, {})
+    if "public" not in told:
+        raise UserError(f"the key holder {key_holder} sent no public CKKS context for this run: the run cannot resume; "
+                        "check aggregation.key_holder and that the key holder's state directory is intact")
     try:
-        holder = str(json.loads(told["statement"])["key_holder"])
-        run, cid = check_rejoin(told["public"], told["statement"], told["signature"], signers.get(holder, b""))
+        if json.loads(told["statement"])["key_holder"] != key_holder:
+            raise PayloadError(f"its statement names another key holder than {key_holder}")
+        run, cid = check_rejoin(told["public"], told["statement"], told["signature"], signers.get(key_holder, b""))
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"the key holder's held CKKS set-up does not check out ({exc}): the run cannot resume") from exc
     if contexts != {cid.encode()}:

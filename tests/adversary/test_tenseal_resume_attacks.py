@@ -149,7 +149,8 @@ def test_a_resumed_run_opens_its_checkpoint_and_refuses_another_runs(fed):
     np.testing.assert_allclose(expected, 0.3, atol=1e-5)
     # the restart: the server takes up the context the owners hold, then restores the checkpoint
     held = {o: {k: bytes(v) for k, v in setup.rejoin(keys[o], RUN).items()} for o in OWNERS}
-    keyed = rejoin(held, {n: o for n, o in enumerate(OWNERS)}, {o: k.member().verify_key for o, k in keys.items()})
+    keyed = rejoin(held, {n: o for n, o in enumerate(OWNERS)}, {o: k.member().verify_key for o, k in keys.items()},
+                   "client_0")
     assert keyed.rejoined and keyed.public == made.public and keyed.run == RUN
     restarted = server_side(keys, made)
     resumed = EncryptedGlobal(check=restarted.check_global).restored(checkpoint)
@@ -176,10 +177,17 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     held = {o: {k: bytes(v) for k, v in setup.rejoin(keys[o], RUN).items()} for o in OWNERS}
     for broken in ({**held, "client_2": {}}, {**held, "client_2": {"context": b"f" * 64}}):
         with pytest.raises(UserError, match="do not all hold the same CKKS context"):
-            rejoin(broken, nodes, signers)
+            rejoin(broken, nodes, signers, "client_0")
     forged = {**held, "client_0": {**held["client_0"], "signature": b"\x01" * 64}}
     with pytest.raises(UserError, match="does not check out"):
-        rejoin(forged, nodes, signers)
+        rejoin(forged, nodes, signers, "client_0")
+    # another owner passing itself off as the key holder: its own signature is not the key holder's
+    impostor = {**held, "client_1": {**held["client_0"], "signature": keys["client_1"].sign(held["client_0"]["statement"])}}
+    with pytest.raises(UserError, match="does not check out"):
+        rejoin(impostor, nodes, signers, "client_1")
+    with pytest.raises(UserError, match="sent no public CKKS context"):
+        rejoin(held, nodes, signers, "client_2")
+    assert rejoin(held, nodes, signers, "client_0").public == made.public
 
 
 def test_an_update_dropped_in_one_run_is_not_hidden_by_another_run(fed):

@@ -45,8 +45,9 @@ def held_contexts(out):
     from fedveil.privacy.secagg.tenseal import keys
 
     owners = sorted((out / "clients").iterdir())
+    held = (keys.SECRET_FILE, keys.PUBLIC_FILE, keys.SETUP_FILE)
     files = {o.name: {str(p.relative_to(o)): hashlib.sha256(p.read_bytes()).hexdigest()
-                      for p in sorted((o / "keys" / keys.CONTEXTS_DIR).rglob("*")) if p.is_file()} for o in owners}
+                      for p in sorted((o / "keys" / keys.CONTEXTS_DIR).rglob("*")) if p.name in held} for o in owners}
     return files, {o.name: keys.keyings(o) for o in owners}
 
 
