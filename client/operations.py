@@ -66,6 +66,9 @@ def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdent
     if instruction.op == PUBKEY:
         meta[wire.PUBLIC_KEY] = setup.announce(identity.keys)
         meta[wire.VERIFY_KEY] = identity.keys.member().verify_key
+        # what it already holds for this run: a restarted coordinator resumes with it (never re-keys)
+        held = setup.rejoin(identity.keys, run_key(cfg))
+        meta.update({wire.HELD_PREFIX + k: v for k, v in held.items()})
         return Answer(meta=meta)
     if instruction.op == KEYGEN:
         owner_keys = {k[len(wire.PUBKEY_PREFIX):]: v for k, v in keys.items() if k.startswith(wire.PUBKEY_PREFIX)}

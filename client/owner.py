@@ -106,7 +106,7 @@ class Owner:
         per_round = per_round or {}
         self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
         self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.keys,
-                                                                per_round)
+                                                                per_round, run=run_key(cfg))
 
     @property
     def num_examples(self) -> int:
@@ -216,8 +216,9 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def run_key(cfg: FedveilConfig) -> str:
-    """Identifies a run in the owner's epsilon ledger and key set-up (its output directory and config)."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    """Identifies a run in the owner's epsilon ledger and key set-up (its output directory and config).
+    ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan)."""
+    blob = json.dumps(dataclasses.asdict(dataclasses.replace(cfg, resume=False)), sort_keys=True, default=str)
     return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
 

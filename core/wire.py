@@ -44,6 +44,8 @@ VERIFY_KEY = "verify-key"  # pubkey reply: the owner's Ed25519 key (the server's
 PUBLIC_CONTEXT = "public-context"
 SETUP_STATEMENT = "setup-statement"  # keygen reply / install query: run, context id, sealed-box digests
 SETUP_SIGNATURE = "setup-signature"  # the key holder's Ed25519 signature over SETUP_STATEMENT
+HELD_PREFIX = "held."  # pubkey reply: the context an owner holds for the run (context; the key holder also
+#                        public, statement, signature): a restarted coordinator resumes with it
 SEALED = "sealed"  # one owner's sealed box in an install query
 SEALED_PREFIX = "sealed."  # keygen reply: one sealed box per owner id
 PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id

@@ -287,7 +287,7 @@ def _threat_gaps(backend: str, privacy: PrivacyConfig, owners: int, resume: bool
         gaps.append(f"needs >= {g.min_owners} owners per round ({owners} train per round: num_clients, "
                     "or clients_per_round)")
     if resume and not spec.can_resume:
-        gaps.append("cannot resume (a restart re-keys the federation)")
+        gaps.append("cannot resume (a restart cannot reopen what its checkpoints hold)")
     if allowed is not None and backend not in allowed:
         gaps.append(f"not in the owners' policy allowed_backends={allowed}")
     return gaps

@@ -23,6 +23,7 @@ from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import records, wire
 from fedveil.core.console import progress
 from fedveil.core.errors import UserError
+from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.server import checkpoint, round_chain
@@ -101,9 +102,14 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     owners: dict[int, str] = {}
     if spec.key_setup is not None:
         progress(f"{cfg.aggregation.name}: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
-        made = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s)
+        made = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s,
+                          resume=cfg.resume)
         keyed, owners = dict(public=made.public, run=made.run, signers=made.signers), made.owners
-        progress(f"{cfg.aggregation.name}: {len(owners)} owners keyed; the server holds the public context only")
+        if made.rejoined:
+            progress(f"{cfg.aggregation.name}: {len(owners)} owners hold this run's context; resuming with it, no "
+                     "re-keying")
+        else:
+            progress(f"{cfg.aggregation.name}: {len(owners)} owners keyed; the server holds the public context only")
     backend = spec.server(cfg.aggregation, layout.size, **keyed)
     run_config.update(backend.round_config())
     state = (EncryptedGlobal(check=backend.check_global) if spec.encrypted_global
@@ -268,6 +274,7 @@ def record_round(fed: Federation, rnd: int, row: dict, outcome: TrainOutcome) ->
         "epsilon": {who: c["epsilon"] for who, c in row["per_client"].items() if "epsilon" in c},
         "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
     })["hash"]
+    maybe_die("after-checkpoint", rnd)  # fault tests: the round is fully recorded, as a crash right here leaves it
 
 
 def payload_digest(combined) -> str | None:

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from fedveil.core import wire
+from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError, Protected
 from fedveil.privacy.secagg.tenseal import global_codec
 from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES
@@ -78,4 +79,13 @@ class EncryptedGlobal:
         return None
 
     def restored(self, arrays: dict[str, np.ndarray]) -> "EncryptedGlobal":
-        return EncryptedGlobal(*global_codec.from_arrays(arrays), check=self.check)
+        """The checkpointed ciphertexts, if their signed base checks out under the federation's
+        context and run (owners check everything again before they decrypt)."""
+        base, pending = global_codec.from_arrays(arrays)
+        if base is not None and self.check is not None:
+            try:
+                self.check(base)
+            except PayloadError as exc:
+                raise UserError(f"the checkpoint's encrypted global does not belong to the context the owners hold "
+                                f"({exc}); resume the run it came from, or start a new run directory") from exc
+        return EncryptedGlobal(base, pending, check=self.check)

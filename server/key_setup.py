@@ -9,12 +9,20 @@
 3. ``query.install``: each owner checks the key holder's signature, opens its sealed box and stores
    the context.
 
+A restarted coordinator (``resume=true``) keys nothing: in step 1 every owner also names the
+context it holds for the run (the key holder adds the public context and its signed statement);
+if all name the same one, the server takes it up (:func:`rejoin`) and its stored ciphertexts stay
+valid. Owners that hold none, or different ones, stop the run with one line: re-keying would orphan
+the stored ciphertexts (and owners refuse a second context for a run anyway). Without
+``resume=true`` a run its owners already hold a context for is refused the same way.
+
 The server relays sealed boxes it cannot open and a signature it cannot forge; the owner-side steps
 are the backend's ``KeySetup`` (``privacy/secagg/tenseal/keys.py``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -23,7 +31,8 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
-from fedveil.privacy.secagg.tenseal.keys import run_of
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg.tenseal.keys import check_rejoin, run_of
 from fedveil.server.grid_poll import send_and_receive
 
 
@@ -43,21 +52,32 @@ def ask(grid: Grid, nodes: list[int], message_type: str, run_config: dict, keys:
 @dataclass(frozen=True)
 class Keyed:
     """What the server ends up with: the public context, the run it was made for, node id -> owner
-    id, and owner id -> the Ed25519 verify key it announced."""
+    id, and owner id -> the Ed25519 verify key it announced (announced again after a restart)."""
 
     public: bytes
     run: str
     owners: dict[int, str]
     signers: dict[str, bytes]
+    rejoined: bool = False  # a resumed run: the context the owners already held, no key set-up
 
 
-def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, timeout: float) -> Keyed:
-    """Run the three exchanges."""
+def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, timeout: float,
+               resume: bool = False) -> Keyed:
+    """Run the three exchanges; or, when resuming a run the owners hold a context for, take that one up."""
     nodes, _ = sample_nodes(grid, num_owners, num_owners)
     replies = ask(grid, nodes, wire.QUERY_PUBKEY, run_config, {}, timeout)
     owners = {n: records.owner_label(m) for n, m in replies.items()}
-    pubkeys = {owners[n]: m.content.config_records[wire.META][wire.PUBLIC_KEY] for n, m in replies.items()}
-    signers = {owners[n]: bytes(m.content.config_records[wire.META].get(wire.VERIFY_KEY, b"")) for n, m in replies.items()}
+    metas = {owners[n]: m.content.config_records[wire.META] for n, m in replies.items()}
+    pubkeys = {o: meta[wire.PUBLIC_KEY] for o, meta in metas.items()}
+    signers = {o: bytes(meta.get(wire.VERIFY_KEY, b"")) for o, meta in metas.items()}
+    held = {o: {k[len(wire.HELD_PREFIX):]: bytes(v) for k, v in meta.items() if k.startswith(wire.HELD_PREFIX)}
+            for o, meta in metas.items()}
+    if any(held.values()):
+        if not resume:
+            raise UserError(f"the owners already hold a CKKS context for this run ({_contexts(held)}): a second key "
+                            "set-up would re-key it, which they refuse; pass resume=true to continue the run, or "
+                            "choose another hydra.run.dir")
+        return rejoin(held, owners, signers, key_holder or min(owners.values()))
     holder_id = key_holder or min(owners.values())
     holder = next((n for n, oid in owners.items() if oid == holder_id), None)
     if holder is None:
@@ -74,3 +94,30 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
     install = {n: {**signed, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
     ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout)
     return Keyed(public, run_of(made[wire.SETUP_STATEMENT]), owners, signers)
+
+
+def _contexts(held: dict[str, dict[str, bytes]]) -> str:
+    return ", ".join(f"{o}: {h['context'].decode()[:12] if 'context' in h else 'none'}" for o, h in sorted(held.items()))
+
+
+def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: dict[str, bytes],
+           key_holder: str) -> Keyed:
+    """A restarted coordinator takes up the context every owner holds for the run (no re-keying);
+    the public context and the run come from ``key_holder``'s signed set-up, checked here."""
+    contexts = {h.get("context", b"") for h in held.values()}
+    if len(contexts) != 1 or b"" in contexts:
+        raise UserError(f"the owners do not all hold the same CKKS context for this run ({_contexts(held)}), so it cannot "
+                        "resume without re-keying (which would orphan its stored ciphertexts); start a new run directory")
+    told = held.get(key_holder, {})
+    if "public" not in told:
+        raise UserError(f"the key holder {key_holder} sent no public CKKS context for this run: the run cannot resume; "
+                        "check aggregation.key_holder and that the key holder's state directory is intact")
+    try:
+        if json.loads(told["statement"])["key_holder"] != key_holder:
+            raise PayloadError(f"its statement names another key holder than {key_holder}")
+        run, cid = check_rejoin(told["public"], told["statement"], told["signature"], signers.get(key_holder, b""))
+    except (PayloadError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"the key holder's held CKKS set-up does not check out ({exc}): the run cannot resume") from exc
+    if contexts != {cid.encode()}:
+        raise UserError("the key holder's public CKKS context is not the one the owners hold: the run cannot resume")
+    return Keyed(told["public"], run, owners, signers, rejoined=True)

@@ -30,6 +30,9 @@ class KeySetup:
     announce: Callable[[Any], bytes]  # (keys) on every owner: its X25519 public key
     generate: Callable[[Any, Any, str, dict[str, bytes]], Any]  # (cfg, keys, run, listed) on the key holder
     install: Callable[..., None]  # (keys, run, public=, statement=, signature=, sealed=) on every owner
+    # (keys, run) on every owner: what it holds for the run ({} if nothing: the run is not keyed yet),
+    # so that a restarted coordinator resumes with it instead of re-keying
+    rejoin: Callable[[Any, str], dict[str, bytes]]
 
 
 COORDINATOR_THREATS = ("trusted", "curious", "malicious")  # weakest to strongest
@@ -70,29 +73,29 @@ class BackendSpec:
     config: type
     # (cfg, size, public=, run=, signers=: what the key set-up gave the server) -> server side
     server: Callable[..., Any]
-    owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round) -> owner side
+    owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round, run=run key) -> owner side
     encrypted_global: bool = False  # the server never holds the global in clear
     key_setup: Optional[KeySetup] = None
-    can_resume: bool = True
+    can_resume: bool = True  # a restarted coordinator continues from its checkpoint (tenseal: with the keys owners hold)
     # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
     guarantees: Optional[Guarantees] = None
 
 
-def _tenseal_owner(cfg, size, keys, per_round):
-    from fedveil.privacy.secagg.tenseal.keys import load_contexts
+def _tenseal_owner(cfg, size, keys, per_round, run=""):
+    from fedveil.privacy.secagg.tenseal.keys import held_context
 
-    public, secret, run = load_contexts(keys.state_dir)
+    public, secret = held_context(keys, run)  # this run's own context, never another run's
     return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
 
 
 def _tenseal_key_setup() -> KeySetup:
     from fedveil.privacy.secagg.tenseal import keys
 
-    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install)
+    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install, rejoin=keys.rejoin)
 
 
-def _crypten_owner(cfg, size, keys, per_round):
+def _crypten_owner(cfg, size, keys, per_round, run=""):
     return CryptenBackend.for_owner(cfg, size, per_round, keys.party_keys_file)
 
 
@@ -106,7 +109,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "plain": BackendSpec(
         PlainConfig,
         server=lambda cfg, size, public=None, **_: PlainBackend(cfg, size),
-        owner=lambda cfg, size, keys, per_round: PlainBackend(cfg, size),
+        owner=lambda cfg, size, keys, per_round, run="": PlainBackend(cfg, size),
         guarantees=Guarantees(
             coordinator=("trusted",),
             owner_collusion=False,
@@ -125,7 +128,6 @@ BACKENDS: dict[str, BackendSpec] = {
         owner=_tenseal_owner,
         encrypted_global=True,
         key_setup=_tenseal_key_setup(),
-        can_resume=False,  # a restart re-keys, so stored ciphertexts could not be opened
         guarantees=Guarantees(
             coordinator=("trusted", "curious", "malicious"),
             owner_collusion=False,

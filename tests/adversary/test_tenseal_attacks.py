@@ -50,7 +50,7 @@ def install(k, made, box, run=RUN, **over):
 
 
 def owner_side(keys, o):
-    return backend_spec("tenseal").owner(CFG, SIZE, keys[o], {})
+    return backend_spec("tenseal").owner(CFG, SIZE, keys[o], {}, run=RUN)
 
 
 def server_side(keys, made):
@@ -74,14 +74,16 @@ def round_updates(keys, made, rnd, deltas):
 ZEROS = np.zeros(SIZE, np.float32)
 
 
-def installed_context(k):
-    return (sealing.keys_dir(k.state_dir) / "ckks_public.ctx").read_bytes()
+def installed_context(k, run=RUN):
+    return (setup.run_dir(k.state_dir, run) / setup.PUBLIC_FILE).read_bytes()
 
 
 def test_keys_are_private_from_creation_and_an_owner_without_a_roster_refuses(tmp_path, fed):
     keys, _ = fed
-    for name in ("owner_ed25519.key", "owner_x25519.key", "ckks_secret.ctx"):
-        assert stat.S_IMODE(os.stat(sealing.keys_dir(keys["client_1"].state_dir) / name).st_mode) == 0o600
+    for path in (sealing.keys_dir(keys["client_1"].state_dir) / "owner_ed25519.key",
+                 sealing.keys_dir(keys["client_1"].state_dir) / "owner_x25519.key",
+                 setup.run_dir(keys["client_1"].state_dir, RUN) / setup.SECRET_FILE):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with pytest.raises(UserError, match="no pinned roster"):
         setup.announce(OwnerKeys("client_9", str(tmp_path / "loner")))
 
@@ -154,7 +156,7 @@ def test_re_keying_mid_run_is_refused(fed, tmp_path):
 
     twin_dir = tmp_path / "twin"
     shutil.copytree(keys["client_0"].state_dir, twin_dir)
-    (twin_dir / "keys" / setup.RUN_FILE).unlink()
+    shutil.rmtree(setup.run_dir(twin_dir, RUN))
     second = setup.generate(CFG, OwnerKeys("client_0", str(twin_dir), keys["client_0"].roster_file), RUN, {})
     with pytest.raises(PayloadError, match="re-keying mid-run"):
         install(keys["client_1"], second, second.sealed["client_1"])

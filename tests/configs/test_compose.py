@@ -63,7 +63,6 @@ def test_defaults_protect_and_plain_dp_off_remain_overrides():
     ({"rounds": "three"}, "config key 'rounds' must be int"),
     ({"aggregation": {"name": "magic"}}, "aggregation 'magic' is unknown"),
     ({"num_clients": 2, "data": {"name": "files", "client_dirs": ["/a"]}}, "lists 1 owners but num_clients=2"),
-    ({"resume": True, "aggregation": {"name": "tenseal"}}, "not supported with aggregation=tenseal"),
     ({"aggregation": {"name": "tenseal", "coeff_mod_bit_sizes": [60, 60]}}, "below 128-bit security"),
 ])
 def test_bad_values_fail_with_the_key(values, match):

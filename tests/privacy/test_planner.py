@@ -122,6 +122,10 @@ def test_auto_resolves_before_the_run_and_named_backends_bypass_the_planner():
     policy = from_dict(composed(["aggregation=auto", "privacy.coordinator=curious", "privacy.aggregator_parties=3",
                                  "owner_policy.allowed_backends=[tenseal]"]))
     assert policy.aggregation.name == "tenseal"
+    # a restart keeps tenseal's keys (owners hold them), so resume=true no longer rules it out
+    resumed = from_dict(composed(["aggregation=auto", "privacy.coordinator=malicious", "resume=true"]))
+    assert resumed.aggregation.name == "tenseal" and resumed.resume
+    assert from_dict(composed(["aggregation=tenseal", "resume=true"])).resume
 
 
 # --- the cost model against what the backends really produce ----------------------------------

@@ -87,7 +87,7 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
     for o, k in owners.items():
         setup.install(k, "run", public=made.public, statement=made.statement, signature=made.signature,
                       sealed=made.sealed[o])
-    sides = {o: backend_spec("tenseal").owner(TensealConfig(), 4, k, {}) for o, k in owners.items()}
+    sides = {o: backend_spec("tenseal").owner(TensealConfig(), 4, k, {}, run="run") for o, k in owners.items()}
 
     def reply(node, delta, n):
         who = f"client_{node}"

@@ -113,7 +113,7 @@ def load_context(data: bytes):
 
 ROUND_UPDATES = "round-updates"  # blob of a combined payload: global_codec.RoundUpdates
 SIGNATURE = "signature"  # blob of a payload: the owner's Ed25519 signature over update_statement
-SENT_FILE = "ckks_sent.json"  # <state_dir>/keys/: the run, round and SHA-256 of this owner's last update
+SENT_FILE = "sent.json"  # the run's folder of keys.run_dir: the round and SHA-256 of this owner's last update
 
 
 def global_statement(run: str, cid: str, after_round: int, blob: bytes) -> bytes:
@@ -175,7 +175,11 @@ class TensealBackend:
 
     @property
     def _sent_file(self) -> Path:
-        return Path(self.keys.state_dir) / "keys" / SENT_FILE
+        from fedveil.privacy.secagg.tenseal.keys import run_dir  # (keys.py imports this module)
+
+        folder = run_dir(self.keys.state_dir, self.run)  # per run: another run's update never hides this one's
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder / SENT_FILE
 
     @property
     def slots(self) -> int:
