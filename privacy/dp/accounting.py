@@ -21,8 +21,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from opacus.accountants import create_accountant
-
 from fedveil.core.errors import UserError
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -51,6 +49,8 @@ def epsilon_of(history: Sequence[Entry], delta: float, accountant: str = "prv") 
 
 @lru_cache(maxsize=1024)
 def _epsilon(history: tuple[Entry, ...], delta: float, accountant: str) -> float:
+    from opacus.accountants import create_accountant  # here: a process without DP never imports Opacus (~5 s)
+
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))

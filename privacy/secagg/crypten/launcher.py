@@ -38,6 +38,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL when the process that started it dies, so
+    local parties never outlive a coordinator that was killed (no ``finally`` runs on SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def tls_dir_of(state_root: Path) -> Path:
     return Path(state_root) / "tls"
 
@@ -77,9 +88,10 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
         limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
         procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
                                        "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT,
-                                      env=env))
+                                      env=env, preexec_fn=die_with_parent))
     log = open(logs / "ttp.log", "w")
-    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env))
+    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=die_with_parent))
     deadline = time.monotonic() + timeout
     for rank, address in enumerate(addresses):
         while True:
