@@ -47,10 +47,15 @@ def epsilon_of(history: Sequence[Entry], delta: float, accountant: str = "prv") 
     return _epsilon(history, float(delta), accountant)
 
 
+def create_accountant(mechanism: str):
+    """Opacus' accountant, imported here: a process without DP never imports Opacus (~5 s)."""
+    from opacus.accountants import create_accountant as opacus_accountant
+
+    return opacus_accountant(mechanism=mechanism)
+
+
 @lru_cache(maxsize=1024)
 def _epsilon(history: tuple[Entry, ...], delta: float, accountant: str) -> float:
-    from opacus.accountants import create_accountant  # here: a process without DP never imports Opacus (~5 s)
-
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))

@@ -110,3 +110,30 @@ def test_crypten_party_killed_mid_mpc_fails_the_round_clearly_and_the_run_resume
     # that has not heard from it yet, by its node id)
     assert "client_2" in json.loads((reference / "metrics.jsonl").read_text().splitlines()[-1])["excluded"]
     assert_same_adapter(final_adapter(out), final_adapter(reference))
+
+
+def test_local_parties_die_with_a_killed_coordinator(tmp_path):
+    """What the simulation's parties are started with (``launcher.die_with_parent``): SIGKILL the
+    process that started them, as a failpoint in the coordinator would, and they are gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "from fedveil.privacy.secagg.crypten.launcher import die_with_parent\n"
+        "child = subprocess.Popen(['sleep', '120'], preexec_fn=die_with_parent)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(starter.stdout.readline()))
+    try:
+        starter.send_signal(signal.SIGKILL)
+        starter.wait()
+        deadline = time.monotonic() + 10
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if child.is_running():
+            child.kill()

@@ -38,15 +38,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, never in a forked child (no dlopen after fork)
+
+
+PRCTL = _prctl() if sys.platform.startswith("linux") else None
+
+
 def die_with_parent() -> None:
     """In the child, before exec: Linux sends it SIGKILL when the process that started it dies, so
-    local parties never outlive a coordinator that was killed (no ``finally`` runs on SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    local parties never outlive a coordinator that was killed (no ``finally`` runs on SIGKILL).
+    Linux ties it to the starting *thread*: start parties from a thread that lives as long as they."""
+    if PRCTL is not None:
+        PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 def tls_dir_of(state_root: Path) -> Path:
