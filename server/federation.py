@@ -194,7 +194,8 @@ def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
     answered = {m.metadata.src_node_id for m in ex.replies}
     for node in sorted(set(ex.bytes_down) - answered):  # an owner that went away mid-round: the round goes on
         who = fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"
-        outcome.excluded[who] = f"no reply within sim.round_timeout_s={fed.cfg.sim.round_timeout_s:g} s (the owner went away)"
+        outcome.excluded[who] = (f"no reply within sim.round_timeout_s={fed.cfg.sim.round_timeout_s:g} s "
+                                 "(the owner went away)")
     return outcome, ex
 
 
@@ -211,7 +212,8 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
     agg = fed.strategy.aggregate_evaluate(rnd, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
-    fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered if wire.META in m.content})
+    fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered
+                       if wire.META in m.content})
     per_owner = {}
     for m in answered:
         if wire.METRICS in m.content:

@@ -20,7 +20,8 @@ def test_a_spec_names_a_point_and_optionally_its_round_and_who():
 
 
 def test_a_process_dies_of_sigkill_at_the_point_named_and_only_there(monkeypatch):
-    code = "from fedveil.core.faults import maybe_die\nmaybe_die('aggregate', 1)\nprint('past 1')\nmaybe_die('aggregate', 2)\nprint('past 2')"
+    code = ("from fedveil.core.faults import maybe_die\n"
+            "maybe_die('aggregate', 1)\nprint('past 1')\nmaybe_die('aggregate', 2)\nprint('past 2')")
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FEDVEIL_FAULT": "aggregate:2"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9 and proc.stdout == "past 1\n"
