@@ -52,6 +52,36 @@ def test_plain_survives_kills_during_aggregation_and_before_and_after_a_checkpoi
     assert_same_adapter(final_adapter(out), plain_reference)
 
 
+
+def test_with_dp_a_round_run_again_after_a_kill_is_recorded_twice_in_every_owners_ledger(tmp_path, tiny_gpt2,
+                                                                                          owners_data):
+    """The coordinator dies aggregating round 2, after every owner recorded its spend and released
+    its update: on resume the round is trained again and paid again. No ledger loses a spend or
+    goes down; metrics.jsonl still holds each round once, with the epsilon the owners report."""
+    import json
+
+    from fedveil.privacy.dp import epsilon_ledger
+
+    out = tmp_path / "run"
+    run = {**experiment(out, tiny_gpt2, owners_data, PLAIN, rounds=2),
+           "dp": {"name": "sample_level", "target_epsilon": 8.0, "accountant": "rdp"}}
+    killed(run, "aggregate:2")
+    assert rounds_logged(out) == [0, 1] and checkpoints(out) == [1]
+    before = {k: epsilon_ledger.load(out / "clients" / f"client_{k}") for k in range(3)}
+    assert all([s.round for s in ledger.history] == [1, 2] for ledger in before.values())
+    in_process({**run, "resume": True})
+    assert rounds_logged(out) == [0, 1, 2]
+    assert_nothing_half_written(out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for k in range(3):
+        ledger = epsilon_ledger.load(out / "clients" / f"client_{k}")
+        spent = [s.epsilon_after for s in ledger.history]
+        assert [s.round for s in ledger.history] == [1, 2, 2] and spent == sorted(spent)
+        assert spent[:2] == [s.epsilon_after for s in before[k].history]  # nothing recorded was lost
+        reported = [r["per_client"][f"client_{k}"]["epsilon"] for r in rows[1:]]
+        assert reported == pytest.approx([spent[0], spent[2]])  # round 2's row: after both of its spends
+
+
 def party_processes(root):
     return [p for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])
             and "secagg.crypten.party" in " ".join(p.info["cmdline"] or [])]
