@@ -17,6 +17,7 @@ from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress
 from fedveil.core.errors import UserError
+from fedveil.core.faults import maybe_die
 from fedveil.core.payload import Protected
 from fedveil.privacy.secagg import backend_spec
 
@@ -106,6 +107,8 @@ class WorkerState:
         try:
             head, arrays, blobs = decode(request)
             keys = {**head.get("keys", {}), **blobs}
+            if head.get("op") == "train":
+                maybe_die("worker-training", (head.get("per_round") or {}).get(wire.ROUND), self.owner_id)
             answer = handle(Instruction(str(head.get("op")), dict(head.get("run_config", {})),
                                         dict(head.get("per_round", {})), arrays, keys), self.identity)
         except UserError as exc:

@@ -27,6 +27,7 @@ from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, RoundContext
 from fedveil.core.console import progress
+from fedveil.core.faults import maybe_die
 from fedveil.core.io import append_jsonl
 from fedveil.privacy.dp import epsilon_ledger
 from fedveil.privacy.dp.sgd import poisson_loader, private_training
@@ -150,6 +151,7 @@ class Owner:
         if self.dp_on:
             result, metrics = self.train_private(optimizer)
         else:
+            maybe_die("owner-training", server_round, self.identity.owner_id)
             loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
                                      seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
             result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device,
@@ -181,6 +183,7 @@ class Owner:
         # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
         step = epsilon_ledger.Step(self.run_key(), self.round.round, sigma, q, tc.local_steps)
         epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
+        maybe_die("owner-training", self.round.round, self.identity.owner_id)  # the spend is on disk already
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
         with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
             result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device, self.training_progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedveil.core.errors import UserError
+from fedveil.core.faults import maybe_die
 
 
 class FramingError(UserError):
@@ -38,13 +39,15 @@ def leftover_temps(path: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666, failpoint: str | None = None) -> None:
     """Write ``data`` to a fresh temp file beside ``path``, fsync it, rename it over ``path``,
     fsync the directory.
 
     The temp name is unique per call (``.NAME.<random>.tmp``, created with ``O_EXCL``), so two
     writers never share one; the last rename wins. ``mode`` is filtered by the umask as for
     ``open``. If the write fails, the temp file is removed and ``path`` is left as it was.
+    ``failpoint``: a :mod:`fedveil.core.faults` point (WHO: the parent folder's name) between the
+    fsynced temp file and the rename, for the fault-injection tests.
     """
     path = Path(path)
     while True:
@@ -59,6 +62,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o666) 
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if failpoint:
+            maybe_die(failpoint, who=path.parent.name)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

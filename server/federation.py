@@ -30,7 +30,7 @@ from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
-from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, summarize
+from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, read_metrics, summarize
 from fedveil.server.strategy import SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
@@ -67,6 +67,7 @@ class Federation:
     run_config: dict
     owners: list[str]  # owner ids known from the key set-up (encrypted global only)
     node_owner: dict[int, str] = field(default_factory=dict)  # node id -> owner id, from the key set-up
+    labels: dict[int, str] = field(default_factory=dict)  # node id -> the owner id its replies named (for reports)
     seen: set[str] = field(default_factory=set)
     chain_head: str | None = None
 
@@ -81,7 +82,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
     sampled = f" ({cfg.participants} train per round)" if cfg.participants < cfg.num_clients else ""
     progress(f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
              f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})")
-    if first == 1:
+    if first == 1 and not any(r["round"] == 0 for r in read_metrics(fed.out)):
         evaluate_start(fed)
     for rnd in range(first, cfg.rounds + 1):
         run_round(fed, rnd)
@@ -123,13 +124,22 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
 
 
 def resume(fed: Federation) -> int:
-    """The first round to run: 1, or the one after the newest checkpoint when ``resume=true``."""
-    resumed = checkpoint.latest(fed.out, fed.layout) if fed.cfg.resume else None
+    """The first round to run: 1, or the one after the newest checkpoint when ``resume=true``.
+
+    The checkpoint is a round's commit point (:func:`record_round`): rows and round-chain entries
+    of later rounds (a run killed between writing them and the checkpoint) are dropped, so the
+    re-run round is logged once; without any checkpoint the round-0 row is kept and not redone."""
+    if not fed.cfg.resume:
+        return 1
+    resumed = checkpoint.latest(fed.out, fed.layout)
+    last = resumed[0] if resumed else 0
+    drop_rows_after(fed.out, last)
+    round_chain.drop_after(fed.out / round_chain.FILENAME, last)
     if not resumed:
         return 1
-    last, arrays = resumed
-    fed.state = fed.state.restored(arrays)
-    drop_rows_after(fed.out, last)
+    fed.state = fed.state.restored(resumed[1])
+    fed.seen.update(who for r in read_metrics(fed.out) if r["round"] > 0 for who in r.get("clients", []))
+    fed.chain_head = round_chain.head(fed.out / round_chain.FILENAME)
     progress(f"resuming after round {last} from {fed.out / 'checkpoints'}")
     return last + 1
 
@@ -184,7 +194,14 @@ def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
     msgs = fed.strategy.configure_train(rnd, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)),
                                         fed.grid)
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    return fed.strategy.aggregate_train(rnd, ex.replies), ex
+    outcome = fed.strategy.aggregate_train(rnd, ex.replies)
+    fed.labels.update(outcome.node_to_owner)
+    answered = {m.metadata.src_node_id for m in ex.replies}
+    for node in sorted(set(ex.bytes_down) - answered):  # an owner that went away mid-round: the round goes on
+        who = fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"
+        outcome.excluded[who] = (f"no reply within sim.round_timeout_s={fed.cfg.sim.round_timeout_s:g} s "
+                                 "(the owner went away)")
+    return outcome, ex
 
 
 def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
@@ -200,6 +217,8 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
     agg = fed.strategy.aggregate_evaluate(rnd, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
+    fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered
+                       if wire.META in m.content})
     per_owner = {}
     for m in answered:
         if wire.METRICS in m.content:
@@ -263,9 +282,10 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
 
 
 def record_round(fed: Federation, rnd: int, row: dict, outcome: TrainOutcome) -> None:
-    """Checkpoint, metrics row and round-chain entry, in that order (a crash leaves a resumable run)."""
+    """Metrics row, round-chain entry, then the checkpoint: the round's commit point. A crash
+    before the checkpoint re-runs the round on resume (:func:`resume` drops its row and entry);
+    after it, the round is done and logged once."""
     saved = fed.state.arrays()
-    checkpoint.save(fed.out, rnd, saved, fed.layout)
     append_metrics(fed.out, row)
     fed.chain_head = round_chain.append(fed.out / round_chain.FILENAME, {
         "round": rnd, "backend": row["backend"], "config_hash": fed.config_hash, "layout_digest": fed.layout.digest,
@@ -274,7 +294,9 @@ def record_round(fed: Federation, rnd: int, row: dict, outcome: TrainOutcome) ->
         "epsilon": {who: c["epsilon"] for who, c in row["per_client"].items() if "epsilon" in c},
         "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
     })["hash"]
-    maybe_die("after-checkpoint", rnd)  # fault tests: the round is fully recorded, as a crash right here leaves it
+    maybe_die("before-checkpoint", rnd)
+    checkpoint.save(fed.out, rnd, saved, fed.layout)
+    maybe_die("after-checkpoint", rnd)
 
 
 def payload_digest(combined) -> str | None:

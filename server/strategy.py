@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
+from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, Revealed, RoundContext
 from fedveil.privacy.secagg.base import ServerSide
@@ -82,6 +83,7 @@ class SecureAggregation:
                 out.excluded[who] = str(exc)
         if not payloads:
             return out
+        maybe_die("aggregate", server_round)
         start = time.perf_counter()
         combined = self.backend.combine(payloads, RoundContext(server_round, self.layout.digest))
         out.aggregate_seconds = time.perf_counter() - start

@@ -356,7 +356,8 @@ def _write(path: Path, ledger: Ledger) -> None:
             "accountant": ledger.accountant, "spent_epsilon": float(ledger.spent_epsilon),
             "entry_count": len(history), "steps_total": sum(s.steps for s in ledger.history), "head": heads[-1],
             "plans": {str(k): float(v) for k, v in ledger.plans.items()}, "history": history}
-    atomic_write_bytes(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"), mode=0o600)
+    atomic_write_bytes(path, (json.dumps(data, indent=1, allow_nan=False) + "\n").encode("utf-8"), mode=0o600,
+                       failpoint="ledger-write")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, never in a forked child (no dlopen after fork)
+
+
+PRCTL = _prctl() if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL when the process that started it dies, so
+    local parties never outlive a coordinator that was killed (no ``finally`` runs on SIGKILL).
+    Linux ties it to the starting *thread*: start parties from a thread that lives as long as they."""
+    if PRCTL is not None:
+        PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 def tls_dir_of(state_root: Path) -> Path:
     return Path(state_root) / "tls"
 
@@ -77,9 +94,10 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
         limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
         procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
                                        "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT,
-                                      env=env))
+                                      env=env, preexec_fn=die_with_parent))
     log = open(logs / "ttp.log", "w")
-    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env))
+    procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=die_with_parent))
     deadline = time.monotonic() + timeout
     for rank, address in enumerate(addresses):
         while True:

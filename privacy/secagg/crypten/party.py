@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedveil.core.faults import maybe_die
 from fedveil.core.io import pack, unpack
 from fedveil.core.pki import COORDINATOR_CN
 from fedveil.core.payload import PayloadError
@@ -163,6 +164,7 @@ class Party:
         with self.lock:
             # taken up before anything else: whatever happens next, this round of this run never runs again
             code = OK if self.take_up(run, round_) else REPLAYED
+            maybe_die("crypten-party-mpc", round_, str(self.rank))
             if code == OK and bound is not None and not norm_check_fits(float(bound), int(meta["length"])):
                 code = UNCHECKABLE
             shares, counts, valid, opened = [], [], [], []
