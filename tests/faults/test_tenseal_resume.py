@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 ARGS = ["experiment=smoke", "num_clients=3", "rounds=4", "train.local_steps=2", "aggregation=tenseal", "dp=off"]
 
