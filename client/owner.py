@@ -178,7 +178,9 @@ class Owner:
         tc, dp, q = self.cfg.train, self.cfg.dp, self.cfg.dp.sample_rate
         cap = self.policy.max_epsilon if self.policy.max_epsilon is not None else self.identity.max_epsilon
         ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
-        sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps)
+        rnd = self.round.round
+        sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps,
+                                         round_=rnd, steps_left=(self.cfg.rounds - rnd + 1) * tc.local_steps)
         self.policy.check_noise(sigma)
         # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
         step = epsilon_ledger.Step(self.run_key(), self.round.round, sigma, q, tc.local_steps)

@@ -509,14 +509,21 @@ def open_ledger(state_dir: str | Path, cfg: SampleLevelDPConfig, num_examples: i
     return ledger
 
 
-def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rate: float, planned_steps: int) -> float:
-    """The run's noise multiplier: explicit, already planned, or planned now (and recorded)."""
+def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rate: float, planned_steps: int,
+              round_: Optional[int] = None, steps_left: Optional[int] = None) -> float:
+    """The run's noise multiplier: explicit, already planned, or planned now (and recorded).
+
+    A round this run already charged (``round_`` is in its history: the coordinator restarted after
+    the owner had reserved it) is charged again, and the rest of the run, ``steps_left`` steps from
+    this round on, is planned anew from everything spent, so the run can still end within budget."""
     if cfg.noise_multiplier is not None:
         return float(cfg.noise_multiplier)
-    if run_key in ledger.plans:
+    rerun = round_ is not None and any(s.run == run_key and s.round == round_ for s in ledger.history)
+    if run_key in ledger.plans and not rerun:
         return ledger.plans[run_key]
     target = min(cfg.target_epsilon, ledger.budget_epsilon)
-    sigma = plan_noise(target, ledger.delta, sample_rate, planned_steps, ledger.accountant,
+    steps = steps_left if rerun and steps_left else planned_steps
+    sigma = plan_noise(target, ledger.delta, sample_rate, steps, ledger.accountant,
                        spent=ledger.entries, max_noise=cfg.max_noise_multiplier)
     ledger.plans[run_key] = sigma
     return sigma

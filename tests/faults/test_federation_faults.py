@@ -80,6 +80,9 @@ def test_with_dp_a_round_run_again_after_a_kill_is_recorded_twice_in_every_owner
         assert spent[:2] == [s.epsilon_after for s in before[k].history]  # nothing recorded was lost
         reported = [r["per_client"][f"client_{k}"]["epsilon"] for r in rows[1:]]
         assert reported == pytest.approx([spent[0], spent[2]])  # round 2's row: after both of its spends
+        # the re-run round is planned anew from what is left: more noise, and the run still ends within budget
+        sigmas = [s.noise_multiplier for s in ledger.history]
+        assert sigmas[2] > sigmas[1] == sigmas[0] and spent[2] <= ledger.budget_epsilon == 8.0
 
 
 def party_processes(root):
