@@ -1,4 +1,4 @@
-"""``tenseal``: CKKS homomorphic encryption; the server adds ciphertexts it cannot read.
+"""``tenseal``: homomorphic encryption (BFV by default, or CKKS); the server adds ciphertexts it cannot read.
 
 Flower-free core of the backend: parameters (insecure ones refused), context creation,
 encrypting a weighted update, summing ciphertexts, decrypting the sum, and the owner's view of
@@ -7,11 +7,12 @@ server keeps of the encrypted global in ``global_codec.py``.
 
 What each party holds and sees:
 
-- key holder (one owner, or a key service): creates the CKKS context; its secret part is sealed
+- key holder (one owner, or a key service): creates the BFV (or CKKS) context; its secret part is sealed
   (libsodium sealed box) to every owner's public key and relayed; the server holds only the
   public context.
-- owners: encrypt ``[n_k * delta_k..., n_k]`` (the count rides in one extra slot, so the server
-  learns not even the counts), decrypt the sum, divide.
+- owners: BFV (``bfv.py``): encrypt ``n_k * delta_k`` in fixed point, two values per slot, with
+  ``n_k`` sealed beside it; CKKS: encrypt ``[n_k * delta_k..., n_k]`` (the count in one extra
+  slot). The server learns not even the counts. Owners decrypt the sum and divide.
 - server: ciphertexts and their sum only. It cannot decrypt (no secret key). Owners share the
   secret key, so a server colluding with any one owner sees everything the others sent; their
   DP-SGD (if on) is what still bounds that leak.
@@ -30,8 +31,8 @@ the global signs that ciphertext bound to the run, the context and the round it 
 (``global_codec.RoundUpdates``), checks the signatures against the Ed25519 keys owners announced
 at key set-up (to exclude a bad one, never to be trusted), and owners check them again against
 their pinned roster (``identity.py``) and add the ciphertexts themselves; an owner also refuses a
-round that leaves out its own update. CKKS is not IND-CPA-D secure: never show decrypted values to
-a party without the key.
+round that leaves out its own update. Neither scheme is IND-CPA-D secure: never show decrypted
+values to a party without the key.
 """
 
 from __future__ import annotations
