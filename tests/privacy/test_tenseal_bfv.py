@@ -38,6 +38,8 @@ def test_known_answers_of_the_digit_packing_negative_values_and_digit_boundaries
     np.testing.assert_array_equal(bfv.unpack_slots(slots, r, t, q.size), q)
     np.testing.assert_array_equal(bfv.quantize([0.26, -0.26, 9.0, -9.0, 0.249], 0.5, 10), [1, -1, 10, -10, 0])
     assert bfv.ciphertexts(SIZE, N) == [N, 3]  # 8,197 values in 4,099 slots
+    with pytest.raises(UserError, match="NaN or infinite"):
+        bfv.quantize([0.1, np.nan], 0.5, 10)
 
 
 def test_fifty_owners_at_the_largest_values_and_weights_sum_without_overflow(fifty):
