@@ -90,6 +90,8 @@ def test_a_wrong_step_or_unsealed_weight_is_refused(fifty):
     coarse = TensealBackend(other, SIZE, public=pub, secret=sec)
     with pytest.raises(PayloadError, match="encodes at step"):
         server.validate(coarse.protect(np.ones(SIZE), 1.0))
+    with pytest.raises(UserError, match="keyed with"):  # a config whose t is not the context's: refused at once
+        TensealBackend(TensealConfig(max_owners=50, plain_modulus_bits=44), SIZE, public=pub)
     good = owner.protect(np.ones(SIZE) * 0.2, 2.0)
     parts = unpack(good.blobs["ciphertext"])
     forged = pack([*parts[:-1], bytes(bfv.COUNT_BOX)])  # a weight not sealed with the federation's key

@@ -221,11 +221,25 @@ class TensealBackend:
         self._public = load_context(public)
         if self._public.is_private():
             raise PayloadError("the context given as public holds a secret key; pass public_bytes(ctx)")
+        self._check_parameters(self._public)
         self._secret = load_context(secret) if secret is not None else None
         self._weight_key = None  # BFV: the key owners seal their weights with, from the (canonical) secret context
         if self._secret is not None and self.cfg.scheme == "bfv":
             self._weight_key = bfv.count_key(secret_bytes(self._secret))
         self.roster, self.keys = roster, keys
+
+    def _check_parameters(self, ctx) -> None:
+        """The context must be of the configured scheme, ring and (BFV) plain modulus: the step and
+        the digits are decoded with the config's."""
+        parms = ctx.seal_context().data.first_context_data().parms()
+        scheme = str(parms.scheme()).rsplit(".", 1)[-1].lower()
+        t = parms.plain_modulus().value()
+        want = bfv.plain_modulus(self.cfg.poly_modulus_degree, self.cfg.plain_modulus_bits) if scheme == "bfv" else 0
+        if (scheme, parms.poly_modulus_degree(), t) != (self.cfg.scheme, self.cfg.poly_modulus_degree, want):
+            raise UserError(f"the federation's context is {scheme.upper()} at N={parms.poly_modulus_degree()}"
+                            f"{f', t={t}' if t else ''}, but aggregation says scheme={self.cfg.scheme}, "
+                            f"N={self.cfg.poly_modulus_degree}, plain_modulus_bits={self.cfg.plain_modulus_bits}: "
+                            "use the config the federation was keyed with")
 
     def round_config(self) -> dict[str, str]:
         return {}
