@@ -154,6 +154,10 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     cfg = build(FedveilConfig, values)
     agg, dp = resolve_privacy(cfg, agg, dp)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
+    if agg["name"] == "tenseal":
+        from fedveil.privacy.secagg.tenseal.ckks import resolve
+
+        agg = resolve(agg, cfg.num_clients, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
         raise UserError("model.gradient_checkpointing=true does not work with dp=sample_level (Opacus' per-sample "

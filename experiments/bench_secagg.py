@@ -1,6 +1,7 @@
 """Secure aggregation cost: bytes per adapter value and round time of a backend vs ``plain``.
 
-    .venv/bin/python -m fedveil.experiments.bench_secagg [--backends tenseal] [--model mid|tiny] [--rounds 2]
+    .venv/bin/python -m fedveil.experiments.bench_secagg [--backends tenseal,crypten] [--model mid|tiny] [--rounds 2]
+    (``tenseal`` is BFV, the default scheme; ``tenseal-ckks`` runs it with ``aggregation.scheme=ckks``)
     .venv/bin/python -m fedveil.experiments.bench_secagg --calibrate     # rewrite privacy/calibration.json
 
 Runs the same federation (same seed, model, data, steps) once per backend, each through the
@@ -30,7 +31,9 @@ MODELS = {
 
 
 def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
+    backend, _, scheme = backend.partition("-")  # tenseal-ckks: tenseal with aggregation.scheme=ckks
     cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"aggregation={backend}",
+           *([f"aggregation.scheme={scheme}"] if scheme else []),
            f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0", "dp=off",
            *([f"aggregation.parties={args.parties}"] if backend == "crypten" else []),
            *MODELS[args.model]]

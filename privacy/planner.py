@@ -5,7 +5,7 @@ The user states what the federation trusts and can afford (:class:`PrivacyConfig
 declared :class:`~fedveil.privacy.secagg.Guarantees` cover the stated threats, and
 ``privacy.epsilon`` turns on DP-SGD with that target. The cost model (:func:`estimate`) gives the
 exact payload bytes fedveil moves per round for each backend (the layouts of ``plain.py``,
-``tenseal/ckks.py`` and ``crypten/shares.py``), and a rough figure for the seconds each backend
+``tenseal/ckks.py`` + ``tenseal/bfv.py`` and ``crypten/shares.py``), and a rough figure for the seconds each backend
 adds (``calibration.json``, written by ``bench_secagg --calibrate``).
 
 Free of Flower, like all of ``privacy/``.
@@ -82,27 +82,57 @@ def _varint_len(value: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def tenseal_ciphertext_fixed(poly_modulus_degree: int, coeff_mod_bit_sizes: tuple[int, ...], scale_bits: int) -> int:
-    """Serialized bytes of one CKKS vector less the varint of its value count (calibrated or measured).
+def tenseal_ciphertext_fixed(poly_modulus_degree: int, coeff_mod_bit_sizes: tuple[int, ...], scale_bits: int,
+                             scheme: str = "ckks", plain_modulus_bits: int = 46) -> int:
+    """Serialized bytes of one TenSEAL vector less the varint of its value count (calibrated or measured).
 
-    At the default parameters this is the raw polynomials (2 x N x one 8-byte prime) plus 138 bytes
-    of SEAL/TenSEAL headers; with smaller primes SEAL's zstd compression makes it smaller and
-    slightly data dependent, so other parameters are measured once with TenSEAL.
+    At the default parameters this is the raw polynomials (2 x N x one 8-byte prime) plus 138 (CKKS)
+    or 129 (BFV) bytes of SEAL/TenSEAL headers, whatever the values; with smaller primes SEAL's zstd
+    compression makes it smaller and slightly data dependent, so other parameters are measured once
+    with TenSEAL.
     """
-    key = f"{poly_modulus_degree}/{list(coeff_mod_bit_sizes)}/{scale_bits}"
+    key = (f"{poly_modulus_degree}/{list(coeff_mod_bit_sizes)}/{scale_bits}" if scheme == "ckks"
+           else f"bfv/{poly_modulus_degree}/{list(coeff_mod_bit_sizes)}/{plain_modulus_bits}")
     known = calibration().get("tenseal_ciphertext_fixed_bytes", {})
     if key in known:
         return int(known[key])
     import numpy as np
     import tenseal as ts
 
+    rng = np.random.default_rng(0)
+    if scheme == "bfv":
+        from fedveil.privacy.secagg.tenseal.bfv import plain_modulus
+
+        t = plain_modulus(poly_modulus_degree, plain_modulus_bits)
+        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=poly_modulus_degree, plain_modulus=t,
+                         coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
+        slots = poly_modulus_degree
+        sizes = [len(ts.bfv_vector(ctx, rng.integers(-(t // 2), t // 2, slots).tolist()).serialize()) for _ in range(3)]
+        return max(sizes) - _varint_len(slots)
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree,
                      coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
     ctx.global_scale = 2.0 ** scale_bits
     slots = poly_modulus_degree // 2
-    rng = np.random.default_rng(0)
     sizes = [len(ts.ckks_vector(ctx, (rng.standard_normal(slots) * 1e-2).tolist()).serialize()) for _ in range(3)]
     return max(sizes) - _varint_len(slots)
+
+
+def tenseal_blob_bytes(agg: Any, values: int, kind: str = "update") -> int:
+    """Exact bytes of a tenseal ciphertext blob (``core.io.pack`` framed) of ``values`` adapter values:
+    an owner's ``update``, or a ``global`` it re-encrypts (BFV: header, ciphertexts, and for an
+    update its sealed weight; CKKS: the ciphertexts, the weight in one extra slot)."""
+    scheme = getattr(agg, "scheme", "ckks")
+    fixed = tenseal_ciphertext_fixed(agg.poly_modulus_degree, tuple(agg.coeff_mod_bit_sizes), agg.scale_bits,
+                                     scheme, getattr(agg, "plain_modulus_bits", 46))
+    if scheme == "bfv":
+        from fedveil.privacy.secagg.tenseal import bfv
+
+        chunks = bfv.ciphertexts(values, agg.poly_modulus_degree)
+        extra = FRAME + bfv.HEADER.size + (FRAME + bfv.COUNT_BOX if kind == "update" else 0)
+        return extra + sum(FRAME + fixed + _varint_len(c) for c in chunks)
+    slots = agg.poly_modulus_degree // 2
+    total = values + 1  # the weight rides in one extra slot (1 for a global)
+    return sum(FRAME + fixed + _varint_len(min(slots, total - i)) for i in range(0, total, slots))
 
 
 @lru_cache(maxsize=1)
@@ -163,11 +193,7 @@ def update_bytes(backend: str, agg: Any, values: int, owner: str = "client_0", r
     if backend == "plain":
         return 4 * values + 8  # fp32 delta + float64 weight
     if backend == "tenseal":
-        slots = agg.poly_modulus_degree // 2
-        fixed = tenseal_ciphertext_fixed(agg.poly_modulus_degree, tuple(agg.coeff_mod_bit_sizes), agg.scale_bits)
-        total = values + 1  # the count rides in one extra slot
-        chunks = [min(slots, total - i) for i in range(0, total, slots)]
-        return sum(FRAME + fixed + _varint_len(c) for c in chunks) + TENSEAL_TAGS
+        return tenseal_blob_bytes(agg, values) + TENSEAL_TAGS
     if backend == "crypten":
         return sum(crypten_share_bytes(values, p, round_, owner) for p in range(agg.parties))
     raise UserError(f"aggregation '{backend}' is unknown: choose one of {sorted(BACKENDS)}")
@@ -183,15 +209,16 @@ def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
     up = update_bytes(backend, agg, values)
     seconds = rough_seconds(backend, values, owners)
     if backend == "tenseal":
-        ct = up - TENSEAL_TAGS  # Enc(vector) framed: what an owner sends of an update or a global
-        signed = ct + SIGNATURE_BYTES + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
+        ct = up - TENSEAL_TAGS  # an owner's update blob (framed ciphertexts)
+        glob = tenseal_blob_bytes(agg, values, "global")  # Enc(global), as an owner re-encrypts it
+        signed = glob + SIGNATURE_BYTES + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
         ids = sorted(f"client_{i}" for i in range(owners))  # the simulation's owner ids
         head = len(json.dumps({"round": 1, "owners": ids}))
         updates = FRAME + head + owners * (2 * FRAME + ct + SIGNATURE_BYTES)  # global_codec.RoundUpdates
         # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
         # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
         return Cost(backend, values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
-                    reencrypt_up=ct + SIGNATURE_BYTES, seconds=seconds)
+                    reencrypt_up=glob + SIGNATURE_BYTES, seconds=seconds)
     down = 2 * 4 * values  # the fp32 global in the train and the evaluate message
     if backend == "crypten":
         parties = agg.parties

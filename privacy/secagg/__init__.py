@@ -131,13 +131,13 @@ BACKENDS: dict[str, BackendSpec] = {
         guarantees=Guarantees(
             coordinator=("trusted", "curious", "malicious"),
             owner_collusion=False,
-            coordinator_sees="CKKS ciphertexts only (no update, count, norm or aggregate)",
-            why_not=(("owner_collusion", "owners share the CKKS secret key: one owner colluding with the coordinator "
+            coordinator_sees="BFV (or CKKS) ciphertexts only (no update, count, norm or aggregate)",
+            why_not=(("owner_collusion", "owners share the HE secret key: one owner colluding with the coordinator "
                                          "decrypts every update"),),
             caveats=("a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
                      "refuses a round without its own) and show owners different subsets of one round's signed "
                      "updates at its evaluation",),
-            bytes_per_value=32.32,  # 2048 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
+            bytes_per_value=8.02,  # BFV: 8192 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
         ),
     ),
     "crypten": BackendSpec(

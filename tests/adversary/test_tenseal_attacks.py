@@ -27,21 +27,33 @@ from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates, SignedBase
 from fedveil.server.global_state import EncryptedGlobal
 
 pytestmark = pytest.mark.adversary
-CFG = TensealConfig()
+# BFV (the default) for three owners, weights up to 2 and values within +-6 (the deltas played here);
+# CKKS where an attack is its own (a ciphertext at another scale)
+CFG = TensealConfig(max_owners=3, max_weight=2.0, value_bound=6.0)
+CKKS = TensealConfig(scheme="ckks")
 SIZE = 40
 RUN = "/runs/a#00000001"
 OWNERS = ("client_0", "client_1", "client_2")
 
 
-@pytest.fixture()
-def fed(tmp_path):
+def keyed(tmp_path, cfg):
     """Three owners with a pinned roster (key holder client_0), keyed honestly for RUN."""
     keys = {o: OwnerKeys(o, str(tmp_path / o)) for o in OWNERS}
     pin_roster({o: tmp_path / o for o in OWNERS}, "client_0")
-    made = setup.generate(CFG, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
+    made = setup.generate(cfg, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
     for o, k in keys.items():
         install(k, made, made.sealed[o])
     return keys, made
+
+
+@pytest.fixture()
+def fed(tmp_path):
+    return keyed(tmp_path, CFG)
+
+
+@pytest.fixture()
+def fed_ckks(tmp_path):
+    return keyed(tmp_path, CKKS)
 
 
 def install(k, made, box, run=RUN, **over):
@@ -49,8 +61,8 @@ def install(k, made, box, run=RUN, **over):
     setup.install(k, run, **{**fields, **over})
 
 
-def owner_side(keys, o):
-    return backend_spec("tenseal").owner(CFG, SIZE, keys[o], {}, run=RUN)
+def owner_side(keys, o, cfg=CFG):
+    return backend_spec("tenseal").owner(cfg, SIZE, keys[o], {}, run=RUN)
 
 
 def server_side(keys, made):
@@ -219,14 +231,9 @@ def test_a_stale_signed_global_is_refused(fed):
 def test_a_global_the_server_encrypted_itself_is_refused(fed):
     # Before: the server holds the public context, which encrypts; it sent Enc(any adapter it
     # liked) as base-ct and every owner decrypted, trained from and saved that adapter.
-    import tenseal as ts
-
     keys, made = fed
     owner = owner_side(keys, "client_0")
-    public_ctx = ts.context_from(made.public)
-    values = np.full(SIZE + 1, 7.0)
-    values[-1] = 1.0
-    blob = pack([ts.ckks_vector(public_ctx, values.tolist()).serialize()])
+    blob = _server_encrypted(made, 7.0)
     zeros = np.zeros(SIZE, np.float32)
     with pytest.raises(PayloadError, match="no owner's signature"):
         owner.open_global(EncryptedGlobal(SignedBase(blob, 1, "", b"")).arrays(), zeros, 1)
@@ -246,13 +253,13 @@ def _wrong_scale(owner, delta):
     return owner.payload_of(pack([ts.ckks_vector(owner._secret, values, scale=2.0**30).serialize()]))
 
 
-def test_a_wrong_scale_ciphertext_is_excluded_and_the_sum_is_the_others(fed):
+def test_a_wrong_scale_ciphertext_is_excluded_and_the_sum_is_the_others(fed_ckks):
     # Before: a ciphertext at scale 2^30 passed validate() (context id, SHA-256 and length were
     # right), then combine() raised "ValueError: scale mismatch" outside the per-owner try and the
     # whole run stopped: one owner could end the federation.
-    keys, made = fed
-    owner = owner_side(keys, "client_0")
-    server = TensealBackend(CFG, SIZE, public=made.public)
+    keys, made = fed_ckks
+    owner = owner_side(keys, "client_0", CKKS)
+    server = TensealBackend(CKKS, SIZE, public=made.public)
     bad = _wrong_scale(owner, np.full(SIZE, 100.0))
     with pytest.raises(PayloadError, match="scale 2\\^30.0"):
         server.validate(bad)
@@ -266,7 +273,7 @@ def test_a_wrong_scale_ciphertext_is_excluded_and_the_sum_is_the_others(fed):
     assert server.combine({"client_2": bad}).excluded.keys() == {"client_2"}  # alone: nothing summed, no crash
 
 
-def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed):
+def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed_ckks):
     from flwr.app import ConfigRecord, Message, RecordDict
     from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.task_identity import TaskIdentity
@@ -276,10 +283,10 @@ def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed):
     from fedveil.server.strategy import SecureAggregation
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    keys, made = fed
-    owner = owner_side(keys, "client_0")
+    keys, made = fed_ckks
+    owner = owner_side(keys, "client_0", CKKS)
     layout = AdapterLayout.of({"w.lora_A": np.zeros((SIZE // 2, 2), np.float32)})
-    strategy = SecureAggregation(FedAvg(), TensealBackend(CFG, SIZE, public=made.public), layout)
+    strategy = SecureAggregation(FedAvg(), TensealBackend(CKKS, SIZE, public=made.public), layout)
 
     def reply(node, payload):
         instruction = Message(RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=node, message_type="train")
@@ -293,15 +300,44 @@ def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed):
     np.testing.assert_allclose(owner.reveal(outcome.combined).mean, 2.0, atol=1e-5)
 
 
+def test_a_wrong_step_or_out_of_range_bfv_update_is_excluded_or_refused(fed):
+    # The BFV twin of a wrong scale: an owner (it holds the secret context) encodes at another step,
+    # which would add up to garbage; it is left out of the sum, never fatal. One that skips the
+    # clamp, so that the sum could overflow a digit, is refused at decryption by every owner.
+    from fedveil.privacy.secagg.tenseal import bfv
+
+    keys, made = fed
+    owner, server = owner_side(keys, "client_0"), server_side(keys, made)
+    coarse = TensealBackend(TensealConfig(max_owners=3, max_weight=4.0, value_bound=6.0), SIZE, public=made.public,
+                            secret=secret_bytes(owner._secret))
+    payloads = {"client_0": owner.protect(np.full(SIZE, 1.0), 2.0), "client_2": coarse.protect(np.full(SIZE, 5.0), 1.0),
+                "client_1": owner.protect(np.full(SIZE, 4.0), 1.0)}
+    combined = server.combine(payloads)
+    assert set(combined.excluded) == {"client_2"} and "encodes at step" in combined.excluded["client_2"]
+    revealed = owner.reveal(combined.payload)
+    assert revealed.total_weight == 3.0
+    np.testing.assert_allclose(revealed.weighted_sum, 6.0, atol=1e-4)
+    import tenseal as ts
+
+    slots = bfv.pack_slots(np.full(SIZE, 2 * CFG.levels, np.int64), bfv.radix(4096, CFG.plain_modulus_bits))
+    unclamped = pack([bfv.header(b"u", CFG.step), ts.bfv_vector(owner._secret, slots.tolist()).serialize(),
+                      bfv.seal_weight(owner._weight_key, 1.0)])
+    summed = server.combine({"client_0": payloads["client_0"], "client_2": owner.payload_of(unclamped)})
+    with pytest.raises(PayloadError, match="encoded out of range"):
+        owner.reveal(summed.payload)
+
+
 # --- what the server holds between rounds: owners' signed updates and signed globals ---------------
 
 def _server_encrypted(made, value):
-    """Enc(value, weight 1) made by the server itself with the public context (which encrypts)."""
+    """Enc(value) as a global (BFV: header, digits at step 1) made by the server itself with the
+    public context (which encrypts)."""
     import tenseal as ts
 
-    values = np.full(SIZE + 1, float(value))
-    values[-1] = 1.0
-    return pack([ts.ckks_vector(ts.context_from(made.public), values.tolist()).serialize()])
+    from fedveil.privacy.secagg.tenseal import bfv
+
+    slots = bfv.pack_slots(np.full(SIZE, int(value), np.int64), bfv.radix(4096, CFG.plain_modulus_bits))
+    return pack([bfv.header(b"g", 1.0), ts.bfv_vector(ts.context_from(made.public), slots.tolist()).serialize()])
 
 
 def test_a_round_sum_the_server_forged_is_refused(fed):
@@ -417,14 +453,14 @@ def test_a_wrong_size_or_foreign_context_update_is_excluded_and_the_round_goes_o
     other = make_context(CFG)
     foreign = TensealBackend(CFG, SIZE, public=public_bytes(other), secret=secret_bytes(other), keys=keys["client_2"],
                              run=RUN).protect(np.ones(SIZE), 1.0, RoundContext(1, "L", "client_2"))
-    for bad, reason in ((short, "holds 39 values"), (foreign, "another CKKS context")):
+    for bad, reason in ((short, "holds 19 slots"), (foreign, "another BFV context")):
         with pytest.raises(PayloadError, match=reason):
             server.validate(bad)
     combined = server.combine({"client_0": good, "client_1": short, "client_2": foreign}, RoundContext(1, "L"))
-    assert "holds 39 values" in combined.excluded["client_1"] and "another CKKS context" in combined.excluded["client_2"]
+    assert "holds 19 slots" in combined.excluded["client_1"] and "another BFV context" in combined.excluded["client_2"]
     np.testing.assert_allclose(owner_side(keys, "client_0").open_global(
         EncryptedGlobal(None, [combined.payload.blobs[ROUND_UPDATES]]).arrays(), ZEROS, 1), 1.0, atol=1e-5)
     odd = RoundUpdates(1, {"client_0": (good.blobs["ciphertext"], good.blobs[SIGNATURE]),
                            "client_1": (short.blobs["ciphertext"], short.blobs[SIGNATURE])}).encode()
-    with pytest.raises(PayloadError, match="holds 39 values"):
+    with pytest.raises(PayloadError, match="holds 19 slots"):
         owner_side(keys, "client_0").open_global(EncryptedGlobal(None, [odd]).arrays(), ZEROS, 1)

@@ -157,6 +157,8 @@ def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plai
     for r in rows(out)[1:]:
         assert r["backend"] == "tenseal" and r["clients"] == ["client_0", "client_1", "client_2"]
         assert all("update_norm" not in c and c["num_examples"] is None for c in r["per_client"].values())
+        # BFV (the default): two fixed-point values per slot, the weight sealed beside: <= 3x fp32
+        assert all(c["bytes_update_up"] <= 12 * 16384 for c in r["per_client"].values())
     server_files = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("clients", "data", "base_model")]
     weights = reference["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].tobytes()[:64]
     assert not any(weights in p.read_bytes() for p in server_files)

@@ -130,7 +130,7 @@ def test_auto_resolves_before_the_run_and_named_backends_bypass_the_planner():
 
 # --- the cost model against what the backends really produce ----------------------------------
 
-def measured_update_bytes(name: str, values: int, parties: int = 3) -> int:
+def measured_update_bytes(name: str, values: int, parties: int = 3, agg=None) -> int:
     """Bytes of one owner's protected update, from the backend's own protect()."""
     delta = np.random.default_rng(0).normal(0, 1e-2, values).astype(np.float32)
     if name == "plain":
@@ -144,9 +144,10 @@ def measured_update_bytes(name: str, values: int, parties: int = 3) -> int:
 
         from fedveil.privacy.secagg.identity import OwnerKeys
 
-        ctx = make_context(TensealConfig())
+        agg = agg or TensealConfig()
+        ctx = make_context(agg)
         with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its update: its keys
-            backend = TensealBackend(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx),
+            backend = TensealBackend(agg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
                                      keys=OwnerKeys("client_0", state_dir), run="run")
             return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
     from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
@@ -161,17 +162,19 @@ MID_VALUES = 262_144  # bench_secagg's mid model (hidden 512, 4 layers): its ada
 
 
 @pytest.mark.parametrize("values", [TINY_VALUES, MID_VALUES], ids=["tiny", "mid"])
-@pytest.mark.parametrize("name", ["plain", "tenseal", "crypten"])
+@pytest.mark.parametrize("name", ["plain", "tenseal", "tenseal-ckks", "crypten"])
 def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, values):
-    agg = BACKENDS[name].config()
+    name, scheme = (name.split("-") + [None])[:2]
+    agg = BACKENDS[name].config(**({"scheme": scheme} if scheme else {}))
     estimated = estimate(name, agg, values, 3).update_up
-    measured = measured_update_bytes(name, values, getattr(agg, "parties", 3))
+    measured = measured_update_bytes(name, values, getattr(agg, "parties", 3), agg)
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
     assert estimated == measured  # the layouts are deterministic: exact, in fact
     assert update_bytes(name, agg, values) == estimated
 
 
-def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path):
+@pytest.mark.parametrize("scheme", ["bfv", "ckks"])
+def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path, scheme):
     """Round 1 sends round 1's signed updates (evaluate); later rounds the signed base twice and them."""
     from fedveil.privacy.secagg.identity import OwnerKeys
     from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES, TensealBackend, TensealConfig, make_context
@@ -179,7 +182,8 @@ def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path):
     from fedveil.privacy.secagg.tenseal.global_codec import SignedBase, to_arrays
 
     values, owners = 5000, 3
-    cfg, ctx = TensealConfig(), make_context(TensealConfig())
+    cfg = TensealConfig(scheme=scheme)
+    ctx = make_context(cfg)
     sides = {f"client_{i}": TensealBackend(cfg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
                                            keys=OwnerKeys(f"client_{i}", str(tmp_path / str(i))), run="run")
              for i in range(owners)}

@@ -1,4 +1,4 @@
-"""CKKS backend core: sums decrypt right, the server side cannot decrypt, bad ciphertexts are refused."""
+"""CKKS backend core (``aggregation.scheme=ckks``; BFV, the default: test_tenseal_bfv.py): sums decrypt right, the server side cannot decrypt, bad ciphertexts are refused."""
 
 import numpy as np
 import pytest
@@ -11,20 +11,21 @@ from fedveil.privacy.secagg.sealing import seal, unseal
 from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
 
 SIZE = 300
+CKKS = TensealConfig(scheme="ckks")
 
 
 @pytest.fixture(scope="module")
 def keys():
-    ctx = make_context(TensealConfig())
+    ctx = make_context(CKKS)
     return public_bytes(ctx), secret_bytes(ctx)
 
 
 def owner(keys, size=SIZE):
-    return TensealBackend(TensealConfig(), size, public=keys[0], secret=keys[1])
+    return TensealBackend(CKKS, size, public=keys[0], secret=keys[1])
 
 
 def server(keys, size=SIZE):
-    return TensealBackend(TensealConfig(), size, public=keys[0])
+    return TensealBackend(CKKS, size, public=keys[0])
 
 
 @settings(max_examples=15, deadline=None)
@@ -57,7 +58,7 @@ def test_server_holds_no_secret_and_cannot_decrypt_or_encrypt(keys):
 
 def test_public_context_with_secret_is_refused(keys):
     with pytest.raises(PayloadError, match="holds a secret key"):
-        TensealBackend(TensealConfig(), SIZE, public=keys[1])
+        TensealBackend(CKKS, SIZE, public=keys[1])
 
 
 def test_tampered_truncated_foreign_and_wrong_length_ciphertexts_are_refused(keys):
@@ -79,8 +80,8 @@ def test_tampered_truncated_foreign_and_wrong_length_ciphertexts_are_refused(key
     cut["sha256"] = hashlib.sha256(cut["ciphertext"]).digest()
     with pytest.raises(PayloadError, match="truncated"):
         s.validate(type(good)(blobs=cut))
-    other_ctx = make_context(TensealConfig())
-    foreign = TensealBackend(TensealConfig(), SIZE, public=public_bytes(other_ctx), secret=secret_bytes(other_ctx))
+    other_ctx = make_context(CKKS)
+    foreign = TensealBackend(CKKS, SIZE, public=public_bytes(other_ctx), secret=secret_bytes(other_ctx))
     with pytest.raises(PayloadError, match="another CKKS context"):
         s.validate(foreign.protect(np.ones(SIZE), 1))
     with pytest.raises(PayloadError, match="layout needs 300"):
@@ -88,7 +89,7 @@ def test_tampered_truncated_foreign_and_wrong_length_ciphertexts_are_refused(key
 
 
 def test_bytes_per_value_and_insecure_parameters():
-    cfg = TensealConfig()
+    cfg = CKKS
     ctx = make_context(cfg)
     size = 16383  # + the count slot = 8 ciphertexts of 2048 slots
     o = TensealBackend(cfg, size, public=public_bytes(ctx), secret=secret_bytes(ctx))

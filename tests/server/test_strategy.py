@@ -81,13 +81,14 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
     from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
     from fedveil.server.global_state import EncryptedGlobal
 
+    cfg = TensealConfig(max_owners=4, max_weight=4.0, value_bound=2.0)  # BFV: the weights and values played here
     owners = {f"client_{n}": OwnerKeys(f"client_{n}", str(tmp_path / f"client_{n}")) for n in (1, 2, 3, 4)}
     pin_roster({o: k.state_dir for o, k in owners.items()}, "client_1")
-    made = setup.generate(TensealConfig(), owners["client_1"], "run", {})
+    made = setup.generate(cfg, owners["client_1"], "run", {})
     for o, k in owners.items():
         setup.install(k, "run", public=made.public, statement=made.statement, signature=made.signature,
                       sealed=made.sealed[o])
-    sides = {o: backend_spec("tenseal").owner(TensealConfig(), 4, k, {}, run="run") for o, k in owners.items()}
+    sides = {o: backend_spec("tenseal").owner(cfg, 4, k, {}, run="run") for o, k in owners.items()}
 
     def reply(node, delta, n):
         who = f"client_{node}"
@@ -96,7 +97,7 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
                                                                            wire.OWNER_ID: who}, payload)
         return Message(content, reply_to=instruction(node))
 
-    server = TensealBackend(TensealConfig(), 4, public=made.public, run="run",
+    server = TensealBackend(cfg, 4, public=made.public, run="run",
                             signers={o: k.member().verify_key for o, k in owners.items()})
     s = SecureAggregation(FedAvg(), server, LAYOUT)
     state = EncryptedGlobal(check=server.check_global)  # the server holds no plaintext global

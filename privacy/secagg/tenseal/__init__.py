@@ -1,5 +1,6 @@
-"""``tenseal``: CKKS homomorphic encryption; the server adds ciphertexts it cannot read.
+"""``tenseal``: homomorphic encryption (BFV by default, or CKKS); the server adds ciphertexts it cannot read.
 
-``ckks.py`` (parameters, encryption, the backend), ``keys.py`` (key generation, sealing to
-owners, installing), ``global_codec.py`` (the encrypted global the server holds).
+``ckks.py`` (parameters, encryption, the backend, both schemes), ``bfv.py`` (BFV's fixed-point
+digit encoding and its bounds), ``keys.py`` (key generation, sealing to owners, installing),
+``global_codec.py`` (the encrypted global the server holds).
 """
