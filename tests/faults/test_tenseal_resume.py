@@ -3,9 +3,9 @@
 The runner kills itself at the fault point ``after-checkpoint:2`` (``core/faults.py``): round 2's
 checkpoint, metrics row and round-chain entry are written, nothing of round 3 is. Restarted with
 ``resume=true`` it must finish rounds 3 and 4 with the context every owner kept (no owner re-keys),
-log each round once, and give every owner the final adapter of an uninterrupted federation: the
-same owners and config replayed in-process with the plain backend, round by round (the owner code
-path of ``Owner.train_round`` and the backend's own sum, which equals a plain Flower run exactly).
+log each round once, and give every owner the final adapter of an uninterrupted federation, within
+BFV's rounding: the same owners and config replayed in-process round by round (the owner code path
+of ``Owner.train_round``) with the plain backend's sum, which equals a plain Flower run exactly.
 """
 
 import hashlib
@@ -117,12 +117,13 @@ def test_a_tenseal_run_killed_after_round_2_resumes_without_re_keying_to_the_uni
 
     globals_, final = uninterrupted(out, tmp_path / "reference")
     want = load_file(final / "adapter_model.safetensors")
-    # CKKS decrypts to ~1e-7, and Adam's first steps (update ~ lr * sign(gradient)) can turn that
-    # into up to ~1e-4 on a handful of values (measured: 4 of 16,384 above 1e-5, mean 2.3e-8; an
-    # uninterrupted tenseal run shows the same). A skipped, repeated or mis-based round moves every
-    # value, by 2.8e-3 on average here (checked first), far beyond these bounds.
+    # BFV rounds each owner's n_k * delta to its fixed-point step (7.3e-4 here) and the re-encrypted
+    # global to 2^-23 of its largest value; Adam's first steps (update ~ lr * sign(gradient)) carry that
+    # on: measured against this plain-sum replay, mean 1.9e-5, max 2.2e-3 after 4 rounds. A skipped,
+    # repeated or mis-based round moves every value, by 2.8e-3 on average here (checked first), so a
+    # mean within 2e-4 (10x the rounding, 14x below one round) tells the two apart.
     assert np.abs(globals_[-1] - globals_[-2]).mean() > 1e-3
     for k in range(3):
         got = load_file(out / "clients" / f"client_{k}" / "final_adapter" / "adapter_model.safetensors")
         diff = np.concatenate([np.abs(got[n] - want[n]).ravel() for n in sorted(want)])
-        assert diff.mean() < 1e-6 and (diff > 1e-4).sum() <= diff.size // 1000, (k, diff.max(), diff.mean())
+        assert diff.mean() < 2e-4 and diff.max() < 1e-2, (k, diff.max(), diff.mean())
