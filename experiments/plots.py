@@ -44,11 +44,7 @@ def save(path: Path, draw: Callable[[Axes], None], integer_x: bool = True) -> di
     draw(ax)
     if integer_x:  # rounds
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles, labels = ax.get_legend_handles_labels()
-    owners = [h for h in handles if h.get_gid() == OWNER_GID]
-    if owners:  # many owners: one legend entry for all their lines, not one each
-        handles, labels = ([h for h in handles if h.get_gid() != OWNER_GID] + owners[:1],
-                           [lab for h, lab in zip(handles, labels) if h.get_gid() != OWNER_GID] + [f"each owner ({len(owners)})"])
+    handles, labels = legend_entries(*ax.get_legend_handles_labels())
     if handles:
         ax.legend(handles, labels, fontsize="small")
     buf = io.BytesIO()
@@ -56,6 +52,16 @@ def save(path: Path, draw: Callable[[Axes], None], integer_x: bool = True) -> di
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return drawn(ax)
+
+
+def legend_entries(handles: list, labels: list[str]) -> tuple[list, list[str]]:
+    """The legend's entries: lines drawn in the shared owner style (:func:`owner_style`) get one
+    entry between them, every other line its own."""
+    shared = [getattr(h, "get_gid", lambda: None)() == OWNER_GID for h in handles]  # bars have no gid
+    if not any(shared):
+        return handles, labels
+    return ([h for h, s in zip(handles, shared) if not s] + [handles[shared.index(True)]],
+            [lab for lab, s in zip(labels, shared) if not s] + [f"each owner ({sum(shared)})"])
 
 
 def drawn(ax: Axes) -> dict[str, Any]:
