@@ -84,9 +84,9 @@ def _model_bundle(model_key: str, seed: int, device: str):
     return model, tokenizer, layout, layout.flatten(get_adapter(model))
 
 
-@lru_cache(maxsize=8)
-def _owner_data(source: str, tokenizer_path: str, data_key: str, seed: int, one_row_per_record: bool) -> OwnerData:
-    return load_owner_data(source, load_tokenizer(tokenizer_path), DataConfig(**json.loads(data_key)), seed,
+@lru_cache(maxsize=8)  # a few owners per process: a simulation worker plays many, holding only these
+def _owner_data(source: str, tokenizer, data_key: str, seed: int, one_row_per_record: bool) -> OwnerData:
+    return load_owner_data(source, tokenizer, DataConfig(**json.loads(data_key)), seed,
                            one_row_per_record=one_row_per_record)
 
 
@@ -102,7 +102,7 @@ class Owner:
         self.model, self.tokenizer, self.layout, self.initial = _model_bundle(model_key, cfg.seed, str(self.device))
         data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         self.policy.check(cfg, self.layout.digest)  # before any data is read or budget spent
-        self.data = _owner_data(identity.data_source, cfg.model.path, data_key, cfg.seed, self.dp_on)
+        self.data = _owner_data(identity.data_source, self.tokenizer, data_key, cfg.seed, self.dp_on)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
         self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)

@@ -55,7 +55,8 @@ class FedveilConfig:
     rounds: int = 3
     num_clients: int = 3
     # owners sampled (uniformly, by the coordinator) to train each round, as FedAvg's fraction_train;
-    # None: all. Every owner evaluates every round. No DP amplification is claimed for it.
+    # None: all. The sampled owners also evaluate their round's global (round 0: a sample of as
+    # many); every owner evaluates the last round's. No DP amplification is claimed for it.
     clients_per_round: Optional[int] = None
     output_dir: str = ""  # filled in by the runner (Hydra's run directory)
     resume: bool = False  # continue from the latest checkpoint in output_dir

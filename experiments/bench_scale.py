@@ -1,13 +1,25 @@
-"""Seconds per round against the number of simulated owners, with and without DP.
+"""Seconds per round and peak memory against the number of simulated owners, per backend and DP.
 
-    .venv/bin/python -m fedveil.experiments.bench_scale [--owners 10,100] [--rounds 2] [--steps 2]
+    .venv/bin/python -m fedveil.experiments.bench_scale [--owners 10,100,1000] [--configs plain,plain+dp,tenseal+dp,crypten]
+        [--sample 0.1] [--rounds 3] [--steps 2] [--crypten-max 100] [OVERRIDE ...]
+
+Quick subsets: ``--owners 10,100 --configs plain,plain+dp`` (the DP overhead at 100 owners, a few
+minutes); ``--owners 1000 --configs plain`` (does 1,000 owners fit?).
 
 Each configuration is one run of the experiment runner (Flower's Simulation Engine, tiny model,
-``train.local_steps=--steps``) in its own process and run directory; the figures come from the
-run's ``metrics.jsonl`` (``seconds.round`` per round, and the time spent in the measured phases:
-the slowest owner's training, aggregation, evaluation). It prints one line per configuration and
-the ratio DP / no DP at each number of owners, all from this one invocation. Round 1 includes each
-simulation worker's one-off DP noise planning; later rounds are the steady state.
+``train.local_steps=--steps``) in its own process and run directory, with ``clients_per_round`` =
+``--sample`` of the owners (at least 3, crypten's minimum cohort). Per round the figures come from
+the run's ``metrics.jsonl`` (``seconds.round``). Round 1 includes each simulation worker's one-off
+DP noise planning; in the last round every owner evaluates (the final adapter's held-out loss over
+the whole federation; with tenseal each owner writes its final adapter), the other rounds only the
+sampled cohort. Peak memory is the largest sum, over one sampling of the run's whole process tree
+(the runner, Ray's processes and workers, crypten's parties), of each process's proportional set
+size (PSS: shared pages counted once across the tree; RSS where PSS cannot be read), sampled every
+``--poll`` seconds. CPU seconds are the tree's user + system time (per round: between the moments
+metrics.jsonl got the round's row; less sensitive than seconds to other jobs on a shared machine). It prints one line per
+configuration as it finishes, then seconds per round against the number of owners per
+configuration (the growth), and last the ratio DP / no DP per round at each number of owners, all
+from this one invocation.
 """
 
 from __future__ import annotations
@@ -18,49 +30,167 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 
-def run(out: Path, owners: int, dp: bool, rounds: int, steps: int, extra: list[str]) -> dict:
-    args = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"num_clients={owners}",
-            f"rounds={rounds}", f"train.local_steps={steps}", "aggregation=plain",
-            *(["dp=sample_level", "dp.target_epsilon=8"] if dp else ["dp=off"]), *extra]
+CONFIGS = {  # name -> overrides
+    "plain": ["aggregation=plain", "dp=off"],
+    "plain+dp": ["aggregation=plain", "dp=sample_level", "dp.target_epsilon=8"],
+    "tenseal+dp": ["aggregation=tenseal", "dp=sample_level", "dp.target_epsilon=8"],
+    "crypten": ["aggregation=crypten", "dp=off"],
+    "crypten+dp": ["aggregation=crypten", "dp=sample_level", "dp.target_epsilon=8"],
+    "tenseal": ["aggregation=tenseal", "dp=off"],
+}
+MIN_COHORT = 3  # crypten reveals no aggregate of fewer owners (aggregation.min_owners)
+
+
+class TreeMonitor:
+    """Peak memory (sum of PSS, else RSS) and CPU seconds of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float, metrics: Path) -> None:
+        self.root, self.interval, self.metrics = psutil.Process(pid), interval, metrics
+        self.peak, self.peak_processes, self.cpu = 0, 0, {}
+        self.at_rows: list[float] = []  # the tree's CPU seconds when metrics.jsonl got its k-th row
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> "TreeMonitor":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                total += memory_of(p)
+                t = p.cpu_times()
+                self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
+            except psutil.Error:  # gone meanwhile
+                continue
+        if total > self.peak:
+            self.peak, self.peak_processes = total, len(procs)
+        try:
+            rows = self.metrics.read_bytes().count(b"\n")
+        except OSError:
+            rows = 0
+        while len(self.at_rows) < rows:
+            self.at_rows.append(self.cpu_seconds)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(self.interval)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+
+def memory_of(p: psutil.Process) -> int:
+    try:
+        return p.memory_full_info().pss
+    except (psutil.AccessDenied, AttributeError):
+        return p.memory_info().rss
+
+
+def cohort(owners: int, sample: float) -> int:
+    return min(owners, max(MIN_COHORT, round(owners * sample)))
+
+
+def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
+    per_round = cohort(owners, args.sample)
+    cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"num_clients={owners}",
+           f"clients_per_round={per_round}", f"rounds={args.rounds}", f"train.local_steps={args.steps}",
+           *CONFIGS[config], *args.extra]
+    log = out.with_suffix(".log")
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        with TreeMonitor(proc.pid, args.poll, out / "metrics.jsonl") as monitor:
+            code = proc.wait()
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_scale: run failed ({owners} owners, dp={dp}): {proc.stderr.strip()[-500:]}")
+    if code != 0:
+        tail = log.read_text().strip().splitlines()[-5:]
+        raise SystemExit(f"bench_scale: run failed ({owners} owners, {config}): " + " | ".join(tail))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r["round"] > 0]
-    per_round = [r["seconds"]["round"] for r in trained]
-    phases = [r["seconds"]["train"] + r["seconds"]["aggregate"] + r["seconds"]["evaluate"] for r in trained]
-    return {"owners": owners, "dp": dp, "seconds_per_round": per_round, "measured_phases": phases, "wall": wall}
+    return {"owners": owners, "config": config, "clients_per_round": per_round,
+            "seconds_per_round": [r["seconds"]["round"] for r in trained],
+            "seconds_evaluate": [r["seconds"]["evaluate"] for r in trained],
+            "cpu_seconds_per_round": [b - a for a, b in zip(monitor.at_rows, monitor.at_rows[1:])],
+            "peak_memory_bytes": monitor.peak, "processes_at_peak": monitor.peak_processes,
+            "cpu_seconds": monitor.cpu_seconds, "wall_seconds": wall,
+            "console_lines": len(log.read_text().splitlines())}
+
+
+def fmt_rounds(values: list[float]) -> str:
+    return " / ".join(f"{s:.1f}" for s in values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--owners", default="10,100")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--owners", default="10,100,1000")
+    parser.add_argument("--configs", default="plain,plain+dp,tenseal+dp,crypten",
+                        help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--sample", type=float, default=0.1, help="share of owners sampled to train each round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--crypten-max", type=int, default=100, help="crypten runs only up to this many owners")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between memory samples")
+    parser.add_argument("--keep", default=None, help="keep the run directories under this path")
+    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("extra", nargs="*", help="more overrides for every run, e.g. data.demo_examples=60")
     args = parser.parse_args()
+    configs = args.configs.split(",")
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    owner_counts = [int(n) for n in args.owners.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for owners in (int(n) for n in args.owners.split(",")):
-            for dp in (False, True):
-                r = run(Path(tmp) / f"{owners}_{int(dp)}", owners, dp, args.rounds, args.steps, args.extra)
+        root = Path(args.keep or tmp)
+        for owners in owner_counts:
+            for config in configs:
+                if config.startswith("crypten") and owners > args.crypten_max:
+                    continue
+                r = run(root / f"{owners}_{config.replace('+', '_')}", owners, config, args)
                 results.append(r)
-                print(f"{owners:5d} owners dp={'on ' if dp else 'off'}: seconds per round "
-                      f"{' / '.join(f'{s:.1f}' for s in r['seconds_per_round'])} (rounds 1..{args.rounds}); "
-                      f"train+aggregate+evaluate {' / '.join(f'{s:.1f}' for s in r['measured_phases'])}; "
-                      f"whole run {r['wall']:.0f} s", flush=True)
-    for owners in sorted({r["owners"] for r in results}):
-        off, on = (next(r for r in results if r["owners"] == owners and r["dp"] is d) for d in (False, True))
-        ratios = [b / a for a, b in zip(off["seconds_per_round"], on["seconds_per_round"])]
-        print(f"{owners:5d} owners: DP / no DP seconds per round x{' / x'.join(f'{x:.2f}' for x in ratios)} "
-              f"(rounds 1..{len(ratios)})")
-    print(json.dumps(results))
+                print(f"{owners:5d} owners {config:11s} ({r['clients_per_round']} per round): seconds per round "
+                      f"{fmt_rounds(r['seconds_per_round'])} (rounds 1..{args.rounds}; evaluation "
+                      f"{fmt_rounds(r['seconds_evaluate'])}); CPU seconds per round {fmt_rounds(r['cpu_seconds_per_round'])}; "
+                      f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes); "
+                      f"CPU {r['cpu_seconds']:.0f} s and {r['wall_seconds']:.0f} s for the whole run; "
+                      f"{r['console_lines']} console lines", flush=True)
+    print(f"\nseconds per round, rounds 1..{args.rounds} (CPU seconds of the process tree) | peak memory, by owners:")
+    for config in configs:
+        cells = [f"{r['owners']}: {fmt_rounds(r['seconds_per_round'])} ({fmt_rounds(r['cpu_seconds_per_round'])}) | "
+                 f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" for r in results if r["config"] == config]
+        if cells:
+            print(f"  {config:11s} " + "; ".join(cells))
+    print(f"DP / no DP per round, rounds 1..{args.rounds} (round 1 includes each simulation worker's one-off noise "
+          f"planning; in round {args.rounds} every owner evaluates):")
+    for base in sorted({c.replace("+dp", "") for c in configs if c.endswith("+dp")}):
+        for owners in owner_counts:
+            off = next((r for r in results if r["owners"] == owners and r["config"] == base), None)
+            on = next((r for r in results if r["owners"] == owners and r["config"] == f"{base}+dp"), None)
+            if off and on:
+                wall = [b / a for a, b in zip(off["seconds_per_round"], on["seconds_per_round"])]
+                cpu = [b / a for a, b in zip(off["cpu_seconds_per_round"], on["cpu_seconds_per_round"]) if a > 0]
+                print(f"{owners:5d} owners: {base}+dp / {base} seconds x{' / x'.join(f'{x:.2f}' for x in wall)}; "
+                      f"CPU seconds x{' / x'.join(f'{x:.2f}' for x in cpu)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

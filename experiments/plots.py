@@ -25,6 +25,16 @@ DPI = 100  # so every PNG is 800 x 450 pixels
 PIXELS = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # width, height
 
 Series = dict[str, list[list[float]]]  # label -> [[x, y], ...] as plotted
+LEGEND_OWNERS = 10  # up to this many owners get a line and a legend entry each; more share one style and entry
+OWNER_GID = "owner"  # marks an owner's line drawn in the shared style
+
+
+def owner_style(owners: list[str]) -> dict[str, Any]:
+    """Line style of each owner's line: its own colour and legend entry for a few owners, one thin
+    grey style (one legend entry in all) for many."""
+    if len(owners) <= LEGEND_OWNERS:
+        return {}
+    return {"color": "0.6", "linewidth": 0.6, "alpha": 0.5, "gid": OWNER_GID}
 
 
 def save(path: Path, draw: Callable[[Axes], None], integer_x: bool = True) -> dict[str, Any]:
@@ -34,13 +44,24 @@ def save(path: Path, draw: Callable[[Axes], None], integer_x: bool = True) -> di
     draw(ax)
     if integer_x:  # rounds
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+    handles, labels = legend_entries(*ax.get_legend_handles_labels())
+    if handles:
+        ax.legend(handles, labels, fontsize="small")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return drawn(ax)
+
+
+def legend_entries(handles: list, labels: list[str]) -> tuple[list, list[str]]:
+    """The legend's entries: lines drawn in the shared owner style (:func:`owner_style`) get one
+    entry between them, every other line its own."""
+    shared = [getattr(h, "get_gid", lambda: None)() == OWNER_GID for h in handles]  # bars have no gid
+    if not any(shared):
+        return handles, labels
+    return ([h for h, s in zip(handles, shared) if not s] + [handles[shared.index(True)]],
+            [lab for lab, s in zip(labels, shared) if not s] + [f"each owner ({sum(shared)})"])
 
 
 def drawn(ax: Axes) -> dict[str, Any]:
@@ -79,7 +100,7 @@ def plot_loss(rows: list[dict], summary: dict, path: Path) -> dict[str, Any]:
         owners = sorted({who for r in rows for who, c in r.get("per_client", {}).items() if "eval_loss" in c})
         for who in owners:
             pts = per_round(rows, lambda r: r.get("per_client", {}).get(who, {}).get("eval_loss"))
-            ax.plot(*zip(*pts), marker=".", linestyle="--", alpha=0.7, label=who)
+            ax.plot(*zip(*pts), **{"marker": ".", "linestyle": "--", "alpha": 0.7, "label": who, **owner_style(owners)})
         logs = summary.get("owners_eval_loss_by_round") or {}
         if logs:
             pts = sorted((float(k), float(v)) for k, v in logs.items())
@@ -96,7 +117,7 @@ def plot_epsilon(rows: list[dict], path: Path) -> dict[str, Any]:
         owners = sorted({who for r in rows for who, c in r.get("per_client", {}).items() if "epsilon" in c})
         for who in owners:
             pts = per_round(rows, lambda r: r.get("per_client", {}).get(who, {}).get("epsilon"))
-            ax.plot(*zip(*pts), marker="o", label=who)
+            ax.plot(*zip(*pts), **{"marker": "o", "label": who, **owner_style(owners)})
         budgets = sorted({c["epsilon_budget"] for r in rows for c in r.get("per_client", {}).values()
                           if c.get("epsilon_budget") is not None})
         for b in budgets:

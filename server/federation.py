@@ -18,6 +18,7 @@ import torch
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import records, wire
@@ -115,7 +116,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     run_config.update(backend.round_config())
     state = (EncryptedGlobal(check=backend.check_global) if spec.encrypted_global
              else ClearGlobal(layout.flatten(get_adapter(model))))
-    # clients_per_round: FedAvg samples that many owners to train; all of them evaluate
+    # clients_per_round: FedAvg samples that many owners to train; they evaluate (evaluation_cohort)
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
                    arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
@@ -145,9 +146,9 @@ def resume(fed: Federation) -> int:
 
 
 def evaluate_start(fed: Federation) -> None:
-    ev = evaluate(fed, 0)
+    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, None))
     append_metrics(fed.out, {"round": 0, "backend": fed.strategy.backend.name, "eval_loss": ev.loss,
-                             "clients": sorted(ev.per_owner), "per_client": ev.per_owner,
+                             "clients": sorted(ev.per_owner), "evaluated": sorted(ev.per_owner), "per_client": ev.per_owner,
                              "seconds": {"round": 0.0, "evaluate": ev.exchange.seconds}})
     progress(f"round 0/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (starting adapter)")
 
@@ -159,7 +160,7 @@ def run_round(fed: Federation, rnd: int) -> None:
         stop_untrained(fed, rnd, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    ev = evaluate(fed, rnd, handover(fed, rnd, outcome))
+    ev = evaluate(fed, rnd, handover(fed, rnd, outcome), evaluation_cohort(fed, rnd, list(train_ex.bytes_down)))
     row = round_row(fed, rnd, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, rnd, row, outcome)
     note = f" | max eps {row['max_epsilon']:.3f}" if row["max_epsilon"] is not None else ""
@@ -204,6 +205,22 @@ def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
     return outcome, ex
 
 
+def evaluation_cohort(fed: Federation, rnd: int, trained: list[int] | None) -> list[int] | None:
+    """The nodes that evaluate round ``rnd``'s global; None: every owner.
+
+    Every owner evaluates when all train, and in the last round (the final adapter's held-out loss
+    over the whole federation; with an encrypted global each owner writes its final adapter then).
+    With ``clients_per_round`` the other rounds are evaluated by the owners sampled to train in
+    them (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
+    """
+    cfg = fed.cfg
+    if cfg.participants == cfg.num_clients or rnd == cfg.rounds:
+        return None
+    if trained is None:
+        return sample_nodes(fed.grid, cfg.num_clients, cfg.participants)[0]
+    return trained
+
+
 def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
     """Encrypted global: one owner re-encrypts the new global for the server; the last round ends it."""
     if not fed.state.encrypted:
@@ -211,9 +228,9 @@ def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
     return {wire.REENCRYPT_BY: min(outcome.accepted or fed.owners or [""]), wire.FINAL_ADAPTER: rnd == fed.cfg.rounds}
 
 
-def evaluate(fed: Federation, rnd: int, extra: dict | None = None) -> Evaluation:
+def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[int] | None = None) -> Evaluation:
     config = ConfigRecord({**fed.run_config, **(extra or {})})
-    msgs = fed.strategy.configure_evaluate(rnd, records.arrays_record(fed.state.arrays()), config, fed.grid)
+    msgs = fed.strategy.configure_evaluate(rnd, records.arrays_record(fed.state.arrays()), config, fed.grid, nodes)
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
     agg = fed.strategy.aggregate_evaluate(rnd, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
@@ -265,7 +282,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
     accepted = outcome.accepted.values()
     return {
         "round": rnd, "backend": backend.name, "dp": fed.cfg.dp.name,
-        "clients": sorted(outcome.accepted), "excluded": outcome.excluded,
+        "clients": sorted(outcome.accepted), "excluded": outcome.excluded, "evaluated": sorted(ev.per_owner),
         "train_loss": float(outcome.metrics[wire.TRAIN_LOSS]) if outcome.metrics and wire.TRAIN_LOSS in outcome.metrics else None,
         "eval_loss": ev.loss, "per_client": per_owner,
         "seconds": {

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -52,8 +52,15 @@ class SecureAggregation:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return self.inner.configure_train(server_round, arrays, self._stamp(config), grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                           nodes: list[int] | None = None) -> Iterable[Message]:
+        """``inner``'s evaluation messages, or with ``nodes`` one to each of those nodes (the round's cohort)."""
+        if nodes is None:
+            return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
+        config = self._stamp(config)
+        config["server-round"] = server_round  # as FedAvg sets it
+        content = RecordDict({wire.GLOBAL: arrays, wire.CONFIG: config})
+        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
     def _accept(self, msg: Message) -> tuple[Protected, dict[str, float]]:
         """Validate one reply; raise :class:`UserError` with the reason to exclude it."""

@@ -167,9 +167,12 @@ def tokenize(examples: list[Example], tokenizer, max_length: int, one_row_per_re
     to ``max_length`` tokens instead, so one record is never sampled twice in a step."""
     out = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for ex in examples:
-        prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] if ex.prompt else []
-        response = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + eos
+    # one batched call per side: a call per text cost ~0.5 ms each, most of an owner's set-up
+    prompts = iter(token_ids(tokenizer, [ex.prompt for ex in examples if ex.prompt]))
+    responses = token_ids(tokenizer, [ex.response for ex in examples])
+    for ex, response in zip(examples, responses):
+        prompt = next(prompts) if ex.prompt else []
+        response = response + eos
         if prompt:
             ids = (prompt + response)[:max_length]
             labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
@@ -182,6 +185,11 @@ def tokenize(examples: list[Example], tokenizer, max_length: int, one_row_per_re
                 if len(window) > 1:
                     out.append({"input_ids": torch.tensor(window), "labels": torch.tensor(window)})
     return out
+
+
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens (the same ids as one call per text)."""
+    return list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
 
 
 def collate(batch: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

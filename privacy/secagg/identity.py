@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +143,18 @@ def pin_roster(state_dirs: dict[str, str | Path], key_holder: str) -> Roster:
     """Simulation: make each owner's keys (if missing) and pin one roster in every state directory."""
     roster = Roster(key_holder, {o: OwnerKeys(o, str(d)).member() for o, d in state_dirs.items()})
     roster.member(key_holder, "aggregation.key_holder")
-    for d in state_dirs.values():
-        write_roster(Path(d) / ROSTER_FILE, roster)
+    first, *others = [Path(d) / ROSTER_FILE for d in state_dirs.values()]
+    write_roster(first, roster)
+    for path in others:  # one file, hard-linked: n copies of an n-owner roster would take O(n^2) disk
+        path.parent.mkdir(parents=True, exist_ok=True)
+        link = path.with_name(f".{ROSTER_FILE}.link")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(first, link)
+        except OSError:  # a file system without hard links: a copy each
+            write_roster(path, roster)
+            continue
+        os.replace(link, path)  # atomically, as write_roster would
     return roster
 
 

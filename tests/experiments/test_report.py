@@ -151,3 +151,21 @@ def test_report_on_a_directory_without_runs_is_one_line_exit_2(tmp_path, capsys)
     assert report_main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fedveil: error:") and "no finished run" in err[0]
+
+
+def test_many_owners_share_one_legend_entry_and_keep_their_lines(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from fedveil.experiments import plots
+
+    owners = [f"client_{k}" for k in range(plots.LEGEND_OWNERS + 5)]
+    rows = [{"round": r, "per_client": {o: {"epsilon": 0.5 * r + k / 100, "epsilon_budget": 8.0}
+                                        for k, o in enumerate(owners)}} for r in (1, 2)]
+    drawn = plots.plot_epsilon(rows, tmp_path / "epsilon.png")  # every owner's line is still drawn
+    assert all(drawn[o] == [[1.0, 0.5 + k / 100], [2.0, 1.0 + k / 100]] for k, o in enumerate(owners))
+    for count, expected in ((len(owners), ["budget 8", f"each owner ({len(owners)})"]),
+                            (2, ["client_0", "client_1", "budget 8"])):
+        ax = Figure().add_subplot()
+        monkeypatch.setattr(plots, "save", lambda path, draw, integer_x=True: draw(ax))  # onto ax, no file
+        plots.plot_epsilon([{**r, "per_client": dict(list(r["per_client"].items())[:count])} for r in rows], tmp_path)
+        assert plots.legend_entries(*ax.get_legend_handles_labels())[1] == expected
