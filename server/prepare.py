@@ -123,5 +123,6 @@ def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> None:
     if dp.noise_multiplier is not None:
         owner_delta(dp, num_examples)
         return
-    plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), dp.sample_rate,
-               cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)
+    # the plan is also offered to the owners as dp.noise_hint: each checks it before use (run_noise)
+    dp.noise_hint = plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), dp.sample_rate,
+                               cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)

@@ -509,6 +509,22 @@ def open_ledger(state_dir: str | Path, cfg: SampleLevelDPConfig, num_examples: i
     return ledger
 
 
+def hint_is_the_plan(hint: Optional[float], target: float, ledger: Ledger, sample_rate: float, steps: int,
+                     max_noise: float) -> bool:
+    """Whether the coordinator's ``dp.noise_hint`` is what :func:`plan_noise` would give this owner:
+    its ``steps`` keep epsilon (after the owner's own history) within ``target``, and 0.1 % less noise
+    would not (plan_noise's tolerance). Less noise than the plan fails the first check, more the second,
+    so a hint can neither weaken the owner's DP nor waste its utility; anything else is planned anew."""
+    if not hint or not 0 < hint <= max_noise:
+        return False
+    spent = [tuple(e) for e in ledger.entries]
+
+    def eps(sigma: float) -> float:
+        return epsilon_of([*spent, (sigma, sample_rate, steps)], ledger.delta, ledger.accountant)
+
+    return eps(hint) <= target < eps(hint * (1 - 1e-3))
+
+
 def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rate: float, planned_steps: int,
               round_: Optional[int] = None, steps_left: Optional[int] = None) -> float:
     """The run's noise multiplier: explicit, already planned, or planned now (and recorded).
@@ -523,7 +539,10 @@ def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rat
         return ledger.plans[run_key]
     target = min(cfg.target_epsilon, ledger.budget_epsilon)
     steps = steps_left if rerun and steps_left else planned_steps
-    sigma = plan_noise(target, ledger.delta, sample_rate, steps, ledger.accountant,
-                       spent=ledger.entries, max_noise=cfg.max_noise_multiplier)
+    if hint_is_the_plan(cfg.noise_hint, target, ledger, sample_rate, steps, cfg.max_noise_multiplier):
+        sigma = float(cfg.noise_hint)
+    else:
+        sigma = plan_noise(target, ledger.delta, sample_rate, steps, ledger.accountant,
+                           spent=ledger.entries, max_noise=cfg.max_noise_multiplier)
     ledger.plans[run_key] = sigma
     return sigma

@@ -55,6 +55,10 @@ class SampleLevelDPConfig:
     accountant: str = "prv"
     noise_multiplier: Optional[float] = None  # None: derived from the target over the planned steps
     max_noise_multiplier: float = 100.0  # a target needing more noise is refused as unreachable
+    # The runner's own plan of sigma for a fresh owner (server/prepare.py sets it; never needed): an
+    # owner takes it only after checking it is exactly what it would plan itself (two epsilon
+    # evaluations instead of the ~13 of planning), else plans itself. Never trusted: see run_noise.
+    noise_hint: Optional[float] = None
     poisson_sampling: bool = True
     grad_sample_mode: str = "hooks"
     max_physical_batch_size: int = 0  # 0: no limit; else BatchMemoryManager splits logical batches

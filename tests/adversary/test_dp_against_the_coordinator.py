@@ -209,3 +209,28 @@ def test_owners_replayed_with_one_config_repeat_without_dp_and_differ_with_it(tm
     np.testing.assert_array_equal(off[0], off[1])
     private = [delta(f"dp{i}") for i in range(2)]
     assert np.abs(private[0] - private[1]).max() > 1e-4
+
+
+def test_a_noise_hint_is_used_only_when_it_is_the_owners_own_plan(monkeypatch):
+    """The coordinator offers ``dp.noise_hint`` (its plan) to spare owners the planning search. Less
+    noise than the owner's plan, or more, is ignored: the owner plans itself and keeps its target."""
+    from fedveil.privacy.dp import accounting, epsilon_ledger
+    from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
+
+    steps, q, delta = 60, 0.05, 1e-5
+    own = plan_noise(8.0, delta, q, steps, "rdp")
+
+    def noise(hint, search=True):
+        cfg = SampleLevelDPConfig(target_epsilon=8.0, delta=delta, sample_rate=q, accountant="rdp", noise_hint=hint)
+        ledger = epsilon_ledger.Ledger(budget_epsilon=8.0, delta=delta, accountant="rdp")
+        if not search:  # a hint that is the plan is taken without the planning search
+            monkeypatch.setattr(epsilon_ledger, "plan_noise", lambda *a, **k: pytest.fail("planned anyway"))
+        try:
+            return epsilon_ledger.run_noise(ledger, "run", cfg, q, steps)
+        finally:
+            monkeypatch.setattr(epsilon_ledger, "plan_noise", accounting.plan_noise)
+
+    assert noise(own, search=False) == own
+    for wrong in (own * 0.9, own * 0.999 - 1e-6, own * 1.5, -1.0, 1e9):
+        got = noise(wrong)
+        assert got == pytest.approx(own) and epsilon_of([(got, q, steps)], delta, "rdp") <= 8.0, wrong
