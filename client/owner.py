@@ -222,8 +222,11 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 
 def run_key(cfg: FedveilConfig) -> str:
     """Identifies a run in the owner's epsilon ledger and key set-up (its output directory and config).
-    ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan)."""
-    blob = json.dumps(dataclasses.asdict(dataclasses.replace(cfg, resume=False)), sort_keys=True, default=str)
+    ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan);
+    nor is ``model.path``: a deployed owner trains its own copy of the base model (its worker's
+    ``--model-path``; the layout digest binds the model), while its key set-up sees the coordinator's."""
+    shared = dataclasses.replace(cfg, resume=False, model=dataclasses.replace(cfg.model, path=""))
+    blob = json.dumps(dataclasses.asdict(shared), sort_keys=True, default=str)
     return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
 
