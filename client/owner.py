@@ -225,8 +225,10 @@ def run_key(cfg: FedveilConfig) -> str:
     ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan);
     nor is ``model.path``: a deployed owner trains its own copy of the base model (its worker's
     ``--model-path``; the layout digest binds the model), while its key set-up sees the coordinator's."""
-    shared = dataclasses.replace(cfg, resume=False, model=dataclasses.replace(cfg.model, path=""))
-    blob = json.dumps(dataclasses.asdict(shared), sort_keys=True, default=str)
+    shared = dataclasses.asdict(cfg)
+    shared.pop("resume")
+    shared["model"].pop("path")
+    blob = json.dumps(shared, sort_keys=True, default=str)
     return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
 
