@@ -178,12 +178,12 @@ class Owner:
         tc, dp, q = self.cfg.train, self.cfg.dp, self.cfg.dp.sample_rate
         cap = self.policy.max_epsilon if self.policy.max_epsilon is not None else self.identity.max_epsilon
         ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
-        rnd = self.round.round
-        sigma = epsilon_ledger.run_noise(ledger, self.run_key(), dp, q, self.cfg.rounds * tc.local_steps,
+        rnd, run = self.round.round, self.run_key()
+        sigma = epsilon_ledger.run_noise(ledger, run, dp, q, self.cfg.rounds * tc.local_steps,
                                          round_=rnd, steps_left=(self.cfg.rounds - rnd + 1) * tc.local_steps)
         self.policy.check_noise(sigma)
         # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
-        step = epsilon_ledger.Step(self.run_key(), self.round.round, sigma, q, tc.local_steps)
+        step = epsilon_ledger.Step(run, rnd, sigma, q, tc.local_steps)
         epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
         maybe_die("owner-training", self.round.round, self.identity.owner_id)  # the spend is on disk already
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)

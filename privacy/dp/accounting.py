@@ -61,6 +61,9 @@ def _epsilon(history: tuple[Entry, ...], delta: float, accountant: str) -> float
     return float(acc.get_epsilon(delta=delta))
 
 
+PLAN_TOLERANCE = 1e-3  # plan_noise's sigma is the smallest to this relative step (0.1 %)
+
+
 def plan_noise(budget: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv",
                spent: Sequence[Entry] = (), max_noise: float = 100.0) -> float:
     """The smallest noise multiplier (to 0.1 % in sigma) with which ``steps`` more steps at
@@ -89,7 +92,7 @@ def _plan_noise(budget: float, delta: float, sample_rate: float, steps: int, acc
         low, high = high, high * 2
         if high > 2 * max_noise:
             raise BudgetUnreachable(unreachable(budget, steps, sample_rate, max_noise))
-    while high - low > 1e-3 * high:  # at most ~11 halvings from an interval of width `high`
+    while high - low > PLAN_TOLERANCE * high:  # at most ~11 halvings from an interval of width `high`
         mid = (low + high) / 2
         low, high = (low, mid) if eps(mid) <= budget else (mid, high)
     if high > max_noise:

@@ -79,7 +79,7 @@ from typing import Any, Iterator, Optional
 
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes, leftover_temps
-from fedveil.privacy.dp.accounting import ACCOUNTANTS, Entry, epsilon_of, plan_noise
+from fedveil.privacy.dp.accounting import ACCOUNTANTS, PLAN_TOLERANCE, Entry, epsilon_of, plan_noise
 from fedveil.privacy.dp.sgd import SampleLevelDPConfig, owner_delta
 
 FILENAME = "privacy_ledger.json"
@@ -517,12 +517,12 @@ def hint_is_the_plan(hint: Optional[float], target: float, ledger: Ledger, sampl
     so a hint can neither weaken the owner's DP nor waste its utility; anything else is planned anew."""
     if not hint or not 0 < hint <= max_noise:
         return False
-    spent = [tuple(e) for e in ledger.entries]
+    spent = ledger.entries
 
     def eps(sigma: float) -> float:
         return epsilon_of([*spent, (sigma, sample_rate, steps)], ledger.delta, ledger.accountant)
 
-    return eps(hint) <= target < eps(hint * (1 - 1e-3))
+    return eps(hint) <= target < eps(hint * (1 - PLAN_TOLERANCE))
 
 
 def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rate: float, planned_steps: int,
