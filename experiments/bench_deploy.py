@@ -6,8 +6,11 @@ Runs the same config (3 owners of the tiny model, demo data of 120 records each,
 DP off) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
 (``deploy/demo.sh``: TLS, SuperNode authentication, owner workers on, a weightless coordinator).
 Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up effects)
-is left out of the mean when there are more rounds. Prints, last, ``deploy/simulation round time
-ratio: X.XX``. Needs the ports the deploy demo uses (8000, 9094-9096) to be free.
+is left out of the mean when there are more rounds. ``--superlink-state`` picks the SuperLink's
+state: ``file`` (the deploy scripts' default: a database that survives restarts), ``memory``
+(``SUPERLINK_DATABASE=:flwr-in-memory:``) or ``both`` (one deployment each, same invocation).
+Prints, last, ``deploy/simulation round time ratio: X.XX`` (of the last state measured). Needs the
+ports the deploy demo uses (8000, 9094-9096) to be free.
 """
 
 from __future__ import annotations
@@ -37,20 +40,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", default="tenseal", choices=["plain", "tenseal"])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--superlink-state", default="both", choices=["file", "memory", "both"])
     args = parser.parse_args()
+    states = ["file", "memory"] if args.superlink_state == "both" else [args.superlink_state]
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "simulation"
         subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
                         f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", "dp=off"],
                        check=True, cwd=ROOT)
-        deploy = Path(tmp) / "deployment"
-        subprocess.run(["bash", "deploy/demo.sh"], check=True, cwd=ROOT,
-                       env={**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds)})
-        sim_s, dep_s = round_seconds(sim), round_seconds(deploy / "server")
+        deployed: dict[str, list[float]] = {}
+        for state in states:
+            deploy = Path(tmp) / f"deployment-{state}"
+            env = {**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds)}
+            if state == "memory":
+                env["SUPERLINK_DATABASE"] = ":flwr-in-memory:"
+            subprocess.run(["bash", "deploy/demo.sh"], check=True, cwd=ROOT, env=env)
+            deployed[state] = round_seconds(deploy / "server")
+        sim_s = round_seconds(sim)
     print(f"simulation round seconds: {', '.join(f'{s:.2f}' for s in sim_s)}")
-    print(f"deployment round seconds: {', '.join(f'{s:.2f}' for s in dep_s)} (owner workers, TLS, weightless coordinator)")
-    print(json.dumps({"backend": args.backend, "simulation": sim_s, "deployment": dep_s}))
-    print(f"deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
+    for state, dep_s in deployed.items():
+        print(f"deployment round seconds, SuperLink state in {state}: {', '.join(f'{s:.2f}' for s in dep_s)} "
+              "(owner workers, TLS, weightless coordinator)")
+    print(json.dumps({"backend": args.backend, "simulation": sim_s, "deployment": deployed}))
+    for state, dep_s in deployed.items():
+        print(f"SuperLink state in {state}: " if state != states[-1] else "", end="")
+        print(f"deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
 
 
 if __name__ == "__main__":
