@@ -18,7 +18,7 @@ from fedveil.task.data import DataConfig
 from fedveil.task.model import ModelConfig
 from fedveil.task.train import TrainConfig
 from fedveil.core.errors import UserError
-from fedveil.privacy.dp.sgd import DP_MODES
+from fedveil.privacy.dp.sgd import DP_MODES, check_checkpointing
 from fedveil.privacy.planner import AutoConfig, PrivacyConfig, choose
 from fedveil.privacy.policy import OwnerPolicy
 from fedveil.privacy.secagg import BACKENDS
@@ -161,9 +161,7 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
         agg = resolve(agg, cfg.num_clients, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
-        raise UserError("model.gradient_checkpointing=true does not work with dp=sample_level (Opacus' per-sample "
-                        "gradient hooks do not fire through recomputed layers); bound memory with "
-                        "dp.max_physical_batch_size instead")
+        check_checkpointing(cfg.dp.grad_sample_mode)
     min_owners = getattr(cfg.aggregation, "min_owners", 1)
     if cfg.participants < min_owners:
         raise UserError(f"aggregation={agg['name']} reveals no aggregate of fewer than aggregation.min_owners="

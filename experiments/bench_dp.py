@@ -28,7 +28,7 @@ MODELS = {
 
 
 def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, device: str, dtype: str = "fp32",
-            quantization: str = "none") -> dict:
+            quantization: str = "none", gradient_checkpointing: bool = False) -> dict:
     """Runs in a fresh subprocess: time ``steps`` steps of one variant; report seconds/step, peak memory."""
     import resource
 
@@ -42,7 +42,8 @@ def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, devi
     quiet_libraries()
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = load_lora_model(ModelConfig(path=model_dir, device=device, dtype=dtype, quantization=quantization), seed=0)
+    model = load_lora_model(ModelConfig(path=model_dir, device=device, dtype=dtype, quantization=quantization,
+                                        gradient_checkpointing=gradient_checkpointing), seed=0)
     vocab = model.config.vocab_size
     data = [{"input_ids": torch.randint(3, vocab, (seq,)), "labels": torch.randint(3, vocab, (seq,)),
              "attention_mask": torch.ones(seq, dtype=torch.long)} for _ in range(batch)]

@@ -2,11 +2,13 @@
 with and without DP-SGD, in bf16 and 4-bit (QLoRA-style): tokens/s, peak GPU memory, DP/non-DP ratios.
 
     .venv/bin/python -m fedveil.experiments.bench_gpu [--steps 10] [--batch 8] [--seq 256] [--modes bf16,4bit]
+                                                      [--gradient-checkpointing]
 
 Run it wherever a GPU is available; nothing requires one (without CUDA it says so and exits 2;
 ``--size tiny --device cpu --modes bf16`` is a smoke run of the same code on a CPU). 4-bit needs
 the ``gpu`` extra (bitsandbytes). Each variant runs in its own process (``bench_dp.run_child``), so
 peak memory is its own; the DP variant uses Opacus' ``hooks`` mode and fedveil's CSPRNG noise.
+``--gradient-checkpointing`` runs every variant with ``model.gradient_checkpointing=true``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing=true")
     args = parser.parse_args()
 
     import torch
@@ -66,13 +69,15 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = build(args.size, Path(tmp) / args.size)
-        print(f"{args.size} on {card}: batch {args.batch} x seq {args.seq}, {args.steps} timed steps")
+        print(f"{args.size} on {card}: batch {args.batch} x seq {args.seq}, {args.steps} timed steps"
+              + (", gradient checkpointing" if args.gradient_checkpointing else ""))
         for mode in args.modes.split(","):
             dtype, quantization = MODES[mode]
             runs = {}
             for variant in ("nodp", "hooks"):
                 spec = dict(model_dir=str(path), variant=variant, steps=args.steps, batch=args.batch, seq=args.seq,
-                            device=args.device, dtype=dtype, quantization=quantization)
+                            device=args.device, dtype=dtype, quantization=quantization,
+                            gradient_checkpointing=args.gradient_checkpointing)
                 try:
                     runs[variant] = run_child(spec)
                 except Exception as exc:  # e.g. 4-bit without bitsandbytes: report, go on
@@ -89,7 +94,7 @@ def main() -> None:
             print(f"  {mode}: non-DP {r['tokens_per_second']:.0f} tok/s, peak {r['peak_gib']:.2f} GiB | "
                   f"DP-SGD {r['dp_tokens_per_second']:.0f} tok/s, peak {r['dp_peak_gib']:.2f} GiB | "
                   f"DP/non-DP time x{r['dp_time_ratio']:.3f}, memory x{r['dp_memory_ratio']:.3f}")
-    print(json.dumps({"card": card, "size": args.size, **results}))
+    print(json.dumps({"card": card, "size": args.size, "gradient_checkpointing": args.gradient_checkpointing, **results}))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ Hugging Face checkpoint directory, read with ``local_files_only=True``. Nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class ModelConfig:
     device: str = "cpu"  # cpu | cuda | auto (the GPU when there is one)
     dtype: str = "fp32"  # the frozen base model's dtype; LoRA weights stay fp32 (what DP-SGD noises)
     quantization: str = "none"  # none | 4bit | 8bit: QLoRA-style frozen quantized base (CUDA + bitsandbytes)
-    gradient_checkpointing: bool = False  # trade compute for activation memory (works under DP-SGD)
+    gradient_checkpointing: bool = False  # trade compute for activation memory (DP-SGD: hooks|functorch)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
@@ -208,10 +209,12 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
         raise UserError(f"model.path '{p}' could not be loaded as a causal LM: {exc}") from exc
     for param in base.parameters():
         param.requires_grad_(False)  # the base is frozen (and public); only LoRA trains
-    if cfg.gradient_checkpointing:
-        # non-reentrant checkpointing keeps per-sample gradient hooks (Opacus) working
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
+    recompute = Recompute() if cfg.gradient_checkpointing else None
+    if recompute is not None:
+        # non-reentrant: backward runs on the forward pass's graph, so per-sample gradient hooks fire
+        # there (this also makes the embeddings' output require grad, for the frozen-base case)
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False,
+                                                                               "context_fn": recompute})
     lora = lora_config(cfg, base.config.model_type)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -219,7 +222,33 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
             model = get_peft_model(base, lora, autocast_adapter_dtype=True)  # LoRA weights in fp32
         except ValueError as exc:
             raise UserError(f"LoRA could not be attached ({exc}): fix model.lora.target_modules") from exc
+    model.checkpoint_recompute = recompute
     return model
+
+
+class Recompute:
+    """The ``context_fn`` of a model's gradient checkpointing (``torch.utils.checkpoint``, non-reentrant).
+
+    A checkpointed layer runs its forward twice: in the forward pass, and again during backward to
+    refill the activations it did not keep. Hooks that record a forward pass for its backward
+    (Opacus' per-sample gradients, which keep each LoRA layer's input) must record the first run
+    only: a second record would be paired with the wrong backward and never released. Whoever
+    installs such hooks sets ``pause`` to a factory of a context manager that silences them
+    (``privacy/dp/sgd.py`` does, for the span of :func:`~fedveil.privacy.dp.sgd.private_training`);
+    each recompute runs inside one.
+    """
+
+    def __init__(self) -> None:
+        self.pause: Optional[Callable[[], ContextManager]] = None
+
+    def __call__(self) -> tuple[ContextManager, ContextManager]:
+        # called in the forward pass; the second context is entered around that layer's recompute
+        return contextlib.nullcontext(), (self.pause() if self.pause is not None else contextlib.nullcontext())
+
+
+def checkpoint_recompute(model) -> Optional[Recompute]:
+    """The :class:`Recompute` of a model from :func:`load_lora_model` with gradient checkpointing, else None."""
+    return getattr(model, "checkpoint_recompute", None)
 
 
 def lora_config(cfg: ModelConfig, model_type: str):

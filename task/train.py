@@ -73,7 +73,8 @@ def per_example_loss(model, batch: dict[str, torch.Tensor], device: torch.device
     change the others' contributions, which breaks DP-SGD's per-example sensitivity.)
     """
     batch = {k: v.to(device) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    # input_ids positional: Opacus' ``ew`` engine takes the batch size from the first argument
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     target = batch["labels"][:, 1:]
     token_loss = torch.nn.functional.cross_entropy(
         logits.transpose(1, 2).float(), target, ignore_index=IGNORE_INDEX, reduction="none"

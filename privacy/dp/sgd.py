@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Optional
 
 from fedveil.core.errors import UserError
@@ -36,6 +37,10 @@ from fedveil.privacy.dp.randomness import secret_poisson_loader, use_secret_nois
 # Per-sample gradient engines that work with our per-example loss. Opacus' "ghost" clipping needs
 # its own criterion wrapper and only pays off in memory for full fine-tuning, not for LoRA.
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")
+# Those that work with gradient checkpointing: their forward hooks are paused while checkpointed
+# layers recompute (``_recording_paused``). ``ew`` (ExpandedWeights) swaps the parameters only for
+# the forward pass, so a recompute in backward sees others and torch refuses it.
+CHECKPOINTING_GRAD_SAMPLE_MODES = ("hooks", "functorch")
 
 
 @dataclass
@@ -85,6 +90,13 @@ class SampleLevelDPConfig:
 DP_MODES = {"off": NoDPConfig, "sample_level": SampleLevelDPConfig}
 
 
+def check_checkpointing(grad_sample_mode: str) -> None:
+    """Refuse, in one line, a per-sample gradient engine that cannot run through checkpointed layers."""
+    if grad_sample_mode not in CHECKPOINTING_GRAD_SAMPLE_MODES:
+        raise UserError(f"dp.grad_sample_mode={grad_sample_mode} does not work with model.gradient_checkpointing=true: "
+                        f"use dp.grad_sample_mode={'|'.join(CHECKPOINTING_GRAD_SAMPLE_MODES)}, or turn checkpointing off")
+
+
 def owner_delta(cfg: SampleLevelDPConfig, num_records: int) -> float:
     """The public ``dp.delta``, refused unless below 1/n (a delta of 1/n lets one record out in clear)."""
     if not cfg.delta < 1.0 / num_records:
@@ -108,11 +120,19 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
     The noise is Gaussian from the OS CSPRNG (``randomness.py``). ``loader`` is used as given:
     owners pass :func:`poisson_loader` (secret Poisson batches, what the accountant assumes);
     tests and benchmarks may pass a fixed loader to compare with plain SGD.
-    The model must already be on its device with LoRA attached (opacus#820).
+    The model must already be on its device with LoRA attached (opacus#820). With gradient
+    checkpointing (``model.gradient_checkpointing``), Opacus' hooks are paused while checkpointed
+    layers recompute, so each layer's input is recorded once and the per-sample gradients are those
+    of the same model without checkpointing (``tests/privacy/test_dp_checkpointing.py``).
     """
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
+    from fedveil.task.model import checkpoint_recompute
+
+    recompute = checkpoint_recompute(model)
+    if recompute is not None:
+        check_checkpointing(cfg.grad_sample_mode)
     model.train()  # Opacus refuses a model in eval mode
     engine = PrivacyEngine(accountant=cfg.accountant)
     dp_model, dp_optimizer, dp_loader = engine.make_private(
@@ -121,6 +141,8 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
         grad_sample_mode=cfg.grad_sample_mode, loss_reduction="mean",
     )
     use_secret_noise(dp_optimizer)
+    if recompute is not None:
+        recompute.pause = partial(_recording_paused, dp_model)
     try:
         if cfg.max_physical_batch_size:
             with BatchMemoryManager(data_loader=dp_loader, max_physical_batch_size=cfg.max_physical_batch_size,
@@ -129,4 +151,19 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
         else:
             yield dp_model, dp_optimizer, dp_loader
     finally:
+        if recompute is not None:
+            recompute.pause = None
         dp_model._close()  # hooks off: the cached model is reused next round
+
+
+@contextmanager
+def _recording_paused(dp_model) -> Iterator[None]:
+    """Opacus' hooks off while a checkpointed layer recomputes its forward in backward: its input was
+    recorded in the forward pass, and a second record would be paired with the wrong backward (and
+    leak). Only the forward runs in between, on the backward's thread, so no backward hook is missed."""
+    was = dp_model.hooks_enabled
+    dp_model.hooks_enabled = False
+    try:
+        yield
+    finally:
+        dp_model.hooks_enabled = was

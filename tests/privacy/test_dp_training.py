@@ -71,21 +71,3 @@ def test_physical_batch_limit_gives_the_same_number_of_logical_steps(tiny_gpt2, 
                           cfg, 1.0) as (m, o, dl):
         result = train_steps(m, dl, o, 3, CPU)
     assert result.steps == 3
-
-
-
-def test_gradient_checkpointing_under_dp_is_refused_at_start_and_trains_without_dp(tiny_llama, demo_dir):
-    """Opacus' hooks do not fire through recomputed (checkpointed) layers: per-sample gradients would be
-    missing, so the combination is refused when the config is built; without DP it trains."""
-    from fedveil.configs.schema import from_dict
-    from fedveil.core.errors import UserError
-
-    with pytest.raises(UserError, match="gradient_checkpointing=true does not work with dp=sample_level"):
-        from_dict({"model": {"path": str(tiny_llama), "gradient_checkpointing": True}, "dp": {"name": "sample_level"}})
-    model = load_lora_model(ModelConfig(path=str(tiny_llama), gradient_checkpointing=True), seed=0)
-    tok = load_tokenizer(tiny_llama)
-    data = load_owner_data(demo_dir, tok, DataConfig(), seed=0)
-    before = get_adapter(model)
-    train_steps(model, shuffled_loader(data.train, 16, tok.pad_token_id, 7), make_optimizer(model, TrainConfig()), 2, CPU)
-    after = get_adapter(model)
-    assert any(not np.array_equal(before[k], after[k]) for k in before)
