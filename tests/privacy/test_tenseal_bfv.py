@@ -10,7 +10,8 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import pack, unpack
 from fedveil.core.payload import PayloadError, Protected
 from fedveil.privacy.secagg.tenseal import bfv
-from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+from fedveil.privacy.secagg.tenseal.ckks import (TensealBackend, TensealConfig, clamp_notice, make_context, public_bytes,
+                                                secret_bytes)
 
 N, BITS = 4096, 46
 SIZE = 2 * N + 5  # two ciphertexts: one full (8,192 values), one holding 5
@@ -148,3 +149,18 @@ def test_bytes_per_value_are_about_8_on_the_tiny_and_mid_adapters():
     for values in (16_384, 262_144):
         assert update_bytes("tenseal", TensealConfig(), values) / values <= 8.04
     assert update_bytes("tenseal", TensealConfig(scheme="ckks"), 262_144) / 262_144 > 32
+
+
+def test_an_owner_is_told_when_the_bounds_change_its_update(fifty, capsys):
+    cfg, owner, _, _ = fifty
+    inside = np.full(SIZE, 0.5)
+    assert clamp_notice(4.0, inside, cfg) is None  # at the bounds: sent as it is, nothing said
+    outside = inside.copy()
+    outside[:3] = [0.7, -2.0, 9.0]
+    line = clamp_notice(1000.0, outside, cfg)
+    assert line == ("tenseal (bfv): its weight 1000 counts as aggregation.max_weight=4; 3 of 8,197 update values "
+                    "beyond aggregation.value_bound=0.5 are clamped to it (raise the bound, or clip with "
+                    "train.update_clip_norm)")
+    capsys.readouterr()
+    owner.protect(outside, 1000.0)  # protect says it too, on the owner's console
+    assert "counts as aggregation.max_weight=4" in capsys.readouterr().out

@@ -45,6 +45,7 @@ from typing import Optional
 
 import numpy as np
 
+from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
@@ -278,6 +279,7 @@ class TensealBackend:
         cfg, n = self.cfg, self.cfg.poly_modulus_degree
         r = bfv.radix(n, cfg.plain_modulus_bits)
         if kind == b"u":
+            clamp_notice(weight, delta, cfg)
             weight = min(max(float(weight), 0.0), cfg.weight_bound)
             step, limit = cfg.step, cfg.levels
             values = weight * np.clip(delta, -cfg.bound, cfg.bound)
@@ -538,3 +540,25 @@ class TensealBackend:
                                f"(value_bound {self.cfg.bound:g}, max_weight {self.cfg.weight_bound:g}) can send: an "
                                "owner encoded out of range; refused")
         return Revealed(weighted_sum=digits * parts.step, total_weight=float(sum(weights)))
+
+
+def clamp_notice(weight: float, delta: np.ndarray, cfg: TensealConfig) -> Optional[str]:
+    """The owner's console line when BFV's bounds change what it sends, or None.
+
+    BFV's fixed point holds weights up to ``max_weight`` and values within ``+-value_bound``; an
+    owner clamps beyond them (so the federation's sum cannot overflow), which changes its update: a
+    larger count weighs like ``max_weight`` in the mean, a larger value moves like ``value_bound``.
+    The line goes to the owner's own console, never to the coordinator.
+    """
+    notes = []
+    if float(weight) > cfg.weight_bound:
+        notes.append(f"its weight {float(weight):g} counts as aggregation.max_weight={cfg.weight_bound:g}")
+    over = int(np.count_nonzero(np.abs(delta) > cfg.bound))
+    if over:
+        notes.append(f"{over:,} of {delta.size:,} update values beyond aggregation.value_bound={cfg.bound:g} "
+                     "are clamped to it")
+    if not notes:
+        return None
+    line = f"tenseal (bfv): {'; '.join(notes)} (raise the bound, or clip with train.update_clip_norm)"
+    progress(line)
+    return line
