@@ -66,7 +66,9 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     if report_data:
         report_owner_data(owners, out)
     for size in sorted({o["train"] + o["held_out"] for o in owners}) if check_dp else ():
-        check_dp_plan(cfg, size)
+        planned = check_dp_plan(cfg, size)
+        if planned is not None:  # offered to the owners as dp.noise_hint: each checks it before use (run_noise)
+            cfg.dp.noise_hint = planned
     return cfg
 
 
@@ -112,17 +114,17 @@ def check_devices(cfg: FedveilConfig) -> None:
                         "could ever be scheduled: set sim.client_gpus=0")
 
 
-def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> None:
-    """Refuse at start a DP target that no allowed noise level reaches in the planned steps.
+def check_dp_plan(cfg: FedveilConfig, num_examples: int) -> float | None:
+    """Refuse at start a DP target that no allowed noise level reaches in the planned steps; the
+    planned noise multiplier (None: DP off, or the noise is given).
 
     (Owners check again against their own ledgers; this catches a bad config before any work.)
     """
     dp = cfg.dp
     if dp.name != "sample_level":
-        return
+        return None
     if dp.noise_multiplier is not None:
         owner_delta(dp, num_examples)
-        return
-    # the plan is also offered to the owners as dp.noise_hint: each checks it before use (run_noise)
-    dp.noise_hint = plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), dp.sample_rate,
-                               cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)
+        return None
+    return plan_noise(dp.target_epsilon, owner_delta(dp, num_examples), dp.sample_rate,
+                      cfg.rounds * cfg.train.local_steps, dp.accountant, max_noise=dp.max_noise_multiplier)
