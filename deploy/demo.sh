@@ -26,20 +26,21 @@ deploy/start-superlink.sh
 for o in "${owners[@]}"; do deploy/register-supernode.sh "$o" >/dev/null; done
 echo "registered ${#owners[@]} SuperNode keys"
 
-python - "$DEPLOY_DIR" <<'PY'
+# the model's shape: TINY_SHAPE='HIDDEN LAYERS HEADS' (default the tiny model: 64 2 4; benchmarks pass larger ones)
+python - "$DEPLOY_DIR" ${TINY_SHAPE:-64 2 4} <<'PY'
 import sys
 from fedveil.task.demo_data import write_demo_data
 from fedveil.task.model import TinySpec
 from fedveil.task.tiny import build_tiny_model
-root = sys.argv[1]
+root, (hidden, layers, heads) = sys.argv[1], map(int, sys.argv[2:5])
 write_demo_data(f"{root}/owners", 3, 120, seed=0)   # one directory per owner, as if on its own host
-build_tiny_model(TinySpec(), f"{root}/base_model", seed=0)
+build_tiny_model(TinySpec(hidden=hidden, layers=layers, heads=heads), f"{root}/base_model", seed=0)
 PY
 # the coordinator gets the model's config.json only (no weights); each owner keeps the full model
 mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "$DEPLOY_DIR/server_model/"
 export MODEL_PATH=$DEPLOY_DIR/base_model OWNER_THREADS=${OWNER_THREADS:-1}  # 3 owners share this machine
 echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
-base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
+base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model' ${EXTRA_RUN_CONFIG:-}"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
   export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json

@@ -1,8 +1,8 @@
 """Round time in a local deployment against the same federation in simulation, in one invocation.
 
-    .venv/bin/python -m fedveil.experiments.bench_deploy [--backend tenseal] [--rounds 3]
+    .venv/bin/python -m fedveil.experiments.bench_deploy [--backend tenseal] [--rounds 3] [--model tiny|mid]
 
-Runs the same config (3 owners of the tiny model, demo data of 120 records each, 5 local steps,
+Runs the same config (3 owners of the tiny model, or ``--model mid`` as in ``bench_secagg``, demo data of 120 records each, 5 local steps,
 DP off) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
 (``deploy/demo.sh``: TLS, SuperNode authentication, owner workers on, a weightless coordinator).
 Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up effects)
@@ -24,7 +24,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fedveil.experiments.bench_secagg import MODELS
+
 ROOT = Path(__file__).resolve().parent.parent
+SHAPE_KEYS = ("model.tiny.hidden", "model.tiny.layers", "model.tiny.heads")  # deploy/demo.sh's TINY_SHAPE, in order
+
+
+def deploy_model_env(overrides: list[str]) -> dict[str, str]:
+    """deploy/demo.sh's environment for a benchmark model given as simulation overrides."""
+    values = dict(o.split("=", 1) for o in overrides)
+    env = {"EXTRA_RUN_CONFIG": " ".join(f"{k}={v}" for k, v in values.items() if k not in SHAPE_KEYS)}
+    if any(k in values for k in SHAPE_KEYS):
+        env["TINY_SHAPE"] = " ".join(values.get(k, d) for k, d in zip(SHAPE_KEYS, ("64", "2", "4")))
+    return env
 
 
 def round_seconds(run_dir: Path) -> list[float]:
@@ -41,17 +53,19 @@ def main() -> None:
     parser.add_argument("--backend", default="tenseal", choices=["plain", "tenseal"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--superlink-state", default="both", choices=["file", "memory", "both"])
+    parser.add_argument("--model", default="tiny", choices=sorted(MODELS))
     args = parser.parse_args()
     states = ["file", "memory"] if args.superlink_state == "both" else [args.superlink_state]
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "simulation"
         subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
-                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", "dp=off"],
+                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", "dp=off", *MODELS[args.model]],
                        check=True, cwd=ROOT)
         deployed: dict[str, list[float]] = {}
         for state in states:
             deploy = Path(tmp) / f"deployment-{state}"
-            env = {**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds)}
+            env = {**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds),
+                   **deploy_model_env(MODELS[args.model])}
             if state == "memory":
                 env["SUPERLINK_DATABASE"] = ":flwr-in-memory:"
             subprocess.run(["bash", "deploy/demo.sh"], check=True, cwd=ROOT, env=env)
@@ -61,7 +75,7 @@ def main() -> None:
     for state, dep_s in deployed.items():
         print(f"deployment round seconds, SuperLink state in {state}: {', '.join(f'{s:.2f}' for s in dep_s)} "
               "(owner workers, TLS, weightless coordinator)")
-    print(json.dumps({"backend": args.backend, "simulation": sim_s, "deployment": deployed}))
+    print(json.dumps({"backend": args.backend, "model": args.model, "simulation": sim_s, "deployment": deployed}))
     for state, dep_s in deployed.items():
         print(f"SuperLink state in {state}: " if state != states[-1] else "", end="")
         print(f"deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
