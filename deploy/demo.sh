@@ -40,7 +40,7 @@ PY
 mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "$DEPLOY_DIR/server_model/"
 export MODEL_PATH=$DEPLOY_DIR/base_model OWNER_THREADS=${OWNER_THREADS:-1}  # 3 owners share this machine
 echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
-base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model' ${EXTRA_RUN_CONFIG:-}"
+base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
   export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from fedveil.experiments.bench_secagg import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,12 +33,20 @@ SHAPE_KEYS = ("model.tiny.hidden", "model.tiny.layers", "model.tiny.heads")  # d
 
 
 def deploy_model_env(overrides: list[str]) -> dict[str, str]:
-    """deploy/demo.sh's environment for a benchmark model given as simulation overrides."""
+    """deploy/demo.sh's environment for a benchmark model given as simulation overrides.
+
+    The shape goes to the demo's ``TINY_SHAPE``; any other override must already be the deployed
+    owners' setting (``configs/data/node.yaml``: ``flwr run`` accepts only the app's declared keys).
+    """
     values = dict(o.split("=", 1) for o in overrides)
-    env = {"EXTRA_RUN_CONFIG": " ".join(f"{k}={v}" for k, v in values.items() if k not in SHAPE_KEYS)}
-    if any(k in values for k in SHAPE_KEYS):
-        env["TINY_SHAPE"] = " ".join(values.get(k, d) for k, d in zip(SHAPE_KEYS, ("64", "2", "4")))
-    return env
+    node = OmegaConf.load(ROOT / "configs" / "data" / "node.yaml")
+    for key, value in values.items():
+        if key not in SHAPE_KEYS and not (key.startswith("data.") and str(node.get(key[5:])) == value):
+            raise SystemExit(f"bench_deploy: {key}={value} is not what the deployed owners use; "
+                             "benchmark a model whose other settings match configs/data/node.yaml")
+    if not any(k in values for k in SHAPE_KEYS):
+        return {}
+    return {"TINY_SHAPE": " ".join(values.get(k, d) for k, d in zip(SHAPE_KEYS, ("64", "2", "4")))}
 
 
 def round_seconds(run_dir: Path) -> list[float]:
