@@ -1,7 +1,7 @@
 """A long-lived ClientApp process beside a SuperNode: Flower's per-message process start, once.
 
     python -m fedveil.client.clientapp_runner --runtime-api 127.0.0.1:9094 --app-sha256 HEX \
-        [--supernode-pid PID]
+        [--supernode-pid PID] [--wake-socket PATH]
 
 with the SuperNode started as ``fedveil-supernode --isolation process --port 9094 ...`` (so it
 starts no ``flower-superexec`` of its own). Why: with the default ``--isolation subprocess``
@@ -32,6 +32,10 @@ import time
 from logging import ERROR, INFO
 
 POLL_S = 0.05  # between AcquireTask calls when idle (Flower's flower-superexec: 1 s)
+# With a wake socket (``--wake-socket``, ``core/wake.py``): ask at once when the SuperNode nudges,
+# every POLL_S for EAGER_S after a nudge, and otherwise only every FALLBACK_S.
+EAGER_S = 0.5
+FALLBACK_S = 1.0
 
 
 def runtime_client(address: str, *interceptors):
@@ -98,8 +102,8 @@ def task_heartbeat(client):
 class Runner:
     """Claims ClientApp tasks from one SuperNode and runs them with apps loaded once per FAB."""
 
-    def __init__(self, address: str, pinned: str) -> None:
-        self.address, self.pinned = address, pinned
+    def __init__(self, address: str, pinned: str, waiter=None) -> None:
+        self.address, self.pinned, self.waiter = address, pinned, waiter
         self.apps: dict[str, object] = {}  # FAB hash -> loaded ClientApp
         self.tasks = 0
 
@@ -157,12 +161,15 @@ class Runner:
 
         client = runtime_client(self.address)
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        eager_until = 0.0  # after a nudge, ask every POLL_S for a while; else wait for the next nudge
         while True:
             res = client.AcquireTask(request)
             if res.HasField("task") and res.token:
                 self.run_task(res.token)
-            else:
+            elif self.waiter is None or time.monotonic() < eager_until:
                 time.sleep(POLL_S)
+            elif self.waiter.wait(FALLBACK_S):
+                eager_until = time.monotonic() + EAGER_S
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime-api", required=True, help="the SuperNode's Runtime API, HOST:PORT (its --port)")
     parser.add_argument("--app-sha256", required=True, help="the pinned FAB SHA-256, as in the SuperNode's node config")
     parser.add_argument("--supernode-pid", type=int, help="exit when this process (the SuperNode) exits")
+    parser.add_argument("--wake-socket", help="a Unix datagram socket to bind (0600) on which the SuperNode, started "
+                        "with FEDVEIL_WAKE_SOCKET=<the same path>, nudges this process when a message arrives; "
+                        "without it this process asks for tasks every POLL_S")
     return parser
 
 
@@ -186,10 +196,16 @@ def main(argv: list[str] | None = None) -> None:
         start_parent_process_monitor(args.supernode_pid)
     print(f"fedveil-clientapp: serving ClientApp tasks of the SuperNode at {args.runtime_api} "
           f"(app pinned to {pinned[:12]})", file=sys.stderr, flush=True)
+    from fedveil.core.wake import Waiter
+
+    waiter = Waiter(args.wake_socket) if args.wake_socket else None
     try:
-        Runner(args.runtime_api, pinned).serve()
+        Runner(args.runtime_api, pinned, waiter).serve()
     except KeyboardInterrupt:
         pass
+    finally:
+        if waiter is not None:
+            waiter.close()
 
 
 if __name__ == "__main__":

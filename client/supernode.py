@@ -25,7 +25,9 @@ get an error reply, and none of its code runs. It hooks Flower 1.42's own verifi
 version is pinned (flwr==1.42.0) and ``tests/deploy/`` exercises it.
 
 It also shortens the SuperNode's fixed sleeps (:func:`install_prompt_polling`): 3 s between idle
-pulls, 1 s+ back-off on message objects still being uploaded, 0.5 s between looks for a reply.
+pulls, 1 s+ back-off on message objects still being uploaded, 0.5 s between looks for a reply; and
+with ``FEDVEIL_WAKE_SOCKET`` set it nudges its ClientApp runner when a message is stored
+(``core/wake.py``).
 With ``--isolation process`` its ClientApp tasks run in one long-lived process beside it
 (``client/clientapp_runner.py``) instead of a fresh ``flwr-clientapp`` per message.
 
@@ -38,6 +40,7 @@ FAB). What it does not: the ``fedveil`` package installed on the owner's own hos
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -132,14 +135,20 @@ def install_prompt_polling() -> None:
     """
     from flwr.supernode import start_client_internal as sci
 
+    from fedveil.core import wake
     from fedveil.core.prompt_pull import prompt_pull_fn
 
     pull, push = sci._pull_and_store_message, sci._push_messages
+
+    wake_path = os.environ.get(wake.ENV)
+    runner = wake.Nudger(wake_path) if wake_path else None
 
     def pull_until_a_message(**kwargs):
         kwargs["pull_object"] = prompt_pull_fn(kwargs["pull_object"])  # objects still being uploaded: ask again soon
         while (run_id := pull(**kwargs)) is None:
             time.sleep(IDLE_PULL_S)
+        if runner is not None:  # the message is stored: its ClientApp task can be claimed now
+            runner.nudge()
         return run_id
 
     def push_promptly(**kwargs):

@@ -44,12 +44,14 @@ if [ "${WORKER:-1}" = 1 ]; then
 fi
 isolation=()
 [ "${WORKER:-1}" = 1 ] && isolation=(--isolation process)  # its ClientApps run in the long-lived runner below
+# the SuperNode nudges its ClientApp runner through this socket when a message arrives (core/wake.py)
+[ "${WORKER:-1}" = 1 ] && export FEDVEIL_WAKE_SOCKET="$state/clientapp.wake"
 start_bg "supernode-$owner" fedveil-supernode --root-certificates "$DEPLOY_DIR/pki/ca.crt" \
   --superlink "$SUPERLINK_HOST:$SUPERLINK_PORT" --port "$port" "${isolation[@]}" \
   --auth-supernode-private-key "$DEPLOY_DIR/pki/$owner.key" --auth-supernode-public-key "$DEPLOY_DIR/pki/$owner.pub" \
   --node-config "$node_config"
 if [ "${WORKER:-1}" = 1 ]; then  # one ClientApp process for all messages (Flower starts one per message)
   start_bg "clientapp-$owner" python -m fedveil.client.clientapp_runner --runtime-api "127.0.0.1:$port" \
-    --app-sha256 "$app" --supernode-pid "$(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")"
+    --app-sha256 "$app" --supernode-pid "$(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")" --wake-socket "$FEDVEIL_WAKE_SOCKET"
 fi
 echo "SuperNode $owner started (pid $(cat "$DEPLOY_DIR/pids/supernode-$owner.pid")), state in $state, app pinned to ${app:0:12}$([ "${WORKER:-1}" = 1 ] && echo ", owner worker on $state/owner.sock")"
