@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
@@ -79,12 +79,25 @@ def fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
+def json_line(row: dict[str, Any]) -> str:
+    """One JSON line as every fedveil JSONL file holds it (sorted keys)."""
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line (sorted keys) and fsync it."""
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.write(json_line(row))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def keep_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite ``path`` atomically with only the lines ``keep`` accepts (left as it is when all are)."""
+    rows = read_jsonl(path)
+    kept = [r for r in rows if keep(r)]
+    if len(kept) < len(rows):
+        atomic_write_bytes(path, "".join(json_line(r) for r in kept).encode("utf-8"))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

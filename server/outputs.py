@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedveil.core.errors import UserError
-from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
+from fedveil.core.io import append_jsonl, atomic_write_bytes, keep_jsonl, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 RUN_ERROR_FILE = "run_error.txt"  # one line: why the federation stopped before its last round
@@ -69,8 +69,7 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
 
 def drop_rows_after(out_dir: Path, last_round: int) -> None:
     """On resume: forget rows of rounds after the checkpoint we resume from."""
-    rows = [r for r in read_metrics(out_dir) if r["round"] <= last_round]
-    atomic_write_bytes(Path(out_dir) / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    keep_jsonl(Path(out_dir) / METRICS_FILE, lambda row: row["round"] <= last_round)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
+from fedveil.core.io import append_jsonl, keep_jsonl, read_jsonl
 
 FILENAME = "round_ledger.jsonl"
 GENESIS = "0" * 64
@@ -65,10 +65,7 @@ def drop_after(path: Path, last_round: int) -> None:
     """On resume: cut the entries of rounds after ``last_round`` (written, but the run died before
     their checkpoint, so they are run again). Only the end of the chain goes: what remains verifies,
     and the re-run rounds are chained to it."""
-    entries = read_jsonl(path)
-    kept = [e for e in entries if e["round"] <= last_round]
-    if len(kept) < len(entries):
-        atomic_write_bytes(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept).encode())
+    keep_jsonl(path, lambda entry: entry["round"] <= last_round)
 
 
 def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
