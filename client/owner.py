@@ -185,7 +185,7 @@ class Owner:
         # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
         step = epsilon_ledger.Step(run, rnd, sigma, q, tc.local_steps)
         epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
-        maybe_die("owner-training", self.round.round, self.identity.owner_id)  # the spend is on disk already
+        maybe_die("owner-training", rnd, self.identity.owner_id)  # the spend is on disk already
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
         with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
             result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device, self.training_progress)

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", choices=sorted(MODELS))
     args = parser.parse_args()
     states = ["file", "memory"] if args.superlink_state == "both" else [args.superlink_state]
+    model_env = deploy_model_env(MODELS[args.model])  # before the simulation: a model the demo cannot build fails first
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "simulation"
         subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
@@ -75,7 +76,7 @@ def main() -> None:
         for state in states:
             deploy = Path(tmp) / f"deployment-{state}"
             env = {**os.environ, "DEPLOY_DIR": str(deploy), "BACKEND": args.backend, "ROUNDS": str(args.rounds),
-                   **deploy_model_env(MODELS[args.model])}
+                   **model_env}
             if state == "memory":
                 env["SUPERLINK_DATABASE"] = ":flwr-in-memory:"
             subprocess.run(["bash", "deploy/demo.sh"], check=True, cwd=ROOT, env=env)
@@ -86,9 +87,9 @@ def main() -> None:
         print(f"deployment round seconds, SuperLink state in {state}: {', '.join(f'{s:.2f}' for s in dep_s)} "
               "(owner workers, TLS, weightless coordinator)")
     print(json.dumps({"backend": args.backend, "model": args.model, "simulation": sim_s, "deployment": deployed}))
-    for state, dep_s in deployed.items():
-        print(f"SuperLink state in {state}: " if state != states[-1] else "", end="")
-        print(f"deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
+    for state, dep_s in deployed.items():  # the last state's line is printed last, unprefixed
+        prefix = "" if state == states[-1] else f"SuperLink state in {state}: "
+        print(f"{prefix}deploy/simulation round time ratio: {steady(dep_s) / steady(sim_s):.2f}")
 
 
 if __name__ == "__main__":
