@@ -10,16 +10,18 @@ import hashlib
 import json
 import os
 import stat
+import struct
 
 import numpy as np
 import pytest
 
 from fedveil.core import wire
 from fedveil.core.errors import UserError
-from fedveil.core.io import pack
+from fedveil.core.io import pack, unpack
 from fedveil.core.payload import PayloadError, Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec, sealing
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
+from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.ckks import (ROUND_UPDATES, SIGNATURE, TensealBackend, TensealConfig, context_id,
                                                  global_statement, make_context, public_bytes, secret_bytes)
@@ -464,3 +466,28 @@ def test_a_wrong_size_or_foreign_context_update_is_excluded_and_the_round_goes_o
                            "client_1": (short.blobs["ciphertext"], short.blobs[SIGNATURE])}).encode()
     with pytest.raises(PayloadError, match="holds 19 slots"):
         owner_side(keys, "client_0").open_global(EncryptedGlobal(None, [odd]).arrays(), ZEROS, 1)
+
+
+def test_the_coordinator_learns_no_owners_count_nor_that_it_was_clamped(fed, capsys):
+    # An owner's weight is its example count when DP is off. The coordinator, holding the public
+    # context only, must not read it, nor tell a large (clamped) owner from a small one: the weight
+    # travels in a secret box keyed from the shared secret context, and the clamping notice goes to
+    # the owner's own console only.
+    keys, made = fed
+    delta = np.full(SIZE, 0.5)
+    small = owner_side(keys, "client_0").protect(delta, 1.0, RoundContext(1, "L", "client_0"))
+    capsys.readouterr()
+    large = owner_side(keys, "client_1").protect(delta, 1000.0, RoundContext(1, "L", "client_1"))
+    notice = capsys.readouterr().out
+    assert "counts as aggregation.max_weight=2" in notice  # told at home...
+    for p in (small, large):
+        sent = b"".join(p.blobs.values())
+        assert b"max_weight" not in sent and b"1000" not in sent  # ...and not in what the coordinator gets
+        for w in (2.0, 1000.0):  # (1.0 is in every SEAL ciphertext: its scale field)
+            assert struct.pack("<d", w) not in sent
+    assert {k: len(v) for k, v in small.blobs.items()} == {k: len(v) for k, v in large.blobs.items()}
+    box = unpack(large.blobs["ciphertext"])[-1]  # the sealed weight, last in the payload
+    with pytest.raises(PayloadError, match="does not open"):
+        bfv.open_weight(bfv.count_key(made.public), box)  # what the coordinator could derive a key from
+    secret = (setup.run_dir(keys["client_1"].state_dir, RUN) / setup.SECRET_FILE).read_bytes()
+    assert bfv.open_weight(bfv.count_key(secret), box) == 2.0  # owners read it: clamped to max_weight
