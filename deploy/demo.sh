@@ -47,7 +47,7 @@ mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "
 export MODEL_PATH=$DEPLOY_DIR/base_model OWNER_THREADS=${OWNER_THREADS:-1}  # 3 owners share this machine
 echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
 base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
-base_config="$base_config dp.name='sample_level' dp.target_epsilon=$TARGET_EPSILON dp.delta=$DELTA dp.sample_rate=$SAMPLE_RATE"
+dp_config="dp.name='sample_level' dp.target_epsilon=$TARGET_EPSILON dp.delta=$DELTA dp.sample_rate=$SAMPLE_RATE"
 echo "run: aggregation=$BACKEND dp=sample_level (target epsilon $TARGET_EPSILON, delta $DELTA, sample rate $SAMPLE_RATE), $ROUNDS rounds"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
@@ -75,7 +75,7 @@ done
 [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
 
-run_config="$base_config output_dir='$DEPLOY_DIR/server'"
+run_config="$base_config $dp_config output_dir='$DEPLOY_DIR/server'"
 timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
@@ -115,6 +115,18 @@ if bad:
 print(f"every owner's epsilon ledger was charged ({len(owners)} owners, {rounds} rounds)")
 PY
 
+# The coordinator asks for the same run without DP. Every owner's policy requires DP: the owners
+# refuse before training, no round runs, and no ledger changes (not even a reservation).
+ledgers=$(cat "$DEPLOY_DIR"/state/*/privacy_ledger.json | sha256sum)
+echo "submitting the run with dp.name='off' (every owner's policy has require_dp=true)"
+timeout 300 flwr run . "$CONNECTION" --stream --run-config "$base_config dp.name='off' output_dir='$DEPLOY_DIR/dp-off-run'" \
+  >"$DEPLOY_DIR/logs/dp-off-run.log" 2>&1 || true
+! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/dp-off-run.log" || die "the run without DP ran to the end"
+! grep -q "^\[fedveil\] round 1/" "$DEPLOY_DIR/logs/dp-off-run.log" || die "a round without DP was trained"
+[ "$(cat "$DEPLOY_DIR"/state/*/privacy_ledger.json | sha256sum)" = "$ledgers" ] || die "an epsilon ledger changed in the run without DP"
+grep -o -m1 "owner policy require_dp[^;)]*" "$DEPLOY_DIR/logs/dp-off-run.log" || true
+echo "the run without DP was refused: no round trained, no ledger changed"
+
 # A coordinator ships a modified app: a copy of this project with one changed line. Every SuperNode
 # must refuse it before any of its code runs, and the run must not finish.
 copy=$DEPLOY_DIR/modified-app
@@ -126,7 +138,7 @@ PY
 [ "$(deploy/app-sha256.sh "$copy")" = "$APP_SHA256" ] || die "an unmodified copy of the app does not hash to the pin"
 echo 'import os; os.environ.get("HOME")  # the one changed line: any code could be here' >> "$copy/client/app.py"
 echo "submitting a modified copy of the app (FAB sha256 $(deploy/app-sha256.sh "$copy" | cut -c1-12)...)"
-timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config output_dir='$DEPLOY_DIR/modified-run'" \
+timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config $dp_config output_dir='$DEPLOY_DIR/modified-run'" \
   >"$DEPLOY_DIR/logs/modified-run.log" 2>&1 || true
 ! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/modified-run.log" || die "the modified app ran to the end"
 for o in "${owners[@]}"; do

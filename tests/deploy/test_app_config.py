@@ -24,7 +24,7 @@ def test_flwr_run_defaults_to_dp_and_secure_aggregation():
 
 def test_every_key_the_demo_passes_is_declared_and_dp_can_still_be_turned_off():
     script = (ROOT / "deploy" / "demo.sh").read_text()
-    passed = {key for line in script.splitlines() if line.strip().startswith("base_config=")
+    passed = {key for line in script.splitlines() if line.strip().startswith(("base_config=", "dp_config="))
               for key in re.findall(r"(?:^|[\s\"])([a-z_]+(?:\.[a-z_]+)*)=", line.split("=", 1)[1])}
     assert {"dp.name", "dp.target_epsilon", "dp.delta", "dp.sample_rate", "aggregation.name"} <= passed
     assert passed <= set(app_config()), sorted(passed - set(app_config()))
