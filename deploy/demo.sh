@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole deployment on 127.0.0.1: CA and TLS, SuperNode keys registered with a SuperLink that
 # requires them, 3 SuperNodes with their own demo data, the chosen backend (tenseal by default;
-# BACKEND=crypten starts 3 aggregator parties and a TTP dealer), a 2-round run with `flwr run`,
-# then every process stopped by its PID. Exits 0 only if the run finished, the owners' final
-# adapters exist and the round ledger verifies, and then a run of a modified copy of the app (one
-# changed line) is refused by every SuperNode (each pins the app's SHA-256) and does not finish.
+# BACKEND=crypten starts 3 aggregator parties and a TTP dealer), a 2-round run with `flwr run`
+# under DP-SGD (dp=sample_level; each owner's policy requires DP and caps its epsilon), then every
+# process stopped by its PID. Exits 0 only if the run finished, the owners' final adapters exist,
+# the round ledger verifies, every owner's epsilon ledger was charged for the run's rounds, and
+# then a run of a modified copy of the app (one changed line) is refused by every SuperNode (each
+# pins the app's SHA-256) and does not finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEPLOY_DIR=${DEPLOY_DIR:-$PWD/outputs/deploy-demo}
@@ -14,7 +16,11 @@ if [ -e "$DEPLOY_DIR" ]; then  # start clean, but never wipe a directory the dem
 fi
 mkdir -p "$DEPLOY_DIR" && touch "$DEPLOY_DIR/.fedveil-deploy-demo"
 source deploy/env.sh
-BACKEND=${BACKEND:-tenseal} ROUNDS=${ROUNDS:-2}
+BACKEND=${BACKEND:-tenseal} ROUNDS=${ROUNDS:-2} SUPERNODE_PORT=${SUPERNODE_PORT:-9094}  # owner k: SUPERNODE_PORT+k
+# DP-SGD on every owner. Every value is public; the demo owners hold 120 records each, so delta=1e-5
+# is far below 1/n (an owner refuses delta >= 1/its records). MAX_EPSILON: each owner's own cap
+# (its policy), which the run's target must not exceed.
+TARGET_EPSILON=${TARGET_EPSILON:-8.0} MAX_EPSILON=${MAX_EPSILON:-8.0} DELTA=${DELTA:-1e-5} SAMPLE_RATE=${SAMPLE_RATE:-0.05}
 case "$BACKEND" in plain|tenseal|crypten) ;; *) die "BACKEND must be plain, tenseal or crypten, not '$BACKEND'" ;; esac
 owners=(client_0 client_1 client_2)
 trap 'deploy/stop.sh >/dev/null' EXIT
@@ -41,6 +47,8 @@ mkdir -p "$DEPLOY_DIR/server_model" && cp "$DEPLOY_DIR/base_model/config.json" "
 export MODEL_PATH=$DEPLOY_DIR/base_model OWNER_THREADS=${OWNER_THREADS:-1}  # 3 owners share this machine
 echo "coordinator model: $(ls "$DEPLOY_DIR/server_model") (no weight files); owners: $MODEL_PATH"
 base_config="aggregation.name='$BACKEND' rounds=$ROUNDS num_clients=${#owners[@]} train.local_steps=5 data.name='node' model.path='$DEPLOY_DIR/server_model'"
+dp_config="dp.name='sample_level' dp.target_epsilon=$TARGET_EPSILON dp.delta=$DELTA dp.sample_rate=$SAMPLE_RATE"
+echo "run: aggregation=$BACKEND dp=sample_level (target epsilon $TARGET_EPSILON, delta $DELTA, sample rate $SAMPLE_RATE), $ROUNDS rounds"
 if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public keys
   addresses=$(deploy/start-parties.sh 3 $((7100 + RANDOM % 500)))
   export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json
@@ -56,17 +64,18 @@ if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them p
   python -c "from fedveil.privacy.secagg.identity import pin_roster; pin_roster({o: '$DEPLOY_DIR/state/' + o for o in '${owners[*]}'.split()}, '${owners[0]}')"
   echo "roster of ${#owners[@]} owners pinned in each state directory"
 fi
-for i in "${!owners[@]}"; do  # each owner's own policy: the backend it accepts, at most 10 rounds
-  python -c "from fedveil.privacy.policy import OwnerPolicy, write_policy; write_policy('$DEPLOY_DIR/policies/${owners[$i]}.json', OwnerPolicy(allowed_backends=['$BACKEND'], max_rounds=10))"
-  deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((9094 + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"
+for i in "${!owners[@]}"; do  # each owner's own policy: DP required, its epsilon cap, the backend it accepts, at most 10 rounds
+  python -c "from fedveil.privacy.policy import OwnerPolicy, write_policy; write_policy('$DEPLOY_DIR/policies/${owners[$i]}.json', OwnerPolicy(require_dp=True, max_epsilon=$MAX_EPSILON, allowed_backends=['$BACKEND'], max_rounds=10))"
+  deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((SUPERNODE_PORT + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"
 done
+echo "owner policies: require_dp=true, max_epsilon=$MAX_EPSILON, allowed_backends=[$BACKEND]"
 for _ in $(seq 90); do
   [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] && break; sleep 1
 done
 [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
 
-run_config="$base_config output_dir='$DEPLOY_DIR/server'"
+run_config="$base_config $dp_config output_dir='$DEPLOY_DIR/server'"
 timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
@@ -85,6 +94,38 @@ done
 echo "each owner worker loaded the model once for ${ROUNDS} rounds"
 head=$(python -c "import json; print(json.load(open('$DEPLOY_DIR/server/summary.json'))['ledger_head'])")
 fedveil verify-ledger "$DEPLOY_DIR/server" --head "$head"
+# Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
+# of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not
+# train under DP, and the demo fails.
+python - "$DEPLOY_DIR/state" "$ROUNDS" "${owners[@]}" <<'PY' || exit 2  # it printed which owner
+import sys
+from fedveil.privacy.dp import epsilon_ledger
+state, rounds, owners = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+bad = []
+for owner in owners:
+    ledger = epsilon_ledger.load(f"{state}/{owner}")
+    charged = sorted({s.round for s in ledger.history}) if ledger else []
+    if ledger is None or charged != list(range(1, rounds + 1)) or not 0 < ledger.spent_epsilon <= ledger.budget_epsilon:
+        bad.append(f"{owner} (rounds charged {charged}, epsilon {ledger.spent_epsilon if ledger else 0:g})")
+        continue
+    print(f"owner {owner}: epsilon ledger charged for rounds {charged}: spent {ledger.spent_epsilon:.3f} of its "
+          f"budget {ledger.budget_epsilon:g} (delta {ledger.delta:g})")
+if bad:
+    sys.exit(f"deploy: error: epsilon ledger not charged for every round: {', '.join(bad)}")
+print(f"every owner's epsilon ledger was charged ({len(owners)} owners, {rounds} rounds)")
+PY
+
+# The coordinator asks for the same run without DP. Every owner's policy requires DP: the owners
+# refuse before training, no round runs, and no ledger changes (not even a reservation).
+ledgers=$(cat "$DEPLOY_DIR"/state/*/privacy_ledger.json | sha256sum)
+echo "submitting the run with dp.name='off' (every owner's policy has require_dp=true)"
+timeout 300 flwr run . "$CONNECTION" --stream --run-config "$base_config dp.name='off' output_dir='$DEPLOY_DIR/dp-off-run'" \
+  >"$DEPLOY_DIR/logs/dp-off-run.log" 2>&1 || true
+! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/dp-off-run.log" || die "the run without DP ran to the end"
+! grep -q "^\[fedveil\] round 1/" "$DEPLOY_DIR/logs/dp-off-run.log" || die "a round without DP was trained"
+[ "$(cat "$DEPLOY_DIR"/state/*/privacy_ledger.json | sha256sum)" = "$ledgers" ] || die "an epsilon ledger changed in the run without DP"
+grep -o -m1 "owner policy require_dp[^;)]*" "$DEPLOY_DIR/logs/dp-off-run.log" || true
+echo "the run without DP was refused: no round trained, no ledger changed"
 
 # A coordinator ships a modified app: a copy of this project with one changed line. Every SuperNode
 # must refuse it before any of its code runs, and the run must not finish.
@@ -97,7 +138,7 @@ PY
 [ "$(deploy/app-sha256.sh "$copy")" = "$APP_SHA256" ] || die "an unmodified copy of the app does not hash to the pin"
 echo 'import os; os.environ.get("HOME")  # the one changed line: any code could be here' >> "$copy/client/app.py"
 echo "submitting a modified copy of the app (FAB sha256 $(deploy/app-sha256.sh "$copy" | cut -c1-12)...)"
-timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config output_dir='$DEPLOY_DIR/modified-run'" \
+timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config $dp_config output_dir='$DEPLOY_DIR/modified-run'" \
   >"$DEPLOY_DIR/logs/modified-run.log" 2>&1 || true
 ! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/modified-run.log" || die "the modified app ran to the end"
 for o in "${owners[@]}"; do

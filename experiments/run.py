@@ -68,12 +68,13 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 def validate_jobs(overrides: list[str], sweep: bool) -> None:
     """Compose and check every job before Hydra starts any, so a bad key, value, input path or an
-    earlier run in a job's directory is one line and no job has run yet."""
+    earlier run in a job's directory (or ``resume=true`` with none) is one line and no job has run yet."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    from fedveil.server.checkpoint import check_resumable
     from fedveil.server.outputs import check_run_dir
     from fedveil.server.prepare import check_devices, check_inputs
 
@@ -91,6 +92,8 @@ def validate_jobs(overrides: list[str], sweep: bool) -> None:
                     del dcfg["hydra"]
                 cfg = from_dict(OmegaConf.to_container(dcfg, resolve=True))
                 check_run_dir(out, cfg.resume, cfg.overwrite)
+                if cfg.resume:
+                    check_resumable(out)
                 check_inputs(cfg)
                 check_devices(cfg)
     except (HydraException, OmegaConfBaseException) as exc:

@@ -22,7 +22,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     quiet_libraries()
-    cfg = prepare(from_run_config(context.run_config), report_data=False, check_dp=False)
+    try:  # e.g. resume=true with nothing to resume: one line, nothing written
+        cfg = prepare(from_run_config(context.run_config), report_data=False, check_dp=False)
+    except UserError as exc:
+        progress(f"error: {exc}")
+        return
     try:
         run_federation(grid, cfg)
     except UserError as exc:

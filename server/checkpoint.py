@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.errors import UserError
 from fedveil.core.layout import AdapterLayout
+from fedveil.server.outputs import earlier_run
 
 NAME = re.compile(r"round_(\d{4})\.safetensors$")
 
@@ -50,3 +51,12 @@ def latest(out_dir: Path, layout: AdapterLayout) -> tuple[int, dict[str, np.ndar
         raise UserError(f"checkpoint {path} is unreadable ({exc}); delete it to resume from the one before") from exc
     layout.check(meta.get("layout_digest", ""), f"checkpoint {path.name}")
     return int(meta["round"]), arrays
+
+
+def check_resumable(out_dir: str | Path) -> None:
+    """``resume=true`` needs an earlier run in ``out_dir``: a checkpoint, or what a run writes before
+    its first one (round 0's row in metrics.jsonl: a run killed in round 1 resumes from round 1).
+    Without any, resuming would silently start a fresh run, perhaps in the wrong directory."""
+    if not earlier_run(out_dir):
+        raise UserError(f"resume=true but {out_dir} holds no checkpoint and no earlier run to resume: drop resume=true "
+                        "to start a fresh run, or point hydra.run.dir (output_dir under flwr run) at the run to resume")

@@ -28,11 +28,13 @@ from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import write_policy
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import pin_roster
+from fedveil.server.checkpoint import check_resumable
 
 
 def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
             write_policies: bool = False) -> FedveilConfig:
-    """Fill in ``output_dir``, ``model.path`` and demo ``data.client_dirs``; check the data.
+    """Fill in ``output_dir``, ``model.path`` and demo ``data.client_dirs``; check the data (and, with
+    ``resume=true``, that ``output_dir`` holds a run to resume).
 
     ``write_policies`` (the simulation runner, which plays every owner): check the config against
     ``owner_policy`` up front and write it into each simulated owner's state directory, where the
@@ -40,6 +42,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     and pin one roster of them in every state directory (``roster.json``). The ServerApp never
     writes an owner's policy or roster."""
     out = Path(cfg.output_dir or Path("outputs") / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    if cfg.resume:  # before anything is written there
+        check_resumable(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
     if not cfg.model.path:

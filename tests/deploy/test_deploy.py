@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fedveil.privacy.dp import epsilon_ledger
+from fedveil.privacy.policy import load_policy
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]  # fixed ports: one xdist worker runs them all
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,3 +147,12 @@ def test_make_deploy_demo_tenseal(tmp_path):
     assert "the modified app was refused by all 3 SuperNodes" in proc.stdout
     assert "fedveil-supernode: refused run" in proc.stdout
     assert not list((tmp_path / "demo" / "pids").glob("*.pid"))  # everything stopped
+    # under DP, with policies that require it: every owner's own ledger was charged for both rounds
+    assert "dp=sample_level" in proc.stdout and "every owner's epsilon ledger was charged" in proc.stdout
+    assert "the run without DP was refused: no round trained, no ledger changed" in proc.stdout
+    for owner in ("client_0", "client_1", "client_2"):
+        policy = load_policy(tmp_path / "demo" / "policies" / f"{owner}.json")
+        assert policy.require_dp and policy.max_epsilon == 8.0
+        ledger = epsilon_ledger.load(tmp_path / "demo" / "state" / owner)
+        assert [s.round for s in ledger.history] == [1, 2] and len({s.run for s in ledger.history}) == 1
+        assert 0 < ledger.history[0].epsilon_after < ledger.spent_epsilon <= 8.0 and ledger.delta == 1e-5
