@@ -130,7 +130,7 @@ def test_the_run_bounds_the_global_by_its_rounds():
 @pytest.mark.parametrize(("over", "match"), [
     (dict(plain_modulus_bits=46, max_owners=65), "at most 64 owners"),  # noise: 60 - 46 - 8 = 6 bits of headroom
     (dict(plain_modulus_bits=46, max_owners=5000), "at most 64 owners"),
-    (dict(max_owners=600_000), "at most 524,287 owners"),  # no 128-bit set of bfv.PARAMETER_SETS holds it
+    (dict(max_owners=600_000), "at most 370,727 owners"),  # no 128-bit set of bfv.PARAMETER_SETS holds it
     (dict(plain_modulus_bits=40, max_owners=2000), "fixed-point levels per owner"),
     (dict(plain_modulus_bits=56), "noise budget"),
     (dict(coeff_mod_bit_sizes=[60, 50]), "below 128-bit security"),
@@ -178,3 +178,15 @@ def test_an_owner_is_told_when_the_bounds_change_its_update(fifty, capsys):
     capsys.readouterr()
     owner.protect(outside, 1000.0)  # protect says it too, on the owner's console
     assert "counts as aggregation.max_weight=4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cohort", [1000, 2000], ids=["4096-42-bit", "8192-59-bit"])
+def test_parameters_chosen_for_a_large_cohort_sum_exactly(cohort):
+    cfg = TensealConfig(max_owners=cohort, max_weight=4.0, value_bound=0.5)
+    ctx = make_context(cfg)
+    pub, sec = public_bytes(ctx), secret_bytes(ctx)
+    owner, server = TensealBackend(cfg, SIZE, public=pub, secret=sec), TensealBackend(cfg, SIZE, public=pub)
+    deltas = [np.random.default_rng(i).uniform(-0.5, 0.5, SIZE) for i in range(3)]
+    revealed = owner.reveal(server.combine({f"o{i}": owner.protect(d, 4.0) for i, d in enumerate(deltas)}).payload)
+    assert revealed.total_weight == 12.0
+    assert np.abs(revealed.weighted_sum - 4.0 * sum(deltas)).max() <= 3 * cfg.step / 2 + 1e-12

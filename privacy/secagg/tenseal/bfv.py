@@ -19,8 +19,9 @@ The encoding of one owner's update (exact to the step, stated):
 The weight rides beside the ciphertexts, sealed (libsodium secret box) under a key derived from
 the shared secret context: the server sees no count, owners (who share the secret key and can
 decrypt every single update anyway) see each owner's. The global adapter an owner re-encrypts is
-never summed, so it uses all of each digit at its own step (``max |v| / ((R - 1) // 2)``, signed
-with it: relative error below 2^-23).
+never summed, so it uses all of each digit, at a step of public values only (``global_bound / ((R -
+1) // 2)``, ``config.TensealConfig.global_step``): a step derived from the global would tell the
+server max|global| each round.
 
 Security: ring degree N and the total coefficient modulus must be within the 128-bit bound of the
 HomomorphicEncryption.org standard (``ckks.MAX_COEFF_BITS_128``, what SEAL enforces); the sum of
@@ -59,8 +60,8 @@ def plain_modulus(n: int, bits: int) -> int:
 
 # The 128-bit parameter sets tried for a cohort, cheapest first (N, coefficient moduli, the largest t tried):
 # at N=4096 t stays within the measured 46 bits; N=8192 (twice the bytes per value) only where 4096 cannot hold
-# the cohort.
-PARAMETER_SETS = ((4096, (60, 49), 46), (8192, (60, 60, 60), 60))
+# the cohort, t below 60 bits (a 60-bit t would be one of the 60-bit moduli: SEAL refuses it).
+PARAMETER_SETS = ((4096, (60, 49), 46), (8192, (60, 60, 60), 59))
 
 
 def problem(n: int, coeff_bits: list[int], plain_bits: int, max_owners: int) -> str | None:
@@ -95,7 +96,7 @@ def choose(max_owners: int, n: int | None = None, coeff_bits: list[int] | None =
     finest step). Refused, naming the limit, where none holds the cohort."""
     sets = [(ring, list(coeff), top) for ring, coeff, top in PARAMETER_SETS]
     if n is not None or coeff_bits is not None:  # the user's ring or moduli: t up to that ring's cap
-        base = next((s for s in sets if n is None or s[0] == n), (n, [60, 49], 60))
+        base = next((s for s in sets if n is None or s[0] == n), (n, [60, 49], 59))
         sets = [(base[0], list(coeff_bits or base[1]), base[2])]
     for ring, coeff, top in sets:
         top = min(top, sum(coeff[:-1]) - FRESH_NOISE_BITS)
@@ -103,7 +104,7 @@ def choose(max_owners: int, n: int | None = None, coeff_bits: list[int] | None =
             if problem(ring, coeff, bits, max_owners) is None:
                 return ring, coeff, bits
     ring, coeff, top = sets[-1]
-    limit = per_owner_levels(ring, min(top, 60), 1) // MIN_LEVELS
+    limit = per_owner_levels(ring, top, 1) // MIN_LEVELS
     raise UserError(f"aggregation.max_owners={max_owners}: no 128-bit BFV parameter set sums that many updates exactly "
                     f"(at most {limit:,} owners, at N={ring} and coefficient moduli {coeff}); lower clients_per_round, "
                     "or set aggregation.scheme=ckks")
