@@ -300,7 +300,10 @@ def candidate_config(backend: str, privacy: PrivacyConfig, owners: int = 1) -> A
     if backend == "crypten":
         return cls(parties=max(2, privacy.aggregator_parties or 3))
     if backend == "tenseal":  # BFV's parameters are chosen for the cohort, as the run's are
-        return cls(max_owners=owners)
+        try:
+            return cls(max_owners=owners)
+        except UserError:  # no BFV set holds the cohort: priced as CKKS (the run's refusal names the limit)
+            return cls(scheme="ckks", max_owners=owners)
     return cls()
 
 

@@ -316,3 +316,13 @@ def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
     assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100
     assert plan["run"]["update_up"] == update_bytes("tenseal", TensealConfig(max_owners=100), TINY_VALUES)
+
+
+def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
+    from fedveil.configs.schema import from_dict
+
+    plan = choose(PrivacyConfig(coordinator="curious"), 600_000)
+    assert plan.pick == "tenseal" and candidate_config("tenseal", PrivacyConfig(), 600_000).scheme == "ckks"
+    with pytest.raises(UserError, match="at most 370,727 owners.*aggregation.scheme=ckks"):
+        from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}})
+    assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"}}).aggregation
