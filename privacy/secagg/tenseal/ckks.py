@@ -1,9 +1,10 @@
 """``tenseal``: homomorphic encryption (BFV by default, or CKKS); the server adds ciphertexts it cannot read.
 
-Flower-free core of the backend: parameters (insecure ones refused), context creation,
-encrypting a weighted update, summing ciphertexts, decrypting the sum, and the owner's view of
-the encrypted global adapter. Key generation and installing are in ``keys.py``; the arrays the
-server keeps of the encrypted global in ``global_codec.py``.
+Flower-free core of the backend: context creation, encrypting a weighted update, summing
+ciphertexts, decrypting the sum, and the owner's view of the encrypted global adapter. The
+parameters (insecure ones refused, BFV's chosen for the cohort) are in ``config.py``; the owners'
+check of every update of a round in ``checks.py``; key generation and installing in ``keys.py``;
+the arrays the server keeps of the encrypted global in ``global_codec.py``.
 
 What each party holds and sees:
 
