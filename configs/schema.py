@@ -156,9 +156,9 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     agg, dp = resolve_privacy(cfg, agg, dp)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     if agg["name"] == "tenseal":
-        from fedveil.privacy.secagg.tenseal.ckks import resolve
+        from fedveil.privacy.secagg.tenseal.config import resolve
 
-        agg = resolve(agg, cfg.num_clients, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm)
+        agg = resolve(agg, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm, cfg.rounds)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
         check_checkpointing(cfg.dp.grad_sample_mode)
@@ -179,13 +179,15 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any])
     ``privacy.delta``). A named backend bypasses the planner. The resolved config is what travels
     to the ServerApp and the owners, so they never plan again."""
     if agg.get("name") == "auto":
-        extra = sorted(set(agg) - {"name"})
-        if extra:
-            raise UserError(f"aggregation=auto takes no options (got aggregation.{extra[0]}): state privacy.* "
-                            "instead, or name a backend (aggregation=plain|tenseal|crypten)")
+        typed = {k: v for k, v in agg.items() if k != "name" and v is not None}  # auto_schema holds every key, unset
         plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
         plan.refuse()
-        agg = dict(plan.agg_values)
+        keys = {f.name for f in dataclasses.fields(BACKENDS[plan.pick].config)} - {"name"}
+        if set(typed) - keys:
+            raise UserError(f"aggregation.{sorted(set(typed) - keys)[0]} is not a key of {plan.pick}, the backend "
+                            f"aggregation=auto picks here (its keys: {', '.join(sorted(keys))}); drop it, or name "
+                            "the backend (aggregation=plain|tenseal|crypten)")
+        agg = {**plan.agg_values, **typed}
     p = cfg.privacy
     if p.epsilon is not None:
         if cfg.owner_policy.max_epsilon is not None and p.epsilon > cfg.owner_policy.max_epsilon:

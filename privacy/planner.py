@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -34,11 +34,14 @@ class Refusal(UserError):
     """No backend covers the stated threats (one line naming the assumption to relax)."""
 
 
-@dataclass
-class AutoConfig:
-    """``aggregation=auto``: the planner picks the backend from ``privacy.*``."""
+def _auto_fields() -> list[tuple[str, Any, Any]]:
+    names = {f.name for spec in BACKENDS.values() for f in fields(spec.config)} - {"name"}
+    return [("name", str, field(default="auto"))] + [(n, Any, field(default=None)) for n in sorted(names)]
 
-    name: str = "auto"
+
+# ``aggregation=auto``: the planner picks the backend from ``privacy.*``. It holds every backend's keys, unset, so
+# that the picked backend's can be typed (configs/schema.py refuses the keys the pick does not have).
+AutoConfig = make_dataclass("AutoConfig", _auto_fields())
 
 
 @dataclass
@@ -290,11 +293,17 @@ class Plan:
             raise Refusal(self.reason)
 
 
-def candidate_config(backend: str, privacy: PrivacyConfig) -> Any:
-    """The config the planner would run ``backend`` with (crypten: K = privacy.aggregator_parties)."""
+def candidate_config(backend: str, privacy: PrivacyConfig, owners: int = 1) -> Any:
+    """The config the planner would run ``backend`` with (crypten: K = privacy.aggregator_parties;
+    tenseal: parameters for ``owners`` per round)."""
     cls = BACKENDS[backend].config
     if backend == "crypten":
         return cls(parties=max(2, privacy.aggregator_parties or 3))
+    if backend == "tenseal":  # BFV's parameters are chosen for the cohort, as the run's are
+        try:
+            return cls(max_owners=owners)
+        except UserError:  # no BFV set holds the cohort: priced as CKKS (the run's refusal names the limit)
+            return cls(scheme="ckks", max_owners=owners)
     return cls()
 
 
@@ -340,13 +349,13 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
     per round). Limits on bytes and seconds are checked only where ``values`` is known."""
     verdicts = []
     for name in BACKENDS:
-        agg = candidate_config(name, privacy)
+        agg = candidate_config(name, privacy, owners)
         cost = estimate(name, agg, values or NOMINAL_VALUES, owners)
         gaps = _threat_gaps(name, privacy, owners, resume, allowed)
         if values is not None:
             gaps += _cost_gaps(cost, privacy)
         verdicts.append(Verdict(name, not gaps, gaps, cost if values is not None else None))
-    order = {v.backend: estimate(v.backend, candidate_config(v.backend, privacy), values or NOMINAL_VALUES,
+    order = {v.backend: estimate(v.backend, candidate_config(v.backend, privacy, owners), values or NOMINAL_VALUES,
                                  owners).per_owner for v in verdicts}
     covering = sorted((v for v in verdicts if v.covered), key=lambda v: order[v.backend])
     if covering:

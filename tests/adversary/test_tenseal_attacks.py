@@ -31,8 +31,8 @@ from fedveil.server.global_state import EncryptedGlobal
 pytestmark = pytest.mark.adversary
 # BFV (the default) for three owners, weights up to 2 and values within +-6 (the deltas played here);
 # CKKS where an attack is its own (a ciphertext at another scale)
-CFG = TensealConfig(max_owners=3, max_weight=2.0, value_bound=6.0)
-CKKS = TensealConfig(scheme="ckks")
+CFG = TensealConfig(max_owners=3, max_weight=2.0, value_bound=6.0, global_bound=10.0)
+CKKS = TensealConfig(scheme="ckks", max_weight=2.0, value_bound=6.0)
 SIZE = 40
 RUN = "/runs/a#00000001"
 OWNERS = ("client_0", "client_1", "client_2")

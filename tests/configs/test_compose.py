@@ -68,3 +68,42 @@ def test_defaults_protect_and_plain_dp_off_remain_overrides():
 def test_bad_values_fail_with_the_key(values, match):
     with pytest.raises(UserError, match=match):
         from_dict(values)
+
+
+def test_the_cohort_sets_max_owners_and_bfv_parameters_under_auto_and_tenseal():
+    for named in ([], ["aggregation=tenseal"]):
+        small = from_dict(composed(["num_clients=100", "clients_per_round=10", *named])).aggregation
+        assert (small.name, small.max_owners, small.plain_modulus_bits) == ("tenseal", 10, 46)
+        large = from_dict(composed(["num_clients=1000", "clients_per_round=100", *named])).aggregation
+        assert (large.max_owners, large.poly_modulus_degree, large.plain_modulus_bits) == (100, 4096, 45)
+    assert from_dict(composed(["num_clients=100"])).aggregation.plain_modulus_bits == 45  # no clients_per_round: all
+
+
+def test_under_auto_the_picked_backends_keys_can_be_typed_and_others_are_refused_naming_the_pick():
+    cfg = from_dict(composed(["aggregation.scheme=ckks", "aggregation.max_weight=2"]))
+    assert (cfg.aggregation.name, cfg.aggregation.scheme, cfg.aggregation.max_weight) == ("tenseal", "ckks", 2.0)
+    assert from_run_config(to_run_config(cfg)) == cfg
+    crypten = from_dict(composed(["privacy.coordinator=curious", "privacy.aggregator_parties=3",
+                                  "privacy.owner_collusion=true", "aggregation.parties=4"])).aggregation
+    assert (crypten.name, crypten.parties) == ("crypten", 4)
+    with pytest.raises(UserError, match="aggregation.parties is not a key of tenseal, the backend aggregation=auto "
+                                        "picks here"):
+        from_dict(composed(["aggregation.parties=3"]))
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["aggregation=tenseal", "aggregation.plain_modulus_bits=46", "num_clients=100"],
+     "aggregation.plain_modulus_bits=null"),
+    (["aggregation.plain_modulus_bits=46", "num_clients=100"], "aggregation.plain_modulus_bits=null"),
+    (["aggregation=tenseal", "aggregation.max_owners=3", "num_clients=4"], "aggregation.max_owners=null"),
+    (["aggregation.global_bound=0"], "aggregation.global_bound=null"),  # "(or null: resolved by the run)"
+    (["num_clients=1000", "aggregation.poly_modulus_degree=4096",
+      "aggregation.plain_modulus_bits=40"], "aggregation.plain_modulus_bits=null"),
+])
+def test_the_fix_an_aggregation_error_names_can_be_typed_back(overrides, fix):
+    key = fix.split("=")[0]
+    with pytest.raises(UserError, match="null") as exc:
+        from_dict(composed(overrides))
+    assert key in str(exc.value)
+    kept = [o for o in overrides if not o.startswith(key + "=")]
+    assert from_dict(composed([*kept, fix])).aggregation.name == "tenseal"

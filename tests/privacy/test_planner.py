@@ -11,7 +11,8 @@ import pytest
 
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
-from fedveil.privacy.planner import PrivacyConfig, Refusal, choose, estimate, threat_table_markdown, update_bytes
+from fedveil.privacy.planner import (PrivacyConfig, Refusal, candidate_config, choose, estimate, threat_table_markdown,
+                                     update_bytes)
 from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,3 +295,34 @@ def test_calibration_fit_recovers_fixed_and_per_value_seconds_and_the_planner_us
                                                          "seconds_per_value": {"tenseal": per_value}})
     phases = planner.rough_phase_seconds("tenseal", 100_000, 4)
     assert phases == pytest.approx({"protect": 0.15, "aggregate": 4 * 0.03, "reveal": 0.06})
+
+
+@pytest.mark.parametrize("cohort", [100, 1000, 2000], ids=["45-bit", "42-bit", "ring-8192"])
+def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
+    from fedveil.privacy.secagg.tenseal.ckks import TensealConfig
+
+    agg = TensealConfig(max_owners=cohort)
+    assert (agg.poly_modulus_degree, agg.plain_modulus_bits) == {100: (4096, 45), 1000: (4096, 42),
+                                                                 2000: (8192, 59)}[cohort]
+    assert update_bytes("tenseal", agg, TINY_VALUES) == measured_update_bytes("tenseal", TINY_VALUES, agg=agg)
+    assert candidate_config("tenseal", PrivacyConfig(), cohort) == agg  # what the planner prices
+
+
+@pytest.mark.parametrize("named", [[], ["aggregation=tenseal"]], ids=["auto", "tenseal"])
+def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
+    from fedveil.experiments.plan import make_plan
+    from fedveil.privacy.secagg.tenseal.ckks import TensealConfig
+
+    plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
+    assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100
+    assert plan["run"]["update_up"] == update_bytes("tenseal", TensealConfig(max_owners=100), TINY_VALUES)
+
+
+def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
+    from fedveil.configs.schema import from_dict
+
+    plan = choose(PrivacyConfig(coordinator="curious"), 600_000)
+    assert plan.pick == "tenseal" and candidate_config("tenseal", PrivacyConfig(), 600_000).scheme == "ckks"
+    with pytest.raises(UserError, match="at most 370,727 owners.*aggregation.scheme=ckks"):
+        from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}})
+    assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"}}).aggregation

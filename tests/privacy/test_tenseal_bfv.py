@@ -104,19 +104,33 @@ def test_a_wrong_step_or_unsealed_weight_is_refused(fifty):
     assert owner.reveal(good).total_weight == 2.0  # sealed: the server never sees it
 
 
-def test_the_global_uses_its_own_finer_step(fifty):
+def test_the_global_uses_a_public_step_so_its_header_says_nothing_of_the_global(fifty):
     cfg, owner, _, _ = fifty
-    vector = np.random.default_rng(0).normal(0, 0.3, SIZE)
-    vector[7] = 3.0  # far beyond value_bound: a global is never clamped
-    blob = owner._encrypt_bfv(vector, 1.0, kind=b"g")
-    revealed = owner.reveal(owner.payload_of(blob))
-    assert revealed.total_weight == 1.0
-    assert np.abs(revealed.weighted_sum - vector).max() <= 3.0 / 4194303 / 2 + 1e-12  # relative 2^-23
+    assert cfg.global_step == cfg.global_limit / 4194303  # the bound over the whole digit: public values only
+    small = np.random.default_rng(0).normal(0, 0.01, SIZE)
+    large = np.random.default_rng(1).normal(0, 0.3, SIZE)
+    large[7] = 3.0  # far beyond value_bound: a global is never clamped
+    headers = set()
+    for vector in (small, large):
+        blob = owner._encrypt_bfv(vector, 1.0, kind=b"g")
+        headers.add(unpack(blob)[0])
+        revealed = owner.reveal(owner.payload_of(blob))
+        assert revealed.total_weight == 1.0
+        assert np.abs(revealed.weighted_sum - vector).max() <= cfg.global_step / 2 + 1e-12
+    assert headers == {bfv.header(b"g", cfg.global_step)}  # max|v| 0.04 or 3: the same bytes
+    with pytest.raises(UserError, match="beyond aggregation.global_bound"):
+        owner._encrypt_bfv(np.full(SIZE, 2 * cfg.global_limit), 1.0, kind=b"g")
+
+
+def test_the_run_bounds_the_global_by_its_rounds():
+    cfg = from_dict({"rounds": 5, "aggregation": {"name": "tenseal"}, "train": {"update_clip_norm": 0.5}}).aggregation
+    assert (cfg.global_bound, cfg.norm_bound, cfg.value_bound) == (1.0 + 5 * 0.5, 0.5, 0.5)
 
 
 @pytest.mark.parametrize(("over", "match"), [
-    (dict(max_owners=65), "at most 64 owners"),  # noise: 60 - 46 - 8 = 6 bits of headroom
-    (dict(max_owners=5000), "at most 64 owners"),
+    (dict(plain_modulus_bits=46, max_owners=65), "at most 64 owners"),  # noise: 60 - 46 - 8 = 6 bits of headroom
+    (dict(plain_modulus_bits=46, max_owners=5000), "at most 64 owners"),
+    (dict(max_owners=600_000), "at most 370,727 owners"),  # no 128-bit set of bfv.PARAMETER_SETS holds it
     (dict(plain_modulus_bits=40, max_owners=2000), "fixed-point levels per owner"),
     (dict(plain_modulus_bits=56), "noise budget"),
     (dict(coeff_mod_bit_sizes=[60, 50]), "below 128-bit security"),
@@ -138,7 +152,7 @@ def test_the_run_resolves_the_encoding_and_refuses_too_few_max_owners():
     cfg = agg()
     assert (cfg.scheme, cfg.max_owners, cfg.max_weight, cfg.value_bound) == ("bfv", 4, 1024.0, 1.0)
     assert agg(clip=0.25).value_bound == 0.25
-    assert agg(scheme="ckks").max_owners is None
+    assert agg(scheme="ckks").max_owners == 4
     with pytest.raises(UserError, match="max_owners=3 is below the 4 owners that train per round"):
         agg(max_owners=3)
 
@@ -164,3 +178,15 @@ def test_an_owner_is_told_when_the_bounds_change_its_update(fifty, capsys):
     capsys.readouterr()
     owner.protect(outside, 1000.0)  # protect says it too, on the owner's console
     assert "counts as aggregation.max_weight=4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cohort", [1000, 2000], ids=["4096-42-bit", "8192-59-bit"])
+def test_parameters_chosen_for_a_large_cohort_sum_exactly(cohort):
+    cfg = TensealConfig(max_owners=cohort, max_weight=4.0, value_bound=0.5)
+    ctx = make_context(cfg)
+    pub, sec = public_bytes(ctx), secret_bytes(ctx)
+    owner, server = TensealBackend(cfg, SIZE, public=pub, secret=sec), TensealBackend(cfg, SIZE, public=pub)
+    deltas = [np.random.default_rng(i).uniform(-0.5, 0.5, SIZE) for i in range(3)]
+    revealed = owner.reveal(server.combine({f"o{i}": owner.protect(d, 4.0) for i, d in enumerate(deltas)}).payload)
+    assert revealed.total_weight == 12.0
+    assert np.abs(revealed.weighted_sum - 4.0 * sum(deltas)).max() <= 3 * cfg.step / 2 + 1e-12

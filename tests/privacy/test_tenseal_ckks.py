@@ -11,7 +11,7 @@ from fedveil.privacy.secagg.sealing import seal, unseal
 from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
 
 SIZE = 300
-CKKS = TensealConfig(scheme="ckks")
+CKKS = TensealConfig(scheme="ckks", max_weight=5000.0, value_bound=10.0)  # the weights and values played here
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ The encoding of one owner's update (exact to the step, stated):
 The weight rides beside the ciphertexts, sealed (libsodium secret box) under a key derived from
 the shared secret context: the server sees no count, owners (who share the secret key and can
 decrypt every single update anyway) see each owner's. The global adapter an owner re-encrypts is
-never summed, so it uses all of each digit at its own step (``max |v| / ((R - 1) // 2)``, signed
-with it: relative error below 2^-23).
+never summed, so it uses all of each digit, at a step of public values only (``global_bound / ((R -
+1) // 2)``, ``config.TensealConfig.global_step``): a step derived from the global would tell the
+server max|global| each round.
 
 Security: ring degree N and the total coefficient modulus must be within the 128-bit bound of the
 HomomorphicEncryption.org standard (``ckks.MAX_COEFF_BITS_128``, what SEAL enforces); the sum of
@@ -57,20 +58,56 @@ def plain_modulus(n: int, bits: int) -> int:
     return int(sealapi.PlainModulus.Batching(n, bits).value())
 
 
-def check(n: int, coeff_bits: list[int], plain_bits: int, max_owners: int) -> None:
-    """Refuse (one line naming the limit and the fix) parameters that could overflow or decrypt wrongly."""
+# The 128-bit parameter sets tried for a cohort, cheapest first (N, coefficient moduli, the largest t tried):
+# at N=4096 t stays within the measured 46 bits; N=8192 (twice the bytes per value) only where 4096 cannot hold
+# the cohort, t below 60 bits (a 60-bit t would be one of the 60-bit moduli: SEAL refuses it).
+PARAMETER_SETS = ((4096, (60, 49), 46), (8192, (60, 60, 60), 59))
+
+
+def problem(n: int, coeff_bits: list[int], plain_bits: int, max_owners: int) -> str | None:
+    """Why ``max_owners`` updates cannot be summed exactly on these parameters (the line's fix named), or None."""
     if not 20 <= plain_bits <= 60:
-        raise UserError(f"aggregation.plain_modulus_bits must be in [20, 60], got {plain_bits}")
+        return f"aggregation.plain_modulus_bits must be in [20, 60], got {plain_bits}"
     data_bits = sum(coeff_bits[:-1])
     headroom = data_bits - plain_bits - FRESH_NOISE_BITS
     if max_owners > 2 ** max(headroom, 0):
-        raise UserError(f"aggregation.max_owners={max_owners}: the sum of that many BFV ciphertexts could exceed the "
-                        f"noise budget (at most {2 ** max(headroom, 0)} owners with plain_modulus_bits={plain_bits} and "
-                        f"{data_bits} data modulus bits); lower aggregation.plain_modulus_bits or max_owners")
+        return (f"aggregation.max_owners={max_owners}: the sum of that many BFV ciphertexts could exceed the noise "
+                f"budget (at most {2 ** max(headroom, 0)} owners with plain_modulus_bits={plain_bits} and {data_bits} "
+                "data modulus bits); lower aggregation.plain_modulus_bits (or set aggregation.plain_modulus_bits=null: "
+                "chosen for the cohort)")
     levels = per_owner_levels(n, plain_bits, max_owners)
     if levels < MIN_LEVELS:
-        raise UserError(f"aggregation.max_owners={max_owners} leaves {levels} fixed-point levels per owner (minimum "
-                        f"{MIN_LEVELS}): too coarse; raise aggregation.plain_modulus_bits or lower max_owners")
+        return (f"aggregation.max_owners={max_owners} leaves {levels} fixed-point levels per owner (minimum "
+                f"{MIN_LEVELS}): too coarse; raise aggregation.plain_modulus_bits (or set "
+                "aggregation.plain_modulus_bits=null: chosen for the cohort)")
+    return None
+
+
+def check(n: int, coeff_bits: list[int], plain_bits: int, max_owners: int) -> None:
+    """Refuse (one line naming the limit and the fix) parameters that could overflow or decrypt wrongly."""
+    line = problem(n, coeff_bits, plain_bits, max_owners)
+    if line:
+        raise UserError(line)
+
+
+def choose(max_owners: int, n: int | None = None, coeff_bits: list[int] | None = None) -> tuple[int, list[int], int]:
+    """``(N, coefficient moduli, plain modulus bits)`` for a cohort of ``max_owners``: the cheapest 128-bit set
+    (``PARAMETER_SETS``, or the user's N and moduli) with the largest ``t`` that sums the cohort exactly (the
+    finest step). Refused, naming the limit, where none holds the cohort."""
+    sets = [(ring, list(coeff), top) for ring, coeff, top in PARAMETER_SETS]
+    if n is not None or coeff_bits is not None:  # the user's ring or moduli: t up to that ring's cap
+        base = next((s for s in sets if n is None or s[0] == n), (n, [60, 49], 59))
+        sets = [(base[0], list(coeff_bits or base[1]), base[2])]
+    for ring, coeff, top in sets:
+        top = min(top, sum(coeff[:-1]) - FRESH_NOISE_BITS)
+        for bits in range(top, 19, -1):
+            if problem(ring, coeff, bits, max_owners) is None:
+                return ring, coeff, bits
+    ring, coeff, top = sets[-1]
+    limit = per_owner_levels(ring, top, 1) // MIN_LEVELS
+    raise UserError(f"aggregation.max_owners={max_owners}: no 128-bit BFV parameter set sums that many updates exactly "
+                    f"(at most {limit:,} owners, at N={ring} and coefficient moduli {coeff}); lower clients_per_round, "
+                    "or set aggregation.scheme=ckks")
 
 
 def radix(n: int, plain_bits: int) -> int:

@@ -1,9 +1,10 @@
 """``tenseal``: homomorphic encryption (BFV by default, or CKKS); the server adds ciphertexts it cannot read.
 
-Flower-free core of the backend: parameters (insecure ones refused), context creation,
-encrypting a weighted update, summing ciphertexts, decrypting the sum, and the owner's view of
-the encrypted global adapter. Key generation and installing are in ``keys.py``; the arrays the
-server keeps of the encrypted global in ``global_codec.py``.
+Flower-free core of the backend: context creation, encrypting a weighted update, summing
+ciphertexts, decrypting the sum, and the owner's view of the encrypted global adapter. The
+parameters (insecure ones refused, BFV's chosen for the cohort) are in ``config.py``; the owners'
+check of every update of a round in ``checks.py``; key generation and installing in ``keys.py``;
+the arrays the server keeps of the encrypted global in ``global_codec.py``.
 
 What each party holds and sees:
 
@@ -39,116 +40,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg import identity
-from fedveil.privacy.secagg.tenseal import bfv, global_codec
-
-# Largest total coefficient modulus (bits) for 128-bit classical security, by ring degree N
-# (HomomorphicEncryption.org standard, as enforced by SEAL).
-MAX_COEFF_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
-
-
-SCHEMES = ("bfv", "ckks")
-DEFAULT_MAX_OWNERS = 50  # TensealConfig built directly (tests, planner); a run resolves it to num_clients
-
-
-@dataclass
-class TensealConfig:
-    """Parameters of ``tenseal``. Defaults: BFV (``bfv.py``: two fixed-point digits per slot, ~8 bytes
-    per value), addition only, 128-bit security; ``scheme=ckks``: CKKS at ~32 bytes per value.
-
-    BFV only: ``plain_modulus_bits`` (t), ``max_owners`` (most updates ever summed: the roster),
-    ``max_weight`` (an owner's weight is clamped to it) and ``value_bound`` (each delta value is
-    clamped to +-it); they set the step. ``None``: resolved by the run (``configs/schema.py``):
-    num_clients, 1 under DP (else 1024), train.update_clip_norm (else 1.0). CKKS only: ``scale_bits``.
-    """
-
-    name: str = "tenseal"
-    scheme: str = "bfv"
-    poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: list[int] = field(default_factory=lambda: [60, 49])
-    scale_bits: int = 40
-    plain_modulus_bits: int = 46
-    max_owners: Optional[int] = None
-    max_weight: Optional[float] = None
-    value_bound: Optional[float] = None
-    key_holder: str = ""  # client id of the owner that creates the context ("" = smallest id)
-
-    def __post_init__(self) -> None:
-        n, bits = self.poly_modulus_degree, list(self.coeff_mod_bit_sizes)
-        if self.scheme not in SCHEMES:
-            raise UserError(f"aggregation.scheme must be one of {list(SCHEMES)}, got '{self.scheme}'")
-        if n not in MAX_COEFF_BITS_128:
-            raise UserError(f"aggregation.poly_modulus_degree must be one of {sorted(MAX_COEFF_BITS_128)}, got {n}")
-        if len(bits) < 2:
-            raise UserError("aggregation.coeff_mod_bit_sizes needs at least two primes (data + special); e.g. [60, 49]")
-        if sum(bits) > MAX_COEFF_BITS_128[n]:
-            raise UserError(
-                f"aggregation.coeff_mod_bit_sizes {bits} total {sum(bits)} bits: over {MAX_COEFF_BITS_128[n]} bits "
-                f"is below 128-bit security at N={n}; raise poly_modulus_degree or use fewer bits"
-            )
-        if self.scheme == "ckks":
-            if not 20 <= self.scale_bits < bits[0]:
-                raise UserError(f"aggregation.scale_bits must be >= 20 and below the first prime ({bits[0]} bits), "
-                                f"got {self.scale_bits}")
-            return
-        for key in ("max_owners", "max_weight", "value_bound"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not value > 0):
-                raise UserError(f"aggregation.{key} must be > 0 (or null: resolved by the run), got {value}")
-        bfv.check(n, bits, self.plain_modulus_bits, self.owners)
-
-    @property
-    def owners(self) -> int:
-        return int(self.max_owners or DEFAULT_MAX_OWNERS)
-
-    @property
-    def weight_bound(self) -> float:
-        return float(self.max_weight or 1.0)
-
-    @property
-    def bound(self) -> float:
-        return float(self.value_bound or 1.0)
-
-    @property
-    def levels(self) -> int:
-        """BFV: the largest ``|q|`` one owner sends (``bfv.per_owner_levels``)."""
-        return bfv.per_owner_levels(self.poly_modulus_degree, self.plain_modulus_bits, self.owners)
-
-    @property
-    def step(self) -> float:
-        """BFV: the quantization step of a weighted update value (``w * delta`` is sent as multiples of it)."""
-        return self.weight_bound * self.bound / self.levels
-
-
-def resolve(agg: dict, owners: int, participants: int, dp_on: bool, update_clip_norm: Optional[float]) -> dict:
-    """The run's BFV values for what the config left null: ``max_owners`` = the owners keyed
-    (num_clients), ``max_weight`` = 1 under DP (every weight is 1, a public value) else 1024 examples,
-    ``value_bound`` = train.update_clip_norm (a coordinate never exceeds the L2 norm) else 1.0. A
-    ``max_owners`` below the owners training per round is refused (their sum is what must not overflow)."""
-    if agg.get("scheme", "bfv") != "bfv":
-        return agg
-    agg = dict(agg)
-    if agg.get("max_owners") is None:
-        agg["max_owners"] = owners
-    if agg.get("max_weight") is None:
-        agg["max_weight"] = 1.0 if dp_on else 1024.0
-    if agg.get("value_bound") is None:
-        agg["value_bound"] = float(update_clip_norm) if update_clip_norm is not None else 1.0
-    if isinstance(agg["max_owners"], int) and agg["max_owners"] < participants:
-        raise UserError(f"aggregation.max_owners={agg['max_owners']} is below the {participants} owners that train per "
-                        "round: their BFV sum could overflow; raise aggregation.max_owners (or leave it null)")
-    return agg
-
+from fedveil.privacy.secagg.tenseal import bfv, checks, global_codec
+from fedveil.privacy.secagg.tenseal.config import (MAX_COEFF_BITS_128, SCHEMES, TensealConfig,  # noqa: F401 (API)
+                                                   clamp_notice, resolve)
 
 def make_context(cfg: TensealConfig):
     """A fresh secret context (the key holder's), BFV or CKKS."""
@@ -234,7 +136,7 @@ class TensealBackend:
         the digits are decoded with the config's."""
         parms = ctx.seal_context().data.first_context_data().parms()
         scheme = str(parms.scheme()).rsplit(".", 1)[-1].lower()
-        t = parms.plain_modulus().value()
+        t = parms.plain_modulus().value() if scheme == "bfv" else 0  # CKKS has none (SEAL throws on asking)
         want = bfv.plain_modulus(self.cfg.poly_modulus_degree, self.cfg.plain_modulus_bits) if scheme == "bfv" else 0
         if (scheme, parms.poly_modulus_degree(), t) != (self.cfg.scheme, self.cfg.poly_modulus_degree, want):
             raise UserError(f"the federation's context is {scheme.upper()} at N={parms.poly_modulus_degree()}"
@@ -251,8 +153,11 @@ class TensealBackend:
         BFV: the owner clamps its weight to ``max_weight`` and each value to ``+-value_bound`` first."""
         if self.cfg.scheme == "bfv":
             blob = self._encrypt_bfv(np.asarray(delta, np.float64), weight)
-        else:
-            blob = self._encrypt(np.concatenate([np.asarray(delta, np.float64) * float(weight), [float(weight)]]))
+        else:  # owners check every update against these bounds (checks.py): clamp to them as BFV does
+            clamp_notice(weight, delta, self.cfg)
+            weight = min(max(float(weight), 0.0), self.cfg.weight_bound)
+            values = weight * np.clip(np.asarray(delta, np.float64), -self.cfg.bound, self.cfg.bound)
+            blob = self._encrypt(np.concatenate([values, [weight]]))
         tags = self._tag(blob)
         if self.keys is not None and ctx is not None:
             if ctx.owner != self.keys.owner_id:
@@ -283,11 +188,12 @@ class TensealBackend:
             weight = min(max(float(weight), 0.0), cfg.weight_bound)
             step, limit = cfg.step, cfg.levels
             values = weight * np.clip(delta, -cfg.bound, cfg.bound)
-        else:  # a global: never summed, so it uses the whole digit at its own step
-            limit = (r - 1) // 2
-            top = float(np.abs(delta).max()) if delta.size else 0.0
-            step = top / limit if top > 0 else 1.0
-            values = delta
+        else:  # a global: never summed, so the whole digit, at a step of public values only (never max|global|)
+            limit, step, values = (r - 1) // 2, cfg.global_step, delta
+            if delta.size and float(np.abs(delta).max()) > cfg.global_limit:
+                raise UserError(f"the global adapter holds values beyond aggregation.global_bound="
+                                f"{cfg.global_limit:g}, the public bound its encoding is made for: raise "
+                                "aggregation.global_bound")
         slots = bfv.pack_slots(bfv.quantize(values, step, limit), r)
         parts = [bfv.header(kind, step)]
         parts += [ts.bfv_vector(self._secret, slots[i : i + n].tolist()).serialize() for i in range(0, slots.size, n)]
@@ -339,7 +245,8 @@ class TensealBackend:
             raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
                                f"rounds), not round {after_round}: stale or replayed; refused")
         vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
-        for payloads in rounds:
+        for at, payloads in enumerate(rounds, start=reached - len(rounds) + 1):
+            checks.check_round(self, payloads, at)  # each update within an owner's bounds, before any is added
             total = self.combine(payloads)
             if total.excluded:  # signed, yet odd (a malicious owner's ciphertext an honest server excludes)
                 raise PayloadError(f"pending round updates do not add up: {sorted(total.excluded.values())[0]}")
@@ -540,25 +447,3 @@ class TensealBackend:
                                f"(value_bound {self.cfg.bound:g}, max_weight {self.cfg.weight_bound:g}) can send: an "
                                "owner encoded out of range; refused")
         return Revealed(weighted_sum=digits * parts.step, total_weight=float(sum(weights)))
-
-
-def clamp_notice(weight: float, delta: np.ndarray, cfg: TensealConfig) -> Optional[str]:
-    """The owner's console line when BFV's bounds change what it sends, or None.
-
-    BFV's fixed point holds weights up to ``max_weight`` and values within ``+-value_bound``; an
-    owner clamps beyond them (so the federation's sum cannot overflow), which changes its update: a
-    larger count weighs like ``max_weight`` in the mean, a larger value moves like ``value_bound``.
-    The line goes to the owner's own console, never to the coordinator.
-    """
-    notes = []
-    if float(weight) > cfg.weight_bound:
-        notes.append(f"its weight {float(weight):g} counts as aggregation.max_weight={cfg.weight_bound:g}")
-    over = int(np.count_nonzero(np.abs(delta) > cfg.bound))
-    if over:
-        notes.append(f"{over:,} of {delta.size:,} update values beyond aggregation.value_bound={cfg.bound:g} "
-                     "are clamped to it")
-    if not notes:
-        return None
-    line = f"tenseal (bfv): {'; '.join(notes)} (raise the bound, or clip with train.update_clip_norm)"
-    progress(line)
-    return line

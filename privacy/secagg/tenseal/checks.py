@@ -1,0 +1,73 @@
+"""Owners' per-update checks: every update of a round within one owner's bounds, before any is added.
+
+Owners hold the secret key, so each owner decrypts every signed update of a pending round and
+checks it against the public bounds of the run config before summing (``open_global``): BFV, every
+digit within the per-owner level ``Q`` (padding digits included: a digit over ``Q`` could use other
+owners' headroom, or wrap the sum), the sealed weight within ``max_weight``; CKKS, the weight slot
+within ``[0, max_weight]`` and every value within ``weight * value_bound``; both, the update's L2
+norm within ``weight * norm_bound`` (train.update_clip_norm) where set. An update out of range
+refuses the round, naming its owner (``Refusal("bad-update", owner=...)``): a poisoning owner moves
+the mean by at most what an honest owner at its bounds could, ``max_weight * value_bound`` per value
+(``norm_bound`` in L2) over the round's total weight.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedveil.core.errors import Refusal
+from fedveil.core.payload import Protected
+from fedveil.privacy.secagg.tenseal import bfv
+
+if TYPE_CHECKING:
+    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend
+
+
+def check_round(backend: "TensealBackend", payloads: dict[str, Protected], rnd: int) -> None:
+    """Refuse the round if any owner's update is out of range (the owner named); else return."""
+    for owner in sorted(payloads):
+        line = problem(backend, payloads[owner])  # a malformed one raises PayloadError, as the sum would
+        if line:
+            raise Refusal("bad-update", f"owner {owner}'s update in pending round {rnd}: {line}; the round is refused",
+                          owner=owner)
+
+
+def problem(backend: "TensealBackend", p: Protected) -> str | None:
+    """Why one update is beyond what an owner within the bounds can send, or None."""
+    cfg = backend.cfg
+    vecs, parts = backend._vectors(p, backend._secret)
+    if parts is None:
+        values = np.concatenate([np.asarray(v.decrypt(), np.float64) for v in vecs])
+        weight, values = float(values[-1]), values[:-1]
+        tol = 2.0 ** (20 - cfg.scale_bits) * max(1.0, cfg.weight_bound * cfg.bound)  # CKKS's approximation, with room
+        if not (math.isfinite(weight) and -tol <= weight <= cfg.weight_bound + tol):
+            return f"its weight slot is {weight:.6g}, outside [0, aggregation.max_weight={cfg.weight_bound:g}]"
+        top = float(np.abs(values).max()) if values.size else 0.0
+        if not math.isfinite(top) or top > max(weight, 0.0) * cfg.bound + tol:
+            return (f"a value of {top:.6g} is beyond its weight {weight:.6g} x aggregation.value_bound="
+                    f"{cfg.bound:g}")
+        return _norm_problem(float(np.linalg.norm(values)), weight, cfg.norm_bound, math.sqrt(values.size) * tol)
+    if parts.kind != b"u":
+        return "it is not an owner's update (BFV header kind)"
+    n, bits = cfg.poly_modulus_degree, cfg.plain_modulus_bits
+    slots = np.concatenate([np.asarray(v.decrypt(), np.int64) for v in vecs])
+    digits = bfv.unpack_slots(slots, bfv.radix(n, bits), bfv.plain_modulus(n, bits), 2 * slots.size)
+    (weight,) = [bfv.open_weight(backend._weight_key, b) for b in parts.boxes]
+    if weight > cfg.weight_bound:
+        return f"its sealed weight {weight:g} is over aggregation.max_weight={cfg.weight_bound:g}"
+    top = int(np.abs(digits).max()) if digits.size else 0
+    if top > cfg.levels:
+        return (f"a digit of {top} is over the {cfg.levels} levels one owner may send ({top / cfg.levels:.2f}x its "
+                f"bound: aggregation.value_bound={cfg.bound:g}, max_weight={cfg.weight_bound:g})")
+    norm = float(np.linalg.norm(digits[: backend.size].astype(np.float64))) * cfg.step
+    return _norm_problem(norm, weight, cfg.norm_bound, math.sqrt(backend.size or 0) * cfg.step / 2)
+
+
+def _norm_problem(norm: float, weight: float, norm_bound: float | None, slack: float) -> str | None:
+    if norm_bound is None or norm <= max(weight, 0.0) * norm_bound + slack:
+        return None
+    return (f"its L2 norm {norm:.6g} is over its weight {weight:g} x aggregation.norm_bound={norm_bound:g} "
+            "(train.update_clip_norm)")
