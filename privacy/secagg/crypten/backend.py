@@ -30,7 +30,8 @@ What each party holds and sees:
 - server: the revealed aggregate (and which owners were dropped), as with ``plain`` but without
   any single update.
 
-Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing.
+Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing, and
+every owner's signed bundle (about 300 bytes + 64 per party).
 """
 
 from __future__ import annotations
