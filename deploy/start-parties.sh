@@ -6,17 +6,23 @@
 # gloo are bound to PARTY_HOST (default 127.0.0.1) / GLOO_IFNAME (default lo): CrypTen's gloo traffic
 # is NOT encrypted, so in production use a private network interface. The parties' X25519 public
 # keys go to $DEPLOY_DIR/pki/party-keys.json: the file owners pin (node config party-keys).
+# Each party opens shares only from owners on the operator-signed roster ($DEPLOY_DIR/pki/owner-roster.json,
+# from deploy/make-pki.sh) under the roster key it pins (pki/roster-operator.pub), and reveals no
+# aggregate of fewer than 3 owners (--min-owners 3; a request can only raise it).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 K=${1:-3} first=${2:-7100} host=${PARTY_HOST:-127.0.0.1} ifname=${GLOO_IFNAME:-lo}
 rendezvous="tcp://$host:$((first + 99))"
 PKI=$DEPLOY_DIR/pki
+[ -f "$PKI/owner-roster.json" ] && [ -f "$PKI/roster-operator.pub" ] \
+  || die "no signed roster in $PKI (owner-roster.json, roster-operator.pub): run deploy/make-pki.sh OWNER... first"
 addresses=() keys=()
 for r in $(seq 0 $((K - 1))); do
   python "$(dirname "$0")/keys.py" party "$PKI" "$r" "$host" >&2
   keys+=("$(fedveil-party --print-public-key --state-dir "$DEPLOY_DIR/state/party-$r")")
   start_bg "party-$r" fedveil-party --rank "$r" --world "$K" --rendezvous "$rendezvous" --gloo-ifname "$ifname" \
-    --listen "$host:$((first + r))" --state-dir "$DEPLOY_DIR/state/party-$r" --tls-dir "$PKI"
+    --listen "$host:$((first + r))" --state-dir "$DEPLOY_DIR/state/party-$r" --tls-dir "$PKI" --min-owners 3 \
+    --roster "$PKI/owner-roster.json" --roster-key "$PKI/roster-operator.pub"
   addresses+=("$host:$((first + r))")
 done
 start_bg ttp fedveil-party --ttp --world "$K" --rendezvous "$rendezvous" --gloo-ifname "$ifname"

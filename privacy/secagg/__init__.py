@@ -96,7 +96,7 @@ def _tenseal_key_setup() -> KeySetup:
 
 
 def _crypten_owner(cfg, size, keys, per_round, run=""):
-    return CryptenBackend.for_owner(cfg, size, per_round, keys.party_keys_file)
+    return CryptenBackend.for_owner(cfg, size, per_round, keys.party_keys_file, owner_keys=keys, run=run)
 
 
 def _crypten_parties(cfg, out: Path, owners: int = 0) -> ContextManager:

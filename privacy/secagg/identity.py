@@ -14,6 +14,13 @@ Roster file (JSON, ``<state_dir>/roster.json`` unless the node config names ``ro
 
 Simulation: the runner (``server/prepare.py``), which plays every owner, makes each simulated
 owner's keys and writes one roster into each state directory, as a deployment would distribute it.
+
+The *signed roster* (crypten) is the operator's list of owners, owner id -> Ed25519 verify key,
+signed with the operator's roster key (Ed25519; its private half stays with the operator). The
+aggregator parties pin the roster key and open shares only from owners the signed roster names,
+with a bundle signature by that owner's key (``crypten/shares.py``). File (JSON)::
+
+    {"version": 1, "owners": {"client_0": "<64 hex>", ...}, "signature": "<128 hex>"}
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from fedveil.privacy.secagg import sealing
 PARTY_KEYS_FILE = "party-keys.json"  # crypten: the aggregator parties' X25519 keys an owner trusts
 ROSTER_FILE = "roster.json"
 SIGNING_KEY_FILE = "owner_ed25519.key"
+SIGNED_ROSTER_FILE = "owner-roster.json"  # crypten: the operator-signed roster the parties load
+ROSTER_KEY_FILE = "roster-operator.key"  # the operator's Ed25519 seed: never on a party or an owner
+ROSTER_PUB_FILE = "roster-operator.pub"  # its verify key (hex): what parties pin
+ROSTER_TAG = b"fedveil/owner-roster/v1"
 
 
 def signing_key(state_dir: str | Path):
@@ -164,3 +175,86 @@ def digest(*parts: bytes) -> bytes:
     for p in parts:
         h.update(len(p).to_bytes(8, "big") + p)
     return h.digest()
+
+
+# --- the operator-signed roster (crypten's parties) ----------------------------------------------
+
+def roster_signing_key(path: str | Path):
+    """The operator's Ed25519 roster key (nacl ``SigningKey``) at ``path``, created once (mode 0600)."""
+    from nacl.signing import SigningKey
+
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sealing.write_private(path, bytes(SigningKey.generate()))
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise UserError(f"{path} is not a 32-byte Ed25519 roster key; restore it, or delete it and re-sign the roster")
+    return SigningKey(raw)
+
+
+def _roster_statement(owners: dict[str, bytes]) -> bytes:
+    return digest(ROSTER_TAG, json.dumps({o: k.hex() for o, k in sorted(owners.items())}, sort_keys=True).encode())
+
+
+def sign_roster(owners: dict[str, bytes], key) -> bytes:
+    """The signed roster file's bytes: ``owners`` (id -> Ed25519 verify key) signed with the roster key."""
+    if any(len(k) != 32 for k in owners.values()):
+        raise UserError("every owner's Ed25519 verify key must be 32 bytes")
+    body = {"version": 1, "owners": {o: k.hex() for o, k in sorted(owners.items())},
+            "signature": key.sign(_roster_statement(owners)).signature.hex()}
+    return (json.dumps(body, indent=1) + "\n").encode()
+
+
+def pinned_roster_key(value: str | Path) -> bytes:
+    """The pinned roster verify key: 64 hex characters, or a file holding them."""
+    text = str(value).strip()
+    if len(text) != 64 or not all(c in "0123456789abcdefABCDEF" for c in text):
+        try:
+            text = Path(text).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"roster key {value} is neither 64 hex characters nor a readable file of them") from exc
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise UserError(f"roster key {value} is not hex; pin the operator's roster-operator.pub") from exc
+    if len(key) != 32:
+        raise UserError(f"roster key {value} is not a 32-byte Ed25519 key; pin the operator's roster-operator.pub")
+    return key
+
+
+def load_signed_roster(path: str | Path, pinned_key: bytes) -> dict[str, bytes]:
+    """Owner id -> Ed25519 verify key from the signed roster at ``path``, if the pinned key signed it.
+
+    :class:`UserError` with the fix if the file is missing or malformed, or signed by another key
+    (or changed since it was signed)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        owners = {str(o): bytes.fromhex(k) for o, k in data["owners"].items()}
+        signature = bytes.fromhex(data["signature"])
+    except OSError as exc:
+        raise UserError(f"no signed roster at {path}: the operator signs it (deploy/keys.py roster) and "
+                        f"gives it to every party") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"signed roster {path} is malformed ({exc}); it needs owners: id -> ed25519 hex, "
+                        f"and signature") from exc
+    try:
+        verify(pinned_key, _roster_statement(owners), signature, f"signed roster {path}")
+    except PayloadError as exc:
+        raise UserError(f"signed roster {path} is not signed by the pinned roster key {pinned_key.hex()[:16]}... "
+                        f"(or was changed since): refused; have the operator re-sign it (deploy/keys.py roster)") from exc
+    if any(len(k) != 32 for k in owners.values()):
+        raise UserError(f"signed roster {path} has a key that is not 32 bytes; have the operator re-sign it")
+    return owners
+
+
+def write_signed_roster(directory: str | Path, owners: dict[str, bytes], key_file: str | Path | None = None) -> tuple[Path, bytes]:
+    """Sign ``owners`` with the roster key (``key_file``, default ``directory/roster-operator.key``,
+    made if missing); write ``directory/owner-roster.json`` and ``roster-operator.pub``. Returns
+    (the roster's path, the roster verify key)."""
+    directory = Path(directory)
+    key = roster_signing_key(key_file or directory / ROSTER_KEY_FILE)
+    atomic_write_bytes(directory / SIGNED_ROSTER_FILE, sign_roster(owners, key))
+    atomic_write_bytes(directory / ROSTER_PUB_FILE, (bytes(key.verify_key).hex() + "\n").encode())
+    return directory / SIGNED_ROSTER_FILE, bytes(key.verify_key)

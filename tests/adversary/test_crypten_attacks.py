@@ -2,19 +2,25 @@
 
 Each test plays an attack that worked before the hardening (what it achieved is in a comment)
 and checks that the parties now refuse it. The MPC-only checks use ``run_local_parties``
-(forked CrypTen processes); the service checks share one set of real party processes.
+(forked CrypTen processes); the service checks share one set of real party processes, started
+with a roster the test signs as the operator (``ROSTERED``); the coordinator's own keys are not on it.
 """
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
-from fedveil.privacy.secagg.crypten.backend import CohortTooSmall, CryptenBackend, CryptenConfig, RoundRefused
+from fedveil.privacy.secagg.crypten.backend import (CohortTooSmall, CryptenBackend, CryptenConfig, RoundRefused,
+                                                    within_bound)
 from fedveil.privacy.secagg.crypten.party import Party, TlsFiles, call, decode_response, encode_request
-from fedveil.privacy.secagg.crypten.shares import SCALE, encode_fixed, split
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, SCALE, encode_fixed, split
+from fedveil.privacy.secagg.identity import OwnerKeys, load_signed_roster, sign_roster, write_signed_roster
 
 pytestmark = pytest.mark.adversary  # and slow, per test, where it starts processes
 SIZE = 64
@@ -126,12 +132,27 @@ def test_party_remembers_rounds_and_opened_shares_across_a_restart(tmp_path):
 
 # --- the real services: one set of parties for the tests below -------------------------------------
 
+# owners the operator put on the roster; accomplice_*: rostered owners that collude with the coordinator
+ROSTERED = ("client_0", "client_1", "client_2", "client_3", "heavy", "big", "accomplice_0", "accomplice_1")
+_KEYS: dict = {}
+
+
+def _owner_keys(owner):
+    """An owner's identity keys: rostered ones from the fixture; any other is one the coordinator made."""
+    if owner not in _KEYS:
+        _KEYS[owner] = OwnerKeys(owner, str(_TLS["keys"] / "coordinator-made" / owner))
+    return _KEYS[owner]
+
+
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory):
     from fedveil.privacy.secagg.crypten.launcher import coordinator_tls_of, start_local_parties, stop_parties
 
     root = tmp_path_factory.mktemp("parties")
-    addresses, procs = start_local_parties(3, root)  # parties' own floor: 2
+    _TLS["keys"] = root / "owners"
+    _KEYS.update({o: OwnerKeys(o, str(root / "owners" / o)) for o in ROSTERED})
+    roster = {o: _KEYS[o].member().verify_key for o in ROSTERED}
+    addresses, procs = start_local_parties(3, root, owners=roster)  # parties' own floor: 2
     try:
         _TLS["dir"] = str(root / "tls")  # the coordinator's client certificate: the only caller the parties accept
         yield addresses, [call(a, "PublicKey", b"", timeout=10, tls=coordinator_tls_of(root)) for a in addresses]
@@ -146,8 +167,10 @@ def _cfg(addresses, **kw):
     return CryptenConfig(norm_bound=1.0, party_addresses=addresses, party_timeout_s=30, tls_dir=_TLS["dir"], **kw)
 
 
-def _protect(cfg, keys, owner, delta, count, round_):
-    return CryptenBackend(cfg, SIZE, party_keys=keys).protect(delta, count, RoundContext(round_, "L", owner))
+def _protect(cfg, keys, owner, delta, count, round_, signer=None):
+    """``owner``'s payload, signed with ``signer``'s identity key (default its own)."""
+    return CryptenBackend(cfg, SIZE, party_keys=keys, run="r", keys=_owner_keys(signer or owner)).protect(
+        delta, count, RoundContext(round_, "L", owner))
 
 
 def _ask_all(addresses, meta, payloads):
@@ -155,7 +178,8 @@ def _ask_all(addresses, meta, payloads):
     answers = [None] * len(addresses)
 
     def ask(p):
-        request = encode_request(meta, [payloads[o].blobs[f"share.{p}"] for o in meta["clients"]])
+        request = encode_request(meta, [payloads[o].blobs[f"share.{p}"] for o in meta["clients"]],
+                                 [payloads[o].blobs[BUNDLE] for o in meta["clients"]])
         answers[p] = decode_response(call(addresses[p], "Aggregate", request, timeout=30,
                                           tls=TlsFiles.coordinator(_TLS["dir"])))
 
@@ -177,7 +201,8 @@ def test_oversized_weight_is_excluded(parties):
     honest = _honest(3)
     attack = np.full(SIZE, 0.1)
     payloads = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, 100, 1) for i, u in enumerate(honest)}
-    payloads["heavy"] = _protect(cfg, keys, "heavy", attack, 1e6, 1)
+    # an honest owner caps its count at max_weight itself; this one does not (its own config has no cap)
+    payloads["heavy"] = _protect(_cfg(addresses), keys, "heavy", attack, 1e6, 1)
     server = CryptenBackend(cfg, SIZE, run="weight")
     result = server.combine(payloads, RoundContext(1, "L"))
     assert result.excluded == {"heavy": "dropped by the aggregator parties: over-weight"}
@@ -199,8 +224,8 @@ def test_replayed_round_and_replayed_shares_are_refused_and_reveal_nothing(parti
     # 1. the same round of the same run again: refused before any MPC
     with pytest.raises(RoundRefused, match="round 1 of run 'replay' is not newer"):
         server.combine(payloads, RoundContext(1, "L"))
-    # 2. a fresh run id (the coordinator picks it), client_0's round-1 shares + two sybils it knows
-    sybils = {f"sybil_{i}": _protect(cfg, keys, f"sybil_{i}", np.zeros(SIZE), 10, 1) for i in range(2)}
+    # 2. a fresh run id (the coordinator picks it), client_0's round-1 shares + two rostered accomplices
+    sybils = {f"accomplice_{i}": _protect(cfg, keys, f"accomplice_{i}", np.zeros(SIZE), 10, 1) for i in range(2)}
     meta = {"round": 1, "run": "evil", "clients": ["client_0", *sybils], "layout_digest": "L", "length": SIZE,
             "bound": 1.0, "min_owners": 2, "max_weight": None}  # the attacker also asks for the lowest floor
     for m, body in _ask_all(addresses, meta, {"client_0": payloads["client_0"], **sybils}):
@@ -226,8 +251,119 @@ def test_cohort_below_min_owners_is_refused(parties):
             CryptenBackend(cfg, SIZE, run="cohort").combine(payloads, RoundContext(round_, "L"))
     # three owners, one over the bound: two pass the checks, still too few; nothing revealed
     owners = {"client_0": honest[0], "client_1": honest[1], "big": np.full(SIZE, 5.0)}
-    payloads = {o: _protect(cfg, keys, o, d, 10, 3) for o, d in owners.items()}
+    unclipped = CryptenConfig(party_addresses=addresses, tls_dir=_TLS["dir"])  # "big" skips the owner's own clip
+    payloads = {o: _protect(unclipped if o == "big" else cfg, keys, o, d, 10, 3) for o, d in owners.items()}
     meta = {"round": 3, "run": "cohort-raw", "clients": list(owners), "layout_digest": "L", "length": SIZE,
             "bound": 1.0, "min_owners": 3, "max_weight": None}
     for m, body in _ask_all(addresses, meta, payloads):
         assert m["status"] == ["ok", "ok", "over-bound"] and m["below_min_owners"] and body.size == 0
+
+
+# --- the roster: parties open shares only from owners the operator rostered ----------------------
+
+@pytest.mark.slow
+def test_sybil_owners_are_refused_and_nothing_is_revealed(parties):
+    # Before: parties opened shares from any owner id. The coordinator sealed two zero-update "owners"
+    # itself next to one real owner, met min_owners=3, and the revealed aggregate was client_0's update
+    # (to 7.5e-6). Now: owners not on the roster, or rostered ids signed with the coordinator's own keys,
+    # are dropped by every party, and one real owner is below min_owners: nothing is revealed.
+    addresses, keys = parties
+    cfg = _cfg(addresses)  # min_owners=3
+    real = _honest(1, seed=7)[0]
+    for round_, sybil_ids, signers, status in ((1, ["sybil_0", "sybil_1"], [None, None], "not-rostered"),
+                                               (2, ["client_1", "client_2"], ["sybil_0", "sybil_1"], "unsigned")):
+        payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, round_)}
+        payloads.update({o: _protect(cfg, keys, o, np.zeros(SIZE), 10, round_, signer=s) for o, s in zip(sybil_ids, signers)})
+        meta = {"round": round_, "run": "sybil", "clients": list(payloads), "layout_digest": "L", "length": SIZE,
+                "bound": 1.0, "min_owners": 3, "max_weight": None}
+        for m, body in _ask_all(addresses, meta, payloads):
+            assert m["status"] == ["unchecked", status, status] and m["below_min_owners"] and body.size == 0
+            assert m["weight"] == 0
+    # the same through the coordinator's backend: the round fails, naming why
+    payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, 1)}
+    payloads.update({o: _protect(cfg, keys, o, np.zeros(SIZE), 10, 1) for o in ("sybil_0", "sybil_1")})
+    with pytest.raises(CohortTooSmall, match="sybil_0: dropped by the aggregator parties: not-rostered"):
+        CryptenBackend(cfg, SIZE, run="sybil-backend").combine(payloads, RoundContext(1, "L"))
+    # Control, and the residual risk README states: with two ROSTERED accomplices the same attack reveals
+    # client_0's update. The roster stops owners the coordinator makes up, not owners it controls; DP
+    # bounds what this reveals about any record.
+    payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, 1)}
+    payloads.update({o: _protect(cfg, keys, o, np.zeros(SIZE), 10, 1) for o in ("accomplice_0", "accomplice_1")})
+    result = CryptenBackend(cfg, SIZE, run="accomplices").combine(payloads, RoundContext(1, "L"))
+    assert result.excluded == {}
+    revealed = CryptenBackend(cfg, SIZE).reveal(result.payload)
+    assert np.abs(revealed.mean * 3 - real).max() < 1e-4  # the "aggregate" is client_0's update
+
+
+@pytest.mark.slow
+def test_a_real_owners_shares_replayed_under_another_id_are_refused(parties):
+    # The coordinator holds client_0's signed payload (never submitted) and presents it as client_1's,
+    # or client_0's shares with client_1's bundle: no party opens them; two owners remain, too few.
+    addresses, keys = parties
+    cfg = _cfg(addresses)
+    honest = _honest(3, seed=3)
+    mine = {o: _protect(cfg, keys, o, honest[i], 10, 1) for i, o in enumerate(("client_0", "client_1", "client_2"))}
+    spliced = {"share." + str(p): mine["client_0"].blobs[f"share.{p}"] for p in range(3)}
+    for run, as_client_1 in (("relabel", mine["client_0"]),
+                             ("splice", type(mine["client_0"])(blobs={**spliced, BUNDLE: mine["client_1"].blobs[BUNDLE]}))):
+        payloads = {"client_1": as_client_1, "client_2": mine["client_2"], "client_3": _protect(cfg, keys, "client_3", honest[2], 10, 1)}
+        meta = {"round": 1, "run": run, "clients": list(payloads), "layout_digest": "L", "length": SIZE,
+                "bound": 1.0, "min_owners": 3, "max_weight": None}
+        for m, body in _ask_all(addresses, meta, payloads):
+            assert m["status"][0] == "unsigned" and m["below_min_owners"] and body.size == 0, (run, m)
+
+
+def test_a_roster_not_signed_by_the_pinned_key_is_refused(tmp_path):
+    # A roster the operator did not sign (another key, or its roster with an owner added) is refused
+    # when loaded; a party given one, or none, does not start (one line, exit 2).
+    from nacl.signing import SigningKey
+
+    owners = {"client_0": bytes(SigningKey.generate().verify_key)}
+    path, pinned = write_signed_roster(tmp_path / "operator", owners)
+    assert load_signed_roster(path, pinned) == owners
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(sign_roster({**owners, "sybil": bytes(SigningKey.generate().verify_key)}, SigningKey.generate()))
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(path.read_text().replace('"owners": {', '"owners": {"sybil": "' + "ab" * 32 + '", '))
+    for bad in (forged, tampered):
+        with pytest.raises(UserError, match="is not signed by the pinned roster key"):
+            load_signed_roster(bad, pinned)
+    base = [sys.executable, "-m", "fedveil.privacy.secagg.crypten.party", "--world", "3", "--rank", "0",
+            "--rendezvous", "tcp://127.0.0.1:1", "--state-dir", str(tmp_path / "party"), "--insecure"]
+    for extra, line in (([], "no signed roster"),
+                        (["--roster", str(forged), "--roster-key", pinned.hex()], "is not signed by the pinned roster key")):
+        proc = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and line in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_deployed_parties_start_with_a_floor_of_3_and_the_signed_roster():
+    script = (Path(__file__).parents[2] / "deploy" / "start-parties.sh").read_text()
+    assert "--min-owners 3" in script and "--roster " in script and "--roster-key " in script
+
+
+@pytest.mark.slow
+def test_an_honest_owner_is_never_over_bound_whatever_its_delta(parties):
+    # Issue 20: the parties' over-bound verdict on an owner carried one bit of its data (a NaN or a huge
+    # delta from a crafted global). Now the owner clips below the bound itself (margin for the
+    # fixed-point rounding) and shares zeros for a non-finite delta: the verdict is always "ok".
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+
+    length, rng = 1024, np.random.default_rng(5)  # run_local_parties returns each sum through a pipe: keep it small
+    spike = np.zeros(length)
+    spike[7] = 1e9
+    deltas = [np.full(length, 1e30), -np.full(length, 3.0), spike, rng.normal(scale=1e3, size=length),
+              np.where(np.arange(length) % 2, 1.0, -1.0) * 0.5, np.full(length, np.nan), np.full(length, np.inf)]
+    shared = [within_bound(d, 1.0, 3) for d in deltas]
+    assert all(np.isfinite(s).all() and np.linalg.norm(s) < 1.0 for s in shared)
+    for accepted, _, weight in run_local_parties([split(encode_fixed(s), 3) for s in shared], [1.0] * len(deltas),
+                                                 bound=1.0):
+        assert accepted == [True] * len(deltas) and weight == len(deltas)
+    # the same through the owner's backend and the real parties, at the coordinator's max_weight
+    addresses, keys = parties
+    cfg = _cfg(addresses, max_weight=5.0)
+    payloads = {o: _protect(cfg, keys, o, d, 1e6, 1) for o, d in zip(("client_0", "client_1", "client_2"),
+                                                                      (np.full(SIZE, 1e30), np.full(SIZE, np.nan), _honest(1)[0]))}
+    result = CryptenBackend(cfg, SIZE, run="honest-huge").combine(payloads, RoundContext(1, "L"))
+    assert result.excluded == {}
+    assert CryptenBackend(cfg, SIZE).reveal(result.payload).total_weight == 15.0

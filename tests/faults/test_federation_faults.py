@@ -98,7 +98,16 @@ def test_crypten_party_killed_mid_mpc_fails_the_round_clearly_and_the_run_resume
     round 2 of every run here (no reply): its shares are simply absent and the two others still
     meet min_owners=2. The uninterrupted run with the restarted parties gives the same adapter."""
     from fedveil.core.errors import UserError
+    import shutil
+
     from fedveil.privacy.secagg.crypten.launcher import start_local_parties, stop_parties, tls_dir_of
+    from fedveil.privacy.secagg.identity import OwnerKeys
+
+    out, drop = tmp_path / "run", {(2, "client_2")}
+    # the parties' signed roster: the owners' keys (made in the run's state dirs; the reference run's
+    # owners get the same keys below)
+    roster = {f"client_{k}": OwnerKeys(f"client_{k}", str(out / "clients" / f"client_{k}")).member().verify_key
+              for k in range(3)}
 
     def parties(root, fault=None):
         import os
@@ -106,14 +115,13 @@ def test_crypten_party_killed_mid_mpc_fails_the_round_clearly_and_the_run_resume
         env = dict(os.environ)
         os.environ.update({"FEDVEIL_FAULT": fault} if fault else {})
         try:
-            addresses, procs = start_local_parties(2, root, min_owners=2)
+            addresses, procs = start_local_parties(2, root, min_owners=2, owners=roster)
         finally:
             os.environ.clear()
             os.environ.update(env)
         return procs, {"name": "crypten", "parties": 2, "min_owners": 2, "party_addresses": addresses,
                        "tls_dir": str(tls_dir_of(root)), "party_timeout_s": 60}
 
-    out, drop = tmp_path / "run", {(2, "client_2")}
     procs, crypten = parties(tmp_path / "parties", fault="crypten-party-mpc:2@1")
     try:
         with pytest.raises(UserError, match=r"aggregator .*party 1 at 127\.0\.0\.1:\d+ \(\w+\) failed or did not answer within 60 s"):
@@ -127,6 +135,8 @@ def test_crypten_party_killed_mid_mpc_fails_the_round_clearly_and_the_run_resume
     try:
         summary = in_process({**experiment(out, tiny_gpt2, owners_data, crypten, rounds=2), "resume": True}, drop)
         reference = tmp_path / "reference"
+        for k in range(3):
+            shutil.copytree(out / "clients" / f"client_{k}" / "keys", reference / "clients" / f"client_{k}" / "keys")
         in_process(experiment(reference, tiny_gpt2, owners_data, crypten, rounds=2), drop)
     finally:
         stop_parties(procs)

@@ -7,13 +7,15 @@ from fedveil.core.payload import Protected, RoundContext
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig, PartyFailure
 from fedveil.privacy.secagg.crypten.launcher import coordinator_tls_of, start_local_parties, stop_parties, tls_dir_of
 from fedveil.privacy.secagg.crypten.party import call
+from fedveil.privacy.secagg.identity import OwnerKeys
 
 pytestmark = pytest.mark.slow
 SIZE = 300
 
 
 def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_path):
-    addresses, procs = start_local_parties(3, tmp_path)
+    owners = {f"client_{k}": OwnerKeys(f"client_{k}", str(tmp_path / "owners" / f"client_{k}")) for k in range(4)}
+    addresses, procs = start_local_parties(3, tmp_path, owners={o: k.member().verify_key for o, k in owners.items()})
     try:
         keys = [call(a, "PublicKey", b"", timeout=10, tls=coordinator_tls_of(tmp_path)) for a in addresses]
         cfg = CryptenConfig(norm_bound=5.0, party_addresses=addresses, party_timeout_s=20, min_owners=2,
@@ -23,8 +25,10 @@ def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_pa
                   "client_2": rng.normal(scale=0.05, size=SIZE), "client_3": rng.normal(scale=0.05, size=SIZE)}
         counts = {"client_0": 216, "client_1": 54, "client_2": 100, "client_3": 10}
 
+        unclipped = CryptenConfig(**{**cfg.__dict__, "norm_bound": None})  # client_1 skips the owner's own clip
+
         def protect(client, size=SIZE):
-            owner = CryptenBackend(cfg, size, party_keys=keys)
+            owner = CryptenBackend(unclipped if client == "client_1" else cfg, size, party_keys=keys, keys=owners[client])
             return owner.protect(deltas[client][:size] if size <= SIZE else np.zeros(size), counts[client],
                                  RoundContext(1, "L", client))
 

@@ -83,3 +83,29 @@ def test_mpc_norm_check_drops_the_oversized_update_and_reveals_the_others_aggreg
         assert accepted == [True, False, True] and total == 316
         expected = (216 * updates[0] + 100 * updates[2]) / 316
         assert np.abs(weighted_sum / total - expected).max() < 1e-4
+
+
+def test_a_share_bundle_binds_round_layout_owner_and_each_parties_share(tmp_path):
+    from fedveil.privacy.secagg.crypten.shares import NotRostered, ShareBundle, check_bundle, sign_bundle
+    from fedveil.privacy.secagg.identity import OwnerKeys
+
+    me, other = OwnerKeys("client_0", str(tmp_path / "a")), OwnerKeys("client_1", str(tmp_path / "b"))
+    roster = {"client_0": me.member().verify_key, "client_1": other.member().verify_key}
+    sealed = [b"share-0", b"share-1", b"share-2"]
+    bundle = sign_bundle(sealed, "run#1", 4, "L", "client_0", me.sign)
+    for p, s in enumerate(sealed):  # each party checks its own share, without the others'
+        check_bundle(bundle, s, p, "client_0", 4, "L", roster)
+    with pytest.raises(NotRostered):
+        check_bundle(bundle, sealed[0], 0, "client_0", 4, "L", {"client_1": roster["client_1"]})
+    for args in ((sealed[1], 0, "client_0", 4, "L"),  # another party's share
+                 (sealed[0], 0, "client_1", 4, "L"),  # presented as another owner
+                 (sealed[0], 0, "client_0", 5, "L"),  # another round
+                 (sealed[0], 0, "client_0", 4, "M")):  # another layout
+        with pytest.raises(PayloadError):
+            check_bundle(bundle, *args, roster)
+    forged = ShareBundle.decode(bundle)
+    forged = ShareBundle(**{**forged.__dict__, "run": "run#2"}).encode()  # the signature covers the run too
+    with pytest.raises(PayloadError, match="not signed"):
+        check_bundle(forged, sealed[0], 0, "client_0", 4, "L", roster)
+    with pytest.raises(PayloadError, match="malformed"):
+        check_bundle(b"{", sealed[0], 0, "client_0", 4, "L", roster)

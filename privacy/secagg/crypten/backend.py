@@ -3,10 +3,16 @@
 What each party holds and sees:
 
 - owners: split ``Δ_k`` (fixed point, Z_2^64) into K shares, seal share p and the count ``n_k``
-  to party p's X25519 key; the server relays sealed boxes it cannot open.
+  to party p's X25519 key and sign the sealed shares (``ShareBundle``, the owner's Ed25519
+  identity key); the server relays sealed boxes it cannot open. With ``norm_bound`` set an owner
+  clips its own delta below the bound (margin for fixed-point rounding) and its count to
+  ``max_weight``, and a non-finite delta is shared as zeros: the parties' verdict on an honest
+  owner never depends on its data.
 - parties: one uniformly random share per owner (plus every owner's count). Before anything is
   revealed they (see ``party.py`` and ``mpc.py`` for exactly how):
 
+  * open shares only from owners on the operator-signed roster (``--roster``, under the pinned
+    ``--roster-key``) whose signed bundle covers that very share (``not-rostered``, ``unsigned``);
   * refuse a round of a run (``run`` in the request: a fresh id per coordinator start) that is
     not newer than the last one they took up, and refuse to open a sealed share they opened
     before (``replayed``), both remembered in each party's state directory across restarts;
@@ -24,12 +30,14 @@ What each party holds and sees:
 - server: the revealed aggregate (and which owners were dropped), as with ``plain`` but without
   any single update.
 
-Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing.
+Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing, and
+every owner's signed bundle (about 300 bytes + 64 per party).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,11 +48,11 @@ import numpy as np
 
 from fedveil.core import wire
 from fedveil.core.console import progress
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg.base import clear_global
 from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
-from fedveil.privacy.secagg.crypten.shares import ShareHeader, encode_fixed, seal_share, split
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share, sign_bundle, split
 
 
 @dataclass
@@ -115,6 +123,37 @@ def coordinator_tls(cfg: "CryptenConfig"):
     return TlsFiles.coordinator(cfg.tls_dir)
 
 
+def clip_target(bound: float, length: int, parties: int) -> float:
+    """The L2 norm an owner clips to so the parties' check of ``bound`` never trips on it.
+
+    The parties check the fixed-point encoding (each value rounded by up to 2^-17, so the norm
+    grows by up to sqrt(length) * 2^-17) and square it share by share (CrypTen truncates each of
+    the K shares of each square: up to K units of 2^-16 either way, independent per value; 8
+    standard deviations of their sum are allowed for)."""
+    slack = 2.0**-16 * (1 + 8 * math.sqrt(parties * length))
+    target = (math.sqrt(max(bound * bound - slack, 0.0)) - math.sqrt(length) * 2.0**-17) * (1 - 2.0**-20)
+    if target <= bound / 2:
+        raise Refusal("config", f"aggregation.norm_bound={bound:g} is too small to check over {length} values in "
+                      f"the parties' fixed-point ring: raise it", key="aggregation.norm_bound")
+    return target
+
+
+def within_bound(delta: np.ndarray, bound: float | None, parties: int) -> np.ndarray:
+    """``delta`` as this owner shares it: zeros if any value is not finite (NaN would otherwise
+    decide the parties' verdict); with a ``bound``, scaled down to :func:`clip_target`."""
+    delta = np.asarray(delta, np.float64)
+    if not np.isfinite(delta).all():
+        return np.zeros_like(delta)
+    if bound is None:
+        return delta
+    target = clip_target(float(bound), delta.size, parties)
+    scale = float(np.max(np.abs(delta), initial=0.0))  # the norm of a huge finite delta overflows: scale first
+    if scale == 0.0:
+        return delta
+    norm = scale * float(np.linalg.norm(delta / scale))
+    return delta if norm <= target else delta * (target / norm)
+
+
 class PartyFailure(UserError):
     """A party did not answer in time, failed or refused; the round cannot be aggregated."""
 
@@ -137,10 +176,13 @@ class CryptenBackend:
     open_global = staticmethod(clear_global)
 
     def __init__(self, cfg: CryptenConfig | None, size: int | None = None, *,
-                 party_keys: list[bytes] | None = None, run: str = "") -> None:
+                 party_keys: list[bytes] | None = None, run: str = "", keys=None) -> None:
         self.cfg, self.size = cfg or CryptenConfig(), size
         self.party_keys = party_keys or []
-        self.run = run  # the parties remember the last round per run: a round is taken up once
+        # server: the parties remember the last round per run (a round is taken up once); owner: the
+        # run its bundles are signed for
+        self.run = run
+        self.keys = keys  # owner: its identity.OwnerKeys, which sign its share bundles
 
     @classmethod
     def for_server(cls, cfg: CryptenConfig, size: int) -> "CryptenBackend":
@@ -159,13 +201,14 @@ class CryptenBackend:
 
     @classmethod
     def for_owner(cls, cfg: CryptenConfig, size: int, per_round: dict,
-                  pinned_file: str | Path | None = None) -> "CryptenBackend":
+                  pinned_file: str | Path | None = None, owner_keys=None, run: str = "") -> "CryptenBackend":
         """The owner's side. With ``pinned_file`` (the owner's ``party-keys.json``), keys from the
-        server that differ from the pinned ones are refused before anything is sealed."""
+        server that differ from the pinned ones are refused before anything is sealed;
+        ``owner_keys`` (``identity.OwnerKeys``) sign its share bundles for ``run``."""
         keys = [bytes.fromhex(h) for h in str(per_round.get(wire.PARTY_KEYS, "")).split(",") if h]
         if pinned_file is not None and keys:
             check_pinned_party_keys(keys, pinned_file)
-        return cls(cfg, size, party_keys=keys)
+        return cls(cfg, size, party_keys=keys, run=run, keys=owner_keys)
 
     def round_config(self) -> dict[str, str]:
         """What owners need each round: the parties' public keys."""
@@ -174,11 +217,18 @@ class CryptenBackend:
     # --- owner side -------------------------------------------------------------------------
     def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext) -> Protected:
         if len(self.party_keys) != self.cfg.parties:
-            raise UserError("this owner has no public keys for the aggregator parties; the server must send them")
+            raise Refusal("keys", "this owner has no public keys for the aggregator parties; the server must send them")
+        if self.keys is None:
+            raise Refusal("keys", "this owner has no identity key to sign its shares with (identity.OwnerKeys)")
+        delta = within_bound(delta, self.cfg.norm_bound, self.cfg.parties)
+        if self.cfg.max_weight is not None:
+            weight = min(float(weight), float(self.cfg.max_weight))
         shares = split(encode_fixed(delta), self.cfg.parties)
         blobs = {f"share.{p}": seal_share(s, ShareHeader(ctx.round, ctx.owner, p, ctx.layout_digest, s.size),
                                           key, count=weight)
                  for p, (s, key) in enumerate(zip(shares, self.party_keys))}
+        blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(self.cfg.parties)], self.run, ctx.round,
+                                    ctx.layout_digest, ctx.owner, self.keys.sign)
         return Protected(blobs=blobs)
 
     # --- server side ------------------------------------------------------------------------
@@ -189,6 +239,8 @@ class CryptenBackend:
                 raise PayloadError(f"crypten payload lacks the share for party {party}")
             if self.size is not None and len(blob) < 8 * self.size:
                 raise PayloadError(f"share for party {party} is {len(blob)} bytes, too short for {self.size} values")
+        if not isinstance(p.blobs.get(BUNDLE), bytes):
+            raise PayloadError("crypten payload lacks the owner's signed share bundle")
 
     def combine(self, payloads: dict[str, Protected], ctx: RoundContext) -> Combined:
         """Ask every party to aggregate; owners the parties dropped come back in ``excluded``.
@@ -210,7 +262,8 @@ class CryptenBackend:
                 "max_weight": self.cfg.max_weight}
 
         def ask(party: int):
-            request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners])
+            request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners],
+                                     [payloads[o].blobs[BUNDLE] for o in owners])
             try:
                 return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s,
                                             tls=tls))

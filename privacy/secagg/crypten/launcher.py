@@ -7,7 +7,9 @@ The local parties get a throwaway CA in ``<state_root>/tls/`` (``ca.crt``, ``par
 and the coordinator's client certificate ``coordinator.pem/key``): they serve TLS and accept only
 the coordinator; gloo is bound to the loopback interface. Their X25519 public keys are written to
 ``<state_root>/party-keys.json``, the file owners pin (``local_parties`` copies it into every
-simulated owner's state directory).
+simulated owner's state directory). The launcher plays the operator too: it makes a roster key
+(``<state_root>/operator/roster-operator.key``) and signs the roster of the owners it is given
+(``<state_root>/owner-roster.json``); the parties pin its verify key and open no other owner's shares.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fedveil.core.console import progress
 from fedveil.core.pki import make_party_tls
 from fedveil.privacy.secagg.crypten.backend import PINNED_PARTY_KEYS, write_pinned_party_keys
 from fedveil.privacy.secagg.crypten.party import TlsFiles, call
+from fedveil.privacy.secagg.identity import ROSTER_KEY_FILE, OwnerKeys, write_signed_roster
 
 PARTY_MODULE = "fedveil.privacy.secagg.crypten.party"
 
@@ -65,13 +68,14 @@ def coordinator_tls_of(state_root: Path) -> TlsFiles:
 
 
 def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, min_owners: int = 2,
-                        max_weight: float | None = None):
+                        max_weight: float | None = None, owners: dict[str, bytes] | None = None):
     """Start K parties and the TTP on this machine; returns (addresses, processes) once all are ready.
 
     ``min_owners`` and ``max_weight`` are the parties' own floors (``--min-owners``, ``--max-weight``),
-    on top of what each request asks. The parties serve TLS and accept only the coordinator's
-    client certificate (:func:`coordinator_tls_of`); their public keys are in
-    ``<state_root>/party-keys.json``."""
+    on top of what each request asks. ``owners`` (id -> Ed25519 verify key; None: nobody) is the
+    roster the launcher signs as the operator: the parties open no other owner's shares. The
+    parties serve TLS and accept only the coordinator's client certificate
+    (:func:`coordinator_tls_of`); their public keys are in ``<state_root>/party-keys.json``."""
     rendezvous = f"tcp://127.0.0.1:{free_port()}"
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(world)]
     logs = Path(state_root)
@@ -80,6 +84,7 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
     make_party_tls(tls_dir, world, ["127.0.0.1", "localhost"])
     tls = coordinator_tls_of(logs)
     env = {**os.environ, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    roster, roster_key = write_signed_roster(logs, owners or {}, logs / "operator" / ROSTER_KEY_FILE)
     base = [sys.executable, "-m", PARTY_MODULE, "--world", str(world), "--rendezvous", rendezvous,
             "--tls-dir", str(tls_dir)]
     keys = []
@@ -92,6 +97,7 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
     for rank in range(world):
         log = open(logs / f"party_{rank}.log", "w")
         limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
+        limits += ["--roster", str(roster), "--roster-key", roster_key.hex()]
         procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
                                        "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT,
                                       env=env, preexec_fn=die_with_parent))
@@ -129,25 +135,34 @@ def stop_parties(procs) -> None:
             p.wait()
 
 
+def simulated_owners(out_dir: Path, owners: int) -> dict[str, Path]:
+    """The simulated owners' state directories (made if missing), as ``server/prepare.py`` lays them out."""
+    states = {f"client_{k}": Path(out_dir) / "clients" / f"client_{k}" for k in range(owners)}
+    for state in states.values():
+        state.mkdir(parents=True, exist_ok=True)
+    return states
+
+
 @contextmanager
 def local_parties(cfg, out_dir: Path, owners: int = 0) -> Iterator[None]:
     """Run the federation with K local parties unless ``cfg.party_addresses`` names running ones.
 
     The parties' public keys are pinned in each of the ``owners`` simulated owners' state
     directories (``<out_dir>/clients/client_K/party-keys.json``, as ``client/app.py`` names them),
-    and ``cfg.tls_dir`` is set to the coordinator's throwaway TLS files."""
+    the parties get a roster of those owners' Ed25519 keys (made there if missing, as
+    ``server/prepare.py`` makes tenseal's), signed by a roster key the launcher makes as the
+    operator, and ``cfg.tls_dir`` is set to the coordinator's throwaway TLS files."""
     if cfg.party_addresses:
         yield
         return
     progress(f"crypten: starting {cfg.parties} aggregator parties and a TTP dealer (TLS, coordinator only)")
     root = Path(out_dir) / "parties"
+    roster = {o: OwnerKeys(o, str(state)).member().verify_key for o, state in simulated_owners(out_dir, owners).items()}
     cfg.party_addresses, procs = start_local_parties(cfg.parties, root, min_owners=cfg.min_owners,
-                                                        max_weight=cfg.max_weight)
+                                                        max_weight=cfg.max_weight, owners=roster)
     if not cfg.insecure:
         cfg.tls_dir = str(tls_dir_of(root))
-    for k in range(owners):
-        state = Path(out_dir) / "clients" / f"client_{k}"
-        state.mkdir(parents=True, exist_ok=True)
+    for state in simulated_owners(out_dir, owners).values():
         shutil.copyfile(root / PINNED_PARTY_KEYS, state / PINNED_PARTY_KEYS)
     try:
         yield

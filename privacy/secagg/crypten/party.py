@@ -2,6 +2,7 @@
 
     fedveil-party --rank R --world K --rendezvous tcp://HOST:PORT --listen 127.0.0.1:PORT --state-dir DIR \
                   --tls-dir DIR          # or --ca FILE --cert FILE --key FILE; --insecure for a lab only
+                  --roster FILE --roster-key HEX|FILE   # the operator-signed roster, the key pinned for it
     fedveil-party --ttp --world K --rendezvous tcp://HOST:PORT          # the triple dealer (rank K)
     fedveil-party --print-public-key --state-dir DIR                    # the X25519 key owners pin
 
@@ -23,17 +24,21 @@ state directory and serves two gRPC calls (raw bytes, no generated code):
   1. the party takes the round up only if it is newer than the last round of that ``run`` it
      took up (kept in ``rounds.json`` in its state directory, written before any MPC, so a
      restart does not forget and a failed round is not retried); otherwise it refuses (replay);
-  2. a sealed share whose exact bytes this party opened before (SHA-256 kept in ``seen-shares``
+  2. a share is opened only if its owner is on the signed roster (``not-rostered``) and the
+     owner's signed bundle binds this round, layout, owner id and this very sealed share
+     (``unsigned``): the coordinator cannot seal shares for owners it made up, nor present one
+     owner's shares as another's;
+  3. a sealed share whose exact bytes this party opened before (SHA-256 kept in ``seen-shares``
      in its state directory) is not opened again (``replayed``), whatever run or round the
      request names: the run id is the coordinator's choice, the sealed bytes are the owner's;
-  3. the parties agree (a public all-gather) on every party's verdict on the request, on a
+  4. the parties agree (a public all-gather) on every party's verdict on the request, on a
      digest of the request (all must have received the same), and on the owners whose shares
      every party could open with equal counts (else ``malformed``); any party refusing makes
      them all refuse, before any share enters the MPC;
-  4. an owner whose count exceeds ``max_weight`` (the smaller of the request's and the party's
+  5. an owner whose count exceeds ``max_weight`` (the smaller of the request's and the party's
      own ``--max-weight``), or is so large that ``n * bound`` could wrap the ring, is
      ``over-weight``;
-  5. if at least ``min_owners`` (the larger of the request's and every party's own
+  6. if at least ``min_owners`` (the larger of the request's and every party's own
      ``--min-owners``, never below 2) owners remain, the MPC checks every coordinate and then
      the norm (``mpc.party_aggregate``: ``over-bound``) and reveals the weighted sum, but only if
      at least ``min_owners`` owners passed; otherwise the response reveals nothing and says
@@ -63,16 +68,20 @@ import numpy as np
 from fedveil.core.faults import maybe_die
 from fedveil.core.io import pack, unpack
 from fedveil.core.pki import COORDINATOR_CN
+from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import sealing
-from fedveil.privacy.secagg.crypten.shares import ShareHeader, open_share
+from fedveil.privacy.secagg.identity import load_signed_roster, pinned_roster_key
+from fedveil.privacy.secagg.crypten.shares import NotRostered, ShareHeader, check_bundle, open_share
 
 SERVICE = "fedveil.Party"
 ROUNDS_FILE = "rounds.json"  # {run: last round taken up}, in the party's state directory
 SEEN_FILE = "seen-shares"  # SHA-256 of every sealed share this party opened, 32 bytes each
 
 OK, REPLAYED, UNCHECKABLE, DIFFERENT = 1, 2, 3, 4  # a party's verdict on a request, agreed before any MPC
-MALFORMED, OPENED, REPLAYED_SHARE = 0.0, 1.0, 2.0  # a party's verdict on one owner's share
+# a party's verdict on one owner's share, and the status the parties agree on for it (worst first)
+MALFORMED, OPENED, REPLAYED_SHARE, NOT_ROSTERED, UNSIGNED = 0.0, 1.0, 2.0, 3.0, 4.0
+VERDICT_STATUS = {REPLAYED_SHARE: "replayed", NOT_ROSTERED: "not-rostered", UNSIGNED: "unsigned", MALFORMED: "malformed"}
 REFUSALS = {
     REPLAYED: "round {round} of run '{run}' is not newer than the last round the aggregator parties took up "
               "(a replay, or a retry of a failed round): refused, nothing revealed",
@@ -81,13 +90,16 @@ REFUSALS = {
 }
 
 
-def encode_request(meta: dict, sealed: list[bytes]) -> bytes:
-    return pack([json.dumps(meta).encode(), *sealed])
+def encode_request(meta: dict, sealed: list[bytes], bundles: list[bytes]) -> bytes:
+    """One party's request: meta, then per owner (``meta["clients"]`` order) its sealed share, then its bundle."""
+    return pack([json.dumps(meta).encode(), *sealed, *bundles])
 
 
-def decode_request(blob: bytes) -> tuple[dict, list[bytes]]:
-    head, *sealed = unpack(blob)
-    return json.loads(head), sealed
+def decode_request(blob: bytes) -> tuple[dict, list[bytes], list[bytes]]:
+    head, *rest = unpack(blob)
+    meta = json.loads(head)
+    n = len(meta["clients"])
+    return meta, rest[:n], (rest[n : 2 * n] + [b""] * n)[:n]  # a missing bundle is an unsigned share
 
 
 def encode_response(meta: dict, weighted_sum: np.ndarray | None) -> bytes:
@@ -102,13 +114,14 @@ def decode_response(blob: bytes) -> tuple[dict, np.ndarray]:
 
 class Party:
     def __init__(self, rank: int, world: int, state_dir: Path, min_owners: int = 2,
-                 max_weight: float | None = None) -> None:
+                 max_weight: float | None = None, roster: dict[str, bytes] | None = None) -> None:
         from fedveil.privacy.secagg.crypten.mpc import MIN_OWNERS_FLOOR
 
         self.rank, self.world = rank, world
         self.private, self.public = sealing.keypair(state_dir)
         self.min_owners = max(int(min_owners), MIN_OWNERS_FLOOR)  # this party's own floor, whatever a request says
         self.max_weight = max_weight
+        self.roster = dict(roster or {})  # owner id -> Ed25519 verify key (operator-signed); None: no owner
         self.rounds_file = Path(state_dir) / ROUNDS_FILE
         self.rounds: dict[str, int] = json.loads(self.rounds_file.read_text()) if self.rounds_file.exists() else {}
         self.seen_file = Path(state_dir) / SEEN_FILE
@@ -145,6 +158,22 @@ class Party:
                 os.fsync(f.fileno())
             self.seen.update(digests)
 
+    def open(self, owner: str, blob: bytes, bundle: bytes, round_: int, layout_digest: str,
+             length: int) -> tuple[float, float, np.ndarray | None]:
+        """(verdict, count, share) of one owner's sealed share: opened only if the owner is on the
+        signed roster and its signed bundle covers this very share."""
+        try:
+            check_bundle(bundle, blob, self.rank, owner, round_, layout_digest, self.roster)
+        except NotRostered:
+            return NOT_ROSTERED, 0.0, None
+        except PayloadError:
+            return UNSIGNED, 0.0, None
+        try:
+            count, share = open_share(blob, self.private, ShareHeader(round_, owner, self.rank, layout_digest, length))
+        except PayloadError:
+            return MALFORMED, 0.0, None
+        return OPENED, count, share
+
     def aggregate(self, request: bytes, context) -> bytes:
         import torch
 
@@ -153,7 +182,7 @@ class Party:
         from fedveil.privacy.secagg.crypten.shares import SCALE
 
         crypten = import_crypten()
-        meta, sealed = decode_request(request)
+        meta, sealed, bundles = decode_request(request)
         run, round_, bound = str(meta.get("run", "")), int(meta["round"]), meta.get("bound")
         min_owners = max(self.min_owners, int(meta.get("min_owners") or 0))
         weights = [w for w in (self.max_weight, meta.get("max_weight")) if w is not None]
@@ -168,22 +197,18 @@ class Party:
             if code == OK and bound is not None and not norm_check_fits(float(bound), int(meta["length"])):
                 code = UNCHECKABLE
             shares, counts, valid, opened = [], [], [], []
-            for owner, blob in zip(meta["clients"], sealed):
-                expected = ShareHeader(round_, owner, self.rank, meta["layout_digest"], meta["length"])
+            for owner, blob, bundle in zip(meta["clients"], sealed, bundles):
                 seen = hashlib.sha256(blob).digest()
-                count, share = 0.0, np.zeros(meta["length"], np.int64)
                 if code != OK:
-                    valid.append(MALFORMED)  # refused below; shares not opened
+                    verdict, count, share = MALFORMED, 0.0, None  # refused below; shares not opened
                 elif seen in self.seen or seen in opened:
-                    valid.append(REPLAYED_SHARE)  # the same sealed bytes, whatever run or round the request names
+                    verdict, count, share = REPLAYED_SHARE, 0.0, None  # the same sealed bytes, whatever the request says
                 else:
-                    try:
-                        count, share = open_share(blob, self.private, expected)
-                        valid.append(OPENED)
-                        opened.append(seen)
-                    except PayloadError:
-                        valid.append(MALFORMED)
-                shares.append(share)
+                    verdict, count, share = self.open(owner, blob, bundle, round_, meta["layout_digest"], meta["length"])
+                if verdict == OPENED:
+                    opened.append(seen)
+                valid.append(verdict)
+                shares.append(share if share is not None else np.zeros(meta["length"], np.int64))
                 counts.append(count)
             self.remember(opened)
             # public agreement (CrypTen's all_gather is int64: floats travel as their bit patterns): every
@@ -206,7 +231,8 @@ class Party:
                                         "below_min_owners": False, "refused": refused}, None)
             ok = [all(t[0, 4 + k] == OPENED for t in everyone) and len({float(t[1, 4 + k]) for t in everyone}) == 1
                   for k in range(n)]
-            replayed = [any(t[0, 4 + k] == REPLAYED_SHARE for t in everyone) for k in range(n)]
+            dropped = [next((VERDICT_STATUS[v] for v in VERDICT_STATUS if any(t[0, 4 + k] == v for t in everyone)),
+                            "malformed") for k in range(n)]  # every party drops the owner, for the gravest reason any gave
             # the weighted term n * x must not wrap the ring either: with |x| <= bound, n * bound < 2^29
             heavy = [ok[k] and (counts[k] > max_weight or (bound is not None and counts[k] * float(bound) * SCALE**2 >= RING_HEADROOM))
                      for k in range(n)]
@@ -217,7 +243,7 @@ class Party:
             else:  # too few to reveal anything: the norm checks are not even run
                 accepted, weighted_sum, weight = [False] * len(chosen), None, 0.0
         checked = {chosen[i]: a for i, a in enumerate(accepted)}
-        status = [("replayed" if replayed[k] else "malformed") if not ok[k] else "over-weight" if heavy[k] else
+        status = [dropped[k] if not ok[k] else "over-weight" if heavy[k] else
                   ("ok" if checked[k] else "over-bound") if len(chosen) >= min_owners else "unchecked" for k in range(n)]
         return encode_response({"status": status, "weight": weight, "min_owners": min_owners,
                                 "below_min_owners": weighted_sum is None, "refused": None}, weighted_sum)
@@ -312,6 +338,21 @@ def call(address: str, method: str, payload: bytes, timeout: float, tls: TlsFile
         return channel.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=timeout)
 
 
+def party_roster(path: str | None, key: str | None) -> dict[str, bytes]:
+    """The signed roster a party starts with; exits 2 with one line if it is missing or not signed
+    by the pinned key (before the MPC group forms, so nothing waits on a party that cannot serve)."""
+    if not path or not key:
+        print("fedveil-party: error: no signed roster: a party opens shares only from owners the operator rostered. "
+              "Pass --roster owner-roster.json and --roster-key roster-operator.pub (deploy/keys.py roster makes them)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return load_signed_roster(path, pinned_roster_key(key))
+    except UserError as exc:
+        print(f"fedveil-party: error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fedveil-party", description=__doc__.split("\n")[0])
     parser.add_argument("--rank", type=int, default=0)
@@ -322,8 +363,13 @@ def main(argv: list[str] | None = None) -> None:
                         "private interface")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of this party's gRPC service")
     parser.add_argument("--state-dir", default=".", help="where this party keeps its X25519 key and the last round per run")
-    parser.add_argument("--min-owners", type=int, default=2,
-                        help="reveal no aggregate of fewer owners, whatever a request asks (at least 2)")
+    parser.add_argument("--min-owners", type=int, default=3,
+                        help="reveal no aggregate of fewer owners, whatever a request asks (default %(default)s, at "
+                        "least 2); a request can only raise it")
+    parser.add_argument("--roster", help="the operator-signed roster of owners (owner-roster.json): shares from any "
+                        "other owner are never opened (required)")
+    parser.add_argument("--roster-key", help="the operator's roster verify key this party pins: 64 hex characters or "
+                        "a file of them (roster-operator.pub; required)")
     parser.add_argument("--max-weight", type=float, default=None, help="drop an owner whose example count exceeds this")
     parser.add_argument("--ttp", action="store_true", help="run the trusted triple dealer instead of a party")
     parser.add_argument("--tls-dir", help="TLS files: DIR/ca.crt, DIR/party-RANK.pem, DIR/party-RANK.key")
@@ -367,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(2)
         else:
             print("fedveil-party: WARNING: --insecure: plaintext gRPC, every caller accepted", file=sys.stderr, flush=True)
+        roster = party_roster(args.roster, args.roster_key)
+        print(f"fedveil-party {args.rank}: {len(roster)} owners on the signed roster {args.roster}", flush=True)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
                        "RENDEZVOUS": args.rendezvous, "DISTRIBUTED_BACKEND": "gloo"})
     from fedveil.core.console import quiet_libraries
@@ -380,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         crypten.init()
         crypten.mpc.provider.TTPServer()  # serves triples until the parties leave
         return
-    party = Party(args.rank, args.world, Path(args.state_dir), args.min_owners, args.max_weight)
+    party = Party(args.rank, args.world, Path(args.state_dir), args.min_owners, args.max_weight, roster)
     server = serve(party, args.listen, tls, args.coordinator_cn)
     print(f"fedveil-party {args.rank}/{args.world} listening on {args.listen} "
           f"({'TLS, coordinator ' + args.coordinator_cn + ' only' if tls else 'PLAINTEXT, anyone'})", flush=True)

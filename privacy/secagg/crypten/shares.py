@@ -8,10 +8,16 @@ share replayed into another round, routed to another party or cut short is refus
 
 Any K-1 shares are uniformly random and independent of the update: only all K together
 determine it. The parties' side is ``mpc.py`` and ``party.py``.
+
+The owner signs the round's sealed shares with its identity key (Ed25519, ``identity.py``): a
+:class:`ShareBundle` binds run, round, layout, owner id and each sealed share's SHA-256, so party
+p checks its own share against the signature without the others'. Parties open shares only from
+owners on the operator-signed roster whose bundle verifies (a coordinator cannot make owners up).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,8 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedveil.core.payload import PayloadError
-from fedveil.privacy.secagg import sealing
+from fedveil.privacy.secagg import identity, sealing
 
+BUNDLE = "bundle"  # the blob holding an owner's signed ShareBundle, next to its "share.P" blobs
+BUNDLE_TAG = b"fedveil/crypten-bundle/v1"
 PRECISION_BITS = 16
 SCALE = 1 << PRECISION_BITS
 
@@ -101,3 +109,58 @@ def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -
         raise PayloadError(f"share from {expected.client} carries no positive example count")
     return count, np.frombuffer(body, dtype=np.int64).copy()
 
+
+
+@dataclass(frozen=True)
+class ShareBundle:
+    """What an owner signs over one round's sealed shares (``digests[p]``: SHA-256 of party p's)."""
+
+    run: str
+    round: int
+    layout_digest: str
+    owner: str
+    digests: tuple[bytes, ...]
+    signature: bytes = b""
+
+    def statement(self) -> bytes:
+        return identity.digest(BUNDLE_TAG, self.run.encode(), str(self.round).encode(), self.layout_digest.encode(),
+                               self.owner.encode(), *self.digests)
+
+    def encode(self) -> bytes:
+        return json.dumps({"run": self.run, "round": self.round, "layout_digest": self.layout_digest,
+                           "owner": self.owner, "digests": [d.hex() for d in self.digests],
+                           "signature": self.signature.hex()}, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "ShareBundle":
+        try:
+            d = json.loads(blob)
+            return cls(str(d["run"]), int(d["round"]), str(d["layout_digest"]), str(d["owner"]),
+                       tuple(bytes.fromhex(h) for h in d["digests"]), bytes.fromhex(d["signature"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PayloadError("share bundle is malformed") from exc
+
+
+def sign_bundle(sealed: list[bytes], run: str, round_: int, layout_digest: str, owner: str, sign) -> bytes:
+    """The encoded bundle over ``sealed`` (party order), signed with ``sign`` (the owner's ``OwnerKeys.sign``)."""
+    unsigned = ShareBundle(run, round_, layout_digest, owner, tuple(hashlib.sha256(b).digest() for b in sealed))
+    return ShareBundle(**{**unsigned.__dict__, "signature": sign(unsigned.statement())}).encode()
+
+
+class NotRostered(PayloadError):
+    """The owner a share claims is not on the operator-signed roster."""
+
+
+def check_bundle(blob: bytes, sealed: bytes, party: int, owner: str, round_: int, layout_digest: str,
+                 roster: dict[str, bytes]) -> None:
+    """Nothing if ``sealed`` is party ``party``'s share of ``owner``'s signed bundle for this round
+    and layout, and ``owner`` is on ``roster``; else :class:`NotRostered` or :class:`PayloadError`."""
+    if owner not in roster:
+        raise NotRostered(f"owner '{owner}' is not on the signed roster")
+    bundle = ShareBundle.decode(blob)
+    if (bundle.owner, bundle.round, bundle.layout_digest) != (owner, round_, layout_digest):
+        raise PayloadError(f"share bundle of '{bundle.owner}' for round {bundle.round} is presented as "
+                           f"'{owner}' in round {round_}")
+    if party >= len(bundle.digests) or bundle.digests[party] != hashlib.sha256(sealed).digest():
+        raise PayloadError(f"party {party}'s share is not the one '{owner}' signed")
+    identity.verify(roster[owner], bundle.statement(), bundle.signature, f"share bundle of '{owner}'")
