@@ -198,13 +198,21 @@ def update_bytes(backend: str, agg: Any, values: int, owner: str = "client_0", r
     if backend == "tenseal":
         return tenseal_blob_bytes(agg, values) + TENSEAL_TAGS
     if backend == "crypten":
-        return sum(crypten_share_bytes(values, p, round_, owner) for p in range(agg.parties))
+        return (sum(crypten_share_bytes(values, p, round_, owner) for p in range(agg.parties))
+                + crypten_bundle_bytes(agg.parties, round_, owner))
     raise UserError(f"aggregation '{backend}' is unknown: choose one of {sorted(BACKENDS)}")
 
 
 def crypten_share_bytes(values: int, party: int, round_: int = 1, owner: str = "client_0") -> int:
     """One sealed share: sealed box of (4-byte header length, header, float64 count, int64 shares)."""
     return SEAL_OVERHEAD + 4 + crypten_header_bytes(values, party, round_, owner) + 8 + 8 * values
+
+
+def crypten_bundle_bytes(parties: int, round_: int = 1, owner: str = "client_0", run: str = "") -> int:
+    """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
+    from fedveil.privacy.secagg.crypten.shares import ShareBundle
+
+    return len(ShareBundle(run, round_, "0" * 64, owner, (bytes(32),) * parties, bytes(64)).encode())
 
 
 def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:

@@ -154,9 +154,15 @@ def measured_update_bytes(name: str, values: int, parties: int = 3, agg=None) ->
     from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
     from nacl.public import PrivateKey
 
+    import tempfile
+
+    from fedveil.privacy.secagg.identity import OwnerKeys
+
     keys = [bytes(PrivateKey.generate().public_key) for _ in range(parties)]
-    backend = CryptenBackend(CryptenConfig(parties=parties), values, party_keys=keys)
-    return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
+    with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its share bundle: its keys
+        backend = CryptenBackend(CryptenConfig(parties=parties), values, party_keys=keys,
+                                 keys=OwnerKeys("client_0", state_dir))
+        return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
 
 
 MID_VALUES = 262_144  # bench_secagg's mid model (hidden 512, 4 layers): its adapter size
