@@ -27,7 +27,6 @@ import socketserver
 import stat
 import sys
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -76,6 +75,11 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
         head["blobs"][name] = len(frames) + 1
         frames.append(bytes(value) or b"\0")
     return pack([json.dumps(head).encode(), *frames])
+
+
+def encode_error(code: int, reason: str) -> bytes:
+    """A released refusal on the socket: its int code and public reason (``client/release.py``)."""
+    return encode({"error_code": int(code), "reason": str(reason)})
 
 
 def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
@@ -143,8 +147,10 @@ def relay(socket_path: str | Path, instruction: Instruction, timeout: float = 36
     request = encode({"op": instruction.op, "run_config": instruction.run_config, "per_round": instruction.per_round,
                       "keys": plain_keys}, arrays=instruction.arrays, blobs=bytes_keys)
     head, arrays, blobs = decode(call(socket_path, request, timeout))
-    if "error" in head:
-        raise UserError(str(head["error"]))
+    if "error_code" in head:
+        from fedveil.client.release import refusal_from  # release imports this module (Answer)
+
+        raise refusal_from(int(head["error_code"]), str(head.get("reason", "")))
     meta = {**head["meta"], **{k: blobs[k] for k in head.get("meta_blobs", [])}}
     protected = None
     if head.get("protected") is not None:
@@ -175,10 +181,11 @@ def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: 
             with lock:
                 try:
                     answer = handler(request)
-                except Exception as exc:  # a bug, not a refusal: keep serving, log it, say so in one line
-                    traceback.print_exc()
-                    answer = encode({"error": f"the owner worker failed on this instruction "
-                                              f"({exc.__class__.__name__}: {exc}); its log has the traceback"})
+                except Exception as exc:  # a bug, not a refusal: keep serving, log it, release only its code
+                    from fedveil.client.release import refusal_of  # release imports this module (Answer)
+
+                    released = refusal_of(exc, "owner worker")
+                    answer = encode_error(released.error_code, released.reason)
             try:
                 _send_message(self.request, answer)
             except OSError:
@@ -227,6 +234,14 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data_dir).exists():
         print(f"fedveil-owner: error: data directory {args.data_dir} does not exist", file=sys.stderr)
         raise SystemExit(2)
+    if args.policy is not None:  # a named policy that is missing or unreadable stops the owner here
+        from fedveil.privacy.policy import load_policy
+
+        try:
+            load_policy(args.policy, named=True)
+        except UserError as exc:
+            print(f"fedveil-owner: error: {exc}", file=sys.stderr)
+            raise SystemExit(2)
     state = WorkerState(owner_id=args.owner_id or Path(args.state_dir).name, data_dir=args.data_dir,
                         state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster,
                         model_path=args.model_path, party_keys=args.party_keys)
