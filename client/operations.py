@@ -53,10 +53,11 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     global_vector, reveal_seconds = owner.open_global(instruction.arrays, after_round)
     owner.load_data()
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
+    timings = {} if owner.dp_on else {wire.REVEAL_SECONDS: reveal_seconds}  # no timings under DP
     if instruction.op == TRAIN:
         protected, metrics = owner.train_round(global_vector)
-        return Answer({**metrics, wire.REVEAL_SECONDS: reveal_seconds}, meta, protected)
-    metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
+        return Answer({**metrics, **timings}, meta, protected)
+    metrics = {**owner.evaluate(global_vector), **timings}
     encrypted = None
     if instruction.per_round.get(wire.REENCRYPT_BY) == identity.owner_id:
         blob, signature = owner.encrypt_global(global_vector)

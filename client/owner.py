@@ -111,6 +111,7 @@ class Owner:
         model_key = json.dumps({**dataclasses.asdict(cfg.model), "tiny": None}, sort_keys=True)
         self.model, self.tokenizer, self.layout, self.initial = _model_bundle(model_key, cfg.seed, str(self.device))
         self.policy.check(cfg, self.layout.digest)
+        check_max_length(self.model, cfg.data.max_length)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
         self.round = RoundContext(_round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
@@ -131,7 +132,12 @@ class Owner:
         try:
             self._data = _owner_data(self.identity.data_source, self.tokenizer, data_key, self.cfg.seed, self.dp_on)
             if self.dp_on:
-                owner_delta(self.cfg.dp, len(self._data.train) + len(self._data.eval))
+                n = len(self._data.train) + len(self._data.eval)
+                if self.policy.max_delta is not None:
+                    # against the owner's own cap, so the answer cannot be probed with the server's δ
+                    # (the policy already refused a δ above the cap)
+                    owner_delta(dataclasses.replace(self.cfg.dp, delta=self.policy.max_delta), n)
+                owner_delta(self.cfg.dp, n)
         except (DataError, UserError) as exc:
             self._data = None
             if isinstance(exc, Refusal):
@@ -277,6 +283,16 @@ def _round_number(value) -> int:
         return int(value)
     except (TypeError, ValueError) as exc:
         raise Refusal("config", f"the round number {value!r} is not an integer", key=wire.ROUND) from exc
+
+
+def check_max_length(model, max_length: int) -> None:
+    """Refuse a ``data.max_length`` past the model's positions: the forward pass would fail only on
+    records that long, and whether it fails would tell the coordinator that one exists."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > int(limit):
+        raise Refusal("config", f"data.max_length={max_length} is past the model's {limit} positions: lower it",
+                      key="data.max_length")
 
 
 def fixed_size_sample(examples: list, k: int, length: int, pad_id: int) -> list[dict[str, torch.Tensor]]:

@@ -49,6 +49,8 @@ class RunRecord:
 
     def check_train(self, server_round: int, max_rounds: Optional[int]) -> None:
         """Refuse a round that would make this owner train more than ``max_rounds`` rounds in the run."""
+        if server_round < 1:  # round 0 is the starting adapter's evaluation; training starts at round 1
+            raise Refusal("limit", f"round {server_round} is not a training round", limit="rounds")
         if max_rounds is not None and len(self.trained | {server_round}) > max_rounds:
             raise Refusal("limit", f"owner policy max_rounds={max_rounds}: this owner has trained "
                           f"{len(self.trained)} rounds of this run already", limit="max_rounds")
