@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedveil.task.data import collate
-from fedveil.privacy.dp.sgd import SampleLevelDPConfig, nonfinite_examples, private_training
+from fedveil.privacy.dp.sgd import SampleLevelDPConfig, _zero_rows, nonfinite_examples, private_training
 from fedveil.task.train import TrainResult, gradients_finite, noise_only_step, train_steps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -133,3 +133,12 @@ def test_under_dp_the_step_is_taken_with_the_bad_example_zeroed():
     assert result.steps == 2 and result.nonfinite == 2 and np.isfinite(result.loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not all(torch.equal(p, s) for p, s in zip(model.parameters(), start))  # the clean row trained
+
+
+def test_accumulated_per_sample_gradients_stay_a_list_with_each_batchs_rows_zeroed():
+    # Opacus keeps one tensor per accumulated backward pass: the list's length is its divisor
+    first, second = torch.ones(2, 3), torch.ones(3, 3)
+    bad = torch.tensor([False, True, False, False, True])
+    out = _zero_rows([first, second], bad)
+    assert isinstance(out, list) and [g.shape[0] for g in out] == [2, 3]
+    assert out[0][:, 0].tolist() == [1.0, 0.0] and out[1][:, 0].tolist() == [1.0, 1.0, 0.0]
