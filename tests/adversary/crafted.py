@@ -1,20 +1,23 @@
 """A coordinator's crafted global: finite, within a modest bound, and overflowing only on some records.
 
-The coordinator knows the public base model, so it can aim a LoRA adapter at one token. Layer 0's
-``v_proj`` of a Llama-style model reads ``RMSNorm(embedding)`` of each token alone (no position:
-rotary embeddings touch only q and k), so its output at a position depends on that position's
-token only. The crafted adapter is zero except there: every row of ``lora_A`` points along the
-trigger token's normalised embedding ``u`` and ``lora_B`` writes the result into one channel, so
+The coordinator knows the public base model, so it can aim a LoRA adapter at one token. The first
+layer's attention projection reads each position's normalised embedding alone: in a Llama-style
+model ``RMSNorm(embed[token])`` (no position: rotary embeddings touch only q and k), in GPT-2
+``LayerNorm(wte[token] + wpe[position])``. The crafted adapter is zero except on that projection:
+every row of ``lora_A`` points along the trigger token's normalised input ``u`` (averaged over
+positions for GPT-2) and ``lora_B`` writes the result into one value channel, so
 
-    v[channel] = base + scaling * r * a * b * (u . x_token)
+    v[channel] = base + scaling * r * a * b * (u . x)
 
-is largest for the trigger token and smaller for every other one (their embeddings are not
-parallel). ``b`` is set so that the trigger lands above fp16's largest finite value (65504) and
-every other token below it, at the geometric mean of the two. In an fp16 model the trigger's
-value rounds to inf, attention spreads it (``0 * inf`` is NaN) and the record's loss and
-per-example gradient are NaN, while every record without the trigger stays finite. Without the
-owner's zeroing of non-finite per-example gradients, whether the released update is finite
-then says whether a sampled record held the trigger.
+is largest where the input is the trigger token's and smaller for every other token, at every
+position (their inputs are not parallel to ``u``: the ratio is ``margin``). ``b`` puts the
+trigger above fp16's largest finite value (65504) and every other input below it, at the
+geometric mean of the two. In an fp16 model the trigger's value rounds to inf, attention spreads
+it (``0 * inf`` is NaN) and that record's loss and per-example gradient are NaN, while every
+record without the trigger stays finite. Without the owner's zeroing of non-finite per-example
+gradients, whether the released update is finite then says whether a sampled record held the
+trigger. In bf16 and fp32 (largest value ~3.4e38) this construction does not overflow within
+``|v| <= 100``.
 
 Used by ``test_nonfinite_oracle.py`` and the transcript suite (``import crafted`` from a test in
 ``tests/adversary/``: pytest puts this folder on ``sys.path``).
@@ -33,7 +36,6 @@ from fedveil.task.model import ModelConfig, get_adapter, load_lora_model, load_t
 
 FP16_MAX = float(torch.finfo(torch.float16).max)
 TRIGGER = "~"  # one byte-level token that the demo data (task/demo_data.py) never holds
-TARGET_MODULE = "layers.0.self_attn.v_proj"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class Crafted:
 
 def overflowing_global(model_path: str | Path, trigger_text: str = TRIGGER, bound: float = 100.0,
                        seed: int = 0) -> Crafted:
-    """The adapter that overflows, in an fp16 copy of the Llama model at ``model_path``, exactly on
-    records holding ``trigger_text`` (its first token); every value within ``bound``.
+    """The adapter that overflows, in an fp16 copy of the tiny Llama or GPT-2 model at
+    ``model_path`` (default LoRA settings), exactly on records holding ``trigger_text`` (its first
+    token); every value within ``bound``. The owner's model must use ``model.dtype=fp16``.
 
     ``seed`` is the LoRA seed of the owner's model: the layout (names, order) must be the owner's.
     """
@@ -64,27 +67,44 @@ def overflowing_global(model_path: str | Path, trigger_text: str = TRIGGER, boun
     if not ids:
         raise ValueError(f"{trigger_text!r} encodes to no token")
     trigger = ids[0]
-    base = model.get_base_model().model
-    with torch.no_grad():
-        x = base.layers[0].input_layernorm(base.embed_tokens.weight).float()  # each token's input to v_proj
-    u = x[trigger] / x[trigger].norm()
-    projections = x @ u  # u . x for every token
+    x, target, channel = _first_layer_inputs(model)  # x: (tokens, positions, hidden)
+    u = x[trigger].mean(dim=0)
+    u = u / u.norm()
+    projections = x @ u  # u . x for every token at every position
     others = torch.cat([projections[:trigger], projections[trigger + 1:]])
-    margin = float(projections[trigger] / others.max())
+    margin = float(projections[trigger].min() / others.max())
     if not margin > 1.0:
-        raise ValueError(f"token {trigger} cannot be singled out in layer 0 (margin {margin:.3g})")
-    # the trigger at FP16_MAX * sqrt(margin), the largest other at FP16_MAX / sqrt(margin)
-    target = FP16_MAX * margin ** 0.5 / float(projections[trigger])
-    layer = next(m for name, m in model.named_modules() if name.endswith(TARGET_MODULE))
+        raise ValueError(f"token {trigger} cannot be singled out in the first layer (margin {margin:.3g})")
+    # the trigger at FP16_MAX * sqrt(margin) or more, every other input at FP16_MAX / sqrt(margin) or less
+    target_gain = FP16_MAX * margin ** 0.5 / float(projections[trigger].min())
+    layer = next(m for name, m in model.named_modules() if name.endswith(target))
     rank, scaling = layer.r["default"], layer.scaling["default"]
     a = bound / float(u.abs().max())  # lora_A's rows: a * u, its largest entry at the bound
-    b = target / (scaling * rank * a)  # lora_B's one channel: b in every column
+    b = target_gain / (scaling * rank * a)  # lora_B's one channel: b in every column
     if not b <= bound:
         raise ValueError(f"the crafted global needs |v| up to {b:.3g}, above {bound}: raise the bound")
     tensors = {name: np.zeros_like(t) for name, t in get_adapter(model).items()}
-    prefix = next(name for name in tensors if TARGET_MODULE in name).split(".lora_")[0]
-    tensors[f"{prefix}.lora_A.weight"][:] = (a * u).numpy()
-    tensors[f"{prefix}.lora_B.weight"][0, :] = b  # channel 0 of v
+    prefix = next(name for name in tensors if f"{target}.lora_A" in name).split(".lora_")[0]
+    tensors[f"{prefix}.lora_A.weight"][:] = np.clip((a * u).numpy(), -bound, bound)  # float32 rounding
+    tensors[f"{prefix}.lora_B.weight"][channel, :] = b
     vector = AdapterLayout.of(tensors).flatten(tensors)
     return Crafted(vector=vector, trigger_text=trigger_text, trigger_id=trigger, margin=margin,
                    max_abs=float(np.abs(vector).max()))
+
+
+def _first_layer_inputs(model) -> tuple[torch.Tensor, str, int]:
+    """Every (token, position) input of the first layer's attention projection, the projection's
+    module name, and the output channel of its first value dimension."""
+    base = model.get_base_model()
+    with torch.no_grad():
+        if base.config.model_type == "gpt2":
+            tr = base.transformer
+            summed = tr.wte.weight.float()[:, None, :] + tr.wpe.weight.float()[None, :, :]
+            x = torch.nn.functional.layer_norm(summed, (summed.shape[-1],), tr.h[0].ln_1.weight.float(),
+                                               tr.h[0].ln_1.bias.float(), tr.h[0].ln_1.eps)
+            return x, "h.0.attn.c_attn", 2 * base.config.n_embd  # c_attn's output is q | k | v
+        if base.config.model_type == "llama":
+            inner = base.model
+            return inner.layers[0].input_layernorm(inner.embed_tokens.weight).float()[:, None, :], \
+                "layers.0.self_attn.v_proj", 0
+    raise ValueError(f"no crafted global for model_type {base.config.model_type!r}: use a tiny gpt2 or llama")

@@ -25,7 +25,7 @@ from fedveil.privacy.inputs import check_global
 from fedveil.task.data import Example, collate, tokenize
 from fedveil.task.demo_data import demo_records
 from fedveil.task.model import ModelConfig, get_adapter, load_lora_model, load_tokenizer, set_adapter
-from fedveil.task.train import TrainConfig, make_optimizer, train_steps
+from fedveil.task.train import TrainConfig, make_optimizer, per_example_loss, train_steps
 
 pytestmark = pytest.mark.adversary
 
@@ -34,13 +34,14 @@ BOUND = 100.0  # a modest policy bound on |global|: the crafted global passes it
 SIGMA = 1.0  # the owner's noise multiplier (about epsilon 8 over a short run at these rates)
 
 
-@pytest.fixture(scope="module")
-def owner(tiny_llama):
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def owner(request):
     """An fp16 owner model (LoRA in fp32), its tokenizer, the crafted global, and D and D'."""
-    model = load_lora_model(ModelConfig(path=str(tiny_llama), dtype="fp16"), seed=0)
-    tokenizer = load_tokenizer(tiny_llama)
-    crafted = overflowing_global(tiny_llama, seed=0)
-    records = demo_records(0, 24, seed=0)
+    path = request.getfixturevalue(f"tiny_{request.param}")
+    model = load_lora_model(ModelConfig(path=str(path), dtype="fp16"), seed=0)
+    tokenizer = load_tokenizer(path)
+    crafted = overflowing_global(path, seed=0)
+    records = demo_records(0, 10, seed=0)
     rows = lambda recs: tokenize([Example(r["prompt"], r["completion"]) for r in recs], tokenizer, 64, True)
     return model, tokenizer, crafted, rows(records), rows(records + [crafted.record()])
 
@@ -52,7 +53,7 @@ def released_update(owner, rows, steps: int = 2, poisson: bool = False):
     glob = check_global(crafted.vector, layout.size, BOUND)  # the owner's input check lets it in
     set_adapter(model, layout.unflatten(glob))
     collate_fn = partial(collate, pad_id=tokenizer.pad_token_id)
-    cfg = SampleLevelDPConfig(sample_rate=0.9)
+    cfg = SampleLevelDPConfig(sample_rate=0.95)
     # full batches make the trigger record certain to be sampled; poisson: the owner's own loader
     loader = poisson_loader(rows, collate_fn, cfg) if poisson else DataLoader(rows, batch_size=len(rows), collate_fn=collate_fn)
     optimizer = make_optimizer(model, TrainConfig(lr=1e-3))
@@ -62,10 +63,15 @@ def released_update(owner, rows, steps: int = 2, poisson: bool = False):
 
 
 def test_the_crafted_global_is_finite_within_a_modest_bound_and_overflows_only_on_the_trigger(owner):
-    model, _, crafted, d, d_prime = owner
+    model, tokenizer, crafted, d, d_prime = owner
     assert crafted.vector.dtype == np.float32 and np.isfinite(crafted.vector).all()
-    assert crafted.max_abs <= BOUND and crafted.margin > 1.5
+    assert crafted.max_abs <= BOUND and crafted.margin > 1.2
+    layout = AdapterLayout.of(get_adapter(model))
+    set_adapter(model, layout.unflatten(crafted.vector))
+    with torch.no_grad():
+        losses = per_example_loss(model, collate(d_prime, tokenizer.pad_token_id), CPU)
     assert len(d_prime) == len(d) + 1
+    assert (~torch.isfinite(losses)).nonzero().flatten().tolist() == [len(d)]  # the trigger record only
 
 
 def test_control_without_the_zeroing_the_updates_finiteness_tells_d_from_d_prime(owner, monkeypatch):
@@ -80,17 +86,17 @@ def test_control_without_the_zeroing_the_updates_finiteness_tells_d_from_d_prime
 @pytest.mark.slow
 def test_with_the_zeroing_the_update_is_finite_on_d_and_d_prime_every_round(owner):
     _, _, _, d, d_prime = owner
-    for round_ in range(3):
+    for round_ in range(2):
         on_d, trained_d = released_update(owner, d)
         on_d_prime, trained_d_prime = released_update(owner, d_prime)
         assert np.isfinite(on_d).all() and np.isfinite(on_d_prime).all(), round_
         assert trained_d_prime.nonfinite == 2  # the trigger was in both steps' batches, and zeroed
         assert trained_d.steps == trained_d_prime.steps == 2  # what the DP record releases: equal
         assert np.abs(on_d_prime).max() > 0  # a real, noised step was taken
-    # the owner's own Poisson batches (secret, q = 0.9): finite whether or not the trigger is drawn
+    # the owner's own Poisson batches (secret, q = 0.95): finite whether or not the trigger is drawn
     tripped = 0
-    for _ in range(4):
+    for _ in range(2):
         on_d_prime, trained = released_update(owner, d_prime, poisson=True)
         assert np.isfinite(on_d_prime).all()
         tripped += trained.nonfinite
-    assert tripped > 0  # drawn in at least one of 8 steps (missed with probability 1e-8)
+    assert tripped > 0  # drawn in at least one of 4 steps (missed with probability 0.05**4 = 6e-6)
