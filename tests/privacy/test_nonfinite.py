@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedveil.task.data import collate
-from fedveil.privacy.dp.sgd import SampleLevelDPConfig, _zero_rows, nonfinite_examples, private_training
+from fedveil.privacy.dp.sgd import GRAD_SAMPLE_MODES, SampleLevelDPConfig, _zero_rows, nonfinite_examples, private_training
 from fedveil.task.train import TrainResult, gradients_finite, noise_only_step, train_steps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -123,12 +123,14 @@ def test_without_dp_a_non_finite_step_is_skipped_and_counted_and_the_loss_stays_
     assert not all(torch.equal(p, s) for p, s in zip(model.parameters(), start))
 
 
-def test_under_dp_the_step_is_taken_with_the_bad_example_zeroed():
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_under_dp_the_step_is_taken_with_the_bad_example_zeroed(mode):
     torch.manual_seed(0)
     model = NanOnToken()
     start = [p.detach().clone() for p in model.parameters()]
     loader = token_batches([[1, 2, 3], [7, 2, 3]])
-    with private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, SampleLevelDPConfig(), 0.0) as (m, o, dl):
+    cfg = SampleLevelDPConfig(grad_sample_mode=mode)
+    with private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, cfg, 0.0) as (m, o, dl):
         result = train_steps(m, dl, o, 2, torch.device("cpu"))
     assert result.steps == 2 and result.nonfinite == 2 and np.isfinite(result.loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
