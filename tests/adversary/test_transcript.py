@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from crafted import overflowing_global  # tests/adversary/crafted.py (pytest puts this folder on sys.path)
 from fedveil.client import owner as owner_module
 from fedveil.client.app import app
 from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.privacy.policy import OwnerPolicy, write_policy
+from fedveil.task.demo_data import demo_records
 
 pytestmark = [pytest.mark.adversary, pytest.mark.slow]
 
@@ -126,16 +128,16 @@ def datasets(tmp_path_factory, tiny_gpt2):
     return out
 
 
-def run_config(tiny_gpt2, overrides: dict) -> dict:
-    config = to_run_config(from_dict({**BASE, "model": {"path": str(tiny_gpt2)}}))
-    return {**config, **overrides}
+def run_config(model: dict, overrides: dict, base: dict = BASE) -> dict:
+    return {**to_run_config(from_dict({**base, "model": model})), **overrides}
 
 
-def message(op: str, rnd, config: dict, glob, per_round: dict) -> Message:
-    content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: START["digest"],
+def message(op: str, rnd, config: dict, glob, per_round: dict, layout: tuple[str, int]) -> Message:
+    digest, size = layout
+    content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: digest,
                                           **{k: v for k, v in per_round.items() if k != "fail"}})}
     if glob is not None:
-        content[wire.GLOBAL] = ArrayRecord({wire.CLEAR_GLOBAL: Array(glob(START["size"]))})
+        content[wire.GLOBAL] = ArrayRecord({wire.CLEAR_GLOBAL: Array(glob(size))})
     m = Message(content=RecordDict(content), message_type=op, dst_node_id=1)
     m.metadata.__dict__["_message_id"] = m.object_id  # as the SuperLink stamps it
     return m
@@ -162,8 +164,10 @@ def canonical(reply: Message) -> tuple:
     return head, tuple(body)
 
 
-def transcript(case, data_dir, state_dir, tiny_gpt2, monkeypatch) -> list[tuple]:
-    write_policy(state_dir / "policy.json", POLICY)
+def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict = BASE, policy: OwnerPolicy = POLICY,
+               layout: tuple[str, int] | None = None) -> list[tuple]:
+    """The canonical replies of the owner at ``data_dir`` to the messages of ``case``."""
+    write_policy(state_dir / "policy.json", policy)
     node = {"data-dir": str(data_dir), "state-dir": str(state_dir), "client-id": "client_0",
             "policy": str(state_dir / "policy.json")}
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
@@ -174,17 +178,42 @@ def transcript(case, data_dir, state_dir, tiny_gpt2, monkeypatch) -> list[tuple]
                 def leak(model, loader, *args, **kwargs):  # an exception whose text holds the data
                     raise RuntimeError(f"boom after {len(loader.dataset)} records: {loader.dataset[-1]}")
                 patch.setattr(owner_module, "train_steps", leak)
-            replies.append(canonical(app(message=message(op, rnd, run_config(tiny_gpt2, overrides), glob, per_round),
-                                         context=context)))
+            sent = message(op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"]))
+            replies.append(canonical(app(message=sent, context=context)))
     return replies
 
 
 @pytest.mark.parametrize("name, case", CASES, ids=[c[0] for c in CASES])
 def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, datasets, tiny_gpt2, tmp_path,
                                                                   monkeypatch):
-    on_d = transcript(case, datasets["D"], tmp_path / "D", tiny_gpt2, monkeypatch)
+    model = {"path": str(tiny_gpt2)}
+    on_d = transcript(case, datasets["D"], tmp_path / "D", model, monkeypatch)
     for neighbour in ("long", "dropped"):
-        assert transcript(case, datasets[neighbour], tmp_path / neighbour, tiny_gpt2, monkeypatch) == on_d, neighbour
+        assert transcript(case, datasets[neighbour], tmp_path / neighbour, model, monkeypatch) == on_d, neighbour
+
+
+def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_and_a_finite_update(
+        tiny_llama, tmp_path, monkeypatch):
+    """An fp16 owner, a finite global within the bound that overflows its forward pass only on records
+    holding a trigger token, and D' = D + one such record, sampled at q = 0.9 (tests/adversary/crafted.py)."""
+    model = {"path": str(tiny_llama), "dtype": "fp16"}
+    base = {**BASE, "data": {"max_length": 64}, "dp": {**BASE["dp"], "sample_rate": 0.9}}
+    crafted = overflowing_global(tiny_llama, seed=base["seed"])
+    records = demo_records(0, 24, seed=0)
+    dirs = {}
+    for name, rows in (("D", records), ("D+trigger", records + [crafted.record()])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        dirs[name] = tmp_path / name
+    start = Owner(from_dict({**base, "model": model}), OwnerIdentity("client_0", str(dirs["D"]), str(tmp_path / "o")))
+    policy = OwnerPolicy(**{**POLICY.__dict__, "max_sample_rate": 1.0})
+    glob = lambda n: crafted.vector.copy()
+    case = [msg("train", 1, glob=glob), msg("evaluate", 1, glob=glob), msg("train", 2, glob=glob)]
+    on = {name: transcript(case, path, tmp_path / f"state-{name}", model, monkeypatch, base, policy,
+                             (start.layout.digest, start.layout.size))
+          for name, path in dirs.items()}
+    assert on["D+trigger"] == on["D"]
+    assert not any(reply[1][0] == "error" for reply in on["D"])  # trained and evaluated: not refused
 
 
 def test_the_battery_covers_at_least_25_coordinator_inputs():
