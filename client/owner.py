@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from fedveil.client.run_record import RunRecord
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
@@ -43,8 +44,7 @@ from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys
-from fedveil.client.run_record import RunRecord
-from fedveil.task.data import IGNORE_INDEX, DataConfig, DataError, OwnerData, collate, load_owner_data
+from fedveil.task.data import IGNORE_INDEX, DataConfig, OwnerData, collate, load_owner_data
 from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
 from fedveil.task.train import evaluate, make_optimizer, shuffled_loader, train_steps
 
@@ -138,7 +138,7 @@ class Owner:
                     # (the policy already refused a δ above the cap)
                     owner_delta(dataclasses.replace(self.cfg.dp, delta=self.policy.max_delta), n)
                 owner_delta(self.cfg.dp, n)
-        except (DataError, UserError) as exc:
+        except UserError as exc:  # DataError included
             self._data = None
             if isinstance(exc, Refusal):
                 raise
