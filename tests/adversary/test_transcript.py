@@ -46,8 +46,9 @@ def honest(n: int) -> np.ndarray:  # the starting adapter (filled in by the modu
 START: dict = {}
 
 
-# One coordinator input per row: (name, [(op, round, run-config overrides, global, per-round overrides)]).
-# A global is a function of the layout's size; None sends no global at all.
+# One coordinator input per row: (name, messages, what the owner releases to the last one: "ok" or
+# the error's reason). A message: (op, round, run-config overrides, global, per-round overrides);
+# a global is a function of the layout's size (None: no global); a dict override replaces a group.
 def msg(op, rnd=1, cfg=None, glob=honest, per_round=None):
     return (op, rnd, cfg or {}, glob, per_round or {})
 
@@ -65,40 +66,40 @@ def spiked(value, dtype=np.float32):
 
 
 CASES = [
-    ("train", [msg("train")]),
-    ("evaluate the start", [msg("evaluate", 0)]),
+    ("train", [msg("train")], "ok"),
+    ("evaluate the start", [msg("evaluate", 0)], "ok"),
     ("three rounds", [msg("train", 1), msg("evaluate", 1), msg("train", 2), msg("evaluate", 2), msg("train", 3),
-                      msg("evaluate", 3)]),
-    ("train a round twice", [msg("train", 1), msg("train", 1)]),
-    ("dp off under require_dp", [msg("train", cfg={"dp.name": "off"})]),
-    ("epsilon above the cap", [msg("train", cfg={"dp.target_epsilon": 50.0})]),
-    ("delta above the cap", [msg("train", cfg={"dp.delta": 1e-3})]),
-    ("sigma below the minimum", [msg("train", cfg={"dp.noise_multiplier": 0.1})]),
-    ("q above the cap", [msg("train", cfg={"dp.sample_rate": 0.9})]),
-    ("no poisson sampling", [msg("train", cfg={"dp.poisson_sampling": False})]),
-    ("more local steps", [msg("train", cfg={"train.local_steps": 50})]),
-    ("a backend not allowed", [msg("train", cfg={"aggregation.name": "tenseal"})]),
-    ("unknown config key", [msg("train", cfg={"dp.bogus": 1})]),
-    ("wrong config type", [msg("train", cfg={"rounds": "three"})]),
+                      msg("evaluate", 3)], "ok"),
+    ("train a round twice", [msg("train", 1), msg("train", 1)], "ok"),
+    ("dp off under require_dp", [msg("train", cfg={"dp": {"name": "off"}})], "policy rule=require_dp"),
+    ("epsilon above the cap", [msg("train", cfg={"dp.target_epsilon": 50.0})], "policy rule=max_epsilon"),
+    ("delta above the cap", [msg("train", cfg={"dp.delta": 1e-3})], "policy rule=max_delta"),
+    ("sigma below the minimum", [msg("train", cfg={"dp.noise_multiplier": 0.1})], "policy rule=min_noise_multiplier"),
+    ("q above the cap", [msg("train", cfg={"dp.sample_rate": 0.9})], "policy rule=max_sample_rate"),
+    ("no poisson sampling", [msg("train", cfg={"dp.poisson_sampling": False})], "policy rule=poisson_sampling"),
+    ("more local steps", [msg("train", cfg={"train.local_steps": 50})], "policy rule=max_local_steps"),
+    ("a backend not allowed", [msg("train", cfg={"aggregation.name": "tenseal"})], "policy rule=allowed_backends"),
+    ("unknown config key", [msg("train", cfg={"dp.bogus": 1})], "config"),
+    ("wrong config type", [msg("train", cfg={"rounds": "three"})], "config"),
     ("max_length probes", [msg("evaluate", 0, cfg={"data.max_length": 8}), msg("train", cfg={"data.max_length": 8}),
-                           msg("train", cfg={"data.max_length": 4096})]),
-    ("wrong layout digest", [msg("train", per_round={wire.LAYOUT_DIGEST: "0" * 64})]),
-    ("no global", [msg("train", glob=None)]),
-    ("NaN global", [msg("train", glob=spiked(np.nan)), msg("evaluate", 1, glob=const(np.nan))]),
-    ("inf global", [msg("train", glob=spiked(np.inf)), msg("evaluate", 1, glob=spiked(-np.inf))]),
-    ("1e30 global", [msg("train", glob=spiked(1e30))]),
-    ("1e39 global (float64)", [msg("train", glob=spiked(1e39, np.float64))]),
-    ("just within the bound", [msg("train", glob=const(99.0)), msg("evaluate", 1, glob=const(-99.0))]),
-    ("float64 global", [msg("train", glob=lambda n: honest(n).astype(np.float64))]),
-    ("int global", [msg("train", glob=lambda n: np.zeros(n, np.int64))]),
-    ("str global", [msg("train", glob=lambda n: np.array(["0.1"] * 4))]),
-    ("wrong size global", [msg("train", glob=lambda n: honest(n)[:-1])]),
-    ("2-D global", [msg("train", glob=lambda n: honest(n).reshape(2, -1))]),
-    ("evaluates past the cap", [msg("evaluate", 1)] * (POLICY.max_evaluates_per_round + 2)),
-    ("rounds past the plan", [msg("train", 4), msg("evaluate", 9), msg("train", 0), msg("train", -1)]),
-    ("a round number that is not one", [msg("train", "one")]),
-    ("key set-up on plain", [msg("query.pubkey", 1)]),
-    ("exception inside training", [msg("train", per_round={"fail": "inside"})]),
+                           msg("train", cfg={"data.max_length": 4096})], "config key=data.max_length"),
+    ("wrong layout digest", [msg("train", per_round={wire.LAYOUT_DIGEST: "0" * 64})], "layout"),
+    ("no global", [msg("train", glob=None)], "config"),
+    ("NaN global", [msg("train", glob=spiked(np.nan)), msg("evaluate", 1, glob=const(np.nan))], "bad-global check=finite"),
+    ("inf global", [msg("train", glob=spiked(np.inf)), msg("evaluate", 1, glob=spiked(-np.inf))], "bad-global check=finite"),
+    ("1e30 global", [msg("train", glob=spiked(1e30))], "bad-global check=bound"),
+    ("1e39 global (float64)", [msg("train", glob=spiked(1e39, np.float64))], "bad-global check=dtype"),
+    ("just within the bound", [msg("train", glob=const(99.0)), msg("evaluate", 1, glob=const(-99.0))], "ok"),
+    ("float64 global", [msg("train", glob=lambda n: honest(n).astype(np.float64))], "bad-global check=dtype"),
+    ("int global", [msg("train", glob=lambda n: np.zeros(n, np.int64))], "bad-global check=dtype"),
+    ("str global", [msg("train", glob=lambda n: np.array(["0.1"] * 4))], "bad-global check=dtype"),
+    ("wrong size global", [msg("train", glob=lambda n: honest(n)[:-1])], "bad-global check=shape"),
+    ("2-D global", [msg("train", glob=lambda n: honest(n).reshape(2, -1))], "bad-global check=shape"),
+    ("evaluates past the cap", [msg("evaluate", 1)] * (POLICY.max_evaluates_per_round + 2), "limit limit=max_evaluates_per_round"),
+    ("rounds past the plan", [msg("train", 4), msg("evaluate", 9), msg("train", 0), msg("train", -1)], "limit limit=rounds"),
+    ("a round number that is not one", [msg("train", "one")], "config key=server-round"),
+    ("key set-up on plain", [msg("query.pubkey", 1)], "config key=aggregation.name"),
+    ("exception inside training", [msg("train", per_round={"fail": "inside"})], "internal"),
 ]
 
 
@@ -129,7 +130,9 @@ def datasets(tmp_path_factory, tiny_gpt2):
 
 
 def run_config(model: dict, overrides: dict, base: dict = BASE) -> dict:
-    return {**to_run_config(from_dict({**base, "model": model})), **overrides}
+    groups = {k: v for k, v in overrides.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
+    return {**to_run_config(from_dict({**base, **groups, "model": model})), **flat}
 
 
 def message(op: str, rnd, config: dict, glob, per_round: dict, layout: tuple[str, int]) -> Message:
@@ -183,11 +186,13 @@ def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict =
     return replies
 
 
-@pytest.mark.parametrize("name, case", CASES, ids=[c[0] for c in CASES])
-def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, datasets, tiny_gpt2, tmp_path,
+@pytest.mark.parametrize("name, case, expect", CASES, ids=[c[0] for c in CASES])
+def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, expect, datasets, tiny_gpt2, tmp_path,
                                                                   monkeypatch):
     model = {"path": str(tiny_gpt2)}
     on_d = transcript(case, datasets["D"], tmp_path / "D", model, monkeypatch)
+    last = on_d[-1][1]
+    assert (last[2] if last[0] == "error" else "ok") == expect  # the mechanism that answered
     for neighbour in ("long", "dropped"):
         assert transcript(case, datasets[neighbour], tmp_path / neighbour, model, monkeypatch) == on_d, neighbour
 
@@ -217,4 +222,4 @@ def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_an
 
 
 def test_the_battery_covers_at_least_25_coordinator_inputs():
-    assert len(CASES) >= 25 and len({name for name, _ in CASES}) == len(CASES)
+    assert len(CASES) >= 25 and len({name for name, _, _ in CASES}) == len(CASES)
