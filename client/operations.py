@@ -18,7 +18,7 @@ from fedveil.client.worker import Answer, Instruction, decode, encode, encode_er
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress
-from fedveil.core.errors import Refusal, UserError
+from fedveil.core.errors import Refusal
 from fedveil.core.layout import LayoutMismatch
 from fedveil.core.faults import maybe_die
 from fedveil.core.payload import Protected
@@ -29,7 +29,8 @@ OPERATIONS = (TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL)
 
 
 def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig | None = None) -> Answer:
-    """Carry out one instruction as ``identity``; a refusal or bad input raises :class:`UserError`."""
+    """Carry out one instruction as ``identity``; a refusal or bad input raises a
+    :class:`~fedveil.core.errors.Refusal` (any other exception: the release gate makes it a code)."""
     if instruction.op not in OPERATIONS:
         raise Refusal("config", f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}", key="op")
     cfg = cfg or from_run_config(instruction.run_config)

@@ -39,7 +39,7 @@ BASE = {"seed": 3, "rounds": 3, "num_clients": 1, "output_dir": "/coordinator/ru
         "dp": {"name": "sample_level", "target_epsilon": 8.0, "delta": 1e-5, "sample_rate": 0.25, "accountant": "rdp"}}
 
 
-def honest(n: int) -> np.ndarray:  # the starting adapter (filled in by the module fixture)
+def honest(n: int) -> np.ndarray:  # the starting adapter (START: set by the `datasets` fixture)
     return START["initial"].copy()
 
 
