@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import pack, unpack
 from fedveil.core.payload import Protected
 
@@ -89,12 +89,14 @@ def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str
         head = json.loads(head_bytes)
         arrays = {}
         for name, dtype, shape, index in head.pop("arrays"):
-            if dtype not in ALLOWED_DTYPES:
-                raise ValueError(f"dtype {dtype} is not accepted")
+            if dtype not in ALLOWED_DTYPES:  # the global's dtype, refused as the in-process owner does
+                raise Refusal("bad-global", f"an array of dtype {dtype} in the request is not accepted", check="dtype")
             size = int(np.prod(shape)) if shape else 1
             raw = frames[index - 1]
             arrays[str(name)] = np.frombuffer(raw[: size * np.dtype(dtype).itemsize], dtype=dtype).reshape(shape).copy()
         blobs = {str(name): frames[index - 1] for name, index in head.pop("blobs").items()}
+    except Refusal:
+        raise
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise UserError(f"malformed worker message ({exc})") from exc
     return head, arrays, blobs

@@ -13,6 +13,9 @@ Adding a coordinator input is one line in ``CASES``; every new message type or f
 from __future__ import annotations
 
 import json
+import tempfile
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +24,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from crafted import overflowing_global  # tests/adversary/crafted.py (pytest puts this folder on sys.path)
 from fedveil.client import owner as owner_module
 from fedveil.client.app import app
+from fedveil.client.operations import WorkerState
 from fedveil.client.owner import Owner, OwnerIdentity
+from fedveil.client.worker import serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.privacy.policy import OwnerPolicy, write_policy
@@ -168,11 +173,13 @@ def canonical(reply: Message) -> tuple:
 
 
 def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict = BASE, policy: OwnerPolicy = POLICY,
-               layout: tuple[str, int] | None = None) -> list[tuple]:
+               layout: tuple[str, int] | None = None, worker: bool = False) -> list[tuple]:
     """The canonical replies of the owner at ``data_dir`` to the messages of ``case``."""
     write_policy(state_dir / "policy.json", policy)
     node = {"data-dir": str(data_dir), "state-dir": str(state_dir), "client-id": "client_0",
             "policy": str(state_dir / "policy.json")}
+    if worker:  # the deployed path: the ClientApp relays to the owner's worker, which answers
+        node = {"worker": start_worker(data_dir, state_dir)}
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
     replies = []
     for op, rnd, overrides, glob, per_round in case:
@@ -184,6 +191,29 @@ def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict =
             sent = message(op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"]))
             replies.append(canonical(app(message=sent, context=context)))
     return replies
+
+
+def start_worker(data_dir, state_dir) -> str:
+    """An owner worker on a thread (``client/worker.py``); returns its socket (a short path)."""
+    sock = Path(tempfile.mkdtemp(prefix="fv", dir="/tmp")) / "owner.sock"
+    state = WorkerState("client_0", str(data_dir), str(state_dir), policy=str(state_dir / "policy.json"))
+    ready = threading.Event()
+    threading.Thread(target=serve, args=(sock, state.answer, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    return str(sock)
+
+
+WORKER_CASES = ("train", "three rounds", "epsilon above the cap", "NaN global", "str global", "max_length probes",
+                "evaluates past the cap", "exception inside training")
+
+
+@pytest.mark.parametrize("name", WORKER_CASES)
+def test_the_deployed_worker_releases_what_the_in_process_owner_releases(name, datasets, tiny_gpt2, tmp_path,
+                                                                         monkeypatch):
+    (case, expect), model = {n: (c, e) for n, c, e in CASES}[name], {"path": str(tiny_gpt2)}
+    in_process = transcript(case, datasets["D"], tmp_path / "app", model, monkeypatch)
+    relayed = transcript(case, datasets["D"], tmp_path / "worker", model, monkeypatch, worker=True)
+    assert relayed == in_process
 
 
 @pytest.mark.parametrize("name, case, expect", CASES, ids=[c[0] for c in CASES])
