@@ -63,6 +63,7 @@ class OwnerPolicy:
     max_global_abs: float = MAX_GLOBAL_ABS  # refuse a global with a larger |value| (privacy/inputs.py)
     max_evaluates_per_round: int = MAX_EVALUATES_PER_ROUND
     dp_eval_examples: int = DP_EVAL_EXAMPLES  # under DP: evaluation's fixed, public number of examples
+    max_length: Optional[int] = None  # refuse any other data.max_length (its data checks then never vary)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.allowed_backends) - set(BACKEND_NAMES))
@@ -74,7 +75,7 @@ class OwnerPolicy:
                 raise UserError(f"owner_policy.{key} must be > 0 (or null for no limit), got {value}")
         if not self.max_global_abs > 0:
             raise UserError(f"owner_policy.max_global_abs must be > 0, got {self.max_global_abs}")
-        for key in ("max_rounds", "max_local_steps", "max_evaluates_per_round", "dp_eval_examples"):
+        for key in ("max_rounds", "max_local_steps", "max_evaluates_per_round", "dp_eval_examples", "max_length"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"owner_policy.{key} must be >= 1 (or null), got {value}")
@@ -92,6 +93,8 @@ class OwnerPolicy:
             self.refuse("max_rounds", f"max_rounds={self.max_rounds}", f"rounds={cfg.rounds}")
         if self.max_local_steps is not None and cfg.train.local_steps > self.max_local_steps:
             self.refuse("max_local_steps", f"max_local_steps={self.max_local_steps}", f"train.local_steps={cfg.train.local_steps}")
+        if self.max_length is not None and cfg.data.max_length != self.max_length:
+            self.refuse("max_length", f"max_length={self.max_length}", f"data.max_length={cfg.data.max_length}")
         if dp.name == "off":
             return
         if not dp.poisson_sampling:

@@ -109,3 +109,14 @@ def test_the_run_record_counts_rounds_trained_and_evaluates(tmp_path):
         RunRecord(tmp_path, "run#1").take_evaluate(1, 2)
     assert refused.value.public == {"limit": "max_evaluates_per_round"}
     RunRecord(tmp_path, "run#2").take_evaluate(1, 2)  # another run has its own record
+
+
+def test_a_policy_that_pins_max_length_refuses_the_coordinators_probes():
+    from fedveil.configs.schema import from_dict
+    from fedveil.privacy.policy import OwnerPolicy
+
+    policy = OwnerPolicy(max_length=64)
+    policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 64}}), "")
+    with pytest.raises(PolicyViolation) as refused:
+        policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 32}}), "")
+    assert refused.value.public == {"rule": "max_length"}
