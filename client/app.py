@@ -3,8 +3,10 @@
 Each handler decodes the Message into an :class:`~fedveil.client.worker.Instruction` and either
 relays it to the owner's long-lived worker (deployment: node config ``worker='<socket>'``; see
 ``client/worker.py``) or carries it out in this process (simulation, or a SuperNode without a
-worker) with :func:`fedveil.client.operations.handle`. An owner-side refusal comes back as an
-error reply of one line. In relay mode this process imports neither torch nor the model.
+worker) with :func:`fedveil.client.operations.handle`. Whatever comes back, a reply or any
+exception, leaves through the owner's release gate (``client/release.py``): a refusal leaves as a
+code with public parameters, its line stays on this console. In relay mode this process imports
+neither torch nor the model.
 
 Where an owner's files are (in-process path):
 
@@ -27,19 +29,21 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from fedveil.client.release import dp_requested, release
 from fedveil.client.worker import Answer, Instruction, relay
 from fedveil.core import records, wire
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 
 app = ClientApp()
-
-USER_ERROR_CODE = 4000  # an owner-side refusal or bad input; the reason is one line
 
 
 def instruction_of(msg: Message, op: str) -> Instruction:
     run_config, per_round = records.split_config(msg.content[wire.CONFIG])
     content = msg.content
-    arrays = records.record_arrays(content.array_records[wire.GLOBAL]) if wire.GLOBAL in content.array_records else {}
+    try:
+        arrays = records.record_arrays(content.array_records[wire.GLOBAL]) if wire.GLOBAL in content.array_records else {}
+    except (ValueError, TypeError) as exc:  # e.g. a str array: numpy cannot even hold it
+        raise Refusal("bad-global", f"the global adapter cannot be read as an array ({exc})", check="dtype") from exc
     keys = dict(content.config_records[wire.KEYS].items()) if wire.KEYS in content.config_records else {}
     return Instruction(op, run_config, per_round, arrays, keys)
 
@@ -81,11 +85,18 @@ def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: st
 
 
 def answer(msg: Message, context: Context, op: str) -> Message:
+    """Carry out ``msg`` and reply with what the release gate lets out (an error for any failure)."""
+    dp_on = True  # a message whose config cannot say counts as DP
     try:
-        result = carry_out(instruction_of(msg, op), context)
-    except UserError as exc:
-        return Message(Error(code=USER_ERROR_CODE, reason=str(exc)), reply_to=msg)
-    return Message(records.reply(result.metrics, result.meta, result.protected), reply_to=msg)
+        if wire.CONFIG in msg.content.config_records:
+            dp_on = dp_requested(dict(msg.content.config_records[wire.CONFIG]))
+        outcome: Answer | BaseException = carry_out(instruction_of(msg, op), context)
+    except Exception as exc:  # noqa: BLE001 -- every failure leaves as a code; its text stays here
+        outcome = exc
+    released = release(outcome, dp_on, f"node {context.node_id}")
+    if released.is_error:
+        return Message(Error(code=released.error_code, reason=released.reason), reply_to=msg)
+    return Message(records.reply(released.metrics, released.meta, released.protected), reply_to=msg)
 
 
 @app.train()

@@ -124,7 +124,7 @@ class Runner:
     def run_task(self, token: str) -> None:
         """One task, as ``flwr-clientapp`` runs it, minus the process start and the exit."""
         from flwr.app import Error, Message
-        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.common.constant import SubStatus
         from flwr.supercore import log
         from flwr.supercore.heartbeat import HeartbeatSender
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor
@@ -139,11 +139,14 @@ class Runner:
             message, context, run, fab = pull_task_input(client)
             reply = self.app_for(run, fab)(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
-        except Exception as exc:  # noqa: BLE001 -- as flwr-clientapp: the error goes back as the reply
+        except Exception as exc:  # noqa: BLE001 -- as flwr-clientapp, but only a code leaves (client/release.py)
+            from fedveil.client.release import refusal_of  # light: no torch, as the relay itself
+
             log(ERROR, "ClientApp raised an exception", exc_info=exc)
-            details = f"{type(exc)}:<'{exc}'>"
+            released = refusal_of(exc, "fedveil-clientapp")
+            details = released.reason
             if message is not None:
-                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+                reply = Message(Error(code=released.error_code, reason=released.reason), reply_to=message)
         finally:
             try:
                 if reply is not None and context is not None:

@@ -2,7 +2,8 @@
 both paths (in the ClientApp's process in simulation, in the owner worker in deployment).
 
 :func:`handle` turns an :class:`Instruction` (what the ClientApp decoded from a Message) into an
-:class:`Answer` (metrics, meta, protected payload) for the ClientApp to encode.
+:class:`Answer` (metrics, meta, protected payload); what of it leaves the owner, and what a failure
+says, is decided by the release gate (``client/release.py``) on both paths.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
-from fedveil.client.worker import Answer, Instruction, decode, encode
+from fedveil.client.release import dp_requested, release
+from fedveil.client.worker import Answer, Instruction, decode, encode, encode_error
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal
+from fedveil.core.layout import LayoutMismatch
 from fedveil.core.faults import maybe_die
 from fedveil.core.payload import Protected
 from fedveil.privacy.secagg import backend_spec
@@ -26,9 +29,10 @@ OPERATIONS = (TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL)
 
 
 def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig | None = None) -> Answer:
-    """Carry out one instruction as ``identity``; a refusal or bad input raises :class:`UserError`."""
+    """Carry out one instruction as ``identity``; a refusal or bad input raises a
+    :class:`~fedveil.core.errors.Refusal` (any other exception: the release gate makes it a code)."""
     if instruction.op not in OPERATIONS:
-        raise UserError(f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}")
+        raise Refusal("config", f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}", key="op")
     cfg = cfg or from_run_config(instruction.run_config)
     if instruction.op not in (TRAIN, EVALUATE):
         return key_setup(instruction, cfg, identity)  # bound to the run as every owner sees it
@@ -38,16 +42,23 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
 
 
 def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    """A train or evaluate instruction: every input is checked (``Owner()``, the layout digest, the
+    global) before the owner's data is read (``owner.load_data``)."""
     owner = Owner(cfg, identity, instruction.per_round)
-    owner.layout.check(str(instruction.per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
+    try:
+        owner.layout.check(str(instruction.per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
+    except LayoutMismatch as exc:
+        raise Refusal("layout", str(exc)) from exc
     # train in round r starts from the global after round r - 1; evaluate sees the one after round r
     after_round = owner.round.round - 1 if instruction.op == TRAIN else owner.round.round
     global_vector, reveal_seconds = owner.open_global(instruction.arrays, after_round)
+    owner.load_data()
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
+    timings = {} if owner.dp_on else {wire.REVEAL_SECONDS: reveal_seconds}  # no timings under DP
     if instruction.op == TRAIN:
         protected, metrics = owner.train_round(global_vector)
-        return Answer({**metrics, wire.REVEAL_SECONDS: reveal_seconds}, meta, protected)
-    metrics = {**owner.evaluate(global_vector), wire.REVEAL_SECONDS: reveal_seconds}
+        return Answer({**metrics, **timings}, meta, protected)
+    metrics = {**owner.evaluate(global_vector), **timings}
     encrypted = None
     if instruction.per_round.get(wire.REENCRYPT_BY) == identity.owner_id:
         blob, signature = owner.encrypt_global(global_vector)
@@ -62,7 +73,8 @@ def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdent
     meta: dict[str, Any] = {wire.OWNER_ID: identity.owner_id}
     setup = backend_spec(cfg.aggregation.name).key_setup
     if setup is None:
-        raise UserError(f"aggregation '{cfg.aggregation.name}' has no key set-up; the server asked for one by mistake")
+        raise Refusal("config", f"aggregation '{cfg.aggregation.name}' has no key set-up; the server asked for one "
+                      "by mistake", key="aggregation.name")
     keys = instruction.keys
     if instruction.op == PUBKEY:
         meta[wire.PUBLIC_KEY] = setup.announce(identity.keys)
@@ -103,23 +115,29 @@ class WorkerState:
                              self.model_path, self.party_keys)
 
     def answer(self, request: bytes) -> bytes:
-        loads = model_loads()
+        """One framed request -> one framed answer, through the release gate (any failure included)."""
+        loads, dp_on = model_loads(), True  # a request that cannot say counts as DP
         try:
             head, arrays, blobs = decode(request)
             keys = {**head.get("keys", {}), **blobs}
+            run_config = dict(head.get("run_config", {}))
+            dp_on = dp_requested(run_config)
             if head.get("op") == "train":
                 maybe_die("worker-training", (head.get("per_round") or {}).get(wire.ROUND), self.owner_id)
-            answer = handle(Instruction(str(head.get("op")), dict(head.get("run_config", {})),
-                                        dict(head.get("per_round", {})), arrays, keys), self.identity)
-        except UserError as exc:
-            return encode({"error": str(exc)})
+            outcome = handle(Instruction(str(head.get("op")), run_config, dict(head.get("per_round", {})),
+                                         arrays, keys), self.identity)
+        except Exception as exc:  # noqa: BLE001 -- every failure leaves as a code (client/release.py)
+            outcome = exc
         finally:
             if model_loads() > loads:
                 progress(f"owner worker {self.owner_id}: model loaded ({model_loads()} load(s) in this process)")
-        meta_blobs = {k: v for k, v in answer.meta.items() if isinstance(v, bytes)}
-        meta = {k: v for k, v in answer.meta.items() if not isinstance(v, bytes)}
-        p = answer.protected
-        return encode({"metrics": answer.metrics, "meta": meta, "meta_blobs": sorted(meta_blobs),
+        released = release(outcome, dp_on, f"owner worker {self.owner_id}")
+        if released.is_error:
+            return encode_error(released.error_code, released.reason)
+        meta_blobs = {k: v for k, v in released.meta.items() if isinstance(v, bytes)}
+        meta = {k: v for k, v in released.meta.items() if not isinstance(v, bytes)}
+        p = released.protected
+        return encode({"metrics": released.metrics, "meta": meta, "meta_blobs": sorted(meta_blobs),
                        "protected": None if p is None else {"arrays": sorted(p.arrays), "blobs": sorted(p.blobs)}},
                       arrays=p.arrays if p is not None else None,
                       blobs={**meta_blobs, **({f"protected.{k}": v for k, v in p.blobs.items()} if p else {})})

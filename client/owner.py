@@ -3,9 +3,14 @@
 The ClientApp (``client/app.py``) only turns Messages into calls on :class:`Owner`. The owner's
 backend side (``privacy/secagg``) protects its update and opens the global the server sends.
 
-Every instruction is first checked against the owner's own policy (``privacy/policy.py``). Under
-DP the owner releases only its DP-SGD update (weight 1, a public value) and its DP accounting
-record; its losses and counts stay home (``<state dir>/evaluations.jsonl``).
+Every instruction is checked before the owner's data is read or its ε ledger opened, in this
+order: its own policy (``privacy/policy.py``, a named file that is missing stops it), the layout
+digest, the round number against the plan and the owner's run record (``client/run_record.py``)
+and the global (``privacy/inputs.py``). Only then does :meth:`Owner.load_data` read the data and
+run the checks whose answer depends on it (δ < 1/n). Under DP the owner computes only its DP-SGD
+update (weight 1, a public value) and its DP accounting record; evaluation runs a fixed public
+number of held-out examples drawn with replacement at a fixed padded length; its losses stay home
+(``<state dir>/evaluations.jsonl``). What actually leaves is decided by ``client/release.py``.
 """
 
 from __future__ import annotations
@@ -22,21 +27,24 @@ from typing import Optional
 import numpy as np
 import torch
 
+from fedveil.client.run_record import RunRecord
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, RoundContext
 from fedveil.core.console import progress
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.io import append_jsonl
 from fedveil.privacy.dp import epsilon_ledger
-from fedveil.privacy.dp.sgd import poisson_loader, private_training
+from fedveil.privacy.dp.randomness import secret_uniform
+from fedveil.privacy.dp.sgd import owner_delta, poisson_loader, private_training
+from fedveil.privacy.inputs import check_global
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys
-from fedveil.task.data import collate
-from fedveil.task.data import DataConfig, OwnerData, load_owner_data
+from fedveil.task.data import IGNORE_INDEX, DataConfig, OwnerData, collate, load_owner_data
 from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
 from fedveil.task.train import evaluate, make_optimizer, shuffled_loader, train_steps
 
@@ -94,20 +102,48 @@ class Owner:
     """A data owner bound to one experiment config and one round's instructions."""
 
     def __init__(self, cfg: FedveilConfig, identity: OwnerIdentity, per_round: dict | None = None) -> None:
+        """Checks everything that depends only on the coordinator's instruction and public values;
+        reads no data and opens no ledger (that waits for :meth:`load_data` and training)."""
         self.cfg, self.identity = cfg, identity
-        self.policy = load_policy(identity.policy_file)
+        self.policy = load_policy(identity.policy_file, named=identity.policy_path is not None)
         self.dp_on = cfg.dp.name != "off"
         self.device = resolve_device(cfg.model.device)
         model_key = json.dumps({**dataclasses.asdict(cfg.model), "tiny": None}, sort_keys=True)
         self.model, self.tokenizer, self.layout, self.initial = _model_bundle(model_key, cfg.seed, str(self.device))
-        data_key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-        self.policy.check(cfg, self.layout.digest)  # before any data is read or budget spent
-        self.data = _owner_data(identity.data_source, self.tokenizer, data_key, cfg.seed, self.dp_on)
+        self.policy.check(cfg, self.layout.digest)
+        check_max_length(self.model, cfg.data.max_length)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
-        self.round = RoundContext(int(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
+        self.round = RoundContext(_round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
+        self.runs = RunRecord(identity.state_dir, run_key(cfg))
+        self.runs.check_round(self.round.round, cfg.rounds)
         self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.keys,
                                                                 per_round, run=run_key(cfg))
+        self._data: Optional[OwnerData] = None
+
+    @property
+    def data(self) -> OwnerData:
+        return self._data if self._data is not None else self.load_data()
+
+    def load_data(self) -> OwnerData:
+        """Read and tokenize the owner's data, after every input check; the checks that depend on
+        the data run here and are shown here: the server gets the code ``data`` only."""
+        data_key = json.dumps(dataclasses.asdict(self.cfg.data), sort_keys=True)
+        try:
+            self._data = _owner_data(self.identity.data_source, self.tokenizer, data_key, self.cfg.seed, self.dp_on)
+            if self.dp_on:
+                n = len(self._data.train) + len(self._data.eval)
+                if self.policy.max_delta is not None:
+                    # against the owner's own cap, so the answer cannot be probed with the server's δ
+                    # (the policy already refused a δ above the cap)
+                    owner_delta(dataclasses.replace(self.cfg.dp, delta=self.policy.max_delta), n)
+                owner_delta(self.cfg.dp, n)
+        except UserError as exc:  # DataError included
+            self._data = None
+            if isinstance(exc, Refusal):
+                raise
+            raise Refusal("data", f"{self.identity.owner_id}: {exc}") from exc
+        return self._data
 
     @property
     def num_examples(self) -> int:
@@ -120,9 +156,14 @@ class Owner:
 
     def open_global(self, arrays: dict[str, np.ndarray], after_round: int) -> tuple[np.ndarray, float]:
         """The global adapter after round ``after_round`` from the server's arrays (clear, or checked
-        and decrypted here); and seconds spent."""
+        and decrypted here), refused unless float32, of the layout's size, finite and within the
+        policy's ``max_global_abs``; and seconds spent."""
         start = time.perf_counter()
-        vector = self.backend.open_global(arrays, self.initial, after_round)
+        size, bound = self.layout.size, self.policy.max_global_abs
+        if wire.CLEAR_GLOBAL in arrays:  # as sent: a float64 or int global is refused, never cast
+            check_global(arrays[wire.CLEAR_GLOBAL], size, bound)
+        vector = check_global(np.asarray(self.backend.open_global(arrays, self.initial, after_round), np.float32),
+                              size, bound)
         return vector, time.perf_counter() - start
 
     def encrypt_global(self, vector: np.ndarray) -> tuple[bytes, bytes]:
@@ -144,6 +185,8 @@ class Owner:
 
     def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
+        self.runs.check_train(self.round.round, self.policy.max_rounds)
+        data = self.data
         self.load_global(global_vector)
         tc, server_round = self.cfg.train, self.round.round
         torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)  # init-like randomness only; DP draws its own
@@ -152,7 +195,7 @@ class Owner:
             result, metrics = self.train_private(optimizer)
         else:
             maybe_die("owner-training", server_round, self.identity.owner_id)
-            loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
+            loader = shuffled_loader(data.train, tc.batch_size, self.tokenizer.pad_token_id,
                                      seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
             result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device,
                                            self.training_progress), {}
@@ -160,16 +203,19 @@ class Owner:
         start = time.perf_counter()
         # under DP every owner weighs 1 (a public value): an exact count would leave un-noised
         protected = self.backend.protect(delta, 1.0 if self.dp_on else float(self.num_examples), self.round)
+        self.runs.note_trained(server_round)
+        self.keep_local({"round": server_round, "train_loss": result.loss})
+        if self.dp_on:  # sizes fixed by public values; no timings, losses or norms
+            metrics.update({wire.NUM_EXAMPLES: 1, wire.TRAIN_STEPS: tc.local_steps})
+            return protected, metrics
         metrics.update({
             wire.NUM_EXAMPLES: self.metric_weight(self.num_examples),
             wire.TRAIN_STEPS: result.steps,
             wire.TRAIN_SECONDS: result.seconds,
             wire.PROTECT_SECONDS: time.perf_counter() - start,
+            wire.TRAIN_LOSS: result.loss,
         })
-        self.keep_local({"round": server_round, "train_loss": result.loss})
-        if not self.dp_on:
-            metrics[wire.TRAIN_LOSS] = result.loss
-        if self.backend.server_sees_updates and not self.dp_on:  # elsewhere even the norm stays home
+        if self.backend.server_sees_updates:  # elsewhere even the norm stays home
             metrics[wire.UPDATE_NORM] = float(np.linalg.norm(delta))
         return protected, metrics
 
@@ -177,19 +223,24 @@ class Owner:
         """DP-SGD for this round: noise planned and spend reserved in the owner's ledger first."""
         tc, dp, q = self.cfg.train, self.cfg.dp, self.cfg.dp.sample_rate
         cap = self.policy.max_epsilon if self.policy.max_epsilon is not None else self.identity.max_epsilon
-        ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
-        rnd, run = self.round.round, self.run_key()
-        sigma = epsilon_ledger.run_noise(ledger, run, dp, q, self.cfg.rounds * tc.local_steps,
-                                         round_=rnd, steps_left=(self.cfg.rounds - rnd + 1) * tc.local_steps)
-        self.policy.check_noise(sigma)
-        # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
-        step = epsilon_ledger.Step(run, rnd, sigma, q, tc.local_steps)
-        epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
+        try:
+            ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
+            rnd, run = self.round.round, self.run_key()
+            sigma = epsilon_ledger.run_noise(ledger, run, dp, q, self.cfg.rounds * tc.local_steps,
+                                             round_=rnd, steps_left=(self.cfg.rounds - rnd + 1) * tc.local_steps)
+            self.policy.check_noise(sigma)
+            # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
+            step = epsilon_ledger.Step(run, rnd, sigma, q, tc.local_steps)
+            epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
+        except epsilon_ledger.BudgetExceeded as exc:
+            raise Refusal("budget", str(exc)) from exc
+        except epsilon_ledger.LedgerError as exc:  # the owner's own files: its operator reads the line
+            raise Refusal("internal", str(exc)) from exc
         maybe_die("owner-training", rnd, self.identity.owner_id)  # the spend is on disk already
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
         with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
             result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device, self.training_progress)
-        return result, {wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: result.steps,
+        return result, {wire.DP_NOISE: sigma, wire.DP_SAMPLE_RATE: q, wire.DP_STEPS: tc.local_steps,
                         wire.DP_DELTA: ledger.delta, wire.DP_EPSILON: epsilon, wire.DP_BUDGET: ledger.budget_epsilon}
 
     def training_progress(self, done: int, steps: int) -> None:
@@ -201,16 +252,23 @@ class Owner:
         return count if self.backend.server_sees_updates and not self.dp_on else 1
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
-        """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)."""
+        """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)
+        and is taken on ``policy.dp_eval_examples`` examples drawn with replacement from the OS
+        CSPRNG, each padded to ``data.max_length``: the work does not scale with the owner's data."""
+        self.runs.take_evaluate(self.round.round, self.policy.max_evaluates_per_round)
+        examples = self.data.eval
+        if self.dp_on:
+            examples = fixed_size_sample(examples, self.policy.dp_eval_examples, self.cfg.data.max_length,
+                                         self.tokenizer.pad_token_id)
         self.load_global(global_vector)
         start = time.perf_counter()
-        loss, tokens = evaluate(self.model, self.data.eval, self.cfg.train.eval_batch_size,
+        loss, tokens = evaluate(self.model, examples, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
         self.keep_local({"round": self.round.round, "eval_loss": loss, "eval_tokens": tokens})
-        metrics = {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start}
-        if not self.dp_on:
-            metrics[wire.EVAL_LOSS] = loss
-        return metrics
+        if self.dp_on:
+            return {wire.NUM_EXAMPLES: 1}
+        return {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start,
+                wire.EVAL_LOSS: loss}
 
     def keep_local(self, row: dict) -> None:
         """The owner's own record of its losses (never sent): ``<state dir>/evaluations.jsonl``."""
@@ -218,6 +276,37 @@ class Owner:
 
 
 EVALUATIONS_FILE = "evaluations.jsonl"
+
+
+def _round_number(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise Refusal("config", f"the round number {value!r} is not an integer", key=wire.ROUND) from exc
+
+
+def check_max_length(model, max_length: int) -> None:
+    """Refuse a ``data.max_length`` past the model's positions: the forward pass would fail only on
+    records that long, and whether it fails would tell the coordinator that one exists."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > int(limit):
+        raise Refusal("config", f"data.max_length={max_length} is past the model's {limit} positions: lower it",
+                      key="data.max_length")
+
+
+def fixed_size_sample(examples: list, k: int, length: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """``k`` of ``examples`` drawn with replacement from the OS CSPRNG, each padded to ``length``
+    tokens (labels -100 on the padding, so the loss is the unpadded one: causal attention never
+    looks ahead)."""
+    picks = np.minimum((secret_uniform(k) * len(examples)).astype(np.int64), len(examples) - 1)
+    out = []
+    for i in picks.tolist():
+        ids, labels = examples[i]["input_ids"][:length], examples[i]["labels"][:length]
+        pad = length - len(ids)
+        out.append({"input_ids": torch.cat([ids, torch.full((pad,), pad_id, dtype=ids.dtype)]),
+                    "labels": torch.cat([labels, torch.full((pad,), IGNORE_INDEX, dtype=labels.dtype)])})
+    return out
 
 
 def run_key(cfg: FedveilConfig) -> str:

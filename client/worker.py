@@ -27,14 +27,13 @@ import socketserver
 import stat
 import sys
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import pack, unpack
 from fedveil.core.payload import Protected
 
@@ -78,6 +77,11 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
     return pack([json.dumps(head).encode(), *frames])
 
 
+def encode_error(code: int, reason: str) -> bytes:
+    """A released refusal on the socket: its int code and public reason (``client/release.py``)."""
+    return encode({"error_code": int(code), "reason": str(reason)})
+
+
 def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
     """One framed message -> (header, arrays, byte strings); malformed input is a UserError."""
     try:
@@ -85,12 +89,14 @@ def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str
         head = json.loads(head_bytes)
         arrays = {}
         for name, dtype, shape, index in head.pop("arrays"):
-            if dtype not in ALLOWED_DTYPES:
-                raise ValueError(f"dtype {dtype} is not accepted")
+            if dtype not in ALLOWED_DTYPES:  # the global's dtype, refused as the in-process owner does
+                raise Refusal("bad-global", f"an array of dtype {dtype} in the request is not accepted", check="dtype")
             size = int(np.prod(shape)) if shape else 1
             raw = frames[index - 1]
             arrays[str(name)] = np.frombuffer(raw[: size * np.dtype(dtype).itemsize], dtype=dtype).reshape(shape).copy()
         blobs = {str(name): frames[index - 1] for name, index in head.pop("blobs").items()}
+    except Refusal:
+        raise
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise UserError(f"malformed worker message ({exc})") from exc
     return head, arrays, blobs
@@ -143,8 +149,10 @@ def relay(socket_path: str | Path, instruction: Instruction, timeout: float = 36
     request = encode({"op": instruction.op, "run_config": instruction.run_config, "per_round": instruction.per_round,
                       "keys": plain_keys}, arrays=instruction.arrays, blobs=bytes_keys)
     head, arrays, blobs = decode(call(socket_path, request, timeout))
-    if "error" in head:
-        raise UserError(str(head["error"]))
+    if "error_code" in head:
+        from fedveil.client.release import refusal_from  # release imports this module (Answer)
+
+        raise refusal_from(int(head["error_code"]), str(head.get("reason", "")))
     meta = {**head["meta"], **{k: blobs[k] for k in head.get("meta_blobs", [])}}
     protected = None
     if head.get("protected") is not None:
@@ -175,10 +183,11 @@ def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: 
             with lock:
                 try:
                     answer = handler(request)
-                except Exception as exc:  # a bug, not a refusal: keep serving, log it, say so in one line
-                    traceback.print_exc()
-                    answer = encode({"error": f"the owner worker failed on this instruction "
-                                              f"({exc.__class__.__name__}: {exc}); its log has the traceback"})
+                except Exception as exc:  # a bug, not a refusal: keep serving, log it, release only its code
+                    from fedveil.client.release import refusal_of  # release imports this module (Answer)
+
+                    released = refusal_of(exc, "owner worker")
+                    answer = encode_error(released.error_code, released.reason)
             try:
                 _send_message(self.request, answer)
             except OSError:
@@ -227,6 +236,14 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data_dir).exists():
         print(f"fedveil-owner: error: data directory {args.data_dir} does not exist", file=sys.stderr)
         raise SystemExit(2)
+    if args.policy is not None:  # a named policy that is missing or unreadable stops the owner here
+        from fedveil.privacy.policy import load_policy
+
+        try:
+            load_policy(args.policy, named=True)
+        except UserError as exc:
+            print(f"fedveil-owner: error: {exc}", file=sys.stderr)
+            raise SystemExit(2)
     state = WorkerState(owner_id=args.owner_id or Path(args.state_dir).name, data_dir=args.data_dir,
                         state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster,
                         model_path=args.model_path, party_keys=args.party_keys)

@@ -10,7 +10,8 @@ Owner -> server (train)::
 
     UPDATE  ArrayRecord   the backend's clear arrays   (Protected.arrays)
     BLOBS   ConfigRecord  the backend's opaque bytes   (Protected.blobs)
-    METRICS MetricRecord  NUM_EXAMPLES, TRAIN_LOSS, seconds, DP accounting
+    METRICS MetricRecord  NUM_EXAMPLES, TRAIN_LOSS, seconds, DP accounting (under DP only
+                          DP_FIELDS and public sizes: client/release.py decides)
     META    ConfigRecord  LAYOUT_DIGEST, OWNER_ID
 
 Owner -> server (evaluate)::
@@ -18,6 +19,10 @@ Owner -> server (evaluate)::
     METRICS MetricRecord  NUM_EXAMPLES (held-out tokens), EVAL_LOSS; BLOBS: ENCRYPTED_GLOBAL and
                           GLOBAL_SIGNATURE (the owner's Ed25519 signature over it) when asked
     META    ConfigRecord  as above
+
+Owner -> server (any refusal or failure): a Flower ``Error`` whose code is 4000 + the index of
+the refusal code in ``core.errors.REFUSAL_CODES`` and whose reason is ``<code> [key=value ...]``,
+public parameters only (``client/release.py``).
 
 Key set-up queries (``QUERY_*``) carry KEYS (public keys, public context, the key holder's signed
 set-up statement, sealed boxes).

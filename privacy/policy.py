@@ -8,7 +8,9 @@ and before its epsilon ledger is touched.
 Where the policy lives: deployment, a JSON file named in the SuperNode's node config
 (``policy='/path/policy.json'``); simulation, ``<state dir>/policy.json``, written by the runner
 from the ``owner_policy.*`` overrides before the federation starts (the runner plays every owner).
-An owner without a policy file uses the defaults below (no backend or model pin, DP not required).
+An owner whose policy file is not named uses the defaults below (no backend or model pin, DP not
+required); a policy file that is named but missing or unreadable stops the owner (it fails closed).
+Every refusal is a :class:`~fedveil.core.errors.Refusal` naming the policy key only.
 """
 
 from __future__ import annotations
@@ -18,15 +20,31 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import atomic_write_bytes
 
 FILENAME = "policy.json"
 BACKEND_NAMES = ("plain", "tenseal", "crypten")
 
 
-class PolicyViolation(UserError):
-    """The coordinator asked for something the owner's policy forbids; nothing was trained or spent."""
+# Larger than any |value| of a LoRA adapter in training (LoRA B starts at 0, A at ~1/sqrt(rank); the
+# updates are small steps): a global beyond it is a crafted one. It also keeps a float32 forward
+# pass from overflowing on a bounded input unless a crafted global aims at it (DP-SGD zeroes what
+# still does).
+MAX_GLOBAL_ABS = 100.0
+# Evaluate messages per owner and round: the federation sends one (round 0 included), a resumed
+# round one more; more are free probes of the owner's data, refused.
+MAX_EVALUATES_PER_ROUND = 3
+# Held-out examples an owner evaluates under DP, whatever its held-out count (drawn with replacement).
+DP_EVAL_EXAMPLES = 32
+
+
+class PolicyViolation(Refusal):
+    """The coordinator asked for something the owner's policy forbids; nothing was trained or spent.
+    Its code is ``policy`` and its one public parameter the policy key (``rule``)."""
+
+    def __init__(self, key: str, line: str) -> None:
+        super().__init__("policy", line, rule=key)
 
 
 @dataclass
@@ -42,6 +60,10 @@ class OwnerPolicy:
     model_digest: str = ""  # adapter layout digest the owner accepts ("" = any model)
     max_rounds: Optional[int] = None
     max_local_steps: Optional[int] = None
+    max_global_abs: float = MAX_GLOBAL_ABS  # refuse a global with a larger |value| (privacy/inputs.py)
+    max_evaluates_per_round: int = MAX_EVALUATES_PER_ROUND
+    dp_eval_examples: int = DP_EVAL_EXAMPLES  # under DP: evaluation's fixed, public number of examples
+    max_length: Optional[int] = None  # refuse any other data.max_length (its data checks then never vary)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.allowed_backends) - set(BACKEND_NAMES))
@@ -51,7 +73,9 @@ class OwnerPolicy:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise UserError(f"owner_policy.{key} must be > 0 (or null for no limit), got {value}")
-        for key in ("max_rounds", "max_local_steps"):
+        if not self.max_global_abs > 0:
+            raise UserError(f"owner_policy.max_global_abs must be > 0, got {self.max_global_abs}")
+        for key in ("max_rounds", "max_local_steps", "max_evaluates_per_round", "dp_eval_examples", "max_length"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"owner_policy.{key} must be >= 1 (or null), got {value}")
@@ -60,42 +84,49 @@ class OwnerPolicy:
         """Refuse (:class:`PolicyViolation`) an experiment config this owner does not accept."""
         dp, agg = cfg.dp, cfg.aggregation
         if self.require_dp and dp.name == "off":
-            self.refuse("require_dp=true", "dp=off")
+            self.refuse("require_dp", "require_dp=true", "dp=off")
         if agg.name not in self.allowed_backends:
-            self.refuse(f"allowed_backends={self.allowed_backends}", f"aggregation={agg.name}")
+            self.refuse("allowed_backends", f"allowed_backends={self.allowed_backends}", f"aggregation={agg.name}")
         if self.model_digest and layout_digest != self.model_digest:
-            self.refuse(f"model_digest={self.model_digest[:12]}", f"a model with adapter layout {layout_digest[:12]}")
+            self.refuse("model_digest", f"model_digest={self.model_digest[:12]}", f"a model with adapter layout {layout_digest[:12]}")
         if self.max_rounds is not None and cfg.rounds > self.max_rounds:
-            self.refuse(f"max_rounds={self.max_rounds}", f"rounds={cfg.rounds}")
+            self.refuse("max_rounds", f"max_rounds={self.max_rounds}", f"rounds={cfg.rounds}")
         if self.max_local_steps is not None and cfg.train.local_steps > self.max_local_steps:
-            self.refuse(f"max_local_steps={self.max_local_steps}", f"train.local_steps={cfg.train.local_steps}")
+            self.refuse("max_local_steps", f"max_local_steps={self.max_local_steps}", f"train.local_steps={cfg.train.local_steps}")
+        if self.max_length is not None and cfg.data.max_length != self.max_length:
+            self.refuse("max_length", f"max_length={self.max_length}", f"data.max_length={cfg.data.max_length}")
         if dp.name == "off":
             return
         if not dp.poisson_sampling:
-            self.refuse("Poisson sampling (what the accountant assumes)", "dp.poisson_sampling=false")
+            self.refuse("poisson_sampling", "Poisson sampling (what the accountant assumes)", "dp.poisson_sampling=false")
         if self.max_epsilon is not None and dp.target_epsilon > self.max_epsilon:
-            self.refuse(f"max_epsilon={self.max_epsilon:g}", f"dp.target_epsilon={dp.target_epsilon:g}")
+            self.refuse("max_epsilon", f"max_epsilon={self.max_epsilon:g}", f"dp.target_epsilon={dp.target_epsilon:g}")
         if self.max_delta is not None and dp.delta > self.max_delta:
-            self.refuse(f"max_delta={self.max_delta:g}", f"dp.delta={dp.delta:g}")
+            self.refuse("max_delta", f"max_delta={self.max_delta:g}", f"dp.delta={dp.delta:g}")
         if self.max_sample_rate is not None and dp.sample_rate > self.max_sample_rate:
-            self.refuse(f"max_sample_rate={self.max_sample_rate:g}", f"dp.sample_rate={dp.sample_rate:g}")
+            self.refuse("max_sample_rate", f"max_sample_rate={self.max_sample_rate:g}", f"dp.sample_rate={dp.sample_rate:g}")
         if dp.noise_multiplier is not None:
             self.check_noise(dp.noise_multiplier)
 
     def check_noise(self, sigma: float) -> None:
         if self.min_noise_multiplier is not None and sigma < self.min_noise_multiplier:
-            self.refuse(f"min_noise_multiplier={self.min_noise_multiplier:g}", f"a noise multiplier of {sigma:.4g}")
+            self.refuse("min_noise_multiplier", f"min_noise_multiplier={self.min_noise_multiplier:g}", f"a noise multiplier of {sigma:.4g}")
 
     @staticmethod
-    def refuse(rule: str, asked: str) -> None:
-        raise PolicyViolation(f"owner policy {rule}: the server asked for {asked}; the owner refuses "
-                              "(its epsilon ledger is unchanged)")
+    def refuse(key: str, rule: str, asked: str) -> None:
+        raise PolicyViolation(key, f"owner policy {rule}: the server asked for {asked}; the owner refuses "
+                                   "(its epsilon ledger is unchanged)")
 
 
-def load_policy(path: str | Path | None) -> OwnerPolicy:
-    """The policy in ``path`` (defaults where there is no file); a damaged file is an error, never ignored."""
-    if path is None or not Path(path).exists():
+def load_policy(path: str | Path | None, named: bool = False) -> OwnerPolicy:
+    """The policy in ``path``: the defaults where there is no file and the file was not ``named``
+    (simulation's ``<state dir>/policy.json``); a named file that is missing, or any damaged file,
+    is a :class:`Refusal` (code ``config``), never ignored."""
+    if path is None or (not named and not Path(path).exists()):
         return OwnerPolicy()
+    if not Path(path).is_file():
+        raise Refusal("config", f"owner policy {path} does not exist; the owner will not run without the policy it "
+                      "names: create it or name the right file", key="policy")
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
@@ -107,8 +138,9 @@ def load_policy(path: str | Path | None) -> OwnerPolicy:
         return OwnerPolicy(**raw)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         if isinstance(exc, UserError):
-            raise
-        raise UserError(f"owner policy {path} is unreadable ({exc}); fix it (keys: {sorted(f.name for f in fields(OwnerPolicy))})") from exc
+            raise Refusal("config", str(exc), key="policy") from exc
+        raise Refusal("config", f"owner policy {path} is unreadable ({exc}); fix it (keys: {sorted(f.name for f in fields(OwnerPolicy))})",
+                      key="policy") from exc
 
 
 def write_policy(path: str | Path, policy: OwnerPolicy) -> None:

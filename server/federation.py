@@ -242,7 +242,8 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
             metrics = m.content.metric_records[wire.METRICS]
             per_owner[records.owner_label(m)] = {
                 **({"eval_loss": float(metrics[wire.EVAL_LOSS])} if wire.EVAL_LOSS in metrics else {}),  # none under DP
-                "eval_reveal_seconds": float(metrics.get(wire.REVEAL_SECONDS, 0.0))}
+                **({"eval_reveal_seconds": float(metrics[wire.REVEAL_SECONDS])}
+                   if wire.REVEAL_SECONDS in metrics else {})}  # no timings under DP
     # the re-encrypted global is adopted only from the owner asked, on the node keyed as that owner
     keyed = [m for m in answered if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)]
     refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
@@ -287,8 +288,9 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
         "eval_loss": ev.loss, "per_client": per_owner,
         "seconds": {
             "round": seconds,
-            "train": max((m[wire.TRAIN_SECONDS] for m in accepted), default=0.0),
-            "protect": max((m[wire.PROTECT_SECONDS] for m in accepted), default=0.0),
+            # owners send no timings under DP: None (not shown in reports and plots)
+            "train": max((m[wire.TRAIN_SECONDS] for m in accepted if wire.TRAIN_SECONDS in m), default=None),
+            "protect": max((m[wire.PROTECT_SECONDS] for m in accepted if wire.PROTECT_SECONDS in m), default=None),
             "aggregate": outcome.aggregate_seconds,
             "reveal": outcome.reveal_seconds + max((c.get("eval_reveal_seconds", 0.0) for c in ev.per_owner.values()),
                                                    default=0.0),

@@ -38,9 +38,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    loss: float  # mean training loss over the steps taken
+    """What local training did; it stays with the owner (the release gate decides what leaves)."""
+
+    loss: float  # mean over batches of each one's mean finite per-example loss (0.0 if none): always finite
     steps: int
     seconds: float
+    nonfinite: int = 0  # examples whose loss was NaN or inf (a global crafted to overflow, or a bug)
 
 
 def shuffled_loader(examples: list, batch_size: int, pad_id: int, seed: int) -> DataLoader:
@@ -91,7 +94,7 @@ def noise_only_step(model, optimizer) -> None:
     per-example gradients with zero rows, so it clips and sums nothing and adds its noise; a plain
     optimizer never sees an empty batch (its loader is not Poisson), and nothing happens.
     """
-    if not hasattr(optimizer, "add_noise"):
+    if not is_private(optimizer):
         return
     optimizer.zero_grad(set_to_none=True)
     for p in trainable_parameters(model):
@@ -106,11 +109,24 @@ def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.de
     Under Opacus' BatchMemoryManager a logical step spans several physical batches: only steps
     the optimizer did not skip count. An empty Poisson batch is still a full DP-SGD step (see
     :func:`noise_only_step`).
+
+    Non-finite values never reach the weights. Under DP the optimizer zeroes each example whose
+    per-example gradient is non-finite before it clips
+    (:func:`fedveil.privacy.dp.sgd.zero_nonfinite_examples`): the step is still taken, so the
+    update is finite and depends on such an example only as on one with a zero gradient.
+    Without DP a step whose gradient is non-finite is skipped (as mixed-precision loss scaling
+    does) and still counts, so the update stays finite too; but then whether and how much the
+    owner trained depends on its records, which is no leak only because without DP the
+    coordinator may see the owner's exact update anyway (README, threat model). Under DP a step
+    is never skipped on what the gradient holds: that would be a data-dependent release.
+    The loss reported leaves out examples whose loss was non-finite; ``nonfinite`` counts them,
+    for the owner's own console.
     ``on_progress(done, steps)`` is called at most every ``every_s`` seconds, so only
     training long enough to need it shows on the console.
     """
     model.train()
-    start, total, batches_seen, taken = time.perf_counter(), 0.0, 0, 0
+    private = is_private(optimizer)
+    start, total, finite_seen, nonfinite, taken = time.perf_counter(), 0.0, 0, 0, 0
     last_report = start
     batches = iter(cycle(loader))
     while taken < steps:
@@ -120,16 +136,31 @@ def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.de
             taken += 1
             continue
         optimizer.zero_grad(set_to_none=True)
-        loss = per_example_loss(model, batch, device).mean()
-        loss.backward()
-        optimizer.step()
-        total, batches_seen = total + float(loss.detach()), batches_seen + 1
+        losses = per_example_loss(model, batch, device)
+        losses.mean().backward()
+        if private or gradients_finite(model):
+            optimizer.step()
+        finite = torch.isfinite(losses.detach())
+        if bool(finite.any()):
+            total, finite_seen = total + float(losses.detach()[finite].mean()), finite_seen + 1
+        nonfinite += int((~finite).sum())
         if not getattr(optimizer, "_is_last_step_skipped", False):
             taken += 1
         if on_progress is not None and time.perf_counter() - last_report >= every_s:
             on_progress(taken, steps)
             last_report = time.perf_counter()
-    return TrainResult(loss=total / max(batches_seen, 1), steps=taken, seconds=time.perf_counter() - start)
+    return TrainResult(loss=total / max(finite_seen, 1), steps=taken,
+                       seconds=time.perf_counter() - start, nonfinite=nonfinite)
+
+
+def is_private(optimizer) -> bool:
+    """Whether ``optimizer`` is a DP-SGD one (Opacus' DPOptimizer: it adds noise)."""
+    return hasattr(optimizer, "add_noise")
+
+
+def gradients_finite(model) -> bool:
+    """Whether every trainable parameter's gradient is finite (a missing one counts as finite)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in trainable_parameters(model) if p.grad is not None)
 
 
 @torch.no_grad()

@@ -18,17 +18,24 @@ aggregation backend leaks, against a coordinator that knows the whole config, an
 - the per-example loss depends on that example alone (``fedveil.task.train.per_example_loss``),
 - the owner's epsilon ledger is kept (``privacy/dp/epsilon_ledger.py``), and
 - the noise and the batches are secret: they come from the OS CSPRNG, never from ``seed``
-  (``privacy/dp/randomness.py``, which also says what is not covered).
+  (``privacy/dp/randomness.py``, which also says what is not covered), and
+- a non-finite per-example gradient counts as zero (:func:`zero_nonfinite_examples`): clipping
+  and noise cannot hide a NaN, so without it a global crafted to overflow on some records would
+  make whether the update is finite tell whether such a record was sampled.
 
 ``dp=off`` trains without DP: the update a backend protects is the owner's exact delta.
 """
 
 from __future__ import annotations
 
+import math
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Optional
+
+import torch
 
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.accounting import ACCOUNTANTS
@@ -141,6 +148,7 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
         grad_sample_mode=cfg.grad_sample_mode, loss_reduction="mean",
     )
     use_secret_noise(dp_optimizer)
+    zero_nonfinite_examples(dp_optimizer)
     if recompute is not None:
         recompute.pause = partial(_recording_paused, dp_model)
     try:
@@ -154,6 +162,57 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
         if recompute is not None:
             recompute.pause = None
         dp_model._close()  # hooks off: the cached model is reused next round
+
+
+def nonfinite_examples(grad_samples: list[torch.Tensor]) -> torch.Tensor:
+    """Which examples (rows) hold a non-finite value in any of ``grad_samples``: a bool mask.
+
+    Tested in each gradient's own dtype (fp32, fp16, bf16): a cast to a narrower one could
+    overflow a finite value into inf, and a cast is not needed to find one."""
+    if not grad_samples:
+        return torch.zeros(0, dtype=torch.bool)
+    bad = torch.zeros(grad_samples[0].shape[0], dtype=torch.bool, device=grad_samples[0].device)
+    for g in grad_samples:
+        rows = torch.isfinite(g).reshape(g.shape[0], math.prod(g.shape[1:]))  # -1 fails on 0 rows
+        bad |= ~rows.all(dim=1).to(bad.device)
+    return bad
+
+
+def zero_nonfinite_examples(dp_optimizer) -> None:
+    """Make an Opacus ``DPOptimizer`` zero every per-example gradient row of an example whose
+    gradient holds a NaN or inf in any parameter, before it clips.
+
+    A zero row is a gradient of norm 0 <= ``max_grad_norm``, so the step stays a clipped, noised
+    DP-SGD step and its sensitivity is unchanged; the sum, the noise and the update are finite.
+    Whether an example overflowed depends on that example alone (the per-example loss does), so
+    the zeroing is a per-example function and the accounting holds as it is. It runs on every
+    physical batch (BatchMemoryManager's skipped steps clip and accumulate too) and on the empty
+    batch of :func:`fedveil.task.train.noise_only_step`.
+    """
+    clip_and_accumulate = dp_optimizer.clip_and_accumulate
+
+    def zeroing(self) -> None:
+        params = [p for p in self.params if getattr(p, "grad_sample", None) is not None]
+        bad = nonfinite_examples([self._get_flat_grad_sample(p) for p in params])
+        for p in params:
+            p.grad_sample = _zero_rows(p.grad_sample, bad)
+        clip_and_accumulate()
+
+    dp_optimizer.clip_and_accumulate = types.MethodType(zeroing, dp_optimizer)
+
+
+def _zero_rows(grad_sample, bad: torch.Tensor):
+    """``grad_sample`` (a tensor, or Opacus' list of one tensor per accumulated batch: its length
+    counts the accumulated batches, so it stays a list) with the rows in ``bad`` set to 0."""
+    if isinstance(grad_sample, list):
+        out, start = [], 0
+        for g in grad_sample:
+            out.append(_zero_rows(g, bad[start : start + g.shape[0]]))
+            start += g.shape[0]
+        return out
+    # always the same work, whether or not a row is bad: the owner's time must not tell
+    mask = bad.to(grad_sample.device).reshape(-1, *([1] * (grad_sample.dim() - 1)))
+    return torch.where(mask, torch.zeros((), dtype=grad_sample.dtype, device=grad_sample.device), grad_sample)
 
 
 @contextmanager

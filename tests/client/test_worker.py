@@ -18,6 +18,7 @@ from fedveil.client.owner import OwnerIdentity
 from fedveil.client.worker import Instruction, WorkerUnavailable, relay, serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
+from fedveil.core.errors import Refusal
 from fedveil.task.demo_data import write_demo_data
 
 
@@ -70,12 +71,14 @@ def test_worker_answers_like_the_in_process_path_and_loads_the_model_once(tmp_pa
     local = handle(train_instruction(config, 1, start), state.identity)
     np.testing.assert_array_equal(answers[0].protected.arrays["delta"], local.protected.arrays["delta"])
     assert answers[0].meta[wire.OWNER_ID] == "client_0" and answers[0].metrics[wire.NUM_EXAMPLES] > 0
-    # a refusal travels back as one line
+    # a refusal travels back as its code and public parameters; its line stays in the worker's log
     bad = Instruction("train", config, {wire.ROUND: 1, wire.LAYOUT_DIGEST: "0" * 64}, {wire.CLEAR_GLOBAL: start[1]})
-    with pytest.raises(Exception, match="adapter layout mismatch"):
+    with pytest.raises(Refusal) as refused:
         relay(sock, bad)
-    with pytest.raises(Exception, match="unknown instruction"):
+    assert refused.value.code == "layout" and refused.value.public == {}
+    with pytest.raises(Refusal) as refused:
         relay(sock, Instruction("upload-data", config))
+    assert refused.value.code == "config" and refused.value.public == {"key": "op"}
 
 
 class RelayGrid:
@@ -147,7 +150,7 @@ def test_a_federation_goes_on_without_a_dead_worker_and_its_owner_rejoins_with_i
     assert rows[1]["clients"] == rows[3]["clients"] == ["client_0", "client_1"]
     assert rows[2]["clients"] == ["client_0"]  # the round went on without client_1
     (reason,) = rows[2]["excluded"].values()
-    assert "not running; start it with `fedveil-owner serve" in reason
+    assert reason == "owner failed: unavailable"  # the code only; the hint is on the owner's console
     eps = {(who, r): rows[r]["per_client"][who]["epsilon"] for who in ("client_0", "client_1") for r in (1, 2, 3)
            if "epsilon" in rows[r]["per_client"].get(who, {})}
     # the restarted worker's ledger holds both participations of client_1, as client_0's held its first two

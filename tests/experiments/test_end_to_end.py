@@ -101,10 +101,10 @@ def test_acceptance_run_with_dp(tmp_path):
                    "resume=true", expect=2)
     assert proc.stderr.strip().splitlines() == [
         "fedveil: error: round 4: no owner trained, so the run stops (3 excluded; " + proc.stderr.split("excluded; ", 1)[1].strip()]
-    assert "privacy budget" in proc.stderr
+    assert "owner failed: budget" in proc.stderr  # the refusal's code; its line is on each owner's console
     last = rows(out)[-1]
     assert last["round"] == 4 and last["clients"] == [] and len(last["excluded"]) == 3
-    assert all("privacy budget" in reason for reason in last["excluded"].values())
+    assert all(reason == "owner failed: budget" for reason in last["excluded"].values())
 
 
 def test_non_dp_runs_with_one_seed_repeat_also_on_an_existing_ray_head(tmp_path, ray_head):

@@ -13,7 +13,7 @@ from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.client.worker import Instruction, WorkerUnavailable, relay
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal
 from fedveil.core.io import leftover_temps
 from fedveil.privacy.dp import epsilon_ledger
 
@@ -75,8 +75,11 @@ def test_an_owner_worker_killed_while_training_or_writing_its_ledger_rejoins_wit
         # restarted: the owner refuses to train on an interrupted write; its operator does what the
         # line says (the temp file holds the longer valid history: it becomes the ledger)
         workers.append(launch())
-        with pytest.raises(UserError, match="a ledger write was interrupted. Compare it with privacy_ledger.json"):
+        with pytest.raises(Refusal) as refused:  # the coordinator gets the code; the worker's console the line
             train(3)
+        assert refused.value.code == "internal"
+        log = iter(workers[-1].stdout.readline, "")
+        assert "a ledger write was interrupted. Compare it with privacy_ledger.json" in next(l for l in log if "refused" in l)
         assert ledger_rounds() == [1, 2]
         os.replace(temp, epsilon_ledger.ledger_path(state_dir))
         third = train(3).metrics[wire.DP_EPSILON]

@@ -1,0 +1,255 @@
+"""The transcript suite: under DP, nothing an owner releases depends on its data but the noised update.
+
+The coordinator is the attacker. For each of its inputs (a row of ``CASES``: one or more Flower
+Messages) the owner answers through the real ClientApp (``client/app.py``) on a dataset D and on
+neighbours D' = D plus one record: a very long record (truncated under DP), and one that trips a
+data check (a prompt longer than ``data.max_length``: the record is dropped). Every released byte
+must be equal, but Flower's message ids and timestamps and the values of the noised update, and the
+update must be finite. Each (case, dataset) runs with a fresh state directory.
+
+Adding a coordinator input is one line in ``CASES``; every new message type or field joins here.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from crafted import overflowing_global  # tests/adversary/crafted.py (pytest puts this folder on sys.path)
+from fedveil.client import owner as owner_module
+from fedveil.client.app import app
+from fedveil.client.operations import WorkerState
+from fedveil.client.owner import Owner, OwnerIdentity
+from fedveil.client.worker import serve
+from fedveil.configs.schema import from_dict, to_run_config
+from fedveil.core import wire
+from fedveil.privacy.policy import OwnerPolicy, write_policy
+from fedveil.task.demo_data import demo_records
+
+pytestmark = [pytest.mark.adversary, pytest.mark.slow]
+
+NOISED = {"delta"}  # the plain backend's noised update: its values differ, its dtype and shape may not
+MAX_LENGTH = 32
+POLICY = OwnerPolicy(require_dp=True, max_epsilon=8.0, max_delta=1e-4, min_noise_multiplier=0.3,
+                     max_sample_rate=0.5, allowed_backends=["plain"], max_rounds=3, max_local_steps=4)
+BASE = {"seed": 3, "rounds": 3, "num_clients": 1, "output_dir": "/coordinator/run",
+        "data": {"max_length": MAX_LENGTH}, "train": {"local_steps": 1, "batch_size": 4, "eval_batch_size": 8},
+        "aggregation": {"name": "plain"},
+        "dp": {"name": "sample_level", "target_epsilon": 8.0, "delta": 1e-5, "sample_rate": 0.25, "accountant": "rdp"}}
+
+
+def honest(n: int) -> np.ndarray:  # the starting adapter (START: set by the `datasets` fixture)
+    return START["initial"].copy()
+
+
+START: dict = {}
+
+
+# One coordinator input per row: (name, messages, what the owner releases to the last one: "ok" or
+# the error's reason). A message: (op, round, run-config overrides, global, per-round overrides);
+# a global is a function of the layout's size (None: no global); a dict override replaces a group.
+def msg(op, rnd=1, cfg=None, glob=honest, per_round=None):
+    return (op, rnd, cfg or {}, glob, per_round or {})
+
+
+def const(value, dtype=np.float32):
+    return lambda n: np.full(n, value, dtype=dtype)
+
+
+def spiked(value, dtype=np.float32):
+    def make(n):
+        v = honest(n).astype(dtype)
+        v[7] = value
+        return v
+    return make
+
+
+CASES = [
+    ("train", [msg("train")], "ok"),
+    ("evaluate the start", [msg("evaluate", 0)], "ok"),
+    ("three rounds", [msg("train", 1), msg("evaluate", 1), msg("train", 2), msg("evaluate", 2), msg("train", 3),
+                      msg("evaluate", 3)], "ok"),
+    ("train a round twice", [msg("train", 1), msg("train", 1)], "ok"),
+    ("dp off under require_dp", [msg("train", cfg={"dp": {"name": "off"}})], "policy rule=require_dp"),
+    ("epsilon above the cap", [msg("train", cfg={"dp.target_epsilon": 50.0})], "policy rule=max_epsilon"),
+    ("delta above the cap", [msg("train", cfg={"dp.delta": 1e-3})], "policy rule=max_delta"),
+    ("sigma below the minimum", [msg("train", cfg={"dp.noise_multiplier": 0.1})], "policy rule=min_noise_multiplier"),
+    ("q above the cap", [msg("train", cfg={"dp.sample_rate": 0.9})], "policy rule=max_sample_rate"),
+    ("no poisson sampling", [msg("train", cfg={"dp.poisson_sampling": False})], "policy rule=poisson_sampling"),
+    ("more local steps", [msg("train", cfg={"train.local_steps": 50})], "policy rule=max_local_steps"),
+    ("a backend not allowed", [msg("train", cfg={"aggregation.name": "tenseal"})], "policy rule=allowed_backends"),
+    ("unknown config key", [msg("train", cfg={"dp.bogus": 1})], "config"),
+    ("wrong config type", [msg("train", cfg={"rounds": "three"})], "config"),
+    ("max_length probes", [msg("evaluate", 0, cfg={"data.max_length": 8}), msg("train", cfg={"data.max_length": 8}),
+                           msg("train", cfg={"data.max_length": 4096})], "config key=data.max_length"),
+    ("wrong layout digest", [msg("train", per_round={wire.LAYOUT_DIGEST: "0" * 64})], "layout"),
+    ("no global", [msg("train", glob=None)], "config"),
+    ("NaN global", [msg("train", glob=spiked(np.nan)), msg("evaluate", 1, glob=const(np.nan))], "bad-global check=finite"),
+    ("inf global", [msg("train", glob=spiked(np.inf)), msg("evaluate", 1, glob=spiked(-np.inf))], "bad-global check=finite"),
+    ("1e30 global", [msg("train", glob=spiked(1e30))], "bad-global check=bound"),
+    ("1e39 global (float64)", [msg("train", glob=spiked(1e39, np.float64))], "bad-global check=dtype"),
+    ("just within the bound", [msg("train", glob=const(99.0)), msg("evaluate", 1, glob=const(-99.0))], "ok"),
+    ("float64 global", [msg("train", glob=lambda n: honest(n).astype(np.float64))], "bad-global check=dtype"),
+    ("int global", [msg("train", glob=lambda n: np.zeros(n, np.int64))], "bad-global check=dtype"),
+    ("str global", [msg("train", glob=lambda n: np.array(["0.1"] * 4))], "bad-global check=dtype"),
+    ("wrong size global", [msg("train", glob=lambda n: honest(n)[:-1])], "bad-global check=shape"),
+    ("2-D global", [msg("train", glob=lambda n: honest(n).reshape(2, -1))], "bad-global check=shape"),
+    ("evaluates past the cap", [msg("evaluate", 1)] * (POLICY.max_evaluates_per_round + 2), "limit limit=max_evaluates_per_round"),
+    ("rounds past the plan", [msg("train", 4), msg("evaluate", 9), msg("train", 0), msg("train", -1)], "limit limit=rounds"),
+    ("a round number that is not one", [msg("train", "one")], "config key=server-round"),
+    ("key set-up on plain", [msg("query.pubkey", 1)], "config key=aggregation.name"),
+    ("exception inside training", [msg("train", per_round={"fail": "inside"})], "internal"),
+]
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):  # what a Flower process is given
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, tiny_gpt2):
+    """D and its neighbours: D plus a very long record, D plus one that a data check drops."""
+    root = tmp_path_factory.mktemp("transcript")
+    records = [{"prompt": f"Q{i}: what is {i} plus {i}?", "completion": f" {2 * i}."} for i in range(24)]
+    extra = {"long": {"prompt": "Tell a story.", "completion": " once upon a time" * 2000},
+             "dropped": {"prompt": "context " * (8 * MAX_LENGTH), "completion": " yes"}}
+    out = {}
+    for name, rows in {"D": records, **{k: records + [v] for k, v in extra.items()}}.items():
+        (root / name).mkdir()
+        (root / name / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[name] = root / name
+    cfg = from_dict({**BASE, "model": {"path": str(tiny_gpt2)}})
+    start = Owner(cfg, OwnerIdentity("client_0", str(out["D"]), str(root / "scratch")))
+    START.update(initial=start.initial, digest=start.layout.digest, size=start.layout.size)
+    return out
+
+
+def run_config(model: dict, overrides: dict, base: dict = BASE) -> dict:
+    groups = {k: v for k, v in overrides.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
+    return {**to_run_config(from_dict({**base, **groups, "model": model})), **flat}
+
+
+def message(op: str, rnd, config: dict, glob, per_round: dict, layout: tuple[str, int]) -> Message:
+    digest, size = layout
+    content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: digest,
+                                          **{k: v for k, v in per_round.items() if k != "fail"}})}
+    if glob is not None:
+        content[wire.GLOBAL] = ArrayRecord({wire.CLEAR_GLOBAL: Array(glob(size))})
+    m = Message(content=RecordDict(content), message_type=op, dst_node_id=1)
+    m.metadata.__dict__["_message_id"] = m.object_id  # as the SuperLink stamps it
+    return m
+
+
+def canonical(reply: Message) -> tuple:
+    """Every released byte of a reply but Flower's ids and timestamps and the noised values."""
+    md = reply.metadata
+    head = (md.message_type, md.src_node_id, md.dst_node_id, md.group_id, md.run_id)
+    if reply.has_error():
+        return head, ("error", reply.error.code, reply.error.reason)
+    body = []
+    for name, record in sorted(reply.content.items()):
+        if isinstance(record, ArrayRecord):
+            for key, array in sorted(record.items()):
+                values = array.numpy()
+                if key in NOISED and name == wire.UPDATE:
+                    assert np.isfinite(values).all(), "a non-finite update left the owner"
+                    body.append((name, key, array.dtype, tuple(array.shape), len(array.data)))
+                else:
+                    body.append((name, key, array.dtype, tuple(array.shape), bytes(array.data)))
+        else:
+            body.append((name, type(record).__name__, sorted((k, repr(v)) for k, v in record.items())))
+    return head, tuple(body)
+
+
+def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict = BASE, policy: OwnerPolicy = POLICY,
+               layout: tuple[str, int] | None = None, worker: bool = False) -> list[tuple]:
+    """The canonical replies of the owner at ``data_dir`` to the messages of ``case``."""
+    write_policy(state_dir / "policy.json", policy)
+    node = {"data-dir": str(data_dir), "state-dir": str(state_dir), "client-id": "client_0",
+            "policy": str(state_dir / "policy.json")}
+    if worker:  # the deployed path: the ClientApp relays to the owner's worker, which answers
+        node = {"worker": start_worker(data_dir, state_dir)}
+    context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    replies = []
+    for op, rnd, overrides, glob, per_round in case:
+        with monkeypatch.context() as patch:
+            if per_round.get("fail") == "inside":
+                def leak(model, loader, *args, **kwargs):  # an exception whose text holds the data
+                    raise RuntimeError(f"boom after {len(loader.dataset)} records: {loader.dataset[-1]}")
+                patch.setattr(owner_module, "train_steps", leak)
+            sent = message(op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"]))
+            replies.append(canonical(app(message=sent, context=context)))
+    return replies
+
+
+def start_worker(data_dir, state_dir) -> str:
+    """An owner worker on a thread (``client/worker.py``); returns its socket (a short path)."""
+    sock = Path(tempfile.mkdtemp(prefix="fv", dir="/tmp")) / "owner.sock"
+    state = WorkerState("client_0", str(data_dir), str(state_dir), policy=str(state_dir / "policy.json"))
+    ready = threading.Event()
+    threading.Thread(target=serve, args=(sock, state.answer, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    return str(sock)
+
+
+WORKER_CASES = ("train", "three rounds", "epsilon above the cap", "NaN global", "str global", "max_length probes",
+                "evaluates past the cap", "exception inside training")
+
+
+@pytest.mark.parametrize("name", WORKER_CASES)
+def test_the_deployed_worker_releases_what_the_in_process_owner_releases(name, datasets, tiny_gpt2, tmp_path,
+                                                                         monkeypatch):
+    (case, expect), model = {n: (c, e) for n, c, e in CASES}[name], {"path": str(tiny_gpt2)}
+    in_process = transcript(case, datasets["D"], tmp_path / "app", model, monkeypatch)
+    relayed = transcript(case, datasets["D"], tmp_path / "worker", model, monkeypatch, worker=True)
+    assert relayed == in_process
+
+
+@pytest.mark.parametrize("name, case, expect", CASES, ids=[c[0] for c in CASES])
+def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, expect, datasets, tiny_gpt2, tmp_path,
+                                                                  monkeypatch):
+    model = {"path": str(tiny_gpt2)}
+    on_d = transcript(case, datasets["D"], tmp_path / "D", model, monkeypatch)
+    last = on_d[-1][1]
+    assert (last[2] if last[0] == "error" else "ok") == expect  # the mechanism that answered
+    for neighbour in ("long", "dropped"):
+        assert transcript(case, datasets[neighbour], tmp_path / neighbour, model, monkeypatch) == on_d, neighbour
+
+
+def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_and_a_finite_update(
+        tiny_llama, tmp_path, monkeypatch):
+    """An fp16 owner, a finite global within the bound that overflows its forward pass only on records
+    holding a trigger token, and D' = D + one such record, sampled at q = 0.9 (tests/adversary/crafted.py)."""
+    model = {"path": str(tiny_llama), "dtype": "fp16"}
+    base = {**BASE, "data": {"max_length": 64}, "dp": {**BASE["dp"], "sample_rate": 0.9}}
+    crafted = overflowing_global(tiny_llama, seed=base["seed"])
+    records = demo_records(0, 24, seed=0)
+    dirs = {}
+    for name, rows in (("D", records), ("D+trigger", records + [crafted.record()])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        dirs[name] = tmp_path / name
+    start = Owner(from_dict({**base, "model": model}), OwnerIdentity("client_0", str(dirs["D"]), str(tmp_path / "o")))
+    policy = OwnerPolicy(**{**POLICY.__dict__, "max_sample_rate": 1.0})
+    glob = lambda n: crafted.vector.copy()
+    case = [msg("train", 1, glob=glob), msg("evaluate", 1, glob=glob), msg("train", 2, glob=glob)]
+    on = {name: transcript(case, path, tmp_path / f"state-{name}", model, monkeypatch, base, policy,
+                             (start.layout.digest, start.layout.size))
+          for name, path in dirs.items()}
+    assert on["D+trigger"] == on["D"]
+    assert not any(reply[1][0] == "error" for reply in on["D"])  # trained and evaluated: not refused
+
+
+def test_the_battery_covers_at_least_25_coordinator_inputs():
+    assert len(CASES) >= 25 and len({name for name, _, _ in CASES}) == len(CASES)
