@@ -152,7 +152,9 @@ BACKENDS: dict[str, BackendSpec] = {
             why_not=(("malicious", "the parties' public keys reach owners through the coordinator; only owners that "
                                    "pin them (party-keys.json) refuse a substitute, and the planner does not assume pins"),),
             caveats=("up to K-1 of K aggregator parties may collude; not all K, nor the TTP dealer with a party",
-                     "the parties learn the owners' example counts"),
+                     "the parties learn the owners' example counts",
+                     "only owners on the operator-signed roster count towards min_owners; a coordinator controlling "
+                     "min_owners-1 rostered owners can isolate one owner's update (its DP bounds what that reveals)"),
             parties=2,
             min_owners=3,
             bytes_per_value=8.0,  # one int64 share per value per party (+ 48 B sealing, header)
