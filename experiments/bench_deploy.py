@@ -3,14 +3,14 @@
     .venv/bin/python -m fedveil.experiments.bench_deploy [--backend tenseal] [--rounds 3] [--model tiny|mid]
 
 Runs the same config (3 owners of the tiny model, or ``--model mid`` as in ``bench_secagg``, demo data of 120 records each, 5 local steps,
-DP off) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
+DP-SGD with the deploy demo's values: ``dp=sample_level``, target epsilon 8, delta 1e-5, sample rate 0.05) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
 (``deploy/demo.sh``: TLS, SuperNode authentication, owner workers on, a weightless coordinator).
 Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up effects)
 is left out of the mean when there are more rounds. ``--superlink-state`` picks the SuperLink's
 state: ``file`` (the deploy scripts' default: a database that survives restarts), ``memory``
 (``SUPERLINK_DATABASE=:flwr-in-memory:``) or ``both`` (one deployment each, same invocation).
 Prints, last, ``deploy/simulation round time ratio: X.XX`` (of the last state measured). Needs the
-ports the deploy demo uses (8000, 9094-9096) to be free.
+ports the deploy demo uses (``SUPERLINK_PORT``, default 8000 and the next ones, and ``SUPERNODE_PORT`` + k, default 9094-9096) to be free.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from omegaconf import OmegaConf
 from fedveil.experiments.bench_secagg import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
+# deploy/demo.sh's DP (TARGET_EPSILON, DELTA, SAMPLE_RATE defaults): both sides run the same DP-SGD
+DEMO_DP = ("dp=sample_level", "dp.target_epsilon=8.0", "dp.delta=1e-5", "dp.sample_rate=0.05")
 SHAPE_KEYS = ("model.tiny.hidden", "model.tiny.layers", "model.tiny.heads")  # deploy/demo.sh's TINY_SHAPE, in order
 
 
@@ -70,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "simulation"
         subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
-                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", "dp=off", *MODELS[args.model]],
+                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", *DEMO_DP, *MODELS[args.model]],
                        check=True, cwd=ROOT)
         deployed: dict[str, list[float]] = {}
         for state in states:
