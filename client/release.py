@@ -7,7 +7,7 @@ Both paths call it: the in-process ClientApp (``client/app.py``) and the owner w
   meta on another. Under DP the metric list is the DP record (``wire.DP_FIELDS``: σ, q, steps, δ,
   ε, budget, all public values) and sizes fixed by public values (weight 1, the public
   ``train.local_steps``): never counts, lengths, losses, norms or timings. Without DP it adds what
-  README's threat model names (losses, the count and norm where the backend lets the server see
+  docs/privacy.md's threat model names (losses, the count and norm where the backend lets the server see
   updates, timings).
 - a failure: an int code and a reason that is the refusal code and its public parameters only, DP
   or not ("refuse with a code, not with data"). A :class:`~fedveil.core.errors.Refusal` keeps its
@@ -35,7 +35,7 @@ CODE_NAMES = {number: code for code, number in ERROR_CODES.items()}
 
 # Metrics an owner may send under DP: its DP record and sizes fixed by public values.
 DP_METRICS = frozenset({wire.NUM_EXAMPLES, wire.TRAIN_STEPS, *wire.DP_FIELDS})
-# Without DP, also what README's threat model lists (the owner leaves out counts and norms where
+# Without DP, also what docs/privacy.md's threat model lists (the owner leaves out counts and norms where
 # its backend hides updates: Owner.metric_weight, Owner.train_round).
 CLEAR_METRICS = DP_METRICS | {wire.TRAIN_LOSS, wire.EVAL_LOSS, wire.UPDATE_NORM, wire.TRAIN_SECONDS,
                               wire.EVAL_SECONDS, wire.PROTECT_SECONDS, wire.REVEAL_SECONDS}

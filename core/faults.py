@@ -9,7 +9,7 @@ A spec is ``POINT[:ROUND][@WHO]``; several may be given, comma-separated. A proc
 itself SIGKILL: no ``finally``, no ``atexit``, no flush, as a power cut or the OOM killer would.
 With ``FEDVEIL_FAULT`` unset each call is one dictionary lookup. Never set it outside tests.
 
-The points (``tests/faults/`` kills at each and shows what survives; README "Reliability"):
+The points (``tests/faults/`` kills at each and shows what survives; docs/reliability.md):
 
 ===================== ============================================================================
 ``aggregate``          coordinator, after the owners' replies arrived, before the backend combines them

@@ -37,7 +37,7 @@ def fail(message: str) -> None:
 
 def hydra_error_line(exc: BaseException) -> str:
     """Hydra/OmegaConf errors span lines and chains; say which key and what is wrong in one."""
-    hint = " (valid keys and values: configs/ and the README's 'Experiment overrides')"
+    hint = " (valid keys and values: configs/ and docs/experiments.md, 'Experiment overrides')"
     chain = []
     while exc is not None:
         chain.append(exc)

@@ -403,7 +403,7 @@ def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: 
 
 
 def threat_table_markdown() -> str:
-    """The threat table as README shows it, generated from the declared guarantees."""
+    """The threat table as docs/privacy.md shows it, generated from the declared guarantees."""
     mark = lambda ok: "yes" if ok else "no"  # noqa: E731
     rows = ["| backend | trusted coordinator | curious coordinator | malicious coordinator | owner colludes with "
             "coordinator | aggregator parties needed | update bytes per value, per receiver | caveats |",

@@ -167,7 +167,7 @@ def quantization_config(cfg: ModelConfig, device: torch.device):
         from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise UserError(f"model.quantization={cfg.quantization} needs bitsandbytes: pip install -e '.[gpu]' "
-                        "(see README, GPUs)") from exc
+                        "(see docs/owner.md, GPUs)") from exc
     if cfg.quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=DTYPES[cfg.dtype] if cfg.dtype != "fp32" else torch.bfloat16)

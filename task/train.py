@@ -117,7 +117,7 @@ def train_steps(model, loader: Iterable, optimizer, steps: int, device: torch.de
     Without DP a step whose gradient is non-finite is skipped (as mixed-precision loss scaling
     does) and still counts, so the update stays finite too; but then whether and how much the
     owner trained depends on its records, which is no leak only because without DP the
-    coordinator may see the owner's exact update anyway (README, threat model). Under DP a step
+    coordinator may see the owner's exact update anyway (docs/privacy.md, threat model). Under DP a step
     is never skipped on what the gradient holds: that would be a data-dependent release.
     The loss reported leaves out examples whose loss was non-finite; ``nonfinite`` counts them,
     for the owner's own console.

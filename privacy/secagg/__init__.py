@@ -5,7 +5,7 @@ config, how the server side and the owner side are built, whether the server hol
 adapter only as ciphertexts (owners re-encrypt it), whether owners key the federation before
 round 1, whether a run can resume, what the simulation must start for it, and what it defends
 against and costs (:class:`Guarantees`: the one threat table; ``privacy/planner.py`` picks from it
-and README's threat model is checked against it). A run config names a key of :data:`BACKENDS`;
+and docs/privacy.md's threat model is checked against it). A run config names a key of :data:`BACKENDS`;
 nothing else loads.
 """
 

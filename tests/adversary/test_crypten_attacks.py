@@ -284,7 +284,7 @@ def test_sybil_owners_are_refused_and_nothing_is_revealed(parties):
     payloads.update({o: _protect(cfg, keys, o, np.zeros(SIZE), 10, 1) for o in ("sybil_0", "sybil_1")})
     with pytest.raises(CohortTooSmall, match="sybil_0: dropped by the aggregator parties: not-rostered"):
         CryptenBackend(cfg, SIZE, run="sybil-backend").combine(payloads, RoundContext(1, "L"))
-    # Control, and the residual risk README states: with two ROSTERED accomplices the same attack reveals
+    # Control, and the residual risk docs/privacy.md states: with two ROSTERED accomplices the same attack reveals
     # client_0's update. The roster stops owners the coordinator makes up, not owners it controls; DP
     # bounds what this reveals about any record.
     payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, 1)}
