@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
 from fedveil.client.release import dp_requested, release
-from fedveil.client.protocol import (KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction, decode_instruction,
-                                     encode_answer, encode_error)
+from fedveil.client.protocol import (KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction,
+                                     decode_instruction, encode_answer, encode_error)
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress

@@ -27,7 +27,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from fedveil.client.protocol import Answer, Instruction, WorkerUnavailable, decode_answer, encode_error, encode_instruction
+from fedveil.client.protocol import (Answer, Instruction, WorkerUnavailable, decode_answer, encode_error,
+                                     encode_instruction)
 from fedveil.client.release import refusal_from, refusal_of
 from fedveil.core.console import progress, quiet_libraries
 from fedveil.core.errors import UserError

@@ -69,7 +69,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     owners = []
     for k, source in enumerate(cfg.data.client_dirs or []):
         data = load_owner_data(source, tokenizer, cfg.data, cfg.seed, one_row_per_record=cfg.dp.name != "off")
-        owners.append({"owner": owner_id(k), "train": len(data.train), "held_out": len(data.eval), "source": str(source)})
+        owners.append({"owner": owner_id(k), "train": len(data.train), "held_out": len(data.eval),
+                       "source": str(source)})
     if report_data:
         report_owner_data(owners, out)
     for size in sorted({o["train"] + o["held_out"] for o in owners}) if check_dp else ():

@@ -62,5 +62,5 @@ def server_sees_counts(backend: Any, dp_on: bool) -> bool:
     return bool(backend.server_sees_updates) and not dp_on
 
 
-__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide", "clear_global",
-           "server_sees_counts"]
+__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide",
+           "clear_global", "server_sees_counts"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fedveil.client import protocol
-from fedveil.client.protocol import (Answer, Instruction, decode_answer, decode_instruction, encode_answer, encode_error,
-                                     encode_instruction)
+from fedveil.client.protocol import (Answer, Instruction, decode_answer, decode_instruction, encode_answer,
+                                     encode_error, encode_instruction)
 from fedveil.core import wire
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.payload import Protected
@@ -49,7 +49,8 @@ def test_untrusted_input_is_refused():
 
 def test_op_names_are_the_message_types():
     assert protocol.OPERATIONS == ("train", "evaluate", "pubkey", "keygen", "install")
-    assert (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL) == ("query.pubkey", "query.keygen", "query.install")
+    queries = (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL)
+    assert queries == ("query.pubkey", "query.keygen", "query.install")
 
 
 def _module_imports(path: Path) -> set[str]:
