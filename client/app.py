@@ -1,6 +1,6 @@
 """The ClientApp: a thin translator between Flower Messages and the owner's operations.
 
-Each handler decodes the Message into an :class:`~fedveil.client.worker.Instruction` and either
+Each handler decodes the Message into an :class:`~fedveil.client.protocol.Instruction` and either
 relays it to the owner's long-lived worker (deployment: node config ``worker='<socket>'``; see
 ``client/worker.py``) or carries it out in this process (simulation, or a SuperNode without a
 worker) with :func:`fedveil.client.operations.handle`. Whatever comes back, a reply or any
@@ -29,9 +29,13 @@ from pathlib import Path
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from fedveil.client import protocol
+from fedveil.client.protocol import Answer, Instruction
 from fedveil.client.release import dp_requested, release
-from fedveil.client.worker import Answer, Instruction, relay
+from fedveil.client.worker import relay
 from fedveil.core import records, wire
+from fedveil.core.console import quiet_libraries
+from fedveil.core.disk import owner_id, owner_state_dir
 from fedveil.core.errors import Refusal, UserError
 
 app = ClientApp()
@@ -53,9 +57,9 @@ def carry_out(instruction: Instruction, context: Context) -> Answer:
     node = context.node_config
     if "worker" in node:
         return relay(str(node["worker"]), instruction)
+    # here, not at the top: a relay imports neither torch nor the model (they come with the owner)
     from fedveil.client.operations import handle
     from fedveil.configs.schema import from_run_config
-    from fedveil.core.console import quiet_libraries
 
     quiet_libraries()
     cfg = from_run_config(instruction.run_config)
@@ -63,25 +67,25 @@ def carry_out(instruction: Instruction, context: Context) -> Answer:
 
 
 def owner_identity(context: Context, data_dirs: list[str] | None, output_dir: str):
-    from fedveil.client.owner import OwnerIdentity
+    from fedveil.client.owner import OwnerIdentity  # torch: only where this process is the owner (see carry_out)
 
     node = context.node_config
     if "data-dir" in node:
-        owner_id = str(node.get("client-id", f"node_{context.node_id}"))
-        state = str(node.get("state-dir", Path.home() / ".fedveil" / owner_id))
+        who = str(node.get("client-id", f"node_{context.node_id}"))
+        state = str(node.get("state-dir", Path.home() / ".fedveil" / who))
         cap = float(node["max-epsilon"]) if "max-epsilon" in node else None
         policy = str(node["policy"]) if "policy" in node else None  # else <state-dir>/policy.json
         roster = str(node["roster"]) if "roster" in node else None  # else <state-dir>/roster.json
         model = str(node["model-path"]) if "model-path" in node else None  # else the run's model.path
         parties = str(node["party-keys"]) if "party-keys" in node else None  # else <state-dir>/party-keys.json
-        return OwnerIdentity(owner_id, str(node["data-dir"]), state, cap, policy, roster, model, parties)
+        return OwnerIdentity(who, str(node["data-dir"]), state, cap, policy, roster, model, parties)
     if "partition-id" not in node:
         raise UserError("this SuperNode has no data: start it with --node-config \"data-dir='/path/to/data'\" "
                         "(or worker='/path/owner.sock' beside a running fedveil-owner worker)")
     k = int(node["partition-id"])
     if not data_dirs or k >= len(data_dirs):
         raise UserError(f"no data.client_dirs entry for partition {k}: list one directory per owner")
-    return OwnerIdentity(f"client_{k}", data_dirs[k], str(Path(output_dir) / "clients" / f"client_{k}"))
+    return OwnerIdentity(owner_id(k), data_dirs[k], str(owner_state_dir(output_dir, k)))
 
 
 def answer(msg: Message, context: Context, op: str) -> Message:
@@ -101,25 +105,25 @@ def answer(msg: Message, context: Context, op: str) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return answer(msg, context, "train")
+    return answer(msg, context, protocol.TRAIN)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return answer(msg, context, "evaluate")
+    return answer(msg, context, protocol.EVALUATE)
 
 
 # key set-up (server/key_setup.py relays it; the backend's KeySetup does the work)
-@app.query("pubkey")
+@app.query(protocol.PUBKEY)
 def pubkey(msg: Message, context: Context) -> Message:
-    return answer(msg, context, "pubkey")
+    return answer(msg, context, protocol.PUBKEY)
 
 
-@app.query("keygen")
+@app.query(protocol.KEYGEN)
 def keygen(msg: Message, context: Context) -> Message:
-    return answer(msg, context, "keygen")
+    return answer(msg, context, protocol.KEYGEN)
 
 
-@app.query("install")
+@app.query(protocol.INSTALL)
 def install(msg: Message, context: Context) -> Message:
-    return answer(msg, context, "install")
+    return answer(msg, context, protocol.INSTALL)

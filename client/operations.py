@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
 from fedveil.client.release import dp_requested, release
-from fedveil.client.worker import Answer, Instruction, decode, encode, encode_error
+from fedveil.client.protocol import (KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction,
+                                     decode_instruction, encode_answer, encode_error)
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress
@@ -24,9 +25,6 @@ from fedveil.core.faults import maybe_die
 from fedveil.core.payload import Protected
 from fedveil.privacy.secagg import backend_spec
 
-TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL = "train", "evaluate", "pubkey", "keygen", "install"
-OPERATIONS = (TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL)
-
 
 def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig | None = None) -> Answer:
     """Carry out one instruction as ``identity``; a refusal or bad input raises a
@@ -34,7 +32,7 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
     if instruction.op not in OPERATIONS:
         raise Refusal("config", f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}", key="op")
     cfg = cfg or from_run_config(instruction.run_config)
-    if instruction.op not in (TRAIN, EVALUATE):
+    if instruction.op not in ROUND_OPS:
         return key_setup(instruction, cfg, identity)  # bound to the run as every owner sees it
     if identity.model_path:  # the owner's own copy of the base model (its layout digest is what is checked)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=identity.model_path))
@@ -98,7 +96,7 @@ def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdent
 
 @dataclass
 class WorkerState:
-    """A worker's fixed identity; it answers framed requests (``client/worker.py``) with :func:`handle`."""
+    """A worker's fixed identity; it answers framed requests (``client/protocol.py``) with :func:`handle`."""
 
     owner_id: str
     data_dir: str
@@ -118,14 +116,11 @@ class WorkerState:
         """One framed request -> one framed answer, through the release gate (any failure included)."""
         loads, dp_on = model_loads(), True  # a request that cannot say counts as DP
         try:
-            head, arrays, blobs = decode(request)
-            keys = {**head.get("keys", {}), **blobs}
-            run_config = dict(head.get("run_config", {}))
-            dp_on = dp_requested(run_config)
-            if head.get("op") == "train":
-                maybe_die("worker-training", (head.get("per_round") or {}).get(wire.ROUND), self.owner_id)
-            outcome = handle(Instruction(str(head.get("op")), run_config, dict(head.get("per_round", {})),
-                                         arrays, keys), self.identity)
+            instruction = decode_instruction(request)
+            dp_on = dp_requested(instruction.run_config)
+            if instruction.op == TRAIN:
+                maybe_die("worker-training", instruction.per_round.get(wire.ROUND), self.owner_id)
+            outcome = handle(instruction, self.identity)
         except Exception as exc:  # noqa: BLE001 -- every failure leaves as a code (client/release.py)
             outcome = exc
         finally:
@@ -134,10 +129,4 @@ class WorkerState:
         released = release(outcome, dp_on, f"owner worker {self.owner_id}")
         if released.is_error:
             return encode_error(released.error_code, released.reason)
-        meta_blobs = {k: v for k, v in released.meta.items() if isinstance(v, bytes)}
-        meta = {k: v for k, v in released.meta.items() if not isinstance(v, bytes)}
-        p = released.protected
-        return encode({"metrics": released.metrics, "meta": meta, "meta_blobs": sorted(meta_blobs),
-                       "protected": None if p is None else {"arrays": sorted(p.arrays), "blobs": sorted(p.blobs)}},
-                      arrays=p.arrays if p is not None else None,
-                      blobs={**meta_blobs, **({f"protected.{k}": v for k, v in p.blobs.items()} if p else {})})
+        return encode_answer(released.metrics, released.meta, released.protected)

@@ -43,6 +43,7 @@ from fedveil.privacy.inputs import check_global
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg.base import server_sees_counts
 from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.task.data import IGNORE_INDEX, DataConfig, OwnerData, collate, load_owner_data
 from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
@@ -249,7 +250,7 @@ class Owner:
 
     def metric_weight(self, count: int) -> int:
         """Counts weight the server's metric averages; secure backends and DP hide them (weight 1)."""
-        return count if self.backend.server_sees_updates and not self.dp_on else 1
+        return count if server_sees_counts(self.backend, self.dp_on) else 1
 
     def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
         """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)

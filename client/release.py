@@ -1,7 +1,8 @@
 """The owner's release gate: everything a data owner sends leaves through :func:`release`.
 
 Both paths call it: the in-process ClientApp (``client/app.py``) and the owner worker
-(``client/operations.py``, ``client/worker.py``). What it lets out is decided here and nowhere else:
+(``client/operations.py``, ``client/worker.py``; the socket's format: ``client/protocol.py``). What it
+lets out is decided here and nowhere else:
 
 - a reply: the protected update (finite, or nothing leaves), metrics on an explicit allow-list and
   meta on another. Under DP the metric list is the DP record (``wire.DP_FIELDS``: σ, q, steps, δ,
@@ -24,7 +25,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from fedveil.client.worker import Answer, WorkerUnavailable
+from fedveil.client.protocol import Answer, WorkerUnavailable
 from fedveil.core import wire
 from fedveil.core.errors import REFUSAL_CODES, Refusal, UserError
 from fedveil.core.payload import Protected

@@ -11,95 +11,31 @@ The worker runs the same :func:`fedveil.client.operations.handle` the in-process
 runs, so both paths share one owner implementation. This module is light (no torch): the relay
 side of the ClientApp imports only it.
 
-Wire format on the socket (no pickle: the worker treats every request as untrusted input): one
-length-prefixed frame list (``core/io.pack``) per request and per answer. Frame 0 is a JSON header;
-numpy arrays travel as raw bytes described in the header (name, dtype, shape), byte strings as
-frames referenced by index.
+What travels on the socket (Instruction, Answer, op names, framing) is ``client/protocol.py``;
+this module is the transport (the socket, its permissions, its size limit) and the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import socketserver
 import stat
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-import numpy as np
-
-from fedveil.core.errors import Refusal, UserError
-from fedveil.core.io import pack, unpack
-from fedveil.core.payload import Protected
+from fedveil.client.protocol import (Answer, Instruction, WorkerUnavailable, decode_answer, encode_error,
+                                     encode_instruction)
+from fedveil.client.release import refusal_from, refusal_of
+from fedveil.core.console import progress, quiet_libraries
+from fedveil.core.errors import UserError
+from fedveil.privacy.policy import load_policy
 
 SOCKET_NAME = "owner.sock"
 MAX_FRAME = 1 << 32
-ALLOWED_DTYPES = {"float32", "float64", "int64", "uint8"}
-
-
-@dataclass
-class Instruction:
-    op: str
-    run_config: dict[str, Any]
-    per_round: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # the global adapter as the server holds it
-    keys: dict[str, Any] = field(default_factory=dict)  # key set-up values (bytes and strings)
-
-
-@dataclass
-class Answer:
-    metrics: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-    protected: Optional[Protected] = None
-
-
-class WorkerUnavailable(UserError):
-    """The owner's worker is not running (or not reachable) at its socket."""
-
-
-def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
-           blobs: dict[str, bytes] | None = None) -> bytes:
-    """Header + arrays + byte strings -> one framed message."""
-    frames: list[bytes] = []
-    head = dict(header, arrays=[], blobs={})
-    for name, value in (arrays or {}).items():
-        value = np.ascontiguousarray(value)
-        head["arrays"].append([name, str(value.dtype), list(value.shape), len(frames) + 1])
-        frames.append(value.tobytes() or b"\0")
-    for name, value in (blobs or {}).items():
-        head["blobs"][name] = len(frames) + 1
-        frames.append(bytes(value) or b"\0")
-    return pack([json.dumps(head).encode(), *frames])
-
-
-def encode_error(code: int, reason: str) -> bytes:
-    """A released refusal on the socket: its int code and public reason (``client/release.py``)."""
-    return encode({"error_code": int(code), "reason": str(reason)})
-
-
-def decode(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, bytes]]:
-    """One framed message -> (header, arrays, byte strings); malformed input is a UserError."""
-    try:
-        head_bytes, *frames = unpack(data)
-        head = json.loads(head_bytes)
-        arrays = {}
-        for name, dtype, shape, index in head.pop("arrays"):
-            if dtype not in ALLOWED_DTYPES:  # the global's dtype, refused as the in-process owner does
-                raise Refusal("bad-global", f"an array of dtype {dtype} in the request is not accepted", check="dtype")
-            size = int(np.prod(shape)) if shape else 1
-            raw = frames[index - 1]
-            arrays[str(name)] = np.frombuffer(raw[: size * np.dtype(dtype).itemsize], dtype=dtype).reshape(shape).copy()
-        blobs = {str(name): frames[index - 1] for name, index in head.pop("blobs").items()}
-    except Refusal:
-        raise
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise UserError(f"malformed worker message ({exc})") from exc
-    return head, arrays, blobs
 
 
 def _read_message(sock: socket.socket) -> bytes:
@@ -144,21 +80,10 @@ def call(socket_path: str | Path, request: bytes, timeout: float = 3600.0) -> by
 
 def relay(socket_path: str | Path, instruction: Instruction, timeout: float = 3600.0) -> Answer:
     """Send ``instruction`` to the owner worker and decode its answer (the ClientApp's side)."""
-    bytes_keys = {k: v for k, v in instruction.keys.items() if isinstance(v, bytes)}
-    plain_keys = {k: v for k, v in instruction.keys.items() if not isinstance(v, bytes)}
-    request = encode({"op": instruction.op, "run_config": instruction.run_config, "per_round": instruction.per_round,
-                      "keys": plain_keys}, arrays=instruction.arrays, blobs=bytes_keys)
-    head, arrays, blobs = decode(call(socket_path, request, timeout))
-    if "error_code" in head:
-        from fedveil.client.release import refusal_from  # release imports this module (Answer)
-
-        raise refusal_from(int(head["error_code"]), str(head.get("reason", "")))
-    meta = {**head["meta"], **{k: blobs[k] for k in head.get("meta_blobs", [])}}
-    protected = None
-    if head.get("protected") is not None:
-        protected = Protected(arrays={k: arrays[k] for k in head["protected"]["arrays"]},
-                              blobs={k: blobs[f"protected.{k}"] for k in head["protected"]["blobs"]})
-    return Answer(dict(head["metrics"]), meta, protected)
+    answer = decode_answer(call(socket_path, encode_instruction(instruction), timeout))
+    if isinstance(answer, tuple):
+        raise refusal_from(*answer)
+    return answer
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -184,8 +109,6 @@ def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: 
                 try:
                     answer = handler(request)
                 except Exception as exc:  # a bug, not a refusal: keep serving, log it, release only its code
-                    from fedveil.client.release import refusal_of  # release imports this module (Answer)
-
                     released = refusal_of(exc, "owner worker")
                     answer = encode_error(released.error_code, released.reason)
             try:
@@ -225,20 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
+    # here, not at the top: operations loads torch and the model code, which the relay never needs
     from fedveil.client.operations import WorkerState
-    from fedveil.core.console import progress, quiet_libraries
 
     quiet_libraries()
     if args.threads > 0:
-        import torch
+        import torch  # after WorkerState: already loaded, named here for set_num_threads
 
         torch.set_num_threads(args.threads)
     if not Path(args.data_dir).exists():
         print(f"fedveil-owner: error: data directory {args.data_dir} does not exist", file=sys.stderr)
         raise SystemExit(2)
     if args.policy is not None:  # a named policy that is missing or unreadable stops the owner here
-        from fedveil.privacy.policy import load_policy
-
         try:
             load_policy(args.policy, named=True)
         except UserError as exc:

@@ -60,8 +60,10 @@ CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server ma
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
 GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (run, context id, round, ENCRYPTED_GLOBAL)
 
-# --- message types of the key set-up -------------------------------------------------------------
-QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = "query.pubkey", "query.keygen", "query.install"  # handlers: client/app.py
+# --- op names: the Flower message types (the worker protocol's set: client/protocol.py) -----------
+TRAIN, EVALUATE = "train", "evaluate"  # Flower's MessageType.TRAIN, MessageType.EVALUATE
+PUBKEY, KEYGEN, INSTALL = "pubkey", "keygen", "install"  # key set-up: sent as QUERY_* (handlers: client/app.py)
+QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = f"query.{PUBKEY}", f"query.{KEYGEN}", f"query.{INSTALL}"
 
 # --- metrics -----------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

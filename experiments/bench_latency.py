@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedveil.client.operations import handle
 from fedveil.client.owner import Owner, OwnerIdentity
-from fedveil.client.worker import Instruction
+from fedveil.client.protocol import Instruction
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.core.console import quiet_libraries

@@ -24,6 +24,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from fedveil.configs.schema import FedveilConfig, from_dict, register_schemas  # noqa: E402
+from fedveil.core.disk import owner_state_dir  # noqa: E402
 from fedveil.core.errors import UserError  # noqa: E402
 from fedveil.core.console import progress, quiet_libraries  # noqa: E402
 
@@ -182,7 +183,7 @@ def add_owner_evaluations(out: Path, num_owners: int) -> None:
 
     per_round: dict[int, dict[int, tuple[float, int]]] = {}
     for k in range(num_owners):
-        for row in read_jsonl(out / "clients" / f"client_{k}" / EVALUATIONS_FILE):
+        for row in read_jsonl(owner_state_dir(out, k) / EVALUATIONS_FILE):
             if row.get("run") == str(out) and "eval_loss" in row:
                 per_round.setdefault(int(row["round"]), {})[k] = (float(row["eval_loss"]), int(row["eval_tokens"]))
     summary = json.loads((out / "summary.json").read_text())

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from fedveil.core.disk import owner_id
 from fedveil.core.errors import UserError
 from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
 
@@ -223,7 +224,7 @@ def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
         ct = up - TENSEAL_TAGS  # an owner's update blob (framed ciphertexts)
         glob = tenseal_blob_bytes(agg, values, "global")  # Enc(global), as an owner re-encrypts it
         signed = glob + SIGNATURE_BYTES + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
-        ids = sorted(f"client_{i}" for i in range(owners))  # the simulation's owner ids
+        ids = sorted(owner_id(i) for i in range(owners))  # the simulation's owner ids
         head = len(json.dumps({"round": 1, "owners": ids}))
         updates = FRAME + head + owners * (2 * FRAME + ct + SIGNATURE_BYTES)  # global_codec.RoundUpdates
         # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;

@@ -27,6 +27,7 @@ from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
+from fedveil.privacy.secagg.base import server_sees_counts
 from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
 from fedveil.server.grid_poll import send_and_receive
@@ -265,7 +266,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
               seconds: float) -> dict:
     """The round's line in metrics.jsonl."""
     backend = fed.strategy.backend
-    counts_seen = backend.server_sees_updates and fed.cfg.dp.name == "off"  # under DP owners send weight 1
+    counts_seen = server_sees_counts(backend, fed.cfg.dp.name != "off")  # else owners send weight 1
     eval_ex = ev.exchange
     per_owner = {}
     for node, who in outcome.node_to_owner.items():

@@ -14,6 +14,9 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from fedveil.core.disk import owner_id, owner_state_dir
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.task.data import data_files, load_owner_data
@@ -52,7 +55,7 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     cfg.model.path = str(check_model_dir(cfg.model.path))
     if write_policies:
         cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
-        owners = {f"client_{k}": out / "clients" / f"client_{k}" for k in range(cfg.num_clients)}
+        owners = {owner_id(k): owner_state_dir(out, k) for k in range(cfg.num_clients)}
         for state in owners.values():
             write_policy(state / POLICY_FILE, cfg.owner_policy)
         if backend_spec(cfg.aggregation.name).key_setup is not None:  # as a deployment would distribute it
@@ -66,7 +69,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     owners = []
     for k, source in enumerate(cfg.data.client_dirs or []):
         data = load_owner_data(source, tokenizer, cfg.data, cfg.seed, one_row_per_record=cfg.dp.name != "off")
-        owners.append({"owner": f"client_{k}", "train": len(data.train), "held_out": len(data.eval), "source": str(source)})
+        owners.append({"owner": owner_id(k), "train": len(data.train), "held_out": len(data.eval),
+                       "source": str(source)})
     if report_data:
         report_owner_data(owners, out)
     for size in sorted({o["train"] + o["held_out"] for o in owners}) if check_dp else ():
@@ -108,8 +112,6 @@ def check_devices(cfg: FedveilConfig) -> None:
     """Simulation: the owners train on this machine, so a device it lacks is refused here, once,
     rather than by every owner in every round. (On a Ray cluster, ``sim.ray_address``, they train
     on its nodes: nothing to check here.)"""
-    import torch
-
     if cfg.sim.ray_address:
         return
     resolve_device(cfg.model.device)

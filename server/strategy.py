@@ -58,7 +58,7 @@ class SecureAggregation:
         if nodes is None:
             return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
         config = self._stamp(config)
-        config["server-round"] = server_round  # as FedAvg sets it
+        config[wire.ROUND] = server_round  # as FedAvg sets it
         content = RecordDict({wire.GLOBAL: arrays, wire.CONFIG: config})
         return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 

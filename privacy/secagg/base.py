@@ -16,7 +16,7 @@ owners key the federation first and whether a run can resume.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,4 +55,12 @@ def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = Non
     return np.asarray(arrays[wire.CLEAR_GLOBAL], np.float32)
 
 
-__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide", "clear_global"]
+def server_sees_counts(backend: Any, dp_on: bool) -> bool:
+    """May the coordinator see an owner's counts (examples, held-out tokens)? The one rule, called by
+    the owner (what it sends as weight) and the server (what it records): only where it sees each
+    update anyway (``backend.server_sees_updates``: plain) and without DP (there a count is data)."""
+    return bool(backend.server_sees_updates) and not dp_on
+
+
+__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide",
+           "clear_global", "server_sees_counts"]

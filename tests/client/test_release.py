@@ -8,7 +8,7 @@ import pytest
 
 from fedveil.client.release import (CLEAR_METRICS, DP_METRICS, ERROR_CODES, dp_requested, refusal_from, release)
 from fedveil.client.run_record import RunRecord
-from fedveil.client.worker import Answer, WorkerUnavailable
+from fedveil.client.protocol import Answer, WorkerUnavailable
 from fedveil.core import wire
 from fedveil.core.errors import REFUSAL_CODES, Refusal, UserError
 from fedveil.core.payload import Protected

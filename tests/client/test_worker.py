@@ -15,7 +15,8 @@ import pytest
 
 from fedveil.client.operations import WorkerState, handle
 from fedveil.client.owner import OwnerIdentity
-from fedveil.client.worker import Instruction, WorkerUnavailable, relay, serve
+from fedveil.client.protocol import Instruction, WorkerUnavailable
+from fedveil.client.worker import relay, serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.core.errors import Refusal

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from fedveil.client.owner import Owner, OwnerIdentity
-from fedveil.client.worker import Instruction, WorkerUnavailable, relay
+from fedveil.client.protocol import Instruction, WorkerUnavailable
+from fedveil.client.worker import relay
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.core.errors import Refusal

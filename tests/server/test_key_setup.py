@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedveil.client.operations import handle
 from fedveil.client.owner import OwnerIdentity
-from fedveil.client.worker import Instruction
+from fedveil.client.protocol import Instruction
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError

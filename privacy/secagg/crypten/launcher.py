@@ -14,6 +14,8 @@ simulated owner's state directory). The launcher plays the operator too: it make
 
 from __future__ import annotations
 
+import ctypes
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ import os
 import shutil
 
 from fedveil.core.console import progress
+from fedveil.core.disk import owner_id, owner_state_dir
 from fedveil.core.pki import make_party_tls
 from fedveil.privacy.secagg.crypten.backend import PINNED_PARTY_KEYS, write_pinned_party_keys
 from fedveil.privacy.secagg.crypten.party import TlsFiles, call
@@ -34,16 +37,12 @@ PARTY_MODULE = "fedveil.privacy.secagg.crypten.party"
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def _prctl():
-    import ctypes
-
     return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, never in a forked child (no dlopen after fork)
 
 
@@ -137,7 +136,7 @@ def stop_parties(procs) -> None:
 
 def simulated_owners(out_dir: Path, owners: int) -> dict[str, Path]:
     """The simulated owners' state directories (made if missing), as ``server/prepare.py`` lays them out."""
-    states = {f"client_{k}": Path(out_dir) / "clients" / f"client_{k}" for k in range(owners)}
+    states = {owner_id(k): owner_state_dir(out_dir, k) for k in range(owners)}
     for state in states.values():
         state.mkdir(parents=True, exist_ok=True)
     return states
