@@ -73,10 +73,13 @@ def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
         if broken == "hash":
             return False, f"{path}:{i}: entry hash does not match its content (the entry was edited)"
         if broken == "prev":
-            return False, f"{path}:{i}: prev_hash does not match line {i - 1} (an entry was deleted, inserted or reordered)"
+            return False, (f"{path}:{i}: prev_hash does not match line {i - 1} "
+                           "(an entry was deleted, inserted or reordered)")
         if entry.get("index") != i - 1:
-            return False, f"{path}:{i}: index {entry.get('index')} where {i - 1} belongs (entries were reordered or removed)"
+            return False, (f"{path}:{i}: index {entry.get('index')} where {i - 1} belongs "
+                           "(entries were reordered or removed)")
         prev = entry["hash"]
     if head is not None and prev != head:
-        return False, f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... (entries were removed from the end, or another ledger)"
+        return False, (f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... "
+                       "(entries were removed from the end, or another ledger)")
     return True, f"{path}: {len(lines)} entries, chain intact, head {prev}"

@@ -80,7 +80,8 @@ def reserve(state_dir: str | Path, ledger: Ledger, step: Step) -> float:
             plans.setdefault(run, float(sigma))
         budget = float(ledger.budget_epsilon)
         if not (math.isfinite(budget) and budget >= 0):
-            raise LedgerError(f"{path}: the budget {ledger.budget_epsilon!r} is not a finite epsilon >= 0; nothing was recorded")
+            raise LedgerError(f"{path}: the budget {ledger.budget_epsilon!r} is not a finite epsilon >= 0; "
+                              "nothing was recorded")
         history = [*on_disk.history, step]
         after = epsilon_of(entries(history), on_disk.delta, on_disk.accountant)
         if not (math.isfinite(after) and after <= budget):

@@ -129,7 +129,8 @@ def parse(path: Path, raw: Any) -> Ledger:
         raise damaged(path, f"it holds a JSON {_kind(raw)}, not a ledger object")
     version = raw.get("version")
     if type(version) is not int or version not in READABLE_VERSIONS:
-        raise LedgerError(f"{path}: ledger version {version!r} is not one this fedveil reads {list(READABLE_VERSIONS)}; "
+        raise LedgerError(f"{path}: ledger version {version!r} is not one this fedveil reads "
+                          f"{list(READABLE_VERSIONS)}; "
                           "use the fedveil that wrote it (never reset it)")
     fields = {"version": int, "budget_epsilon": float, "delta": float, "accountant": str, "spent_epsilon": float,
               "plans": dict, "history": list}

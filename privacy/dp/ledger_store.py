@@ -80,7 +80,8 @@ def save(state_dir: str | Path, ledger: Ledger) -> None:
         if history:
             recomputed = epsilon_of(entries(history), ledger.delta, ledger.accountant)
             if not close(history[-1].epsilon_after, recomputed):
-                raise LedgerError(f"{path}: refusing to save: the last entry says epsilon {history[-1].epsilon_after!r} "
+                raise LedgerError(f"{path}: refusing to save: the last entry says epsilon "
+                                  f"{history[-1].epsilon_after!r} "
                                   f"but its history gives {recomputed!r}")
         write(path, Ledger(ledger.budget_epsilon, ledger.delta, ledger.accountant, history, dict(ledger.plans)))
 
@@ -135,8 +136,9 @@ def read(path: Path) -> Ledger | None:
     leftovers = leftover_temps(path)
     if leftovers:
         raise LedgerError(
-            f"{leftovers[0]} exists: a ledger write was interrupted. Compare it with {path.name}, keep the one with the "
-            "longer valid history as privacy_ledger.json and delete the other; fedveil will not guess"
+            f"{leftovers[0]} exists: a ledger write was interrupted. Compare it with {path.name}, "
+            "keep the one with the longer valid history as privacy_ledger.json and delete the other; "
+            "fedveil will not guess"
         )
     if not path.exists():
         return None
