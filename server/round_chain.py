@@ -1,7 +1,9 @@
 """The round chain: one JSON line per round, each carrying the previous line's hash (tamper-evident).
 
 (An owner's epsilon ledger is another thing: ``privacy/dp/epsilon_ledger.py``. The file keeps its
-historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it.)
+historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it. Both chain their
+entries with ``core/hash_chain.py``; here the genesis is 64 zeros and NaN/infinity hash as JSON's
+extensions, as they always did.)
 
 ``<out>/round_ledger.jsonl``, appended by the coordinator after every round: round, config hash,
 adapter layout digest, participating owners, a digest of what was aggregated (ciphertexts or the
