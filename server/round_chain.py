@@ -1,7 +1,9 @@
 """The round chain: one JSON line per round, each carrying the previous line's hash (tamper-evident).
 
 (An owner's epsilon ledger is another thing: ``privacy/dp/epsilon_ledger.py``. The file keeps its
-historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it.)
+historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it. Both chain their
+entries with ``core/hash_chain.py``; here the genesis is 64 zeros and NaN/infinity hash as JSON's
+extensions, as they always did.)
 
 ``<out>/round_ledger.jsonl``, appended by the coordinator after every round: round, config hash,
 adapter layout digest, participating owners, a digest of what was aggregated (ciphertexts or the
@@ -19,38 +21,28 @@ consensus; owners who keep the head hashes they were shown can hold it to them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from fedveil.core import hash_chain
+from fedveil.core.hash_chain import sha256_of  # noqa: F401  (federation hashes payloads with it)
 from fedveil.core.io import append_jsonl, keep_jsonl, read_jsonl
 
 FILENAME = "round_ledger.jsonl"
-GENESIS = "0" * 64
-
-
-def canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in entry.items() if k != "hash"}, sort_keys=True, separators=(",", ":")).encode()
+GENESIS = hash_chain.ZERO_GENESIS
+# Where an entry keeps the links; NaN and infinity hash as they always did (JSON's extensions).
+_CHAIN = {"prev_key": "prev_hash", "hash_key": "hash", "finite": False}
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(entry)).hexdigest()
-
-
-def sha256_of(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(len(p).to_bytes(8, "big"))
-        h.update(p)
-    return h.hexdigest()
+    return hash_chain.entry_hash(entry, hash_key="hash", finite=False)
 
 
 def append(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     """Append one entry chained to the last; returns it (with ``hash``)."""
     entries = read_jsonl(path)
-    entry = {**fields, "index": len(entries), "prev_hash": entries[-1]["hash"] if entries else GENESIS}
-    entry["hash"] = entry_hash(entry)
+    entry = hash_chain.link({**fields, "index": len(entries)}, entries[-1]["hash"] if entries else GENESIS, **_CHAIN)
     append_jsonl(path, entry)
     return entry
 
@@ -79,13 +71,17 @@ def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             return False, f"{path}:{i}: not valid JSON (damaged or truncated)"
-        if entry.get("hash") != entry_hash(entry):
+        broken = hash_chain.check(entry, prev, **_CHAIN)
+        if broken == "hash":
             return False, f"{path}:{i}: entry hash does not match its content (the entry was edited)"
-        if entry.get("prev_hash") != prev:
-            return False, f"{path}:{i}: prev_hash does not match line {i - 1} (an entry was deleted, inserted or reordered)"
+        if broken == "prev":
+            return False, (f"{path}:{i}: prev_hash does not match line {i - 1} "
+                           "(an entry was deleted, inserted or reordered)")
         if entry.get("index") != i - 1:
-            return False, f"{path}:{i}: index {entry.get('index')} where {i - 1} belongs (entries were reordered or removed)"
+            return False, (f"{path}:{i}: index {entry.get('index')} where {i - 1} belongs "
+                           "(entries were reordered or removed)")
         prev = entry["hash"]
     if head is not None and prev != head:
-        return False, f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... (entries were removed from the end, or another ledger)"
+        return False, (f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... "
+                       "(entries were removed from the end, or another ledger)")
     return True, f"{path}: {len(lines)} entries, chain intact, head {prev}"
