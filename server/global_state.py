@@ -20,7 +20,7 @@ from fedveil.core import wire
 from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError, Protected
 from fedveil.privacy.secagg.tenseal import global_codec
-from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES
+from fedveil.privacy.secagg.tenseal.backend import ROUND_UPDATES
 from fedveil.server.strategy import TrainOutcome
 
 

@@ -19,7 +19,8 @@ from typing import Any, Callable, ContextManager, Optional
 from fedveil.core.errors import UserError
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
-from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def _tenseal_owner(cfg, size, keys, per_round, run=""):
     from fedveil.privacy.secagg.tenseal.keys import held_context
 
     public, secret = held_context(keys, run)  # this run's own context, never another run's
-    return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
+    return TensealOwner(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
 
 
 def _tenseal_key_setup() -> KeySetup:
@@ -123,7 +124,7 @@ BACKENDS: dict[str, BackendSpec] = {
     ),
     "tenseal": BackendSpec(
         TensealConfig,
-        server=lambda cfg, size, public=None, run="", signers=None: TensealBackend(
+        server=lambda cfg, size, public=None, run="", signers=None: TensealServer(
             cfg, size, public=public, run=run, signers=signers),
         owner=_tenseal_owner,
         encrypted_global=True,

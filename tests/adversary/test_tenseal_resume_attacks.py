@@ -19,7 +19,8 @@ from fedveil.core.payload import PayloadError, Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, Roster, pin_roster, write_roster
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES, TensealBackend, TensealConfig
+from fedveil.privacy.secagg.tenseal.backend import ROUND_UPDATES, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.server.global_state import EncryptedGlobal
 from fedveil.server.key_setup import rejoin
 
@@ -59,7 +60,7 @@ def owner_side(k, run=RUN):
 
 
 def server_side(keys, made, run=RUN):
-    return TensealBackend(CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()})
+    return TensealServer(CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()})
 
 
 def play_round(keys, made, state, rnd, run=RUN):

@@ -7,7 +7,7 @@ seed-derived initial adapter every owner computes itself, round 0); ``pending-NN
 not yet folded into it, in round order, each a :class:`RoundUpdates`: every accepted owner's own
 ciphertext Enc(n_k delta_k, n_k) with that owner's signature over (run, context id, round, owner,
 ciphertext SHA-256). Owners check every signature and add the ciphertexts themselves, so the
-server can neither forge, replay nor alter a round's sum (``TensealBackend.open_global``); it
+server can neither forge, replay nor alter a round's sum (``TensealOwner.open_global``); it
 cannot decrypt any of it. The same arrays go into Messages and into checkpoints, so the two
 cannot drift apart.
 """
