@@ -2,7 +2,7 @@
 
 The coordinator relays every key set-up message and holds the encrypted global, so it can drop,
 replace, add or replay anything it relays. Each test plays one attack on the Flower-free owner and
-server helpers (``privacy/secagg/tenseal``, ``server/global_state``), says in a comment what the
+server helpers (``privacy/secagg/tenseal``: the backend, ``global_codec.EncryptedGlobal``), says in a comment what the
 attack achieved before the fix, and checks that it is now refused.
 """
 
@@ -23,11 +23,10 @@ from fedveil.privacy.secagg import backend_spec, sealing
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.backend import ROUND_UPDATES, SIGNATURE, TensealOwner, TensealServer, global_statement
+from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, global_statement
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal, RoundUpdates, SignedBase
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.context import context_id, make_context, public_bytes, secret_bytes
-from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates, SignedBase
-from fedveil.server.global_state import EncryptedGlobal
 
 pytestmark = pytest.mark.adversary
 # BFV (the default) for three owners, weights up to 2 and values within +-6 (the deltas played here);

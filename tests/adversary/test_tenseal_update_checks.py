@@ -17,10 +17,9 @@ from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.backend import ROUND_UPDATES, SIGNATURE, TensealOwner, TensealServer, update_statement
+from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, update_statement
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal, RoundUpdates
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
-from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates
-from fedveil.server.global_state import EncryptedGlobal
 
 pytestmark = pytest.mark.adversary
 CFG = TensealConfig(max_owners=3, max_weight=2.0, value_bound=6.0, norm_bound=8.0, global_bound=10.0)

@@ -186,10 +186,10 @@ def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, 
 def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path, scheme):
     """Round 1 sends round 1's signed updates (evaluate); later rounds the signed base twice and them."""
     from fedveil.privacy.secagg.identity import OwnerKeys
-    from fedveil.privacy.secagg.tenseal.backend import ROUND_UPDATES, TensealOwner, TensealServer
+    from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+    from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, SignedBase, to_arrays
     from fedveil.privacy.secagg.tenseal.config import TensealConfig
     from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
-    from fedveil.privacy.secagg.tenseal.global_codec import SignedBase, to_arrays
 
     values, owners = 5000, 3
     cfg = TensealConfig(scheme=scheme)

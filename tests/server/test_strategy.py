@@ -80,7 +80,7 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
     from fedveil.privacy.secagg.tenseal import keys as setup
     from fedveil.privacy.secagg.tenseal.backend import TensealServer
     from fedveil.privacy.secagg.tenseal.config import TensealConfig
-    from fedveil.server.global_state import EncryptedGlobal
+    from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
 
     cfg = TensealConfig(max_owners=4, max_weight=4.0, value_bound=2.0)  # BFV: the weights and values played here
     owners = {f"client_{n}": OwnerKeys(f"client_{n}", str(tmp_path / f"client_{n}")) for n in (1, 2, 3, 4)}

@@ -52,8 +52,8 @@ from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, global_codec
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
 from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
 
-ROUND_UPDATES = "round-updates"  # blob of a combined payload: global_codec.RoundUpdates
 SIGNATURE = "signature"  # blob of a payload: the owner's Ed25519 signature over update_statement
 SENT_FILE = "sent.json"  # the run's folder of keys.run_dir: the round and SHA-256 of this owner's last update
 
