@@ -53,6 +53,7 @@ from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, global_codec
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
 from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
+from fedveil.privacy.secagg.tenseal.keys import run_dir
 
 SIGNATURE = "signature"  # blob of a payload: the owner's Ed25519 signature over update_statement
 SENT_FILE = "sent.json"  # the run's folder of keys.run_dir: the round and SHA-256 of this owner's last update
@@ -279,8 +280,6 @@ class TensealOwner(_Side):
 
     @property
     def _sent_file(self) -> Path:
-        from fedveil.privacy.secagg.tenseal.keys import run_dir  # (keys.py imports this package's context)
-
         folder = run_dir(self.keys.state_dir, self.run)  # per run: another run's update never hides this one's
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder / SENT_FILE
