@@ -257,7 +257,8 @@ class TensealOwner(_Side):
         if self.cfg.scheme == "bfv":
             blob = self._encrypt_bfv(np.asarray(delta, np.float64), weight)
         else:
-            blob = self._encrypt(ckks.with_weight(*reversed(clamp(delta, weight, self.cfg))))
+            weight, values = clamp(delta, weight, self.cfg)
+            blob = self._encrypt(ckks.with_weight(values, weight))
         tags = self._tag(blob)
         if self.keys is not None and ctx is not None:
             if ctx.owner != self.keys.owner_id:
