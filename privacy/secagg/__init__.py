@@ -21,6 +21,7 @@ from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.config import resolve as resolve_tenseal
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class BackendSpec:
     # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
     guarantees: Optional[Guarantees] = None
+    # (aggregation dict, owners per round, dp on, train.update_clip_norm, rounds) -> the aggregation dict
+    # with the run's values for what the config left null (tenseal: its bounds and BFV parameters)
+    resolve: Optional[Callable[[dict, int, bool, Optional[float], int], dict]] = None
 
     @property
     def encrypted_global(self) -> bool:
@@ -146,6 +150,7 @@ BACKENDS: dict[str, BackendSpec] = {
             cfg, size, public=public, run=run, signers=signers),
         owner=_tenseal_owner,
         held_global=_tenseal_global,
+        resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),
         guarantees=Guarantees(
             coordinator=("trusted", "curious", "malicious"),

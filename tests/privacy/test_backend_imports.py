@@ -12,7 +12,6 @@ BACKEND_PACKAGES = ("fedveil.privacy.secagg.tenseal", "fedveil.privacy.secagg.cr
 
 # (file, module imported): left to move behind the BackendSpec
 ALLOWED = {
-    ("configs/schema.py", "fedveil.privacy.secagg.tenseal.config"),  # resolve(): tenseal's nulls for the run
     ("privacy/planner.py", "fedveil.privacy.secagg.tenseal.bfv"),  # exact BFV update bytes
     ("privacy/planner.py", "fedveil.privacy.secagg.tenseal"),  # (bfv, as above)
     ("privacy/planner.py", "fedveil.privacy.secagg.crypten.shares"),  # exact crypten share bytes
