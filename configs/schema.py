@@ -155,9 +155,8 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     cfg = build(FedveilConfig, values)
     agg, dp = resolve_privacy(cfg, agg, dp)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
-    if agg["name"] == "tenseal":
-        from fedveil.privacy.secagg.tenseal.config import resolve
-
+    resolve = BACKENDS[agg["name"]].resolve
+    if resolve is not None:
         agg = resolve(agg, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm, cfg.rounds)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:

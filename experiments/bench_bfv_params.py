@@ -10,7 +10,7 @@ encrypt and to decrypt ``--values`` values. Packing ``k`` values per slot: each 
 ``sum_j v_j M^j`` (signed digits, ``M = 2^floor(log2(t)/k)``), decoded by centred lifts; exact as
 long as every digit's sum over owners stays below ``M/2`` in magnitude, which the per-owner bound
 ``(M/2 - 1) // owners`` guarantees. Security: the total coefficient modulus stays within the
-128-bit bound of ``ckks.MAX_COEFF_BITS_128`` (the same table SEAL enforces).
+128-bit bound of ``config.MAX_COEFF_BITS_128`` (the same table SEAL enforces).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from fedveil.privacy.secagg.tenseal.ckks import MAX_COEFF_BITS_128
+from fedveil.privacy.secagg.tenseal.config import MAX_COEFF_BITS_128
 
 # (N, coefficient moduli bits, plain modulus bits, values per slot)
 CANDIDATES = [
@@ -91,10 +91,12 @@ def bench_bfv(n: int, coeffs: list[int], t_bits: int, k: int, owners: int, value
 
 
 def bench_ckks(values: int) -> str:
-    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+    from fedveil.privacy.secagg.tenseal.backend import TensealOwner
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig
+    from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
     ctx = make_context(TensealConfig())
-    backend = TensealBackend(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx))
+    backend = TensealOwner(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx))
     delta = np.random.default_rng(0).normal(0, 1e-2, values)
     start = time.perf_counter()
     payload = backend.protect(delta, 1.0)

@@ -29,7 +29,7 @@ from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import server_sees_counts
 from fedveil.server import checkpoint, round_chain
-from fedveil.server.global_state import ClearGlobal, EncryptedGlobal
+from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, read_metrics, summarize
@@ -65,7 +65,7 @@ class Federation:
     layout: AdapterLayout
     spec: BackendSpec
     strategy: SecureAggregation
-    state: ClearGlobal | EncryptedGlobal
+    state: ClearGlobal | object  # or the backend's own holder (BackendSpec.held_global): the same methods
     run_config: dict
     owners: list[str]  # owner ids known from the key set-up (encrypted global only)
     node_owner: dict[int, str] = field(default_factory=dict)  # node id -> owner id, from the key set-up
@@ -106,7 +106,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     if spec.key_setup is not None:
         progress(f"{cfg.aggregation.name}: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
         made = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s,
-                          resume=cfg.resume)
+                          resume=cfg.resume, setup=spec.key_setup)
         keyed, owners = dict(public=made.public, run=made.run, signers=made.signers), made.owners
         if made.rejoined:
             progress(f"{cfg.aggregation.name}: {len(owners)} owners hold this run's context; resuming with it, no "
@@ -115,7 +115,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
             progress(f"{cfg.aggregation.name}: {len(owners)} owners keyed; the server holds the public context only")
     backend = spec.server(cfg.aggregation, layout.size, **keyed)
     run_config.update(backend.round_config())
-    state = (EncryptedGlobal(check=backend.check_global) if spec.encrypted_global
+    state = (spec.held_global(backend) if spec.held_global is not None
              else ClearGlobal(layout.flatten(get_adapter(model))))
     # clients_per_round: FedAvg samples that many owners to train; they evaluate (evaluation_cohort)
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,

@@ -32,7 +32,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError
-from fedveil.privacy.secagg.tenseal.keys import check_rejoin, run_of
+from fedveil.privacy.secagg import KeySetup
 from fedveil.server.grid_poll import send_and_receive
 
 
@@ -62,8 +62,9 @@ class Keyed:
 
 
 def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, timeout: float,
-               resume: bool = False) -> Keyed:
-    """Run the three exchanges; or, when resuming a run the owners hold a context for, take that one up."""
+               resume: bool = False, *, setup: KeySetup) -> Keyed:
+    """Run the three exchanges; or, when resuming a run the owners hold a context for, take that one up
+    (``setup``: the backend's key set-up, whose server-side checks this uses)."""
     nodes, _ = sample_nodes(grid, num_owners, num_owners)
     replies = ask(grid, nodes, wire.QUERY_PUBKEY, run_config, {}, timeout)
     owners = {n: records.owner_label(m) for n, m in replies.items()}
@@ -77,7 +78,7 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
             raise UserError(f"the owners already hold a CKKS context for this run ({_contexts(held)}): a second key "
                             "set-up would re-key it, which they refuse; pass resume=true to continue the run, or "
                             "choose another hydra.run.dir")
-        return rejoin(held, owners, signers, key_holder or min(owners.values()))
+        return rejoin(held, owners, signers, key_holder or min(owners.values()), setup=setup)
     holder_id = key_holder or min(owners.values())
     holder = next((n for n, oid in owners.items() if oid == holder_id), None)
     if holder is None:
@@ -93,7 +94,7 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
                         "pin the same roster at every owner")
     install = {n: {**signed, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
     ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout)
-    return Keyed(public, run_of(made[wire.SETUP_STATEMENT]), owners, signers)
+    return Keyed(public, setup.run_of(made[wire.SETUP_STATEMENT]), owners, signers)
 
 
 def _contexts(held: dict[str, dict[str, bytes]]) -> str:
@@ -101,7 +102,7 @@ def _contexts(held: dict[str, dict[str, bytes]]) -> str:
 
 
 def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: dict[str, bytes],
-           key_holder: str) -> Keyed:
+           key_holder: str, *, setup: KeySetup) -> Keyed:
     """A restarted coordinator takes up the context every owner holds for the run (no re-keying);
     the public context and the run come from ``key_holder``'s signed set-up, checked here."""
     contexts = {h.get("context", b"") for h in held.values()}
@@ -115,7 +116,7 @@ def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: d
     try:
         if json.loads(told["statement"])["key_holder"] != key_holder:
             raise PayloadError(f"its statement names another key holder than {key_holder}")
-        run, cid = check_rejoin(told["public"], told["statement"], told["signature"], signers.get(key_holder, b""))
+        run, cid = setup.check_rejoin(told["public"], told["statement"], told["signature"], signers.get(key_holder, b""))
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"the key holder's held CKKS set-up does not check out ({exc}): the run cannot resume") from exc
     if contexts != {cid.encode()}:

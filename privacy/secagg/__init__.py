@@ -19,7 +19,9 @@ from typing import Any, Callable, ContextManager, Optional
 from fedveil.core.errors import UserError
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
-from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.config import resolve as resolve_tenseal
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class KeySetup:
     # (keys, run) on every owner: what it holds for the run ({} if nothing: the run is not keyed yet),
     # so that a restarted coordinator resumes with it instead of re-keying
     rejoin: Callable[[Any, str], dict[str, bytes]]
+    # the server's side (``server/key_setup.py``): the run a signed set-up statement names, and
+    # (public, statement, signature, key holder's verify key) -> (run, context id) of a held set-up, checked
+    run_of: Callable[[bytes], str]
+    check_rejoin: Callable[[bytes, bytes, bytes, bytes], tuple[str, str]]
 
 
 COORDINATOR_THREATS = ("trusted", "curious", "malicious")  # weakest to strongest
@@ -74,25 +80,42 @@ class BackendSpec:
     # (cfg, size, public=, run=, signers=: what the key set-up gave the server) -> server side
     server: Callable[..., Any]
     owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round, run=run key) -> owner side
-    encrypted_global: bool = False  # the server never holds the global in clear
+    # (server side) -> the server's holder of the global, where it holds it only encrypted (owners
+    # re-encrypt it); None: the server holds it in clear (server/global_state.ClearGlobal)
+    held_global: Optional[Callable[[Any], Any]] = None
     key_setup: Optional[KeySetup] = None
     can_resume: bool = True  # a restarted coordinator continues from its checkpoint (tenseal: with the keys owners hold)
     # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
     guarantees: Optional[Guarantees] = None
+    # (aggregation dict, owners per round, dp on, train.update_clip_norm, rounds) -> the aggregation dict
+    # with the run's values for what the config left null (tenseal: its bounds and BFV parameters)
+    resolve: Optional[Callable[[dict, int, bool, Optional[float], int], dict]] = None
+
+    @property
+    def encrypted_global(self) -> bool:
+        """The server never holds the global in clear."""
+        return self.held_global is not None
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
     from fedveil.privacy.secagg.tenseal.keys import held_context
 
     public, secret = held_context(keys, run)  # this run's own context, never another run's
-    return TensealBackend(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
+    return TensealOwner(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
 
 
 def _tenseal_key_setup() -> KeySetup:
     from fedveil.privacy.secagg.tenseal import keys
 
-    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install, rejoin=keys.rejoin)
+    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install, rejoin=keys.rejoin,
+                    run_of=keys.run_of, check_rejoin=keys.check_rejoin)
+
+
+def _tenseal_global(server):
+    from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
+
+    return EncryptedGlobal(check=server.check_global)
 
 
 def _crypten_owner(cfg, size, keys, per_round, run=""):
@@ -123,10 +146,11 @@ BACKENDS: dict[str, BackendSpec] = {
     ),
     "tenseal": BackendSpec(
         TensealConfig,
-        server=lambda cfg, size, public=None, run="", signers=None: TensealBackend(
+        server=lambda cfg, size, public=None, run="", signers=None: TensealServer(
             cfg, size, public=public, run=run, signers=signers),
         owner=_tenseal_owner,
-        encrypted_global=True,
+        held_global=_tenseal_global,
+        resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),
         guarantees=Guarantees(
             coordinator=("trusted", "curious", "malicious"),

@@ -2,7 +2,7 @@
 
 The coordinator relays every key set-up message and holds the encrypted global, so it can drop,
 replace, add or replay anything it relays. Each test plays one attack on the Flower-free owner and
-server helpers (``privacy/secagg/tenseal``, ``server/global_state``), says in a comment what the
+server helpers (``privacy/secagg/tenseal``: the backend, ``global_codec.EncryptedGlobal``), says in a comment what the
 attack achieved before the fix, and checks that it is now refused.
 """
 
@@ -23,10 +23,10 @@ from fedveil.privacy.secagg import backend_spec, sealing
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.ckks import (ROUND_UPDATES, SIGNATURE, TensealBackend, TensealConfig, context_id,
-                                                 global_statement, make_context, public_bytes, secret_bytes)
-from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates, SignedBase
-from fedveil.server.global_state import EncryptedGlobal
+from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, global_statement
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal, RoundUpdates, SignedBase
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.context import context_id, make_context, public_bytes, secret_bytes
 
 pytestmark = pytest.mark.adversary
 # BFV (the default) for three owners, weights up to 2 and values within +-6 (the deltas played here);
@@ -69,7 +69,7 @@ def owner_side(keys, o, cfg=CFG):
 
 def server_side(keys, made):
     """The server's side as the federation builds it: the public context, the run and the announced keys."""
-    return TensealBackend(CFG, SIZE, public=made.public, run=RUN, signers={o: k.member().verify_key for o, k in keys.items()})
+    return TensealServer(CFG, SIZE, public=made.public, run=RUN, signers={o: k.member().verify_key for o, k in keys.items()})
 
 
 def signed_updates(keys, rnd, deltas):
@@ -261,7 +261,7 @@ def test_a_wrong_scale_ciphertext_is_excluded_and_the_sum_is_the_others(fed_ckks
     # whole run stopped: one owner could end the federation.
     keys, made = fed_ckks
     owner = owner_side(keys, "client_0", CKKS)
-    server = TensealBackend(CKKS, SIZE, public=made.public)
+    server = TensealServer(CKKS, SIZE, public=made.public)
     bad = _wrong_scale(owner, np.full(SIZE, 100.0))
     with pytest.raises(PayloadError, match="scale 2\\^30.0"):
         server.validate(bad)
@@ -288,7 +288,7 @@ def test_the_strategy_excludes_a_wrong_scale_owner_and_the_round_goes_on(fed_ckk
     keys, made = fed_ckks
     owner = owner_side(keys, "client_0", CKKS)
     layout = AdapterLayout.of({"w.lora_A": np.zeros((SIZE // 2, 2), np.float32)})
-    strategy = SecureAggregation(FedAvg(), TensealBackend(CKKS, SIZE, public=made.public), layout)
+    strategy = SecureAggregation(FedAvg(), TensealServer(CKKS, SIZE, public=made.public), layout)
 
     def reply(node, payload):
         instruction = Message(RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=node, message_type="train")
@@ -310,8 +310,8 @@ def test_a_wrong_step_or_out_of_range_bfv_update_is_excluded_or_refused(fed):
 
     keys, made = fed
     owner, server = owner_side(keys, "client_0"), server_side(keys, made)
-    coarse = TensealBackend(TensealConfig(max_owners=3, max_weight=4.0, value_bound=6.0), SIZE, public=made.public,
-                            secret=secret_bytes(owner._secret))
+    coarse = TensealOwner(TensealConfig(max_owners=3, max_weight=4.0, value_bound=6.0), SIZE, public=made.public,
+                          secret=secret_bytes(owner._secret))
     payloads = {"client_0": owner.protect(np.full(SIZE, 1.0), 2.0), "client_2": coarse.protect(np.full(SIZE, 5.0), 1.0),
                 "client_1": owner.protect(np.full(SIZE, 4.0), 1.0)}
     combined = server.combine(payloads)
@@ -382,9 +382,9 @@ def test_a_round_replayed_from_an_earlier_round_is_refused(fed):
     with pytest.raises(PayloadError, match="not signed by"):
         owner.open_global(EncryptedGlobal(state.base, [relabelled]).arrays(), ZEROS, 2)
     # a round of another run (same owners, same context) is refused too: the run is signed
-    other_run = {o: TensealBackend(CFG, SIZE, public=made.public, secret=owner_side(keys, o)._secret.serialize(),
-                                   keys=keys[o], run="/runs/other#1").protect(np.full(SIZE, 5.0), 1.0,
-                                                                               RoundContext(2, "L", o))
+    other_run = {o: TensealOwner(CFG, SIZE, public=made.public, secret=owner_side(keys, o)._secret.serialize(),
+                                 keys=keys[o], run="/runs/other#1").protect(np.full(SIZE, 5.0), 1.0,
+                                                                             RoundContext(2, "L", o))
                  for o in OWNERS}
     foreign = RoundUpdates(2, {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE]) for o, p in other_run.items()}).encode()
     with pytest.raises(PayloadError, match="not signed by"):
@@ -450,11 +450,11 @@ def test_a_wrong_size_or_foreign_context_update_is_excluded_and_the_round_goes_o
     keys, made = fed
     server = server_side(keys, made)
     good = signed_updates(keys, 1, {"client_0": np.full(SIZE, 1.0)})["client_0"]
-    short = TensealBackend(CFG, SIZE - 2, public=made.public, secret=owner_side(keys, "client_1")._secret.serialize(),
-                           keys=keys["client_1"], run=RUN).protect(np.ones(SIZE - 2), 1.0, RoundContext(1, "L", "client_1"))
+    short = TensealOwner(CFG, SIZE - 2, public=made.public, secret=owner_side(keys, "client_1")._secret.serialize(),
+                         keys=keys["client_1"], run=RUN).protect(np.ones(SIZE - 2), 1.0, RoundContext(1, "L", "client_1"))
     other = make_context(CFG)
-    foreign = TensealBackend(CFG, SIZE, public=public_bytes(other), secret=secret_bytes(other), keys=keys["client_2"],
-                             run=RUN).protect(np.ones(SIZE), 1.0, RoundContext(1, "L", "client_2"))
+    foreign = TensealOwner(CFG, SIZE, public=public_bytes(other), secret=secret_bytes(other), keys=keys["client_2"],
+                           run=RUN).protect(np.ones(SIZE), 1.0, RoundContext(1, "L", "client_2"))
     for bad, reason in ((short, "holds 19 slots"), (foreign, "another BFV context")):
         with pytest.raises(PayloadError, match=reason):
             server.validate(bad)

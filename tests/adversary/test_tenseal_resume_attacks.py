@@ -19,8 +19,9 @@ from fedveil.core.payload import PayloadError, Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, Roster, pin_roster, write_roster
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES, TensealBackend, TensealConfig
-from fedveil.server.global_state import EncryptedGlobal
+from fedveil.privacy.secagg.tenseal.backend import TensealServer
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.server.key_setup import rejoin
 
 pytestmark = pytest.mark.adversary
@@ -28,6 +29,7 @@ CFG = TensealConfig()
 SIZE = 40
 RUN, OTHER_RUN = "/runs/a#00000001", "/runs/b#00000002"
 OWNERS = ("client_0", "client_1", "client_2")
+SETUP = backend_spec("tenseal").key_setup
 ZEROS = np.zeros(SIZE, np.float32)
 
 
@@ -59,7 +61,7 @@ def owner_side(k, run=RUN):
 
 
 def server_side(keys, made, run=RUN):
-    return TensealBackend(CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()})
+    return TensealServer(CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()})
 
 
 def play_round(keys, made, state, rnd, run=RUN):
@@ -150,7 +152,7 @@ def test_a_resumed_run_opens_its_checkpoint_and_refuses_another_runs(fed):
     # the restart: the server takes up the context the owners hold, then restores the checkpoint
     held = {o: {k: bytes(v) for k, v in setup.rejoin(keys[o], RUN).items()} for o in OWNERS}
     keyed = rejoin(held, {n: o for n, o in enumerate(OWNERS)}, {o: k.member().verify_key for o, k in keys.items()},
-                   "client_0")
+                   "client_0", setup=SETUP)
     assert keyed.rejoined and keyed.public == made.public and keyed.run == RUN
     restarted = server_side(keys, made)
     resumed = EncryptedGlobal(check=restarted.check_global).restored(checkpoint)
@@ -177,17 +179,17 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     held = {o: {k: bytes(v) for k, v in setup.rejoin(keys[o], RUN).items()} for o in OWNERS}
     for broken in ({**held, "client_2": {}}, {**held, "client_2": {"context": b"f" * 64}}):
         with pytest.raises(UserError, match="do not all hold the same CKKS context"):
-            rejoin(broken, nodes, signers, "client_0")
+            rejoin(broken, nodes, signers, "client_0", setup=SETUP)
     forged = {**held, "client_0": {**held["client_0"], "signature": b"\x01" * 64}}
     with pytest.raises(UserError, match="does not check out"):
-        rejoin(forged, nodes, signers, "client_0")
+        rejoin(forged, nodes, signers, "client_0", setup=SETUP)
     # another owner passing itself off as the key holder: its own signature is not the key holder's
     impostor = {**held, "client_1": {**held["client_0"], "signature": keys["client_1"].sign(held["client_0"]["statement"])}}
     with pytest.raises(UserError, match="does not check out"):
-        rejoin(impostor, nodes, signers, "client_1")
+        rejoin(impostor, nodes, signers, "client_1", setup=SETUP)
     with pytest.raises(UserError, match="sent no public CKKS context"):
-        rejoin(held, nodes, signers, "client_2")
-    assert rejoin(held, nodes, signers, "client_0").public == made.public
+        rejoin(held, nodes, signers, "client_2", setup=SETUP)
+    assert rejoin(held, nodes, signers, "client_0", setup=SETUP).public == made.public
 
 
 def test_an_update_dropped_in_one_run_is_not_hidden_by_another_run(fed):

@@ -17,10 +17,9 @@ from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
-from fedveil.privacy.secagg.tenseal.ckks import (ROUND_UPDATES, SIGNATURE, TensealBackend, TensealConfig,
-                                                 update_statement)
-from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates
-from fedveil.server.global_state import EncryptedGlobal
+from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, update_statement
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal, RoundUpdates
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 pytestmark = pytest.mark.adversary
 CFG = TensealConfig(max_owners=3, max_weight=2.0, value_bound=6.0, norm_bound=8.0, global_bound=10.0)
@@ -41,7 +40,7 @@ def keyed(tmp_path, cfg):
     return keys, {o: backend_spec("tenseal").owner(cfg, SIZE, keys[o], {}, run=RUN) for o in OWNERS}, made
 
 
-def signed(owner: TensealBackend, blob: bytes, rnd: int = 1) -> Protected:
+def signed(owner: TensealOwner, blob: bytes, rnd: int = 1) -> Protected:
     """What a malicious owner sends: any ciphertext it made with the shared secret context, signed as its update."""
     tags = owner._tag(blob)
     tags[SIGNATURE] = owner.keys.sign(update_statement(RUN, owner.context_id, rnd, owner.keys.owner_id, blob))
@@ -50,8 +49,8 @@ def signed(owner: TensealBackend, blob: bytes, rnd: int = 1) -> Protected:
 
 def opened_round(owners, made, cfg, payloads):
     """Every owner's view: the server (honest, it cannot tell) keeps the signed updates; each owner opens them."""
-    server = TensealBackend(cfg, SIZE, public=made.public, run=RUN,
-                            signers={o: b.keys.member().verify_key for o, b in owners.items()})
+    server = TensealServer(cfg, SIZE, public=made.public, run=RUN,
+                           signers={o: b.keys.member().verify_key for o, b in owners.items()})
     combined = server.combine(payloads, RoundContext(1, "L"))
     assert combined.excluded == {}  # the server cannot see the range: every update is summed
     return EncryptedGlobal(None, [combined.payload.blobs[ROUND_UPDATES]]).arrays()
@@ -61,7 +60,7 @@ def honest(owners, delta, weight=1.0):
     return {o: b.protect(np.full(SIZE, delta), weight, RoundContext(1, "L", o)) for o, b in owners.items()}
 
 
-def bfv_update(owner: TensealBackend, digits: np.ndarray, weight: float) -> bytes:
+def bfv_update(owner: TensealOwner, digits: np.ndarray, weight: float) -> bytes:
     import tenseal as ts
 
     slots = bfv.pack_slots(digits.astype(np.int64), bfv.radix(CFG.poly_modulus_degree, CFG.plain_modulus_bits))

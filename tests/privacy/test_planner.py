@@ -139,7 +139,9 @@ def measured_update_bytes(name: str, values: int, parties: int = 3, agg=None) ->
 
         return PlainBackend(None, values).protect(delta, 1.0).nbytes
     if name == "tenseal":
-        from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+        from fedveil.privacy.secagg.tenseal.backend import TensealOwner
+        from fedveil.privacy.secagg.tenseal.config import TensealConfig
+        from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
         import tempfile
 
@@ -148,8 +150,8 @@ def measured_update_bytes(name: str, values: int, parties: int = 3, agg=None) ->
         agg = agg or TensealConfig()
         ctx = make_context(agg)
         with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its update: its keys
-            backend = TensealBackend(agg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
-                                     keys=OwnerKeys("client_0", state_dir), run="run")
+            backend = TensealOwner(agg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
+                                   keys=OwnerKeys("client_0", state_dir), run="run")
             return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
     from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
     from nacl.public import PrivateKey
@@ -184,19 +186,20 @@ def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, 
 def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path, scheme):
     """Round 1 sends round 1's signed updates (evaluate); later rounds the signed base twice and them."""
     from fedveil.privacy.secagg.identity import OwnerKeys
-    from fedveil.privacy.secagg.tenseal.ckks import ROUND_UPDATES, TensealBackend, TensealConfig, make_context
-    from fedveil.privacy.secagg.tenseal.ckks import public_bytes, secret_bytes
-    from fedveil.privacy.secagg.tenseal.global_codec import SignedBase, to_arrays
+    from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+    from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, SignedBase, to_arrays
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig
+    from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
     values, owners = 5000, 3
     cfg = TensealConfig(scheme=scheme)
     ctx = make_context(cfg)
-    sides = {f"client_{i}": TensealBackend(cfg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
-                                           keys=OwnerKeys(f"client_{i}", str(tmp_path / str(i))), run="run")
+    sides = {f"client_{i}": TensealOwner(cfg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
+                                         keys=OwnerKeys(f"client_{i}", str(tmp_path / str(i))), run="run")
              for i in range(owners)}
     delta = np.random.default_rng(0).normal(0, 1e-2, values)
     payloads = {o: b.protect(delta, 1.0, RoundContext(1, "L", o)) for o, b in sides.items()}
-    updates = TensealBackend(cfg, values, public=public_bytes(ctx)).combine(payloads, RoundContext(1, "L"))
+    updates = TensealServer(cfg, values, public=public_bytes(ctx)).combine(payloads, RoundContext(1, "L"))
     pending = [updates.payload.blobs[ROUND_UPDATES]]
     blob, signature = sides["client_0"].encrypt_global(delta, 1)
     base = SignedBase(blob, 1, "client_0", signature)
@@ -306,7 +309,7 @@ def test_calibration_fit_recovers_fixed_and_per_value_seconds_and_the_planner_us
 
 @pytest.mark.parametrize("cohort", [100, 1000, 2000], ids=["45-bit", "42-bit", "ring-8192"])
 def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
-    from fedveil.privacy.secagg.tenseal.ckks import TensealConfig
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
     agg = TensealConfig(max_owners=cohort)
     assert (agg.poly_modulus_degree, agg.plain_modulus_bits) == {100: (4096, 45), 1000: (4096, 42),
@@ -318,7 +321,7 @@ def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
 @pytest.mark.parametrize("named", [[], ["aggregation=tenseal"]], ids=["auto", "tenseal"])
 def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
     from fedveil.experiments.plan import make_plan
-    from fedveil.privacy.secagg.tenseal.ckks import TensealConfig
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
     assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100

@@ -10,8 +10,9 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import pack, unpack
 from fedveil.core.payload import PayloadError, Protected
 from fedveil.privacy.secagg.tenseal import bfv
-from fedveil.privacy.secagg.tenseal.ckks import (TensealBackend, TensealConfig, clamp_notice, make_context, public_bytes,
-                                                secret_bytes)
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp_notice
+from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
 N, BITS = 4096, 46
 SIZE = 2 * N + 5  # two ciphertexts: one full (8,192 values), one holding 5
@@ -23,7 +24,7 @@ def fifty():
     cfg = TensealConfig(max_owners=50, max_weight=4.0, value_bound=0.5)
     ctx = make_context(cfg)
     pub, sec = public_bytes(ctx), secret_bytes(ctx)
-    return cfg, TensealBackend(cfg, SIZE, public=pub, secret=sec), TensealBackend(cfg, SIZE, public=pub), (pub, sec)
+    return cfg, TensealOwner(cfg, SIZE, public=pub, secret=sec), TensealServer(cfg, SIZE, public=pub), (pub, sec)
 
 
 def test_known_answers_of_the_digit_packing_negative_values_and_digit_boundaries():
@@ -88,11 +89,11 @@ def test_a_51st_update_is_left_out_and_an_out_of_range_sum_is_refused(fifty):
 def test_a_wrong_step_or_unsealed_weight_is_refused(fifty):
     cfg, owner, server, (pub, sec) = fifty
     other = TensealConfig(max_owners=50, max_weight=8.0, value_bound=0.5)  # another step, same context
-    coarse = TensealBackend(other, SIZE, public=pub, secret=sec)
+    coarse = TensealOwner(other, SIZE, public=pub, secret=sec)
     with pytest.raises(PayloadError, match="encodes at step"):
         server.validate(coarse.protect(np.ones(SIZE), 1.0))
     with pytest.raises(UserError, match="keyed with"):  # a config whose t is not the context's: refused at once
-        TensealBackend(TensealConfig(max_owners=50, plain_modulus_bits=44), SIZE, public=pub)
+        TensealServer(TensealConfig(max_owners=50, plain_modulus_bits=44), SIZE, public=pub)
     good = owner.protect(np.ones(SIZE) * 0.2, 2.0)
     parts = unpack(good.blobs["ciphertext"])
     forged = pack([*parts[:-1], bytes(bfv.COUNT_BOX)])  # a weight not sealed with the federation's key
@@ -185,7 +186,7 @@ def test_parameters_chosen_for_a_large_cohort_sum_exactly(cohort):
     cfg = TensealConfig(max_owners=cohort, max_weight=4.0, value_bound=0.5)
     ctx = make_context(cfg)
     pub, sec = public_bytes(ctx), secret_bytes(ctx)
-    owner, server = TensealBackend(cfg, SIZE, public=pub, secret=sec), TensealBackend(cfg, SIZE, public=pub)
+    owner, server = TensealOwner(cfg, SIZE, public=pub, secret=sec), TensealServer(cfg, SIZE, public=pub)
     deltas = [np.random.default_rng(i).uniform(-0.5, 0.5, SIZE) for i in range(3)]
     revealed = owner.reveal(server.combine({f"o{i}": owner.protect(d, 4.0) for i, d in enumerate(deltas)}).payload)
     assert revealed.total_weight == 12.0

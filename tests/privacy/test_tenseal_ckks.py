@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg.sealing import seal, unseal
-from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig, make_context, public_bytes, secret_bytes
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
 SIZE = 300
 CKKS = TensealConfig(scheme="ckks", max_weight=5000.0, value_bound=10.0)  # the weights and values played here
@@ -21,11 +23,11 @@ def keys():
 
 
 def owner(keys, size=SIZE):
-    return TensealBackend(CKKS, size, public=keys[0], secret=keys[1])
+    return TensealOwner(CKKS, size, public=keys[0], secret=keys[1])
 
 
 def server(keys, size=SIZE):
-    return TensealBackend(CKKS, size, public=keys[0])
+    return TensealServer(CKKS, size, public=keys[0])
 
 
 @settings(max_examples=15, deadline=None)
@@ -58,7 +60,7 @@ def test_server_holds_no_secret_and_cannot_decrypt_or_encrypt(keys):
 
 def test_public_context_with_secret_is_refused(keys):
     with pytest.raises(PayloadError, match="holds a secret key"):
-        TensealBackend(CKKS, SIZE, public=keys[1])
+        TensealServer(CKKS, SIZE, public=keys[1])
 
 
 def test_tampered_truncated_foreign_and_wrong_length_ciphertexts_are_refused(keys):
@@ -81,7 +83,7 @@ def test_tampered_truncated_foreign_and_wrong_length_ciphertexts_are_refused(key
     with pytest.raises(PayloadError, match="truncated"):
         s.validate(type(good)(blobs=cut))
     other_ctx = make_context(CKKS)
-    foreign = TensealBackend(CKKS, SIZE, public=public_bytes(other_ctx), secret=secret_bytes(other_ctx))
+    foreign = TensealOwner(CKKS, SIZE, public=public_bytes(other_ctx), secret=secret_bytes(other_ctx))
     with pytest.raises(PayloadError, match="another CKKS context"):
         s.validate(foreign.protect(np.ones(SIZE), 1))
     with pytest.raises(PayloadError, match="layout needs 300"):
@@ -92,7 +94,7 @@ def test_bytes_per_value_and_insecure_parameters():
     cfg = CKKS
     ctx = make_context(cfg)
     size = 16383  # + the count slot = 8 ciphertexts of 2048 slots
-    o = TensealBackend(cfg, size, public=public_bytes(ctx), secret=secret_bytes(ctx))
+    o = TensealOwner(cfg, size, public=public_bytes(ctx), secret=secret_bytes(ctx))
     per_value = len(o.protect(np.zeros(size), 1).blobs["ciphertext"]) / size
     assert 30 <= per_value <= 8 * 4 + 0.1  # ~32 bytes a value: <= 8x fp32
     with pytest.raises(UserError, match="below 128-bit security"):

@@ -10,11 +10,13 @@ from fedveil.client.protocol import Instruction
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import records, wire
 from fedveil.core.errors import UserError
+from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.privacy.secagg.tenseal import keys as tenseal_keys
 from fedveil.server import key_setup
 
 OWNERS = {1: "client_0", 2: "client_1", 3: "client_2"}
+SETUP = backend_spec("tenseal").key_setup
 
 
 @pytest.fixture()
@@ -47,10 +49,10 @@ def relay(tmp_path, monkeypatch):
 
 def test_a_run_is_keyed_once_and_a_restart_resumes_with_the_held_context(relay):
     states, run_config = relay
-    keyed = key_setup.setup_keys(None, run_config, 3, "", 1.0)
+    keyed = key_setup.setup_keys(None, run_config, 3, "", 1.0, setup=SETUP)
     assert not keyed.rejoined and sorted(keyed.owners.values()) == sorted(OWNERS.values())
     with pytest.raises(UserError, match="already hold a CKKS context for this run.*pass resume=true"):
-        key_setup.setup_keys(None, run_config, 3, "", 1.0)  # a restart without resume=true keys nothing
-    resumed = key_setup.setup_keys(None, {**run_config, "resume": True}, 3, "", 1.0, resume=True)
+        key_setup.setup_keys(None, run_config, 3, "", 1.0, setup=SETUP)  # a restart without resume=true keys nothing
+    resumed = key_setup.setup_keys(None, {**run_config, "resume": True}, 3, "", 1.0, resume=True, setup=SETUP)
     assert resumed.rejoined and (resumed.public, resumed.run, resumed.signers) == (keyed.public, keyed.run, keyed.signers)
     assert [len(tenseal_keys.keyings(s)) for s in states.values()] == [1, 1, 1]  # nobody re-keyed

@@ -78,8 +78,9 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
     from fedveil.privacy.secagg import backend_spec
     from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
     from fedveil.privacy.secagg.tenseal import keys as setup
-    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend, TensealConfig
-    from fedveil.server.global_state import EncryptedGlobal
+    from fedveil.privacy.secagg.tenseal.backend import TensealServer
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig
+    from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
 
     cfg = TensealConfig(max_owners=4, max_weight=4.0, value_bound=2.0)  # BFV: the weights and values played here
     owners = {f"client_{n}": OwnerKeys(f"client_{n}", str(tmp_path / f"client_{n}")) for n in (1, 2, 3, 4)}
@@ -97,8 +98,8 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
                                                                            wire.OWNER_ID: who}, payload)
         return Message(content, reply_to=instruction(node))
 
-    server = TensealBackend(cfg, 4, public=made.public, run="run",
-                            signers={o: k.member().verify_key for o, k in owners.items()})
+    server = TensealServer(cfg, 4, public=made.public, run="run",
+                           signers={o: k.member().verify_key for o, k in owners.items()})
     s = SecureAggregation(FedAvg(), server, LAYOUT)
     state = EncryptedGlobal(check=server.check_global)  # the server holds no plaintext global
     tampered = reply(3, [5, 5, 5, 5], 1)

@@ -24,7 +24,7 @@ never summed, so it uses all of each digit, at a step of public values only (``g
 server max|global| each round.
 
 Security: ring degree N and the total coefficient modulus must be within the 128-bit bound of the
-HomomorphicEncryption.org standard (``ckks.MAX_COEFF_BITS_128``, what SEAL enforces); the sum of
+HomomorphicEncryption.org standard (``config.MAX_COEFF_BITS_128``, what SEAL enforces); the sum of
 ``max_owners`` fresh ciphertexts must stay within the noise budget: a fresh ciphertext leaves
 ``data prime bits - plain bits - 7`` bits (measured with SEAL's ``invariant_noise_budget``: 7 bits
 at the defaults), and noise grows at most linearly with the owners added, so ``max_owners`` may be
@@ -41,6 +41,7 @@ from functools import lru_cache
 import numpy as np
 
 from fedveil.core.errors import UserError
+from fedveil.core.io import pack
 from fedveil.core.payload import PayloadError
 
 FRESH_NOISE_BITS = 8  # SEAL BFV at N=4096: a fresh ciphertext's noise takes ~7 bits of the budget; one spare
@@ -204,3 +205,74 @@ class Parts:
     step: float
     ciphertexts: int
     boxes: list[bytes]
+
+
+def encrypt(secret_ctx, values: np.ndarray, cfg, kind: bytes = b"u", weight_key: bytes | None = None,
+            weight: float = 0.0) -> bytes:
+    """BFV blob: header (kind, step), the ciphertexts of the packed digits, and (updates) the sealed weight.
+
+    ``values``: an update's ``w * delta`` already clamped (``config.clamp``), or (``kind=b"g"``) the
+    global adapter, which is never summed: the whole digit, at a step of public values only (never
+    max|global|). ``cfg`` is the ``config.TensealConfig``."""
+    import tenseal as ts
+
+    if secret_ctx is None:
+        raise UserError("this party holds no BFV secret context and cannot encrypt for the federation")
+    n = cfg.poly_modulus_degree
+    r = radix(n, cfg.plain_modulus_bits)
+    values = np.asarray(values, np.float64)
+    if kind == b"u":
+        step, limit = cfg.step, cfg.levels
+    else:
+        limit, step = (r - 1) // 2, cfg.global_step
+        if values.size and float(np.abs(values).max()) > cfg.global_limit:
+            raise UserError(f"the global adapter holds values beyond aggregation.global_bound="
+                            f"{cfg.global_limit:g}, the public bound its encoding is made for: raise "
+                            "aggregation.global_bound")
+    slots = pack_slots(quantize(values, step, limit), r)
+    parts = [header(kind, step)]
+    parts += [ts.bfv_vector(secret_ctx, slots[i : i + n].tolist()).serialize() for i in range(0, slots.size, n)]
+    if kind == b"u":
+        parts.append(seal_weight(weight_key, weight))
+    return pack(parts)
+
+
+def read_parts(chunks: list[bytes], size: int | None, cfg) -> Parts:
+    """The header and frames of a BFV payload's ``chunks``, checked against the layout and the step."""
+    if size is None:
+        raise UserError("a BFV backend needs the adapter size (the layout) to read ciphertexts")
+    if not chunks:
+        raise PayloadError("BFV payload is empty: not built by protect()")
+    kind, step = read_header(chunks[0])
+    count = len(ciphertexts(size, cfg.poly_modulus_degree))
+    boxes = chunks[1 + count :]
+    if len(chunks) < 1 + count or (kind == b"g") != (not boxes) or (kind == b"u" and len(boxes) != 1) \
+            or any(len(b) != COUNT_BOX for b in boxes):
+        raise PayloadError(f"BFV payload holds {len(chunks) - 1} parts, not {count} ciphertexts and its sealed "
+                           "weights: not built by protect()")
+    if kind != b"g" and step != cfg.step:
+        raise PayloadError(f"ciphertext encodes at step {step:.6g}, the federation's is {cfg.step:.6g} "
+                           "(max_weight, value_bound, max_owners or plain modulus differ): refused")
+    return Parts(kind, step, count, boxes)
+
+
+def decode(vecs: list, parts: Parts, cfg, size: int | None, weight_key: bytes) -> tuple[np.ndarray, float]:
+    """``(weighted sum, total weight)`` of decrypted BFV vectors; a sum beyond what owners within the
+    bounds can send (an owner that did not clamp) is refused."""
+    n, bits = cfg.poly_modulus_degree, cfg.plain_modulus_bits
+    slots = np.concatenate([np.asarray(v.decrypt(), np.int64) for v in vecs])
+    digits = unpack_slots(slots, radix(n, bits), plain_modulus(n, bits), size)
+    if parts.kind == b"g":
+        return digits * parts.step, 1.0
+    weights = [open_weight(weight_key, b) for b in parts.boxes]
+    limit = len(weights) * cfg.levels
+    if any(w > cfg.weight_bound for w in weights) or (digits.size and int(np.abs(digits).max()) > limit):
+        raise PayloadError(f"the decrypted sum of {len(weights)} update(s) is beyond what owners within the bound "
+                           f"(value_bound {cfg.bound:g}, max_weight {cfg.weight_bound:g}) can send: an "
+                           "owner encoded out of range; refused")
+    return digits * parts.step, float(sum(weights))
+
+
+def slots_needed(size: int | None) -> int:
+    """Slots a payload holds for an adapter of ``size`` values (two per slot)."""
+    return -(-(size or 0) // 2)

@@ -20,13 +20,13 @@ import numpy as np
 
 from fedveil.core.errors import Refusal
 from fedveil.core.payload import Protected
-from fedveil.privacy.secagg.tenseal import bfv
+from fedveil.privacy.secagg.tenseal import bfv, ckks
 
 if TYPE_CHECKING:
-    from fedveil.privacy.secagg.tenseal.ckks import TensealBackend
+    from fedveil.privacy.secagg.tenseal.backend import TensealOwner
 
 
-def check_round(backend: "TensealBackend", payloads: dict[str, Protected], rnd: int) -> None:
+def check_round(backend: "TensealOwner", payloads: dict[str, Protected], rnd: int) -> None:
     """Refuse the round if any owner's update is out of range (the owner named); else return."""
     for owner in sorted(payloads):
         line = problem(backend, payloads[owner])  # a malformed one raises PayloadError, as the sum would
@@ -35,13 +35,12 @@ def check_round(backend: "TensealBackend", payloads: dict[str, Protected], rnd: 
                           owner=owner)
 
 
-def problem(backend: "TensealBackend", p: Protected) -> str | None:
+def problem(backend: "TensealOwner", p: Protected) -> str | None:
     """Why one update is beyond what an owner within the bounds can send, or None."""
     cfg = backend.cfg
     vecs, parts = backend._vectors(p, backend._secret)
     if parts is None:
-        values = np.concatenate([np.asarray(v.decrypt(), np.float64) for v in vecs])
-        weight, values = float(values[-1]), values[:-1]
+        values, weight = ckks.decode(vecs)
         tol = 2.0 ** (20 - cfg.scale_bits) * max(1.0, cfg.weight_bound * cfg.bound)  # CKKS's approximation, with room
         if not (math.isfinite(weight) and -tol <= weight <= cfg.weight_bound + tol):
             return f"its weight slot is {weight:.6g}, outside [0, aggregation.max_weight={cfg.weight_bound:g}]"

@@ -168,3 +168,12 @@ def clamp_notice(weight: float, delta: np.ndarray, cfg: TensealConfig) -> Option
     line = f"tenseal ({cfg.scheme}): {'; '.join(notes)} (raise the bound, or clip with train.update_clip_norm)"
     progress(line)
     return line
+
+
+def clamp(delta: np.ndarray, weight: float, cfg: TensealConfig) -> tuple[float, np.ndarray]:
+    """``(w, w * delta)`` with ``w`` clamped to ``[0, max_weight]`` and ``delta`` to ``+-value_bound``
+    (the owner's console told, :func:`clamp_notice`): what an owner encrypts, in either scheme."""
+    delta = np.asarray(delta, np.float64)
+    clamp_notice(weight, delta, cfg)
+    weight = min(max(float(weight), 0.0), cfg.weight_bound)
+    return weight, weight * np.clip(delta, -cfg.bound, cfg.bound)

@@ -7,25 +7,29 @@ seed-derived initial adapter every owner computes itself, round 0); ``pending-NN
 not yet folded into it, in round order, each a :class:`RoundUpdates`: every accepted owner's own
 ciphertext Enc(n_k delta_k, n_k) with that owner's signature over (run, context id, round, owner,
 ciphertext SHA-256). Owners check every signature and add the ciphertexts themselves, so the
-server can neither forge, replay nor alter a round's sum (``TensealBackend.open_global``); it
+server can neither forge, replay nor alter a round's sum (``TensealOwner.open_global``); it
 cannot decrypt any of it. The same arrays go into Messages and into checkpoints, so the two
-cannot drift apart.
+cannot drift apart. :class:`EncryptedGlobal` is the server's holder of them (``BackendSpec.held_global``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
+from fedveil.core import wire
+from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, pack, unpack
-from fedveil.core.payload import PayloadError
+from fedveil.core.payload import PayloadError, Protected
 
 BASE = "base-ct"
 BASE_SIGNATURE = "base-ct-signature"
 BASE_CLAIM = "base-ct-claim"
 PENDING = "pending-"
+ROUND_UPDATES = "round-updates"  # blob of a combined payload: a RoundUpdates
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,56 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> tuple[SignedBase | None, list[
         base = SignedBase(raw[BASE], at, signer, raw.get(BASE_SIGNATURE, b""))
     pending = [np.asarray(arrays[k]).tobytes() for k in sorted(k for k in arrays if k.startswith(PENDING))]
     return base, pending
+
+
+class EncryptedGlobal:
+    """The server's holder of the encrypted global (``tenseal``): ciphertexts only. Enc(global) as
+    last re-encrypted and signed by the owner the server asked (adopted only if its signature
+    checks out), and each round's signed owner updates not yet folded into it. Owners compute the
+    global; the server cannot, and never writes a plaintext adapter."""
+
+    encrypted = True
+
+    def __init__(self, base: SignedBase | None = None, pending: list[bytes] | None = None,
+                 check: Callable[[SignedBase], None] | None = None) -> None:
+        """``check`` raises :class:`PayloadError` for a re-encrypted global whose signature does not
+        check out (the server backend's ``check_global``); None: adopt unchecked (owners still check)."""
+        self.base, self.pending, self.check = base, list(pending or []), check
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return to_arrays(self.base, self.pending)
+
+    def apply(self, outcome) -> None:
+        """Keep a round's signed updates (``outcome``: the server's ``TrainOutcome``)."""
+        if outcome.combined is not None and outcome.accepted and ROUND_UPDATES in outcome.combined.blobs:
+            self.pending.append(outcome.combined.blobs[ROUND_UPDATES])
+
+    def adopt(self, evaluated: dict[str, Protected], asked: str = "", after_round: int = 0) -> Optional[str]:
+        """Adopt the re-encrypted global of the owner ``asked`` (no one else's) if its signature, for
+        this round, checks out; the rounds it folds in are then settled. Returns why a global the
+        asked owner sent was refused (None: adopted, or none sent). Owners check it again."""
+        payload = evaluated.get(asked) if asked else None
+        blob = payload.blobs.get(wire.ENCRYPTED_GLOBAL) if payload else None
+        signature = payload.blobs.get(wire.GLOBAL_SIGNATURE) if payload else None
+        if not (isinstance(blob, bytes) and blob and isinstance(signature, bytes) and signature):
+            return None
+        base = SignedBase(blob, after_round, asked, signature)
+        try:
+            if self.check is not None:
+                self.check(base)
+        except PayloadError as exc:
+            return f"re-encrypted global from {asked} not adopted: {exc}"
+        self.base, self.pending = base, []
+        return None
+
+    def restored(self, arrays: dict[str, np.ndarray]) -> "EncryptedGlobal":
+        """The checkpointed ciphertexts, if their signed base checks out under the federation's
+        context and run (owners check everything again before they decrypt)."""
+        base, pending = from_arrays(arrays)
+        if base is not None and self.check is not None:
+            try:
+                self.check(base)
+            except PayloadError as exc:
+                raise UserError(f"the checkpoint's encrypted global does not belong to the context the owners hold "
+                                f"({exc}); resume the run it came from, or start a new run directory") from exc
+        return EncryptedGlobal(base, pending, check=self.check)

@@ -45,8 +45,9 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import append_jsonl, atomic_write_bytes, read_jsonl
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity, sealing
-from fedveil.privacy.secagg.tenseal.ckks import (TensealConfig, context_id, load_context, make_context, public_bytes,
-                                                 secret_bytes)
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.context import (context_id, load_context, make_context, public_bytes,
+                                                    secret_bytes)
 
 PURPOSE = "fedveil/tenseal-setup/v2"  # v2: the statement names the roster digest
 CONTEXTS_DIR = "tenseal"  # <state_dir>/keys/tenseal/<run digest>/
