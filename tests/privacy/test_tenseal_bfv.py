@@ -8,7 +8,7 @@ import pytest
 from fedveil.configs.schema import from_dict
 from fedveil.core.errors import UserError
 from fedveil.core.io import pack, unpack
-from fedveil.core.payload import PayloadError, Protected
+from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp_notice
