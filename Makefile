@@ -1,6 +1,7 @@
 # fedveil: one entry point for set-up, the demo and the tests.
 #   make demo   installs (if needed) and runs a small federated fine-tuning (3 owners x 3 rounds)
-#   make test   installs (if needed) and runs the whole test suite, slow end-to-end tests included
+#   make test   installs (if needed), runs ruff (lint, line length 120), then the whole test suite,
+#               slow end-to-end tests included
 #   make deploy-demo [BACKEND=tenseal|crypten|plain]   the deployment (TLS, node auth) on 127.0.0.1
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -30,9 +31,11 @@ demo: install
 	$(PY) -m fedveil.experiments.run hydra.run.dir=$(DEMO_DIR) overwrite=true
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -ra --durations=25 -n auto --maxprocesses 4 --dist loadgroup
 
 test-fast: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -ra -m "not slow" -n auto --maxprocesses 4 --dist loadgroup
 
 # The deployment on 127.0.0.1 (TLS, SuperNode auth, 3 SuperNodes, tenseal; BACKEND=crypten for MPC).

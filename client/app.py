@@ -45,7 +45,9 @@ def instruction_of(msg: Message, op: str) -> Instruction:
     run_config, per_round = records.split_config(msg.content[wire.CONFIG])
     content = msg.content
     try:
-        arrays = records.record_arrays(content.array_records[wire.GLOBAL]) if wire.GLOBAL in content.array_records else {}
+        arrays = (
+            records.record_arrays(content.array_records[wire.GLOBAL]) if wire.GLOBAL in content.array_records else {}
+        )
     except (ValueError, TypeError) as exc:  # e.g. a str array: numpy cannot even hold it
         raise Refusal("bad-global", f"the global adapter cannot be read as an array ({exc})", check="dtype") from exc
     keys = dict(content.config_records[wire.KEYS].items()) if wire.KEYS in content.config_records else {}

@@ -46,7 +46,15 @@ from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.base import server_sees_counts
 from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.task.data import IGNORE_INDEX, DataConfig, OwnerData, collate, load_owner_data
-from fedveil.task.model import LoraSettings, ModelConfig, get_adapter, load_lora_model, load_tokenizer, resolve_device, set_adapter
+from fedveil.task.model import (
+    LoraSettings,
+    ModelConfig,
+    get_adapter,
+    load_lora_model,
+    load_tokenizer,
+    resolve_device,
+    set_adapter,
+)
 from fedveil.task.train import evaluate, make_optimizer, shuffled_loader, train_steps
 
 

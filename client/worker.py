@@ -1,7 +1,8 @@
 """The owner worker: one long-lived process per data owner, holding its model, data, keys, policy
 and epsilon ledger across rounds and runs, so nothing is reloaded per Flower message.
 
-    fedveil-owner serve --data-dir DIR --state-dir DIR [--owner-id ID] [--policy FILE] [--roster FILE] [--model-path DIR] [--socket PATH]
+    fedveil-owner serve --data-dir DIR --state-dir DIR [--owner-id ID] [--policy FILE] [--roster FILE]
+        [--model-path DIR] [--socket PATH]
 
 Flower 1.42 starts a fresh ClientApp process for every message (flwr #3670): torch, transformers
 and the model would be imported and loaded again each time. With a worker, the SuperNode's
@@ -90,7 +91,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: Callable[[], Any] | None = None) -> None:
+def serve(
+    socket_path: str | Path, handler: Callable[[bytes], bytes], on_ready: Callable[[], Any] | None = None
+) -> None:
     """Answer requests on ``socket_path`` (0600, in a 0700 directory) until killed; one at a time."""
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -136,8 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--owner-id", default="", help="the owner's id (default: the state directory's name)")
     s.add_argument("--policy", default=None, help="the owner's policy file (default <state-dir>/policy.json)")
     s.add_argument("--roster", default=None, help="the pinned roster of owner keys (default <state-dir>/roster.json)")
-    s.add_argument("--model-path", default=None, help="this owner's copy of the base model (default: the run's model.path)")
-    s.add_argument("--party-keys", default=None, help="crypten: the parties' keys this owner pins (default <state-dir>/party-keys.json)")
+    s.add_argument(
+        "--model-path", default=None, help="this owner's copy of the base model (default: the run's model.path)"
+    )
+    s.add_argument(
+        "--party-keys",
+        default=None,
+        help="crypten: the parties' keys this owner pins (default <state-dir>/party-keys.json)",
+    )
     s.add_argument("--max-epsilon", type=float, default=None, help="the owner's epsilon cap where its policy sets none")
     s.add_argument("--socket", default=None, help=f"Unix socket path (default <state-dir>/{SOCKET_NAME})")
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default; set it when "
@@ -169,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
                         state_dir=args.state_dir, policy=args.policy, max_epsilon=args.max_epsilon, roster=args.roster,
                         model_path=args.model_path, party_keys=args.party_keys)
     sock = Path(args.socket or Path(args.state_dir) / SOCKET_NAME)
-    serve(sock, state.answer, lambda: progress(f"owner worker {state.owner_id}: listening on {sock} (pid {os.getpid()})"))
+    serve(
+        sock, state.answer, lambda: progress(f"owner worker {state.owner_id}: listening on {sock} (pid {os.getpid()})")
+    )
 
 
 if __name__ == "__main__":

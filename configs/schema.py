@@ -167,8 +167,10 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
                         f"{min_owners} owners, but only {cfg.participants} train per round: raise clients_per_round "
                         "(or num_clients)")
     if cfg.resume and not BACKENDS[agg["name"]].can_resume:
-        raise UserError(f"resume=true is not supported with aggregation={agg['name']} (a restart cannot reopen what its "
-                        "checkpoints hold); start a new run directory")
+        raise UserError(
+            f"resume=true is not supported with aggregation={agg['name']} (a restart cannot reopen what its "
+            "checkpoints hold); start a new run directory"
+        )
     return cfg
 
 

@@ -4,8 +4,10 @@
     python deploy/keys.py server      DIR HOST [HOST ...]   # DIR/server.pem, server.key (the SuperLink's)
     python deploy/keys.py node        DIR NAME              # DIR/NAME.key (OpenSSH, P-384), DIR/NAME.pub
     python deploy/keys.py party       DIR RANK HOST [HOST ...]  # DIR/party-RANK.pem, .key (a party's server cert)
-    python deploy/keys.py coordinator DIR                   # DIR/coordinator.pem, .key (client cert, CN fedveil-coordinator)
-    python deploy/keys.py owner-key   STATE_DIR             # prints an owner's Ed25519 verify key (hex; made if missing)
+    python deploy/keys.py coordinator DIR                   # DIR/coordinator.pem, .key (client cert,
+                                                            # CN fedveil-coordinator)
+    python deploy/keys.py owner-key   STATE_DIR             # prints an owner's Ed25519 verify key
+                                                            # (hex; made if missing)
     python deploy/keys.py roster      DIR OWNER=HEX [...]   # DIR/owner-roster.json signed with DIR/roster-operator.key
                                                             # (made if missing; keep it with the operator), and
                                                             # DIR/roster-operator.pub: what every party pins

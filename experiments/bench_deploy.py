@@ -2,15 +2,18 @@
 
     .venv/bin/python -m fedveil.experiments.bench_deploy [--backend tenseal] [--rounds 3] [--model tiny|mid]
 
-Runs the same config (3 owners of the tiny model, or ``--model mid`` as in ``bench_secagg``, demo data of 120 records each, 5 local steps,
-DP-SGD with the deploy demo's values: ``dp=sample_level``, target epsilon 8, delta 1e-5, sample rate 0.05) twice: on Flower's Simulation Engine (``experiments/run.py``) and as a local deployment
+Runs the same config (3 owners of the tiny model, or ``--model mid`` as in ``bench_secagg``, demo data
+of 120 records each, 5 local steps, DP-SGD with the deploy demo's values: ``dp=sample_level``, target
+epsilon 8, delta 1e-5, sample rate 0.05) twice: on Flower's Simulation Engine (``experiments/run.py``)
+and as a local deployment
 (``deploy/demo.sh``: TLS, SuperNode authentication, owner workers on, a weightless coordinator).
 Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up effects)
 is left out of the mean when there are more rounds. ``--superlink-state`` picks the SuperLink's
 state: ``file`` (the deploy scripts' default: a database that survives restarts), ``memory``
 (``SUPERLINK_DATABASE=:flwr-in-memory:``) or ``both`` (one deployment each, same invocation).
 Prints, last, ``deploy/simulation round time ratio: X.XX`` (of the last state measured). Needs the
-ports the deploy demo uses (``SUPERLINK_PORT``, default 8000 and the next ones, and ``SUPERNODE_PORT`` + k, default 9094-9096) to be free.
+ports the deploy demo uses (``SUPERLINK_PORT``, default 8000 and the next ones, and
+``SUPERNODE_PORT`` + k, default 9094-9096) to be free.
 """
 
 from __future__ import annotations
@@ -71,9 +74,23 @@ def main() -> None:
     model_env = deploy_model_env(MODELS[args.model])  # before the simulation: a model the demo cannot build fails first
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "simulation"
-        subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={sim}", f"aggregation={args.backend}",
-                        f"rounds={args.rounds}", "num_clients=3", "data.demo_examples=120", "train.local_steps=5", *DEMO_DP, *MODELS[args.model]],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedveil.experiments.run",
+                f"hydra.run.dir={sim}",
+                f"aggregation={args.backend}",
+                f"rounds={args.rounds}",
+                "num_clients=3",
+                "data.demo_examples=120",
+                "train.local_steps=5",
+                *DEMO_DP,
+                *MODELS[args.model],
+            ],
+            check=True,
+            cwd=ROOT,
+        )
         deployed: dict[str, list[float]] = {}
         for state in states:
             deploy = Path(tmp) / f"deployment-{state}"

@@ -117,7 +117,14 @@ def main() -> None:
             runs: dict[str, list[dict]] = {v: [] for v in variants}
             for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
                 for v in variants:
-                    spec = dict(model_dir=str(path), variant=v, steps=args.steps, batch=args.batch, seq=m["seq"], device=args.device)
+                    spec = dict(
+                        model_dir=str(path),
+                        variant=v,
+                        steps=args.steps,
+                        batch=args.batch,
+                        seq=m["seq"],
+                        device=args.device,
+                    )
                     runs[v].append(run_child(spec))
             base_t = statistics.median(r["seconds_per_step"] for r in runs["nodp"])
             base_m = statistics.median(r["peak_bytes"] for r in runs["nodp"])

@@ -86,15 +86,21 @@ def main() -> None:
             if len(runs) < 2:
                 continue
             nodp, dp = runs["nodp"], runs["hooks"]
-            results[mode] = {"tokens_per_second": nodp["tokens_per_second"], "dp_tokens_per_second": dp["tokens_per_second"],
-                             "peak_gib": nodp["peak_bytes"] / 2**30, "dp_peak_gib": dp["peak_bytes"] / 2**30,
-                             "dp_time_ratio": dp["seconds_per_step"] / nodp["seconds_per_step"],
-                             "dp_memory_ratio": dp["peak_bytes"] / nodp["peak_bytes"]}
+            results[mode] = {
+                "tokens_per_second": nodp["tokens_per_second"],
+                "dp_tokens_per_second": dp["tokens_per_second"],
+                "peak_gib": nodp["peak_bytes"] / 2**30,
+                "dp_peak_gib": dp["peak_bytes"] / 2**30,
+                "dp_time_ratio": dp["seconds_per_step"] / nodp["seconds_per_step"],
+                "dp_memory_ratio": dp["peak_bytes"] / nodp["peak_bytes"],
+            }
             r = results[mode]
             print(f"  {mode}: non-DP {r['tokens_per_second']:.0f} tok/s, peak {r['peak_gib']:.2f} GiB | "
                   f"DP-SGD {r['dp_tokens_per_second']:.0f} tok/s, peak {r['dp_peak_gib']:.2f} GiB | "
                   f"DP/non-DP time x{r['dp_time_ratio']:.3f}, memory x{r['dp_memory_ratio']:.3f}")
-    print(json.dumps({"card": card, "size": args.size, "gradient_checkpointing": args.gradient_checkpointing, **results}))
+    print(
+        json.dumps({"card": card, "size": args.size, "gradient_checkpointing": args.gradient_checkpointing, **results})
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     latencies: dict[int, list[float]] = {n: [] for n in sizes}
     for rnd in range(1, args.rounds + 1):
         for n in (sizes if rnd % 2 else sizes[::-1]):  # interleaved: drift hits every size alike
-            instruction = Instruction("train", to_run_config(cfg), {wire.ROUND: rnd, wire.LAYOUT_DIGEST: start.layout.digest},
-                                      {wire.CLEAR_GLOBAL: start.initial})
+            instruction = Instruction(
+                "train",
+                to_run_config(cfg),
+                {wire.ROUND: rnd, wire.LAYOUT_DIGEST: start.layout.digest},
+                {wire.CLEAR_GLOBAL: start.initial},
+            )
             t0 = time.perf_counter()
             handle(instruction, owners[n], cfg)
             latencies[n].append(time.perf_counter() - t0)

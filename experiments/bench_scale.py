@@ -1,7 +1,8 @@
 """Seconds per round and peak memory against the number of simulated owners, per backend and DP.
 
-    .venv/bin/python -m fedveil.experiments.bench_scale [--owners 10,100,1000] [--configs plain,plain+dp,tenseal+dp,crypten]
-        [--sample 0.1] [--rounds 3] [--steps 2] [--crypten-max 100] [OVERRIDE ...]
+    .venv/bin/python -m fedveil.experiments.bench_scale [--owners 10,100,1000]
+        [--configs plain,plain+dp,tenseal+dp,crypten] [--sample 0.1] [--rounds 3]
+        [--steps 2] [--crypten-max 100] [OVERRIDE ...]
 
 Quick subsets: ``--owners 10,100 --configs plain,plain+dp`` (the DP overhead at 100 owners, a few
 minutes); ``--owners 1000 --configs plain`` (does 1,000 owners fit?).
@@ -16,8 +17,8 @@ sampled cohort. Peak memory is the largest sum, over one sampling of the run's w
 (the runner, Ray's processes and workers, crypten's parties), of each process's proportional set
 size (PSS: shared pages counted once across the tree; RSS where PSS cannot be read), sampled every
 ``--poll`` seconds. CPU seconds are the tree's user + system time (per round: between the moments
-metrics.jsonl got the round's row; less sensitive than seconds to other jobs on a shared machine). It prints one line per
-configuration as it finishes, then seconds per round against the number of owners per
+metrics.jsonl got the round's row; less sensitive than seconds to other jobs on a shared machine). It prints
+one line per configuration as it finishes, then seconds per round against the number of owners per
 configuration (the growth), and last the ratio DP / no DP per round at each number of owners, all
 from this one invocation.
 """
@@ -166,12 +167,16 @@ def main() -> None:
                     continue
                 r = run(root / f"{owners}_{config.replace('+', '_')}", owners, config, args)
                 results.append(r)
-                print(f"{owners:5d} owners {config:11s} ({r['clients_per_round']} per round): seconds per round "
-                      f"{fmt_rounds(r['seconds_per_round'])} (rounds 1..{args.rounds}; evaluation "
-                      f"{fmt_rounds(r['seconds_evaluate'])}); CPU seconds per round {fmt_rounds(r['cpu_seconds_per_round'])}; "
-                      f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes); "
-                      f"CPU {r['cpu_seconds']:.0f} s and {r['wall_seconds']:.0f} s for the whole run; "
-                      f"{r['console_lines']} console lines", flush=True)
+                print(
+                    f"{owners:5d} owners {config:11s} ({r['clients_per_round']} per round): seconds per round "
+                    f"{fmt_rounds(r['seconds_per_round'])} (rounds 1..{args.rounds}; evaluation "
+                    f"{fmt_rounds(r['seconds_evaluate'])}); CPU seconds per round "
+                    f"{fmt_rounds(r['cpu_seconds_per_round'])}; "
+                    f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes); "
+                    f"CPU {r['cpu_seconds']:.0f} s and {r['wall_seconds']:.0f} s for the whole run; "
+                    f"{r['console_lines']} console lines",
+                    flush=True,
+                )
     print(f"\nseconds per round, rounds 1..{args.rounds} (CPU seconds of the process tree) | peak memory, by owners:")
     for config in configs:
         cells = [f"{r['owners']}: {fmt_rounds(r['seconds_per_round'])} ({fmt_rounds(r['cpu_seconds_per_round'])}) | "

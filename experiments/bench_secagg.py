@@ -32,11 +32,21 @@ MODELS = {
 
 def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
     backend, _, scheme = backend.partition("-")  # tenseal-ckks: tenseal with aggregation.scheme=ckks
-    cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"aggregation={backend}",
-           *([f"aggregation.scheme={scheme}"] if scheme else []),
-           f"rounds={args.rounds}", f"num_clients={args.clients}", f"train.local_steps={args.steps}", "seed=0", "dp=off",
-           *([f"aggregation.parties={args.parties}"] if backend == "crypten" else []),
-           *MODELS[args.model]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedveil.experiments.run",
+        f"hydra.run.dir={out}",
+        f"aggregation={backend}",
+        *([f"aggregation.scheme={scheme}"] if scheme else []),
+        f"rounds={args.rounds}",
+        f"num_clients={args.clients}",
+        f"train.local_steps={args.steps}",
+        "seed=0",
+        "dp=off",
+        *([f"aggregation.parties={args.parties}"] if backend == "crypten" else []),
+        *MODELS[args.model],
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{backend} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -104,7 +114,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--parties", type=int, default=3, help="crypten aggregator parties")
-    parser.add_argument("--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)"
+    )
     args = parser.parse_args()
     if args.calibrate:
         return calibrate(args)

@@ -95,9 +95,11 @@ def plan_of(values: dict) -> dict:
     else:
         verdict = next(v for v in plan.verdicts if v.backend == requested)
         pick, run_agg = requested, cfg.aggregation
-        reason = (f"aggregation={requested} was named, so the planner is bypassed"
-                  + ("" if verdict.covered else f"; it does NOT cover the stated threats ({'; '.join(verdict.why_not)})")
-                  + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else ""))
+        reason = (
+            f"aggregation={requested} was named, so the planner is bypassed"
+            + ("" if verdict.covered else f"; it does NOT cover the stated threats ({'; '.join(verdict.why_not)})")
+            + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else "")
+        )
     run = None
     if pick:
         run = {**estimate(run_agg.name, run_agg, n, cfg.participants).as_dict(),

@@ -219,7 +219,9 @@ def hydra_main(dcfg: DictConfig) -> float | None:
         if (values.get("aggregation") or {}).get("name") == "auto":
             from fedveil.privacy.planner import choose
 
-            plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+            plan = choose(
+                cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends)
+            )
             progress(f"planner (aggregation=auto): {plan.reason}"
                      + (f"; DP-SGD to epsilon {cfg.dp.target_epsilon:g}" if cfg.privacy.epsilon is not None else ""))
         summary = run_experiment(cfg, values)

@@ -86,7 +86,9 @@ def skip_idle_nodes() -> None:
         at, waiting = getattr(self, "_fedveil_waiting", (-1.0, set()))
         if now - at > WAITING_REFRESH_S:  # one scan serves a whole sweep over the nodes
             with self.lock:
-                waiting = {m.metadata.dst_node_id for m in self.message_ins_store.values() if m.metadata.delivered_at == ""}
+                waiting = {
+                    m.metadata.dst_node_id for m in self.message_ins_store.values() if m.metadata.delivered_at == ""
+                }
             self._fedveil_waiting = (now, waiting)
         return original(self, node_id, limit, run_id=run_id) if node_id in waiting else []
 

@@ -88,29 +88,45 @@ class OwnerPolicy:
         if agg.name not in self.allowed_backends:
             self.refuse("allowed_backends", f"allowed_backends={self.allowed_backends}", f"aggregation={agg.name}")
         if self.model_digest and layout_digest != self.model_digest:
-            self.refuse("model_digest", f"model_digest={self.model_digest[:12]}", f"a model with adapter layout {layout_digest[:12]}")
+            self.refuse(
+                "model_digest",
+                f"model_digest={self.model_digest[:12]}",
+                f"a model with adapter layout {layout_digest[:12]}",
+            )
         if self.max_rounds is not None and cfg.rounds > self.max_rounds:
             self.refuse("max_rounds", f"max_rounds={self.max_rounds}", f"rounds={cfg.rounds}")
         if self.max_local_steps is not None and cfg.train.local_steps > self.max_local_steps:
-            self.refuse("max_local_steps", f"max_local_steps={self.max_local_steps}", f"train.local_steps={cfg.train.local_steps}")
+            self.refuse(
+                "max_local_steps",
+                f"max_local_steps={self.max_local_steps}",
+                f"train.local_steps={cfg.train.local_steps}",
+            )
         if self.max_length is not None and cfg.data.max_length != self.max_length:
             self.refuse("max_length", f"max_length={self.max_length}", f"data.max_length={cfg.data.max_length}")
         if dp.name == "off":
             return
         if not dp.poisson_sampling:
-            self.refuse("poisson_sampling", "Poisson sampling (what the accountant assumes)", "dp.poisson_sampling=false")
+            self.refuse(
+                "poisson_sampling", "Poisson sampling (what the accountant assumes)", "dp.poisson_sampling=false"
+            )
         if self.max_epsilon is not None and dp.target_epsilon > self.max_epsilon:
             self.refuse("max_epsilon", f"max_epsilon={self.max_epsilon:g}", f"dp.target_epsilon={dp.target_epsilon:g}")
         if self.max_delta is not None and dp.delta > self.max_delta:
             self.refuse("max_delta", f"max_delta={self.max_delta:g}", f"dp.delta={dp.delta:g}")
         if self.max_sample_rate is not None and dp.sample_rate > self.max_sample_rate:
-            self.refuse("max_sample_rate", f"max_sample_rate={self.max_sample_rate:g}", f"dp.sample_rate={dp.sample_rate:g}")
+            self.refuse(
+                "max_sample_rate", f"max_sample_rate={self.max_sample_rate:g}", f"dp.sample_rate={dp.sample_rate:g}"
+            )
         if dp.noise_multiplier is not None:
             self.check_noise(dp.noise_multiplier)
 
     def check_noise(self, sigma: float) -> None:
         if self.min_noise_multiplier is not None and sigma < self.min_noise_multiplier:
-            self.refuse("min_noise_multiplier", f"min_noise_multiplier={self.min_noise_multiplier:g}", f"a noise multiplier of {sigma:.4g}")
+            self.refuse(
+                "min_noise_multiplier",
+                f"min_noise_multiplier={self.min_noise_multiplier:g}",
+                f"a noise multiplier of {sigma:.4g}",
+            )
 
     @staticmethod
     def refuse(key: str, rule: str, asked: str) -> None:
@@ -139,8 +155,11 @@ def load_policy(path: str | Path | None, named: bool = False) -> OwnerPolicy:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         if isinstance(exc, UserError):
             raise Refusal("config", str(exc), key="policy") from exc
-        raise Refusal("config", f"owner policy {path} is unreadable ({exc}); fix it (keys: {sorted(f.name for f in fields(OwnerPolicy))})",
-                      key="policy") from exc
+        raise Refusal(
+            "config",
+            f"owner policy {path} is unreadable ({exc}); fix it (keys: {sorted(f.name for f in fields(OwnerPolicy))})",
+            key="policy",
+        ) from exc
 
 
 def write_policy(path: str | Path, policy: OwnerPolicy) -> None:

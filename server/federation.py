@@ -82,8 +82,10 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
     fed = setup(grid, cfg)
     first = resume(fed)
     sampled = f" ({cfg.participants} train per round)" if cfg.participants < cfg.num_clients else ""
-    progress(f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
-             f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})")
+    progress(
+        f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
+        f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})"
+    )
     if first == 1 and not any(r["round"] == 0 for r in read_metrics(fed.out)):
         evaluate_start(fed)
     for rnd in range(first, cfg.rounds + 1):
@@ -148,9 +150,18 @@ def resume(fed: Federation) -> int:
 
 def evaluate_start(fed: Federation) -> None:
     ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, None))
-    append_metrics(fed.out, {"round": 0, "backend": fed.strategy.backend.name, "eval_loss": ev.loss,
-                             "clients": sorted(ev.per_owner), "evaluated": sorted(ev.per_owner), "per_client": ev.per_owner,
-                             "seconds": {"round": 0.0, "evaluate": ev.exchange.seconds}})
+    append_metrics(
+        fed.out,
+        {
+            "round": 0,
+            "backend": fed.strategy.backend.name,
+            "eval_loss": ev.loss,
+            "clients": sorted(ev.per_owner),
+            "evaluated": sorted(ev.per_owner),
+            "per_client": ev.per_owner,
+            "seconds": {"round": 0.0, "evaluate": ev.exchange.seconds},
+        },
+    )
     progress(f"round 0/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (starting adapter)")
 
 
@@ -188,13 +199,16 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
         by_reason.setdefault(reason, []).append(who)
     for reason, owners in sorted(by_reason.items(), key=lambda item: -len(item[1])):
         owners = sorted(owners)
-        names = ", ".join(owners[:shown]) + (f" and {len(owners) - shown} more (metrics.jsonl)" if len(owners) > shown else "")
+        names = ", ".join(owners[:shown]) + (
+            f" and {len(owners) - shown} more (metrics.jsonl)" if len(owners) > shown else ""
+        )
         progress(f"  excluded {names}: {reason}")
 
 
 def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
-    msgs = fed.strategy.configure_train(rnd, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)),
-                                        fed.grid)
+    msgs = fed.strategy.configure_train(
+        rnd, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid
+    )
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
     outcome = fed.strategy.aggregate_train(rnd, ex.replies)
     fed.labels.update(outcome.node_to_owner)
@@ -246,7 +260,11 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
                 **({"eval_reveal_seconds": float(metrics[wire.REVEAL_SECONDS])}
                    if wire.REVEAL_SECONDS in metrics else {})}  # no timings under DP
     # the re-encrypted global is adopted only from the owner asked, on the node keyed as that owner
-    keyed = [m for m in answered if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)]
+    keyed = [
+        m
+        for m in answered
+        if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)
+    ]
     refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
                               str((extra or {}).get(wire.REENCRYPT_BY, "")), rnd)
     if refused:
@@ -283,18 +301,25 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
         }
     accepted = outcome.accepted.values()
     return {
-        "round": rnd, "backend": backend.name, "dp": fed.cfg.dp.name,
-        "clients": sorted(outcome.accepted), "excluded": outcome.excluded, "evaluated": sorted(ev.per_owner),
-        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS]) if outcome.metrics and wire.TRAIN_LOSS in outcome.metrics else None,
-        "eval_loss": ev.loss, "per_client": per_owner,
+        "round": rnd,
+        "backend": backend.name,
+        "dp": fed.cfg.dp.name,
+        "clients": sorted(outcome.accepted),
+        "excluded": outcome.excluded,
+        "evaluated": sorted(ev.per_owner),
+        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS])
+        if outcome.metrics and wire.TRAIN_LOSS in outcome.metrics
+        else None,
+        "eval_loss": ev.loss,
+        "per_client": per_owner,
         "seconds": {
             "round": seconds,
             # owners send no timings under DP: None (not shown in reports and plots)
             "train": max((m[wire.TRAIN_SECONDS] for m in accepted if wire.TRAIN_SECONDS in m), default=None),
             "protect": max((m[wire.PROTECT_SECONDS] for m in accepted if wire.PROTECT_SECONDS in m), default=None),
             "aggregate": outcome.aggregate_seconds,
-            "reveal": outcome.reveal_seconds + max((c.get("eval_reveal_seconds", 0.0) for c in ev.per_owner.values()),
-                                                   default=0.0),
+            "reveal": outcome.reveal_seconds
+            + max((c.get("eval_reveal_seconds", 0.0) for c in ev.per_owner.values()), default=0.0),
             "evaluate": eval_ex.seconds,
         },
         "max_epsilon": max((c["epsilon"] for c in per_owner.values() if "epsilon" in c), default=None),

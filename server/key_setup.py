@@ -41,11 +41,15 @@ def ask(grid: Grid, nodes: list[int], message_type: str, run_config: dict, keys:
     msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord(dict(run_config)), wire.KEYS: ConfigRecord(keys.get(n, {}))}),
                     dst_node_id=n, message_type=message_type) for n in nodes]
     replies = {m.metadata.src_node_id: m for m in send_and_receive(grid, msgs, timeout)}
-    failed = {n: (records.error_reason(m) if m.has_error() else "no answer") for n, m in replies.items() if m.has_error()}
+    failed = {
+        n: (records.error_reason(m) if m.has_error() else "no answer") for n, m in replies.items() if m.has_error()
+    }
     failed.update({n: "no answer in time" for n in nodes if n not in replies})
     if failed:
         detail = "; ".join(f"node {n}: {why}" for n, why in sorted(failed.items()))
-        raise UserError(f"key set-up failed at {message_type} ({detail}); every owner must be reachable to key the federation")
+        raise UserError(
+            f"key set-up failed at {message_type} ({detail}); every owner must be reachable to key the federation"
+        )
     return replies
 
 
@@ -84,7 +88,9 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
     if holder is None:
         raise UserError(f"aggregation.key_holder '{key_holder}' is not among the owners {sorted(owners.values())}")
     keygen = {f"{wire.PUBKEY_PREFIX}{oid}": pk for oid, pk in pubkeys.items()}
-    made = ask(grid, [holder], wire.QUERY_KEYGEN, run_config, {holder: keygen}, timeout)[holder].content.config_records[wire.META]
+    made = ask(grid, [holder], wire.QUERY_KEYGEN, run_config, {holder: keygen}, timeout)[holder].content.config_records[
+        wire.META
+    ]
     public = made[wire.PUBLIC_CONTEXT]
     signed = {wire.PUBLIC_CONTEXT: public, wire.SETUP_STATEMENT: made[wire.SETUP_STATEMENT],
               wire.SETUP_SIGNATURE: made[wire.SETUP_SIGNATURE]}
@@ -98,7 +104,9 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
 
 
 def _contexts(held: dict[str, dict[str, bytes]]) -> str:
-    return ", ".join(f"{o}: {h['context'].decode()[:12] if 'context' in h else 'none'}" for o, h in sorted(held.items()))
+    return ", ".join(
+        f"{o}: {h['context'].decode()[:12] if 'context' in h else 'none'}" for o, h in sorted(held.items())
+    )
 
 
 def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: dict[str, bytes],
@@ -107,8 +115,10 @@ def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: d
     the public context and the run come from ``key_holder``'s signed set-up, checked here."""
     contexts = {h.get("context", b"") for h in held.values()}
     if len(contexts) != 1 or b"" in contexts:
-        raise UserError(f"the owners do not all hold the same CKKS context for this run ({_contexts(held)}), so it cannot "
-                        "resume without re-keying (which would orphan its stored ciphertexts); start a new run directory")
+        raise UserError(
+            f"the owners do not all hold the same CKKS context for this run ({_contexts(held)}), so it cannot "
+            "resume without re-keying (which would orphan its stored ciphertexts); start a new run directory"
+        )
     told = held.get(key_holder, {})
     if "public" not in told:
         raise UserError(f"the key holder {key_holder} sent no public CKKS context for this run: the run cannot resume; "
@@ -116,7 +126,9 @@ def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: d
     try:
         if json.loads(told["statement"])["key_holder"] != key_holder:
             raise PayloadError(f"its statement names another key holder than {key_holder}")
-        run, cid = setup.check_rejoin(told["public"], told["statement"], told["signature"], signers.get(key_holder, b""))
+        run, cid = setup.check_rejoin(
+            told["public"], told["statement"], told["signature"], signers.get(key_holder, b"")
+        )
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"the key holder's held CKKS set-up does not check out ({exc}): the run cannot resume") from exc
     if contexts != {cid.encode()}:

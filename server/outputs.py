@@ -99,14 +99,19 @@ def summarize(out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
         f"# fedveil run: {summary.get('backend', '?')} aggregation, dp={summary.get('dp', '?')}",
         "",
         f"- rounds completed: {summary['rounds_completed']}; clients: {', '.join(summary.get('clients', []))}",
-        f"- held-out eval loss: {fmt(summary['initial_eval_loss'])} (round 0) -> {fmt(summary['final_eval_loss'])} (last round)",
+        f"- held-out eval loss: {fmt(summary['initial_eval_loss'])} (round 0) -> "
+        f"{fmt(summary['final_eval_loss'])} (last round)",
         f"- max epsilon reported by any owner: {fmt(summary['max_epsilon'], 3)}",
-        f"- time in rounds: {summary['seconds_total']:.1f} s; bytes up {summary['bytes_up_total']:,}, down {summary['bytes_down_total']:,}",
+        f"- time in rounds: {summary['seconds_total']:.1f} s; bytes up {summary['bytes_up_total']:,}, "
+        f"down {summary['bytes_down_total']:,}",
         "",
         "| round | train loss | eval loss | clients | seconds |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['round']} | {fmt(r.get('train_loss'))} | {fmt(r.get('eval_loss'))} | {len(r.get('clients', []))} | {r['seconds']['round']:.2f} |")
+        lines.append(
+            f"| {r['round']} | {fmt(r.get('train_loss'))} | {fmt(r.get('eval_loss'))} | {len(r.get('clients', []))} "
+            f"| {r['seconds']['round']:.2f} |"
+        )
     (out_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary

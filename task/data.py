@@ -79,7 +79,11 @@ def parse_record(obj: object, where: str) -> Example:
     try:
         if "messages" in obj:
             msgs = obj["messages"]
-            if not (isinstance(msgs, list) and msgs and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in msgs)):
+            if not (
+                isinstance(msgs, list)
+                and msgs
+                and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in msgs)
+            ):
                 raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
             if not any(m["role"] == "assistant" for m in msgs):
                 raise DataError(f"{where}: chat record has no assistant turn to learn from; add one")
@@ -103,7 +107,9 @@ def read_file(path: Path) -> Iterator[Example]:
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read ({exc.__class__.__name__}: {exc}); give a readable UTF-8 file") from exc
+        raise DataError(
+            f"{path}: cannot be read ({exc.__class__.__name__}: {exc}); give a readable UTF-8 file"
+        ) from exc
     if path.suffix == ".txt":
         for block in raw.split("\n\n"):
             if block.strip():
@@ -115,13 +121,17 @@ def read_file(path: Path) -> Iterator[Example]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from exc
+                raise DataError(
+                    f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object"
+                ) from exc
             yield parse_record(obj, f"{path}:{lineno}")
     else:
         try:
             items = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); a .json file must hold a list of records") from exc
+            raise DataError(
+                f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); a .json file must hold a list of records"
+            ) from exc
         if not isinstance(items, list):
             raise DataError(f"{path}: a .json file must hold a list of records; use .jsonl for one record per line")
         for i, obj in enumerate(items):
@@ -160,7 +170,9 @@ def split_examples(examples: list[Example], eval_fraction: float, seed: int) -> 
     return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
-def tokenize(examples: list[Example], tokenizer, max_length: int, one_row_per_record: bool = False) -> list[dict[str, torch.Tensor]]:
+def tokenize(
+    examples: list[Example], tokenizer, max_length: int, one_row_per_record: bool = False
+) -> list[dict[str, torch.Tensor]]:
     """Token ids with labels masked on the prompt; text-only examples are cut into windows.
 
     ``one_row_per_record`` (under DP, where a record is the privacy unit): a long text is truncated
@@ -176,7 +188,7 @@ def tokenize(examples: list[Example], tokenizer, max_length: int, one_row_per_re
         if prompt:
             ids = (prompt + response)[:max_length]
             labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
-            if all(l == IGNORE_INDEX for l in labels[1:]):
+            if all(label == IGNORE_INDEX for label in labels[1:]):
                 continue  # the prompt alone fills the window: nothing to learn
             out.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
         else:
@@ -212,7 +224,9 @@ class OwnerData:
     eval: list[dict[str, torch.Tensor]]
 
 
-def load_owner_data(source: str | Path, tokenizer, cfg: DataConfig, seed: int, one_row_per_record: bool = False) -> OwnerData:
+def load_owner_data(
+    source: str | Path, tokenizer, cfg: DataConfig, seed: int, one_row_per_record: bool = False
+) -> OwnerData:
     """Train and held-out rows of one owner; ``one_row_per_record`` truncates long texts (DP)."""
     train, held_out = split_examples(load_examples(source), cfg.eval_fraction, seed)
     data = OwnerData(tokenize(train, tokenizer, cfg.max_length, one_row_per_record),

@@ -99,7 +99,9 @@ class ModelConfig:
         if self.quantization not in QUANTIZATIONS:
             raise UserError(f"model.quantization must be one of {list(QUANTIZATIONS)}, got '{self.quantization}'")
         if not self.path and self.tiny is None:
-            raise UserError("model.path is not set: pass model.path=DIR (a local Hugging Face checkpoint) or use model=tiny")
+            raise UserError(
+                "model.path is not set: pass model.path=DIR (a local Hugging Face checkpoint) or use model=tiny"
+            )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,10 +148,15 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.path '{p}' has no usable tokenizer ({exc.__class__.__name__}): save one there with tokenizer.save_pretrained()") from exc
+        raise UserError(
+            f"model.path '{p}' has no usable tokenizer ({exc.__class__.__name__}): save one there with "
+            "tokenizer.save_pretrained()"
+        ) from exc
     if not tok("hello world")["input_ids"]:
-        raise UserError(f"model.path '{p}': its tokenizer encodes text to nothing (an empty vocabulary): copy the "
-                        "tokenizer files from the original checkpoint, or save them there with tokenizer.save_pretrained(DIR)")
+        raise UserError(
+            f"model.path '{p}': its tokenizer encodes text to nothing (an empty vocabulary): copy the "
+            "tokenizer files from the original checkpoint, or save them there with tokenizer.save_pretrained(DIR)"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -290,7 +297,9 @@ def load_lora_skeleton(cfg: ModelConfig, seed: int = 0):
     base.config._name_or_path = str(p)  # the final adapter names its base model
     held = (BaseTunerLayer._move_adapter_to_device_of_base_layer, LoraModel._replace_module)
     BaseTunerLayer._move_adapter_to_device_of_base_layer = lambda self, *args, **kwargs: None
-    LoraModel._replace_module = lambda self, parent, child_name, new_module, child: setattr(parent, child_name, new_module)
+    LoraModel._replace_module = lambda self, parent, child_name, new_module, child: setattr(
+        parent, child_name, new_module
+    )
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -33,7 +33,7 @@ def shell_commands(path: Path):
             i += 1
             continue
         lang, start = fence.group(1), i
-        before = next((l for l in reversed(lines[:start]) if l.strip()), "")
+        before = next((line for line in reversed(lines[:start]) if line.strip()), "")
         marked = before.startswith(ILLUSTRATIVE)
         i += 1
         pending, first = "", None

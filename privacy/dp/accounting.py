@@ -82,7 +82,9 @@ def plan_noise(budget: float, delta: float, sample_rate: float, steps: int, acco
 def _plan_noise(budget: float, delta: float, sample_rate: float, steps: int, accountant: str,
                 spent: tuple[Entry, ...], max_noise: float) -> float:
     if spent and epsilon_of(spent, delta, accountant) >= budget:
-        raise BudgetUnreachable(f"the privacy budget epsilon={budget:g} is already spent; no further rounds are possible")
+        raise BudgetUnreachable(
+            f"the privacy budget epsilon={budget:g} is already spent; no further rounds are possible"
+        )
 
     def eps(sigma: float) -> float:
         return epsilon_of([*spent, (sigma, sample_rate, steps)], delta, accountant)

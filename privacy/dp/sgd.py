@@ -89,7 +89,9 @@ class SampleLevelDPConfig:
         if self.noise_multiplier is not None and self.noise_multiplier < 0:
             raise UserError(f"dp.noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
-            raise UserError(f"dp.grad_sample_mode '{self.grad_sample_mode}' is unknown: choose one of {list(GRAD_SAMPLE_MODES)}")
+            raise UserError(
+                f"dp.grad_sample_mode '{self.grad_sample_mode}' is unknown: choose one of {list(GRAD_SAMPLE_MODES)}"
+            )
         if self.max_physical_batch_size < 0:
             raise UserError(f"dp.max_physical_batch_size must be >= 0, got {self.max_physical_batch_size}")
 
@@ -100,8 +102,10 @@ DP_MODES = {"off": NoDPConfig, "sample_level": SampleLevelDPConfig}
 def check_checkpointing(grad_sample_mode: str) -> None:
     """Refuse, in one line, a per-sample gradient engine that cannot run through checkpointed layers."""
     if grad_sample_mode not in CHECKPOINTING_GRAD_SAMPLE_MODES:
-        raise UserError(f"dp.grad_sample_mode={grad_sample_mode} does not work with model.gradient_checkpointing=true: "
-                        f"use dp.grad_sample_mode={'|'.join(CHECKPOINTING_GRAD_SAMPLE_MODES)}, or turn checkpointing off")
+        raise UserError(
+            f"dp.grad_sample_mode={grad_sample_mode} does not work with model.gradient_checkpointing=true: "
+            f"use dp.grad_sample_mode={'|'.join(CHECKPOINTING_GRAD_SAMPLE_MODES)}, or turn checkpointing off"
+        )
 
 
 def owner_delta(cfg: SampleLevelDPConfig, num_records: int) -> float:

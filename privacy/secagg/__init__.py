@@ -84,7 +84,9 @@ class BackendSpec:
     # re-encrypt it); None: the server holds it in clear (server/global_state.ClearGlobal)
     held_global: Optional[Callable[[Any], Any]] = None
     key_setup: Optional[KeySetup] = None
-    can_resume: bool = True  # a restarted coordinator continues from its checkpoint (tenseal: with the keys owners hold)
+    can_resume: bool = (
+        True  # a restarted coordinator continues from its checkpoint (tenseal: with the keys owners hold)
+    )
     # (cfg, output_dir, number of simulated owners) -> what the simulation runs beside the federation
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
     guarantees: Optional[Guarantees] = None
@@ -137,17 +139,23 @@ BACKENDS: dict[str, BackendSpec] = {
             coordinator=("trusted",),
             owner_collusion=False,
             coordinator_sees="each owner's update (with DP: the DP-noised update only)",
-            why_not=(("curious", "the coordinator sees each owner's update in clear (DP, if on, bounds what it "
-                                 "reveals about any record)"),
-                     ("malicious", "the coordinator sees each owner's update in clear"),
-                     ("owner_collusion", "the coordinator already sees every owner's update")),
+            why_not=(
+                (
+                    "curious",
+                    "the coordinator sees each owner's update in clear (DP, if on, bounds what it "
+                    "reveals about any record)",
+                ),
+                ("malicious", "the coordinator sees each owner's update in clear"),
+                ("owner_collusion", "the coordinator already sees every owner's update"),
+            ),
             bytes_per_value=4.0,
         ),
     ),
     "tenseal": BackendSpec(
         TensealConfig,
         server=lambda cfg, size, public=None, run="", signers=None: TensealServer(
-            cfg, size, public=public, run=run, signers=signers),
+            cfg, size, public=public, run=run, signers=signers
+        ),
         owner=_tenseal_owner,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
@@ -156,11 +164,17 @@ BACKENDS: dict[str, BackendSpec] = {
             coordinator=("trusted", "curious", "malicious"),
             owner_collusion=False,
             coordinator_sees="BFV (or CKKS) ciphertexts only (no update, count, norm or aggregate)",
-            why_not=(("owner_collusion", "owners share the HE secret key: one owner colluding with the coordinator "
-                                         "decrypts every update"),),
-            caveats=("a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
-                     "refuses a round without its own) and show owners different subsets of one round's signed "
-                     "updates at its evaluation",),
+            why_not=(
+                (
+                    "owner_collusion",
+                    "owners share the HE secret key: one owner colluding with the coordinator decrypts every update",
+                ),
+            ),
+            caveats=(
+                "a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
+                "refuses a round without its own) and show owners different subsets of one round's signed "
+                "updates at its evaluation",
+            ),
             bytes_per_value=8.02,  # BFV: 8192 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
         ),
     ),
@@ -173,12 +187,19 @@ BACKENDS: dict[str, BackendSpec] = {
             coordinator=("trusted", "curious"),
             owner_collusion=True,
             coordinator_sees="the aggregate only (and which owners the parties dropped)",
-            why_not=(("malicious", "the parties' public keys reach owners through the coordinator; only owners that "
-                                   "pin them (party-keys.json) refuse a substitute, and the planner does not assume pins"),),
-            caveats=("up to K-1 of K aggregator parties may collude; not all K, nor the TTP dealer with a party",
-                     "the parties learn the owners' example counts",
-                     "only owners on the operator-signed roster count towards min_owners; a coordinator controlling "
-                     "min_owners-1 rostered owners can isolate one owner's update (its DP bounds what that reveals)"),
+            why_not=(
+                (
+                    "malicious",
+                    "the parties' public keys reach owners through the coordinator; only owners that "
+                    "pin them (party-keys.json) refuse a substitute, and the planner does not assume pins",
+                ),
+            ),
+            caveats=(
+                "up to K-1 of K aggregator parties may collude; not all K, nor the TTP dealer with a party",
+                "the parties learn the owners' example counts",
+                "only owners on the operator-signed roster count towards min_owners; a coordinator controlling "
+                "min_owners-1 rostered owners can isolate one owner's update (its DP bounds what that reveals)",
+            ),
             parties=2,
             min_owners=3,
             bytes_per_value=8.0,  # one int64 share per value per party (+ 48 B sealing, header)

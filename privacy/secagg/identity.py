@@ -86,7 +86,9 @@ class Roster:
         return self.owners[owner_id]
 
     def to_json(self) -> bytes:
-        owners = {o: {"ed25519": m.verify_key.hex(), "x25519": m.public_key.hex()} for o, m in sorted(self.owners.items())}
+        owners = {
+            o: {"ed25519": m.verify_key.hex(), "x25519": m.public_key.hex()} for o, m in sorted(self.owners.items())
+        }
         return (json.dumps({"version": 1, "key_holder": self.key_holder, "owners": owners}, indent=1) + "\n").encode()
 
 
@@ -98,10 +100,14 @@ def load_roster(path: str | Path) -> Roster:
                         f"(write the federation's roster.json there, or set node config roster='/path/roster.json')")
     try:
         data = json.loads(path.read_text())
-        owners = {str(o): Member(bytes.fromhex(m["ed25519"]), bytes.fromhex(m["x25519"])) for o, m in data["owners"].items()}
+        owners = {
+            str(o): Member(bytes.fromhex(m["ed25519"]), bytes.fromhex(m["x25519"])) for o, m in data["owners"].items()
+        }
         roster = Roster(str(data["key_holder"]), owners)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"roster {path} is malformed ({exc}); it needs key_holder and owners: id -> ed25519, x25519 (hex)") from exc
+        raise UserError(
+            f"roster {path} is malformed ({exc}); it needs key_holder and owners: id -> ed25519, x25519 (hex)"
+        ) from exc
     if any(len(m.verify_key) != 32 or len(m.public_key) != 32 for m in owners.values()):
         raise UserError(f"roster {path} has a key that is not 32 bytes; re-distribute the federation's roster")
     roster.member(roster.key_holder, "key holder")
@@ -242,14 +248,18 @@ def load_signed_roster(path: str | Path, pinned_key: bytes) -> dict[str, bytes]:
     try:
         verify(pinned_key, _roster_statement(owners), signature, f"signed roster {path}")
     except PayloadError as exc:
-        raise UserError(f"signed roster {path} is not signed by the pinned roster key {pinned_key.hex()[:16]}... "
-                        f"(or was changed since): refused; have the operator re-sign it (deploy/keys.py roster)") from exc
+        raise UserError(
+            f"signed roster {path} is not signed by the pinned roster key {pinned_key.hex()[:16]}... "
+            f"(or was changed since): refused; have the operator re-sign it (deploy/keys.py roster)"
+        ) from exc
     if any(len(k) != 32 for k in owners.values()):
         raise UserError(f"signed roster {path} has a key that is not 32 bytes; have the operator re-sign it")
     return owners
 
 
-def write_signed_roster(directory: str | Path, owners: dict[str, bytes], key_file: str | Path | None = None) -> tuple[Path, bytes]:
+def write_signed_roster(
+    directory: str | Path, owners: dict[str, bytes], key_file: str | Path | None = None
+) -> tuple[Path, bytes]:
     """Sign ``owners`` with the roster key (``key_file``, default ``directory/roster-operator.key``,
     made if missing); write ``directory/owner-roster.json`` and ``roster-operator.pub``. Returns
     (the roster's path, the roster verify key)."""

@@ -247,7 +247,9 @@ def test_cohort_below_min_owners_is_refused(parties):
     honest = _honest(3)
     for round_, owners in ((1, ["client_0"]), (2, ["client_0", "client_1"])):
         payloads = {o: _protect(cfg, keys, o, honest[i], 10, round_) for i, o in enumerate(owners)}
-        with pytest.raises(CohortTooSmall, match=rf"cohort below aggregation.min_owners=3: {len(owners)} of {len(owners)}"):
+        with pytest.raises(
+            CohortTooSmall, match=rf"cohort below aggregation.min_owners=3: {len(owners)} of {len(owners)}"
+        ):
             CryptenBackend(cfg, SIZE, run="cohort").combine(payloads, RoundContext(round_, "L"))
     # three owners, one over the bound: two pass the checks, still too few; nothing revealed
     owners = {"client_0": honest[0], "client_1": honest[1], "big": np.full(SIZE, 5.0)}
@@ -273,7 +275,9 @@ def test_sybil_owners_are_refused_and_nothing_is_revealed(parties):
     for round_, sybil_ids, signers, status in ((1, ["sybil_0", "sybil_1"], [None, None], "not-rostered"),
                                                (2, ["client_1", "client_2"], ["sybil_0", "sybil_1"], "unsigned")):
         payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, round_)}
-        payloads.update({o: _protect(cfg, keys, o, np.zeros(SIZE), 10, round_, signer=s) for o, s in zip(sybil_ids, signers)})
+        payloads.update(
+            {o: _protect(cfg, keys, o, np.zeros(SIZE), 10, round_, signer=s) for o, s in zip(sybil_ids, signers)}
+        )
         meta = {"round": round_, "run": "sybil", "clients": list(payloads), "layout_digest": "L", "length": SIZE,
                 "bound": 1.0, "min_owners": 3, "max_weight": None}
         for m, body in _ask_all(addresses, meta, payloads):
@@ -304,9 +308,15 @@ def test_a_real_owners_shares_replayed_under_another_id_are_refused(parties):
     honest = _honest(3, seed=3)
     mine = {o: _protect(cfg, keys, o, honest[i], 10, 1) for i, o in enumerate(("client_0", "client_1", "client_2"))}
     spliced = {"share." + str(p): mine["client_0"].blobs[f"share.{p}"] for p in range(3)}
-    for run, as_client_1 in (("relabel", mine["client_0"]),
-                             ("splice", type(mine["client_0"])(blobs={**spliced, BUNDLE: mine["client_1"].blobs[BUNDLE]}))):
-        payloads = {"client_1": as_client_1, "client_2": mine["client_2"], "client_3": _protect(cfg, keys, "client_3", honest[2], 10, 1)}
+    for run, as_client_1 in (
+        ("relabel", mine["client_0"]),
+        ("splice", type(mine["client_0"])(blobs={**spliced, BUNDLE: mine["client_1"].blobs[BUNDLE]})),
+    ):
+        payloads = {
+            "client_1": as_client_1,
+            "client_2": mine["client_2"],
+            "client_3": _protect(cfg, keys, "client_3", honest[2], 10, 1),
+        }
         meta = {"round": 1, "run": run, "clients": list(payloads), "layout_digest": "L", "length": SIZE,
                 "bound": 1.0, "min_owners": 3, "max_weight": None}
         for m, body in _ask_all(addresses, meta, payloads):
@@ -330,8 +340,10 @@ def test_a_roster_not_signed_by_the_pinned_key_is_refused(tmp_path):
             load_signed_roster(bad, pinned)
     base = [sys.executable, "-m", "fedveil.privacy.secagg.crypten.party", "--world", "3", "--rank", "0",
             "--rendezvous", "tcp://127.0.0.1:1", "--state-dir", str(tmp_path / "party"), "--insecure"]
-    for extra, line in (([], "no signed roster"),
-                        (["--roster", str(forged), "--roster-key", pinned.hex()], "is not signed by the pinned roster key")):
+    for extra, line in (
+        ([], "no signed roster"),
+        (["--roster", str(forged), "--roster-key", pinned.hex()], "is not signed by the pinned roster key"),
+    ):
         proc = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and line in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -362,8 +374,12 @@ def test_an_honest_owner_is_never_over_bound_whatever_its_delta(parties):
     # the same through the owner's backend and the real parties, at the coordinator's max_weight
     addresses, keys = parties
     cfg = _cfg(addresses, max_weight=5.0)
-    payloads = {o: _protect(cfg, keys, o, d, 1e6, 1) for o, d in zip(("client_0", "client_1", "client_2"),
-                                                                      (np.full(SIZE, 1e30), np.full(SIZE, np.nan), _honest(1)[0]))}
+    payloads = {
+        o: _protect(cfg, keys, o, d, 1e6, 1)
+        for o, d in zip(
+            ("client_0", "client_1", "client_2"), (np.full(SIZE, 1e30), np.full(SIZE, np.nan), _honest(1)[0])
+        )
+    }
     result = CryptenBackend(cfg, SIZE, run="honest-huge").combine(payloads, RoundContext(1, "L"))
     assert result.excluded == {}
     assert CryptenBackend(cfg, SIZE).reveal(result.payload).total_weight == 15.0

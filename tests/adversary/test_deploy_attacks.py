@@ -58,7 +58,9 @@ def test_a_party_answers_only_the_coordinators_certificate(parties, tmp_path):
 
     # 3. a certificate from the federation CA, but not the coordinator's identity: UNAUTHENTICATED
     make_cert(root / "tls", "stranger", "fedveil-party-9", client=True)
-    stranger = TlsFiles(str(root / "tls" / "ca.crt"), str(root / "tls" / "stranger.pem"), str(root / "tls" / "stranger.key"))
+    stranger = TlsFiles(
+        str(root / "tls" / "ca.crt"), str(root / "tls" / "stranger.pem"), str(root / "tls" / "stranger.key")
+    )
     for method in ("PublicKey", "Ready", "Aggregate"):
         with pytest.raises(grpc.RpcError) as err:
             call(addresses[0], method, b"", timeout=5, tls=stranger)
@@ -118,8 +120,15 @@ def test_a_swapped_party_key_is_refused_by_an_owner_with_pinned_keys(tmp_path):
     from fedveil.client.app import owner_identity
 
     elsewhere = tmp_path / "state"
-    ctx = SimpleNamespace(node_id=1, node_config={"data-dir": str(tmp_path), "state-dir": str(elsewhere),
-                                                  "client-id": "client_0", "party-keys": str(tmp_path / PINNED_PARTY_KEYS)})
+    ctx = SimpleNamespace(
+        node_id=1,
+        node_config={
+            "data-dir": str(tmp_path),
+            "state-dir": str(elsewhere),
+            "client-id": "client_0",
+            "party-keys": str(tmp_path / PINNED_PARTY_KEYS),
+        },
+    )
     named = owner_identity(ctx, None, "").keys
     with pytest.raises(UserError, match="pinned keys"):
         owner_side(cfg, 8, named, swapped)
@@ -164,7 +173,9 @@ def test_private_keys_are_0600_from_creation(tmp_path, monkeypatch):
 
 def test_deploy_keys_script_writes_0600_keys(tmp_path):
     env = {**os.environ}
-    script = "import os, runpy, sys; os.umask(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    script = (
+        "import os, runpy, sys; os.umask(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for args in (["ca"], ["server", "127.0.0.1"], ["node", "client_0"], ["party", "0", "127.0.0.1"], ["coordinator"]):
         subprocess.run([sys.executable, "-c", script, f"{root}/deploy/keys.py", args[0], str(tmp_path), *args[1:]],

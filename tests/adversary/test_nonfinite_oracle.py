@@ -42,7 +42,9 @@ def owner(request):
     tokenizer = load_tokenizer(path)
     crafted = overflowing_global(path, seed=0)
     records = demo_records(0, 10, seed=0)
-    rows = lambda recs: tokenize([Example(r["prompt"], r["completion"]) for r in recs], tokenizer, 64, True)
+    def rows(recs):
+        return tokenize([Example(r["prompt"], r["completion"]) for r in recs], tokenizer, 64, True)
+
     return model, tokenizer, crafted, rows(records), rows(records + [crafted.record()])
 
 
@@ -55,7 +57,11 @@ def released_update(owner, rows, steps: int = 2, poisson: bool = False):
     collate_fn = partial(collate, pad_id=tokenizer.pad_token_id)
     cfg = SampleLevelDPConfig(sample_rate=0.95)
     # full batches make the trigger record certain to be sampled; poisson: the owner's own loader
-    loader = poisson_loader(rows, collate_fn, cfg) if poisson else DataLoader(rows, batch_size=len(rows), collate_fn=collate_fn)
+    loader = (
+        poisson_loader(rows, collate_fn, cfg)
+        if poisson
+        else DataLoader(rows, batch_size=len(rows), collate_fn=collate_fn)
+    )
     optimizer = make_optimizer(model, TrainConfig(lr=1e-3))
     with private_training(model, optimizer, loader, cfg, SIGMA) as (m, o, batches):
         result = train_steps(m, batches, o, steps, CPU)

@@ -69,7 +69,9 @@ def owner_side(keys, o, cfg=CFG):
 
 def server_side(keys, made):
     """The server's side as the federation builds it: the public context, the run and the announced keys."""
-    return TensealServer(CFG, SIZE, public=made.public, run=RUN, signers={o: k.member().verify_key for o, k in keys.items()})
+    return TensealServer(
+        CFG, SIZE, public=made.public, run=RUN, signers={o: k.member().verify_key for o, k in keys.items()}
+    )
 
 
 def signed_updates(keys, rnd, deltas):
@@ -220,7 +222,9 @@ def test_a_stale_signed_global_is_refused(fed):
     old = EncryptedGlobal(state.base, list(state.pending))
     _signed_round(keys, made, owner, state, 2, np.full(SIZE, 0.2))
     zeros = np.zeros(SIZE, np.float32)
-    np.testing.assert_allclose(owner.open_global(state.arrays(), zeros, 2), 0.3, atol=1e-5)  # honest: round 3 trains from 2
+    np.testing.assert_allclose(
+        owner.open_global(state.arrays(), zeros, 2), 0.3, atol=1e-5
+    )  # honest: round 3 trains from 2
     with pytest.raises(PayloadError, match="stale or replayed"):
         owner.open_global(old.arrays(), zeros, 2)
     relabelled = EncryptedGlobal(SignedBase(old.base.blob, 2, old.base.signer, old.base.signature))
@@ -450,8 +454,14 @@ def test_a_wrong_size_or_foreign_context_update_is_excluded_and_the_round_goes_o
     keys, made = fed
     server = server_side(keys, made)
     good = signed_updates(keys, 1, {"client_0": np.full(SIZE, 1.0)})["client_0"]
-    short = TensealOwner(CFG, SIZE - 2, public=made.public, secret=owner_side(keys, "client_1")._secret.serialize(),
-                         keys=keys["client_1"], run=RUN).protect(np.ones(SIZE - 2), 1.0, RoundContext(1, "L", "client_1"))
+    short = TensealOwner(
+        CFG,
+        SIZE - 2,
+        public=made.public,
+        secret=owner_side(keys, "client_1")._secret.serialize(),
+        keys=keys["client_1"],
+        run=RUN,
+    ).protect(np.ones(SIZE - 2), 1.0, RoundContext(1, "L", "client_1"))
     other = make_context(CFG)
     foreign = TensealOwner(CFG, SIZE, public=public_bytes(other), secret=secret_bytes(other), keys=keys["client_2"],
                            run=RUN).protect(np.ones(SIZE), 1.0, RoundContext(1, "L", "client_2"))

@@ -61,7 +61,9 @@ def owner_side(k, run=RUN):
 
 
 def server_side(keys, made, run=RUN):
-    return TensealServer(CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()})
+    return TensealServer(
+        CFG, SIZE, public=made.public, run=run, signers={o: k.member().verify_key for o, k in keys.items()}
+    )
 
 
 def play_round(keys, made, state, rnd, run=RUN):
@@ -104,7 +106,9 @@ def test_a_restarted_coordinator_cannot_re_key_the_run_nor_replay_a_context(fed,
                           sealed=second.sealed[o])
     # the genuine set-up replayed changes nothing (the same context: a no-op, nothing written)
     for o, k in keys.items():
-        setup.install(k, RUN, public=made.public, statement=made.statement, signature=made.signature, sealed=made.sealed[o])
+        setup.install(
+            k, RUN, public=made.public, statement=made.statement, signature=made.signature, sealed=made.sealed[o]
+        )
     assert held_files(keys) == before
     for o, k in keys.items():  # one keying per run and owner, ever
         runs = [(e["event"], e["run"]) for e in setup.keyings(k.state_dir)]
@@ -184,7 +188,10 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     with pytest.raises(UserError, match="does not check out"):
         rejoin(forged, nodes, signers, "client_0", setup=SETUP)
     # another owner passing itself off as the key holder: its own signature is not the key holder's
-    impostor = {**held, "client_1": {**held["client_0"], "signature": keys["client_1"].sign(held["client_0"]["statement"])}}
+    impostor = {
+        **held,
+        "client_1": {**held["client_0"], "signature": keys["client_1"].sign(held["client_0"]["statement"])},
+    }
     with pytest.raises(UserError, match="does not check out"):
         rejoin(impostor, nodes, signers, "client_1", setup=SETUP)
     with pytest.raises(UserError, match="sent no public CKKS context"):

@@ -18,7 +18,7 @@ from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, update_statement
-from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal, RoundUpdates
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 pytestmark = pytest.mark.adversary

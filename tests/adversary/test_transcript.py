@@ -73,8 +73,11 @@ def spiked(value, dtype=np.float32):
 CASES = [
     ("train", [msg("train")], "ok"),
     ("evaluate the start", [msg("evaluate", 0)], "ok"),
-    ("three rounds", [msg("train", 1), msg("evaluate", 1), msg("train", 2), msg("evaluate", 2), msg("train", 3),
-                      msg("evaluate", 3)], "ok"),
+    (
+        "three rounds",
+        [msg("train", 1), msg("evaluate", 1), msg("train", 2), msg("evaluate", 2), msg("train", 3), msg("evaluate", 3)],
+        "ok",
+    ),
     ("train a round twice", [msg("train", 1), msg("train", 1)], "ok"),
     ("dp off under require_dp", [msg("train", cfg={"dp": {"name": "off"}})], "policy rule=require_dp"),
     ("epsilon above the cap", [msg("train", cfg={"dp.target_epsilon": 50.0})], "policy rule=max_epsilon"),
@@ -86,12 +89,27 @@ CASES = [
     ("a backend not allowed", [msg("train", cfg={"aggregation.name": "tenseal"})], "policy rule=allowed_backends"),
     ("unknown config key", [msg("train", cfg={"dp.bogus": 1})], "config"),
     ("wrong config type", [msg("train", cfg={"rounds": "three"})], "config"),
-    ("max_length probes", [msg("evaluate", 0, cfg={"data.max_length": 8}), msg("train", cfg={"data.max_length": 8}),
-                           msg("train", cfg={"data.max_length": 4096})], "config key=data.max_length"),
+    (
+        "max_length probes",
+        [
+            msg("evaluate", 0, cfg={"data.max_length": 8}),
+            msg("train", cfg={"data.max_length": 8}),
+            msg("train", cfg={"data.max_length": 4096}),
+        ],
+        "config key=data.max_length",
+    ),
     ("wrong layout digest", [msg("train", per_round={wire.LAYOUT_DIGEST: "0" * 64})], "layout"),
     ("no global", [msg("train", glob=None)], "config"),
-    ("NaN global", [msg("train", glob=spiked(np.nan)), msg("evaluate", 1, glob=const(np.nan))], "bad-global check=finite"),
-    ("inf global", [msg("train", glob=spiked(np.inf)), msg("evaluate", 1, glob=spiked(-np.inf))], "bad-global check=finite"),
+    (
+        "NaN global",
+        [msg("train", glob=spiked(np.nan)), msg("evaluate", 1, glob=const(np.nan))],
+        "bad-global check=finite",
+    ),
+    (
+        "inf global",
+        [msg("train", glob=spiked(np.inf)), msg("evaluate", 1, glob=spiked(-np.inf))],
+        "bad-global check=finite",
+    ),
     ("1e30 global", [msg("train", glob=spiked(1e30))], "bad-global check=bound"),
     ("1e39 global (float64)", [msg("train", glob=spiked(1e39, np.float64))], "bad-global check=dtype"),
     ("just within the bound", [msg("train", glob=const(99.0)), msg("evaluate", 1, glob=const(-99.0))], "ok"),
@@ -100,8 +118,16 @@ CASES = [
     ("str global", [msg("train", glob=lambda n: np.array(["0.1"] * 4))], "bad-global check=dtype"),
     ("wrong size global", [msg("train", glob=lambda n: honest(n)[:-1])], "bad-global check=shape"),
     ("2-D global", [msg("train", glob=lambda n: honest(n).reshape(2, -1))], "bad-global check=shape"),
-    ("evaluates past the cap", [msg("evaluate", 1)] * (POLICY.max_evaluates_per_round + 2), "limit limit=max_evaluates_per_round"),
-    ("rounds past the plan", [msg("train", 4), msg("evaluate", 9), msg("train", 0), msg("train", -1)], "limit limit=rounds"),
+    (
+        "evaluates past the cap",
+        [msg("evaluate", 1)] * (POLICY.max_evaluates_per_round + 2),
+        "limit limit=max_evaluates_per_round",
+    ),
+    (
+        "rounds past the plan",
+        [msg("train", 4), msg("evaluate", 9), msg("train", 0), msg("train", -1)],
+        "limit limit=rounds",
+    ),
     ("a round number that is not one", [msg("train", "one")], "config key=server-round"),
     ("key set-up on plain", [msg("query.pubkey", 1)], "config key=aggregation.name"),
     ("exception inside training", [msg("train", per_round={"fail": "inside"})], "internal"),
@@ -188,7 +214,9 @@ def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict =
                 def leak(model, loader, *args, **kwargs):  # an exception whose text holds the data
                     raise RuntimeError(f"boom after {len(loader.dataset)} records: {loader.dataset[-1]}")
                 patch.setattr(owner_module, "train_steps", leak)
-            sent = message(op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"]))
+            sent = message(
+                op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"])
+            )
             replies.append(canonical(app(message=sent, context=context)))
     return replies
 
@@ -210,7 +238,7 @@ WORKER_CASES = ("train", "three rounds", "epsilon above the cap", "NaN global", 
 @pytest.mark.parametrize("name", WORKER_CASES)
 def test_the_deployed_worker_releases_what_the_in_process_owner_releases(name, datasets, tiny_gpt2, tmp_path,
                                                                          monkeypatch):
-    (case, expect), model = {n: (c, e) for n, c, e in CASES}[name], {"path": str(tiny_gpt2)}
+    (case, _), model = {n: (c, e) for n, c, e in CASES}[name], {"path": str(tiny_gpt2)}
     in_process = transcript(case, datasets["D"], tmp_path / "app", model, monkeypatch)
     relayed = transcript(case, datasets["D"], tmp_path / "worker", model, monkeypatch, worker=True)
     assert relayed == in_process
@@ -242,7 +270,9 @@ def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_an
         dirs[name] = tmp_path / name
     start = Owner(from_dict({**base, "model": model}), OwnerIdentity("client_0", str(dirs["D"]), str(tmp_path / "o")))
     policy = OwnerPolicy(**{**POLICY.__dict__, "max_sample_rate": 1.0})
-    glob = lambda n: crafted.vector.copy()
+    def glob(n):
+        return crafted.vector.copy()
+
     case = [msg("train", 1, glob=glob), msg("evaluate", 1, glob=glob), msg("train", 2, glob=glob)]
     on = {name: transcript(case, path, tmp_path / f"state-{name}", model, monkeypatch, base, policy,
                              (start.layout.digest, start.layout.size))

@@ -24,7 +24,11 @@ META = {wire.OWNER_ID: "client_0", wire.LAYOUT_DIGEST: "ab" * 32, "data-dir": "/
 def test_under_dp_only_the_dp_record_and_public_sizes_leave():
     out = release(Answer(dict(EVERYTHING), dict(META), Protected(arrays={"delta": np.zeros(3, np.float32)})), True)
     assert out.metrics == {wire.NUM_EXAMPLES: 1.0, wire.TRAIN_STEPS: 2.0, wire.DP_EPSILON: 1.2, wire.DP_NOISE: 0.9}
-    assert out.meta == {wire.OWNER_ID: "client_0", wire.LAYOUT_DIGEST: "ab" * 32, wire.SEALED_PREFIX + "client_1": b"box"}
+    assert out.meta == {
+        wire.OWNER_ID: "client_0",
+        wire.LAYOUT_DIGEST: "ab" * 32,
+        wire.SEALED_PREFIX + "client_1": b"box",
+    }
     assert set(out.metrics) <= DP_METRICS and not out.is_error
 
 
@@ -39,16 +43,26 @@ def test_a_non_finite_update_never_leaves():
     assert out.is_error and out.reason == "internal" and out.protected is None
 
 
-@pytest.mark.parametrize("exc, code, reason", [
-    (PolicyViolation("max_epsilon", "owner policy max_epsilon=4: the server asked for 8 (120 records)"), "policy",
-     "policy rule=max_epsilon"),
-    (Refusal("bad-global", "|v| up to 1e30", check="bound"), "bad-global", "bad-global check=bound"),
-    (Refusal("data", "dp.delta=0.01 is not below 1/n for this owner's 120 records"), "data", "data"),
-    (UserError("data.max_length too small for this owner's 120 records"), "config", "config"),
-    (RuntimeError("pybind11: excluded owner with 120 records"), "internal", "internal"),
-    (KeyboardInterrupt(), "internal", "internal"),
-    (WorkerUnavailable("the owner worker at /home/owner/state/owner.sock is not running"), "unavailable", "unavailable"),
-])
+@pytest.mark.parametrize(
+    "exc, code, reason",
+    [
+        (
+            PolicyViolation("max_epsilon", "owner policy max_epsilon=4: the server asked for 8 (120 records)"),
+            "policy",
+            "policy rule=max_epsilon",
+        ),
+        (Refusal("bad-global", "|v| up to 1e30", check="bound"), "bad-global", "bad-global check=bound"),
+        (Refusal("data", "dp.delta=0.01 is not below 1/n for this owner's 120 records"), "data", "data"),
+        (UserError("data.max_length too small for this owner's 120 records"), "config", "config"),
+        (RuntimeError("pybind11: excluded owner with 120 records"), "internal", "internal"),
+        (KeyboardInterrupt(), "internal", "internal"),
+        (
+            WorkerUnavailable("the owner worker at /home/owner/state/owner.sock is not running"),
+            "unavailable",
+            "unavailable",
+        ),
+    ],
+)
 def test_failures_leave_as_codes_and_their_lines_stay_on_the_console(exc, code, reason, capsys):
     for dp_on in (True, False):  # refuse with a code, not with data: DP or not
         out = release(exc, dp_on)

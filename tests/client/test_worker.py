@@ -4,10 +4,7 @@ restarted, with its ledger: tests/faults/test_owner_faults.py)."""
 
 import json
 import os
-import signal
 import stat
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 
 from fedveil.client.operations import WorkerState, handle
 from fedveil.client.owner import OwnerIdentity
-from fedveil.client.protocol import Instruction, WorkerUnavailable
+from fedveil.client.protocol import Instruction
 from fedveil.client.worker import relay, serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire

@@ -31,6 +31,11 @@ def test_every_key_the_demo_passes_is_declared_and_dp_can_still_be_turned_off():
     demo = parse_config_args(["aggregation.name='crypten' dp.name='sample_level' dp.target_epsilon=8.0 dp.delta=1e-5 "
                               "dp.sample_rate=0.05"])
     cfg = from_run_config(fuse_dicts(app_config(), demo))
-    assert (cfg.dp.target_epsilon, cfg.dp.delta, cfg.dp.sample_rate, cfg.aggregation.name) == (8.0, 1e-5, 0.05, "crypten")
+    assert (cfg.dp.target_epsilon, cfg.dp.delta, cfg.dp.sample_rate, cfg.aggregation.name) == (
+        8.0,
+        1e-5,
+        0.05,
+        "crypten",
+    )
     off = from_run_config(fuse_dicts(app_config(), parse_config_args(["dp.name='off' aggregation.name='plain'"])))
     assert off.dp.name == "off"  # the unset dp.* defaults do not get in its way

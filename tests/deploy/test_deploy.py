@@ -97,8 +97,10 @@ def test_only_the_operator_can_register_a_supernode_key(env, tmp_path):
 
     stranger_home = tmp_path / "stranger-flwr"
     stranger_home.mkdir()
-    (stranger_home / "config.toml").write_text(f'[superlink]\ndefault = "there"\n\n[superlink.there]\naddress = "{ip}:8139"\n'
-                                               f'root-certificates = "{deploy / "pki" / "ca.crt"}"\n')
+    (stranger_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "there"\n\n[superlink.there]\naddress = "{ip}:8139"\n'
+        f'root-certificates = "{deploy / "pki" / "ca.crt"}"\n'
+    )
     attempt = flwr("supernode", "register", str(deploy / "pki" / "stranger.pub"), "there", env=env, home=stranger_home)
     assert attempt.returncode != 0, attempt.stdout + attempt.stderr
     assert "answer only the operator" in " ".join((attempt.stdout + attempt.stderr).split())  # the guard said no
@@ -132,8 +134,19 @@ def test_only_the_operator_can_register_a_supernode_key(env, tmp_path):
 
 
 def test_a_supernode_refuses_to_start_without_a_pinned_app(tmp_path):
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "fedveil-supernode"), "--insecure", "--superlink", "127.0.0.1:1",
-                           "--node-config", "data-dir='/x'"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "fedveil-supernode"),
+            "--insecure",
+            "--superlink",
+            "127.0.0.1:1",
+            "--node-config",
+            "data-dir='/x'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "app-sha256" in proc.stderr
 
 

@@ -31,7 +31,7 @@ def run_cli(*args, cwd):
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("fedveil: error: ") and message in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -50,7 +50,7 @@ def test_empty_data_file_and_unknown_record(tmp_path):
 
 def one_error_line(proc, message):
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedveil: error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 

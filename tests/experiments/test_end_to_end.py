@@ -45,13 +45,22 @@ def test_acceptance_run_plain_no_dp(tmp_path):
     assert summary["plan"]["run"]["backend"] == "plain" and summary["plan"]["dp"] is None
     up = summary["planned_vs_measured"]["bytes_up_per_owner_per_round"]
     assert up["planned"] == 4 * 16384 + 8 and 1.0 < up["ratio"] < 1.02  # Flower's records add the rest
-    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["bytes.png", "epsilon.png", "loss.png", "seconds.png"]
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+        "bytes.png",
+        "epsilon.png",
+        "loss.png",
+        "seconds.png",
+    ]
 
     # the round ledger verifies against the head the summary recorded
     from fedveil.server.cli import main as fedveil
 
     ledger = [json.loads(line) for line in (out / "round_ledger.jsonl").read_text().splitlines()]
-    assert [e["round"] for e in ledger] == [1, 2, 3] and ledger[0]["participants"] == ["client_0", "client_1", "client_2"]
+    assert [e["round"] for e in ledger] == [1, 2, 3] and ledger[0]["participants"] == [
+        "client_0",
+        "client_1",
+        "client_2",
+    ]
     assert fedveil(["verify-ledger", str(out), "--head", summary["ledger_head"]]) == 0
 
     # final_adapter/ loads with PEFT onto the base model its config names, and equals round 3's global
@@ -96,11 +105,22 @@ def test_acceptance_run_with_dp(tmp_path):
         ledger = json.loads((out / "clients" / f"client_{k}" / "privacy_ledger.json").read_text())
         assert len(ledger["history"]) == 3 and ledger["spent_epsilon"] <= 4.0
     # a 4th round at the same noise, same state directories: every owner refuses; the run still ends
-    proc = run_cli(out, "seed=1", "rounds=4", "num_clients=3", "aggregation=plain", "dp=sample_level",
-                   "dp.target_epsilon=4", f"dp.noise_multiplier={metrics[1]['per_client']['client_0']['noise_multiplier']}",
-                   "resume=true", expect=2)
+    proc = run_cli(
+        out,
+        "seed=1",
+        "rounds=4",
+        "num_clients=3",
+        "aggregation=plain",
+        "dp=sample_level",
+        "dp.target_epsilon=4",
+        f"dp.noise_multiplier={metrics[1]['per_client']['client_0']['noise_multiplier']}",
+        "resume=true",
+        expect=2,
+    )
     assert proc.stderr.strip().splitlines() == [
-        "fedveil: error: round 4: no owner trained, so the run stops (3 excluded; " + proc.stderr.split("excluded; ", 1)[1].strip()]
+        "fedveil: error: round 4: no owner trained, so the run stops (3 excluded; "
+        + proc.stderr.split("excluded; ", 1)[1].strip()
+    ]
     assert "owner failed: budget" in proc.stderr  # the refusal's code; its line is on each owner's console
     last = rows(out)[-1]
     assert last["round"] == 4 and last["clients"] == [] and len(last["excluded"]) == 3
@@ -159,7 +179,11 @@ def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plai
         assert all("update_norm" not in c and c["num_examples"] is None for c in r["per_client"].values())
         # BFV (the default): two fixed-point values per slot, the weight sealed beside: <= 3x fp32
         assert all(c["bytes_update_up"] <= 12 * 16384 for c in r["per_client"].values())
-    server_files = [p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in ("clients", "data", "base_model")]
+    server_files = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).parts[0] not in ("clients", "data", "base_model")
+    ]
     weights = reference["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].tobytes()[:64]
     assert not any(weights in p.read_bytes() for p in server_files)
     # owners hold the keys; the server's output has none
@@ -181,7 +205,9 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
         for c in r["per_client"].values():
             assert "update_norm" not in c and c["num_examples"] is None  # the server sees the aggregate only
             assert c["bytes_update_up"] <= 3 * 2 * 4 * 16384 + 3 * 4096  # <= 2x fp32 per party
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "secagg.crypten.party" in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if "secagg.crypten.party" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):

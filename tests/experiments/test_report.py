@@ -109,7 +109,8 @@ def test_run_plots_decode_at_their_size_and_hold_the_metrics(sweep):
     assert drawn["epsilon.png"] == {}  # dp=off: nothing spent, nothing drawn
     assert drawn["seconds.png"]["train"] == [[r["round"], r["seconds"]["train"]] for r in rows[1:]]
     assert drawn["bytes.png"]["up: protected update"] == [
-        [r["round"], pytest.approx(np.mean([c["bytes_update_up"] for c in r["per_client"].values()]))] for r in rows[1:]]
+        [r["round"], pytest.approx(np.mean([c["bytes_update_up"] for c in r["per_client"].values()]))] for r in rows[1:]
+    ]
 
     rows = metrics(sweep / "2")
     drawn = plotted["2"]
@@ -142,7 +143,7 @@ def test_report_compares_a_sweep_in_one_table_and_a_frontier(sweep, tmp_path, ca
 
     assert report_main([str(sweep / "0"), str(sweep / "2"), "--out", str(tmp_path / "two")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [re.split(r"\s{2,}", l)[0] for l in out[1:3]] == ["privacy.coordinator=trusted",
+    assert [re.split(r"\s{2,}", line)[0] for line in out[1:3]] == ["privacy.coordinator=trusted",
                                                                 "privacy.coordinator=curious privacy.epsilon=8"]
     assert (tmp_path / "two" / "frontier.png").is_file()
 

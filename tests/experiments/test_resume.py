@@ -15,7 +15,9 @@ from fedveil.server import checkpoint
 from fedveil.server.outputs import METRICS_FILE
 from fedveil.server.prepare import prepare
 
-NOTHING = "holds no checkpoint and no earlier run to resume: drop resume=true to start a fresh run, or point hydra.run.dir"
+NOTHING = (
+    "holds no checkpoint and no earlier run to resume: drop resume=true to start a fresh run, or point hydra.run.dir"
+)
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["missing", "empty"])
@@ -27,7 +29,9 @@ def test_the_runner_refuses_resume_with_nothing_to_resume_in_one_line(tmp_path, 
                            "aggregation=plain", "dp=off"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == [f"fedveil: error: resume=true but {out} {NOTHING} (output_dir under flwr run) at the run to resume"]
+    assert lines == [
+        f"fedveil: error: resume=true but {out} {NOTHING} (output_dir under flwr run) at the run to resume"
+    ]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if existing else [])  # nothing written
     assert not existing or not list(out.iterdir())

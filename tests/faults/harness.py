@@ -82,9 +82,18 @@ def federate(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
 
 def experiment(out: Path, model: Path, data: list[str], aggregation: dict, rounds: int = 3, **extra) -> dict:
     """A tiny federation: 3 owners, ``rounds`` rounds, 2 local steps of 4 short examples, no DP."""
-    return {"seed": 3, "rounds": rounds, "num_clients": len(data), "output_dir": str(out), "model": {"path": str(model)},
-            "data": {"client_dirs": data, "max_length": 32}, "train": {"local_steps": 2, "batch_size": 4},
-            "dp": {"name": "off"}, "aggregation": aggregation, **extra}
+    return {
+        "seed": 3,
+        "rounds": rounds,
+        "num_clients": len(data),
+        "output_dir": str(out),
+        "model": {"path": str(model)},
+        "data": {"client_dirs": data, "max_length": 32},
+        "train": {"local_steps": 2, "batch_size": 4},
+        "dp": {"name": "off"},
+        "aggregation": aggregation,
+        **extra,
+    }
 
 
 def in_process(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
@@ -100,9 +109,14 @@ def in_process(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
 def killed(values: dict, fault: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run the federation in its own process with ``FEDVEIL_FAULT=fault``; it must die of SIGKILL.
     Whatever it started is then killed by its process group (nothing may outlive the test)."""
-    proc = subprocess.Popen([sys.executable, HARNESS, json.dumps(values), *(f"--drop={d}" for d in drop)],
-                            env={**os.environ, "FEDVEIL_FAULT": fault}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, HARNESS, json.dumps(values), *(f"--drop={d}" for d in drop)],
+        env={**os.environ, "FEDVEIL_FAULT": fault},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=300)
     finally:

@@ -124,7 +124,9 @@ def test_crypten_party_killed_mid_mpc_fails_the_round_clearly_and_the_run_resume
 
     procs, crypten = parties(tmp_path / "parties", fault="crypten-party-mpc:2@1")
     try:
-        with pytest.raises(UserError, match=r"aggregator .*party 1 at 127\.0\.0\.1:\d+ \(\w+\) failed or did not answer within 60 s"):
+        with pytest.raises(
+            UserError, match=r"aggregator .*party 1 at 127\.0\.0\.1:\d+ \(\w+\) failed or did not answer within 60 s"
+        ):
             in_process(experiment(out, tiny_gpt2, owners_data, crypten, rounds=2), drop)
         assert procs[1].poll() == -9  # party 1 was killed mid-MPC
         assert rounds_logged(out) == [0, 1] and checkpoints(out) == [1]  # nothing of round 2

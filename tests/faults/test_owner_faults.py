@@ -32,11 +32,20 @@ def test_an_owner_worker_killed_while_training_or_writing_its_ledger_rejoins_wit
     state_dir, sock = tmp_path / "state", tmp_path / "state" / "owner.sock"
 
     def train(rnd):
-        return relay(sock, Instruction("train", to_run_config(cfg), {wire.ROUND: rnd, wire.LAYOUT_DIGEST: owner.layout.digest},
-                                       {wire.CLEAR_GLOBAL: owner.initial}))
+        return relay(
+            sock,
+            Instruction(
+                "train",
+                to_run_config(cfg),
+                {wire.ROUND: rnd, wire.LAYOUT_DIGEST: owner.layout.digest},
+                {wire.CLEAR_GLOBAL: owner.initial},
+            ),
+        )
 
     def launch(fault=None):
-        env = {k: v for k, v in os.environ.items() if k != "FEDVEIL_FAULT"} | ({"FEDVEIL_FAULT": fault} if fault else {})
+        env = {k: v for k, v in os.environ.items() if k != "FEDVEIL_FAULT"} | (
+            {"FEDVEIL_FAULT": fault} if fault else {}
+        )
         proc = subprocess.Popen([sys.executable, "-m", "fedveil.client.worker", "serve", "--data-dir", data,
                                  "--state-dir", str(state_dir), "--owner-id", "client_0"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -80,7 +89,9 @@ def test_an_owner_worker_killed_while_training_or_writing_its_ledger_rejoins_wit
             train(3)
         assert refused.value.code == "internal"
         log = iter(workers[-1].stdout.readline, "")
-        assert "a ledger write was interrupted. Compare it with privacy_ledger.json" in next(l for l in log if "refused" in l)
+        assert "a ledger write was interrupted. Compare it with privacy_ledger.json" in next(
+            line for line in log if "refused" in line
+        )
         assert ledger_rounds() == [1, 2]
         os.replace(temp, epsilon_ledger.ledger_path(state_dir))
         third = train(3).metrics[wire.DP_EPSILON]

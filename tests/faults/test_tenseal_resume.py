@@ -97,7 +97,10 @@ def test_a_tenseal_run_killed_after_round_2_resumes_without_re_keying_to_the_uni
     out = tmp_path / "run"
     log, code = finish(runner(out, env={**os.environ, "FEDVEIL_FAULT": "after-checkpoint:2"}))
     assert code == -signal.SIGKILL, log[-3000:]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["round_0001.safetensors", "round_0002.safetensors"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "round_0001.safetensors",
+        "round_0002.safetensors",
+    ]
     assert rounds(out) == [0, 1, 2] and not (out / "summary.json").exists()
     contexts, keyings = held_contexts(out)
     assert all(len(files) == 3 for files in contexts.values())  # secret.ctx, public.ctx, setup.json

@@ -13,7 +13,9 @@ def exact_gaussian_epsilon(sigma, steps, delta):
     """Full-batch DP-SGD is a Gaussian mechanism with mu = sqrt(steps)/sigma; its exact (eps, delta)
     curve is delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2) (Balle & Wang 2018)."""
     mu = math.sqrt(steps) / sigma
-    curve = lambda eps: norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+    def curve(eps):
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+
     return brentq(curve, 1e-9, 100)
 
 
@@ -126,7 +128,9 @@ def test_owners_sharing_a_plan_plan_once_and_a_refusal_is_never_remembered(count
     planned = len(counted_accountant)
     assert planned > 5  # a bisection
     assert plan_noise(8.0, 1e-5, 1.0, 20, "rdp") == sigma and len(counted_accountant) == planned
-    assert plan_noise(8.0, 1e-5, 1.0, 20, "rdp", spent=[(2 * sigma, 1.0, 20)]) > sigma  # the spent history is in the key
+    assert (
+        plan_noise(8.0, 1e-5, 1.0, 20, "rdp", spent=[(2 * sigma, 1.0, 20)]) > sigma
+    )  # the spent history is in the key
     for _ in range(2):
         with pytest.raises(BudgetUnreachable):
             plan_noise(8.0, 1e-5, 1.0, 20, "rdp", spent=[(0.3, 1.0, 400)])

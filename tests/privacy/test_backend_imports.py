@@ -52,5 +52,7 @@ def test_no_new_module_imports_a_backend_package_past_the_contract():
 
 
 def test_the_walk_sees_an_import_inside_a_function():
-    tree = ast.parse("def f():\n    from fedveil.privacy.secagg import tenseal\n    import fedveil.privacy.secagg.crypten\n")
+    tree = ast.parse(
+        "def f():\n    from fedveil.privacy.secagg import tenseal\n    import fedveil.privacy.secagg.crypten\n"
+    )
     assert {"fedveil.privacy.secagg.tenseal", "fedveil.privacy.secagg.crypten"} <= imported(tree)

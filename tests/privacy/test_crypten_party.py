@@ -28,7 +28,9 @@ def test_parties_aggregate_check_norms_refuse_bad_shares_and_fail_clearly(tmp_pa
         unclipped = CryptenConfig(**{**cfg.__dict__, "norm_bound": None})  # client_1 skips the owner's own clip
 
         def protect(client, size=SIZE):
-            owner = CryptenBackend(unclipped if client == "client_1" else cfg, size, party_keys=keys, keys=owners[client])
+            owner = CryptenBackend(
+                unclipped if client == "client_1" else cfg, size, party_keys=keys, keys=owners[client]
+            )
             return owner.protect(deltas[client][:size] if size <= SIZE else np.zeros(size), counts[client],
                                  RoundContext(1, "L", client))
 

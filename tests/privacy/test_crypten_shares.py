@@ -52,7 +52,9 @@ def test_a_single_share_is_uniform_whatever_the_update():
 def test_sealed_shares_open_only_for_their_party_round_and_length():
     parties = [PrivateKey.generate() for _ in range(3)]
     shares = split(encode_fixed(np.arange(10) / 7), 3)
-    head = lambda p, **kw: ShareHeader(**{"round": 2, "client": "client_0", "party": p, "layout_digest": "abc", "length": 10, **kw})
+    def head(p, **kw):
+        return ShareHeader(**{"round": 2, "client": "client_0", "party": p, "layout_digest": "abc", "length": 10, **kw})
+
     sealed = [seal_share(s, head(p), bytes(parties[p].public_key), count=12) for p, s in enumerate(shares)]
     assert open_share(sealed[2], bytes(parties[2]), head(2))[0] == 12
     opened = [open_share(sealed[p], bytes(parties[p]), head(p))[1] for p in range(3)]

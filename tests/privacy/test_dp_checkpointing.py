@@ -16,7 +16,14 @@ from fedveil.privacy.dp.sgd import SampleLevelDPConfig, private_training
 from fedveil.task.data import DataConfig, load_owner_data
 from fedveil.task.demo_data import write_demo_data
 from fedveil.task.model import ModelConfig, get_adapter, load_lora_model, load_tokenizer
-from fedveil.task.train import TrainConfig, make_optimizer, noise_only_step, per_example_loss, shuffled_loader, train_steps
+from fedveil.task.train import (
+    TrainConfig,
+    make_optimizer,
+    noise_only_step,
+    per_example_loss,
+    shuffled_loader,
+    train_steps,
+)
 
 CPU = torch.device("cpu")
 
@@ -128,8 +135,11 @@ def test_a_mode_that_cannot_recompute_is_refused_in_one_line(tiny_gpt2, demo_dir
 
     values = {"model": {"path": str(tiny_gpt2), "gradient_checkpointing": True}}
     for mode in ("hooks", "functorch"):
-        assert from_dict({**values, "dp": {"name": "sample_level", "grad_sample_mode": mode}}).model.gradient_checkpointing
-    refusal = "dp.grad_sample_mode=ew does not work with model.gradient_checkpointing=true: use dp.grad_sample_mode=hooks|functorch"
+        assert from_dict(
+            {**values, "dp": {"name": "sample_level", "grad_sample_mode": mode}}
+        ).model.gradient_checkpointing
+    refusal = ("dp.grad_sample_mode=ew does not work with model.gradient_checkpointing=true: "
+               "use dp.grad_sample_mode=hooks|functorch")
     with pytest.raises(UserError, match=refusal) as refused:
         from_dict({**values, "dp": {"name": "sample_level", "grad_sample_mode": "ew"}})
     assert "\n" not in str(refused.value)

@@ -47,7 +47,9 @@ def test_zero_noise_and_huge_clip_equals_non_dp(tiny_gpt2, demo_dir):
     model, tok, data = setup(tiny_gpt2, demo_dir)
     start = get_adapter(model)
     # plain SGD: Adam's division by sqrt(v) would amplify float rounding where gradients are ~0
-    sgd = lambda: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    def sgd():
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+
     train_steps(model, shuffled_loader(data.train, 16, tok.pad_token_id, 7), sgd(), 4, CPU)
     plain = get_adapter(model)
 
@@ -67,7 +69,8 @@ def test_zero_noise_and_huge_clip_equals_non_dp(tiny_gpt2, demo_dir):
 def test_physical_batch_limit_gives_the_same_number_of_logical_steps(tiny_gpt2, demo_dir):
     model, tok, data = setup(tiny_gpt2, demo_dir)
     cfg = SampleLevelDPConfig(max_physical_batch_size=4)
-    with private_training(model, make_optimizer(model, TrainConfig()), shuffled_loader(data.train, 16, tok.pad_token_id, 0),
-                          cfg, 1.0) as (m, o, dl):
+    with private_training(
+        model, make_optimizer(model, TrainConfig()), shuffled_loader(data.train, 16, tok.pad_token_id, 0), cfg, 1.0
+    ) as (m, o, dl):
         result = train_steps(m, dl, o, 3, CPU)
     assert result.steps == 3

@@ -73,7 +73,9 @@ def test_damaged_ledger_is_reported_not_reset(tmp_path, damage):
 def test_ledger_file_is_complete_json_after_each_round(tmp_path):
     spend(tmp_path, "run-a", 2)
     data = json.loads((tmp_path / "privacy_ledger.json").read_text())
-    assert [s["round"] for s in data["history"]] == [1, 2] and data["spent_epsilon"] == data["history"][-1]["epsilon_after"]
+    assert [s["round"] for s in data["history"]] == [1, 2] and data["spent_epsilon"] == data["history"][-1][
+        "epsilon_after"
+    ]
     assert not (tmp_path / ".privacy_ledger.json.tmp").exists()
 
 

@@ -14,7 +14,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedveil.task.data import collate
-from fedveil.privacy.dp.sgd import GRAD_SAMPLE_MODES, SampleLevelDPConfig, _zero_rows, nonfinite_examples, private_training
+from fedveil.privacy.dp.sgd import (
+    GRAD_SAMPLE_MODES,
+    SampleLevelDPConfig,
+    _zero_rows,
+    nonfinite_examples,
+    private_training,
+)
 from fedveil.task.train import TrainResult, gradients_finite, noise_only_step, train_steps
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -83,7 +89,11 @@ def test_an_empty_poisson_batch_is_still_a_finite_noised_step():
     model = torch.nn.Linear(3, 2)
     before = model.weight.detach().clone()
     loader = DataLoader(TensorDataset(torch.zeros(4, 3), torch.zeros(4, 2)), batch_size=4)
-    with private_training(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, SampleLevelDPConfig(), 1.0) as (m, o, _):
+    with private_training(model, torch.optim.SGD(model.parameters(), lr=1.0), loader, SampleLevelDPConfig(), 1.0) as (
+        m,
+        o,
+        _,
+    ):
         noise_only_step(m, o)
     assert torch.isfinite(model.weight).all() and not torch.equal(model.weight.detach(), before)
 

@@ -9,7 +9,9 @@ def test_fedavg_equals_hand_computed_weighted_average():
     backend = PlainBackend(size=3)
     deltas = [np.array([1.0, 2.0, 3.0]), np.array([4.0, 0.0, -2.0]), np.array([0.5, 0.5, 0.5])]
     weights = [10, 30, 60]
-    combined = backend.combine({f"owner_{i}": backend.protect(d, w) for i, (d, w) in enumerate(zip(deltas, weights))}).payload
+    combined = backend.combine(
+        {f"owner_{i}": backend.protect(d, w) for i, (d, w) in enumerate(zip(deltas, weights))}
+    ).payload
     revealed = backend.reveal(combined)
     # (10*[1,2,3] + 30*[4,0,-2] + 60*[.5,.5,.5]) / 100
     np.testing.assert_allclose(revealed.mean, [1.6, 0.5, -0.0], atol=1e-6)

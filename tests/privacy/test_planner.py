@@ -257,10 +257,10 @@ def test_fedveil_plan_json_parses_and_names_the_pick():
 def test_fedveil_plan_refusal_and_bad_input_are_one_line_exit_2():
     proc = fedveil("plan", "aggregation=auto", "privacy.owner_collusion=true")
     assert proc.returncode == 2 and "plain" in proc.stdout  # the table still shows why each backend is out
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedveil: error: no aggregation backend covers")
     bad = fedveil("plan", "privacy.coordinator=evil")
-    lines = [l for l in bad.stderr.splitlines() if l.strip()]
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 2 and len(lines) == 1 and "privacy.coordinator must be one of" in lines[0]
     assert "Traceback" not in bad.stderr
 

@@ -8,7 +8,7 @@ import pytest
 from fedveil.configs.schema import from_dict
 from fedveil.core.errors import UserError
 from fedveil.core.io import pack, unpack
-from fedveil.core.payload import PayloadError, Protected
+from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp_notice
@@ -63,7 +63,9 @@ def test_fifty_owners_at_the_largest_values_and_weights_sum_without_overflow(fif
     assert np.abs(revealed.weighted_sum - expected).max() <= 50 * cfg.step / 2 + 1e-9
     np.testing.assert_allclose(revealed.mean[:40], np.repeat([0.5, -0.5], 20), atol=1e-5)
     # the same owners beyond the bound: clamped by each owner, so the sum is still the bound's
-    clamped = owner.reveal(server.combine({f"o{i}": owner.protect(np.full(SIZE, 9.0), 99.0) for i in range(50)}).payload)
+    clamped = owner.reveal(
+        server.combine({f"o{i}": owner.protect(np.full(SIZE, 9.0), 99.0) for i in range(50)}).payload
+    )
     assert clamped.total_weight == 200.0 and np.abs(clamped.mean - 0.5).max() <= cfg.step
 
 

@@ -1,4 +1,5 @@
-"""CKKS backend core (``aggregation.scheme=ckks``; BFV, the default: test_tenseal_bfv.py): sums decrypt right, the server side cannot decrypt, bad ciphertexts are refused."""
+"""CKKS backend core (``aggregation.scheme=ckks``; BFV, the default: test_tenseal_bfv.py): sums decrypt right,
+the server side cannot decrypt, bad ciphertexts are refused."""
 
 import numpy as np
 import pytest
@@ -31,13 +32,17 @@ def server(keys, size=SIZE):
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 5000), st.floats(-1.0, 1.0)), min_size=1, max_size=4), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.tuples(st.integers(1, 5000), st.floats(-1.0, 1.0)), min_size=1, max_size=4), st.integers(0, 2**32 - 1)
+)
 def test_decrypt_of_sum_is_the_weighted_sum(keys, clients, seed):
     rng = np.random.default_rng(seed)
     deltas = [rng.normal(scale=abs(s) + 1e-3, size=SIZE) for _, s in clients]
     weights = [n for n, _ in clients]
     o = owner(keys)
-    combined = server(keys).combine({f"owner_{i}": o.protect(d, w) for i, (d, w) in enumerate(zip(deltas, weights))}).payload
+    combined = (
+        server(keys).combine({f"owner_{i}": o.protect(d, w) for i, (d, w) in enumerate(zip(deltas, weights))}).payload
+    )
     revealed = o.reveal(combined)
     expected = sum(w * d for w, d in zip(weights, deltas))
     assert revealed.total_weight == pytest.approx(sum(weights), abs=1e-3)

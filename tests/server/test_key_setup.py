@@ -29,8 +29,14 @@ def relay(tmp_path, monkeypatch):
     pin_roster(states, "client_0")
 
     def ask(grid, nodes, message_type, run_config, keys, timeout):
-        cfg = from_dict({"output_dir": str(tmp_path / "run"), "model": {"path": "/m"}, "aggregation": {"name": "tenseal"},
-                         "resume": bool(run_config.get("resume"))})
+        cfg = from_dict(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "model": {"path": "/m"},
+                "aggregation": {"name": "tenseal"},
+                "resume": bool(run_config.get("resume")),
+            }
+        )
         replies = {}
         for n in nodes:
             op = message_type.split(".")[1]
@@ -54,5 +60,9 @@ def test_a_run_is_keyed_once_and_a_restart_resumes_with_the_held_context(relay):
     with pytest.raises(UserError, match="already hold a CKKS context for this run.*pass resume=true"):
         key_setup.setup_keys(None, run_config, 3, "", 1.0, setup=SETUP)  # a restart without resume=true keys nothing
     resumed = key_setup.setup_keys(None, {**run_config, "resume": True}, 3, "", 1.0, resume=True, setup=SETUP)
-    assert resumed.rejoined and (resumed.public, resumed.run, resumed.signers) == (keyed.public, keyed.run, keyed.signers)
+    assert resumed.rejoined and (resumed.public, resumed.run, resumed.signers) == (
+        keyed.public,
+        keyed.run,
+        keyed.signers,
+    )
     assert [len(tenseal_keys.keyings(s)) for s in states.values()] == [1, 1, 1]  # nobody re-keyed

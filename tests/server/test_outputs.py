@@ -53,7 +53,7 @@ def test_many_owners_get_one_console_line_and_a_file(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"[fedveil] 100 owners: 10 / 59.5 / 109 train examples (min / median / max), 200 held-out in all; "
                      f"per owner: {tmp_path / OWNER_DATA_FILE}"]
-    assert [json.loads(l) for l in (tmp_path / OWNER_DATA_FILE).read_text().splitlines()] == owners
+    assert [json.loads(line) for line in (tmp_path / OWNER_DATA_FILE).read_text().splitlines()] == owners
     report_owner_data(owners[:3], tmp_path)
     assert capsys.readouterr().out.splitlines()[0] == "[fedveil] client_0: 10 train / 2 held-out examples from /d/0"
 

@@ -12,8 +12,15 @@ from fedveil.server.cli import main as fedveil
 def ledger(tmp_path):
     path = tmp_path / round_chain.FILENAME
     for r in range(1, 5):
-        round_chain.append(path, {"round": r, "participants": ["client_0", "client_1"], "epsilon": {"client_0": 0.5 * r},
-                                   "aggregated_digest": f"{r:064x}"})
+        round_chain.append(
+            path,
+            {
+                "round": r,
+                "participants": ["client_0", "client_1"],
+                "epsilon": {"client_0": 0.5 * r},
+                "aggregated_digest": f"{r:064x}",
+            },
+        )
     return path
 
 

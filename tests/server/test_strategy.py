@@ -26,8 +26,11 @@ def instruction(node):
 
 
 def train_reply(node, delta, n, digest=LAYOUT.digest, backend=PlainBackend(size=4)):
-    content = records.reply({"num-examples": n, "train-loss": 1.0 * node}, {wire.LAYOUT_DIGEST: digest, wire.OWNER_ID: f"client_{node}"},
-                            backend.protect(np.asarray(delta, np.float32), n))
+    content = records.reply(
+        {"num-examples": n, "train-loss": 1.0 * node},
+        {wire.LAYOUT_DIGEST: digest, wire.OWNER_ID: f"client_{node}"},
+        backend.protect(np.asarray(delta, np.float32), n),
+    )
     return Message(content, reply_to=instruction(node))
 
 
@@ -115,6 +118,8 @@ def test_tenseal_dropout_and_tampering_leave_the_sum_of_what_arrived(tmp_path):
     owner = sides["client_1"]
     revealed = owner.reveal(outcome.combined)
     np.testing.assert_allclose(revealed.mean, [0.25, 0, 0, 1.5], atol=1e-6)
-    np.testing.assert_allclose(owner.open_global(state.arrays(), np.zeros(4, np.float32), 1), [0.25, 0, 0, 1.5], atol=1e-6)
+    np.testing.assert_allclose(
+        owner.open_global(state.arrays(), np.zeros(4, np.float32), 1), [0.25, 0, 0, 1.5], atol=1e-6
+    )
     with pytest.raises(Exception, match="cannot decrypt"):
         s.backend.reveal(outcome.combined)

@@ -59,16 +59,31 @@ def test_split_is_deterministic_and_disjoint():
     assert len(held) == 5 and not set(held) & set(train) and len(train) + len(held) == 50
 
 
-@pytest.mark.parametrize("setup, match", [
-    (lambda p: p / "missing", "no such file or directory"),
-    (lambda p: (p / "empty.jsonl").write_text("") and p / "empty.jsonl" or p / "empty.jsonl", "contains no records"),
-    (lambda p: write_jsonl(p / "odd.jsonl", [{"foo": 1}]), r"odd.jsonl:1: record with keys \['foo'\] is in no known format"),
-    (lambda p: (p / "bad.jsonl").write_text('{"text": 1}\n{oops\n') and p / "bad.jsonl", r"bad.jsonl:2: invalid JSON"),
-    (lambda p: (p / "bin.txt").write_bytes(b"\xff\xfe\x00bad") and p / "bin.txt", "cannot be read"),
-    (lambda p: (p / "data.csv").write_text("a,b") and p / "data.csv", "unsupported file type"),
-    (lambda p: write_jsonl(p / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}]), "no assistant turn"),
-    (lambda p: (p / "sub").mkdir() or p / "sub", "no .txt/.jsonl/.json files"),
-])
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda p: p / "missing", "no such file or directory"),
+        (
+            lambda p: (p / "empty.jsonl").write_text("") and p / "empty.jsonl" or p / "empty.jsonl",
+            "contains no records",
+        ),
+        (
+            lambda p: write_jsonl(p / "odd.jsonl", [{"foo": 1}]),
+            r"odd.jsonl:1: record with keys \['foo'\] is in no known format",
+        ),
+        (
+            lambda p: (p / "bad.jsonl").write_text('{"text": 1}\n{oops\n') and p / "bad.jsonl",
+            r"bad.jsonl:2: invalid JSON",
+        ),
+        (lambda p: (p / "bin.txt").write_bytes(b"\xff\xfe\x00bad") and p / "bin.txt", "cannot be read"),
+        (lambda p: (p / "data.csv").write_text("a,b") and p / "data.csv", "unsupported file type"),
+        (
+            lambda p: write_jsonl(p / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}]),
+            "no assistant turn",
+        ),
+        (lambda p: (p / "sub").mkdir() or p / "sub", "no .txt/.jsonl/.json files"),
+    ],
+)
 def test_bad_data_gives_one_line_naming_the_file(tmp_path, setup, match):
     source = setup(tmp_path)
     with pytest.raises(DataError, match=match) as info:
@@ -79,8 +94,10 @@ def test_bad_data_gives_one_line_naming_the_file(tmp_path, setup, match):
 def test_demo_data_is_deterministic_non_iid_and_learnable(tmp_path, tiny_gpt2):
     assert demo_records(0, 20, seed=1) == demo_records(0, 20, seed=1)
     assert demo_records(0, 20, seed=1) != demo_records(0, 20, seed=2)
-    own = lambda k: sum(r["prompt"].startswith(("Q: plural", "Q: opposite", "Q: reverse")) is (k != 0)
-                        for r in demo_records(k, 200, seed=0))
+    def own(k):
+        return sum(r["prompt"].startswith(("Q: plural", "Q: opposite", "Q: reverse")) is (k != 0)
+                   for r in demo_records(k, 200, seed=0))
+
     assert own(0) > 150  # owner 0 mostly holds additions, others mostly not
     dirs = write_demo_data(tmp_path, 3, 40, seed=0)
     data = load_owner_data(dirs[1], load_tokenizer(tiny_gpt2), DataConfig(), seed=0)

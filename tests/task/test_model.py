@@ -52,7 +52,9 @@ def test_a_model_dir_without_tokenizer_files_is_refused_naming_them(tiny_gpt2, t
     import shutil
 
     bare = tmp_path / "no_tokenizer"
-    shutil.copytree(tiny_gpt2, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*", "special_tokens*"))
+    shutil.copytree(
+        tiny_gpt2, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*", "special_tokens*")
+    )
     # transformers alone would build an empty tokenizer from config.json and encode every text to nothing
     with pytest.raises(UserError, match=r"has no tokenizer files \(none of tokenizer.json, .*vocab.json \+ merges.txt"):
         load_tokenizer(bare)
@@ -154,5 +156,12 @@ def test_long_local_training_reports_progress_and_short_training_stays_quiet(tin
                 on_progress=lambda done, total: seen.append((done, total)), every_s=0.0)
     assert seen == [(1, 3), (2, 3), (3, 3)]
     quiet = []
-    train_steps(model, loader, make_optimizer(model, TrainConfig()), 2, torch.device("cpu"), on_progress=lambda done, total: quiet.append(done))
+    train_steps(
+        model,
+        loader,
+        make_optimizer(model, TrainConfig()),
+        2,
+        torch.device("cpu"),
+        on_progress=lambda done, total: quiet.append(done),
+    )
     assert quiet == []  # well under the 10 s between lines

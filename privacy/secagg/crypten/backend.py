@@ -104,7 +104,9 @@ def check_pinned_party_keys(keys: list[bytes], pinned_file: str | Path) -> None:
         raise UserError(f"pinned party keys {pinned_file} cannot be read ({exc.__class__.__name__}): "
                         f"fix or restore it; this owner sends no shares meanwhile") from exc
     if keys != pinned:
-        wrong = [p for p in range(max(len(keys), len(pinned))) if p >= len(keys) or p >= len(pinned) or keys[p] != pinned[p]]
+        wrong = [
+            p for p in range(max(len(keys), len(pinned))) if p >= len(keys) or p >= len(pinned) or keys[p] != pinned[p]
+        ]
         raise UserError(f"the server sent aggregator party keys that differ from this owner's pinned keys "
                         f"({pinned_file}; parties {wrong}): refused, no share sealed (a substituted key would let "
                         f"its holder open this owner's share)")
@@ -265,8 +267,9 @@ class CryptenBackend:
             request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners],
                                      [payloads[o].blobs[BUNDLE] for o in owners])
             try:
-                return decode_response(call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s,
-                                            tls=tls))
+                return decode_response(
+                    call(self.cfg.party_addresses[party], "Aggregate", request, self.cfg.party_timeout_s, tls=tls)
+                )
             except Exception as exc:  # grpc.RpcError and friends: report them all below
                 return exc
 
@@ -292,7 +295,9 @@ class CryptenBackend:
                 f"{len(owners)} owners remained after the aggregator parties' checks "
                 f"({'; '.join(f'{o}: {why}' for o, why in dropped.items()) or 'none dropped'}); "
                 f"nothing was revealed and round {ctx.round} fails")
-        payload = Protected(arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)})
+        payload = Protected(
+            arrays={"weighted_sum": answers[0][1], "weight": np.array([metas[0]["weight"]], np.float64)}
+        )
         return Combined(payload, excluded)
 
     def reveal(self, combined: Protected) -> Revealed:

@@ -30,7 +30,9 @@ _PATCHED = False
 
 class _NoOnnxRegistry:
     def __getattr__(self, name: str):
-        raise RuntimeError("CrypTen's PyTorch-to-ONNX conversion is unavailable on torch 2.13 (fedveil does not use it)")
+        raise RuntimeError(
+            "CrypTen's PyTorch-to-ONNX conversion is unavailable on torch 2.13 (fedveil does not use it)"
+        )
 
 
 def _stand_in_onnx_registration() -> None:

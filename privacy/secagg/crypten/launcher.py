@@ -95,11 +95,28 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
     procs = []
     for rank in range(world):
         log = open(logs / f"party_{rank}.log", "w")
-        limits = ["--min-owners", str(min_owners)] + (["--max-weight", str(max_weight)] if max_weight is not None else [])
+        limits = ["--min-owners", str(min_owners)] + (
+            ["--max-weight", str(max_weight)] if max_weight is not None else []
+        )
         limits += ["--roster", str(roster), "--roster-key", roster_key.hex()]
-        procs.append(subprocess.Popen([*base, "--rank", str(rank), "--listen", addresses[rank], *limits,
-                                       "--state-dir", str(logs / f"party_{rank}")], stdout=log, stderr=subprocess.STDOUT,
-                                      env=env, preexec_fn=die_with_parent))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *base,
+                    "--rank",
+                    str(rank),
+                    "--listen",
+                    addresses[rank],
+                    *limits,
+                    "--state-dir",
+                    str(logs / f"party_{rank}"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent,
+            )
+        )
     log = open(logs / "ttp.log", "w")
     procs.append(subprocess.Popen([*base, "--ttp"], stdout=log, stderr=subprocess.STDOUT, env=env,
                                   preexec_fn=die_with_parent))
@@ -116,7 +133,9 @@ def start_local_parties(world: int, state_root: Path, timeout: float = 120.0, mi
                 pass
             if time.monotonic() > deadline:
                 stop_parties(procs)
-                raise RuntimeError(f"aggregator party {rank} was not ready within {timeout:g} s; see {logs}/party_{rank}.log")
+                raise RuntimeError(
+                    f"aggregator party {rank} was not ready within {timeout:g} s; see {logs}/party_{rank}.log"
+                )
             time.sleep(0.3)
     return addresses, procs
 

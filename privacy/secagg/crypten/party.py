@@ -81,7 +81,8 @@ SEEN_FILE = "seen-shares"  # SHA-256 of every sealed share this party opened, 32
 OK, REPLAYED, UNCHECKABLE, DIFFERENT = 1, 2, 3, 4  # a party's verdict on a request, agreed before any MPC
 # a party's verdict on one owner's share, and the status the parties agree on for it (worst first)
 MALFORMED, OPENED, REPLAYED_SHARE, NOT_ROSTERED, UNSIGNED = 0.0, 1.0, 2.0, 3.0, 4.0
-VERDICT_STATUS = {REPLAYED_SHARE: "replayed", NOT_ROSTERED: "not-rostered", UNSIGNED: "unsigned", MALFORMED: "malformed"}
+VERDICT_STATUS = {REPLAYED_SHARE: "replayed", NOT_ROSTERED: "not-rostered", UNSIGNED: "unsigned",
+                  MALFORMED: "malformed"}
 REFUSALS = {
     REPLAYED: "round {round} of run '{run}' is not newer than the last round the aggregator parties took up "
               "(a replay, or a retry of a failed round): refused, nothing revealed",
@@ -103,7 +104,8 @@ def decode_request(blob: bytes) -> tuple[dict, list[bytes], list[bytes]]:
 
 
 def encode_response(meta: dict, weighted_sum: np.ndarray | None) -> bytes:
-    return pack([json.dumps(meta).encode(), (weighted_sum if weighted_sum is not None else np.zeros(0)).astype(np.float64).tobytes() or b"\0"])
+    values = weighted_sum if weighted_sum is not None else np.zeros(0)
+    return pack([json.dumps(meta).encode(), values.astype(np.float64).tobytes() or b"\0"])
 
 
 def decode_response(blob: bytes) -> tuple[dict, np.ndarray]:
@@ -187,7 +189,8 @@ class Party:
         min_owners = max(self.min_owners, int(meta.get("min_owners") or 0))
         weights = [w for w in (self.max_weight, meta.get("max_weight")) if w is not None]
         max_weight = float(min(weights)) if weights else float("inf")
-        digest = int.from_bytes(hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).digest()[:8], "big", signed=True)
+        digest = int.from_bytes(hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).digest()[:8], "big",
+                                signed=True)
         if not self.ready.wait(timeout=60):
             raise RuntimeError("the MPC group has not formed: are all parties and the TTP running?")
         with self.lock:
@@ -202,9 +205,10 @@ class Party:
                 if code != OK:
                     verdict, count, share = MALFORMED, 0.0, None  # refused below; shares not opened
                 elif seen in self.seen or seen in opened:
-                    verdict, count, share = REPLAYED_SHARE, 0.0, None  # the same sealed bytes, whatever the request says
+                    verdict, count, share = REPLAYED_SHARE, 0.0, None  # same sealed bytes, whatever the request says
                 else:
-                    verdict, count, share = self.open(owner, blob, bundle, round_, meta["layout_digest"], meta["length"])
+                    verdict, count, share = self.open(owner, blob, bundle, round_, meta["layout_digest"],
+                                                      meta["length"])
                 if verdict == OPENED:
                     opened.append(seen)
                 valid.append(verdict)
@@ -217,7 +221,8 @@ class Party:
             mine = np.zeros((2, 4 + len(sealed)), np.float64)
             mine[0, 0], mine[0, 2], mine[0, 3], mine[0, 4:], mine[1, 4:] = code, min_owners, max_weight, valid, counts
             mine.view(np.int64)[0, 1] = digest
-            everyone = [t.numpy().view(np.float64) for t in crypten.comm.get().all_gather(torch.from_numpy(mine.view(np.int64)))]
+            everyone = [t.numpy().view(np.float64)
+                        for t in crypten.comm.get().all_gather(torch.from_numpy(mine.view(np.int64)))]
             codes = {int(t[0, 0]) for t in everyone}
             if len({int(t.view(np.int64)[0, 1]) for t in everyone}) > 1:
                 codes.add(DIFFERENT)
@@ -232,19 +237,19 @@ class Party:
             ok = [all(t[0, 4 + k] == OPENED for t in everyone) and len({float(t[1, 4 + k]) for t in everyone}) == 1
                   for k in range(n)]
             dropped = [next((VERDICT_STATUS[v] for v in VERDICT_STATUS if any(t[0, 4 + k] == v for t in everyone)),
-                            "malformed") for k in range(n)]  # every party drops the owner, for the gravest reason any gave
+                            "malformed") for k in range(n)]  # all parties drop it, for the gravest reason any gave
             # the weighted term n * x must not wrap the ring either: with |x| <= bound, n * bound < 2^29
-            heavy = [ok[k] and (counts[k] > max_weight or (bound is not None and counts[k] * float(bound) * SCALE**2 >= RING_HEADROOM))
-                     for k in range(n)]
+            heavy = [ok[k] and (counts[k] > max_weight or (bound is not None
+                                and counts[k] * float(bound) * SCALE**2 >= RING_HEADROOM)) for k in range(n)]
             chosen = [k for k in range(n) if ok[k] and not heavy[k]]
             if len(chosen) >= min_owners:
-                accepted, weighted_sum, weight = party_aggregate([shares[k] for k in chosen], [counts[k] for k in chosen],
-                                                                 bound, min_owners)
+                accepted, weighted_sum, weight = party_aggregate(
+                    [shares[k] for k in chosen], [counts[k] for k in chosen], bound, min_owners)
             else:  # too few to reveal anything: the norm checks are not even run
                 accepted, weighted_sum, weight = [False] * len(chosen), None, 0.0
         checked = {chosen[i]: a for i, a in enumerate(accepted)}
-        status = [dropped[k] if not ok[k] else "over-weight" if heavy[k] else
-                  ("ok" if checked[k] else "over-bound") if len(chosen) >= min_owners else "unchecked" for k in range(n)]
+        status = [dropped[k] if not ok[k] else "over-weight" if heavy[k] else ("ok" if checked[k] else "over-bound")
+                  if len(chosen) >= min_owners else "unchecked" for k in range(n)]
         return encode_response({"status": status, "weight": weight, "min_owners": min_owners,
                                 "below_min_owners": weighted_sum is None, "refused": None}, weighted_sum)
 
@@ -302,8 +307,8 @@ def serve(party: Party, listen: str, tls: TlsFiles | None = None, coordinator_cn
     plaintext without any caller check when ``tls`` is None (``--insecure``)."""
     import grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                         options=[("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)])
+    options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     cn = coordinator_cn if tls is not None else None
     handlers = {
         "PublicKey": grpc.unary_unary_rpc_method_handler(authenticated(party.public_key, cn)),
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gloo-ifname", help="network interface gloo binds to (GLOO_SOCKET_IFNAME), e.g. lo or a "
                         "private interface")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of this party's gRPC service")
-    parser.add_argument("--state-dir", default=".", help="where this party keeps its X25519 key and the last round per run")
+    parser.add_argument("--state-dir", default=".",
+                        help="where this party keeps its X25519 key and the last round per run")
     parser.add_argument("--min-owners", type=int, default=3,
                         help="reveal no aggregate of fewer owners, whatever a request asks (default %(default)s, at "
                         "least 2); a request can only raise it")
@@ -412,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"fedveil-party: error: {exc}", file=sys.stderr)
                 raise SystemExit(2)
         else:
-            print("fedveil-party: WARNING: --insecure: plaintext gRPC, every caller accepted", file=sys.stderr, flush=True)
+            print("fedveil-party: WARNING: --insecure: plaintext gRPC, every caller accepted", file=sys.stderr,
+                  flush=True)
         roster = party_roster(args.roster, args.roster_key)
         print(f"fedveil-party {args.rank}: {len(roster)} owners on the signed roster {args.roster}", flush=True)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),

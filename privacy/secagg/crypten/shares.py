@@ -104,7 +104,9 @@ def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -
     body = raw[4 + n + 8 :]
     count = float(np.frombuffer(raw[4 + n : 4 + n + 8], np.float64)[0]) if len(raw) >= 4 + n + 8 else -1.0
     if len(body) != 8 * expected.length:
-        raise PayloadError(f"share from {expected.client} holds {len(body) // 8} values, the layout needs {expected.length}")
+        raise PayloadError(
+            f"share from {expected.client} holds {len(body) // 8} values, the layout needs {expected.length}"
+        )
     if not (np.isfinite(count) and count > 0):
         raise PayloadError(f"share from {expected.client} carries no positive example count")
     return count, np.frombuffer(body, dtype=np.int64).copy()

@@ -131,7 +131,9 @@ class _Side:
         want = ckks.slots_needed(self.size) if parts is None else bfv.slots_needed(self.size)
         if self.size is not None and sum(v.size() for v in vecs) != want:
             unit, need = ("values", f"{self.size} + 1") if parts is None else ("slots (2 values each)", f"{want}")
-            raise PayloadError(f"ciphertext holds {sum(v.size() for v in vecs)} {unit}, the adapter layout needs {need}")
+            raise PayloadError(
+                f"ciphertext holds {sum(v.size() for v in vecs)} {unit}, the adapter layout needs {need}"
+            )
         for i, v in enumerate(vecs):
             self._check_shape(v, last=i == len(vecs) - 1)
         return vecs, parts

@@ -135,7 +135,9 @@ def quantize(values: np.ndarray, step: float, limit: int) -> np.ndarray:
     """``round(values / step)`` clamped to ``[-limit, limit]`` (int64); NaN or infinite values are refused."""
     values = np.asarray(values, np.float64)
     if not np.isfinite(values).all():
-        raise UserError("the vector to encrypt holds NaN or infinite values (training diverged?): refusing to encode it")
+        raise UserError(
+            "the vector to encrypt holds NaN or infinite values (training diverged?): refusing to encode it"
+        )
     return np.clip(np.rint(values / step), -limit, limit).astype(np.int64)
 
 

@@ -1,4 +1,5 @@
-"""Key set-up of ``tenseal``, owner side: the pinned key holder makes and signs the context, every owner checks and installs it.
+"""Key set-up of ``tenseal``, owner side: the pinned key holder makes and signs the context, every owner
+checks and installs it.
 
 Every owner pins the same roster first (``privacy/secagg/identity.py``: owner id -> Ed25519
 verify key and X25519 public key, and the key holder's id); an owner without one refuses.
@@ -91,9 +92,11 @@ def generate(cfg: TensealConfig, keys: identity.OwnerKeys, run: str, listed: dic
                         f"refusing to make keys; set aggregation.key_holder='{roster.key_holder}'")
     held = _held_record(keys.state_dir, run)
     if held is not None:
-        raise PayloadError(f"this owner already keyed this run (CKKS context {held['context'][:12]}): re-keying mid-run "
-                           "is refused (a restarted run resumes with resume=true; a new key set-up needs a new run / "
-                           "output_dir)")
+        raise PayloadError(
+            f"this owner already keyed this run (CKKS context {held['context'][:12]}): re-keying mid-run "
+            "is refused (a restarted run resumes with resume=true; a new key set-up needs a new run / "
+            "output_dir)"
+        )
     for owner, key in sorted(listed.items()):
         if roster.member(owner, "the server listed owner").public_key != bytes(key):
             raise PayloadError(f"the server listed an X25519 key for '{owner}' that is not the pinned one: "
@@ -101,10 +104,17 @@ def generate(cfg: TensealConfig, keys: identity.OwnerKeys, run: str, listed: dic
     ctx = make_context(cfg)
     public, secret = public_bytes(ctx), secret_bytes(ctx)
     sealed = {owner: sealing.seal(secret, m.public_key) for owner, m in sorted(roster.owners.items())}
-    statement = json.dumps({"purpose": PURPOSE, "run": run, "roster": roster_digest(roster), "context": context_id(public),
-                            "key_holder": keys.owner_id,
-                            "sealed": {o: hashlib.sha256(b).hexdigest() for o, b in sealed.items()}},
-                           sort_keys=True).encode()
+    statement = json.dumps(
+        {
+            "purpose": PURPOSE,
+            "run": run,
+            "roster": roster_digest(roster),
+            "context": context_id(public),
+            "key_holder": keys.owner_id,
+            "sealed": {o: hashlib.sha256(b).hexdigest() for o, b in sealed.items()},
+        },
+        sort_keys=True,
+    ).encode()
     made = SetUp(public, statement, keys.sign(statement), sealed)
     _store(keys.state_dir, run, roster, made, secret, "generate")  # before any box leaves: the run is keyed once
     return made
