@@ -11,8 +11,7 @@ import pytest
 
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
-from fedveil.privacy.planner import (PrivacyConfig, Refusal, candidate_config, choose, estimate, threat_table_markdown,
-                                     update_bytes)
+from fedveil.privacy.planner import PrivacyConfig, Refusal, candidate_config, choose, estimate, threat_table_markdown
 from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,7 +178,7 @@ def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, 
     measured = measured_update_bytes(name, values, getattr(agg, "parties", 3), agg)
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
     assert estimated == measured  # the layouts are deterministic: exact, in fact
-    assert update_bytes(name, agg, values) == estimated
+    assert BACKENDS[name].update_bytes(agg, values) == estimated
 
 
 @pytest.mark.parametrize("scheme", ["bfv", "ckks"])
@@ -314,7 +313,7 @@ def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
     agg = TensealConfig(max_owners=cohort)
     assert (agg.poly_modulus_degree, agg.plain_modulus_bits) == {100: (4096, 45), 1000: (4096, 42),
                                                                  2000: (8192, 59)}[cohort]
-    assert update_bytes("tenseal", agg, TINY_VALUES) == measured_update_bytes("tenseal", TINY_VALUES, agg=agg)
+    assert BACKENDS["tenseal"].update_bytes(agg, TINY_VALUES) == measured_update_bytes("tenseal", TINY_VALUES, agg=agg)
     assert candidate_config("tenseal", PrivacyConfig(), cohort) == agg  # what the planner prices
 
 
@@ -325,7 +324,7 @@ def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
 
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
     assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100
-    assert plan["run"]["update_up"] == update_bytes("tenseal", TensealConfig(max_owners=100), TINY_VALUES)
+    assert plan["run"]["update_up"] == BACKENDS["tenseal"].update_bytes(TensealConfig(max_owners=100), TINY_VALUES)
 
 
 def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
