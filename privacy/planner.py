@@ -151,17 +151,10 @@ class Plan:
 
 
 def candidate_config(backend: str, privacy: PrivacyConfig, owners: int = 1) -> Any:
-    """The config the planner would run ``backend`` with (crypten: K = privacy.aggregator_parties;
-    tenseal: parameters for ``owners`` per round)."""
-    cls = BACKENDS[backend].config
-    if backend == "crypten":
-        return cls(parties=max(2, privacy.aggregator_parties or 3))
-    if backend == "tenseal":  # BFV's parameters are chosen for the cohort, as the run's are
-        try:
-            return cls(max_owners=owners)
-        except UserError:  # no BFV set holds the cohort: priced as CKKS (the run's refusal names the limit)
-            return cls(scheme="ckks", max_owners=owners)
-    return cls()
+    """The config the planner prices ``backend`` with (``BackendSpec.priced_config``: e.g. crypten's
+    K = privacy.aggregator_parties, tenseal's parameters for ``owners`` per round)."""
+    spec = backend_spec(backend)
+    return spec.priced_config(owners, privacy.aggregator_parties) if spec.priced_config else spec.config()
 
 
 def _threat_gaps(backend: str, privacy: PrivacyConfig, owners: int, resume: bool,
@@ -220,7 +213,7 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
         others = [v.backend for v in covering[1:]]
         reason = (f"{pick}: the cheapest backend covering {privacy.threats()}"
                   + (f" (also covering, at more bytes: {', '.join(others)})" if others else ""))
-        agg_values = {"name": pick, **({"parties": privacy.aggregator_parties} if pick == "crypten" else {})}
+        agg_values = {"name": pick, **BACKENDS[pick].picked_values(privacy.aggregator_parties)}
         return Plan(privacy, verdicts, pick, reason, agg_values)
     return Plan(privacy, verdicts, None, "" if _relaxing else refusal(privacy, owners, values, resume, allowed))
 

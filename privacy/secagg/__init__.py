@@ -95,6 +95,12 @@ class BackendSpec:
     # (cfg, adapter values, owner id, round, calibration=) -> exact bytes of that owner's protected update in
     # that round (``Protected.nbytes``; crypten's headers name the owner and round); defaults: client_0, round 1
     update_bytes: Callable[[Any, int, str, int, Optional[Mapping[str, Any]]], int]
+    # (owners per round, independent aggregator parties stated in privacy.*, 0: none) -> the config the planner
+    # prices (tenseal: parameters for the cohort; crypten: K parties); None: the config's defaults
+    priced_config: Optional[Callable[[int, int], Any]] = None
+    # (aggregator parties stated) -> what aggregation=auto sets, besides the name, where it picks this backend
+    # (crypten: its K parties); the run's ``resolve`` fills in the rest
+    picked_values: Callable[[int], dict] = lambda parties: {}
     # (server side) -> the server's holder of the global, where it holds it only encrypted (owners
     # re-encrypt it); None: the server holds it in clear (server/global_state.ClearGlobal)
     held_global: Optional[Callable[[Any], Any]] = None
@@ -169,6 +175,7 @@ BACKENDS: dict[str, BackendSpec] = {
         owner=_tenseal_owner,
         cost=tenseal_cost.cost,
         update_bytes=tenseal_cost.update_bytes,
+        priced_config=tenseal_cost.priced_config,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),
@@ -196,6 +203,8 @@ BACKENDS: dict[str, BackendSpec] = {
         owner=_crypten_owner,
         cost=crypten_cost.cost,
         update_bytes=crypten_cost.update_bytes,
+        priced_config=crypten_cost.priced_config,
+        picked_values=crypten_cost.picked_values,
         local_services=_crypten_parties,
         guarantees=Guarantees(
             coordinator=("trusted", "curious"),

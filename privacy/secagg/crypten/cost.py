@@ -12,6 +12,7 @@ from nacl.bindings import crypto_box_SEALBYTES, crypto_sign_BYTES
 
 from fedveil.core.disk import owner_id
 from fedveil.privacy.secagg.base import Cost, clear_global_bytes
+from fedveil.privacy.secagg.crypten.backend import CryptenConfig
 from fedveil.privacy.secagg.crypten.shares import ShareBundle, ShareHeader
 
 HEAD_LENGTH = 4  # shares.seal_share: the header's length before the header
@@ -48,3 +49,13 @@ def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, 
     down = clear_global_bytes(values)
     return Cost("crypten", values, owners, up, down, down, party_in=owners * (up // cfg.parties),
                 party_out=8 * values, parties=cfg.parties)
+
+
+def priced_config(owners: int, parties: int = 0) -> CryptenConfig:
+    """The config the planner prices: K = the independent parties stated (none stated: 3)."""
+    return CryptenConfig(parties=max(2, parties or 3))
+
+
+def picked_values(parties: int) -> dict:
+    """What ``aggregation=auto`` sets when it picks crypten: the K parties stated."""
+    return {"parties": parties}

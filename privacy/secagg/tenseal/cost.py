@@ -19,8 +19,10 @@ import numpy as np
 from nacl.bindings import crypto_sign_BYTES
 
 from fedveil.core.disk import owner_id
+from fedveil.core.errors import UserError
 from fedveil.privacy.secagg.base import Cost
 from fedveil.privacy.secagg.tenseal import bfv
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 SIGNATURE_BYTES = crypto_sign_BYTES  # Ed25519
 TAGS = 64 + 32 + SIGNATURE_BYTES  # context id (hex SHA-256) + the ciphertext's SHA-256 + the owner's signature
@@ -107,3 +109,12 @@ def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, 
     # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
     return Cost("tenseal", values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
                 reencrypt_up=glob + SIGNATURE_BYTES)
+
+
+def priced_config(owners: int, parties: int = 0) -> TensealConfig:
+    """The config the planner prices for ``owners`` per round: BFV's parameters chosen for the cohort,
+    as the run's are; where no BFV set holds the cohort, CKKS (the run's refusal names the limit)."""
+    try:
+        return TensealConfig(max_owners=owners)
+    except UserError:
+        return TensealConfig(scheme="ckks", max_owners=owners)
