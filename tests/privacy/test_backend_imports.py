@@ -52,3 +52,10 @@ def test_the_walk_sees_an_import_inside_a_function():
         "def f():\n    from fedveil.privacy.secagg import tenseal\n    import fedveil.privacy.secagg.crypten\n"
     )
     assert {"fedveil.privacy.secagg.tenseal", "fedveil.privacy.secagg.crypten"} <= imported(tree)
+
+
+def test_no_backend_imports_the_planner():
+    """The planner reads calibration.json and passes it to ``BackendSpec.cost``: no import cycle."""
+    found = {(str(f.relative_to(ROOT)), m) for f in sorted((ROOT / "privacy" / "secagg").rglob("*.py"))
+             for m in imported(ast.parse(f.read_text(), str(f))) if m.startswith("fedveil.privacy.planner")}
+    assert found == set()
