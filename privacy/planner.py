@@ -197,16 +197,14 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
            allowed: Optional[list[str]] = None, _relaxing: bool = False) -> Plan:
     """Each backend against the stated threats, and the cheapest that covers them (bytes per owner
     per round). Limits on bytes and seconds are checked only where ``values`` is known."""
-    verdicts = []
+    verdicts, order = [], {}
     for name in BACKENDS:
-        agg = candidate_config(name, privacy, owners)
-        cost = estimate(name, agg, values or NOMINAL_VALUES, owners)
+        cost = estimate(name, candidate_config(name, privacy, owners), values or NOMINAL_VALUES, owners)
         gaps = _threat_gaps(name, privacy, owners, resume, allowed)
         if values is not None:
             gaps += _cost_gaps(cost, privacy)
         verdicts.append(Verdict(name, not gaps, gaps, cost if values is not None else None))
-    order = {v.backend: estimate(v.backend, candidate_config(v.backend, privacy, owners), values or NOMINAL_VALUES,
-                                 owners).per_owner for v in verdicts}
+        order[name] = cost.per_owner
     covering = sorted((v for v in verdicts if v.covered), key=lambda v: order[v.backend])
     if covering:
         pick = covering[0].backend
