@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import tenseal as ts
 
 from fedveil.configs.schema import from_dict
 from fedveil.core.errors import UserError
@@ -76,8 +77,6 @@ def test_a_51st_update_is_left_out_and_an_out_of_range_sum_is_refused(fifty):
     combined = server.combine(payloads)
     assert list(combined.excluded) == ["o50"] and "max_owners=50" in combined.excluded["o50"]
     # an owner that skips the clamp (a malicious one: it holds the secret context) is caught at decryption
-    import tenseal as ts
-
     q = np.full(SIZE, cfg.levels * 30, np.int64)  # 30x the per-owner bound
     slots = bfv.pack_slots(q, bfv.radix(N, BITS))
     rogue = pack([bfv.header(b"u", cfg.step), *(ts.bfv_vector(owner._secret, slots[i:i + N].tolist()).serialize()
