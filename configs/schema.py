@@ -97,7 +97,7 @@ class FedveilConfig:
 
 def register_schemas() -> None:
     """Put the schemas into Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # lazy: only the Hydra entry points register schemas
 
     cs = ConfigStore.instance()
     cs.store(name="fedveil_schema", node=FedveilConfig)
@@ -187,7 +187,7 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any])
         if set(typed) - keys:
             raise UserError(f"aggregation.{sorted(set(typed) - keys)[0]} is not a key of {plan.pick}, the backend "
                             f"aggregation=auto picks here (its keys: {', '.join(sorted(keys))}); drop it, or name "
-                            "the backend (aggregation=plain|tenseal|crypten)")
+                            f"the backend (aggregation={'|'.join(BACKENDS)})")
         agg = {**plan.agg_values, **typed}
     p = cfg.privacy
     if p.epsilon is not None:
@@ -208,7 +208,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
     (``json:[...]``, ``json:null``); "" is dropped (Flower 1.42's ``ConfigRecord.count_bytes``
     rejects empty strings) and comes back as the field default, so only fields defaulting to ""
     may hold it."""
-    from flwr.common.config import flatten_dict
+    from flwr.common.config import flatten_dict  # lazy: Flower takes ~1 s to import; plan and schema need none
 
     def encode(node: Any) -> Any:
         if isinstance(node, dict):
@@ -221,7 +221,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
-    from flwr.common.config import unflatten_dict
+    from flwr.common.config import unflatten_dict  # lazy: as in to_run_config
 
     # "" stands for "unset" (pyproject's [tool.flwr.app.config] cannot hold None)
     return from_dict(unflatten_dict({k: v for k, v in run_config.items() if v != ""}))

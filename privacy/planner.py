@@ -4,9 +4,9 @@ The user states what the federation trusts and can afford (:class:`PrivacyConfig
 ``privacy.*`` keys); ``aggregation=auto`` asks :func:`choose` for the cheapest backend whose
 declared :class:`~fedveil.privacy.secagg.Guarantees` cover the stated threats, and
 ``privacy.epsilon`` turns on DP-SGD with that target. The cost model (:func:`estimate`) gives the
-exact payload bytes fedveil moves per round for each backend (the layouts of ``plain.py``,
-``tenseal/ckks.py`` + ``tenseal/bfv.py`` and ``crypten/shares.py``), and a rough figure for the seconds each backend
-adds (``calibration.json``, written by ``bench_secagg --calibrate``).
+exact payload bytes fedveil moves per round for each backend (each backend prices its own:
+``BackendSpec.cost``), and a rough figure for the seconds each backend adds (``calibration.json``,
+written by ``bench_secagg --calibrate``).
 
 Free of Flower, like all of ``privacy/``.
 """
@@ -14,21 +14,18 @@ Free of Flower, like all of ``privacy/``.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from fedveil.core.disk import owner_id
+import numpy as np
+
 from fedveil.core.errors import UserError
-from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
+from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS, backend_spec
+from fedveil.privacy.secagg.base import Cost
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
-SEAL_OVERHEAD = 48  # libsodium sealed box: 32-byte ephemeral key + 16-byte MAC
-SIGNATURE_BYTES = 64  # Ed25519
-TENSEAL_TAGS = 64 + 32 + SIGNATURE_BYTES  # context id (hex SHA-256) + the ciphertext's SHA-256 + the owner's signature
-FRAME = 4  # core.io.pack: a 4-byte length before each part
 
 
 class Refusal(UserError):
@@ -81,163 +78,16 @@ class PrivacyConfig:
 
 # --- cost model ----------------------------------------------------------------------------------
 
-def _varint_len(value: int) -> int:
-    return max(1, math.ceil(value.bit_length() / 7))
-
-
-@lru_cache(maxsize=None)
-def tenseal_ciphertext_fixed(poly_modulus_degree: int, coeff_mod_bit_sizes: tuple[int, ...], scale_bits: int,
-                             scheme: str = "ckks", plain_modulus_bits: int = 46) -> int:
-    """Serialized bytes of one TenSEAL vector less the varint of its value count (calibrated or measured).
-
-    At the default parameters this is the raw polynomials (2 x N x one 8-byte prime) plus 138 (CKKS)
-    or 129 (BFV) bytes of SEAL/TenSEAL headers, whatever the values; with smaller primes SEAL's zstd
-    compression makes it smaller and slightly data dependent, so other parameters are measured once
-    with TenSEAL.
-    """
-    key = (f"{poly_modulus_degree}/{list(coeff_mod_bit_sizes)}/{scale_bits}" if scheme == "ckks"
-           else f"bfv/{poly_modulus_degree}/{list(coeff_mod_bit_sizes)}/{plain_modulus_bits}")
-    known = calibration().get("tenseal_ciphertext_fixed_bytes", {})
-    if key in known:
-        return int(known[key])
-    import numpy as np
-    import tenseal as ts
-
-    rng = np.random.default_rng(0)
-    if scheme == "bfv":
-        from fedveil.privacy.secagg.tenseal.bfv import plain_modulus
-
-        t = plain_modulus(poly_modulus_degree, plain_modulus_bits)
-        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=poly_modulus_degree, plain_modulus=t,
-                         coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
-        slots = poly_modulus_degree
-        sizes = [len(ts.bfv_vector(ctx, rng.integers(-(t // 2), t // 2, slots).tolist()).serialize()) for _ in range(3)]
-        return max(sizes) - _varint_len(slots)
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree,
-                     coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
-    ctx.global_scale = 2.0 ** scale_bits
-    slots = poly_modulus_degree // 2
-    sizes = [len(ts.ckks_vector(ctx, (rng.standard_normal(slots) * 1e-2).tolist()).serialize()) for _ in range(3)]
-    return max(sizes) - _varint_len(slots)
-
-
-def tenseal_blob_bytes(agg: Any, values: int, kind: str = "update") -> int:
-    """Exact bytes of a tenseal ciphertext blob (``core.io.pack`` framed) of ``values`` adapter values:
-    an owner's ``update``, or a ``global`` it re-encrypts (BFV: header, ciphertexts, and for an
-    update its sealed weight; CKKS: the ciphertexts, the weight in one extra slot)."""
-    scheme = getattr(agg, "scheme", "ckks")
-    fixed = tenseal_ciphertext_fixed(agg.poly_modulus_degree, tuple(agg.coeff_mod_bit_sizes), agg.scale_bits,
-                                     scheme, getattr(agg, "plain_modulus_bits", 46))
-    if scheme == "bfv":
-        from fedveil.privacy.secagg.tenseal import bfv
-
-        chunks = bfv.ciphertexts(values, agg.poly_modulus_degree)
-        extra = FRAME + bfv.HEADER.size + (FRAME + bfv.COUNT_BOX if kind == "update" else 0)
-        return extra + sum(FRAME + fixed + _varint_len(c) for c in chunks)
-    slots = agg.poly_modulus_degree // 2
-    total = values + 1  # the weight rides in one extra slot (1 for a global)
-    return sum(FRAME + fixed + _varint_len(min(slots, total - i)) for i in range(0, total, slots))
-
-
 @lru_cache(maxsize=1)
 def calibration() -> dict:
     return json.loads(CALIBRATION_FILE.read_text()) if CALIBRATION_FILE.is_file() else {}
 
 
-def crypten_header_bytes(values: int, party: int, round_: int = 1, owner: str = "client_0") -> int:
-    """Length of the JSON header a crypten share is bound to (``shares.ShareHeader``)."""
-    from fedveil.privacy.secagg.crypten.shares import ShareHeader
-
-    return len(ShareHeader(round_, owner, party, "0" * 64, values).encode())
-
-
-@dataclass
-class Cost:
-    """Bytes per round (exact payloads) and the backend's added seconds per round (rough).
-
-    ``update_up``: what one owner uploads for its update (the backend's ``protect`` payload).
-    ``global_down``: what one owner downloads of the global adapter per round (train + evaluate
-    messages), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
-    carries every accepted owner's signed update of the round, so it grows with the owners).
-    ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
-    its signature). ``party_in`` /
-    ``party_out``: crypten, per party per round (every owner's share in, the float64 aggregate out;
-    the parties' own MPC traffic is not counted). Flower's config and metric records add a few KB
-    per message to all of these; they are not counted.
-    """
-
-    backend: str
-    values: int
-    owners: int
-    update_up: int
-    global_down: int
-    global_down_first: int
-    reencrypt_up: int = 0
-    party_in: int = 0
-    party_out: int = 0
-    parties: int = 0
-    seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
-
-    @property
-    def per_owner(self) -> int:
-        """Update up + global down for one owner in a steady-state round (what the byte limit checks)."""
-        return self.update_up + self.global_down
-
-    @property
-    def per_round(self) -> int:
-        """All of a steady-state round: every owner's update and global, the re-encryption, the parties'."""
-        return self.owners * self.per_owner + self.reencrypt_up + self.parties * (self.party_in + self.party_out)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "per_owner": self.per_owner, "per_round": self.per_round}
-
-
-def update_bytes(backend: str, agg: Any, values: int, owner: str = "client_0", round_: int = 1) -> int:
-    """Exact bytes of one owner's protected update (``Protected.nbytes`` of ``protect``)."""
-    if backend == "plain":
-        return 4 * values + 8  # fp32 delta + float64 weight
-    if backend == "tenseal":
-        return tenseal_blob_bytes(agg, values) + TENSEAL_TAGS
-    if backend == "crypten":
-        return (sum(crypten_share_bytes(values, p, round_, owner) for p in range(agg.parties))
-                + crypten_bundle_bytes(agg.parties, round_, owner))
-    raise UserError(f"aggregation '{backend}' is unknown: choose one of {sorted(BACKENDS)}")
-
-
-def crypten_share_bytes(values: int, party: int, round_: int = 1, owner: str = "client_0") -> int:
-    """One sealed share: sealed box of (4-byte header length, header, float64 count, int64 shares)."""
-    return SEAL_OVERHEAD + 4 + crypten_header_bytes(values, party, round_, owner) + 8 + 8 * values
-
-
-def crypten_bundle_bytes(parties: int, round_: int = 1, owner: str = "client_0", run: str = "") -> int:
-    """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
-    from fedveil.privacy.secagg.crypten.shares import ShareBundle
-
-    return len(ShareBundle(run, round_, "0" * 64, owner, (bytes(32),) * parties, bytes(64)).encode())
-
-
 def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
-    """Bytes and rough seconds per round for ``backend`` (config ``agg``) on ``values`` adapter values."""
-    up = update_bytes(backend, agg, values)
-    seconds = rough_seconds(backend, values, owners)
-    if backend == "tenseal":
-        ct = up - TENSEAL_TAGS  # an owner's update blob (framed ciphertexts)
-        glob = tenseal_blob_bytes(agg, values, "global")  # Enc(global), as an owner re-encrypts it
-        signed = glob + SIGNATURE_BYTES + len(json.dumps({"round": 1, "signer": "client_0"}))  # + signature + claim
-        ids = sorted(owner_id(i) for i in range(owners))  # the simulation's owner ids
-        head = len(json.dumps({"round": 1, "owners": ids}))
-        updates = FRAME + head + owners * (2 * FRAME + ct + SIGNATURE_BYTES)  # global_codec.RoundUpdates
-        # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
-        # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
-        return Cost(backend, values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
-                    reencrypt_up=glob + SIGNATURE_BYTES, seconds=seconds)
-    down = 2 * 4 * values  # the fp32 global in the train and the evaluate message
-    if backend == "crypten":
-        parties = agg.parties
-        share = up // parties
-        return Cost(backend, values, owners, up, down, down, party_in=owners * share, party_out=8 * values,
-                    parties=parties, seconds=seconds)
-    return Cost(backend, values, owners, up, down, down, seconds=seconds)
+    """Bytes and rough seconds per round for ``backend`` (config ``agg``) on ``values`` adapter values:
+    the backend's own exact bytes (``BackendSpec.cost``) and the seconds calibration.json gives."""
+    cost = backend_spec(backend).cost(agg, values, owners, calibration())
+    return replace(cost, seconds=rough_seconds(backend, values, owners))
 
 
 def rough_seconds(backend: str, values: int, owners: int) -> float:
@@ -264,8 +114,6 @@ def fit_phase_seconds(points: list[tuple[int, int, dict[str, float]]]) -> tuple[
     """Fit calibration.json's ``fixed_seconds`` and ``seconds_per_value`` for one backend from
     ``(values, owners, measured seconds per phase)`` at two or more model sizes: least squares of
     ``fixed + per_value * values`` per phase (``aggregate`` per owner), both kept >= 0."""
-    import numpy as np
-
     if len({v for v, _, _ in points}) < 2:
         raise ValueError("calibration needs runs at two or more adapter sizes")
     fixed, per_value = {}, {}
@@ -303,17 +151,10 @@ class Plan:
 
 
 def candidate_config(backend: str, privacy: PrivacyConfig, owners: int = 1) -> Any:
-    """The config the planner would run ``backend`` with (crypten: K = privacy.aggregator_parties;
-    tenseal: parameters for ``owners`` per round)."""
-    cls = BACKENDS[backend].config
-    if backend == "crypten":
-        return cls(parties=max(2, privacy.aggregator_parties or 3))
-    if backend == "tenseal":  # BFV's parameters are chosen for the cohort, as the run's are
-        try:
-            return cls(max_owners=owners)
-        except UserError:  # no BFV set holds the cohort: priced as CKKS (the run's refusal names the limit)
-            return cls(scheme="ckks", max_owners=owners)
-    return cls()
+    """The config the planner prices ``backend`` with (``BackendSpec.priced_config``: e.g. crypten's
+    K = privacy.aggregator_parties, tenseal's parameters for ``owners`` per round)."""
+    spec = backend_spec(backend)
+    return spec.priced_config(owners, privacy.aggregator_parties) if spec.priced_config else spec.config()
 
 
 def _threat_gaps(backend: str, privacy: PrivacyConfig, owners: int, resume: bool,
@@ -356,23 +197,21 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
            allowed: Optional[list[str]] = None, _relaxing: bool = False) -> Plan:
     """Each backend against the stated threats, and the cheapest that covers them (bytes per owner
     per round). Limits on bytes and seconds are checked only where ``values`` is known."""
-    verdicts = []
+    verdicts, order = [], {}
     for name in BACKENDS:
-        agg = candidate_config(name, privacy, owners)
-        cost = estimate(name, agg, values or NOMINAL_VALUES, owners)
+        cost = estimate(name, candidate_config(name, privacy, owners), values or NOMINAL_VALUES, owners)
         gaps = _threat_gaps(name, privacy, owners, resume, allowed)
         if values is not None:
             gaps += _cost_gaps(cost, privacy)
         verdicts.append(Verdict(name, not gaps, gaps, cost if values is not None else None))
-    order = {v.backend: estimate(v.backend, candidate_config(v.backend, privacy, owners), values or NOMINAL_VALUES,
-                                 owners).per_owner for v in verdicts}
+        order[name] = cost.per_owner
     covering = sorted((v for v in verdicts if v.covered), key=lambda v: order[v.backend])
     if covering:
         pick = covering[0].backend
         others = [v.backend for v in covering[1:]]
         reason = (f"{pick}: the cheapest backend covering {privacy.threats()}"
                   + (f" (also covering, at more bytes: {', '.join(others)})" if others else ""))
-        agg_values = {"name": pick, **({"parties": privacy.aggregator_parties} if pick == "crypten" else {})}
+        agg_values = {"name": pick, **BACKENDS[pick].picked_values(privacy.aggregator_parties)}
         return Plan(privacy, verdicts, pick, reason, agg_values)
     return Plan(privacy, verdicts, None, "" if _relaxing else refusal(privacy, owners, values, resume, allowed))
 
@@ -380,8 +219,6 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
 def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: bool,
             allowed: Optional[list[str]]) -> str:
     """One line: nothing covers the stated threats; which single assumption to relax, and to what."""
-    from dataclasses import replace
-
     relaxations = []
     if privacy.owner_collusion:
         relaxations.append(("privacy.owner_collusion=false", replace(privacy, owner_collusion=False)))

@@ -3,10 +3,11 @@
 Each :class:`BackendSpec` says everything the federation needs to know about its backend: its
 config, how the server side and the owner side are built, whether the server holds the global
 adapter only as ciphertexts (owners re-encrypt it), whether owners key the federation before
-round 1, whether a run can resume, what the simulation must start for it, and what it defends
-against and costs (:class:`Guarantees`: the one threat table; ``privacy/planner.py`` picks from it
-and docs/privacy.md's threat model is checked against it). A run config names a key of :data:`BACKENDS`;
-nothing else loads.
+round 1, whether a run can resume, what the simulation must start for it, what it defends
+against (:class:`Guarantees`: the one threat table; ``privacy/planner.py`` picks from it and
+docs/privacy.md's threat model is checked against it) and its exact bytes per round (``cost``, in
+each backend's own package: ``plain.py``, ``tenseal/cost.py``, ``crypten/cost.py``). A run config
+names a key of :data:`BACKENDS`; nothing else loads.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Mapping, Optional
 
 from fedveil.core.errors import UserError
+from fedveil.privacy.secagg import plain
+from fedveil.privacy.secagg.base import Cost
+from fedveil.privacy.secagg.crypten import cost as crypten_cost
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
+from fedveil.privacy.secagg.crypten.launcher import local_parties
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
+from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
+from fedveil.privacy.secagg.tenseal import keys as tenseal_keys
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.config import resolve as resolve_tenseal
+from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,19 @@ class BackendSpec:
     # (cfg, size, public=, run=, signers=: what the key set-up gave the server) -> server side
     server: Callable[..., Any]
     owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round, run=run key) -> owner side
+    # (cfg, adapter values, owners per round, calibration=calibration.json's dict) -> the exact payload bytes
+    # of one round (:class:`Cost`; seconds left 0, the planner adds them). A backend may read its own measured
+    # sizes from ``calibration`` (tenseal: its ciphertexts'); without it, it measures them
+    cost: Callable[[Any, int, int, Optional[Mapping[str, Any]]], Cost]
+    # (cfg, adapter values, owner id, round, calibration=) -> exact bytes of that owner's protected update in
+    # that round (``Protected.nbytes``; crypten's headers name the owner and round); defaults: client_0, round 1
+    update_bytes: Callable[[Any, int, str, int, Optional[Mapping[str, Any]]], int]
+    # (owners per round, independent aggregator parties stated in privacy.*, 0: none) -> the config the planner
+    # prices (tenseal: parameters for the cohort; crypten: K parties); None: the config's defaults
+    priced_config: Optional[Callable[[int, int], Any]] = None
+    # (aggregator parties stated) -> what aggregation=auto sets, besides the name, where it picks this backend
+    # (crypten: its K parties); the run's ``resolve`` fills in the rest
+    picked_values: Callable[[int], dict] = lambda parties: {}
     # (server side) -> the server's holder of the global, where it holds it only encrypted (owners
     # re-encrypt it); None: the server holds it in clear (server/global_state.ClearGlobal)
     held_global: Optional[Callable[[Any], Any]] = None
@@ -101,22 +122,17 @@ class BackendSpec:
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
-    from fedveil.privacy.secagg.tenseal.keys import held_context
-
-    public, secret = held_context(keys, run)  # this run's own context, never another run's
+    public, secret = tenseal_keys.held_context(keys, run)  # this run's own context, never another run's
     return TensealOwner(cfg, size, public=public, secret=secret, roster=keys.roster(), keys=keys, run=run)
 
 
 def _tenseal_key_setup() -> KeySetup:
-    from fedveil.privacy.secagg.tenseal import keys
-
-    return KeySetup(announce=keys.announce, generate=keys.generate, install=keys.install, rejoin=keys.rejoin,
-                    run_of=keys.run_of, check_rejoin=keys.check_rejoin)
+    k = tenseal_keys
+    return KeySetup(announce=k.announce, generate=k.generate, install=k.install, rejoin=k.rejoin, run_of=k.run_of,
+                    check_rejoin=k.check_rejoin)
 
 
 def _tenseal_global(server):
-    from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
-
     return EncryptedGlobal(check=server.check_global)
 
 
@@ -125,8 +141,6 @@ def _crypten_owner(cfg, size, keys, per_round, run=""):
 
 
 def _crypten_parties(cfg, out: Path, owners: int = 0) -> ContextManager:
-    from fedveil.privacy.secagg.crypten.launcher import local_parties
-
     return local_parties(cfg, out, owners)
 
 
@@ -135,6 +149,8 @@ BACKENDS: dict[str, BackendSpec] = {
         PlainConfig,
         server=lambda cfg, size, public=None, **_: PlainBackend(cfg, size),
         owner=lambda cfg, size, keys, per_round, run="": PlainBackend(cfg, size),
+        cost=plain.cost,
+        update_bytes=plain.update_bytes,
         guarantees=Guarantees(
             coordinator=("trusted",),
             owner_collusion=False,
@@ -157,6 +173,9 @@ BACKENDS: dict[str, BackendSpec] = {
             cfg, size, public=public, run=run, signers=signers
         ),
         owner=_tenseal_owner,
+        cost=tenseal_cost.cost,
+        update_bytes=tenseal_cost.update_bytes,
+        priced_config=tenseal_cost.priced_config,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),
@@ -175,13 +194,17 @@ BACKENDS: dict[str, BackendSpec] = {
                 "refuses a round without its own) and show owners different subsets of one round's signed "
                 "updates at its evaluation",
             ),
-            bytes_per_value=8.02,  # BFV: 8192 values per ciphertext of ~65.7 KB at N=4096 (exact: privacy/planner.py)
+            bytes_per_value=8.02,  # BFV: 8192 values per ciphertext of ~65.7 KB at N=4096 (exact: tenseal/cost.py)
         ),
     ),
     "crypten": BackendSpec(
         CryptenConfig,
         server=lambda cfg, size, public=None, **_: CryptenBackend.for_server(cfg, size),
         owner=_crypten_owner,
+        cost=crypten_cost.cost,
+        update_bytes=crypten_cost.update_bytes,
+        priced_config=crypten_cost.priced_config,
+        picked_values=crypten_cost.picked_values,
         local_services=_crypten_parties,
         guarantees=Guarantees(
             coordinator=("trusted", "curious"),

@@ -16,6 +16,7 @@ owners key the federation first and whether a run can resume.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,6 +56,57 @@ def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = Non
     return np.asarray(arrays[wire.CLEAR_GLOBAL], np.float32)
 
 
+def clear_global_bytes(values: int) -> int:
+    """Bytes one owner downloads per round of a global the server holds in clear: the fp32 adapter in
+    the train and in the evaluate message."""
+    return 2 * 4 * values
+
+
+@dataclass
+class Cost:
+    """Bytes per round (exact payloads) and the backend's added seconds per round (rough): what a
+    backend's ``BackendSpec.cost`` returns (seconds 0) and the planner completes (seconds from
+    calibration.json).
+
+    ``update_up``: what one owner uploads for its update (the backend's ``protect`` payload).
+    ``global_down``: what one owner downloads of the global adapter per round (train + evaluate
+    messages), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
+    carries every accepted owner's signed update of the round, so it grows with the owners).
+    ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
+    its signature). ``party_in`` / ``party_out``: crypten, per party per round (every owner's share
+    in, the float64 aggregate out; the parties' own MPC traffic is not counted). Flower's config and
+    metric records add a few KB per message to all of these; they are not counted.
+
+    A new payload every owner sends each round is one more field (default 0, so backends that do not
+    send it need no change), added to :attr:`per_owner`; ``as_dict`` picks it up.
+    """
+
+    backend: str
+    values: int
+    owners: int
+    update_up: int
+    global_down: int
+    global_down_first: int
+    reencrypt_up: int = 0
+    party_in: int = 0
+    party_out: int = 0
+    parties: int = 0
+    seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
+
+    @property
+    def per_owner(self) -> int:
+        """Update up + global down for one owner in a steady-state round (what the byte limit checks)."""
+        return self.update_up + self.global_down
+
+    @property
+    def per_round(self) -> int:
+        """All of a steady-state round: every owner's update and global, the re-encryption, the parties'."""
+        return self.owners * self.per_owner + self.reencrypt_up + self.parties * (self.party_in + self.party_out)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "per_owner": self.per_owner, "per_round": self.per_round}
+
+
 def server_sees_counts(backend: Any, dp_on: bool) -> bool:
     """May the coordinator see an owner's counts (examples, held-out tokens)? The one rule, called by
     the owner (what it sends as weight) and the server (what it records): only where it sees each
@@ -62,5 +114,5 @@ def server_sees_counts(backend: Any, dp_on: bool) -> bool:
     return bool(backend.server_sees_updates) and not dp_on
 
 
-__all__ = ["Combined", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide",
-           "clear_global", "server_sees_counts"]
+__all__ = ["Combined", "Cost", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide",
+           "clear_global", "clear_global_bytes", "server_sees_counts"]

@@ -7,11 +7,13 @@ count. Use it where the coordinator is trusted, or as the reference the secure b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
-from fedveil.privacy.secagg.base import clear_global
+from fedveil.core.disk import owner_id
+from fedveil.privacy.secagg.base import Cost, clear_global, clear_global_bytes
 
 
 @dataclass
@@ -67,3 +69,15 @@ class PlainBackend:
 
     def reveal(self, combined: Protected) -> Revealed:
         return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))
+
+
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+                 calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Exact bytes of one owner's update (``PlainBackend.protect``): the fp32 delta and its float64 weight."""
+    return 4 * values + 8
+
+
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
+    """One round's bytes: each owner's update up, the clear global down."""
+    down = clear_global_bytes(values)
+    return Cost("plain", values, owners, update_bytes(cfg, values), down, down)

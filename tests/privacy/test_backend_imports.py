@@ -1,7 +1,7 @@
 """The backend contract is the only door into a backend: server/, client/, configs/ and the planner
 reach tenseal and crypten through ``privacy.secagg.BACKENDS`` (``BackendSpec``), never by importing
-a module under ``secagg/tenseal`` or ``secagg/crypten``. The modules that still do are named in
-``ALLOWED``; a new one fails, and so does an entry no longer needed (the list only shrinks)."""
+a module under ``secagg/tenseal`` or ``secagg/crypten``. ``ALLOWED`` is empty: any such import
+fails (an exception would be named there, and fails too once no longer needed)."""
 
 import ast
 from pathlib import Path
@@ -10,12 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WALKED = ("server", "client", "configs", "privacy/planner.py")
 BACKEND_PACKAGES = ("fedveil.privacy.secagg.tenseal", "fedveil.privacy.secagg.crypten")
 
-# (file, module imported): left to move behind the BackendSpec
-ALLOWED = {
-    ("privacy/planner.py", "fedveil.privacy.secagg.tenseal.bfv"),  # exact BFV update bytes
-    ("privacy/planner.py", "fedveil.privacy.secagg.tenseal"),  # (bfv, as above)
-    ("privacy/planner.py", "fedveil.privacy.secagg.crypten.shares"),  # exact crypten share bytes
-}
+# (file, module imported): none left; everything backend-specific is behind the BackendSpec
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def inside(module: str) -> bool:
@@ -56,3 +52,10 @@ def test_the_walk_sees_an_import_inside_a_function():
         "def f():\n    from fedveil.privacy.secagg import tenseal\n    import fedveil.privacy.secagg.crypten\n"
     )
     assert {"fedveil.privacy.secagg.tenseal", "fedveil.privacy.secagg.crypten"} <= imported(tree)
+
+
+def test_no_backend_imports_the_planner():
+    """The planner reads calibration.json and passes it to ``BackendSpec.cost``: no import cycle."""
+    found = {(str(f.relative_to(ROOT)), m) for f in sorted((ROOT / "privacy" / "secagg").rglob("*.py"))
+             for m in imported(ast.parse(f.read_text(), str(f))) if m.startswith("fedveil.privacy.planner")}
+    assert found == set()

@@ -4,16 +4,29 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_module
+from nacl.public import PrivateKey
+from omegaconf import OmegaConf
 
+from fedveil.configs.schema import from_dict, from_run_config, register_schemas, to_run_config
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
-from fedveil.privacy.planner import (PrivacyConfig, Refusal, candidate_config, choose, estimate, threat_table_markdown,
-                                     update_bytes)
+from fedveil.experiments.plan import make_plan
+from fedveil.privacy import planner
+from fedveil.privacy.planner import PrivacyConfig, Refusal, candidate_config, choose, estimate, threat_table_markdown
 from fedveil.privacy.secagg import BACKENDS, COORDINATOR_THREATS
+from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
+from fedveil.privacy.secagg.identity import OwnerKeys
+from fedveil.privacy.secagg.plain import PlainBackend
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, SignedBase, to_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VALUES = 16_384  # the tiny GPT-2's adapter (r=8 on c_attn, c_proj, c_fc; 2 layers)
@@ -67,8 +80,6 @@ def test_every_backend_declares_its_guarantees_and_they_match_its_behaviour():
                        *(["owner_collusion"] if not g.owner_collusion else [])]:
             assert g.reason(threat), f"{name} gives no reason for not covering {threat}"
     # a backend whose server sees single updates cannot claim anything beyond a trusted coordinator
-    from fedveil.privacy.secagg.plain import PlainBackend
-
     assert PlainBackend.server_sees_updates and BACKENDS["plain"].guarantees.coordinator == ("trusted",)
 
 
@@ -96,19 +107,12 @@ def test_limits_rule_backends_out_and_the_refusal_says_which():
 # --- the config: aggregation=auto and privacy.epsilon ------------------------------------------
 
 def composed(overrides):
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    from fedveil.configs.schema import register_schemas
-
     register_schemas()
     with initialize_config_module("fedveil.configs", version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
 
 def test_auto_resolves_before_the_run_and_named_backends_bypass_the_planner():
-    from fedveil.configs.schema import from_dict, from_run_config, to_run_config
-
     cfg = from_dict(composed(["aggregation=auto", "privacy.coordinator=curious", "privacy.aggregator_parties=3",
                               "privacy.epsilon=4"]))
     assert (cfg.aggregation.name, cfg.aggregation.parties) == ("crypten", 3)
@@ -135,31 +139,14 @@ def measured_update_bytes(name: str, values: int, parties: int = 3, agg=None) ->
     """Bytes of one owner's protected update, from the backend's own protect()."""
     delta = np.random.default_rng(0).normal(0, 1e-2, values).astype(np.float32)
     if name == "plain":
-        from fedveil.privacy.secagg.plain import PlainBackend
-
         return PlainBackend(None, values).protect(delta, 1.0).nbytes
     if name == "tenseal":
-        from fedveil.privacy.secagg.tenseal.backend import TensealOwner
-        from fedveil.privacy.secagg.tenseal.config import TensealConfig
-        from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
-
-        import tempfile
-
-        from fedveil.privacy.secagg.identity import OwnerKeys
-
         agg = agg or TensealConfig()
         ctx = make_context(agg)
         with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its update: its keys
             backend = TensealOwner(agg, values, public=public_bytes(ctx), secret=secret_bytes(ctx),
                                    keys=OwnerKeys("client_0", state_dir), run="run")
             return backend.protect(delta, 12.0, RoundContext(1, "f" * 64, "client_0")).nbytes
-    from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
-    from nacl.public import PrivateKey
-
-    import tempfile
-
-    from fedveil.privacy.secagg.identity import OwnerKeys
-
     keys = [bytes(PrivateKey.generate().public_key) for _ in range(parties)]
     with tempfile.TemporaryDirectory() as state_dir:  # an owner signs its share bundle: its keys
         backend = CryptenBackend(CryptenConfig(parties=parties), values, party_keys=keys,
@@ -179,18 +166,12 @@ def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, 
     measured = measured_update_bytes(name, values, getattr(agg, "parties", 3), agg)
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
     assert estimated == measured  # the layouts are deterministic: exact, in fact
-    assert update_bytes(name, agg, values) == estimated
+    assert BACKENDS[name].update_bytes(agg, values) == estimated
 
 
 @pytest.mark.parametrize("scheme", ["bfv", "ckks"])
 def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path, scheme):
     """Round 1 sends round 1's signed updates (evaluate); later rounds the signed base twice and them."""
-    from fedveil.privacy.secagg.identity import OwnerKeys
-    from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
-    from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, SignedBase, to_arrays
-    from fedveil.privacy.secagg.tenseal.config import TensealConfig
-    from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
-
     values, owners = 5000, 3
     cfg = TensealConfig(scheme=scheme)
     ctx = make_context(cfg)
@@ -291,8 +272,6 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
 
 
 def test_calibration_fit_recovers_fixed_and_per_value_seconds_and_the_planner_uses_both(monkeypatch):
-    from fedveil.privacy import planner
-
     truth = {"protect": (0.05, 1e-6), "aggregate": (0.01, 2e-7), "reveal": (0.02, 4e-7)}
     points = [(v, 3, {k: (a + b * v) * (3 if k == "aggregate" else 1) for k, (a, b) in truth.items()})
               for v in (16_384, 262_144)]
@@ -309,28 +288,21 @@ def test_calibration_fit_recovers_fixed_and_per_value_seconds_and_the_planner_us
 
 @pytest.mark.parametrize("cohort", [100, 1000, 2000], ids=["45-bit", "42-bit", "ring-8192"])
 def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
-    from fedveil.privacy.secagg.tenseal.config import TensealConfig
-
     agg = TensealConfig(max_owners=cohort)
     assert (agg.poly_modulus_degree, agg.plain_modulus_bits) == {100: (4096, 45), 1000: (4096, 42),
                                                                  2000: (8192, 59)}[cohort]
-    assert update_bytes("tenseal", agg, TINY_VALUES) == measured_update_bytes("tenseal", TINY_VALUES, agg=agg)
+    assert BACKENDS["tenseal"].update_bytes(agg, TINY_VALUES) == measured_update_bytes("tenseal", TINY_VALUES, agg=agg)
     assert candidate_config("tenseal", PrivacyConfig(), cohort) == agg  # what the planner prices
 
 
 @pytest.mark.parametrize("named", [[], ["aggregation=tenseal"]], ids=["auto", "tenseal"])
 def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
-    from fedveil.experiments.plan import make_plan
-    from fedveil.privacy.secagg.tenseal.config import TensealConfig
-
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
     assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100
-    assert plan["run"]["update_up"] == update_bytes("tenseal", TensealConfig(max_owners=100), TINY_VALUES)
+    assert plan["run"]["update_up"] == BACKENDS["tenseal"].update_bytes(TensealConfig(max_owners=100), TINY_VALUES)
 
 
 def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
-    from fedveil.configs.schema import from_dict
-
     plan = choose(PrivacyConfig(coordinator="curious"), 600_000)
     assert plan.pick == "tenseal" and candidate_config("tenseal", PrivacyConfig(), 600_000).scheme == "ckks"
     with pytest.raises(UserError, match="at most 370,727 owners.*aggregation.scheme=ckks"):

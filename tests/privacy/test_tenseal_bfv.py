@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import tenseal as ts
 
 from fedveil.configs.schema import from_dict
 from fedveil.core.errors import UserError
@@ -13,6 +14,7 @@ from fedveil.privacy.secagg.tenseal import bfv
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp_notice
 from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
+from fedveil.privacy.secagg.tenseal.cost import update_bytes
 
 N, BITS = 4096, 46
 SIZE = 2 * N + 5  # two ciphertexts: one full (8,192 values), one holding 5
@@ -75,8 +77,6 @@ def test_a_51st_update_is_left_out_and_an_out_of_range_sum_is_refused(fifty):
     combined = server.combine(payloads)
     assert list(combined.excluded) == ["o50"] and "max_owners=50" in combined.excluded["o50"]
     # an owner that skips the clamp (a malicious one: it holds the secret context) is caught at decryption
-    import tenseal as ts
-
     q = np.full(SIZE, cfg.levels * 30, np.int64)  # 30x the per-owner bound
     slots = bfv.pack_slots(q, bfv.radix(N, BITS))
     rogue = pack([bfv.header(b"u", cfg.step), *(ts.bfv_vector(owner._secret, slots[i:i + N].tolist()).serialize()
@@ -161,11 +161,9 @@ def test_the_run_resolves_the_encoding_and_refuses_too_few_max_owners():
 
 
 def test_bytes_per_value_are_about_8_on_the_tiny_and_mid_adapters():
-    from fedveil.privacy.planner import update_bytes
-
     for values in (16_384, 262_144):
-        assert update_bytes("tenseal", TensealConfig(), values) / values <= 8.04
-    assert update_bytes("tenseal", TensealConfig(scheme="ckks"), 262_144) / 262_144 > 32
+        assert update_bytes(TensealConfig(), values) / values <= 8.04
+    assert update_bytes(TensealConfig(scheme="ckks"), 262_144) / 262_144 > 32
 
 
 def test_an_owner_is_told_when_the_bounds_change_its_update(fifty, capsys):

@@ -1,0 +1,61 @@
+"""``crypten``'s exact bytes per round (``BackendSpec.cost``): each owner's sealed shares and signed
+bundle (``shares.seal_share``, ``shares.sign_bundle``), the clear global it downloads, and what each
+of the K parties receives and returns. The parties' own MPC traffic is not counted.
+``tests/privacy/test_planner.py`` checks the update against ``CryptenBackend.protect``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from nacl.bindings import crypto_box_SEALBYTES, crypto_sign_BYTES
+
+from fedveil.core.disk import owner_id
+from fedveil.privacy.secagg.base import Cost, clear_global_bytes
+from fedveil.privacy.secagg.crypten.backend import CryptenConfig
+from fedveil.privacy.secagg.crypten.shares import ShareBundle, ShareHeader
+
+HEAD_LENGTH = 4  # shares.seal_share: the header's length before the header
+COUNT = 8  # shares.seal_share: the owner's example count (float64) before the int64 shares
+
+
+def header_bytes(values: int, party: int, round_: int = 1, owner: str = owner_id(0)) -> int:
+    """Length of the JSON header a share is bound to (``shares.ShareHeader``)."""
+    return len(ShareHeader(round_, owner, party, "0" * 64, values).encode())
+
+
+def share_bytes(values: int, party: int, round_: int = 1, owner: str = owner_id(0)) -> int:
+    """One sealed share: sealed box of (header length, header, float64 count, int64 shares)."""
+    return crypto_box_SEALBYTES + HEAD_LENGTH + header_bytes(values, party, round_, owner) + COUNT + 8 * values
+
+
+def bundle_bytes(parties: int, round_: int = 1, owner: str = owner_id(0), run: str = "") -> int:
+    """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
+    return len(ShareBundle(run, round_, "0" * 64, owner, (bytes(32),) * parties,
+                           bytes(crypto_sign_BYTES)).encode())
+
+
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+                 calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Exact bytes of one owner's protected update: a sealed share per party and the signed bundle
+    (the headers name the owner and the round, so their lengths vary by a few bytes)."""
+    return (sum(share_bytes(values, p, round_, owner) for p in range(cfg.parties))
+            + bundle_bytes(cfg.parties, round_, owner))
+
+
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
+    """One round's bytes: every owner's shares in to each party, the float64 aggregate out of each."""
+    up = update_bytes(cfg, values)
+    down = clear_global_bytes(values)
+    return Cost("crypten", values, owners, up, down, down, party_in=owners * (up // cfg.parties),
+                party_out=8 * values, parties=cfg.parties)
+
+
+def priced_config(owners: int, parties: int = 0) -> CryptenConfig:
+    """The config the planner prices: K = the independent parties stated (none stated: 3)."""
+    return CryptenConfig(parties=max(2, parties or 3))
+
+
+def picked_values(parties: int) -> dict:
+    """What ``aggregation=auto`` sets when it picks crypten: the K parties stated."""
+    return {"parties": parties}

@@ -1,0 +1,120 @@
+"""``tenseal``'s exact bytes per round (``BackendSpec.cost``): what an owner uploads, what it downloads
+of the encrypted global, and what the owner asked to re-encrypt the global uploads besides.
+
+The figures follow the layouts of ``bfv.encrypt`` / ``ckks.encrypt`` (ciphertexts framed by
+``core.io.pack``), ``backend.TensealOwner.protect`` (the tags beside the ciphertexts) and
+``global_codec`` (the arrays the server sends); ``tests/privacy/test_planner.py`` checks them against
+what those produce. One serialized ciphertext's size is taken from calibration.json where it holds
+the parameters, else measured once with TenSEAL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from typing import Any, Mapping, Optional
+
+import numpy as np
+from nacl.bindings import crypto_sign_BYTES
+
+from fedveil.core.disk import owner_id
+from fedveil.core.errors import UserError
+from fedveil.privacy.secagg.base import Cost
+from fedveil.privacy.secagg.tenseal import bfv
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+
+SIGNATURE_BYTES = crypto_sign_BYTES  # Ed25519
+TAGS = 64 + 32 + SIGNATURE_BYTES  # context id (hex SHA-256) + the ciphertext's SHA-256 + the owner's signature
+FRAME = 4  # core.io.pack: a 4-byte length before each part
+CALIBRATED = "tenseal_ciphertext_fixed_bytes"  # calibration.json's measured sizes, by parameter key
+
+
+def _varint_len(value: int) -> int:
+    return max(1, math.ceil(value.bit_length() / 7))
+
+
+def _parameter_key(cfg: Any) -> str:
+    if cfg.scheme == "ckks":
+        return f"{cfg.poly_modulus_degree}/{list(cfg.coeff_mod_bit_sizes)}/{cfg.scale_bits}"
+    return f"bfv/{cfg.poly_modulus_degree}/{list(cfg.coeff_mod_bit_sizes)}/{cfg.plain_modulus_bits}"
+
+
+def ciphertext_fixed(cfg: Any, calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Serialized bytes of one TenSEAL vector less the varint of its value count.
+
+    At the default parameters this is the raw polynomials (2 x N x one 8-byte prime) plus 138 (CKKS)
+    or 129 (BFV) bytes of SEAL/TenSEAL headers, whatever the values; with smaller primes SEAL's zstd
+    compression makes it smaller and slightly data dependent, so parameters calibration.json does not
+    hold are measured once with TenSEAL."""
+    known = (calibration or {}).get(CALIBRATED, {})
+    key = _parameter_key(cfg)
+    if key in known:
+        return int(known[key])
+    return _measured_fixed(cfg.poly_modulus_degree, tuple(cfg.coeff_mod_bit_sizes), cfg.scale_bits, cfg.scheme,
+                           cfg.plain_modulus_bits or 46)
+
+
+@lru_cache(maxsize=None)
+def _measured_fixed(poly_modulus_degree: int, coeff_mod_bit_sizes: tuple[int, ...], scale_bits: int, scheme: str,
+                    plain_modulus_bits: int) -> int:
+    import tenseal as ts  # lazy: TenSEAL loads only for parameters calibration.json does not hold
+
+    rng = np.random.default_rng(0)
+    if scheme == "bfv":
+        t = bfv.plain_modulus(poly_modulus_degree, plain_modulus_bits)
+        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=poly_modulus_degree, plain_modulus=t,
+                         coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
+        slots = poly_modulus_degree
+        sizes = [len(ts.bfv_vector(ctx, rng.integers(-(t // 2), t // 2, slots).tolist()).serialize()) for _ in range(3)]
+        return max(sizes) - _varint_len(slots)
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree,
+                     coeff_mod_bit_sizes=list(coeff_mod_bit_sizes))
+    ctx.global_scale = 2.0 ** scale_bits
+    slots = poly_modulus_degree // 2
+    sizes = [len(ts.ckks_vector(ctx, (rng.standard_normal(slots) * 1e-2).tolist()).serialize()) for _ in range(3)]
+    return max(sizes) - _varint_len(slots)
+
+
+def blob_bytes(cfg: Any, values: int, kind: str = "update", calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Exact bytes of a ciphertext blob (``core.io.pack`` framed) of ``values`` adapter values: an
+    owner's ``update``, or a ``global`` it re-encrypts (BFV: header, ciphertexts, and for an update
+    its sealed weight; CKKS: the ciphertexts, the weight in one extra slot)."""
+    fixed = ciphertext_fixed(cfg, calibration)
+    if cfg.scheme == "bfv":
+        chunks = bfv.ciphertexts(values, cfg.poly_modulus_degree)
+        extra = FRAME + bfv.HEADER.size + (FRAME + bfv.COUNT_BOX if kind == "update" else 0)
+        return extra + sum(FRAME + fixed + _varint_len(c) for c in chunks)
+    slots = cfg.poly_modulus_degree // 2
+    total = values + 1  # the weight rides in one extra slot (1 for a global)
+    return sum(FRAME + fixed + _varint_len(min(slots, total - i)) for i in range(0, total, slots))
+
+
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+                 calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Exact bytes of one owner's protected update (the same for every owner and round)."""
+    return blob_bytes(cfg, values, "update", calibration) + TAGS
+
+
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
+    """One round's bytes with ``owners`` owners, each sending its signed update; the server sends the
+    signed re-encrypted global and the round's signed updates (``global_codec``)."""
+    up = update_bytes(cfg, values, calibration=calibration)
+    glob = blob_bytes(cfg, values, "global", calibration)  # Enc(global), as an owner re-encrypts it
+    claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))  # global_codec.BASE_CLAIM
+    signed = glob + SIGNATURE_BYTES + claim
+    head = len(json.dumps({"round": 1, "owners": sorted(owner_id(i) for i in range(owners))}))  # the simulation's ids
+    updates = FRAME + head + owners * (2 * FRAME + (up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
+    # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
+    return Cost("tenseal", values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
+                reencrypt_up=glob + SIGNATURE_BYTES)
+
+
+def priced_config(owners: int, parties: int = 0) -> TensealConfig:
+    """The config the planner prices for ``owners`` per round: BFV's parameters chosen for the cohort,
+    as the run's are; where no BFV set holds the cohort, CKKS (the run's refusal names the limit)."""
+    try:
+        return TensealConfig(max_owners=owners)
+    except UserError:
+        return TensealConfig(scheme="ckks", max_owners=owners)
