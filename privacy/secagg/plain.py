@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
-from fedveil.privacy.secagg.base import clear_global
+from fedveil.privacy.secagg.base import ServerHoldsGlobal, clear_global
 
 
 @dataclass
@@ -29,7 +29,7 @@ def weighted_sum(vectors: list[np.ndarray], weights: list[float]) -> tuple[np.nd
     return acc, float(sum(weights))
 
 
-class PlainBackend:
+class PlainBackend(ServerHoldsGlobal):
     name = "plain"
     server_can_reveal = True
     server_sees_updates = True  # does the coordinator see single updates (and their norms, counts)?
