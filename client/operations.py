@@ -22,7 +22,6 @@ from fedveil.core.console import progress
 from fedveil.core.errors import Refusal
 from fedveil.core.layout import LayoutMismatch
 from fedveil.core.faults import maybe_die
-from fedveil.core.payload import Protected
 from fedveil.privacy.secagg import backend_spec
 
 
@@ -57,13 +56,11 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
         protected, metrics = owner.train_round(global_vector)
         return Answer({**metrics, **timings}, meta, protected)
     metrics = {**owner.evaluate(global_vector), **timings}
-    encrypted = None
-    if instruction.per_round.get(wire.REENCRYPT_BY) == identity.owner_id:
-        blob, signature = owner.encrypt_global(global_vector)
-        encrypted = Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})
-    if instruction.per_round.get(wire.FINAL_ADAPTER):
+    # the backend's owner-side hooks (privacy/secagg/base.py:OwnerSide) answer the server's hand-over
+    sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id, after_round)
+    if owner.backend.writes_final_adapter(instruction.per_round):
         owner.save_final_adapter(global_vector)
-    return Answer(metrics, meta, encrypted)
+    return Answer(metrics, meta, sent_back)
 
 
 def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:

@@ -175,12 +175,9 @@ class Owner:
                               size, bound)
         return vector, time.perf_counter() - start
 
-    def encrypt_global(self, vector: np.ndarray) -> tuple[bytes, bytes]:
-        """(Enc(global after this round), this owner's signature) for a server that holds it only encrypted."""
-        return self.backend.encrypt_global(vector, self.round.round)
-
     def save_final_adapter(self, vector: np.ndarray) -> Path:
-        """The final adapter, written by the owner into its own state directory."""
+        """The final adapter, written by the owner into its own state directory (where the backend's
+        ``writes_final_adapter`` says so: the server holds no plaintext global to write)."""
         self.load_global(vector)
         target = Path(self.identity.state_dir) / "final_adapter"
         self.model.save_pretrained(target)

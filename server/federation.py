@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.privacy.secagg import BackendSpec, backend_spec
-from fedveil.privacy.secagg.base import server_sees_counts
+from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
@@ -65,9 +66,9 @@ class Federation:
     layout: AdapterLayout
     spec: BackendSpec
     strategy: SecureAggregation
-    state: ClearGlobal | object  # or the backend's own holder (BackendSpec.held_global): the same methods
+    state: GlobalHolder  # ClearGlobal, or the backend's own holder (BackendSpec.held_global)
     run_config: dict
-    owners: list[str]  # owner ids known from the key set-up (encrypted global only)
+    owners: list[str]  # owner ids known from the key set-up (none without one)
     node_owner: dict[int, str] = field(default_factory=dict)  # node id -> owner id, from the key set-up
     labels: dict[int, str] = field(default_factory=dict)  # node id -> the owner id its replies named (for reports)
     seen: set[str] = field(default_factory=set)
@@ -237,10 +238,9 @@ def evaluation_cohort(fed: Federation, rnd: int, trained: list[int] | None) -> l
 
 
 def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
-    """Encrypted global: one owner re-encrypts the new global for the server; the last round ends it."""
-    if not fed.state.encrypted:
-        return {}
-    return {wire.REENCRYPT_BY: min(outcome.accepted or fed.owners or [""]), wire.FINAL_ADAPTER: rnd == fed.cfg.rounds}
+    """What round ``rnd``'s evaluate message asks of owners besides evaluating, as the holder of the
+    global says (an encrypted global: one owner re-encrypts it for the server; the last round ends it)."""
+    return fed.state.handover(rnd, outcome.accepted, fed.owners, rnd == fed.cfg.rounds)
 
 
 def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[int] | None = None) -> Evaluation:
@@ -259,14 +259,14 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
                 **({"eval_loss": float(metrics[wire.EVAL_LOSS])} if wire.EVAL_LOSS in metrics else {}),  # none under DP
                 **({"eval_reveal_seconds": float(metrics[wire.REVEAL_SECONDS])}
                    if wire.REVEAL_SECONDS in metrics else {})}  # no timings under DP
-    # the re-encrypted global is adopted only from the owner asked, on the node keyed as that owner
+    # what owners sent back is adopted only from the owner the hand-over asked (the holder knows whom),
+    # on the node keyed as that owner
     keyed = [
         m
         for m in answered
         if fed.node_owner.get(m.metadata.src_node_id, records.owner_label(m)) == records.owner_label(m)
     ]
-    refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed},
-                              str((extra or {}).get(wire.REENCRYPT_BY, "")), rnd)
+    refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed})
     if refused:
         progress(f"  round {rnd}: {refused}; the round's signed updates stay pending")
     return Evaluation(float(agg[wire.EVAL_LOSS]) if agg and wire.EVAL_LOSS in agg else None, per_owner, ex)
@@ -354,14 +354,9 @@ def payload_digest(combined) -> str | None:
 
 
 def finish(fed: Federation) -> dict:
-    """The final adapter (where the server holds it in clear), summary.json and report.md."""
+    """The final adapter (written here where the server holds the global in clear), summary.json and report.md."""
     cfg, out = fed.cfg, fed.out
-    if fed.state.encrypted:
-        final = "written by each data owner into its state directory (clients/<id>/final_adapter/)"
-    else:
-        set_adapter(fed.model, fed.layout.unflatten(np.asarray(fed.state.vector)))
-        fed.model.save_pretrained(out / "final_adapter")
-        final = str(out / "final_adapter")
+    final = fed.state.final_adapter(out, partial(save_adapter, fed))
     summary = summarize(out, {"backend": fed.strategy.backend.name, "dp": cfg.dp.name, "seed": cfg.seed,
                               "rounds": cfg.rounds, "clients": sorted(fed.seen), "model_path": cfg.model.path,
                               "layout_digest": fed.layout.digest, "ledger_head": fed.chain_head,
@@ -369,3 +364,9 @@ def finish(fed: Federation) -> dict:
     progress(f"done: eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])} | "
              f"outputs in {out}")
     return summary
+
+
+def save_adapter(fed: Federation, vector: np.ndarray, folder: Path) -> None:
+    """Write ``vector`` as a PEFT adapter of the federation's model into ``folder``."""
+    set_adapter(fed.model, fed.layout.unflatten(np.asarray(vector)))
+    fed.model.save_pretrained(folder)

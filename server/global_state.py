@@ -1,16 +1,19 @@
-"""The one holder of the global adapter on the server: it advances, checkpoints and restores itself.
+"""The one holder of the global adapter on the server: it advances, checkpoints and restores itself,
+says what owners are asked at each hand-over, and writes the final adapter where it can.
 
 - :class:`ClearGlobal` (``plain``, ``crypten``): the adapter vector itself; a round adds the
-  revealed mean delta.
+  revealed mean delta; the server writes the final adapter.
 - a backend whose server holds the global only encrypted builds its own holder
-  (``BackendSpec.held_global``; ``tenseal``: ciphertexts only), with the same methods.
+  (``BackendSpec.held_global``; ``tenseal``: ciphertexts only), with the same methods (the
+  protocol ``privacy/secagg/base.py:GlobalHolder``).
 
 The same arrays go to owners (as the Message's global record) and into checkpoints.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -20,8 +23,6 @@ from fedveil.server.strategy import TrainOutcome
 
 
 class ClearGlobal:
-    encrypted = False
-
     def __init__(self, vector: np.ndarray) -> None:
         self.vector = np.asarray(vector, np.float32)
 
@@ -32,8 +33,19 @@ class ClearGlobal:
         if outcome.revealed is not None:
             self.vector = outcome.revealed.applied_to(self.vector)
 
-    def adopt(self, evaluated: dict[str, Protected], asked: str = "", after_round: int = 0) -> Optional[str]:
+    def handover(self, round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
+        """Nothing to ask of owners: the server holds the global itself."""
+        return {}
+
+    def adopt(self, evaluated: dict[str, Protected], asked: str | None = None,
+              after_round: int | None = None) -> Optional[str]:
         return None
+
+    def final_adapter(self, out: Path, save: Callable[[np.ndarray, Path], None]) -> str:
+        """The server writes it: ``<out>/final_adapter``."""
+        target = out / "final_adapter"
+        save(self.vector, target)
+        return str(target)
 
     def restored(self, arrays: dict[str, np.ndarray]) -> "ClearGlobal":
         return ClearGlobal(arrays[wire.CLEAR_GLOBAL])

@@ -79,7 +79,7 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
             for o, meta in metas.items()}
     if any(held.values()):
         if not resume:
-            raise UserError(f"the owners already hold a CKKS context for this run ({_contexts(held)}): a second key "
+            raise UserError(f"the owners already hold a tenseal context for this run ({_contexts(held)}): a second key "
                             "set-up would re-key it, which they refuse; pass resume=true to continue the run, or "
                             "choose another hydra.run.dir")
         return rejoin(held, owners, signers, key_holder or min(owners.values()), setup=setup)
@@ -116,13 +116,13 @@ def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: d
     contexts = {h.get("context", b"") for h in held.values()}
     if len(contexts) != 1 or b"" in contexts:
         raise UserError(
-            f"the owners do not all hold the same CKKS context for this run ({_contexts(held)}), so it cannot "
+            f"the owners do not all hold the same tenseal context for this run ({_contexts(held)}), so it cannot "
             "resume without re-keying (which would orphan its stored ciphertexts); start a new run directory"
         )
     told = held.get(key_holder, {})
     if "public" not in told:
-        raise UserError(f"the key holder {key_holder} sent no public CKKS context for this run: the run cannot resume; "
-                        "check aggregation.key_holder and that the key holder's state directory is intact")
+        raise UserError(f"the key holder {key_holder} sent no public tenseal context for this run: the run cannot "
+                        "resume; check aggregation.key_holder and that the key holder's state directory is intact")
     try:
         if json.loads(told["statement"])["key_holder"] != key_holder:
             raise PayloadError(f"its statement names another key holder than {key_holder}")
@@ -130,7 +130,8 @@ def rejoin(held: dict[str, dict[str, bytes]], owners: dict[int, str], signers: d
             told["public"], told["statement"], told["signature"], signers.get(key_holder, b"")
         )
     except (PayloadError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"the key holder's held CKKS set-up does not check out ({exc}): the run cannot resume") from exc
+        raise UserError(f"the key holder's held tenseal set-up does not check out ({exc}): the run cannot "
+                        "resume") from exc
     if contexts != {cid.encode()}:
-        raise UserError("the key holder's public CKKS context is not the one the owners hold: the run cannot resume")
+        raise UserError("the key holder's public tenseal context is not the one the owners hold: the run cannot resume")
     return Keyed(told["public"], run, owners, signers, rejoined=True)

@@ -8,16 +8,19 @@ differs only in who can see what on the way:
    (it never needs to read them), which names any owner the backend itself left out;
 3. whoever holds the key ``reveal``s the combined payload into ``(sum_k n_k delta_k, sum_k n_k)``.
 
-A backend also says how owners read the global adapter the server sends (``open_global``) and
-what owners need each round besides it (``round_config``). The registry (``__init__.py``) says,
-per backend, how each side is built, whether the server holds the global only encrypted, whether
-owners key the federation first and whether a run can resume.
+A backend also says how owners read the global adapter the server sends (``open_global``), what
+owners need each round besides it (``round_config``), who holds the global between rounds (a
+:class:`GlobalHolder`: the server in clear, or ``BackendSpec.held_global``) and what an owner
+does after evaluating it (the owner-side hooks ``after_evaluate`` and ``writes_final_adapter``).
+The registry (``__init__.py``) says, per backend, how each side is built, whether owners key the
+federation first and whether a run can resume.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -46,6 +49,57 @@ class OwnerSide(Protocol):
 
     def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray, after_round: int) -> np.ndarray:
         """The global adapter after round ``after_round`` (0: the starting adapter) from the server's arrays."""
+
+    def after_evaluate(self, global_vector: np.ndarray, per_round: dict[str, Any], owner_id: str,
+                       after_round: int) -> Optional[Protected]:
+        """What owner ``owner_id`` sends back with its evaluation of ``global_vector`` (the global after
+        ``after_round``), as the server's ``per_round`` values ask (its holder's ``handover``); None:
+        nothing. ``tenseal``: the global re-encrypted and signed, by the one owner asked, for the
+        server to hold between rounds. It may depend on the global and public values only, never on
+        the owner's data (it leaves through the release gate beside the evaluation)."""
+
+    def writes_final_adapter(self, per_round: dict[str, Any]) -> bool:
+        """Whether the owner writes this round's global into its own state directory as the final
+        adapter (where the server never holds it in clear, so cannot write it: ``tenseal``)."""
+
+
+class ServerHoldsGlobal:
+    """The owner-side hooks of a backend whose server holds the global in clear (``plain``,
+    ``crypten``): an owner seals nothing for it and writes no final adapter (the server does)."""
+
+    def after_evaluate(self, global_vector: np.ndarray, per_round: dict[str, Any], owner_id: str,
+                       after_round: int) -> Optional[Protected]:
+        return None
+
+    def writes_final_adapter(self, per_round: dict[str, Any]) -> bool:
+        return False
+
+
+class GlobalHolder(Protocol):
+    """The server's one holder of the global adapter between rounds (``server/global_state.py``'s
+    ``ClearGlobal``, or the backend's own, ``BackendSpec.held_global``): the same arrays go to owners
+    (the Message's global record) and into checkpoints."""
+
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    def apply(self, outcome: Any) -> None:
+        """Advance by a round's outcome (the server's ``TrainOutcome``)."""
+
+    def handover(self, round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
+        """The per-round values the evaluate message of round ``round`` carries for the owners'
+        ``after_evaluate``/``writes_final_adapter`` (``accepted``: the owners whose updates it took,
+        ``owners``: those keyed at set-up, ``last``: the run's last round); {}: none."""
+
+    def adopt(self, evaluated: dict[str, Protected], asked: str | None = None,
+              after_round: int | None = None) -> Optional[str]:
+        """Take up what the owners' ``after_evaluate`` sent (owner id -> payload), from the owner
+        asked at the last ``handover`` only; returns why it refused one (None: adopted, or none)."""
+
+    def final_adapter(self, out: Path, save: Callable[[np.ndarray, Path], None]) -> str:
+        """Write the final adapter where the server can (``save(vector, folder)``) and say where it is."""
+
+    def restored(self, arrays: dict[str, np.ndarray]) -> "GlobalHolder":
+        """A holder of the checkpointed ``arrays``, checked as this one would check them."""
 
 
 def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = None,
@@ -114,5 +168,5 @@ def server_sees_counts(backend: Any, dp_on: bool) -> bool:
     return bool(backend.server_sees_updates) and not dp_on
 
 
-__all__ = ["Combined", "Cost", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext", "ServerSide",
-           "clear_global", "clear_global_bytes", "server_sees_counts"]
+__all__ = ["Combined", "Cost", "GlobalHolder", "OwnerSide", "PayloadError", "Protected", "Revealed", "RoundContext",
+           "ServerHoldsGlobal", "ServerSide", "clear_global", "clear_global_bytes", "server_sees_counts"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.core.disk import owner_id
-from fedveil.privacy.secagg.base import Cost, clear_global, clear_global_bytes
+from fedveil.privacy.secagg.base import Cost, ServerHoldsGlobal, clear_global, clear_global_bytes
 
 
 @dataclass
@@ -31,7 +31,7 @@ def weighted_sum(vectors: list[np.ndarray], weights: list[float]) -> tuple[np.nd
     return acc, float(sum(weights))
 
 
-class PlainBackend:
+class PlainBackend(ServerHoldsGlobal):
     name = "plain"
     server_can_reveal = True
     server_sees_updates = True  # does the coordinator see single updates (and their norms, counts)?

@@ -121,7 +121,7 @@ def test_an_owner_uses_a_context_for_its_own_run_and_roster_only(fed, tmp_path):
     # coordinator could run a new session (another output_dir, another roster) under an old key.
     keys, _ = fed
     victim = keys["client_1"]
-    with pytest.raises(UserError, match="holds no CKKS context for this run"):
+    with pytest.raises(UserError, match="holds no tenseal context for this run"):
         owner_side(victim, OTHER_RUN)
     # the operator re-pins another roster (another federation: one more owner): the old context is refused
     extra = OwnerKeys("client_9", str(tmp_path / "client_9"))
@@ -182,7 +182,7 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     nodes = {n: o for n, o in enumerate(OWNERS)}
     held = {o: {k: bytes(v) for k, v in setup.rejoin(keys[o], RUN).items()} for o in OWNERS}
     for broken in ({**held, "client_2": {}}, {**held, "client_2": {"context": b"f" * 64}}):
-        with pytest.raises(UserError, match="do not all hold the same CKKS context"):
+        with pytest.raises(UserError, match="do not all hold the same tenseal context"):
             rejoin(broken, nodes, signers, "client_0", setup=SETUP)
     forged = {**held, "client_0": {**held["client_0"], "signature": b"\x01" * 64}}
     with pytest.raises(UserError, match="does not check out"):
@@ -194,7 +194,7 @@ def test_a_resume_with_owners_holding_different_or_no_contexts_stops_in_one_line
     }
     with pytest.raises(UserError, match="does not check out"):
         rejoin(impostor, nodes, signers, "client_1", setup=SETUP)
-    with pytest.raises(UserError, match="sent no public CKKS context"):
+    with pytest.raises(UserError, match="sent no public tenseal context"):
         rejoin(held, nodes, signers, "client_2", setup=SETUP)
     assert rejoin(held, nodes, signers, "client_0", setup=SETUP).public == made.public
 

@@ -130,6 +130,11 @@ CASES = [
     ),
     ("a round number that is not one", [msg("train", "one")], "config key=server-round"),
     ("key set-up on plain", [msg("query.pubkey", 1)], "config key=aggregation.name"),
+    (
+        "an encrypted-global hand-over asked of a plain owner",  # its hooks ignore it (no internal error)
+        [msg("evaluate", 1, per_round={wire.REENCRYPT_BY: "client_0", wire.FINAL_ADAPTER: True})],
+        "ok",
+    ),
     ("exception inside training", [msg("train", per_round={"fail": "inside"})], "internal"),
 ]
 

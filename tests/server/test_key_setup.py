@@ -57,7 +57,7 @@ def test_a_run_is_keyed_once_and_a_restart_resumes_with_the_held_context(relay):
     states, run_config = relay
     keyed = key_setup.setup_keys(None, run_config, 3, "", 1.0, setup=SETUP)
     assert not keyed.rejoined and sorted(keyed.owners.values()) == sorted(OWNERS.values())
-    with pytest.raises(UserError, match="already hold a CKKS context for this run.*pass resume=true"):
+    with pytest.raises(UserError, match="already hold a tenseal context for this run.*pass resume=true"):
         key_setup.setup_keys(None, run_config, 3, "", 1.0, setup=SETUP)  # a restart without resume=true keys nothing
     resumed = key_setup.setup_keys(None, {**run_config, "resume": True}, 3, "", 1.0, resume=True, setup=SETUP)
     assert resumed.rejoined and (resumed.public, resumed.run, resumed.signers) == (

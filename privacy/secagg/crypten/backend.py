@@ -50,7 +50,7 @@ from fedveil.core import wire
 from fedveil.core.console import progress
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
-from fedveil.privacy.secagg.base import clear_global
+from fedveil.privacy.secagg.base import ServerHoldsGlobal, clear_global
 from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
 from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share, sign_bundle, split
 
@@ -168,7 +168,7 @@ class CohortTooSmall(PartyFailure):
     """Fewer than ``aggregation.min_owners`` owners passed the parties' checks: nothing was revealed."""
 
 
-class CryptenBackend:
+class CryptenBackend(ServerHoldsGlobal):
     """Owners: ``protect`` (shares sealed to the parties). Server: ``validate``, ``combine`` (ask
     the parties), ``reveal`` (the aggregate the parties revealed)."""
 

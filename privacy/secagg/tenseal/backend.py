@@ -42,9 +42,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fedveil.core import wire
 from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
@@ -103,7 +105,7 @@ class _Side:
 
     def _vectors(self, p: Protected, ctx) -> tuple[list, bfv.Parts | None]:
         """The payload's ciphertexts, checked; and, BFV, its header and sealed weights."""
-        import tenseal as ts
+        import tenseal as ts  # lazy: the registry imports this module in every run; only tenseal runs load SEAL
 
         try:
             blob, cid, digest = p.blobs["ciphertext"], p.blobs["context-id"], p.blobs["sha256"]
@@ -239,7 +241,9 @@ class TensealServer(_Side):
 class TensealOwner(_Side):
     """An owner: ``protect``/``reveal``/``open_global``/``encrypt_global`` with the secret context,
     the pinned ``roster`` (whose signatures a global must carry) and its own ``keys`` (to sign its
-    updates and a global it re-encrypts)."""
+    updates and a global it re-encrypts); its hooks after evaluating a global
+    (``after_evaluate``, ``writes_final_adapter``) answer the server's hand-over
+    (``global_codec.EncryptedGlobal.handover``)."""
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes, secret: bytes,
                  roster: identity.Roster | None = None, keys: identity.OwnerKeys | None = None,
@@ -354,6 +358,19 @@ class TensealOwner(_Side):
         else:
             blob = self._encrypt(ckks.with_weight(vector, 1.0))
         return blob, self.keys.sign(global_statement(self.run, self.context_id, after_round, blob))
+
+    def after_evaluate(self, global_vector: np.ndarray, per_round: dict[str, Any], owner_id: str,
+                       after_round: int) -> Protected | None:
+        """The global after ``after_round`` re-encrypted and signed (:meth:`encrypt_global`) when
+        the server asked this owner for it (``wire.REENCRYPT_BY``); None otherwise."""
+        if per_round.get(wire.REENCRYPT_BY) != owner_id:
+            return None
+        blob, signature = self.encrypt_global(global_vector, after_round)
+        return Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})
+
+    def writes_final_adapter(self, per_round: dict[str, Any]) -> bool:
+        """In the last round (``wire.FINAL_ADAPTER``): the server holds no plaintext global to write."""
+        return bool(per_round.get(wire.FINAL_ADAPTER))
 
     def reveal(self, combined: Protected) -> Revealed:
         vecs, parts = self._vectors(combined, self._secret)

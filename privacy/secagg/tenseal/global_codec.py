@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from fedveil.core import wire
+from fedveil.core.disk import OWNERS_DIR
 from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, pack, unpack
 from fedveil.core.payload import PayloadError, Protected
@@ -99,15 +101,15 @@ class EncryptedGlobal:
     """The server's holder of the encrypted global (``tenseal``): ciphertexts only. Enc(global) as
     last re-encrypted and signed by the owner the server asked (adopted only if its signature
     checks out), and each round's signed owner updates not yet folded into it. Owners compute the
-    global; the server cannot, and never writes a plaintext adapter."""
-
-    encrypted = True
+    global; the server cannot, and never writes a plaintext adapter: each owner writes the final
+    adapter into its own state directory."""
 
     def __init__(self, base: SignedBase | None = None, pending: list[bytes] | None = None,
                  check: Callable[[SignedBase], None] | None = None) -> None:
         """``check`` raises :class:`PayloadError` for a re-encrypted global whose signature does not
         check out (the server backend's ``check_global``); None: adopt unchecked (owners still check)."""
         self.base, self.pending, self.check = base, list(pending or []), check
+        self.asked: tuple[str, int] | None = None  # (owner, round) of the last handover
 
     def arrays(self) -> dict[str, np.ndarray]:
         return to_arrays(self.base, self.pending)
@@ -117,16 +119,28 @@ class EncryptedGlobal:
         if outcome.combined is not None and outcome.accepted and ROUND_UPDATES in outcome.combined.blobs:
             self.pending.append(outcome.combined.blobs[ROUND_UPDATES])
 
-    def adopt(self, evaluated: dict[str, Protected], asked: str = "", after_round: int = 0) -> Optional[str]:
-        """Adopt the re-encrypted global of the owner ``asked`` (no one else's) if its signature, for
-        this round, checks out; the rounds it folds in are then settled. Returns why a global the
-        asked owner sent was refused (None: adopted, or none sent). Owners check it again."""
+    def handover(self, round: int, accepted, owners: list[str], last: bool) -> dict[str, Any]:
+        """One owner (the smallest id of those whose updates round ``round`` took, else of those
+        keyed) re-encrypts the new global for the server (``TensealOwner.after_evaluate``); in the
+        last round every owner writes its final adapter (``TensealOwner.writes_final_adapter``)."""
+        asked = min(accepted or owners or [""])
+        self.asked = (asked, round)
+        return {wire.REENCRYPT_BY: asked, wire.FINAL_ADAPTER: last}
+
+    def adopt(self, evaluated: dict[str, Protected], asked: str | None = None,
+              after_round: int | None = None) -> Optional[str]:
+        """Adopt the re-encrypted global of the owner ``asked`` (default: the one the last
+        :meth:`handover` asked, for its round; no one else's) if its signature, for this round,
+        checks out; the rounds it folds in are then settled. Returns why a global the asked owner
+        sent was refused (None: adopted, or none sent). Owners check it again."""
+        if asked is None and after_round is None and self.asked is not None:
+            asked, after_round = self.asked
         payload = evaluated.get(asked) if asked else None
         blob = payload.blobs.get(wire.ENCRYPTED_GLOBAL) if payload else None
         signature = payload.blobs.get(wire.GLOBAL_SIGNATURE) if payload else None
         if not (isinstance(blob, bytes) and blob and isinstance(signature, bytes) and signature):
             return None
-        base = SignedBase(blob, after_round, asked, signature)
+        base = SignedBase(blob, int(after_round or 0), asked, signature)
         try:
             if self.check is not None:
                 self.check(base)
@@ -134,6 +148,10 @@ class EncryptedGlobal:
             return f"re-encrypted global from {asked} not adopted: {exc}"
         self.base, self.pending = base, []
         return None
+
+    def final_adapter(self, out: Path, save: Callable[[np.ndarray, Path], None]) -> str:
+        """Not the server's to write (it holds no plaintext): where the owners wrote theirs."""
+        return f"written by each data owner into its state directory ({OWNERS_DIR}/<id>/final_adapter/)"
 
     def restored(self, arrays: dict[str, np.ndarray]) -> "EncryptedGlobal":
         """The checkpointed ciphertexts, if their signed base checks out under the federation's
