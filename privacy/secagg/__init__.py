@@ -115,11 +115,6 @@ class BackendSpec:
     # with the run's values for what the config left null (tenseal: its bounds and BFV parameters)
     resolve: Optional[Callable[[dict, int, bool, Optional[float], int], dict]] = None
 
-    @property
-    def encrypted_global(self) -> bool:
-        """The server never holds the global in clear."""
-        return self.held_global is not None
-
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
     public, secret = tenseal_keys.held_context(keys, run)  # this run's own context, never another run's
