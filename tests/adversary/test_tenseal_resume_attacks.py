@@ -121,7 +121,7 @@ def test_an_owner_uses_a_context_for_its_own_run_and_roster_only(fed, tmp_path):
     # coordinator could run a new session (another output_dir, another roster) under an old key.
     keys, _ = fed
     victim = keys["client_1"]
-    with pytest.raises(UserError, match="holds no CKKS context for this run"):
+    with pytest.raises(UserError, match="holds no tenseal context for this run"):
         owner_side(victim, OTHER_RUN)
     # the operator re-pins another roster (another federation: one more owner): the old context is refused
     extra = OwnerKeys("client_9", str(tmp_path / "client_9"))

@@ -45,7 +45,7 @@ def load_context(data: bytes):
     try:
         return ts.context_from(data)
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on bad bytes
-        raise PayloadError(f"CKKS context bytes are unreadable ({exc}); ask the key holder to resend them") from exc
+        raise PayloadError(f"tenseal context bytes are unreadable ({exc}); ask the key holder to resend them") from exc
 
 
 def check_parameters(ctx, cfg: TensealConfig) -> None:

@@ -7,7 +7,7 @@ verify key and X25519 public key, and the key holder's id); an owner without one
 1. :func:`announce`: every owner checks its pinned roster holds its own keys and answers with its
    X25519 public key (informational: nobody seals to a key the server relays);
 2. :func:`generate`, on the roster's key holder only: refuses a server listing with any owner or
-   key the roster does not pin, makes a fresh CKKS context, seals its secret part to the X25519 key
+   key the roster does not pin, makes a fresh tenseal context, seals its secret part to the X25519 key
    of every owner *in the roster*, and signs (Ed25519) a statement binding the run, the pinned
    roster's digest, the public context's id and each sealed box's SHA-256;
 3. :func:`install`, on every owner: accepts the context only if that statement is signed by the
@@ -93,14 +93,14 @@ def generate(cfg: TensealConfig, keys: identity.OwnerKeys, run: str, listed: dic
     held = _held_record(keys.state_dir, run)
     if held is not None:
         raise PayloadError(
-            f"this owner already keyed this run (CKKS context {held['context'][:12]}): re-keying mid-run "
+            f"this owner already keyed this run (tenseal context {held['context'][:12]}): re-keying mid-run "
             "is refused (a restarted run resumes with resume=true; a new key set-up needs a new run / "
             "output_dir)"
         )
     for owner, key in sorted(listed.items()):
         if roster.member(owner, "the server listed owner").public_key != bytes(key):
             raise PayloadError(f"the server listed an X25519 key for '{owner}' that is not the pinned one: "
-                               "refusing to seal the CKKS secret to it")
+                               "refusing to seal the tenseal secret to it")
     ctx = make_context(cfg)
     public, secret = public_bytes(ctx), secret_bytes(ctx)
     sealed = {owner: sealing.seal(secret, m.public_key) for owner, m in sorted(roster.owners.items())}
@@ -131,33 +131,33 @@ def install(keys: identity.OwnerKeys, run: str, *, public: bytes, statement: byt
     held = _held_record(keys.state_dir, run)
     if held is not None:
         if held["context"] != claim["context"]:
-            raise PayloadError(f"this owner already holds CKKS context {held['context'][:12]} for this run: re-keying "
-                               "mid-run is refused (a new key set-up needs a new run / output_dir)")
+            raise PayloadError(f"this owner already holds tenseal context {held['context'][:12]} for this run: "
+                               "re-keying mid-run is refused (a new key set-up needs a new run / output_dir)")
         return
-    secret = sealing.unseal(sealed, sealing.keypair(keys.state_dir)[0], "sealed CKKS secret")
+    secret = sealing.unseal(sealed, sealing.keypair(keys.state_dir)[0], "sealed tenseal secret")
     if not load_context(secret).is_private():
-        raise PayloadError("the sealed CKKS context holds no secret key; ask the key holder to re-key")
+        raise PayloadError("the sealed tenseal context holds no secret key; ask the key holder to re-key")
     _store(keys.state_dir, run, roster, SetUp(public, statement, signature, {}), secret, "install")
 
 
 def _checked_statement(roster: identity.Roster, run: str, public: bytes, statement: bytes, signature: bytes) -> dict:
     """The key holder's statement, if signed by the pinned key holder for this run, roster and context."""
     identity.verify(roster.member(roster.key_holder, "key holder").verify_key, statement, signature,
-                    f"the CKKS context (key holder {roster.key_holder})")
+                    f"the tenseal context (key holder {roster.key_holder})")
     try:
         claim = json.loads(statement)
         assert claim["purpose"] == PURPOSE and claim["key_holder"] == roster.key_holder
         assert isinstance(claim["sealed"], dict) and isinstance(claim["run"], str)
     except (ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise PayloadError("the CKKS set-up statement is malformed or of another version: refused") from exc
+        raise PayloadError("the tenseal set-up statement is malformed or of another version: refused") from exc
     if claim["run"] != run:
-        raise PayloadError(f"the CKKS context was made for run {claim['run']!r}, not this run {run!r}: a replayed "
+        raise PayloadError(f"the tenseal context was made for run {claim['run']!r}, not this run {run!r}: a replayed "
                            "set-up; refused")
     if claim.get("roster") != roster_digest(roster):
-        raise PayloadError("the CKKS context was keyed for another roster than the one this owner pins (another "
+        raise PayloadError("the tenseal context was keyed for another roster than the one this owner pins (another "
                            "federation): refused")
     if claim.get("context") != context_id(public):
-        raise PayloadError("the public CKKS context is not the one the key holder signed: refused")
+        raise PayloadError("the public tenseal context is not the one the key holder signed: refused")
     return claim
 
 
@@ -193,10 +193,10 @@ def held_context(keys: identity.OwnerKeys, run: str) -> tuple[bytes, bytes]:
     record = _held_record(keys.state_dir, run)
     folder = run_dir(keys.state_dir, run)
     if record is None:
-        raise UserError(f"this owner holds no CKKS context for this run ({run}): it missed the key set-up, or is asked "
-                        "to use a key of another run; start a new run to key the federation")
+        raise UserError(f"this owner holds no tenseal context for this run ({run}): it missed the key set-up, or is "
+                        "asked to use a key of another run; start a new run to key the federation")
     if record.get("roster") != roster_digest(keys.roster()):
-        raise PayloadError("the pinned roster changed since this run was keyed: its CKKS context belongs to the old "
+        raise PayloadError("the pinned roster changed since this run was keyed: its tenseal context belongs to the old "
                            "federation; refused (start a new run to key the new roster)")
     try:
         public, secret = (folder / PUBLIC_FILE).read_bytes(), (folder / SECRET_FILE).read_bytes()
@@ -229,14 +229,14 @@ def check_rejoin(public: bytes, statement: bytes, signature: bytes, verify_key: 
     """Server, on resume: (run, context id) the key holder's held set-up names, if signed by ``verify_key``
     (the key holder's announced key) for this public context (the server's own check; owners never
     take a context from the server)."""
-    identity.verify(verify_key, statement, signature, "the key holder's held CKKS set-up")
+    identity.verify(verify_key, statement, signature, "the key holder's held tenseal set-up")
     try:
         claim = json.loads(statement)
         run, cid = str(claim["run"]), str(claim["context"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise PayloadError("the key holder's held CKKS set-up statement is malformed") from exc
+        raise PayloadError("the key holder's held tenseal set-up statement is malformed") from exc
     if cid != context_id(public):
-        raise PayloadError("the key holder's public CKKS context is not the one its statement names")
+        raise PayloadError("the key holder's public tenseal context is not the one its statement names")
     return run, cid
 
 
