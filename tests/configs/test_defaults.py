@@ -5,6 +5,7 @@ override, and pyproject declares the keys `flwr run` may set; both are checked a
 here, so changing a default in one place and not the other fails."""
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fedveil.task.model import ModelConfig
 
 CONFIG_DIR = Path(fedveil.configs.__file__).parent
 ROOT = Path(__file__).resolve().parents[2]
+OVERRIDES_TABLE = ROOT / "docs" / "experiments.md"  # its "default" column is the users' view of the same values
 SCHEMAS = {  # (group, option) -> the dataclass the option's values fill
     **{("model", p.stem): ModelConfig for p in (CONFIG_DIR / "model").glob("*.yaml")},
     **{("data", p.stem): DataConfig for p in (CONFIG_DIR / "data").glob("*.yaml")},
@@ -152,3 +154,39 @@ def test_a_config_naming_no_dp_or_aggregation_is_refused_not_defaulted(missing):
         from_dict(values)
     assert from_dict({"dp": {"name": "off"}, "aggregation": {"name": "plain"}}).dp.name == "off"
 
+
+
+def documented_defaults() -> dict:
+    """key -> the default docs/experiments.md's overrides table shows, where it shows one literal
+    (a backticked value, or "unset") per key; prose defaults ("chosen for the cohort") are skipped."""
+    table = OVERRIDES_TABLE.read_text().split("## Experiment overrides")[1].split("\n\n")[1]
+    out = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        keys = [k.split("=")[0] for k in re.findall(r"`([^`]+)`", cells[0])]
+        parts = [p.strip() for p in cells[2].split(", ")]
+        parts = parts * len(keys) if parts == ["unset"] else parts
+        if len(parts) != len(keys):
+            continue
+        for key, part in zip(keys, parts):
+            if part == "unset":
+                out[key] = None
+            elif shown := re.match(r"^`([^`]+)`", part):
+                value = yaml.safe_load(shown.group(1))
+                is_float = isinstance(value, str) and re.fullmatch(r"[0-9.]+e-?[0-9]+", value)  # YAML 1.1: 3e-3 is text
+                out[key] = float(value) if is_float else value
+    return out
+
+
+def test_the_docs_default_column_shows_the_dataclass_defaults():
+    defaults = leaves(declared(FedveilConfig))
+    for cls in [*DP_MODES.values(), *(spec.config for spec in BACKENDS.values())]:
+        group = "dp" if cls in DP_MODES.values() else "aggregation"
+        defaults.update({f"{group}.{k}": v for k, v in declared(cls).items() if f"{group}.{k}" not in defaults})
+    picked = {k: v for d in yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["defaults"]
+              if isinstance(d, dict) for k, v in d.items()}
+    shown = documented_defaults()
+    assert {"seed", "train.lr", "dp.delta", "aggregation.parties", "privacy.coordinator", "model"} <= set(shown)
+    wrong = {key: (value, picked.get(key, defaults.get(key, "no such key"))) for key, value in shown.items()
+             if not key.startswith("hydra.") and value != picked.get(key, defaults.get(key, "no such key"))}
+    assert wrong == {}, "docs/experiments.md shows (default, but the schema's is): " + repr(wrong)
