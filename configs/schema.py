@@ -100,7 +100,7 @@ class FedveilConfig:
 
 def register_schemas() -> None:
     """Put the schemas into Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # lazy: owners parse configs without Hydra
 
     cs = ConfigStore.instance()
     cs.store(name="fedveil_schema", node=FedveilConfig)
@@ -216,7 +216,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
     (``json:[...]``, ``json:null``); "" is dropped (Flower 1.42's ``ConfigRecord.count_bytes``
     rejects empty strings) and comes back as the field default, so only fields defaulting to ""
     may hold it."""
-    from flwr.common.config import flatten_dict
+    from flwr.common.config import flatten_dict  # lazy: flwr (~1 s), only for run configs
 
     def encode(node: Any) -> Any:
         if isinstance(node, dict):
@@ -229,7 +229,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
-    from flwr.common.config import unflatten_dict
+    from flwr.common.config import unflatten_dict  # lazy: flwr (~1 s), only for run configs
 
     # "" stands for "unset" (pyproject's [tool.flwr.app.config] cannot hold None)
     return from_dict(unflatten_dict({k: v for k, v in run_config.items() if v != ""}))
