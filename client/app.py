@@ -59,9 +59,8 @@ def carry_out(instruction: Instruction, context: Context) -> Answer:
     node = context.node_config
     if "worker" in node:
         return relay(str(node["worker"]), instruction)
-    # here, not at the top: a relay imports neither torch nor the model (they come with the owner)
-    from fedveil.client.operations import handle
-    from fedveil.configs.schema import from_run_config
+    from fedveil.client.operations import handle  # lazy: torch and the model code; a relay never loads them
+    from fedveil.configs.schema import from_run_config  # lazy: torch and the model code; a relay never loads them
 
     quiet_libraries()
     cfg = from_run_config(instruction.run_config)

@@ -31,6 +31,32 @@ import sys
 import time
 from logging import ERROR, INFO
 
+import httpx
+from flwr.app import Error, Message
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import SubStatus
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node
+from flwr.proto.runtime_pb2 import (AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest,
+                                    SendTaskHeartbeatRequest)
+from flwr.supercore import log
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
+                                                                 make_pull_object_fn_protobuf)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+from fedveil.client.supernode import fab_sha256
+from fedveil.core.prompt_pull import prompt_pull_object
+from fedveil.core.wake import Waiter
+
 POLL_S = 0.05  # between AcquireTask calls when idle (Flower's flower-superexec: 1 s)
 # With a wake socket (``--wake-socket``, ``core/wake.py``): ask at once when the SuperNode nudges,
 # every POLL_S for EAGER_S after a nudge, and otherwise only every FALLBACK_S.
@@ -39,9 +65,6 @@ FALLBACK_S = 1.0
 
 
 def runtime_client(address: str, *interceptors):
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=True, root_certificates=None,
@@ -56,19 +79,6 @@ def pull_task_input(client):
     still be pulling the message's objects from the SuperLink: Flower's own version would then back
     off 1 s, 2 s, ... (``core/prompt_pull.py``).
     """
-    from flwr.app import Message
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
-        make_confirm_message_received_fn_protobuf,
-        make_pull_object_fn_protobuf,
-    )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from fedveil.core.prompt_pull import prompt_pull_object
-
     res = client.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
     context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
@@ -86,9 +96,6 @@ def pull_task_input(client):
 
 def task_heartbeat(client):
     """Flower's task heartbeat, except that a refused one does not SIGINT this long-lived process."""
-    import httpx
-    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
-
     def beat() -> bool:
         try:
             client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
@@ -108,11 +115,6 @@ class Runner:
         self.tasks = 0
 
     def app_for(self, run, fab):
-        from flwr.cli.install import install_from_fab
-        from flwr.clientapp.utils import get_load_client_app_fn
-
-        from fedveil.client.supernode import fab_sha256
-
         if fab.hash_str not in self.apps:
             if fab_sha256(fab.content) != self.pinned:  # the SuperNode already refused it; never import it here
                 raise PermissionError(f"FAB sha256 {fab_sha256(fab.content)} is not the pinned app {self.pinned}")
@@ -123,13 +125,6 @@ class Runner:
 
     def run_task(self, token: str) -> None:
         """One task, as ``flwr-clientapp`` runs it, minus the process start and the exit."""
-        from flwr.app import Error, Message
-        from flwr.common.constant import SubStatus
-        from flwr.supercore import log
-        from flwr.supercore.heartbeat import HeartbeatSender
-        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
-
         client = runtime_client(self.address, RuntimeTokenHttpInterceptor(token))
         heartbeat = HeartbeatSender(task_heartbeat(client))  # a long task (a big model's round) stays claimed
         heartbeat.start()
@@ -159,9 +154,6 @@ class Runner:
         log(INFO, "fedveil-clientapp: task %d done (%s)", self.tasks, status)
 
     def serve(self) -> None:
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.constant import TaskType
-
         client = runtime_client(self.address)
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         eager_until = 0.0  # after a nudge, ask every POLL_S for a while; else wait for the next nudge
@@ -193,14 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         print("fedveil-clientapp: error: --app-sha256 must be the 64 hex digits the SuperNode pins "
               "(python -m fedveil.client.supernode --app-sha256 PROJECT_DIR)", file=sys.stderr)
         raise SystemExit(2)
-    from flwr.supercore.app_utils import start_parent_process_monitor
-
     if args.supernode_pid:
         start_parent_process_monitor(args.supernode_pid)
     print(f"fedveil-clientapp: serving ClientApp tasks of the SuperNode at {args.runtime_api} "
           f"(app pinned to {pinned[:12]})", file=sys.stderr, flush=True)
-    from fedveil.core.wake import Waiter
-
     waiter = Waiter(args.wake_socket) if args.wake_socket else None
     try:
         Runner(args.runtime_api, pinned, waiter).serve()

@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedveil.core import wake
+
 APP_PIN_KEY = "app-sha256"  # node-config key: the SHA-256 (hex) of the only FAB this SuperNode runs
 _MARK = "fedveil-app-pin"
 
@@ -55,7 +57,7 @@ def fab_sha256(content: bytes) -> str:
 
 def project_app_sha256(project: str | Path) -> str:
     """The pin of a project directory: the SHA-256 of the FAB ``flwr run PROJECT`` would ship."""
-    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.build import build_fab_from_disk  # lazy: only --app-sha256 builds a FAB
 
     return fab_sha256(build_fab_from_disk(Path(project).resolve()))
 
@@ -67,9 +69,9 @@ def refusal(run_id: int, got: str, pinned: str) -> str:
 
 def install_app_pin(pinned: str) -> None:
     """Make this process's SuperNode run only FABs whose SHA-256 is ``pinned``."""
-    from flwr.app import Error
-    from flwr.common.constant import ErrorCode
-    from flwr.supernode import start_client_internal as sci
+    from flwr.app import Error  # lazy: flwr (seconds); fab_sha256's importers need none
+    from flwr.common.constant import ErrorCode  # lazy: flwr (seconds); fab_sha256's importers need none
+    from flwr.supernode import start_client_internal as sci  # lazy: flwr (seconds); fab_sha256's importers need none
 
     original = sci._pull_and_store_message
 
@@ -133,10 +135,9 @@ def install_prompt_polling() -> None:
     ``_pull_and_store_message``, which the main loop follows with a 3 s sleep when it returns no
     run, and ``_push_messages``); nothing else changes. Install after :func:`install_app_pin`.
     """
-    from flwr.supernode import start_client_internal as sci
+    from flwr.supernode import start_client_internal as sci  # lazy: flwr (seconds); fab_sha256's importers need none
 
-    from fedveil.core import wake
-    from fedveil.core.prompt_pull import prompt_pull_fn
+    from fedveil.core.prompt_pull import prompt_pull_fn  # lazy: imports flwr (seconds)
 
     pull, push = sci._pull_and_store_message, sci._push_messages
 
@@ -159,7 +160,7 @@ def install_prompt_polling() -> None:
 
 
 def node_config_of(argv: list[str]) -> dict:
-    from flwr.common.config import parse_config_args
+    from flwr.common.config import parse_config_args  # lazy: flwr (seconds); fab_sha256's importers need none
 
     values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--node-config"]
     values += [a.split("=", 1)[1] for a in argv if a.startswith("--node-config=")]
@@ -172,7 +173,7 @@ def main() -> None:
         print(project_app_sha256(argv[1]))
         return
     if any(a in ("-h", "--help", "-V", "--version") for a in argv):
-        from flwr.supernode.cli import flower_supernode
+        from flwr.supernode.cli import flower_supernode  # lazy: flwr (seconds); fab_sha256's importers need none
 
         flower_supernode()
         return
@@ -185,7 +186,7 @@ def main() -> None:
     install_app_pin(pinned)
     install_prompt_polling()
     print(f"fedveil-supernode: runs only the app with FAB sha256 {pinned}", file=sys.stderr, flush=True)
-    from flwr.supernode.cli import flower_supernode
+    from flwr.supernode.cli import flower_supernode  # lazy: flwr (seconds); fab_sha256's importers need none
 
     flower_supernode()
 

@@ -157,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
-    # here, not at the top: operations loads torch and the model code, which the relay never needs
-    from fedveil.client.operations import WorkerState
+    from fedveil.client.operations import WorkerState  # lazy: torch; the relay imports this module
 
     quiet_libraries()
     if args.threads > 0:

@@ -49,7 +49,10 @@ class SimulationConfig:
 
 @dataclass
 class FedveilConfig:
-    """One experiment. ``dp`` and ``aggregation`` hold the chosen option's own config."""
+    """One experiment. ``dp`` and ``aggregation`` hold the chosen option's own config.
+
+    These dataclasses hold every default; the YAML tree repeats them for users to read and override,
+    and pyproject's flwr app config leaves them unset: tests/configs/test_defaults.py fails on drift."""
 
     seed: int = 0
     rounds: int = 3
@@ -64,8 +67,8 @@ class FedveilConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    dp: Any = None
-    aggregation: Any = None
+    dp: Any = None  # no default: from_dict refuses a config naming no dp (configs/config.yaml picks one)
+    aggregation: Any = None  # likewise
     sim: SimulationConfig = field(default_factory=SimulationConfig)
     # what the federation trusts and can afford: aggregation=auto picks the backend from it, and
     # privacy.epsilon sets dp=sample_level with that target (privacy/planner.py)
@@ -97,7 +100,7 @@ class FedveilConfig:
 
 def register_schemas() -> None:
     """Put the schemas into Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore  # lazy: only the Hydra entry points register schemas
+    from hydra.core.config_store import ConfigStore  # lazy: owners parse configs without Hydra
 
     cs = ConfigStore.instance()
     cs.store(name="fedveil_schema", node=FedveilConfig)
@@ -146,8 +149,13 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
 def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     """A typed, validated :class:`FedveilConfig` from a nested plain dict."""
     values = dict(values)
-    dp = dict(values.pop("dp", None) or {"name": "off"})
-    agg = dict(values.pop("aggregation", None) or {"name": "plain"})
+    # No fallback for a missing dp or aggregation: every entry point names both (configs/config.yaml's
+    # defaults list, pyproject's [tool.flwr.app.config]), and a silent default here would be a second
+    # home for them, once the opposite of the documented one (privacy on).
+    for key, choices in (("dp", sorted(DP_MODES)), ("aggregation", [*sorted(BACKENDS), "auto"])):
+        if not (values.get(key) or {}).get("name"):
+            raise UserError(f"the config names no {key}: choose {key}={'|'.join(choices)} ({key}.name in a run config)")
+    dp, agg = dict(values.pop("dp")), dict(values.pop("aggregation"))
     if dp.get("name") not in DP_MODES:
         raise UserError(f"dp '{dp.get('name')}' is unknown: choose one of {sorted(DP_MODES)}")
     if agg.get("name") not in (*BACKENDS, "auto"):
@@ -208,7 +216,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
     (``json:[...]``, ``json:null``); "" is dropped (Flower 1.42's ``ConfigRecord.count_bytes``
     rejects empty strings) and comes back as the field default, so only fields defaulting to ""
     may hold it."""
-    from flwr.common.config import flatten_dict  # lazy: Flower takes ~1 s to import; plan and schema need none
+    from flwr.common.config import flatten_dict  # lazy: flwr (~1 s), only for run configs
 
     def encode(node: Any) -> Any:
         if isinstance(node, dict):
@@ -221,7 +229,7 @@ def to_run_config(cfg: FedveilConfig) -> dict[str, bool | int | float | str]:
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
-    from flwr.common.config import unflatten_dict  # lazy: as in to_run_config
+    from flwr.common.config import unflatten_dict  # lazy: flwr (~1 s), only for run configs
 
     # "" stands for "unset" (pyproject's [tool.flwr.app.config] cannot hold None)
     return from_dict(unflatten_dict({k: v for k, v in run_config.items() if v != ""}))

@@ -27,7 +27,7 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: the relay has no torch to quiet
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

@@ -16,6 +16,11 @@ import ipaddress
 import os
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 COORDINATOR_CN = "fedveil-coordinator"  # the client identity an aggregator party accepts
 DAYS = 365
 
@@ -42,19 +47,12 @@ def write_public(path: str | os.PathLike, data: bytes) -> None:
 
 
 def _pem_key(key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def make_ca(d: str | os.PathLike, name: str = "fedveil CA") -> None:
     """``d/ca.crt`` and ``d/ca.key`` (P-384), unless they exist."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     if (d / "ca.crt").exists():
@@ -81,11 +79,6 @@ def make_cert(d: str | os.PathLike, name: str, common_name: str, hosts: list[str
     ``hosts`` become subject alternative names (IP addresses or DNS names: what clients dial);
     ``client=True`` makes a TLS client certificate (extended key usage clientAuth), else a server one.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     d, ca_dir = Path(d), Path(ca_dir or d)
     d.mkdir(parents=True, exist_ok=True)
     if (d / f"{name}.pem").exists():
@@ -123,9 +116,6 @@ def make_cert(d: str | os.PathLike, name: str, common_name: str, hosts: list[str
 
 def make_node_key(d: str | os.PathLike, name: str) -> None:
     """A SuperNode authentication key pair: ``d/NAME.key`` (OpenSSH, P-384, 0600) and ``d/NAME.pub``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     if (d / f"{name}.key").exists():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
 RETRY_S = 0.02
 PATIENCE_S = 10.0
 
@@ -34,8 +36,6 @@ def prompt_pull_object(pull: Callable):
 
 def prompt_pull_fn(pull: Callable[..., bytes]) -> Callable[..., bytes]:
     """Wrap a pull function that raises Flower's ``ObjectUnavailableError`` (the SuperNode's ``pull_object``)."""
-    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
-
     def pull_object(*args) -> bytes:
         end = time.monotonic() + PATIENCE_S
         while True:

@@ -93,7 +93,7 @@ for o in "${owners[@]}"; do  # each owner worker loaded the model once for the w
 done
 echo "each owner worker loaded the model once for ${ROUNDS} rounds"
 head=$(python -c "import json; print(json.load(open('$DEPLOY_DIR/server/summary.json'))['ledger_head'])")
-fedveil verify-ledger "$DEPLOY_DIR/server" --head "$head"
+fedveil verify-chain "$DEPLOY_DIR/server" --head "$head"
 # Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
 # of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not
 # train under DP, and the demo fails.

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
+from fedveil.core.console import quiet_loggers
 from fedveil.privacy.secagg import backend_spec
 
 WAITING_REFRESH_S = 0.05  # the engine sweeps all nodes every 0.1 s
@@ -25,11 +26,10 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from flwr.app import Context, RecordDict
+    from flwr.app import Context, RecordDict  # lazy: after the telemetry opt-out (read at import)
 
-    from fedveil.client.app import app as client_app
-    from fedveil.core.console import quiet_loggers
-    from fedveil.server.app import app as server_app
+    from fedveil.client.app import app as client_app  # lazy: after the telemetry opt-out (read at import)
+    from fedveil.server.app import app as server_app  # lazy: after the telemetry opt-out (read at import)
 
     quiet_loggers()
 
@@ -47,8 +47,8 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
 
 
 def run_engine(cfg: FedveilConfig, context, client_app, server_app, backend_config: dict) -> None:
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.telemetry import EventType
+    from flwr.simulation.run_simulation import _run_simulation  # lazy: after the telemetry opt-out (read at import)
+    from flwr.supercore.telemetry import EventType  # lazy: after the telemetry opt-out (read at import)
 
     skip_idle_nodes()
 
@@ -75,7 +75,7 @@ def skip_idle_nodes() -> None:
     without a message (empty); a node with one is asked as before (checks, expiry clean-up and
     delivery unchanged). A message pushed just after a scan waits for the next sweep (0.1 s).
     """
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState  # lazy: after telemetry opt-out
 
     original = InMemoryLinkState.get_message_ins
     if getattr(original, "_fedveil_skips_idle", False):

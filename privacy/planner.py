@@ -46,7 +46,7 @@ AutoConfig = make_dataclass("AutoConfig", _auto_fields())
 class PrivacyConfig:
     """What the federation trusts and can afford (read by ``aggregation=auto`` and ``fedveil plan``)."""
 
-    coordinator: str = "trusted"  # trusted | curious | malicious
+    coordinator: str = "curious"  # trusted | curious | malicious; curious: privacy on by default
     owner_collusion: bool = False  # may an owner collude with the coordinator?
     aggregator_parties: int = 0  # independent organisations able to run an aggregator party (crypten)
     epsilon: Optional[float] = None  # DP target per owner (sets dp=sample_level); None: keep dp as configured

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as save_safetensors
 
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.errors import UserError
@@ -23,12 +24,10 @@ NAME = re.compile(r"round_(\d{4})\.safetensors$")
 
 
 def save(out_dir: Path, server_round: int, arrays: dict[str, np.ndarray], layout: AdapterLayout) -> Path:
-    from safetensors.numpy import save
-
     folder = Path(out_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round_{server_round:04d}.safetensors"
-    blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()} or {"empty": np.zeros(0, np.uint8)},
+    blob = save_safetensors({k: np.ascontiguousarray(v) for k, v in arrays.items()} or {"empty": np.zeros(0, np.uint8)},
                 metadata={"round": str(server_round), "layout_digest": layout.digest})
     atomic_write_bytes(path, blob)
     return path
@@ -42,8 +41,6 @@ def latest(out_dir: Path, layout: AdapterLayout) -> tuple[int, dict[str, np.ndar
         return None
     path = found[-1]
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
             arrays = {k: fh.get_tensor(k) for k in fh.keys() if k != "empty"}

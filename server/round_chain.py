@@ -1,7 +1,8 @@
 """The round chain: one JSON line per round, each carrying the previous line's hash (tamper-evident).
 
 (An owner's epsilon ledger is another thing: ``privacy/dp/epsilon_ledger.py``. The file keeps its
-historical name, ``round_ledger.jsonl``, and ``fedveil verify-ledger`` checks it. Both chain their
+historical name, ``round_ledger.jsonl``, and ``fedveil verify-chain`` (alias ``verify-ledger``) checks
+it. Both chain their
 entries with ``core/hash_chain.py``; here the genesis is 64 zeros and NaN/infinity hash as JSON's
 extensions, as they always did.)
 
@@ -12,11 +13,12 @@ where the server has one, ``prev_hash`` and the entry's own ``hash`` (SHA-256 of
 of everything else).
 
 What it proves: that the file is the unbroken sequence the writer produced — editing an entry,
-deleting one from the middle or reordering entries breaks the chain, and ``fedveil verify-ledger``
+deleting one from the middle or reordering entries breaks the chain, and ``fedveil verify-chain``
 says where. Deleting the newest entries is visible only against a head hash kept elsewhere
-(``summary.json`` records ``ledger_head``; pass it with ``--head``). What it does not prove: that the
-coordinator told the truth when it wrote an entry. It is evidence a coordinator commits to, not
-consensus; owners who keep the head hashes they were shown can hold it to them.
+(``summary.json`` records it as ``ledger_head``, the key existing runs hold; pass it with ``--head``).
+What it does not prove: that the coordinator told the truth when it wrote an entry. It is evidence a
+coordinator commits to, not consensus; owners who keep the head hashes they were shown can hold it
+to them.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def drop_after(path: Path, last_round: int) -> None:
 def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
     """(ok, one line saying so or naming the first break)."""
     if not path.is_file():
-        return False, f"{path}: no such ledger"
+        return False, f"{path}: no such round chain"
     prev = GENESIS
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for i, line in enumerate(lines, 1):
@@ -83,5 +85,5 @@ def verify(path: Path, head: str | None = None) -> tuple[bool, str]:
         prev = entry["hash"]
     if head is not None and prev != head:
         return False, (f"{path}: the last entry's hash {prev[:16]}... is not the expected head {head[:16]}... "
-                       "(entries were removed from the end, or another ledger)")
+                       "(entries were removed from the end, or another run's chain)")
     return True, f"{path}: {len(lines)} entries, chain intact, head {prev}"

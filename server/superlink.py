@@ -31,6 +31,10 @@ import ipaddress
 import os
 import sys
 
+import flwr.superlink.main as superlink_main
+from flwr.superlink.cli import flower_superlink
+from starlette.middleware import Middleware
+
 FLEET_PREFIX = "/v1/fleet/"
 REFUSAL = (b'{"detail": "fedveil-superlink: the Control and Runtime APIs answer only the operator\'s host; '
            b'this address may use the Fleet API only"}')
@@ -84,10 +88,6 @@ class OperatorOnly:
 
 
 def install_operator_only(allowed: set[str]) -> None:
-    from starlette.middleware import Middleware
-
-    import flwr.superlink.main as superlink_main
-
     original = superlink_main._get_middleware
     superlink_main._get_middleware = lambda: [Middleware(OperatorOnly, allowed=allowed), *original()]
 
@@ -97,8 +97,6 @@ def main() -> None:
     install_operator_only(allowed)
     print(f"fedveil-superlink: Control and Runtime APIs answer only loopback and {sorted(allowed)}; "
           f"other addresses reach the Fleet API only", file=sys.stderr, flush=True)
-    from flwr.superlink.cli import flower_superlink
-
     flower_superlink()
 
 

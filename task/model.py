@@ -142,7 +142,7 @@ def check_tokenizer_files(path: str | os.PathLike) -> Path:
 
 def load_tokenizer(path: str | os.PathLike):
     """The checkpoint's tokenizer, with a pad token (causal LMs often ship none)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: seconds; configs import ModelConfig from here
 
     p = check_tokenizer_files(path)
     try:
@@ -170,8 +170,8 @@ def quantization_config(cfg: ModelConfig, device: torch.device):
         raise UserError(f"model.quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); this owner runs on "
                         f"{device.type}: use model.quantization=none, or model.device=auto on a GPU machine")
     try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # lazy: optional (the gpu extra), checked here  # noqa: F401
+        from transformers import BitsAndBytesConfig  # lazy: seconds; configs import ModelConfig from here
     except ImportError as exc:
         raise UserError(f"model.quantization={cfg.quantization} needs bitsandbytes: pip install -e '.[gpu]' "
                         "(see docs/owner.md, GPUs)") from exc
@@ -199,8 +199,8 @@ def load_lora_model(cfg: ModelConfig, seed: int = 0, device: torch.device | None
     copy and the LoRA weights silently stop updating (opacus#820). ``seed`` fixes the LoRA
     initialisation, so every party derives the same starting adapter.
     """
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from peft import get_peft_model  # lazy: seconds; configs import ModelConfig from here
+    from transformers import AutoModelForCausalLM  # lazy: seconds; configs import ModelConfig from here
 
     p = check_model_dir(cfg.path)
     device = device or resolve_device(cfg.device)
@@ -259,7 +259,7 @@ def checkpoint_recompute(model) -> Optional[Recompute]:
 
 
 def lora_config(cfg: ModelConfig, model_type: str):
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: seconds; configs import ModelConfig from here
 
     return LoraConfig(
         r=cfg.lora.r,
@@ -282,10 +282,10 @@ def load_lora_skeleton(cfg: ModelConfig, seed: int = 0):
     attached. The result serves :func:`get_adapter`, :func:`set_adapter` and ``save_pretrained``
     of the adapter, not a forward pass.
     """
-    from peft import get_peft_model
-    from peft.tuners.lora.model import LoraModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from peft import get_peft_model  # lazy: seconds; configs import ModelConfig from here
+    from peft.tuners.lora.model import LoraModel  # lazy: seconds; configs import ModelConfig from here
+    from peft.tuners.tuners_utils import BaseTunerLayer  # lazy: seconds; configs import ModelConfig from here
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: seconds; configs import ModelConfig from here
 
     p = check_model_dir(cfg.path)
     try:
@@ -313,7 +313,7 @@ def load_lora_skeleton(cfg: ModelConfig, seed: int = 0):
 
 def get_adapter(model) -> dict[str, np.ndarray]:
     """The LoRA tensors of ``model`` as named float32 numpy arrays, in module order."""
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # lazy: seconds; configs import ModelConfig from here
 
     state = get_peft_model_state_dict(model)
     return {name: t.detach().to("cpu", torch.float32).numpy().copy() for name, t in state.items()}
@@ -321,7 +321,7 @@ def get_adapter(model) -> dict[str, np.ndarray]:
 
 def set_adapter(model, tensors: "dict[str, np.ndarray]") -> None:
     """Load named LoRA tensors into ``model``; every adapter tensor must be present."""
-    from peft import set_peft_model_state_dict
+    from peft import set_peft_model_state_dict  # lazy: seconds; configs import ModelConfig from here
 
     current = get_adapter(model)
     missing = sorted(set(current) - set(tensors))

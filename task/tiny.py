@@ -7,6 +7,7 @@ through the same :func:`fedveil.task.model.load_lora_model` path as any real mod
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
 
 def byte_level_tokenizer():
     """A 259-token byte-level tokenizer: every byte is a token, plus pad/bos/eos."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # lazy: with transformers, below
+    from transformers import PreTrainedTokenizerFast  # lazy: prepare.py imports this module; transformers: seconds
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -33,7 +34,7 @@ def byte_level_tokenizer():
 
 
 def tiny_config(spec: TinySpec, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
-    from transformers import GPT2Config, LlamaConfig
+    from transformers import GPT2Config, LlamaConfig  # lazy: prepare.py imports this module; transformers: seconds
 
     common = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id)
     if spec.arch == "gpt2":
@@ -53,7 +54,7 @@ def build_tiny_model(spec: TinySpec, out_dir: str | Path, seed: int = 0) -> Path
 
     An existing directory built from the same spec and seed is reused as it is.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # lazy: prepare.py imports this module; transformers: seconds
 
     out = Path(out_dir)
     stamp = json.dumps({"spec": spec.__dict__, "seed": seed}, sort_keys=True)
@@ -70,8 +71,6 @@ def build_tiny_model(spec: TinySpec, out_dir: str | Path, seed: int = 0) -> Path
     tok.save_pretrained(tmp)
     (tmp / "fedveil_tiny.json").write_text(stamp)
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return out.resolve()

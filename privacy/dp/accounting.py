@@ -49,7 +49,7 @@ def epsilon_of(history: Sequence[Entry], delta: float, accountant: str = "prv") 
 
 def create_accountant(mechanism: str):
     """Opacus' accountant, imported here: a process without DP never imports Opacus (~5 s)."""
-    from opacus.accountants import create_accountant as opacus_accountant
+    from opacus.accountants import create_accountant as opacus_accountant  # lazy: opacus (seconds); configs import us
 
     return opacus_accountant(mechanism=mechanism)
 

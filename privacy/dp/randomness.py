@@ -56,7 +56,8 @@ def secret_noise_like(reference: torch.Tensor, std: float) -> torch.Tensor:
 
 def use_secret_noise(dp_optimizer) -> None:
     """Make an Opacus ``DPOptimizer`` add CSPRNG noise instead of drawing from torch's generator."""
-    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+    from opacus.optimizers.optimizer import (  # lazy: opacus (seconds); configs import us
+        _check_processed_flag, _mark_as_processed)
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
@@ -70,8 +71,8 @@ def use_secret_noise(dp_optimizer) -> None:
 
 def secret_poisson_loader(dataset, sample_rate: float, collate_fn):
     """An Opacus ``DPDataLoader`` over ``dataset`` whose Poisson batches come from os.urandom."""
-    from opacus.data_loader import DPDataLoader
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+    from opacus.data_loader import DPDataLoader  # lazy: opacus (seconds); configs import us
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler  # lazy: opacus (seconds); configs import us
 
     class SecretPoissonSampler(UniformWithReplacementSampler):
         def __iter__(self):

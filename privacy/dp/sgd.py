@@ -40,6 +40,7 @@ import torch
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.accounting import ACCOUNTANTS
 from fedveil.privacy.dp.randomness import secret_poisson_loader, use_secret_noise
+from fedveil.task.model import checkpoint_recompute
 
 # Per-sample gradient engines that work with our per-example loss. Opacus' "ghost" clipping needs
 # its own criterion wrapper and only pays off in memory for full fine-tuning, not for LoRA.
@@ -136,10 +137,8 @@ def private_training(model, optimizer, loader, cfg: SampleLevelDPConfig, noise_m
     layers recompute, so each layer's input is recorded once and the per-sample gradients are those
     of the same model without checkpointing (``tests/privacy/test_dp_checkpointing.py``).
     """
-    from opacus import PrivacyEngine
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
-
-    from fedveil.task.model import checkpoint_recompute
+    from opacus import PrivacyEngine  # lazy: opacus (seconds); configs import us
+    from opacus.utils.batch_memory_manager import BatchMemoryManager  # lazy: opacus (seconds); configs import us
 
     recompute = checkpoint_recompute(model)
     if recompute is not None:

@@ -31,6 +31,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
+from nacl.signing import SigningKey, VerifyKey
+
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.payload import PayloadError
@@ -47,8 +50,6 @@ ROSTER_TAG = b"fedveil/owner-roster/v1"
 
 def signing_key(state_dir: str | Path):
     """This owner's Ed25519 signing key (nacl ``SigningKey``), created once and kept."""
-    from nacl.signing import SigningKey
-
     path = sealing.keys_dir(state_dir) / SIGNING_KEY_FILE
     if not path.exists():
         sealing.write_private(path, bytes(SigningKey.generate()))
@@ -60,9 +61,6 @@ def signing_key(state_dir: str | Path):
 
 def verify(verify_key: bytes, message: bytes, signature: bytes, what: str) -> None:
     """:class:`PayloadError` naming ``what`` unless ``signature`` is ``verify_key``'s over ``message``."""
-    from nacl.exceptions import BadSignatureError, ValueError as NaclValueError
-    from nacl.signing import VerifyKey
-
     try:
         VerifyKey(verify_key).verify(message, signature)
     except (BadSignatureError, NaclValueError, TypeError, ValueError) as exc:
@@ -187,8 +185,6 @@ def digest(*parts: bytes) -> bytes:
 
 def roster_signing_key(path: str | Path):
     """The operator's Ed25519 roster key (nacl ``SigningKey``) at ``path``, created once (mode 0600)."""
-    from nacl.signing import SigningKey
-
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.payload import PayloadError
@@ -28,8 +31,6 @@ def write_private(path: Path, data: bytes) -> None:
 
 def keypair(state_dir: str | Path) -> tuple[bytes, bytes]:
     """(private, public) X25519 key of this owner or party, created once and kept."""
-    from nacl.public import PrivateKey
-
     path = keys_dir(state_dir) / "owner_x25519.key"
     if not path.exists():
         write_private(path, bytes(PrivateKey.generate()))
@@ -42,16 +43,11 @@ def keypair(state_dir: str | Path) -> tuple[bytes, bytes]:
 
 def seal(data: bytes, recipient_public_key: bytes) -> bytes:
     """A sealed box of ``data`` that only ``recipient_public_key``'s holder opens."""
-    from nacl.public import PublicKey, SealedBox
-
     return SealedBox(PublicKey(recipient_public_key)).encrypt(data)
 
 
 def unseal(sealed: bytes, private_key: bytes, what: str, whose: str = "this owner's") -> bytes:
     """Open a sealed box; :class:`PayloadError` naming ``what`` if it was not sealed to ``whose`` key."""
-    from nacl.exceptions import CryptoError
-    from nacl.public import PrivateKey, SealedBox
-
     try:
         return SealedBox(PrivateKey(private_key)).decrypt(sealed)
     except CryptoError as exc:

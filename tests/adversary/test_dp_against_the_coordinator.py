@@ -126,7 +126,7 @@ def test_an_empty_poisson_batch_is_still_a_noisy_step(tiny_gpt2, demo_dir):
 
 def make_owner(tmp_path, model_path, demo_dir, policy: OwnerPolicy | None, **overrides):
     values = {"seed": 1, "rounds": 2, "num_clients": 1, "output_dir": str(tmp_path / "run"),
-              "model": {"path": str(model_path)}, "train": {"local_steps": 2},
+              "model": {"path": str(model_path)}, "train": {"local_steps": 2}, "aggregation": {"name": "plain"},
               "dp": {"name": "sample_level", "target_epsilon": 4.0, "accountant": "rdp"}}
     for key, value in overrides.items():
         section, _, name = key.partition(".")

@@ -106,7 +106,7 @@ def test_keys_are_private_from_creation_and_an_owner_without_a_roster_refuses(tm
 
 def test_a_context_the_server_made_and_sealed_to_an_owner_is_refused(fed):
     # Before: install() opened any box sealed to the owner's X25519 key (public: the server relays
-    # it), so the server made its own CKKS context, sealed it to client_1 and got it installed;
+    # it), so the server made its own tenseal context, sealed it to client_1 and got it installed;
     # client_1 then encrypted its updates under the server's key and the server decrypted them.
     keys, made = fed
     victim = keys["client_1"]

@@ -87,7 +87,7 @@ def test_a_restarted_coordinator_cannot_re_key_the_run_nor_replay_a_context(fed,
     from fedveil.client.owner import run_key
     from fedveil.configs.schema import from_dict
 
-    base = {"output_dir": "/runs/a", "model": {"path": "/m"}, "aggregation": {"name": "tenseal"}}
+    base = {"output_dir": "/runs/a", "model": {"path": "/m"}, "aggregation": {"name": "tenseal"}, "dp": {"name": "off"}}
     assert run_key(from_dict({**base, "resume": True})) == run_key(from_dict(base))  # a restart is the same run
     with pytest.raises(PayloadError, match="already keyed this run"):  # the key holder keys a run once
         setup.generate(CFG, keys["client_0"], RUN, {})

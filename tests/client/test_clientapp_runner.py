@@ -4,15 +4,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from fedveil.client import clientapp_runner
 from fedveil.client.clientapp_runner import Runner
 from fedveil.client.supernode import fab_sha256
 
 
 def test_the_clientapp_runner_imports_no_app_but_the_pinned_one(monkeypatch):
-    import flwr.cli.install
-
     installed = []
-    monkeypatch.setattr(flwr.cli.install, "install_from_fab", lambda content, **kw: installed.append(content))
+    monkeypatch.setattr(clientapp_runner, "install_from_fab", lambda content, **kw: installed.append(content))
     pinned_content, other_content = b"the app the owner reviewed", b"the app with one changed line"
     runner = Runner("127.0.0.1:9", fab_sha256(pinned_content))
     run = SimpleNamespace(fab_id="fedveil/fedveil", fab_version="1")

@@ -130,7 +130,9 @@ def test_a_policy_that_pins_max_length_refuses_the_coordinators_probes():
     from fedveil.privacy.policy import OwnerPolicy
 
     policy = OwnerPolicy(max_length=64)
-    policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 64}}), "")
+    policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 64},
+                           "aggregation": {"name": "plain"}, "dp": {"name": "off"}}), "")
     with pytest.raises(PolicyViolation) as refused:
-        policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 32}}), "")
+        policy.check(from_dict({"num_clients": 1, "model": {"path": "m"}, "data": {"max_length": 32},
+                               "aggregation": {"name": "plain"}, "dp": {"name": "off"}}), "")
     assert refused.value.public == {"rule": "max_length"}

@@ -27,7 +27,7 @@ def demo_dir(tmp_path_factory):
 
 def run_config(tmp_path, model, **dp):
     cfg = from_dict({"seed": 2, "rounds": 3, "num_clients": 1, "output_dir": str(tmp_path / "run"),
-                     "model": {"path": str(model)}, "train": {"local_steps": 2},
+                     "model": {"path": str(model)}, "train": {"local_steps": 2}, "aggregation": {"name": "plain"},
                      "dp": dp or {"name": "off"}})
     return to_run_config(cfg)
 
@@ -38,7 +38,8 @@ def start(tiny_gpt2, demo_dir, tmp_path_factory):
     from fedveil.client.owner import Owner
 
     owner = Owner(from_dict({"model": {"path": str(tiny_gpt2)}, "seed": 2, "num_clients": 1,
-                             "output_dir": str(tmp_path_factory.mktemp("o"))}),
+                             "output_dir": str(tmp_path_factory.mktemp("o")), "aggregation": {"name": "plain"},
+                             "dp": {"name": "off"}}),
                   OwnerIdentity("client_0", str(demo_dir), str(tmp_path_factory.mktemp("s"))))
     return owner.layout.digest, owner.initial
 
@@ -123,7 +124,7 @@ def test_a_federation_goes_on_without_a_dead_worker_and_its_owner_rejoins_with_i
 
     data = write_demo_data(tmp_path / "data", 2, 60, seed=0)
     cfg = from_dict({"seed": 2, "rounds": 3, "num_clients": 2, "output_dir": str(tmp_path / "run"),
-                     "model": {"path": str(tiny_gpt2)}, "train": {"local_steps": 2},
+                     "model": {"path": str(tiny_gpt2)}, "train": {"local_steps": 2}, "aggregation": {"name": "plain"},
                      "dp": {"name": "sample_level", "target_epsilon": 8.0, "accountant": "rdp"}})
     data_dirs = {"client_0": data[0], "client_1": data[1]}
 

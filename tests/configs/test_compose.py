@@ -67,7 +67,7 @@ def test_defaults_protect_and_plain_dp_off_remain_overrides():
 ])
 def test_bad_values_fail_with_the_key(values, match):
     with pytest.raises(UserError, match=match):
-        from_dict(values)
+        from_dict({"dp": {"name": "off"}, "aggregation": {"name": "plain"}, **values})
 
 
 def test_the_cohort_sets_max_owners_and_bfv_parameters_under_auto_and_tenseal():

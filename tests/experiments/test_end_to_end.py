@@ -52,16 +52,16 @@ def test_acceptance_run_plain_no_dp(tmp_path):
         "seconds.png",
     ]
 
-    # the round ledger verifies against the head the summary recorded
+    # the round chain verifies against the head the summary recorded
     from fedveil.server.cli import main as fedveil
 
-    ledger = [json.loads(line) for line in (out / "round_ledger.jsonl").read_text().splitlines()]
-    assert [e["round"] for e in ledger] == [1, 2, 3] and ledger[0]["participants"] == [
+    chain = [json.loads(line) for line in (out / "round_ledger.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in chain] == [1, 2, 3] and chain[0]["participants"] == [
         "client_0",
         "client_1",
         "client_2",
     ]
-    assert fedveil(["verify-ledger", str(out), "--head", summary["ledger_head"]]) == 0
+    assert fedveil(["verify-chain", str(out), "--head", summary["ledger_head"]]) == 0
 
     # final_adapter/ loads with PEFT onto the base model its config names, and equals round 3's global
     from peft import PeftModel
@@ -228,7 +228,7 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path):
     assert [r["round"] for r in rows(out)] == [0, 1, 2]
 
 
-def test_an_epsilon_sweep_with_client_sampling_and_fedveil_report_draws_its_frontier(tmp_path):
+def test_an_epsilon_sweep_with_owner_sampling_and_fedveil_report_draws_its_frontier(tmp_path):
     from fedveil.experiments.report import main as report
 
     out = tmp_path / "S"

@@ -26,7 +26,7 @@ def test_an_owner_worker_killed_while_training_or_writing_its_ledger_rejoins_wit
     data = owners_data[0]  # rounds=5: the noise is planned for 10 steps, room for the 8 the interruptions cost
     cfg = from_dict({"seed": 2, "rounds": 5, "num_clients": 1, "output_dir": str(tmp_path / "run"),
                      "model": {"path": str(tiny_gpt2)}, "data": {"max_length": 32},
-                     "train": {"local_steps": 2, "batch_size": 4},
+                     "train": {"local_steps": 2, "batch_size": 4}, "aggregation": {"name": "plain"},
                      "dp": {"name": "sample_level", "target_epsilon": 8.0, "accountant": "rdp"}})
     owner = Owner(cfg, OwnerIdentity("client_0", data, str(tmp_path / "scratch")))
     state_dir, sock = tmp_path / "state", tmp_path / "state" / "owner.sock"

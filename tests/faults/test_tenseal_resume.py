@@ -114,8 +114,8 @@ def test_a_tenseal_run_killed_after_round_2_resumes_without_re_keying_to_the_uni
     assert rounds(out) == [0, 1, 2, 3, 4]  # each round once
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 4
-    ledger = [json.loads(line)["round"] for line in (out / "round_ledger.jsonl").read_text().splitlines()]
-    assert ledger == [1, 2, 3, 4] and fedveil(["verify-ledger", str(out), "--head", summary["ledger_head"]]) == 0
+    chain = [json.loads(line)["round"] for line in (out / "round_ledger.jsonl").read_text().splitlines()]
+    assert chain == [1, 2, 3, 4] and fedveil(["verify-chain", str(out), "--head", summary["ledger_head"]]) == 0
     assert held_contexts(out) == (contexts, keyings)  # no owner re-keyed: same files, no new keying
 
     globals_, final = uninterrupted(out, tmp_path / "reference")

@@ -13,7 +13,7 @@ from fedveil.privacy.secagg.crypten.shares import (
 )
 
 
-def test_shares_reveal_the_update_within_one_ulp_per_client():
+def test_shares_reveal_the_update_within_one_ulp_per_owner():
     rng = np.random.default_rng(0)
     updates = [rng.normal(scale=0.3, size=1000) for _ in range(3)]
     weights = [216.0, 54.0, 1000.0]

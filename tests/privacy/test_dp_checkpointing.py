@@ -114,8 +114,9 @@ def test_a_dp_round_with_checkpointing_trains_and_is_charged_as_without(tmp_path
     def round_(name, checkpointing):
         cfg = from_dict({"seed": 1, "rounds": 2, "num_clients": 1, "output_dir": str(tmp_path / "run"),
                          "model": {"path": str(tiny_gpt2), "gradient_checkpointing": checkpointing},
-                         "train": {"local_steps": 2}, "dp": {"name": "sample_level", "target_epsilon": 4.0,
-                                                              "accountant": "rdp", "max_physical_batch_size": 2}})
+                         "train": {"local_steps": 2}, "aggregation": {"name": "plain"},
+                         "dp": {"name": "sample_level", "target_epsilon": 4.0, "accountant": "rdp",
+                                "max_physical_batch_size": 2}})
         state = tmp_path / name
         owner = Owner(cfg, OwnerIdentity("client_0", str(demo_dir), str(state)), {wire.ROUND: 1})
         protected, metrics = owner.train_round(owner.initial)
@@ -133,7 +134,7 @@ def test_a_dp_round_with_checkpointing_trains_and_is_charged_as_without(tmp_path
 def test_a_mode_that_cannot_recompute_is_refused_in_one_line(tiny_gpt2, demo_dir):
     from fedveil.configs.schema import from_dict
 
-    values = {"model": {"path": str(tiny_gpt2), "gradient_checkpointing": True}}
+    values = {"model": {"path": str(tiny_gpt2), "gradient_checkpointing": True}, "aggregation": {"name": "plain"}}
     for mode in ("hooks", "functorch"):
         assert from_dict(
             {**values, "dp": {"name": "sample_level", "grad_sample_mode": mode}}

@@ -306,5 +306,6 @@ def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit
     plan = choose(PrivacyConfig(coordinator="curious"), 600_000)
     assert plan.pick == "tenseal" and candidate_config("tenseal", PrivacyConfig(), 600_000).scheme == "ckks"
     with pytest.raises(UserError, match="at most 370,727 owners.*aggregation.scheme=ckks"):
-        from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}})
-    assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"}}).aggregation
+        from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}, "dp": {"name": "off"}})
+    assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"},
+                      "dp": {"name": "off"}}).aggregation

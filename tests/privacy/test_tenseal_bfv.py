@@ -126,7 +126,8 @@ def test_the_global_uses_a_public_step_so_its_header_says_nothing_of_the_global(
 
 
 def test_the_run_bounds_the_global_by_its_rounds():
-    cfg = from_dict({"rounds": 5, "aggregation": {"name": "tenseal"}, "train": {"update_clip_norm": 0.5}}).aggregation
+    cfg = from_dict({"rounds": 5, "aggregation": {"name": "tenseal"}, "dp": {"name": "off"},
+                     "train": {"update_clip_norm": 0.5}}).aggregation
     assert (cfg.global_bound, cfg.norm_bound, cfg.value_bound) == (1.0 + 5 * 0.5, 0.5, 0.5)
 
 

@@ -34,6 +34,7 @@ def relay(tmp_path, monkeypatch):
                 "output_dir": str(tmp_path / "run"),
                 "model": {"path": "/m"},
                 "aggregation": {"name": "tenseal"},
+                "dp": {"name": "off"},
                 "resume": bool(run_config.get("resume")),
             }
         )
@@ -49,7 +50,7 @@ def relay(tmp_path, monkeypatch):
     monkeypatch.setattr(key_setup, "ask", ask)
     monkeypatch.setattr(key_setup, "sample_nodes", lambda grid, n, m: (sorted(OWNERS), []))
     run_config = to_run_config(from_dict({"output_dir": str(tmp_path / "run"), "model": {"path": "/m"},
-                                          "aggregation": {"name": "tenseal"}}))
+                                          "aggregation": {"name": "tenseal"}, "dp": {"name": "off"}}))
     return states, run_config
 
 

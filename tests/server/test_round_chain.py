@@ -1,4 +1,4 @@
-"""The round ledger's hash chain: intact verifies; any edit, deletion or reordering is found."""
+"""The round chain (round_ledger.jsonl): intact verifies; any edit, deletion or reordering is found."""
 
 import json
 
@@ -9,7 +9,7 @@ from fedveil.server.cli import main as fedveil
 
 
 @pytest.fixture
-def ledger(tmp_path):
+def chain(tmp_path):
     path = tmp_path / round_chain.FILENAME
     for r in range(1, 5):
         round_chain.append(
@@ -32,31 +32,33 @@ def write(path, rows):
     path.write_text("".join(r + "\n" for r in rows))
 
 
-def test_intact_ledger_verifies_with_its_head(ledger, capsys):
-    head = json.loads(lines(ledger)[-1])["hash"]
-    assert round_chain.verify(ledger, head) == (True, f"{ledger}: 4 entries, chain intact, head {head}")
-    assert fedveil(["verify-ledger", str(ledger.parent), "--head", head]) == 0
+def test_intact_chain_verifies_with_its_head(chain, capsys):
+    head = json.loads(lines(chain)[-1])["hash"]
+    assert round_chain.verify(chain, head) == (True, f"{chain}: 4 entries, chain intact, head {head}")
+    assert fedveil(["verify-chain", str(chain.parent), "--head", head]) == 0
+    assert "chain intact" in capsys.readouterr().out
+    assert fedveil(["verify-ledger", str(chain.parent), "--head", head]) == 0  # the name deployments type
     assert "chain intact" in capsys.readouterr().out
 
 
-def test_edited_entry_is_found(ledger, capsys):
-    rows = lines(ledger)
+def test_edited_entry_is_found(chain, capsys):
+    rows = lines(chain)
     entry = json.loads(rows[1])
     entry["epsilon"]["client_0"] = 0.01  # someone lowers a reported epsilon
     rows[1] = json.dumps(entry, sort_keys=True)
-    write(ledger, rows)
-    assert fedveil(["verify-ledger", str(ledger)]) == 1
-    assert f"{ledger}:2: entry hash does not match its content" in capsys.readouterr().err
+    write(chain, rows)
+    assert fedveil(["verify-chain", str(chain)]) == 1
+    assert f"{chain}:2: entry hash does not match its content" in capsys.readouterr().err
 
 
-def test_rehashed_edit_still_breaks_the_chain(ledger):
-    rows = lines(ledger)
+def test_rehashed_edit_still_breaks_the_chain(chain):
+    rows = lines(chain)
     entry = json.loads(rows[1])
     entry["participants"] = ["client_0"]
     entry["hash"] = round_chain.entry_hash(entry)  # a careful forger recomputes the hash
     rows[1] = json.dumps(entry, sort_keys=True)
-    write(ledger, rows)
-    ok, message = round_chain.verify(ledger)
+    write(chain, rows)
+    ok, message = round_chain.verify(chain)
     assert not ok and ":3: prev_hash does not match line 2" in message
 
 
@@ -65,15 +67,15 @@ def test_rehashed_edit_still_breaks_the_chain(ledger):
     (lambda rows: [rows[0], rows[2], rows[1], rows[3]], ":2: prev_hash"),  # reordered
     (lambda rows: rows[:2] + ['{"round": 3'] + rows[3:], ":3: not valid JSON"),  # truncated line
 ])
-def test_deletion_reordering_and_damage_are_found(ledger, mutate, where):
-    write(ledger, mutate(lines(ledger)))
-    ok, message = round_chain.verify(ledger)
+def test_deletion_reordering_and_damage_are_found(chain, mutate, where):
+    write(chain, mutate(lines(chain)))
+    ok, message = round_chain.verify(chain)
     assert not ok and where in message
 
 
-def test_deleting_the_newest_entry_shows_against_the_head(ledger):
-    head = json.loads(lines(ledger)[-1])["hash"]
-    write(ledger, lines(ledger)[:-1])
-    assert round_chain.verify(ledger)[0]  # a chain alone cannot see a cut at the end ...
-    ok, message = round_chain.verify(ledger, head)  # ... its recorded head can
+def test_deleting_the_newest_entry_shows_against_the_head(chain):
+    head = json.loads(lines(chain)[-1])["hash"]
+    write(chain, lines(chain)[:-1])
+    assert round_chain.verify(chain)[0]  # a chain alone cannot see a cut at the end ...
+    ok, message = round_chain.verify(chain, head)  # ... its recorded head can
     assert not ok and "removed from the end" in message

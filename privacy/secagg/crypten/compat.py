@@ -23,6 +23,7 @@ import importlib.util
 import sys
 import types
 
+import numpy as np
 import torch
 
 _PATCHED = False
@@ -51,10 +52,8 @@ def _stand_in_onnx_registration() -> None:
 
 def encode(self, x, device=None):
     """Fixed-point encoding with rounding to nearest (CrypTen truncates)."""
-    from crypten.common.tensor_types import is_float_tensor, is_int_tensor
-    from crypten.cryptensor import CrypTensor
-
-    import numpy as np
+    from crypten.common.tensor_types import is_float_tensor, is_int_tensor  # lazy: after import_crypten's torch shim
+    from crypten.cryptensor import CrypTensor  # lazy: after import_crypten's torch shim
 
     if isinstance(x, CrypTensor):
         return x
@@ -73,7 +72,7 @@ def encode(self, x, device=None):
 
 def decode(self, tensor):
     """Exact fixed-point decoding: floor(t / 2^p) + (t mod 2^p) / 2^p."""
-    from crypten.common.tensor_types import is_int_tensor
+    from crypten.common.tensor_types import is_int_tensor  # lazy: after import_crypten's torch shim
 
     if tensor is None:
         return None
@@ -88,8 +87,8 @@ def import_crypten():
     """``crypten``, importable and patched for torch 2.13 (idempotent)."""
     global _PATCHED
     _stand_in_onnx_registration()
-    import crypten
-    from crypten.encoder import FixedPointEncoder
+    import crypten  # lazy: only after the onnx stand-in above
+    from crypten.encoder import FixedPointEncoder  # lazy: only after the onnx stand-in above
 
     if not _PATCHED:
         FixedPointEncoder.encode = encode

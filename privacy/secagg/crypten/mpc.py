@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from fedveil.privacy.secagg.crypten.compat import import_crypten
 from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS, SCALE
@@ -88,10 +89,8 @@ def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
     ``sum_k n_k`` -- or ``(flags, None, 0.0)`` when fewer than ``max(min_owners, 2)`` owners are
     accepted: then nothing is revealed.
     """
-    import torch
-
     import_crypten()
-    from crypten.mpc import MPCTensor
+    from crypten.mpc import MPCTensor  # lazy: after import_crypten's torch shim
 
     min_owners = max(int(min_owners), MIN_OWNERS_FLOOR)
     if not local_shares:
@@ -117,7 +116,7 @@ def run_local_parties(shares: Sequence[Sequence[np.ndarray]], counts: Sequence[f
                       bound: Optional[float], parties: int = 3, min_owners: int = MIN_OWNERS_FLOOR):
     """``shares[k][p]``: party p's share of owner k. Runs K local party processes + a TTP."""
     crypten = import_crypten()
-    import crypten.mpc as mpc
+    import crypten.mpc as mpc  # lazy: after import_crypten's torch shim
 
     @mpc.run_multiprocess(world_size=parties)
     def party():

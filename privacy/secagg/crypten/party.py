@@ -63,8 +63,10 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 
+from fedveil.core.console import quiet_libraries
 from fedveil.core.faults import maybe_die
 from fedveil.core.io import pack, unpack
 from fedveil.core.pki import COORDINATOR_CN
@@ -72,7 +74,7 @@ from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import sealing
 from fedveil.privacy.secagg.identity import load_signed_roster, pinned_roster_key
-from fedveil.privacy.secagg.crypten.shares import NotRostered, ShareHeader, check_bundle, open_share
+from fedveil.privacy.secagg.crypten.shares import SCALE, NotRostered, ShareHeader, check_bundle, open_share
 
 SERVICE = "fedveil.Party"
 ROUNDS_FILE = "rounds.json"  # {run: last round taken up}, in the party's state directory
@@ -117,7 +119,7 @@ def decode_response(blob: bytes) -> tuple[dict, np.ndarray]:
 class Party:
     def __init__(self, rank: int, world: int, state_dir: Path, min_owners: int = 2,
                  max_weight: float | None = None, roster: dict[str, bytes] | None = None) -> None:
-        from fedveil.privacy.secagg.crypten.mpc import MIN_OWNERS_FLOOR
+        from fedveil.privacy.secagg.crypten.mpc import MIN_OWNERS_FLOOR  # lazy: imports torch
 
         self.rank, self.world = rank, world
         self.private, self.public = sealing.keypair(state_dir)
@@ -177,11 +179,11 @@ class Party:
         return OPENED, count, share
 
     def aggregate(self, request: bytes, context) -> bytes:
-        import torch
+        import torch  # lazy: fedveil-party --help and the coordinator's `call` need no torch
 
-        from fedveil.privacy.secagg.crypten.compat import import_crypten
-        from fedveil.privacy.secagg.crypten.mpc import RING_HEADROOM, norm_check_fits, party_aggregate
-        from fedveil.privacy.secagg.crypten.shares import SCALE
+        from fedveil.privacy.secagg.crypten.compat import import_crypten  # lazy: imports torch
+        from fedveil.privacy.secagg.crypten.mpc import (  # lazy: imports torch
+            RING_HEADROOM, norm_check_fits, party_aggregate)
 
         crypten = import_crypten()
         meta, sealed, bundles = decode_request(request)
@@ -287,8 +289,6 @@ def caller_is(context, common_name: str) -> bool:
 
 def authenticated(handler, common_name: str | None):
     """``handler`` for the coordinator only: any other caller gets ``UNAUTHENTICATED`` (None: no check)."""
-    import grpc
-
     if common_name is None:
         return handler
 
@@ -305,8 +305,6 @@ def authenticated(handler, common_name: str | None):
 def serve(party: Party, listen: str, tls: TlsFiles | None = None, coordinator_cn: str = COORDINATOR_CN):
     """Serve the party on ``listen``: TLS requiring the coordinator's client certificate, or
     plaintext without any caller check when ``tls`` is None (``--insecure``)."""
-    import grpc
-
     options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     cn = coordinator_cn if tls is not None else None
@@ -330,8 +328,6 @@ def serve(party: Party, listen: str, tls: TlsFiles | None = None, coordinator_cn
 
 def call(address: str, method: str, payload: bytes, timeout: float, tls: TlsFiles | None = None) -> bytes:
     """One call to a party; over TLS with the coordinator's client certificate when ``tls`` is given."""
-    import grpc
-
     options = [("grpc.max_receive_message_length", 1 << 30), ("grpc.max_send_message_length", 1 << 30)]
     if tls is None:
         channel = grpc.insecure_channel(address, options=options)
@@ -424,8 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedveil-party {args.rank}: {len(roster)} owners on the signed roster {args.roster}", flush=True)
     os.environ.update({"WORLD_SIZE": str(args.world), "RANK": str(args.world if args.ttp else args.rank),
                        "RENDEZVOUS": args.rendezvous, "DISTRIBUTED_BACKEND": "gloo"})
-    from fedveil.core.console import quiet_libraries
-    from fedveil.privacy.secagg.crypten.compat import import_crypten
+    from fedveil.privacy.secagg.crypten.compat import import_crypten  # lazy: torch, after the environment above
 
     quiet_libraries()
     crypten = import_crypten()

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 
 from fedveil.core.errors import UserError
 from fedveil.core.io import pack
@@ -54,7 +56,7 @@ COUNT_BOX = 24 + 16 + 8  # libsodium secret box: nonce + MAC + float64 weight
 @lru_cache(maxsize=None)
 def plain_modulus(n: int, bits: int) -> int:
     """SEAL's batching prime of ``bits`` bits (``t = 1 mod 2N``)."""
-    from tenseal import sealapi
+    from tenseal import sealapi  # lazy: SEAL loads only where tenseal is used; configs import us
 
     return int(sealapi.PlainModulus.Batching(n, bits).value())
 
@@ -174,22 +176,17 @@ def read_header(raw: bytes) -> tuple[bytes, float]:
 
 def count_key(secret: bytes) -> bytes:
     """The key owners seal their weights with: HKDF-SHA256 of the shared secret context."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.hazmat.primitives import hashes  # lazy: ~0.4 s; configs import this module
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # lazy: ~0.4 s; configs import this module
 
     return HKDF(hashes.SHA256(), 32, salt=None, info=b"fedveil/tenseal-bfv-weight/v1").derive(secret)
 
 
 def seal_weight(key: bytes, weight: float) -> bytes:
-    from nacl.secret import SecretBox
-
     return bytes(SecretBox(key).encrypt(struct.pack("<d", weight)))
 
 
 def open_weight(key: bytes, box: bytes) -> float:
-    from nacl.exceptions import CryptoError
-    from nacl.secret import SecretBox
-
     try:
         (weight,) = struct.unpack("<d", SecretBox(key).decrypt(box))
     except (CryptoError, struct.error, ValueError) as exc:
@@ -216,7 +213,7 @@ def encrypt(secret_ctx, values: np.ndarray, cfg, kind: bytes = b"u", weight_key:
     ``values``: an update's ``w * delta`` already clamped (``config.clamp``), or (``kind=b"g"``) the
     global adapter, which is never summed: the whole digit, at a step of public values only (never
     max|global|). ``cfg`` is the ``config.TensealConfig``."""
-    import tenseal as ts
+    import tenseal as ts  # lazy: SEAL loads only where tenseal is used; configs import us
 
     if secret_ctx is None:
         raise UserError("this party holds no BFV secret context and cannot encrypt for the federation")

@@ -28,7 +28,7 @@ def with_weight(values: np.ndarray, weight: float) -> np.ndarray:
 
 def encrypt(secret_ctx, values: np.ndarray, cfg: TensealConfig) -> bytes:
     """The framed ciphertexts of ``values``, ``slots(cfg)`` values each."""
-    import tenseal as ts
+    import tenseal as ts  # lazy: SEAL loads only where tenseal is used; configs import us
 
     if secret_ctx is None:
         raise UserError("this party holds no CKKS secret context and cannot encrypt for the federation")

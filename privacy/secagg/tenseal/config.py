@@ -55,7 +55,7 @@ class TensealConfig:
     value_bound: Optional[float] = None
     norm_bound: Optional[float] = None
     global_bound: Optional[float] = None
-    key_holder: str = ""  # client id of the owner that creates the context ("" = smallest id)
+    key_holder: str = ""  # owner id (client_K) that creates the tenseal context ("" = smallest)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:

@@ -14,7 +14,7 @@ from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 def make_context(cfg: TensealConfig):
     """A fresh secret context (the key holder's), BFV or CKKS."""
-    import tenseal as ts
+    import tenseal as ts  # lazy: SEAL loads only where tenseal is used; configs import us
 
     if cfg.scheme == "bfv":
         return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=cfg.poly_modulus_degree,
@@ -40,7 +40,7 @@ def context_id(public: bytes) -> str:
 
 
 def load_context(data: bytes):
-    import tenseal as ts
+    import tenseal as ts  # lazy: SEAL loads only where tenseal is used; configs import us
 
     try:
         return ts.context_from(data)
