@@ -22,9 +22,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
+from fedveil.core.console import quiet_libraries
+from fedveil.core.io import atomic_write_bytes
 from fedveil.core.metrics import read_rows, read_summary
+from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
+from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
 
 MODELS = {
     "tiny": [],
@@ -67,19 +72,11 @@ def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
 
 
 def adapter_values(out: Path) -> int:
-    from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
-    from fedveil.core.console import quiet_libraries
-
     quiet_libraries()
     return sum(v.size for v in get_adapter(load_lora_model(ModelConfig(path=str(out / "base_model")))).values())
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    from datetime import date
-
-    from fedveil.core.io import atomic_write_bytes
-    from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
-
     points: dict[str, list] = {"tenseal": [], "crypten": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in ("tiny", "mid"):

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
+from fedveil.core.console import quiet_loggers
 from fedveil.core.metrics import RunSummary
 from fedveil.privacy.secagg import backend_spec
 
@@ -31,7 +32,6 @@ def run_in_simulation(cfg: FedveilConfig) -> RunSummary | None:
     from flwr.app import Context, RecordDict  # lazy: after the environment above (read at flwr's import)
 
     from fedveil.client.app import app as client_app  # lazy: imports flwr
-    from fedveil.core.console import quiet_loggers
     from fedveil.server.app import server_app  # lazy: imports flwr
 
     quiet_loggers()
