@@ -43,9 +43,7 @@ def _dump(obj: Any, trained: bool) -> dict[str, Any]:
     for f in fields(obj):
         value = getattr(obj, f.name)
         keep = f.metadata.get(KEEP)
-        if value is None and not (keep == "always" or (keep == "trained" and trained)):
-            continue
-        if keep == "trained" and not trained:
+        if (keep == "trained" and not trained) or (keep is None and value is None):
             continue
         out[f.name] = _plain(value, trained)
     return out
