@@ -19,7 +19,7 @@ from fedveil.task.model import ModelConfig
 from fedveil.task.train import TrainConfig
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.sgd import DP_MODES, check_checkpointing
-from fedveil.privacy.planner import AutoConfig, PrivacyConfig, choose
+from fedveil.privacy.planner import AutoConfig, Plan, PrivacyConfig, choose
 from fedveil.privacy.policy import OwnerPolicy
 from fedveil.privacy.secagg import BACKENDS
 
@@ -146,8 +146,9 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
-def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
-    """A typed, validated :class:`FedveilConfig` from a nested plain dict."""
+def from_dict(values: Mapping[str, Any], plan: Optional[Plan] = None) -> FedveilConfig:
+    """A typed, validated :class:`FedveilConfig` from a nested plain dict. ``plan``: the planner's
+    decision for these values where the caller has made it (``aggregation=auto`` resolves to its pick)."""
     values = dict(values)
     # No fallback for a missing dp or aggregation: every entry point names both (configs/config.yaml's
     # defaults list, pyproject's [tool.flwr.app.config]), and a silent default here would be a second
@@ -161,7 +162,7 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     if agg.get("name") not in (*BACKENDS, "auto"):
         raise UserError(f"aggregation '{agg.get('name')}' is unknown: choose one of {sorted(BACKENDS)} or auto")
     cfg = build(FedveilConfig, values)
-    agg, dp = resolve_privacy(cfg, agg, dp)
+    agg, dp = resolve_privacy(cfg, agg, dp, plan)
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     resolve = BACKENDS[agg["name"]].resolve
     if resolve is not None:
@@ -182,14 +183,16 @@ def from_dict(values: Mapping[str, Any]) -> FedveilConfig:
     return cfg
 
 
-def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any]) -> tuple[dict, dict]:
+def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any],
+                    plan: Optional[Plan] = None) -> tuple[dict, dict]:
     """``aggregation=auto``: the planner's pick from ``privacy.*`` (or a one-line refusal naming the
     assumption to relax); ``privacy.epsilon``: dp=sample_level with that target (and
     ``privacy.delta``). A named backend bypasses the planner. The resolved config is what travels
     to the ServerApp and the owners, so they never plan again."""
     if agg.get("name") == "auto":
         typed = {k: v for k, v in agg.items() if k != "name" and v is not None}  # auto_schema holds every key, unset
-        plan = choose(cfg.privacy, cfg.participants, resume=cfg.resume, allowed=list(cfg.owner_policy.allowed_backends))
+        plan = plan or choose(cfg.privacy, cfg.participants, resume=cfg.resume,
+                              allowed=list(cfg.owner_policy.allowed_backends))
         plan.refuse()
         keys = {f.name for f in dataclasses.fields(BACKENDS[plan.pick].config)} - {"name"}
         if set(typed) - keys:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedveil.core.metrics import read_rows
 from fedveil.experiments.bench_secagg import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +56,7 @@ def deploy_model_env(overrides: list[str]) -> dict[str, str]:
 
 
 def round_seconds(run_dir: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r["seconds"]["round"] for r in rows if r["round"] > 0]
+    return [r.seconds.round for r in read_rows(run_dir) if r.trained]
 
 
 def steady(seconds: list[float]) -> float:

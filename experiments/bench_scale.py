@@ -37,6 +37,8 @@ from pathlib import Path
 
 import psutil
 
+from fedveil.core.metrics import METRICS_FILE, read_rows
+
 CONFIGS = {  # name -> overrides
     "plain": ["aggregation=plain", "dp=off"],
     "plain+dp": ["aggregation=plain", "dp=sample_level", "dp.target_epsilon=8"],
@@ -118,17 +120,16 @@ def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        with TreeMonitor(proc.pid, args.poll, out / "metrics.jsonl") as monitor:
+        with TreeMonitor(proc.pid, args.poll, out / METRICS_FILE) as monitor:
             code = proc.wait()
     wall = time.perf_counter() - start
     if code != 0:
         tail = log.read_text().strip().splitlines()[-5:]
         raise SystemExit(f"bench_scale: run failed ({owners} owners, {config}): " + " | ".join(tail))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    trained = [r for r in rows if r["round"] > 0]
+    trained = [r for r in read_rows(out) if r.trained]
     return {"owners": owners, "config": config, "clients_per_round": per_round,
-            "seconds_per_round": [r["seconds"]["round"] for r in trained],
-            "seconds_evaluate": [r["seconds"]["evaluate"] for r in trained],
+            "seconds_per_round": [r.seconds.round for r in trained],
+            "seconds_evaluate": [r.seconds.evaluate for r in trained],
             "cpu_seconds_per_round": [b - a for a, b in zip(monitor.at_rows, monitor.at_rows[1:])],
             "peak_memory_bytes": monitor.peak, "processes_at_peak": monitor.peak_processes,
             "cpu_seconds": monitor.cpu_seconds, "wall_seconds": wall,

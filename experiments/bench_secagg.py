@@ -22,7 +22,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
+
+from fedveil.core.console import quiet_libraries
+from fedveil.core.io import atomic_write_bytes
+from fedveil.core.metrics import read_rows, read_summary
+from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
+from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
 
 MODELS = {
     "tiny": [],
@@ -50,35 +57,26 @@ def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{backend} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    summary = json.loads((out / "summary.json").read_text())
-    per_client = [c for r in rows for c in r["per_client"].values()]
+    rows = [r for r in read_rows(out) if r.trained]
+    per_client = [c for r in rows for c in r.per_client.values()]
     return {
-        "round_seconds": statistics.median(r["seconds"]["round"] for r in rows),
-        "update_bytes": statistics.median(c["bytes_update_up"] for c in per_client),
-        "up_bytes": statistics.median(c["bytes_up"] for c in per_client),
-        "down_bytes": statistics.median(c["bytes_down"] for c in per_client),
-        "protect_seconds": statistics.median(r["seconds"]["protect"] for r in rows),
-        "aggregate_seconds": statistics.median(r["seconds"]["aggregate"] for r in rows),
-        "reveal_seconds": statistics.median(r["seconds"]["reveal"] for r in rows),
-        "final_eval_loss": summary["final_eval_loss"],
+        "round_seconds": statistics.median(r.seconds.round for r in rows),
+        "update_bytes": statistics.median(c.bytes_update_up for c in per_client),
+        "up_bytes": statistics.median(c.bytes_up for c in per_client),
+        "down_bytes": statistics.median(c.bytes_down for c in per_client),
+        "protect_seconds": statistics.median(r.seconds.protect for r in rows),
+        "aggregate_seconds": statistics.median(r.seconds.aggregate for r in rows),
+        "reveal_seconds": statistics.median(r.seconds.reveal for r in rows),
+        "final_eval_loss": read_summary(out).final_eval_loss,
     }
 
 
 def adapter_values(out: Path) -> int:
-    from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
-    from fedveil.core.console import quiet_libraries
-
     quiet_libraries()
     return sum(v.size for v in get_adapter(load_lora_model(ModelConfig(path=str(out / "base_model")))).values())
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    from datetime import date
-
-    from fedveil.core.io import atomic_write_bytes
-    from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
-
     points: dict[str, list] = {"tenseal": [], "crypten": []}
     with tempfile.TemporaryDirectory() as tmp:
         for model in ("tiny", "mid"):

@@ -13,18 +13,25 @@ import sys
 import tempfile
 from dataclasses import replace
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedveil.configs.schema import FedveilConfig, from_dict, register_schemas
+from fedveil.core.console import quiet_libraries
 from fedveil.core.errors import UserError
+from fedveil.core.metrics import (BYTES_DOWN_FIGURE, BYTES_UP_FIGURE, EPSILON_FIGURE, PHASES, Figure, MetricsRow,
+                                  seconds_figure, trained_rows)
+from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
+from fedveil.privacy.planner import choose, estimate, rough_phase_seconds
+from fedveil.task.model import get_adapter, load_lora_skeleton
+from fedveil.task.tiny import byte_level_tokenizer, tiny_config
 
 
 def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from fedveil.configs.schema import register_schemas
-    from fedveil.experiments.run import CONFIG_MODULE, hydra_error_line
+    from fedveil.experiments.run import CONFIG_MODULE, hydra_error_line  # lazy: run imports this module
 
     register_schemas()
     try:
@@ -36,12 +43,8 @@ def compose(overrides: list[str]) -> dict:
 
 def adapter_values(model_cfg, seed: int) -> int:
     """Adapter values of the configured model, from its config alone (meta device, no weights)."""
-    from fedveil.task.model import get_adapter, load_lora_skeleton
-
     if model_cfg.path:
         return sum(v.size for v in get_adapter(load_lora_skeleton(model_cfg, seed)).values())
-    from fedveil.task.tiny import byte_level_tokenizer, tiny_config
-
     tok = byte_level_tokenizer()
     config = tiny_config(model_cfg.tiny, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,8 +58,6 @@ def dp_plan(cfg) -> dict | None:
 
     With ``clients_per_round`` the plan is the same: the coordinator picks who trains, so no
     privacy amplification by that sampling is claimed; an owner left out of a round spends nothing."""
-    from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
-
     dp = cfg.dp
     if dp.name == "off":
         return None
@@ -76,13 +77,16 @@ def make_plan(overrides: list[str]) -> dict:
 
 
 def plan_of(values: dict) -> dict:
-    """The plan of a composed config (what the runner prints first and keeps in summary.json).
+    """The plan of a composed config (what the runner prints first and keeps in summary.json)."""
+    return planned_run(values)[1]
+
+
+def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
+    """The planner, run once for a composed config: the run's config (``aggregation=auto`` resolved
+    to the plan's pick; None where the planner refuses) and the plan as data.
 
     ``run``: the cost of the backend the run uses, with its own config (e.g. crypten's
-    ``aggregation.parties``), by phase: what ``planned_vs_measured`` compares with the run."""
-    from fedveil.configs.schema import from_dict
-    from fedveil.privacy.planner import choose, estimate, rough_phase_seconds
-
+    ``aggregation.parties``), by phase: what :func:`planned_vs_measured` compares with the run."""
     requested = (values.get("aggregation") or {}).get("name", "plain")
     # parse everything but the pick (the planner below says why, refusal included)
     cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
@@ -91,20 +95,21 @@ def plan_of(values: dict) -> dict:
                   allowed=list(cfg.owner_policy.allowed_backends))
     if requested == "auto":
         pick, reason = plan.pick, plan.reason
-        run_agg = from_dict(values).aggregation if pick else None  # what a run resolves auto to
+        run_cfg = from_dict(values, plan=plan) if pick else None  # auto resolved to this plan's pick
     else:
         verdict = next(v for v in plan.verdicts if v.backend == requested)
-        pick, run_agg = requested, cfg.aggregation
+        pick, run_cfg = requested, cfg
         reason = (
             f"aggregation={requested} was named, so the planner is bypassed"
             + ("" if verdict.covered else f"; it does NOT cover the stated threats ({'; '.join(verdict.why_not)})")
             + (f"; the planner would pick {plan.pick}" if plan.pick and plan.pick != requested else "")
         )
     run = None
-    if pick:
+    if run_cfg is not None:
+        run_agg = run_cfg.aggregation
         run = {**estimate(run_agg.name, run_agg, n, cfg.participants).as_dict(),
                "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
-    return {
+    return run_cfg, {
         "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
         "local_steps": cfg.train.local_steps,
         "adapter_values": n, "model": cfg.model.path or f"tiny {cfg.model.tiny.arch}",
@@ -121,7 +126,7 @@ def plan_of(values: dict) -> dict:
     }
 
 
-def planned_vs_measured(plan: dict, rows: list[dict], max_epsilon: float | None) -> dict:
+def planned_vs_measured(plan: dict, rows: list[MetricsRow], max_epsilon: float | None) -> dict[str, Figure]:
     """Per figure: the plan's value, the run's measured value (metrics.jsonl) and measured/planned.
 
     Bytes are means over owners and trained rounds (measured includes Flower's config and metric
@@ -129,7 +134,7 @@ def planned_vs_measured(plan: dict, rows: list[dict], max_epsilon: float | None)
     is rough and covers only the backend's phases: no figure for train and evaluate); epsilon is
     the largest any owner reported against the ε every owner planned."""
     run = plan.get("run")
-    trained = [r for r in rows if r.get("round", 0) > 0 and r.get("clients")]
+    trained = trained_rows(rows)
     if not run or not trained:
         return {}
 
@@ -137,23 +142,21 @@ def planned_vs_measured(plan: dict, rows: list[dict], max_epsilon: float | None)
         xs = [x for x in xs if x is not None]
         return sum(xs) / len(xs) if xs else None
 
-    owners = [c for r in trained for c in r.get("per_client", {}).values()]
-    planned_down = mean([(run["global_down_first"] if r["round"] == 1 else run["global_down"])
-                         for r in trained for _ in r.get("per_client", {})])
+    owners = [c for r in trained for c in r.per_client.values()]
+    planned_down = mean([(run["global_down_first"] if r.round == 1 else run["global_down"])
+                         for r in trained for _ in r.per_client])
     figures = {
-        "bytes_up_per_owner_per_round": (run["update_up"], mean([c.get("bytes_update_up") for c in owners])),
-        "bytes_down_per_owner_per_round": (planned_down, mean([c.get("bytes_down") for c in owners])),
+        BYTES_UP_FIGURE: (run["update_up"], mean([c.bytes_update_up for c in owners])),
+        BYTES_DOWN_FIGURE: (planned_down, mean([c.bytes_down for c in owners])),
     }
-    for phase in ("train", "protect", "aggregate", "reveal", "evaluate", "round"):
+    for phase in PHASES:
         planned = run["phase_seconds"].get(phase)
         if phase == "round":
             planned = None  # training dominates a round and is not modelled
-        name = "seconds_per_round" if phase == "round" else f"seconds_{phase}_per_round"
-        figures[name] = (planned, mean([r["seconds"].get(phase) for r in trained]))
+        figures[seconds_figure(phase)] = (planned, mean([r.seconds.of(phase) for r in trained]))
     dp = plan.get("dp")
-    figures["epsilon"] = (dp["epsilon"] if dp else None, max_epsilon)
-    return {name: {"planned": p, "measured": m,
-                   "ratio": (m / p) if p and m is not None else None} for name, (p, m) in figures.items()}
+    figures[EPSILON_FIGURE] = (dp["epsilon"] if dp else None, max_epsilon)
+    return {name: Figure(p, m, (m / p) if p and m is not None else None) for name, (p, m) in figures.items()}
 
 
 def human(n: float) -> str:
@@ -198,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for fedveil.experiments.run")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
-    from fedveil.core.console import quiet_libraries
-
     quiet_libraries()
     try:
         plan = make_plan(args.overrides)

@@ -9,7 +9,6 @@ with the run's records rather than looking at pictures.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # Figure without pyplot: the Agg canvas, no display, no global state
 from matplotlib.ticker import MaxNLocator
 
-from fedveil.core.io import atomic_write_bytes, read_jsonl
+from fedveil.core.io import atomic_write_bytes
+from fedveil.core.metrics import PHASES, MetricsRow, OwnerRow, RunSummary, read_rows, read_summary
 
 PLOTS_DIR = "plots"
 FIGSIZE = (8.0, 4.5)  # inches
@@ -79,29 +79,38 @@ def note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def per_round(rows: list[dict], value: Callable[[dict], float | None]) -> list[list[float]]:
-    points = [[float(r["round"]), value(r)] for r in rows]
+def per_round(rows: list[MetricsRow], value: Callable[[MetricsRow], float | None]) -> list[list[float]]:
+    points = [[float(r.round), value(r)] for r in rows]
     return [[x, float(y)] for x, y in points if y is not None]
 
 
-def mean_over_owners(row: dict, key: str | Callable[[dict], float | None]) -> float | None:
-    get = key if callable(key) else (lambda c: c.get(key))
-    values = [v for c in row.get("per_client", {}).values() if (v := get(c)) is not None]
+def mean_over_owners(row: MetricsRow, value: Callable[[OwnerRow], float | None]) -> float | None:
+    values = row.owner_values(value)
     return sum(values) / len(values) if values else None
 
 
-def plot_loss(rows: list[dict], summary: dict, path: Path) -> dict[str, Any]:
+def owner_value(row: MetricsRow, who: str, value: Callable[[OwnerRow], float | None]) -> float | None:
+    owner = row.per_client.get(who)
+    return value(owner) if owner is not None else None
+
+
+def owners_with(rows: list[MetricsRow], value: Callable[[OwnerRow], float | None]) -> list[str]:
+    return sorted({who for r in rows for who, c in r.per_client.items() if value(c) is not None})
+
+
+def plot_loss(rows: list[MetricsRow], summary: RunSummary | None, path: Path) -> dict[str, Any]:
     """Held-out loss per round: the federation's (where the coordinator sees it), each owner's where
     it releases one (not under DP), and the owners' own logs (simulation, summary.json)."""
     def draw(ax: Axes) -> None:
-        fed = per_round(rows, lambda r: r.get("eval_loss"))
+        fed = per_round(rows, lambda r: r.eval_loss)
         if fed:
             ax.plot(*zip(*fed), marker="o", linewidth=2, label="federation (token-weighted)")
-        owners = sorted({who for r in rows for who, c in r.get("per_client", {}).items() if "eval_loss" in c})
+        loss = lambda c: c.eval_loss  # noqa: E731
+        owners = owners_with(rows, loss)
         for who in owners:
-            pts = per_round(rows, lambda r: r.get("per_client", {}).get(who, {}).get("eval_loss"))
+            pts = per_round(rows, lambda r: owner_value(r, who, loss))
             ax.plot(*zip(*pts), **{"marker": ".", "linestyle": "--", "alpha": 0.7, "label": who, **owner_style(owners)})
-        logs = summary.get("owners_eval_loss_by_round") or {}
+        logs = (summary.owners_eval_loss_by_round if summary else None) or {}
         if logs:
             pts = sorted((float(k), float(v)) for k, v in logs.items())
             ax.plot(*zip(*pts), marker="s", label="owners' own logs (never sent under DP)")
@@ -111,15 +120,15 @@ def plot_loss(rows: list[dict], summary: dict, path: Path) -> dict[str, Any]:
     return save(path, draw)
 
 
-def plot_epsilon(rows: list[dict], path: Path) -> dict[str, Any]:
+def plot_epsilon(rows: list[MetricsRow], path: Path) -> dict[str, Any]:
     """Cumulative epsilon each owner reported after each round, and the owners' budget."""
     def draw(ax: Axes) -> None:
-        owners = sorted({who for r in rows for who, c in r.get("per_client", {}).items() if "epsilon" in c})
+        epsilon = lambda c: c.epsilon  # noqa: E731
+        owners = owners_with(rows, epsilon)
         for who in owners:
-            pts = per_round(rows, lambda r: r.get("per_client", {}).get(who, {}).get("epsilon"))
+            pts = per_round(rows, lambda r: owner_value(r, who, epsilon))
             ax.plot(*zip(*pts), **{"marker": "o", "label": who, **owner_style(owners)})
-        budgets = sorted({c["epsilon_budget"] for r in rows for c in r.get("per_client", {}).values()
-                          if c.get("epsilon_budget") is not None})
+        budgets = sorted({b for r in rows for b in r.owner_values(lambda c: c.epsilon_budget)})
         for b in budgets:
             ax.axhline(b, linestyle=":", color="0.3", label=f"budget {b:g}")
         if not owners:
@@ -128,15 +137,16 @@ def plot_epsilon(rows: list[dict], path: Path) -> dict[str, Any]:
     return save(path, draw)
 
 
-def plot_bytes(rows: list[dict], path: Path) -> dict[str, Any]:
+def plot_bytes(rows: list[MetricsRow], path: Path) -> dict[str, Any]:
     """Bytes per owner per round (mean over owners): the global down (train + evaluate messages),
     the protected update up, and the evaluation reply up."""
-    trained = [r for r in rows if r["round"] > 0]
+    trained = [r for r in rows if r.trained]
     series = {
-        "down: global (train + evaluate)": lambda r: mean_over_owners(r, "bytes_down"),
-        "up: protected update": lambda r: mean_over_owners(r, "bytes_update_up"),
+        "down: global (train + evaluate)": lambda r: mean_over_owners(r, lambda c: c.bytes_down),
+        "up: protected update": lambda r: mean_over_owners(r, lambda c: c.bytes_update_up),
         "up: evaluation reply": lambda r: mean_over_owners(
-            r, lambda c: c["bytes_up"] - c["bytes_update_up"] if "bytes_update_up" in c else None),
+            r, lambda c: c.bytes_up - c.bytes_update_up if c.bytes_up is not None and c.bytes_update_up is not None
+            else None),
     }
 
     def draw(ax: Axes) -> None:
@@ -148,16 +158,13 @@ def plot_bytes(rows: list[dict], path: Path) -> dict[str, Any]:
     return save(path, draw)
 
 
-PHASES = ("train", "protect", "aggregate", "reveal", "evaluate", "round")
-
-
-def plot_seconds(rows: list[dict], path: Path) -> dict[str, Any]:
+def plot_seconds(rows: list[MetricsRow], path: Path) -> dict[str, Any]:
     """Seconds per phase per round, as metrics.jsonl records them (``round`` is the whole round)."""
-    trained = [r for r in rows if r["round"] > 0]
+    trained = [r for r in rows if r.trained]
 
     def draw(ax: Axes) -> None:
         for phase in PHASES:
-            pts = per_round(trained, lambda r: r.get("seconds", {}).get(phase))
+            pts = per_round(trained, lambda r: r.seconds.of(phase))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=phase)
         ax.set_yscale("symlog", linthresh=1e-3)  # protect/aggregate/reveal are ms beside training
@@ -169,8 +176,7 @@ def plot_run(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Write ``plots/{loss,epsilon,bytes,seconds}.png`` for a finished run; returns, per file, the
     data its axes hold."""
     run = Path(run_dir)
-    rows = read_jsonl(run / "metrics.jsonl")
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    rows, summary = read_rows(run), read_summary(run)
     out = run / PLOTS_DIR
     return {"loss.png": plot_loss(rows, summary, out / "loss.png"),
             "epsilon.png": plot_epsilon(rows, out / "epsilon.png"),

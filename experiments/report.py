@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from matplotlib.axes import Axes
 
 from fedveil.core.errors import UserError
-from fedveil.core.io import read_jsonl
+from fedveil.core.metrics import (BYTES_DOWN_FIGURE, BYTES_UP_FIGURE, SUMMARY_FILE, MetricsRow, RunSummary,
+                                  read_rows, read_summary, trained_rows)
 from fedveil.experiments.plots import save
 
 REPORT_DIR = "report"
@@ -31,31 +33,30 @@ class Run:
     """One finished run, as its files record it."""
 
     path: Path
-    summary: dict
-    rows: list[dict]
+    summary: RunSummary
+    rows: list[MetricsRow]
     overrides: list[str] = field(default_factory=list)
     label: str = ""
 
     @property
     def backend(self) -> str:
-        return str(self.summary.get("backend", "?"))
+        return self.summary.backend or "?"
 
     @property
     def dp(self) -> str:
-        return str(self.summary.get("dp", "?"))
+        return self.summary.dp or "?"
 
     @property
     def epsilon(self) -> float | None:
-        return self.summary.get("max_epsilon")
+        return self.summary.max_epsilon
 
     def losses(self) -> tuple[dict[int, float], bool]:
         """Held-out loss by round, and whether it comes from the owners' own logs (under DP the
         coordinator sees none; the simulation runner records the owners' in summary.json)."""
-        own = self.summary.get("eval_loss_by_round") or {}
+        own = self.summary.eval_loss_by_round
         if any(v is not None for v in own.values()):
-            return {int(k): float(v) for k, v in own.items() if v is not None}, False
-        logs = self.summary.get("owners_eval_loss_by_round") or {}
-        return {int(k): float(v) for k, v in logs.items()}, True
+            return {k: float(v) for k, v in own.items() if v is not None}, False
+        return {k: float(v) for k, v in (self.summary.owners_eval_loss_by_round or {}).items()}, True
 
     @property
     def final_loss(self) -> float | None:
@@ -63,24 +64,23 @@ class Run:
         return losses[max(losses)] if losses else None
 
     def per_round_mean(self, value) -> float | None:
-        trained = [r for r in self.rows if r.get("round", 0) > 0 and r.get("clients")]
-        values = [v for r in trained if (v := value(r)) is not None]
+        values = [v for r in trained_rows(self.rows) if (v := value(r)) is not None]
         return sum(values) / len(values) if values else None
 
     @property
     def bytes_per_owner(self) -> float | None:
         """Bytes one owner moves per round (up + down), mean over owners and trained rounds."""
-        def one(r):
-            cs = list(r.get("per_client", {}).values())
-            return sum(c.get("bytes_up", 0) + c.get("bytes_down", 0) for c in cs) / len(cs) if cs else None
+        def one(r: MetricsRow) -> float | None:
+            moved = r.owner_values(lambda c: (c.bytes_up or 0) + (c.bytes_down or 0))
+            return sum(moved) / len(moved) if moved else None
         return self.per_round_mean(one)
 
     @property
     def seconds_per_round(self) -> float | None:
-        return self.per_round_mean(lambda r: r.get("seconds", {}).get("round"))
+        return self.per_round_mean(lambda r: r.seconds.round)
 
     def planned_ratio(self, figure: str) -> float | None:
-        return ((self.summary.get("planned_vs_measured") or {}).get(figure) or {}).get("ratio")
+        return self.summary.ratio(figure)
 
 
 def natural(path: Path) -> list:
@@ -93,7 +93,7 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d}: no such directory; give run directories or a multirun sweep directory")
-        found = [d / "summary.json"] if (d / "summary.json").is_file() else sorted(d.rglob("summary.json"), key=natural)
+        found = [d / SUMMARY_FILE] if (d / SUMMARY_FILE).is_file() else sorted(d.rglob(SUMMARY_FILE), key=natural)
         if not found:
             raise UserError(f"{d}: no finished run (summary.json) in it or below; a run writes one when its "
                             "last round ends")
@@ -104,15 +104,13 @@ def find_runs(dirs: list[Path]) -> list[Run]:
             overrides_file = run_dir / ".hydra" / "overrides.yaml"
             overrides = []
             if overrides_file.is_file():
-                import yaml
-
                 overrides = [o for o in (yaml.safe_load(overrides_file.read_text()) or [])
                              if not str(o).startswith("hydra.")]
             try:
-                summary = json.loads(path.read_text())
+                summary = read_summary(run_dir)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}: not valid JSON ({exc.msg}); rerun that experiment or leave it out") from None
-            runs.append(Run(run_dir, summary, read_jsonl(run_dir / "metrics.jsonl"), overrides))
+            runs.append(Run(run_dir, summary, read_rows(run_dir), overrides))
     label(runs)
     return runs
 
@@ -151,8 +149,8 @@ def table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         first = losses[min(losses)] if losses else None
         rows.append([r.label, r.backend, r.dp, fmt(r.epsilon, ".3f"), fmt(first, ".4f") + (mark if losses else ""),
                      fmt(r.final_loss, ".4f") + (mark if losses else ""), human_bytes(r.bytes_per_owner),
-                     fmt(r.seconds_per_round, ".2f"), fmt(r.planned_ratio("bytes_up_per_owner_per_round"), ".3f"),
-                     fmt(r.planned_ratio("bytes_down_per_owner_per_round"), ".3f")])
+                     fmt(r.seconds_per_round, ".2f"), fmt(r.planned_ratio(BYTES_UP_FIGURE), ".3f"),
+                     fmt(r.planned_ratio(BYTES_DOWN_FIGURE), ".3f")])
     return list(COLUMNS), rows
 
 

@@ -17,19 +17,22 @@ from pathlib import Path
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core.console import quiet_loggers
+from fedveil.core.metrics import RunSummary
 from fedveil.privacy.secagg import backend_spec
 
 WAITING_REFRESH_S = 0.05  # the engine sweeps all nodes every 0.1 s
 
 
-def run_in_simulation(cfg: FedveilConfig) -> None:
+def run_in_simulation(cfg: FedveilConfig) -> RunSummary | None:
+    """Run the federation; returns the coordinator's summary of it (None: the run ended early), which
+    the caller writes (summary.json is written once, with what the runner adds)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from flwr.app import Context, RecordDict  # lazy: after the telemetry opt-out (read at import)
+    from flwr.app import Context, RecordDict  # lazy: after the environment above (read at flwr's import)
 
-    from fedveil.client.app import app as client_app  # lazy: after the telemetry opt-out (read at import)
-    from fedveil.server.app import app as server_app  # lazy: after the telemetry opt-out (read at import)
+    from fedveil.client.app import app as client_app  # lazy: imports flwr
+    from fedveil.server.app import server_app  # lazy: imports flwr
 
     quiet_loggers()
 
@@ -43,12 +46,14 @@ def run_in_simulation(cfg: FedveilConfig) -> None:
     # what the backend needs running beside the federation (crypten: local aggregator parties)
     with backend_spec(cfg.aggregation.name).local_services(cfg.aggregation, Path(cfg.output_dir), cfg.num_clients):
         context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(cfg))
-        run_engine(cfg, context, client_app, server_app, backend_config)
+        kept: list[RunSummary] = []
+        run_engine(cfg, context, client_app, server_app(kept.append), backend_config)
+    return kept[0] if kept else None
 
 
 def run_engine(cfg: FedveilConfig, context, client_app, server_app, backend_config: dict) -> None:
-    from flwr.simulation.run_simulation import _run_simulation  # lazy: after the telemetry opt-out (read at import)
-    from flwr.supercore.telemetry import EventType  # lazy: after the telemetry opt-out (read at import)
+    from flwr.simulation.run_simulation import _run_simulation  # lazy: as in run_in_simulation
+    from flwr.supercore.telemetry import EventType  # lazy: as in run_in_simulation
 
     skip_idle_nodes()
 
@@ -75,7 +80,7 @@ def skip_idle_nodes() -> None:
     without a message (empty); a node with one is asked as before (checks, expiry clean-up and
     delivery unchanged). A message pushed just after a scan waits for the next sweep (0.1 s).
     """
-    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState  # lazy: after telemetry opt-out
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState  # lazy: as in run_in_simulation
 
     original = InMemoryLinkState.get_message_ins
     if getattr(original, "_fedveil_skips_idle", False):

@@ -27,13 +27,15 @@ from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
+from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, append_row, drop_rows_after, read_rows,
+                                  summarize)
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, round_chain
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
-from fedveil.server.outputs import RUN_ERROR_FILE, append_metrics, drop_rows_after, fmt, read_metrics, summarize
+from fedveil.server.outputs import RUN_ERROR_FILE, fmt
 from fedveil.server.strategy import SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
@@ -51,7 +53,7 @@ class Exchange:
 @dataclass
 class Evaluation:
     loss: float | None
-    per_owner: dict[str, dict]
+    per_owner: dict[str, OwnerRow]  # what each owner released of its evaluation
     exchange: Exchange
 
 
@@ -79,7 +81,8 @@ class Federation:
         return round_chain.sha256_of(json.dumps(self.run_config, sort_keys=True).encode())
 
 
-def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
+def run_federation(grid: Grid, cfg: FedveilConfig) -> RunSummary:
+    """Run every round; returns the run's summary (whoever started the run writes it: server/app.py)."""
     fed = setup(grid, cfg)
     first = resume(fed)
     sampled = f" ({cfg.participants} train per round)" if cfg.participants < cfg.num_clients else ""
@@ -87,7 +90,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> dict:
         f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
         f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})"
     )
-    if first == 1 and not any(r["round"] == 0 for r in read_metrics(fed.out)):
+    if first == 1 and not any(r.round == 0 for r in read_rows(fed.out)):
         evaluate_start(fed)
     for rnd in range(first, cfg.rounds + 1):
         run_round(fed, rnd)
@@ -143,7 +146,7 @@ def resume(fed: Federation) -> int:
     if not resumed:
         return 1
     fed.state = fed.state.restored(resumed[1])
-    fed.seen.update(who for r in read_metrics(fed.out) if r["round"] > 0 for who in r.get("clients", []))
+    fed.seen.update(who for r in read_rows(fed.out) if r.trained for who in r.clients)
     fed.chain_head = round_chain.head(fed.out / round_chain.FILENAME)
     progress(f"resuming after round {last} from {fed.out / 'checkpoints'}")
     return last + 1
@@ -151,18 +154,10 @@ def resume(fed: Federation) -> int:
 
 def evaluate_start(fed: Federation) -> None:
     ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, None))
-    append_metrics(
-        fed.out,
-        {
-            "round": 0,
-            "backend": fed.strategy.backend.name,
-            "eval_loss": ev.loss,
-            "clients": sorted(ev.per_owner),
-            "evaluated": sorted(ev.per_owner),
-            "per_client": ev.per_owner,
-            "seconds": {"round": 0.0, "evaluate": ev.exchange.seconds},
-        },
-    )
+    owners = sorted(ev.per_owner)
+    append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, eval_loss=ev.loss, clients=owners,
+                                   evaluated=owners, per_client=ev.per_owner,
+                                   seconds=Seconds(round=0.0, evaluate=ev.exchange.seconds)))
     progress(f"round 0/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (starting adapter)")
 
 
@@ -176,17 +171,17 @@ def run_round(fed: Federation, rnd: int) -> None:
     ev = evaluate(fed, rnd, handover(fed, rnd, outcome), evaluation_cohort(fed, rnd, list(train_ex.bytes_down)))
     row = round_row(fed, rnd, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, rnd, row, outcome)
-    note = f" | max eps {row['max_epsilon']:.3f}" if row["max_epsilon"] is not None else ""
+    note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
-    progress(f"round {rnd}/{fed.cfg.rounds} | train loss {fmt(row['train_loss'])} | eval loss {fmt(ev.loss)} | "
-             f"{len(outcome.accepted)} clients | {row['seconds']['round']:.1f} s{note}")
+    progress(f"round {rnd}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
+             f"{len(outcome.accepted)} clients | {row.seconds.round:.1f} s{note}")
     report_excluded(outcome.excluded)
 
 
 def stop_untrained(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, seconds: float) -> None:
     """No owner trained: record the round's row (no checkpoint, so a resume retries it) and stop."""
     row = round_row(fed, rnd, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
-    append_metrics(fed.out, row)
+    append_row(fed.out, row)
     reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
     report_excluded(outcome.excluded)
     raise UserError(f"round {rnd}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
@@ -255,10 +250,9 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
     for m in answered:
         if wire.METRICS in m.content:
             metrics = m.content.metric_records[wire.METRICS]
-            per_owner[records.owner_label(m)] = {
-                **({"eval_loss": float(metrics[wire.EVAL_LOSS])} if wire.EVAL_LOSS in metrics else {}),  # none under DP
-                **({"eval_reveal_seconds": float(metrics[wire.REVEAL_SECONDS])}
-                   if wire.REVEAL_SECONDS in metrics else {})}  # no timings under DP
+            per_owner[records.owner_label(m)] = OwnerRow(  # under DP: no loss, no timings
+                eval_loss=float(metrics[wire.EVAL_LOSS]) if wire.EVAL_LOSS in metrics else None,
+                eval_reveal_seconds=float(metrics[wire.REVEAL_SECONDS]) if wire.REVEAL_SECONDS in metrics else None)
     # what owners sent back is adopted only from the owner the hand-over asked (the holder knows whom),
     # on the node keyed as that owner
     keyed = [
@@ -281,7 +275,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
 
 
 def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, ev: Evaluation,
-              seconds: float) -> dict:
+              seconds: float) -> MetricsRow:
     """The round's line in metrics.jsonl."""
     backend = fed.strategy.backend
     counts_seen = server_sees_counts(backend, fed.cfg.dp.name != "off")  # else owners send weight 1
@@ -289,54 +283,56 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
     per_owner = {}
     for node, who in outcome.node_to_owner.items():
         m = outcome.accepted.get(who, {})
-        per_owner[who] = {
-            "bytes_down": train_ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
-            "bytes_up": train_ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
-            "bytes_update_up": train_ex.bytes_up.get(node, 0),
-            "num_examples": m.get(wire.NUM_EXAMPLES) if counts_seen else None,
-            "train_loss": m.get(wire.TRAIN_LOSS),
-            **({"update_norm": m[wire.UPDATE_NORM]} if wire.UPDATE_NORM in m else {}),
-            **ev.per_owner.get(who, {}),
+        evaluated = ev.per_owner.get(who, OwnerRow())
+        per_owner[who] = OwnerRow(
+            bytes_down=train_ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
+            bytes_up=train_ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
+            bytes_update_up=train_ex.bytes_up.get(node, 0),
+            num_examples=m.get(wire.NUM_EXAMPLES) if counts_seen else None,
+            train_loss=m.get(wire.TRAIN_LOSS),
+            update_norm=m.get(wire.UPDATE_NORM),
+            eval_loss=evaluated.eval_loss,
+            eval_reveal_seconds=evaluated.eval_reveal_seconds,
             **{name: m[key] for key, name in wire.DP_FIELDS.items() if key in m},
-        }
+        )
     accepted = outcome.accepted.values()
-    return {
-        "round": rnd,
-        "backend": backend.name,
-        "dp": fed.cfg.dp.name,
-        "clients": sorted(outcome.accepted),
-        "excluded": outcome.excluded,
-        "evaluated": sorted(ev.per_owner),
-        "train_loss": float(outcome.metrics[wire.TRAIN_LOSS])
+    return MetricsRow(
+        round=rnd,
+        backend=backend.name,
+        dp=fed.cfg.dp.name,
+        clients=sorted(outcome.accepted),
+        excluded=outcome.excluded,
+        evaluated=sorted(ev.per_owner),
+        train_loss=float(outcome.metrics[wire.TRAIN_LOSS])
         if outcome.metrics and wire.TRAIN_LOSS in outcome.metrics
         else None,
-        "eval_loss": ev.loss,
-        "per_client": per_owner,
-        "seconds": {
-            "round": seconds,
+        eval_loss=ev.loss,
+        per_client=per_owner,
+        seconds=Seconds(
+            round=seconds,
             # owners send no timings under DP: None (not shown in reports and plots)
-            "train": max((m[wire.TRAIN_SECONDS] for m in accepted if wire.TRAIN_SECONDS in m), default=None),
-            "protect": max((m[wire.PROTECT_SECONDS] for m in accepted if wire.PROTECT_SECONDS in m), default=None),
-            "aggregate": outcome.aggregate_seconds,
-            "reveal": outcome.reveal_seconds
-            + max((c.get("eval_reveal_seconds", 0.0) for c in ev.per_owner.values()), default=0.0),
-            "evaluate": eval_ex.seconds,
-        },
-        "max_epsilon": max((c["epsilon"] for c in per_owner.values() if "epsilon" in c), default=None),
-    }
+            train=max((m[wire.TRAIN_SECONDS] for m in accepted if wire.TRAIN_SECONDS in m), default=None),
+            protect=max((m[wire.PROTECT_SECONDS] for m in accepted if wire.PROTECT_SECONDS in m), default=None),
+            aggregate=outcome.aggregate_seconds,
+            reveal=outcome.reveal_seconds
+            + max((c.eval_reveal_seconds or 0.0 for c in ev.per_owner.values()), default=0.0),
+            evaluate=eval_ex.seconds,
+        ),
+        max_epsilon=max((c.epsilon for c in per_owner.values() if c.epsilon is not None), default=None),
+    )
 
 
-def record_round(fed: Federation, rnd: int, row: dict, outcome: TrainOutcome) -> None:
+def record_round(fed: Federation, rnd: int, row: MetricsRow, outcome: TrainOutcome) -> None:
     """Metrics row, round-chain entry, then the checkpoint: the round's commit point. A crash
     before the checkpoint re-runs the round on resume (:func:`resume` drops its row and entry);
     after it, the round is done and logged once."""
     saved = fed.state.arrays()
-    append_metrics(fed.out, row)
+    append_row(fed.out, row)
     fed.chain_head = round_chain.append(fed.out / round_chain.FILENAME, {
-        "round": rnd, "backend": row["backend"], "config_hash": fed.config_hash, "layout_digest": fed.layout.digest,
+        "round": rnd, "backend": row.backend, "config_hash": fed.config_hash, "layout_digest": fed.layout.digest,
         "participants": sorted(outcome.accepted), "excluded": sorted(outcome.excluded),
         "aggregated_digest": payload_digest(outcome.combined),
-        "epsilon": {who: c["epsilon"] for who, c in row["per_client"].items() if "epsilon" in c},
+        "epsilon": {who: c.epsilon for who, c in row.per_client.items() if c.epsilon is not None},
         "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
     })["hash"]
     maybe_die("before-checkpoint", rnd)
@@ -353,15 +349,14 @@ def payload_digest(combined) -> str | None:
     return round_chain.sha256_of(*parts)
 
 
-def finish(fed: Federation) -> dict:
-    """The final adapter (written here where the server holds the global in clear), summary.json and report.md."""
+def finish(fed: Federation) -> RunSummary:
+    """The final adapter (written here where the server holds the global in clear) and the run's summary."""
     cfg, out = fed.cfg, fed.out
     final = fed.state.final_adapter(out, partial(save_adapter, fed))
-    summary = summarize(out, {"backend": fed.strategy.backend.name, "dp": cfg.dp.name, "seed": cfg.seed,
-                              "rounds": cfg.rounds, "clients": sorted(fed.seen), "model_path": cfg.model.path,
-                              "layout_digest": fed.layout.digest, "ledger_head": fed.chain_head,
-                              "final_adapter": final})
-    progress(f"done: eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])} | "
+    summary = summarize(read_rows(out), backend=fed.strategy.backend.name, dp=cfg.dp.name, seed=cfg.seed,
+                        rounds=cfg.rounds, clients=sorted(fed.seen), model_path=cfg.model.path,
+                        layout_digest=fed.layout.digest, ledger_head=fed.chain_head, final_adapter=final)
+    progress(f"done: eval loss {fmt(summary.initial_eval_loss)} -> {fmt(summary.final_eval_loss)} | "
              f"outputs in {out}")
     return summary
 

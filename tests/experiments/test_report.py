@@ -1,23 +1,26 @@
 """Run plots, planned vs measured, and ``fedveil report``: checked against the records, not by eye.
 
-The run directories are written by the real writers (``server.outputs``' metrics rows and
-summary, the runner's ``add_plan`` with a real plan of the config) from synthetic rounds, so no
-federation runs here; the slow end-to-end tests check the same files from real runs.
+The run directories are written by the real writers (``core.metrics``' rows and summary, the
+runner's ``runner_summary`` with a real plan of the config, ``server.outputs.write_outputs``) from
+synthetic rounds, so no federation runs here; the slow end-to-end tests check the same files from
+real runs.
 """
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from fedveil.core.metrics import MetricsRow, append_row, summarize
 from fedveil.experiments.plan import compose, plan_of
 from fedveil.experiments.plots import PIXELS, plot_run
 from fedveil.experiments.report import main as report_main
 from fedveil.experiments.report import report
-from fedveil.experiments.run import add_plan
-from fedveil.server.outputs import append_metrics, summarize
+from fedveil.experiments.run import runner_summary
+from fedveil.server.outputs import write_outputs
 
 OWNERS = ["client_0", "client_1", "client_2"]
 
@@ -49,14 +52,12 @@ def rounds(plan, losses, epsilons=None, dp="off"):
 
 def write_run(path, plan, rows, overrides, owners_losses=None):
     path.mkdir(parents=True)
-    for row in rows:
-        append_metrics(path, row)
-    summarize(path, {"backend": plan["run"]["backend"], "dp": rows[-1]["dp"], "clients": OWNERS})
-    if owners_losses:  # what the simulation runner adds under DP (add_owner_evaluations)
-        summary = json.loads((path / "summary.json").read_text())
-        summary["owners_eval_loss_by_round"] = {str(r): v for r, v in enumerate(owners_losses)}
-        (path / "summary.json").write_text(json.dumps(summary))
-    add_plan(path, plan)
+    typed = [MetricsRow.from_dict(row) for row in rows]
+    for row in typed:
+        append_row(path, row)
+    coordinators = summarize(typed, backend=plan["run"]["backend"], dp=rows[-1]["dp"], clients=OWNERS)
+    # under DP the simulation runner adds the owners' own losses (run.owners_eval_losses)
+    write_outputs(path, runner_summary(coordinators, plan, typed, dict(enumerate(owners_losses or [])) or None))
     (path / ".hydra").mkdir()
     (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
 
@@ -160,13 +161,13 @@ def test_many_owners_share_one_legend_entry_and_keep_their_lines(tmp_path, monke
     from fedveil.experiments import plots
 
     owners = [f"client_{k}" for k in range(plots.LEGEND_OWNERS + 5)]
-    rows = [{"round": r, "per_client": {o: {"epsilon": 0.5 * r + k / 100, "epsilon_budget": 8.0}
-                                        for k, o in enumerate(owners)}} for r in (1, 2)]
+    rows = [MetricsRow.from_dict({"round": r, "per_client": {o: {"epsilon": 0.5 * r + k / 100, "epsilon_budget": 8.0}
+                                                             for k, o in enumerate(owners)}}) for r in (1, 2)]
     drawn = plots.plot_epsilon(rows, tmp_path / "epsilon.png")  # every owner's line is still drawn
     assert all(drawn[o] == [[1.0, 0.5 + k / 100], [2.0, 1.0 + k / 100]] for k, o in enumerate(owners))
     for count, expected in ((len(owners), ["budget 8", f"each owner ({len(owners)})"]),
                             (2, ["client_0", "client_1", "budget 8"])):
         ax = Figure().add_subplot()
         monkeypatch.setattr(plots, "save", lambda path, draw, integer_x=True: draw(ax))  # onto ax, no file
-        plots.plot_epsilon([{**r, "per_client": dict(list(r["per_client"].items())[:count])} for r in rows], tmp_path)
+        plots.plot_epsilon([replace(r, per_client=dict(list(r.per_client.items())[:count])) for r in rows], tmp_path)
         assert plots.legend_entries(*ax.get_legend_handles_labels())[1] == expected

@@ -70,6 +70,7 @@ def federate(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
     from fedveil.core.console import quiet_libraries
     from fedveil.privacy.secagg import backend_spec
     from fedveil.server.federation import run_federation
+    from fedveil.server.outputs import write_outputs
     from fedveil.server.prepare import prepare
 
     quiet_libraries()
@@ -77,7 +78,9 @@ def federate(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
     spec = backend_spec(cfg.aggregation.name)
     with spec.local_services(cfg.aggregation, Path(cfg.output_dir), cfg.num_clients):
         cfg.sim.round_timeout_s = 0.5 if drop else cfg.sim.round_timeout_s  # dropped owners never answer
-        return run_federation(LocalGrid(cfg.num_clients, drop), cfg)
+        summary = run_federation(LocalGrid(cfg.num_clients, drop), cfg)
+    write_outputs(cfg.output_dir, summary)  # as the ServerApp does
+    return summary.to_dict()
 
 
 def experiment(out: Path, model: Path, data: list[str], aggregation: dict, rounds: int = 3, **extra) -> dict:
