@@ -19,8 +19,11 @@ import argparse
 import time
 
 import numpy as np
-
-from fedveil.privacy.secagg.tenseal.config import MAX_COEFF_BITS_128
+import tenseal as ts
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner
+from fedveil.privacy.secagg.tenseal.config import MAX_COEFF_BITS_128, TensealConfig
+from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
+from sympy import isprime
 
 # (N, coefficient moduli bits, plain modulus bits, values per slot)
 CANDIDATES = [
@@ -35,7 +38,6 @@ CANDIDATES = [
 
 def batching_prime(bits: int, n: int) -> int:
     """The largest prime below 2^bits that is 1 mod 2N (what BFV batching needs)."""
-    from sympy import isprime
 
     m = 2 * n
     p = ((1 << bits) - 1) // m * m + 1
@@ -61,7 +63,6 @@ def unpack(slots: list[int], k: int, radix: int, t: int) -> np.ndarray:
 
 
 def bench_bfv(n: int, coeffs: list[int], t_bits: int, k: int, owners: int, values: int) -> str:
-    import tenseal as ts
 
     t = batching_prime(t_bits, n)
     ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=n, plain_modulus=t, coeff_mod_bit_sizes=coeffs)
@@ -91,9 +92,6 @@ def bench_bfv(n: int, coeffs: list[int], t_bits: int, k: int, owners: int, value
 
 
 def bench_ckks(values: int) -> str:
-    from fedveil.privacy.secagg.tenseal.backend import TensealOwner
-    from fedveil.privacy.secagg.tenseal.config import TensealConfig
-    from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
     ctx = make_context(TensealConfig())
     backend = TensealOwner(TensealConfig(), values, public=public_bytes(ctx), secret=secret_bytes(ctx))

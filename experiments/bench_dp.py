@@ -13,12 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from fedveil.core.console import quiet_libraries
+from fedveil.privacy.dp.sgd import SampleLevelDPConfig, private_training
+from fedveil.task.model import ModelConfig, TinySpec, load_lora_model
+from fedveil.task.tiny import build_tiny_model
+from fedveil.task.train import TrainConfig, make_optimizer, per_example_loss
 
 MODELS = {
     "tiny": dict(arch="gpt2", hidden=64, layers=2, heads=4, seq=64),
@@ -30,14 +38,8 @@ MODELS = {
 def measure(model_dir: str, variant: str, steps: int, batch: int, seq: int, device: str, dtype: str = "fp32",
             quantization: str = "none", gradient_checkpointing: bool = False) -> dict:
     """Runs in a fresh subprocess: time ``steps`` steps of one variant; report seconds/step, peak memory."""
-    import resource
 
-    import torch
 
-    from fedveil.task.model import ModelConfig, load_lora_model
-    from fedveil.task.train import TrainConfig, make_optimizer, per_example_loss
-    from fedveil.core.console import quiet_libraries
-    from fedveil.privacy.dp.sgd import SampleLevelDPConfig, private_training
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -104,8 +106,6 @@ def main() -> None:
         print(json.dumps(measure(**spec)))
         return
 
-    from fedveil.task.model import TinySpec
-    from fedveil.task.tiny import build_tiny_model
 
     variants = ["nodp", *args.variants.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+from fedveil.core.console import quiet_libraries
+from fedveil.experiments.bench_dp import run_child
+from fedveil.task.tiny import byte_level_tokenizer
+from transformers import AutoModelForCausalLM, Qwen2Config
+
 # Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads / 2 KV heads, MLP 4864, vocab 151,936).
 SIZES = {
     "qwen2-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -31,10 +37,7 @@ MODES = {"fp32": ("fp32", "none"), "bf16": ("bf16", "none"), "4bit": ("bf16", "4
 
 def build(size: str, out: Path) -> Path:
     """A randomly initialised Qwen2 of that shape, saved as a local checkpoint with a tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from fedveil.task.tiny import byte_level_tokenizer
 
     torch.manual_seed(0)
     config = Qwen2Config(**SIZES[size], tie_word_embeddings=True)
@@ -55,10 +58,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing=true")
     args = parser.parse_args()
 
-    import torch
 
-    from fedveil.core.console import quiet_libraries
-    from fedveil.experiments.bench_dp import run_child
 
     quiet_libraries()
     if args.device == "cuda" and not torch.cuda.is_available():
