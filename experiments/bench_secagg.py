@@ -120,10 +120,12 @@ def main() -> None:
     parser.add_argument(
         "--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)"
     )
+    parser.add_argument("--out", help="keep each backend's run directory under this folder (default: a temporary one)")
     args = parser.parse_args()
     if args.calibrate:
         return calibrate(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out or scratch
         results = {"plain": run(Path(tmp) / "plain", "plain", args)}
         values = adapter_values(Path(tmp) / "plain")
         for backend in args.backends.split(","):
