@@ -83,7 +83,7 @@ def eval_mean(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdent
         raise Refusal("config", "under DP the held-out loss is never revealed", key="dp.name")
     backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, None, identity.keys, instruction.per_round,
                                                        run=run_key(cfg))
-    reveal = getattr(backend, "reveal_eval_mean", None)
+    reveal = getattr(backend, "reveal_eval_mean", None)  # only an owner side whose server cannot open the sum
     if reveal is None:
         raise Refusal("config", f"aggregation '{cfg.aggregation.name}' reveals held-out losses without an owner",
                       key="aggregation.name")

@@ -288,6 +288,7 @@ def held_out_loss(fed: Federation, rnd: int, agg: EvalOutcome, ex: Exchange, ask
     msg = Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(agg.pending.blobs))}),
                   dst_node_id=nodes[who], message_type=wire.QUERY_EVALSUM)
     reveal = exchange(fed.grid, [msg], fed.cfg.sim.round_timeout_s)
+
     def added(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
         return {n: a.get(n, 0) + b.get(n, 0) for n in {*a, *b}}
 
