@@ -128,3 +128,8 @@ def keygen(msg: Message, context: Context) -> Message:
 @app.query(protocol.INSTALL)
 def install(msg: Message, context: Context) -> Message:
     return answer(msg, context, protocol.INSTALL)
+
+
+@app.query(protocol.EVALSUM)
+def evalsum(msg: Message, context: Context) -> Message:
+    return answer(msg, context, protocol.EVALSUM)

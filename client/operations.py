@@ -12,9 +12,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from fedveil.client.owner import Owner, OwnerIdentity, model_loads, run_key
+from fedveil.client.owner import Owner, OwnerIdentity, model_loads, round_number, run_key
 from fedveil.client.release import dp_requested, release
-from fedveil.client.protocol import (KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction,
+from fedveil.client.protocol import (EVALSUM, KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction,
                                      decode_instruction, encode_answer, encode_error)
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
@@ -22,6 +22,8 @@ from fedveil.core.console import progress
 from fedveil.core.errors import Refusal
 from fedveil.core.layout import LayoutMismatch
 from fedveil.core.faults import maybe_die
+from fedveil.core.payload import EVAL_PAIR, Protected, RoundContext
+from fedveil.privacy.policy import load_policy
 from fedveil.privacy.secagg import backend_spec
 
 
@@ -31,6 +33,8 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
     if instruction.op not in OPERATIONS:
         raise Refusal("config", f"unknown instruction '{instruction.op}': expected one of {list(OPERATIONS)}", key="op")
     cfg = cfg or from_run_config(instruction.run_config)
+    if instruction.op == EVALSUM:
+        return eval_mean(instruction, cfg, identity)
     if instruction.op not in ROUND_OPS:
         return key_setup(instruction, cfg, identity)  # bound to the run as every owner sees it
     if identity.model_path:  # the owner's own copy of the base model (its layout digest is what is checked)
@@ -60,7 +64,30 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id, after_round)
     if owner.backend.writes_final_adapter(instruction.per_round):
         owner.save_final_adapter(global_vector)
-    return Answer(metrics, meta, sent_back)
+    return Answer(metrics, meta, with_pair(sent_back, owner.held_out_pair))
+
+
+def with_pair(protected: Optional[Protected], pair: Optional[Protected]) -> Optional[Protected]:
+    """The evaluate reply's payload: what the round step made, and the owner's held-out pair (no DP)."""
+    if pair is None:
+        return protected
+    base = protected or Protected()
+    return Protected(arrays={**base.arrays, **pair.arrays}, blobs={**base.blobs, **pair.blobs})
+
+
+def eval_mean(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    """The owner asked to reveal a round's held-out loss (tenseal, no DP): every signed pair checked,
+    the token-weighted mean only in the reply (``privacy/secagg/tenseal/eval_pair.py``)."""
+    if cfg.dp.name != "off":
+        raise Refusal("config", "under DP the held-out loss is never revealed", key="dp.name")
+    layout = str(instruction.per_round.get(wire.LAYOUT_DIGEST, ""))
+    load_policy(identity.policy_file, named=identity.policy_path is not None).check(cfg, layout)  # the owner's say
+    backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, None, identity.keys, instruction.per_round,
+                                                       run=run_key(cfg))
+    ctx = RoundContext(round_number(instruction.per_round.get(wire.ROUND)), layout, identity.owner_id, EVAL_PAIR)
+    pairs = Protected(blobs={k: v for k, v in instruction.keys.items() if isinstance(v, bytes)})
+    mean = backend.reveal_eval_mean(pairs, ctx)
+    return Answer({wire.EVAL_LOSS: mean}, {wire.OWNER_ID: identity.owner_id})
 
 
 def key_setup(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:

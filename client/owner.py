@@ -10,7 +10,9 @@ and the global (``privacy/inputs.py``). Only then does :meth:`Owner.load_data` r
 run the checks whose answer depends on it (δ < 1/n). Under DP the owner computes only its DP-SGD
 update (weight 1, a public value) and its DP accounting record; evaluation runs a fixed public
 number of held-out examples drawn with replacement at a fixed padded length; its losses stay home
-(``<state dir>/evaluations.jsonl``). What actually leaves is decided by ``client/release.py``.
+(``<state dir>/evaluations.jsonl``). Without DP the held-out loss leaves as a protected pair
+(loss x tokens, tokens) the backend sums (:meth:`Owner.protect_eval_pair`). What actually leaves is
+decided by ``client/release.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fedveil.client.run_record import RunRecord
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
-from fedveil.core.payload import Protected, RoundContext
+from fedveil.core.payload import Protected, RoundContext, with_eval_pair
 from fedveil.core.console import progress
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.faults import maybe_die
@@ -42,7 +44,7 @@ from fedveil.privacy.dp.sgd import owner_delta, poisson_loader, private_training
 from fedveil.privacy.inputs import check_global
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import load_policy
-from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg import backend_spec, eval_pair
 from fedveil.privacy.secagg.base import server_sees_counts
 from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.task.data import IGNORE_INDEX, DataConfig, OwnerData, collate, load_owner_data
@@ -123,12 +125,13 @@ class Owner:
         check_max_length(self.model, cfg.data.max_length)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
-        self.round = RoundContext(_round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
+        self.round = RoundContext(round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
         self.runs = RunRecord(identity.state_dir, run_key(cfg))
         self.runs.check_round(self.round.round, cfg.rounds)
         self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.keys,
                                                                 per_round, run=run_key(cfg))
         self._data: Optional[OwnerData] = None
+        self.held_out_pair: Optional[Protected] = None  # set by evaluate() without DP: what it sends beside its metrics
 
     @property
     def data(self) -> OwnerData:
@@ -273,8 +276,21 @@ class Owner:
         self.keep_local({"round": self.round.round, "eval_loss": loss, "eval_tokens": tokens})
         if self.dp_on:
             return {wire.NUM_EXAMPLES: 1}
-        return {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start,
-                wire.EVAL_LOSS: loss}
+        self.held_out_pair = self.protect_eval_pair(loss, tokens)
+        metrics = {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start}
+        if server_sees_counts(self.backend, self.dp_on):  # plain: the server sees this owner's loss anyway
+            metrics[wire.EVAL_LOSS] = loss
+        return metrics
+
+    def protect_eval_pair(self, loss: float, tokens: int) -> Optional[Protected]:
+        """Without DP: the held-out pair ``(loss x tokens, tokens)`` protected by the backend for this
+        round, bound apart from an update (``privacy/secagg/eval_pair.py``); None for a non-finite loss
+        (the owner's console says so; the federation's mean is then over the other owners)."""
+        if not (np.isfinite(loss) and tokens > 0):
+            progress(f"{self.identity.owner_id}: held-out loss {loss} over {tokens} tokens is not sent")
+            return None
+        delta, weight = eval_pair.as_update(loss, tokens)
+        return with_eval_pair(self.backend.protect(delta, weight, self.round.for_eval_pair()))
 
     def keep_local(self, row: dict) -> None:
         """The owner's own record of its losses (never sent): ``<state dir>/evaluations.jsonl``."""
@@ -284,7 +300,7 @@ class Owner:
 EVALUATIONS_FILE = "evaluations.jsonl"
 
 
-def _round_number(value) -> int:
+def round_number(value) -> int:
     try:
         return int(value)
     except (TypeError, ValueError) as exc:

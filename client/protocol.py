@@ -27,9 +27,10 @@ from fedveil.core.payload import Protected
 # The op names are the Flower message types (key set-up: ``query.<op>``), so the server spells
 # them too: they live in core/wire.py, and this is the set an owner carries out.
 TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL = wire.TRAIN, wire.EVALUATE, wire.PUBKEY, wire.KEYGEN, wire.INSTALL
+EVALSUM = wire.EVALSUM  # tenseal without DP: reveal the round's held-out loss from the owners' signed pairs
 ROUND_OPS = (TRAIN, EVALUATE)
 KEY_SETUP_OPS = (PUBKEY, KEYGEN, INSTALL)
-OPERATIONS = ROUND_OPS + KEY_SETUP_OPS
+OPERATIONS = ROUND_OPS + KEY_SETUP_OPS + (EVALSUM,)
 
 ALLOWED_DTYPES = {"float32", "float64", "int64", "uint8"}
 

@@ -4,12 +4,13 @@ Both paths call it: the in-process ClientApp (``client/app.py``) and the owner w
 (``client/operations.py``, ``client/worker.py``; the socket's format: ``client/protocol.py``). What it
 lets out is decided here and nowhere else:
 
-- a reply: the protected update (finite, or nothing leaves), metrics on an explicit allow-list and
-  meta on another. Under DP the metric list is the DP record (``wire.DP_FIELDS``: σ, q, steps, δ,
-  ε, budget, all public values) and sizes fixed by public values (weight 1, the public
-  ``train.local_steps``): never counts, lengths, losses, norms or timings. Without DP it adds what
-  docs/privacy.md's threat model names (losses, the count and norm where the backend lets the server see
-  updates, timings).
+- a reply: the protected update (finite, or nothing leaves), without DP the protected held-out pair
+  (``privacy/secagg/eval_pair.py``; under DP it is cut: ``core.payload.without_eval_pair``), metrics
+  on an explicit allow-list and meta on another. Under DP the metric list is the DP record
+  (``wire.DP_FIELDS``: σ, q, steps, δ, ε, budget, all public values) and sizes fixed by public
+  values (weight 1, the public ``train.local_steps``): never counts, lengths, losses, norms or
+  timings. Without DP it adds what docs/privacy.md's threat model names (losses, the count and norm
+  where the backend lets the server see updates, timings).
 - a failure: an int code and a reason that is the refusal code and its public parameters only, DP
   or not ("refuse with a code, not with data"). A :class:`~fedveil.core.errors.Refusal` keeps its
   code and parameters; a plain ``UserError`` becomes ``config``; any other exception ``internal``.
@@ -28,7 +29,7 @@ import numpy as np
 from fedveil.client.protocol import Answer, WorkerUnavailable
 from fedveil.core import wire
 from fedveil.core.errors import REFUSAL_CODES, Refusal, UserError
-from fedveil.core.payload import Protected
+from fedveil.core.payload import Protected, without_eval_pair
 
 # A fixed int per refusal code (the Error reply's code); the order of REFUSAL_CODES never changes.
 ERROR_CODES = {code: 4000 + i for i, code in enumerate(REFUSAL_CODES)}
@@ -72,7 +73,8 @@ def release(outcome: Answer | BaseException, dp_on: bool, who: str = "owner") ->
     what may leave this owner. ``dp_on``: the run asks for DP, or its config could not be read."""
     if isinstance(outcome, BaseException):
         return refusal_of(outcome, who)
-    protected = outcome.protected
+    # the held-out pair (loss x tokens, tokens) leaves without DP only: under DP nothing of it does
+    protected = without_eval_pair(outcome.protected) if dp_on else outcome.protected
     if protected is not None and not _finite(protected):
         return refusal_of(RuntimeError("a non-finite value in the protected update (never sent)"), who)
     allowed = DP_METRICS if dp_on else CLEAR_METRICS

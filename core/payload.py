@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedveil.core import wire
 from fedveil.core.errors import UserError
 
 
@@ -22,13 +23,26 @@ class PayloadError(UserError):
     """A payload that is malformed, truncated, tampered with or built for another setup."""
 
 
+UPDATE, EVAL_PAIR = "update", "eval-pair"  # what a payload is: an adapter update, or a round's held-out pair
+
+
 @dataclass(frozen=True)
 class RoundContext:
-    """What one round's payloads are bound to: the round, the adapter layout and (owner side) the owner."""
+    """What one round's payloads are bound to: the round, the adapter layout, (owner side) the owner,
+    and the ``purpose``: an adapter update, or the owner's held-out pair ``(loss x tokens, tokens)``
+    (:data:`EVAL_PAIR`), which each backend binds apart so neither can pass for the other."""
 
     round: int
     layout_digest: str
     owner: str = ""
+    purpose: str = UPDATE
+
+    @property
+    def is_eval_pair(self) -> bool:
+        return self.purpose == EVAL_PAIR
+
+    def for_eval_pair(self) -> "RoundContext":
+        return RoundContext(self.round, self.layout_digest, self.owner, EVAL_PAIR)
 
 
 @dataclass
@@ -71,3 +85,30 @@ class Revealed:
     def applied_to(self, global_vector: np.ndarray) -> np.ndarray:
         """The next global adapter: ``global + mean delta`` (float32)."""
         return (np.asarray(global_vector, np.float32) + self.mean).astype(np.float32)
+
+
+def with_eval_pair(pair: Protected) -> Protected:
+    """A held-out pair's keys as they travel in an evaluate reply (``wire.EVAL_PAIR_PREFIX``)."""
+    return Protected(arrays={wire.EVAL_PAIR_PREFIX + k: v for k, v in pair.arrays.items()},
+                     blobs={wire.EVAL_PAIR_PREFIX + k: v for k, v in pair.blobs.items()})
+
+
+def eval_pair_of(reply: Protected | None) -> Protected | None:
+    """The held-out pair inside an evaluate reply's payload, or None if it carries none."""
+    if reply is None:
+        return None
+    n = len(wire.EVAL_PAIR_PREFIX)
+    arrays = {k[n:]: v for k, v in reply.arrays.items() if k.startswith(wire.EVAL_PAIR_PREFIX)}
+    blobs = {k[n:]: v for k, v in reply.blobs.items() if k.startswith(wire.EVAL_PAIR_PREFIX)}
+    return Protected(arrays, blobs) if arrays or blobs else None
+
+
+def without_eval_pair(reply: Protected | None) -> Protected | None:
+    """``reply`` less any held-out pair (the release gate's cut under DP); None if nothing else is left."""
+    if reply is None:
+        return None
+    arrays = {k: v for k, v in reply.arrays.items() if not k.startswith(wire.EVAL_PAIR_PREFIX)}
+    blobs = {k: v for k, v in reply.blobs.items() if not k.startswith(wire.EVAL_PAIR_PREFIX)}
+    if len(arrays) + len(blobs) == len(reply.arrays) + len(reply.blobs):
+        return reply
+    return Protected(arrays, blobs) if arrays or blobs else None

@@ -16,9 +16,17 @@ Owner -> server (train)::
 
 Owner -> server (evaluate)::
 
-    METRICS MetricRecord  NUM_EXAMPLES (held-out tokens), EVAL_LOSS; BLOBS: ENCRYPTED_GLOBAL and
+    METRICS MetricRecord  EVAL_SECONDS; NUM_EXAMPLES (held-out tokens) and EVAL_LOSS only where the
+                          server sees counts (plain without DP); BLOBS: ENCRYPTED_GLOBAL and
                           GLOBAL_SIGNATURE (the owner's Ed25519 signature over it) when asked
+    UPDATE/BLOBS          without DP, the owner's protected held-out pair (loss x tokens, tokens),
+                          its keys prefixed EVAL_PAIR_PREFIX (never under DP: client/release.py)
     META    ConfigRecord  as above
+
+Server -> one owner (tenseal, without DP: the server cannot decrypt the summed held-out pairs)::
+
+    QUERY_EVALSUM  CONFIG (run config, ROUND, LAYOUT_DIGEST), KEYS: EVAL_PAIRS (the round's signed
+                   pairs); the owner replies METRICS EVAL_LOSS, the token-weighted mean only
 
 Owner -> server (any refusal or failure): a Flower ``Error`` whose code is 4000 + the index of
 the refusal code in ``core.errors.REFUSAL_CODES`` and whose reason is ``<code> [key=value ...]``,
@@ -59,11 +67,15 @@ PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id
 CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server may hold it
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
 GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (run, context id, round, ENCRYPTED_GLOBAL)
+EVAL_PAIR_PREFIX = "eval-pair."  # evaluate reply: the protected held-out pair's arrays and blobs
+EVAL_PAIRS = "eval-pairs"  # QUERY_EVALSUM: the round's combined held-out pairs, for the owner that reveals the mean
 
 # --- op names: the Flower message types (the worker protocol's set: client/protocol.py) -----------
 TRAIN, EVALUATE = "train", "evaluate"  # Flower's MessageType.TRAIN, MessageType.EVALUATE
 PUBKEY, KEYGEN, INSTALL = "pubkey", "keygen", "install"  # key set-up: sent as QUERY_* (handlers: client/app.py)
 QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = f"query.{PUBKEY}", f"query.{KEYGEN}", f"query.{INSTALL}"
+EVALSUM = "evalsum"  # one owner reveals the round's token-weighted held-out loss (tenseal, no DP)
+QUERY_EVALSUM = f"query.{EVALSUM}"
 
 # --- metrics -----------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

@@ -6,8 +6,10 @@
 
 Runs the same federation (same seed, model, data, steps) once per backend, each through the
 real runner, and prints per backend: the update's bytes per adapter value (vs fp32's 4), bytes
-up and down per client per round, and the median round time, as ratios to ``plain`` from the
-same invocation.
+up and down per client per round, the median round time, as ratios to ``plain`` from the
+same invocation, and the final held-out loss (token-weighted over owners on every backend:
+``privacy/secagg/eval_pair.py``) with its difference to ``plain``'s; the last line says whether
+every backend's is within ``LOSS_TOLERANCE`` of it.
 
 ``--calibrate`` runs plain, tenseal and crypten on the tiny and the mid model and rewrites
 ``privacy/calibration.json`` (the planner's seconds per phase: a fixed part plus a part per adapter
@@ -31,6 +33,7 @@ from fedveil.core.metrics import read_rows, read_summary
 from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
 from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
 
+LOSS_TOLERANCE = 1e-3  # equal adapters must read the same held-out loss on every backend
 MODELS = {
     "tiny": [],
     "mid": ["model.tiny.hidden=512", "model.tiny.layers=4", "model.tiny.heads=8", "data.max_length=128"],
@@ -115,10 +118,12 @@ def main() -> None:
     parser.add_argument(
         "--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)"
     )
+    parser.add_argument("--out", help="keep each backend's run directory under this folder (default: a temporary one)")
     args = parser.parse_args()
     if args.calibrate:
         return calibrate(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out or scratch
         results = {"plain": run(Path(tmp) / "plain", "plain", args)}
         values = adapter_values(Path(tmp) / "plain")
         for backend in args.backends.split(","):
@@ -134,14 +139,18 @@ def main() -> None:
             "per_receiver_vs_fp32": r["update_bytes"] / receivers / (4 * values),
             "update_bytes_vs_fp32": r["update_bytes"] / (4 * values),
             "up_ratio": r["up_bytes"] / base["up_bytes"], "down_ratio": r["down_bytes"] / base["down_bytes"],
-            "round_time_ratio": r["round_seconds"] / base["round_seconds"], **r,
+            "round_time_ratio": r["round_seconds"] / base["round_seconds"],
+            "eval_loss_vs_plain": r["final_eval_loss"] - base["final_eval_loss"], **r,
         }
         x = report[name]
         print(f"  {name:8s} update {x['bytes_per_value']:.2f} B/value (x{x['update_bytes_vs_fp32']:.2f} fp32; "
               f"x{x['per_receiver_vs_fp32']:.2f} per receiving party) | "
               f"up x{x['up_ratio']:.2f} down x{x['down_ratio']:.2f} vs plain | round {r['round_seconds']:.2f} s "
               f"(x{x['round_time_ratio']:.3f}) | protect {r['protect_seconds']:.3f} s, aggregate "
-              f"{r['aggregate_seconds']:.3f} s, reveal {r['reveal_seconds']:.3f} s")
+              f"{r['aggregate_seconds']:.3f} s, reveal {r['reveal_seconds']:.3f} s | final held-out loss "
+              f"{r['final_eval_loss']:.6f} ({x['eval_loss_vs_plain']:+.2e} vs plain)")
+    equal = all(abs(x["eval_loss_vs_plain"]) <= LOSS_TOLERANCE for x in report.values())
+    print(f"final held-out loss equal across backends within {LOSS_TOLERANCE:g}: {'yes' if equal else 'NO'}")
     print(json.dumps(report))
 
 

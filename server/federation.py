@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -36,7 +36,7 @@ from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, fmt
-from fedveil.server.strategy import SecureAggregation, TrainOutcome
+from fedveil.server.strategy import EvalOutcome, SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
 
@@ -263,7 +263,37 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
     refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed})
     if refused:
         progress(f"  round {rnd}: {refused}; the round's signed updates stay pending")
-    return Evaluation(float(agg[wire.EVAL_LOSS]) if agg and wire.EVAL_LOSS in agg else None, per_owner, ex)
+    loss, ex = held_out_loss(fed, rnd, agg, ex)
+    return Evaluation(loss, per_owner, ex)
+
+
+def held_out_loss(fed: Federation, rnd: int, agg: EvalOutcome, ex: Exchange) -> tuple[float | None, Exchange]:
+    """The round's token-weighted held-out loss: as the backend revealed it, or (the server cannot
+    open the sum: tenseal) from one owner that checks the signed pairs and replies with the mean only
+    (the smallest id among those summed: its own pair is in). Its exchange counts in ``ex``."""
+    if agg.note:
+        progress(f"  round {rnd}: held-out loss not revealed: {agg.note}")
+    if agg.pending is None:
+        return agg.loss, ex
+    nodes = {records.owner_label(m): m.metadata.src_node_id for m in ex.replies if m.has_content()}
+    who = min(agg.owners)
+    config = ConfigRecord({**fed.run_config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: fed.layout.digest})
+    msg = Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(agg.pending.blobs))}),
+                  dst_node_id=nodes[who], message_type=wire.QUERY_EVALSUM)
+    reveal = exchange(fed.grid, [msg], fed.cfg.sim.round_timeout_s)
+
+    def added(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+        return {n: a.get(n, 0) + b.get(n, 0) for n in {*a, *b}}
+
+    merged = Exchange(ex.replies, added(ex.bytes_down, reveal.bytes_down), added(ex.bytes_up, reveal.bytes_up),
+                      ex.seconds + reveal.seconds)
+    reply = reveal.replies[0] if reveal.replies else None
+    metrics = reply.content.metric_records.get(wire.METRICS, {}) if reply and not reply.has_error() else {}
+    if wire.EVAL_LOSS not in metrics:
+        why = records.error_reason(reply) if reply is not None and reply.has_error() else "no answer"
+        progress(f"  round {rnd}: held-out loss not revealed: {who} refused to open the summed pairs ({why})")
+        return None, merged
+    return float(metrics[wire.EVAL_LOSS]), merged
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:

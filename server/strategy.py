@@ -21,8 +21,9 @@ from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
-from fedveil.core.payload import Protected, Revealed, RoundContext
+from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of
 from fedveil.privacy.secagg.base import ServerSide
+from fedveil.privacy.secagg.eval_pair import mean_of
 
 
 @dataclass
@@ -37,6 +38,17 @@ class TrainOutcome:
     metrics: dict[str, float] | None = None  # weighted means of the accepted owners' metrics
     aggregate_seconds: float = 0.0
     reveal_seconds: float = 0.0
+
+
+@dataclass
+class EvalOutcome:
+    """The round's held-out loss (None: not revealed, or under DP), or the combined pairs an owner reveals."""
+
+    loss: float | None = None
+    pending: Protected | None = None  # the backend's sum of pairs only an owner can open (tenseal)
+    owners: list[str] = field(default_factory=list)  # whose pairs were summed
+    excluded: dict[str, str] = field(default_factory=dict)  # owner id -> why its pair was left out
+    note: str = ""  # why no loss was revealed
 
 
 class SecureAggregation:
@@ -109,11 +121,27 @@ class SecureAggregation:
             out.reveal_seconds = time.perf_counter() - start
         return out
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> dict[str, float] | None:
-        replies = [m for m in replies if not m.has_error() and wire.METRICS in m.content]
-        if not replies:
-            return None
-        return weighted_means({records.owner_label(m): dict(m.content.metric_records[wire.METRICS]) for m in replies})
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> EvalOutcome:
+        """The round's held-out loss, token-weighted over the owners whose pairs the backend summed
+        (``privacy/secagg/eval_pair.py``): revealed here where the server may see the sum, else left
+        ``pending`` for one owner to reveal. Under DP owners send no pair: no loss."""
+        pairs = {}
+        for m in replies:
+            if m.has_content() and not m.has_error() and wire.META in m.content:
+                pair = eval_pair_of(records.records_to_protected(m.content))
+                if pair is not None:
+                    pairs[records.owner_label(m)] = pair
+        if not pairs:
+            return EvalOutcome()
+        try:
+            combined = self.backend.combine(pairs, RoundContext(server_round, self.layout.digest, purpose=EVAL_PAIR))
+            summed = sorted(set(pairs) - set(combined.excluded))
+            if not self.backend.server_can_reveal:  # tenseal: the server cannot open the sum
+                pending = combined.payload if summed else None
+                return EvalOutcome(None, pending, summed, combined.excluded)
+            return EvalOutcome(mean_of(self.backend.reveal(combined.payload)), None, summed, combined.excluded)
+        except UserError as exc:  # e.g. the crypten parties' floor: nothing revealed, the round goes on
+            return EvalOutcome(excluded={who: str(exc) for who in pairs}, note=str(exc))
 
 
 def weighted_means(per_owner: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from fedveil.core import wire
+from fedveil.core.errors import Refusal
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 
 
@@ -62,6 +63,10 @@ class OwnerSide(Protocol):
         """Whether the owner writes this round's global into its own state directory as the final
         adapter (where the server never holds it in clear, so cannot write it: ``tenseal``)."""
 
+    def reveal_eval_mean(self, combined: Protected, ctx: RoundContext) -> float:
+        """The token-weighted held-out loss of a round's eval pairs, opened by this owner where the server
+        cannot open their sum (``tenseal``: every signed pair checked, the mean only in the reply)."""
+
 
 class ServerHoldsGlobal:
     """The owner-side hooks of a backend whose server holds the global in clear (``plain``,
@@ -73,6 +78,10 @@ class ServerHoldsGlobal:
 
     def writes_final_adapter(self, per_round: dict[str, Any]) -> bool:
         return False
+
+    def reveal_eval_mean(self, combined: Protected, ctx: RoundContext) -> float:
+        raise Refusal("config", "this backend's server (or its parties) opens the held-out sum; no owner does",
+                      key="aggregation.name")
 
 
 class GlobalHolder(Protocol):

@@ -1,7 +1,8 @@
 """``plain``: updates travel in clear and the server averages them (trusted server).
 
 What the server sees: each owner's (DP-noised, where DP is on) adapter delta and its example
-count. Use it where the coordinator is trusted, or as the reference the secure backends match.
+count; without DP, each owner's held-out pair (loss, tokens) in clear (``eval_pair.py``). Use it
+where the coordinator is trusted, or as the reference the secure backends match.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.core.disk import owner_id
 from fedveil.privacy.secagg.base import Cost, ServerHoldsGlobal, clear_global, clear_global_bytes
+
+EVAL_PAIR_BYTES = 8 + 8  # a held-out pair: [loss] and its token count, float64 each
 
 
 @dataclass
@@ -44,15 +47,19 @@ class PlainBackend(ServerHoldsGlobal):
         return {}
 
     def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext | None = None) -> Protected:
-        return Protected(arrays={"delta": np.asarray(delta, np.float32), "weight": np.array([weight], np.float64)})
+        # a held-out pair keeps float64: the mean is then the same number the owners' floats give
+        dtype = np.float64 if ctx is not None and ctx.is_eval_pair else np.float32
+        return Protected(arrays={"delta": np.asarray(delta, dtype), "weight": np.array([weight], np.float64)})
 
-    def _unpack(self, p: Protected) -> tuple[np.ndarray, float]:
+    def _unpack(self, p: Protected, size: int | None = None) -> tuple[np.ndarray, float]:
         try:
             delta, weight = p.arrays["delta"], p.arrays["weight"]
         except KeyError as exc:
             raise PayloadError(f"plain payload lacks '{exc.args[0]}'") from exc
-        if delta.ndim != 1 or (self.size is not None and delta.size != self.size):
-            raise PayloadError(f"plain payload has {delta.size} values, the adapter layout has {self.size}")
+        what = "the adapter layout has" if size is None else "a held-out pair has"
+        size = size or self.size
+        if delta.ndim != 1 or (size is not None and delta.size != size):
+            raise PayloadError(f"plain payload has {delta.size} values, {what} {size}")
         if weight.shape != (1,) or not np.isfinite(weight).all() or weight[0] < 0:
             raise PayloadError("plain payload weight must be one finite, non-negative number")
         if not np.isfinite(delta).all():
@@ -63,7 +70,8 @@ class PlainBackend(ServerHoldsGlobal):
         self._unpack(p)
 
     def combine(self, payloads: dict[str, Protected], ctx: RoundContext | None = None) -> Combined:
-        unpacked = [self._unpack(p) for p in payloads.values()]
+        size = 1 if ctx is not None and ctx.is_eval_pair else None  # a held-out pair: [loss], weight tokens
+        unpacked = [self._unpack(p, size) for p in payloads.values()]
         acc, total = weighted_sum([d for d, _ in unpacked], [w for _, w in unpacked])
         return Combined(Protected(arrays={"weighted_sum": acc, "weight": np.array([total], np.float64)}))
 

@@ -383,3 +383,35 @@ def test_an_honest_owner_is_never_over_bound_whatever_its_delta(parties):
     result = CryptenBackend(cfg, SIZE, run="honest-huge").combine(payloads, RoundContext(1, "L"))
     assert result.excluded == {}
     assert CryptenBackend(cfg, SIZE).reveal(result.payload).total_weight == 15.0
+
+
+# --- the held-out pair (privacy/secagg/crypten/eval_pair.py): shared like an update, bound apart from one ----------
+
+def _pair(cfg, keys, owner, loss, tokens, round_):
+    """``owner``'s held-out pair as the owner protects it (``delta = [loss]``, weight its tokens)."""
+    return CryptenBackend(cfg, SIZE, party_keys=keys, run="r", keys=_owner_keys(owner)).protect(
+        np.array([loss]), float(tokens), RoundContext(round_, "L", owner).for_eval_pair())
+
+
+@pytest.mark.slow
+def test_parties_reveal_the_token_weighted_held_out_loss_and_no_pair_passes_for_an_update(parties):
+    from fedveil.privacy.secagg.eval_pair import mean_of
+
+    addresses, keys = parties
+    cfg = _cfg(addresses)  # norm_bound=1.0: a pair is never clipped by it (loss x tokens is far above 1)
+    known = {"client_0": (2.5, 1200), "client_1": (3.75, 40), "client_2": (1.125, 333)}
+    server = CryptenBackend(cfg, SIZE, run="eval-pairs")
+    for round_ in (0, 1):  # round 0 (the starting adapter) is a round of its own for the parties
+        pairs = {o: _pair(cfg, keys, o, loss, t, round_) for o, (loss, t) in known.items()}
+        combined = server.combine(pairs, RoundContext(round_, "L", purpose="eval-pair"))
+        assert combined.excluded == {}
+        revealed = server.reveal(combined.payload)
+        assert revealed.total_weight == pytest.approx(1573, abs=1e-3)  # the federation's tokens, no owner's
+        assert mean_of(revealed) == pytest.approx((2.5 * 1200 + 3.75 * 40 + 1.125 * 333) / 1573, abs=1e-6)
+    # a coordinator presenting round-2 pairs as round-2 updates (or updates as pairs): no party opens them
+    pairs = {o: _pair(cfg, keys, o, loss, t, 2) for o, (loss, t) in known.items()}
+    with pytest.raises(CohortTooSmall, match="client_0: dropped by the aggregator parties: (unsigned|malformed)"):
+        CryptenBackend(cfg, 2, run="pair-as-update").combine(pairs, RoundContext(2, "L"))
+    updates = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, 10, 2) for i, u in enumerate(_honest(3))}
+    with pytest.raises(CohortTooSmall, match="client_0: dropped by the aggregator parties: (unsigned|malformed)"):
+        CryptenBackend(cfg, SIZE, run="update-as-pair").combine(updates, RoundContext(2, "L", purpose="eval-pair"))

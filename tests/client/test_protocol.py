@@ -48,9 +48,9 @@ def test_untrusted_input_is_refused():
 
 
 def test_op_names_are_the_message_types():
-    assert protocol.OPERATIONS == ("train", "evaluate", "pubkey", "keygen", "install")
-    queries = (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL)
-    assert queries == ("query.pubkey", "query.keygen", "query.install")
+    assert protocol.OPERATIONS == ("train", "evaluate", "pubkey", "keygen", "install", "evalsum")
+    queries = (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL, wire.QUERY_EVALSUM)
+    assert queries == ("query.pubkey", "query.keygen", "query.install", "query.evalsum")
 
 
 def _module_imports(path: Path) -> set[str]:

@@ -149,12 +149,22 @@ PLAIN = ["aggregation=plain", "dp=off"]  # the defaults are DP-SGD and the plann
 
 @pytest.fixture(scope="module")
 def plain_reference(tmp_path_factory):
-    """The plain run the secure backends must reproduce: its final adapter tensors."""
+    """The plain run the secure backends must reproduce: its final adapter tensors and its metrics rows."""
     from safetensors.numpy import load_file
 
     out = tmp_path_factory.mktemp("plain") / "run"
     run_cli(out, "aggregation=plain", *SECURE_ARGS)
-    return load_file(out / "final_adapter" / "adapter_model.safetensors")
+    return load_file(out / "final_adapter" / "adapter_model.safetensors"), rows(out)
+
+
+def assert_same_held_out_loss(secure_rows, plain_rows):
+    """One held-out loss on every backend (token-weighted over owners, summed inside the backend), and no
+    owner's own loss reaches a secure backend's coordinator (the key stays out of per_client)."""
+    assert [r["round"] for r in secure_rows] == [r["round"] for r in plain_rows] == [0, 1, 2]
+    for secure, plain in zip(secure_rows, plain_rows):
+        assert abs(secure["eval_loss"] - plain["eval_loss"]) < 1e-3
+        assert all("eval_loss" not in c for c in secure["per_client"].values())
+    assert all("eval_loss" in c for c in plain_rows[-1]["per_client"].values())  # plain: the server sees it anyway
 
 
 def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plain_reference):
@@ -164,7 +174,8 @@ def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plai
     proc = run_cli(tmp_path / "he", "aggregation=tenseal", *SECURE_ARGS)
     out = tmp_path / "he"
     assert "server holds the public context only" in proc.stdout
-    reference = plain_reference
+    reference, plain_rows = plain_reference
+    assert_same_held_out_loss(rows(out), plain_rows)
     for k in range(3):
         owner = load_file(out / "clients" / f"client_{k}" / "final_adapter" / "adapter_model.safetensors")
         assert max(float(np.abs(owner[n] - reference[n]).max()) for n in reference) < 1e-4
@@ -199,7 +210,9 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
     proc = run_cli(out, "aggregation=crypten", *SECURE_ARGS)
     assert "3 aggregator parties reachable" in proc.stdout
     final = load_file(out / "final_adapter" / "adapter_model.safetensors")
-    assert max(float(np.abs(final[n] - plain_reference[n]).max()) for n in plain_reference) < 1e-3
+    reference, plain_rows = plain_reference
+    assert max(float(np.abs(final[n] - reference[n]).max()) for n in reference) < 1e-3
+    assert_same_held_out_loss(rows(out), plain_rows)
     for r in rows(out)[1:]:
         assert r["backend"] == "crypten" and r["clients"] == ["client_0", "client_1", "client_2"]
         for c in r["per_client"].values():

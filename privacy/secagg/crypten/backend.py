@@ -51,6 +51,7 @@ from fedveil.core.console import progress
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg.base import ServerHoldsGlobal, clear_global
+from fedveil.privacy.secagg.crypten import eval_pair
 from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
 from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share, sign_bundle, split
 
@@ -222,6 +223,8 @@ class CryptenBackend(ServerHoldsGlobal):
             raise Refusal("keys", "this owner has no public keys for the aggregator parties; the server must send them")
         if self.keys is None:
             raise Refusal("keys", "this owner has no identity key to sign its shares with (identity.OwnerKeys)")
+        if ctx.is_eval_pair:  # delta = [loss], weight its tokens: shared as a pair of count 1 (eval_pair.py)
+            return eval_pair.protect(self, float(np.asarray(delta).reshape(-1)[0]), weight, ctx)
         delta = within_bound(delta, self.cfg.norm_bound, self.cfg.parties)
         if self.cfg.max_weight is not None:
             weight = min(float(weight), float(self.cfg.max_weight))
@@ -251,17 +254,24 @@ class CryptenBackend(ServerHoldsGlobal):
         :class:`RoundRefused` if they refuse the round (already taken up for this run: a replay),
         and :class:`CohortTooSmall` if fewer than ``aggregation.min_owners`` owners pass their
         checks: then nothing was revealed and the coordinator's round fails (by design: the
-        alternative is revealing the update of one or two owners).
+        alternative is revealing the update of one or two owners). Held-out pairs
+        (``ctx.is_eval_pair``): the parties reveal their sum the same way (``eval_pair.py``).
         """
+        owners = list(payloads)
+        if ctx.is_eval_pair:
+            return eval_pair.as_pair_sum(self._aggregate(eval_pair.request_meta(self, owners, ctx), payloads, ctx))
+        meta = {"round": ctx.round, "clients": owners, "layout_digest": ctx.layout_digest, "length": self.size,
+                "bound": self.cfg.norm_bound, "run": self.run, "min_owners": self.cfg.min_owners,
+                "max_weight": self.cfg.max_weight}
+        return self._aggregate(meta, payloads, ctx)
+
+    def _aggregate(self, meta: dict, payloads: dict[str, Protected], ctx: RoundContext) -> Combined:
         from fedveil.privacy.secagg.crypten.party import call, decode_response, encode_request
 
         if not self.cfg.party_addresses:
             raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
-        owners = list(payloads)
+        owners = meta["clients"]
         tls = coordinator_tls(self.cfg)
-        meta = {"round": ctx.round, "clients": owners, "layout_digest": ctx.layout_digest, "length": self.size,
-                "bound": self.cfg.norm_bound, "run": self.run, "min_owners": self.cfg.min_owners,
-                "max_weight": self.cfg.max_weight}
 
         def ask(party: int):
             request = encode_request(meta, [payloads[o].blobs[f"share.{party}"] for o in owners],

@@ -142,7 +142,7 @@ class Party:
 
     def take_up(self, run: str, round_: int) -> bool:
         """Whether ``round_`` of ``run`` is newer than any taken up; if so it is recorded (on disk) now."""
-        if round_ <= self.rounds.get(run, 0):
+        if round_ <= self.rounds.get(run, -1):
             return False
         self.rounds[run] = round_
         tmp = self.rounds_file.with_suffix(".tmp")

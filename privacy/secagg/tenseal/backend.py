@@ -51,7 +51,7 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg import identity
-from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, global_codec
+from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, eval_pair, global_codec
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
 from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
@@ -166,7 +166,10 @@ class _Side:
         """Sum the ciphertexts; a payload that fails to load, verify or add is left out
         (``Combined.excluded``), and BFV sums no more than ``max_owners`` (the bound its step is made
         for). Besides the sum, the payload holds the round's signed updates (``ROUND_UPDATES``):
-        what the server keeps, and what owners check and add themselves."""
+        what the server keeps, and what owners check and add themselves. Held-out pairs
+        (``ctx.is_eval_pair``): the round's signed pairs, for one owner to reveal (``eval_pair.py``)."""
+        if ctx is not None and ctx.is_eval_pair:
+            return eval_pair.combine(self, payloads, ctx)
         total, excluded, signed, boxes = None, {}, {}, []
         for who, p in payloads.items():
             try:
@@ -250,16 +253,22 @@ class TensealOwner(_Side):
                  run: str = "") -> None:
         super().__init__(cfg, size, public, run)
         self._secret = load_context(secret)
-        self._weight_key = None  # BFV: the key owners seal their weights with, from the (canonical) secret context
+        # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
+        canonical = secret_bytes(self._secret)
+        self._weight_key = None  # BFV: the key owners seal their weights with
         if self.cfg.scheme == "bfv":
-            self._weight_key = bfv.count_key(secret_bytes(self._secret))
+            self._weight_key = bfv.count_key(canonical)
+        self._pair_key = eval_pair.pair_key(canonical)  # the key held-out pairs are boxed with
         self.roster, self.keys = roster, keys
 
     def protect(self, delta: np.ndarray, weight: float, ctx: RoundContext | None = None) -> Protected:
         """Enc(n_k delta_k) and n_k (BFV: fixed point, the weight sealed beside it; CKKS: the weight in
         one extra slot); signed by this owner for ``ctx``'s round where it has keys (owners always do).
         The owner clamps its weight to ``max_weight`` and each value to ``+-value_bound`` first (owners
-        check every update against these bounds: ``checks.py``)."""
+        check every update against these bounds: ``checks.py``). A held-out pair (``ctx.is_eval_pair``:
+        ``delta = [loss]``, weight its tokens) is boxed and signed as ``eval_pair.py`` says."""
+        if ctx is not None and ctx.is_eval_pair:
+            return eval_pair.protect(self, float(np.asarray(delta).reshape(-1)[0]), weight, ctx)
         if self.cfg.scheme == "bfv":
             blob = self._encrypt_bfv(np.asarray(delta, np.float64), weight)
         else:
@@ -371,6 +380,10 @@ class TensealOwner(_Side):
     def writes_final_adapter(self, per_round: dict[str, Any]) -> bool:
         """In the last round (``wire.FINAL_ADAPTER``): the server holds no plaintext global to write."""
         return bool(per_round.get(wire.FINAL_ADAPTER))
+
+    def reveal_eval_mean(self, combined: Protected, ctx: RoundContext) -> float:
+        """The token-weighted held-out loss of the round's signed pairs, after every check (``eval_pair.py``)."""
+        return eval_pair.reveal_mean(self, combined, ctx)
 
     def reveal(self, combined: Protected) -> Revealed:
         vecs, parts = self._vectors(combined, self._secret)
