@@ -17,7 +17,7 @@ from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.client.protocol import EVALUATE, TRAIN, Instruction
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
-from fedveil.core.payload import Protected
+from fedveil.core.payload import Protected, without_eval_pair
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.plain import PlainBackend
 from fedveil.privacy.secagg.tenseal import backend as tenseal_backend
@@ -75,7 +75,8 @@ def test_evaluate_calls_the_owner_side_hooks_and_sends_back_what_they_return(own
     side = Recording(sealed, final)
     with_owner_side(monkeypatch, side)
     answer = operations.round_step(instruction(EVALUATE, cfg, digest, glob, extra=HANDED_OVER), cfg, identity)
-    assert answer.protected is sealed and wire.EVAL_LOSS in answer.metrics
+    sent = without_eval_pair(answer.protected)  # without DP a plain owner adds its held-out pair
+    assert (sent.arrays, sent.blobs) == (sealed.arrays, sealed.blobs) and wire.EVAL_LOSS in answer.metrics
     (hook, vector, per_round, owner_id, after_round), (final_hook, final_per_round) = side.calls
     assert (hook, owner_id, after_round, final_hook) == ("after_evaluate", "client_0", 1, "writes_final_adapter")
     np.testing.assert_array_equal(vector, glob)  # the global it evaluated (after round 1)
@@ -101,7 +102,7 @@ def test_a_plain_owner_ignores_the_encrypted_global_hand_over(owner_setup):
     cfg, identity, digest, glob = owner_setup
     asked = {wire.REENCRYPT_BY: "client_0", wire.FINAL_ADAPTER: True}
     answer = operations.round_step(instruction(EVALUATE, cfg, digest, glob, extra=asked), cfg, identity)
-    assert answer.protected is None and wire.EVAL_LOSS in answer.metrics
+    assert without_eval_pair(answer.protected) is None and wire.EVAL_LOSS in answer.metrics
     assert not (Path(identity.state_dir) / "final_adapter").exists()
 
 
