@@ -115,7 +115,8 @@ def check_pinned_party_keys(keys: list[bytes], pinned_file: str | Path) -> None:
 
 def coordinator_tls(cfg: "CryptenConfig"):
     """The coordinator's TLS files for calling the parties (None with ``aggregation.insecure``)."""
-    from fedveil.privacy.secagg.crypten.party import TlsFiles
+    # party.py imports the registry (secagg/__init__), which imports this module: party is imported late
+    from fedveil.privacy.secagg.crypten.party import TlsFiles  # lazy: import cycle
 
     if cfg.insecure:
         return None
@@ -190,7 +191,7 @@ class CryptenBackend(ServerHoldsGlobal):
     @classmethod
     def for_server(cls, cfg: CryptenConfig, size: int) -> "CryptenBackend":
         """The coordinator's side: it fetches the parties' public keys to hand to owners each round."""
-        from fedveil.privacy.secagg.crypten.party import call
+        from fedveil.privacy.secagg.crypten.party import call  # lazy: import cycle
 
         addresses = cfg.party_addresses or []
         if len(addresses) != cfg.parties:
@@ -266,7 +267,7 @@ class CryptenBackend(ServerHoldsGlobal):
         return self._aggregate(meta, payloads, ctx)
 
     def _aggregate(self, meta: dict, payloads: dict[str, Protected], ctx: RoundContext) -> Combined:
-        from fedveil.privacy.secagg.crypten.party import call, decode_response, encode_request
+        from fedveil.privacy.secagg.crypten.party import call, decode_response, encode_request  # lazy: import cycle
 
         if not self.cfg.party_addresses:
             raise UserError("aggregation.party_addresses is not set: start the parties (fedveil-party) and list them")
