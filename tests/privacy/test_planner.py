@@ -311,3 +311,29 @@ def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit
         from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}, "dp": {"name": "off"}})
     assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"},
                       "dp": {"name": "off"}}).aggregation
+
+
+@pytest.mark.slow
+def test_a_tenseal_run_without_dp_moves_the_planned_bytes_held_out_pairs_included(tmp_path):
+    """Without DP each owner's evaluate reply carries its signed held-out pair and one owner a round gets the
+    evalsum message: a round's bytes up and down, over all owners, match the cost model within 2 %, as the DP
+    run's do (Flower's records add the rest), and so do summary.json's figures."""
+    proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
+                           "experiment=smoke", "num_clients=3", "aggregation=tenseal", "dp=off"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=False)
+    assert (cost.eval_up, cost.evalsum_up) == (120, 8) and cost.evalsum_down > 3 * 120
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [r["backend"] for r in rows] == ["tenseal", "tenseal"] and all(r["dp"] == "off" for r in rows)
+    for r in rows:
+        assert r["eval_loss"] is not None  # the revealing owner answered: the pairs travelled
+        owners = r["per_client"].values()
+        planned_up = 3 * (cost.update_up + cost.eval_up) + cost.reencrypt_up + cost.evalsum_up
+        planned_down = 3 * (cost.global_down_first if r["round"] == 1 else cost.global_down) + cost.evalsum_down
+        up, down = sum(c["bytes_up"] for c in owners), sum(c["bytes_down"] for c in owners)
+        assert planned_up <= up <= 1.02 * planned_up, (up, planned_up)
+        assert planned_down <= down <= 1.02 * planned_down, (down, planned_down)
+    figures = json.loads((tmp_path / "run" / "summary.json").read_text())["planned_vs_measured"]
+    assert 1.0 <= figures["bytes_up_per_owner_per_round"]["ratio"] <= 1.02
+    assert 1.0 <= figures["bytes_down_per_owner_per_round"]["ratio"] <= 1.02
