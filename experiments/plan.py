@@ -91,8 +91,9 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     # parse everything but the pick (the planner below says why, refusal included)
     cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
+    dp_on = cfg.dp.name != "off"  # privacy.epsilon already set dp (from_dict): without DP the pairs travel
     plan = choose(cfg.privacy, cfg.participants, values=n, resume=cfg.resume,
-                  allowed=list(cfg.owner_policy.allowed_backends))
+                  allowed=list(cfg.owner_policy.allowed_backends), dp_on=dp_on)
     if requested == "auto":
         pick, reason = plan.pick, plan.reason
         run_cfg = from_dict(values, plan=plan) if pick else None  # auto resolved to this plan's pick
@@ -107,7 +108,7 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     run = None
     if run_cfg is not None:
         run_agg = run_cfg.aggregation
-        run = {**estimate(run_agg.name, run_agg, n, cfg.participants).as_dict(),
+        run = {**estimate(run_agg.name, run_agg, n, cfg.participants, dp_on=dp_on).as_dict(),
                "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
     return run_cfg, {
         "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
@@ -130,7 +131,8 @@ def planned_vs_measured(plan: dict, rows: list[MetricsRow], max_epsilon: float |
     """Per figure: the plan's value, the run's measured value (metrics.jsonl) and measured/planned.
 
     Bytes are means over owners and trained rounds (measured includes Flower's config and metric
-    records, which the plan leaves out); seconds per phase are means over trained rounds (the plan
+    records, which the plan leaves out); up is the update (the train reply), down everything an owner
+    downloads (the one evalsum message of a round included); seconds per phase are means over trained rounds (the plan
     is rough and covers only the backend's phases: no figure for train and evaluate); epsilon is
     the largest any owner reported against the ε every owner planned."""
     run = plan.get("run")
@@ -143,7 +145,11 @@ def planned_vs_measured(plan: dict, rows: list[MetricsRow], max_epsilon: float |
         return sum(xs) / len(xs) if xs else None
 
     owners = [c for r in trained for c in r.per_client.values()]
+    # without DP under tenseal one owner a round also downloads the round's held-out pairs (evalsum): the
+    # measured mean over owners spreads it over the round's owners, and so does the plan (a plan from
+    # before the held-out pair has no evalsum_down: 0)
     planned_down = mean([(run["global_down_first"] if r.round == 1 else run["global_down"])
+                         + run.get("evalsum_down", 0) / len(r.per_client)
                          for r in trained for _ in r.per_client])
     figures = {
         BYTES_UP_FIGURE: (run["update_up"], mean([c.bytes_update_up for c in owners])),
@@ -177,7 +183,8 @@ def render(p: dict) -> str:
              f"{'+s/round':>8s}  why not"]
     for b in p["backends"]:
         party = human(b["party_in"]) if b["parties"] else "-"
-        lines.append(f"{b['backend']:8s} {'yes' if b['covered'] else 'no':6s} {human(b['update_up']):>10s} "
+        up = b["update_up"] + b.get("eval_up", 0)  # without DP the held-out pair rides up too
+        lines.append(f"{b['backend']:8s} {'yes' if b['covered'] else 'no':6s} {human(up):>10s} "
                      f"{human(b['global_down']):>11s} {party:>12s} {b['seconds']:8.2f}  {'; '.join(b['why_not'])}")
     dp = p["dp"]
     if dp:

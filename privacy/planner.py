@@ -51,7 +51,7 @@ class PrivacyConfig:
     aggregator_parties: int = 0  # independent organisations able to run an aggregator party (crypten)
     epsilon: Optional[float] = None  # DP target per owner (sets dp=sample_level); None: keep dp as configured
     delta: Optional[float] = None  # DP delta with privacy.epsilon; None: dp.delta (1e-5)
-    max_bytes_per_round: Optional[int] = None  # per owner, update up + global down
+    max_bytes_per_round: Optional[int] = None  # per owner: update (+ held-out pair, without DP) up + global down
     max_seconds_per_round: Optional[float] = None  # the backend's added seconds per round (rough)
 
     def __post_init__(self) -> None:
@@ -83,10 +83,11 @@ def calibration() -> dict:
     return json.loads(CALIBRATION_FILE.read_text()) if CALIBRATION_FILE.is_file() else {}
 
 
-def estimate(backend: str, agg: Any, values: int, owners: int) -> Cost:
+def estimate(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool) -> Cost:
     """Bytes and rough seconds per round for ``backend`` (config ``agg``) on ``values`` adapter values:
-    the backend's own exact bytes (``BackendSpec.cost``) and the seconds calibration.json gives."""
-    cost = backend_spec(backend).cost(agg, values, owners, calibration())
+    the backend's own exact bytes (``BackendSpec.cost``; without DP, ``dp_on=False``, they include the
+    owners' held-out pairs) and the seconds calibration.json gives."""
+    cost = backend_spec(backend).cost(agg, values, owners, calibration(), dp_on=dp_on)
     return replace(cost, seconds=rough_seconds(backend, values, owners))
 
 
@@ -194,12 +195,14 @@ NOMINAL_VALUES = 1 << 20  # orders the backends by cost when the adapter size is
 
 
 def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, resume: bool = False,
-           allowed: Optional[list[str]] = None, _relaxing: bool = False) -> Plan:
+           allowed: Optional[list[str]] = None, _relaxing: bool = False, *, dp_on: bool) -> Plan:
     """Each backend against the stated threats, and the cheapest that covers them (bytes per owner
-    per round). Limits on bytes and seconds are checked only where ``values`` is known."""
+    per round). Limits on bytes and seconds are checked only where ``values`` is known. ``dp_on``:
+    the run trains with DP (then no held-out pair travels; without DP its bytes count)."""
     verdicts, order = [], {}
     for name in BACKENDS:
-        cost = estimate(name, candidate_config(name, privacy, owners), values or NOMINAL_VALUES, owners)
+        cost = estimate(name, candidate_config(name, privacy, owners), values or NOMINAL_VALUES, owners,
+                        dp_on=dp_on)
         gaps = _threat_gaps(name, privacy, owners, resume, allowed)
         if values is not None:
             gaps += _cost_gaps(cost, privacy)
@@ -213,11 +216,12 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
                   + (f" (also covering, at more bytes: {', '.join(others)})" if others else ""))
         agg_values = {"name": pick, **BACKENDS[pick].picked_values(privacy.aggregator_parties)}
         return Plan(privacy, verdicts, pick, reason, agg_values)
-    return Plan(privacy, verdicts, None, "" if _relaxing else refusal(privacy, owners, values, resume, allowed))
+    return Plan(privacy, verdicts, None,
+                "" if _relaxing else refusal(privacy, owners, values, resume, allowed, dp_on=dp_on))
 
 
 def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: bool,
-            allowed: Optional[list[str]]) -> str:
+            allowed: Optional[list[str]], *, dp_on: bool) -> str:
     """One line: nothing covers the stated threats; which single assumption to relax, and to what."""
     relaxations = []
     if privacy.owner_collusion:
@@ -233,7 +237,7 @@ def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: 
             relaxations.append((f"privacy.{key}=null", replace(privacy, **{key: None})))
     options = []
     for text, relaxed in relaxations:
-        plan = choose(relaxed, owners, values, resume, allowed, _relaxing=True)
+        plan = choose(relaxed, owners, values, resume, allowed, _relaxing=True, dp_on=dp_on)
         if plan.pick:
             options.append(f"{text} (-> {plan.pick})")
     fix = f"relax {' or '.join(options)}" if options else "no single relaxation helps; see `fedveil plan`"

@@ -88,10 +88,11 @@ class BackendSpec:
     # (cfg, size, public=, run=, signers=: what the key set-up gave the server) -> server side
     server: Callable[..., Any]
     owner: Callable[..., Any]  # (cfg, size, keys: identity.OwnerKeys, per_round, run=run key) -> owner side
-    # (cfg, adapter values, owners per round, calibration=calibration.json's dict) -> the exact payload bytes
-    # of one round (:class:`Cost`; seconds left 0, the planner adds them). A backend may read its own measured
-    # sizes from ``calibration`` (tenseal: its ciphertexts'); without it, it measures them
-    cost: Callable[[Any, int, int, Optional[Mapping[str, Any]]], Cost]
+    # (cfg, adapter values, owners per round, calibration=calibration.json's dict, *, dp_on=) -> the exact
+    # payload bytes of one round (:class:`Cost`; seconds left 0, the planner adds them); without DP (dp_on=False)
+    # they include the held-out pairs. A backend may read its own measured sizes from ``calibration`` (tenseal:
+    # its ciphertexts'); without it, it measures them
+    cost: Callable[..., Cost]
     # (cfg, adapter values, owner id, round, calibration=) -> exact bytes of that owner's protected update in
     # that round (``Protected.nbytes``; crypten's headers name the owner and round); defaults: client_0, round 1
     update_bytes: Callable[[Any, int, str, int, Optional[Mapping[str, Any]]], int]
@@ -188,6 +189,8 @@ BACKENDS: dict[str, BackendSpec] = {
                 "a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
                 "refuses a round without its own) and show owners different subsets of one round's signed "
                 "updates at its evaluation",
+                "without DP, a malicious coordinator chooses which signed held-out pairs (at least 2, the revealing "
+                "owner's among them) go into the one held-out mean per round it obtains",
             ),
             bytes_per_value=8.02,  # BFV: 8192 values per ciphertext of ~65.7 KB at N=4096 (exact: tenseal/cost.py)
         ),

@@ -137,8 +137,18 @@ class Cost:
     carries every accepted owner's signed update of the round, so it grows with the owners).
     ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
     its signature). ``party_in`` / ``party_out``: crypten, per party per round (every owner's share
-    in, the float64 aggregate out; the parties' own MPC traffic is not counted). Flower's config and
-    metric records add a few KB per message to all of these; they are not counted.
+    in, the float64 aggregate out; the parties' own MPC traffic is not counted).
+
+    The held-out pair (``privacy/secagg/eval_pair.py``), without DP only (under DP none of it
+    exists: all 0): ``eval_up``, what one evaluating owner uploads for its pair per round (in its
+    evaluate reply); ``evalsum_down`` / ``evalsum_up``: tenseal, the ``query.evalsum`` message to the
+    one owner that reveals the mean (the cohort's signed pairs) and its reply (the mean, one float64);
+    crypten's ``party_in`` grows by every owner's pair shares and ``party_out`` by the pair's sum.
+
+    ``per_owner`` counts what every owner moves (update and pair up, global down): the byte limit
+    ``privacy.max_bytes_per_round`` checks it. What one owner moves besides, asked by the server
+    (``reencrypt_up``, ``evalsum_*``), counts once in ``per_round``. Flower's config and metric
+    records add a few KB per message to all of these; they are not counted.
 
     A new payload every owner sends each round is one more field (default 0, so backends that do not
     send it need no change), added to :attr:`per_owner`; ``as_dict`` picks it up.
@@ -154,17 +164,23 @@ class Cost:
     party_in: int = 0
     party_out: int = 0
     parties: int = 0
+    eval_up: int = 0
+    evalsum_down: int = 0
+    evalsum_up: int = 0
     seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
 
     @property
     def per_owner(self) -> int:
-        """Update up + global down for one owner in a steady-state round (what the byte limit checks)."""
-        return self.update_up + self.global_down
+        """Update and held-out pair up + global down for every owner in a steady-state round (what the
+        byte limit checks)."""
+        return self.update_up + self.eval_up + self.global_down
 
     @property
     def per_round(self) -> int:
-        """All of a steady-state round: every owner's update and global, the re-encryption, the parties'."""
-        return self.owners * self.per_owner + self.reencrypt_up + self.parties * (self.party_in + self.party_out)
+        """All of a steady-state round: every owner's update, pair and global, the one owner's
+        re-encryption and evalsum, the parties'."""
+        return (self.owners * self.per_owner + self.reencrypt_up + self.evalsum_down + self.evalsum_up
+                + self.parties * (self.party_in + self.party_out))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "per_owner": self.per_owner, "per_round": self.per_round}

@@ -85,7 +85,9 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 
     return 4 * values + 8
 
 
-def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
-    """One round's bytes: each owner's update up, the clear global down."""
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
+         dp_on: bool) -> Cost:
+    """One round's bytes: each owner's update up (and, without DP, its held-out pair), the clear global down."""
     down = clear_global_bytes(values)
-    return Cost("plain", values, owners, update_bytes(cfg, values), down, down)
+    return Cost("plain", values, owners, update_bytes(cfg, values), down, down,
+                eval_up=0 if dp_on else EVAL_PAIR_BYTES)

@@ -2,17 +2,28 @@
 keeps, and the calibration the planner passes in (secagg never reads the planner's file itself).
 
 The known answers are the figures the planner gave before the byte models moved out of
-``privacy/planner.py``; ``test_planner.py`` checks the same models against what ``protect()`` and the
-server's arrays really hold."""
+``privacy/planner.py`` (under DP, where no held-out pair travels), and the same figures without DP,
+where each owner's held-out pair (and tenseal's evalsum message) adds to them; ``test_planner.py``
+checks the same models against what ``protect()`` and the server's arrays really hold, and the
+tests at the end check the pair's against real protected pairs."""
 
+import numpy as np
 import pytest
 
+from fedveil.core.payload import RoundContext
 from fedveil.privacy import planner
+from fedveil.privacy.planner import PrivacyConfig, choose
 from fedveil.privacy.secagg import BACKENDS
 from fedveil.privacy.secagg.base import Cost
-from fedveil.privacy.secagg.crypten.backend import CryptenConfig
-from fedveil.privacy.secagg.plain import PlainConfig
+from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
+from fedveil.privacy.secagg.crypten.eval_pair import pair_bytes as crypten_pair_bytes
+from fedveil.privacy.secagg.eval_pair import as_update
+from fedveil.privacy.secagg.identity import OwnerKeys
+from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
+from fedveil.privacy.secagg.sealing import keypair
+from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
 TINY, MID = 16_384, 262_144
 BYTES = ("update_up", "global_down", "global_down_first", "reencrypt_up", "party_in", "party_out", "parties")
@@ -33,13 +44,59 @@ KNOWN = [  # (backend, config, values, owners) -> update_up, global_down, global
 @pytest.mark.parametrize("name, cfg, values, owners, expected", KNOWN,
                          ids=[f"{k[0]}-{i}" for i, k in enumerate(KNOWN)])
 def test_each_backend_prices_its_bytes_exactly_as_before(name, cfg, values, owners, expected):
-    cost = BACKENDS[name].cost(cfg, values, owners, planner.calibration())
+    """Under DP: the figures as pinned before the held-out pair, which never travels under DP."""
+    cost = BACKENDS[name].cost(cfg, values, owners, planner.calibration(), dp_on=True)
     assert isinstance(cost, Cost) and (cost.backend, cost.values, cost.owners) == (name, values, owners)
     assert tuple(getattr(cost, k) for k in BYTES) == expected
+    assert (cost.eval_up, cost.evalsum_down, cost.evalsum_up) == (0, 0, 0)
+    assert cost.per_owner == cost.update_up + cost.global_down
     assert cost.seconds == 0.0  # the backend prices bytes; the planner adds the rough seconds
-    planned = planner.estimate(name, cfg, values, owners)
+    planned = planner.estimate(name, cfg, values, owners, dp_on=True)
     assert tuple(getattr(planned, k) for k in BYTES) == expected
     assert planned.seconds == planner.rough_seconds(name, values, owners)
+
+
+PAIR = ("eval_up", "evalsum_down", "evalsum_up", "party_in", "party_out", "per_owner", "per_round")
+KNOWN_NO_DP = [  # the same runs without DP -> eval_up, evalsum_down, evalsum_up, party_in, party_out, per_*
+    # plain: 2 float64 (loss, tokens) per owner up
+    (KNOWN[0], (16, 0, 0, 0, 0, 196_632, 589_896)),
+    # tenseal: a 56 B secret box + 64 B signature up; one owner gets the cohort's (framed, with a JSON head)
+    # and replies with the mean (float64)
+    (KNOWN[1], (120, 448, 8, 0, 0, 789_118, 2_499_233)),
+    (KNOWN[2], (120, 14_118, 8, 0, 0, 216_467_613, 21_648_876_979)),
+    (KNOWN[3], (120, 448, 8, 0, 0, 50_837_070, 160_984_449)),
+    # crypten: K sealed shares of 2 values + the signed bundle up; each party gets its share of every pair
+    # and returns the pair's float64 sum
+    (KNOWN[6], (1_191, 0, 0, 394_329 + 3 * (1_191 // 3), 131_072 + 16, 526_594, 3_159_606)),
+    (KNOWN[7], (1_787, 0, 0, 209_748_600 + 100 * (1_787 // 5), 2_097_152 + 16, 12_586_371, 2_318_044_440)),
+]
+
+
+@pytest.mark.parametrize("known, expected", KNOWN_NO_DP, ids=[f"{k[0][0]}-{i}" for i, k in enumerate(KNOWN_NO_DP)])
+def test_without_dp_each_backend_adds_the_held_out_pair_and_nothing_else(known, expected):
+    name, cfg, values, owners, under_dp = known
+    cost = planner.estimate(name, cfg, values, owners, dp_on=False)
+    assert tuple(getattr(cost, k) for k in PAIR[:5]) + (cost.per_owner, cost.per_round) == expected
+    # the update and the global are as under DP (crypten's parties: plus the pairs, checked above)
+    same = [k for k in BYTES if k not in ("party_in", "party_out")]
+    assert [getattr(cost, k) for k in same] == [v for k, v in zip(BYTES, under_dp) if k in same]
+    assert cost.per_owner == cost.update_up + cost.eval_up + cost.global_down
+    assert cost.per_round == (owners * cost.per_owner + cost.reencrypt_up + cost.evalsum_down + cost.evalsum_up
+                              + cost.parties * (cost.party_in + cost.party_out))
+    assert {"eval_up", "evalsum_down", "evalsum_up"} <= set(cost.as_dict())
+
+
+def test_the_byte_limit_counts_the_held_out_pair_without_dp():
+    """A limit that fits tenseal's steady-state round under DP exactly is 120 bytes short without DP."""
+    cfg, private = TensealConfig(), PrivacyConfig(coordinator="curious")
+    under_dp = planner.estimate("tenseal", cfg, TINY, 3, dp_on=True).per_owner
+    limited = PrivacyConfig(coordinator="curious", max_bytes_per_round=under_dp)
+    assert choose(limited, 3, values=TINY, dp_on=True).pick == "tenseal"
+    plan = choose(limited, 3, values=TINY, dp_on=False)
+    tenseal = next(v for v in plan.verdicts if v.backend == "tenseal")
+    assert plan.pick is None and tenseal.why_not == [f"moves {under_dp + 120:,} bytes per owner per round, over "
+                                                     f"privacy.max_bytes_per_round={under_dp:,}"]
+    assert choose(private, 3, values=TINY, dp_on=False).pick == "tenseal"
 
 
 def test_crypten_update_bytes_follow_the_owner_and_round_its_headers_name():
@@ -54,19 +111,62 @@ def test_crypten_update_bytes_follow_the_owner_and_round_its_headers_name():
 def test_every_backend_keeps_the_cost_contract(name):
     spec = BACKENDS[name]
     cfg = spec.priced_config(3, 3) if spec.priced_config else spec.config()
-    cost = spec.cost(cfg, TINY, 3, planner.calibration())
+    cost = spec.cost(cfg, TINY, 3, planner.calibration(), dp_on=True)
     assert cost.update_up == spec.update_bytes(cfg, TINY, "client_0", 1, planner.calibration())
     assert cost.per_owner == cost.update_up + cost.global_down > 4 * TINY
     assert cost.global_down_first <= cost.global_down
+    without_dp = spec.cost(cfg, TINY, 3, planner.calibration(), dp_on=False)
+    assert 0 < without_dp.eval_up < 2_000 and without_dp.per_owner == cost.per_owner + without_dp.eval_up
 
 
 def test_the_calibrated_ciphertext_sizes_are_what_tenseal_produces_and_the_planner_passes_them_in(monkeypatch):
     """Without calibration.json the backend measures its ciphertexts with TenSEAL: the same bytes. The
     planner hands its calibration to the spec (a different size there moves the estimate by exactly that)."""
     spec, cfg = BACKENDS["tenseal"], TensealConfig()
-    assert spec.cost(cfg, TINY, 3) == spec.cost(cfg, TINY, 3, planner.calibration())
+    assert spec.cost(cfg, TINY, 3, dp_on=True) == spec.cost(cfg, TINY, 3, planner.calibration(), dp_on=True)
     key = "bfv/4096/[60, 49]/46"
     real = planner.calibration()["tenseal_ciphertext_fixed_bytes"][key]
     monkeypatch.setattr(planner, "calibration", lambda: {"tenseal_ciphertext_fixed_bytes": {key: real + 10}})
-    assert planner.estimate("tenseal", cfg, TINY, 3).update_up == 131_571 + 2 * 10  # two ciphertexts
+    assert planner.estimate("tenseal", cfg, TINY, 3, dp_on=True).update_up == 131_571 + 2 * 10  # two ciphertexts
 
+
+
+# --- the held-out pair: planned bytes == what a real protected pair holds ----------------------
+
+def pair_ctx(owner: str, rnd: int = 1, digest: str = "0" * 64) -> RoundContext:
+    return RoundContext(rnd, digest, owner).for_eval_pair()
+
+
+def test_plain_plans_the_bytes_of_a_protected_pair():
+    pair = PlainBackend(size=TINY).protect(*as_update(2.25, 1_234), pair_ctx("client_0"))
+    assert pair.nbytes == planner.estimate("plain", PlainConfig(), TINY, 3, dp_on=False).eval_up == 16
+
+
+@pytest.mark.parametrize("scheme", ["bfv", "ckks"])
+def test_tenseal_plans_the_bytes_of_signed_pairs_and_of_the_evalsum_message(tmp_path, scheme):
+    """Each owner's boxed, signed pair, and the server's combined pairs, which the evalsum message carries
+    to one owner (its KEYS record)."""
+    owners, cfg = 3, TensealConfig(scheme=scheme)
+    ctx = make_context(cfg)
+    sides = {f"client_{i}": TensealOwner(cfg, TINY, public=public_bytes(ctx), secret=secret_bytes(ctx),
+                                         keys=OwnerKeys(f"client_{i}", str(tmp_path / str(i))), run="run")
+             for i in range(owners)}
+    pairs = {o: side.protect(*as_update(2.0 + i, 100 * (i + 1)), pair_ctx(o))
+             for i, (o, side) in enumerate(sides.items())}
+    planned = planner.estimate("tenseal", cfg, TINY, owners, dp_on=False)
+    assert {p.nbytes for p in pairs.values()} == {planned.eval_up}
+    combined = TensealServer(cfg, TINY, public=public_bytes(ctx)).combine(pairs, pair_ctx(""))
+    assert not combined.excluded and combined.payload.nbytes == planned.evalsum_down
+    # the mean it replies with (its checks: tests/adversary/test_tenseal_eval_pair_attacks.py)
+    assert planned.evalsum_up == np.dtype(np.float64).itemsize
+
+
+def test_crypten_plans_the_bytes_of_a_protected_pair(tmp_path):
+    cfg = CryptenConfig(parties=3)
+    parties = [keypair(tmp_path / f"p{i}")[1] for i in range(cfg.parties)]
+    backend = CryptenBackend(cfg, TINY, party_keys=parties, keys=OwnerKeys("client_0", str(tmp_path / "o")))
+    planned = planner.estimate("crypten", cfg, TINY, 3, dp_on=False)
+    real = backend.protect(*as_update(2.0, 10), pair_ctx("client_0"))
+    assert real.nbytes == planned.eval_up == crypten_pair_bytes(cfg, "client_0", "", "0" * 64, 1)
+    # as for updates, the run id, owner id and round in the headers and bundle move it by their lengths
+    assert crypten_pair_bytes(cfg, "client_12", "run", "0" * 64, 10) == planned.eval_up + 4 * (1 + 1) + 3

@@ -47,7 +47,7 @@ TINY_VALUES = 16_384  # the tiny GPT-2's adapter (r=8 on c_attn, c_proj, c_fc; 2
     (dict(coordinator="curious", aggregator_parties=3), 2, "tenseal"),
 ])
 def test_the_pick_for_each_row_of_the_threat_table(stated, owners, pick):
-    plan = choose(PrivacyConfig(**stated), owners)
+    plan = choose(PrivacyConfig(**stated), owners, dp_on=True)
     assert plan.pick == pick, plan.reason
     assert plan.reason.startswith(f"{pick}: the cheapest backend covering")
     assert plan.agg_values["name"] == pick
@@ -63,7 +63,7 @@ def test_the_pick_for_each_row_of_the_threat_table(stated, owners, pick):
      "privacy.owner_collusion=false (-> tenseal) or privacy.coordinator=curious (-> crypten)"),
 ])
 def test_collusion_without_a_covering_backend_is_refused_in_one_line_naming_what_to_relax(stated, relax):
-    plan = choose(PrivacyConfig(**stated), 3)
+    plan = choose(PrivacyConfig(**stated), 3, dp_on=True)
     assert plan.pick is None
     with pytest.raises(Refusal) as err:
         plan.refuse()
@@ -94,14 +94,15 @@ def test_bad_privacy_values_are_one_line():
 
 
 def test_limits_rule_backends_out_and_the_refusal_says_which():
-    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
-    plan = choose(PrivacyConfig(coordinator="curious", max_bytes_per_round=cost.per_owner - 1), 3, values=TINY_VALUES)
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=True)
+    plan = choose(PrivacyConfig(coordinator="curious", max_bytes_per_round=cost.per_owner - 1), 3, values=TINY_VALUES,
+                  dp_on=True)
     assert plan.pick is None and "privacy.max_bytes_per_round=null (-> tenseal)" in plan.reason
     tenseal = next(v for v in plan.verdicts if v.backend == "tenseal")
     assert tenseal.why_not == [f"moves {cost.per_owner:,} bytes per owner per round, over "
                                f"privacy.max_bytes_per_round={cost.per_owner - 1:,}"]
     assert choose(PrivacyConfig(coordinator="curious", max_bytes_per_round=cost.per_owner), 3,
-                  values=TINY_VALUES).pick == "tenseal"
+                  values=TINY_VALUES, dp_on=True).pick == "tenseal"
 
 
 # --- the config: aggregation=auto and privacy.epsilon ------------------------------------------
@@ -162,7 +163,7 @@ MID_VALUES = 262_144  # bench_secagg's mid model (hidden 512, 4 layers): its ada
 def test_byte_estimate_equals_protect_output_on_the_tiny_and_mid_adapters(name, values):
     name, scheme = (name.split("-") + [None])[:2]
     agg = BACKENDS[name].config(**({"scheme": scheme} if scheme else {}))
-    estimated = estimate(name, agg, values, 3).update_up
+    estimated = estimate(name, agg, values, 3, dp_on=True).update_up
     measured = measured_update_bytes(name, values, getattr(agg, "parties", 3), agg)
     assert abs(estimated - measured) <= 0.02 * measured, (estimated, measured)
     assert estimated == measured  # the layouts are deterministic: exact, in fact
@@ -188,11 +189,11 @@ def test_tenseal_global_down_is_the_encrypted_global_the_server_sends(tmp_path, 
     def nbytes(arrays):
         return sum(a.nbytes for a in arrays.values())
 
-    c = estimate("tenseal", cfg, values, owners)
+    c = estimate("tenseal", cfg, values, owners, dp_on=True)
     assert c.global_down_first == nbytes(to_arrays(None, pending))
     assert c.global_down == nbytes(to_arrays(base, [])) + nbytes(to_arrays(base, pending))
     assert c.reencrypt_up == len(blob) + len(signature)
-    plain = estimate("plain", BACKENDS["plain"].config(), TINY_VALUES, 3)
+    plain = estimate("plain", BACKENDS["plain"].config(), TINY_VALUES, 3, dp_on=True)
     assert plain.global_down == 8 * TINY_VALUES
 
 
@@ -231,7 +232,8 @@ def test_fedveil_plan_json_parses_and_names_the_pick():
     assert plan["adapter_values"] == TINY_VALUES
     rows = {b["backend"]: b for b in plan["backends"]}
     assert set(rows) == set(BACKENDS) and rows["tenseal"]["covered"] and not rows["plain"]["covered"]
-    assert rows["tenseal"]["update_up"] == estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3).update_up
+    assert rows["tenseal"]["update_up"] == estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3,
+                                                    dp_on=True).update_up
     assert plan["dp"]["epsilon"] <= 4.0 and plan["dp"]["noise_multiplier"] > 0 and plan["dp"]["steps"] == 60
 
 
@@ -255,7 +257,7 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
                            "privacy.epsilon=8"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "planner (aggregation=auto): tenseal: the cheapest backend" in proc.stdout
-    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3)
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=True)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     assert [r["backend"] for r in rows] == ["tenseal", "tenseal"] and all(r["dp"] == "sample_level" for r in rows)
     for r in rows:
@@ -303,9 +305,35 @@ def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
 
 
 def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
-    plan = choose(PrivacyConfig(coordinator="curious"), 600_000)
+    plan = choose(PrivacyConfig(coordinator="curious"), 600_000, dp_on=True)
     assert plan.pick == "tenseal" and candidate_config("tenseal", PrivacyConfig(), 600_000).scheme == "ckks"
     with pytest.raises(UserError, match="at most 370,727 owners.*aggregation.scheme=ckks"):
         from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal"}, "dp": {"name": "off"}})
     assert from_dict({"num_clients": 600_000, "aggregation": {"name": "tenseal", "scheme": "ckks"},
                       "dp": {"name": "off"}}).aggregation
+
+
+@pytest.mark.slow
+def test_a_tenseal_run_without_dp_moves_the_planned_bytes_held_out_pairs_included(tmp_path):
+    """Without DP each owner's evaluate reply carries its signed held-out pair and one owner a round gets the
+    evalsum message: a round's bytes up and down, over all owners, match the cost model within 2 %, as the DP
+    run's do (Flower's records add the rest), and so do summary.json's figures."""
+    proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
+                           "experiment=smoke", "num_clients=3", "aggregation=tenseal", "dp=off"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=False)
+    assert (cost.eval_up, cost.evalsum_up) == (120, 8) and cost.evalsum_down > 3 * 120
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [r["backend"] for r in rows] == ["tenseal", "tenseal"] and all(r["dp"] == "off" for r in rows)
+    for r in rows:
+        assert r["eval_loss"] is not None  # the revealing owner answered: the pairs travelled
+        owners = r["per_client"].values()
+        planned_up = 3 * (cost.update_up + cost.eval_up) + cost.reencrypt_up + cost.evalsum_up
+        planned_down = 3 * (cost.global_down_first if r["round"] == 1 else cost.global_down) + cost.evalsum_down
+        up, down = sum(c["bytes_up"] for c in owners), sum(c["bytes_down"] for c in owners)
+        assert planned_up <= up <= 1.02 * planned_up, (up, planned_up)
+        assert planned_down <= down <= 1.02 * planned_down, (down, planned_down)
+    figures = json.loads((tmp_path / "run" / "summary.json").read_text())["planned_vs_measured"]
+    assert 1.0 <= figures["bytes_up_per_owner_per_round"]["ratio"] <= 1.02
+    assert 1.0 <= figures["bytes_down_per_owner_per_round"]["ratio"] <= 1.02

@@ -12,6 +12,7 @@ from nacl.bindings import crypto_box_SEALBYTES, crypto_sign_BYTES
 
 from fedveil.core.disk import owner_id
 from fedveil.privacy.secagg.base import Cost, clear_global_bytes
+from fedveil.privacy.secagg.crypten import eval_pair
 from fedveil.privacy.secagg.crypten.backend import CryptenConfig
 from fedveil.privacy.secagg.crypten.shares import ShareBundle, ShareHeader
 
@@ -43,12 +44,22 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 
             + bundle_bytes(cfg.parties, round_, owner))
 
 
-def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
-    """One round's bytes: every owner's shares in to each party, the float64 aggregate out of each."""
+def pair_up_bytes(cfg: Any, owner: str = owner_id(0), round_: int = 1) -> int:
+    """Exact bytes of one owner's protected held-out pair (``eval_pair.pair_bytes``), priced as an
+    update is: run id "" and an all-zero layout digest of its length."""
+    return eval_pair.pair_bytes(cfg, owner, "", "0" * 64, round_)
+
+
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
+         dp_on: bool) -> Cost:
+    """One round's bytes: every owner's shares in to each party, the float64 aggregate out of each;
+    without DP also every owner's held-out pair, shared the same way, and its float64 sum out."""
     up = update_bytes(cfg, values)
+    pair = 0 if dp_on else pair_up_bytes(cfg)
     down = clear_global_bytes(values)
-    return Cost("crypten", values, owners, up, down, down, party_in=owners * (up // cfg.parties),
-                party_out=8 * values, parties=cfg.parties)
+    return Cost("crypten", values, owners, up, down, down,
+                party_in=owners * (up // cfg.parties) + owners * (pair // cfg.parties),
+                party_out=8 * values + (0 if dp_on else 8 * eval_pair.LENGTH), parties=cfg.parties, eval_up=pair)
 
 
 def priced_config(owners: int, parties: int = 0) -> CryptenConfig:

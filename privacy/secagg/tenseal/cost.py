@@ -21,12 +21,13 @@ from nacl.bindings import crypto_sign_BYTES
 from fedveil.core.disk import owner_id
 from fedveil.core.errors import UserError
 from fedveil.privacy.secagg.base import Cost
-from fedveil.privacy.secagg.tenseal import bfv
+from fedveil.privacy.secagg.tenseal import bfv, eval_pair
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 SIGNATURE_BYTES = crypto_sign_BYTES  # Ed25519
 TAGS = 64 + 32 + SIGNATURE_BYTES  # context id (hex SHA-256) + the ciphertext's SHA-256 + the owner's signature
 FRAME = 4  # core.io.pack: a 4-byte length before each part
+MEAN_BYTES = 8  # the revealing owner's reply: the held-out mean, one float64 (its metric record's key is not counted)
 CALIBRATED = "tenseal_ciphertext_fixed_bytes"  # calibration.json's measured sizes, by parameter key
 
 
@@ -96,19 +97,31 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 
     return blob_bytes(cfg, values, "update", calibration) + TAGS
 
 
-def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> Cost:
+def signed_set_bytes(owners: int, signed: int) -> int:
+    """A round's signed payloads as ``global_codec.RoundUpdates`` frames them: a JSON head naming the
+    round and the owners (the simulation's ids, round 1), then each owner's payload and signature
+    (``signed``: their bytes together)."""
+    head = len(json.dumps({"round": 1, "owners": sorted(owner_id(i) for i in range(owners))}))
+    return FRAME + head + owners * (2 * FRAME + signed)
+
+
+def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
+         dp_on: bool) -> Cost:
     """One round's bytes with ``owners`` owners, each sending its signed update; the server sends the
-    signed re-encrypted global and the round's signed updates (``global_codec``)."""
+    signed re-encrypted global and the round's signed updates (``global_codec``). Without DP each owner
+    also sends its signed, boxed held-out pair, and the server sends the round's pairs to one owner,
+    which replies with the mean (``eval_pair.py``)."""
     up = update_bytes(cfg, values, calibration=calibration)
     glob = blob_bytes(cfg, values, "global", calibration)  # Enc(global), as an owner re-encrypts it
     claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))  # global_codec.BASE_CLAIM
     signed = glob + SIGNATURE_BYTES + claim
-    head = len(json.dumps({"round": 1, "owners": sorted(owner_id(i) for i in range(owners))}))  # the simulation's ids
-    updates = FRAME + head + owners * (2 * FRAME + (up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    updates = signed_set_bytes(owners, (up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    pairs = {} if dp_on else {"eval_up": eval_pair.PAIR_BYTES, "evalsum_up": MEAN_BYTES,
+                              "evalsum_down": signed_set_bytes(owners, eval_pair.PAIR_BYTES)}  # the boxed pairs
     # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
     # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
     return Cost("tenseal", values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
-                reencrypt_up=glob + SIGNATURE_BYTES)
+                reencrypt_up=glob + SIGNATURE_BYTES, **pairs)
 
 
 def priced_config(owners: int, parties: int = 0) -> TensealConfig:
