@@ -51,7 +51,7 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     except LayoutMismatch as exc:
         raise Refusal("layout", str(exc)) from exc
     # train in round r starts from the global after round r - 1; evaluate sees the one after round r
-    after_round = owner.round.round - 1 if instruction.op == TRAIN else owner.round.round
+    after_round = owner.ctx.round - 1 if instruction.op == TRAIN else owner.ctx.round
     global_vector, reveal_seconds = owner.open_global(instruction.arrays, after_round)
     owner.load_data()
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}

@@ -125,9 +125,9 @@ class Owner:
         check_max_length(self.model, cfg.data.max_length)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
-        self.round = RoundContext(round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
+        self.ctx = RoundContext(round_number(per_round.get(wire.ROUND, 0)), self.layout.digest, identity.owner_id)
         self.runs = RunRecord(identity.state_dir, run_key(cfg))
-        self.runs.check_round(self.round.round, cfg.rounds)
+        self.runs.check_round(self.ctx.round, cfg.rounds)
         self.backend = backend_spec(cfg.aggregation.name).owner(cfg.aggregation, self.layout.size, identity.keys,
                                                                 per_round, run=run_key(cfg))
         self._data: Optional[OwnerData] = None
@@ -194,10 +194,10 @@ class Owner:
 
     def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
-        self.runs.check_train(self.round.round, self.policy.max_rounds)
+        self.runs.check_train(self.ctx.round, self.policy.max_rounds)
         data = self.data
         self.load_global(global_vector)
-        tc, server_round = self.cfg.train, self.round.round
+        tc, server_round = self.cfg.train, self.ctx.round
         torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)  # init-like randomness only; DP draws its own
         optimizer = make_optimizer(self.model, tc)
         if self.dp_on:
@@ -211,7 +211,7 @@ class Owner:
         delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
         start = time.perf_counter()
         # under DP every owner weighs 1 (a public value): an exact count would leave un-noised
-        protected = self.backend.protect(delta, 1.0 if self.dp_on else float(self.num_examples), self.round)
+        protected = self.backend.protect(delta, 1.0 if self.dp_on else float(self.num_examples), self.ctx)
         self.runs.note_trained(server_round)
         self.keep_local({"round": server_round, "train_loss": result.loss})
         if self.dp_on:  # sizes fixed by public values; no timings, losses or norms
@@ -234,18 +234,19 @@ class Owner:
         cap = self.policy.max_epsilon if self.policy.max_epsilon is not None else self.identity.max_epsilon
         try:
             ledger = epsilon_ledger.open_ledger(self.identity.state_dir, dp, self.num_records, cap)
-            rnd, run = self.round.round, self.run_key()
+            server_round, run = self.ctx.round, self.run_key()
             sigma = epsilon_ledger.run_noise(ledger, run, dp, q, self.cfg.rounds * tc.local_steps,
-                                             round_=rnd, steps_left=(self.cfg.rounds - rnd + 1) * tc.local_steps)
+                                             server_round=server_round,
+                                             steps_left=(self.cfg.rounds - server_round + 1) * tc.local_steps)
             self.policy.check_noise(sigma)
             # Spend is recorded before the update exists; a refusal raises BudgetExceeded here.
-            step = epsilon_ledger.Step(run, rnd, sigma, q, tc.local_steps)
+            step = epsilon_ledger.Step(run, server_round, sigma, q, tc.local_steps)
             epsilon = epsilon_ledger.reserve(self.identity.state_dir, ledger, step)
         except epsilon_ledger.BudgetExceeded as exc:
             raise Refusal("budget", str(exc)) from exc
         except epsilon_ledger.LedgerError as exc:  # the owner's own files: its operator reads the line
             raise Refusal("internal", str(exc)) from exc
-        maybe_die("owner-training", rnd, self.identity.owner_id)  # the spend is on disk already
+        maybe_die("owner-training", server_round, self.identity.owner_id)  # the spend is on disk already
         loader = poisson_loader(self.data.train, partial(collate, pad_id=self.tokenizer.pad_token_id), dp)
         with private_training(self.model, optimizer, loader, dp, sigma) as (model, dp_optimizer, dp_loader):
             result = train_steps(model, dp_loader, dp_optimizer, tc.local_steps, self.device, self.training_progress)
@@ -254,7 +255,7 @@ class Owner:
 
     def training_progress(self, done: int, steps: int) -> None:
         """A console line while local training runs long (every 10 s; never for short rounds)."""
-        progress(f"{self.identity.owner_id}: round {self.round.round} local training, step {done}/{steps}")
+        progress(f"{self.identity.owner_id}: round {self.ctx.round} local training, step {done}/{steps}")
 
     def metric_weight(self, count: int) -> int:
         """Counts weight the server's metric averages; secure backends and DP hide them (weight 1)."""
@@ -264,7 +265,7 @@ class Owner:
         """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)
         and is taken on ``policy.dp_eval_examples`` examples drawn with replacement from the OS
         CSPRNG, each padded to ``data.max_length``: the work does not scale with the owner's data."""
-        self.runs.take_evaluate(self.round.round, self.policy.max_evaluates_per_round)
+        self.runs.take_evaluate(self.ctx.round, self.policy.max_evaluates_per_round)
         examples = self.data.eval
         if self.dp_on:
             examples = fixed_size_sample(examples, self.policy.dp_eval_examples, self.cfg.data.max_length,
@@ -273,7 +274,7 @@ class Owner:
         start = time.perf_counter()
         loss, tokens = evaluate(self.model, examples, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
-        self.keep_local({"round": self.round.round, "eval_loss": loss, "eval_tokens": tokens})
+        self.keep_local({"round": self.ctx.round, "eval_loss": loss, "eval_tokens": tokens})
         if self.dp_on:
             return {wire.NUM_EXAMPLES: 1}
         self.held_out_pair = self.protect_eval_pair(loss, tokens)
@@ -290,7 +291,7 @@ class Owner:
             progress(f"{self.identity.owner_id}: held-out loss {loss} over {tokens} tokens is not sent")
             return None
         delta, weight = eval_pair.as_update(loss, tokens)
-        return with_eval_pair(self.backend.protect(delta, weight, self.round.for_eval_pair()))
+        return with_eval_pair(self.backend.protect(delta, weight, self.ctx.for_eval_pair()))
 
     def keep_local(self, row: dict) -> None:
         """The owner's own record of its losses (never sent): ``<state dir>/evaluations.jsonl``."""

@@ -30,14 +30,14 @@ import signal
 ENV = "FEDVEIL_FAULT"
 
 
-def matches(spec: str, point: str, round: int | None = None, who: str | None = None) -> bool:
+def matches(spec: str, point: str, server_round: int | None = None, who: str | None = None) -> bool:
     """Whether one of the comma-separated specs in ``spec`` names this point (round, who)."""
     for item in spec.split(","):
         name, _, target = item.strip().partition("@")
         name, _, at_round = name.partition(":")
         if name != point:
             continue
-        if at_round and (round is None or int(at_round) != int(round)):
+        if at_round and (server_round is None or int(at_round) != int(server_round)):
             continue
         if target and target != str(who):
             continue
@@ -45,8 +45,8 @@ def matches(spec: str, point: str, round: int | None = None, who: str | None = N
     return False
 
 
-def maybe_die(point: str, round: int | None = None, who: str | None = None) -> None:
-    """SIGKILL this process if ``FEDVEIL_FAULT`` names ``point`` (and ``round``, ``who``)."""
+def maybe_die(point: str, server_round: int | None = None, who: str | None = None) -> None:
+    """SIGKILL this process if ``FEDVEIL_FAULT`` names ``point`` (and ``server_round``, ``who``)."""
     spec = os.environ.get(ENV)
-    if spec and matches(spec, point, round, who):
+    if spec and matches(spec, point, server_round, who):
         os.kill(os.getpid(), signal.SIGKILL)

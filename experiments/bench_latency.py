@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> dict:
               for n in sizes}
     start = Owner(cfg, owners[sizes[0]])
     latencies: dict[int, list[float]] = {n: [] for n in sizes}
-    for rnd in range(1, args.rounds + 1):
-        for n in (sizes if rnd % 2 else sizes[::-1]):  # interleaved: drift hits every size alike
+    for server_round in range(1, args.rounds + 1):
+        for n in (sizes if server_round % 2 else sizes[::-1]):  # interleaved: drift hits every size alike
             instruction = Instruction(
                 "train",
                 to_run_config(cfg),
-                {wire.ROUND: rnd, wire.LAYOUT_DIGEST: start.layout.digest},
+                {wire.ROUND: server_round, wire.LAYOUT_DIGEST: start.layout.digest},
                 {wire.CLEAR_GLOBAL: start.initial},
             )
             t0 = time.perf_counter()

@@ -92,8 +92,8 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> RunSummary:
     )
     if first == 1 and not any(r.round == 0 for r in read_rows(fed.out)):
         evaluate_start(fed)
-    for rnd in range(first, cfg.rounds + 1):
-        run_round(fed, rnd)
+    for server_round in range(first, cfg.rounds + 1):
+        run_round(fed, server_round)
     return finish(fed)
 
 
@@ -161,30 +161,32 @@ def evaluate_start(fed: Federation) -> None:
     progress(f"round 0/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (starting adapter)")
 
 
-def run_round(fed: Federation, rnd: int) -> None:
+def run_round(fed: Federation, server_round: int) -> None:
     start = time.perf_counter()
-    outcome, train_ex = train(fed, rnd)
+    outcome, train_ex = train(fed, server_round)
     if not outcome.accepted:
-        stop_untrained(fed, rnd, outcome, train_ex, time.perf_counter() - start)
+        stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    ev = evaluate(fed, rnd, handover(fed, rnd, outcome), evaluation_cohort(fed, rnd, list(train_ex.bytes_down)))
-    row = round_row(fed, rnd, outcome, train_ex, ev, time.perf_counter() - start)
-    record_round(fed, rnd, row, outcome)
+    ev = evaluate(fed, server_round, handover(fed, server_round, outcome), evaluation_cohort(fed, server_round,
+                                                                                             list(train_ex.bytes_down)))
+    row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
+    record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
-    progress(f"round {rnd}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
+    progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
              f"{len(outcome.accepted)} clients | {row.seconds.round:.1f} s{note}")
     report_excluded(outcome.excluded)
 
 
-def stop_untrained(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, seconds: float) -> None:
+def stop_untrained(fed: Federation, server_round: int, outcome: TrainOutcome, train_ex: Exchange,
+                   seconds: float) -> None:
     """No owner trained: record the round's row (no checkpoint, so a resume retries it) and stop."""
-    row = round_row(fed, rnd, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
+    row = round_row(fed, server_round, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
     append_row(fed.out, row)
     reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
     report_excluded(outcome.excluded)
-    raise UserError(f"round {rnd}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
+    raise UserError(f"round {server_round}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
                     f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''})")
 
 
@@ -201,12 +203,12 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
         progress(f"  excluded {names}: {reason}")
 
 
-def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
+def train(fed: Federation, server_round: int) -> tuple[TrainOutcome, Exchange]:
     msgs = fed.strategy.configure_train(
-        rnd, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid
+        server_round, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid
     )
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    outcome = fed.strategy.aggregate_train(rnd, ex.replies)
+    outcome = fed.strategy.aggregate_train(server_round, ex.replies)
     fed.labels.update(outcome.node_to_owner)
     answered = {m.metadata.src_node_id for m in ex.replies}
     for node in sorted(set(ex.bytes_down) - answered):  # an owner that went away mid-round: the round goes on
@@ -216,7 +218,7 @@ def train(fed: Federation, rnd: int) -> tuple[TrainOutcome, Exchange]:
     return outcome, ex
 
 
-def evaluation_cohort(fed: Federation, rnd: int, trained: list[int] | None) -> list[int] | None:
+def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | None) -> list[int] | None:
     """The nodes that evaluate round ``rnd``'s global; None: every owner.
 
     Every owner evaluates when all train, and in the last round (the final adapter's held-out loss
@@ -225,24 +227,26 @@ def evaluation_cohort(fed: Federation, rnd: int, trained: list[int] | None) -> l
     them (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
     """
     cfg = fed.cfg
-    if cfg.participants == cfg.num_clients or rnd == cfg.rounds:
+    if cfg.participants == cfg.num_clients or server_round == cfg.rounds:
         return None
     if trained is None:
         return sample_nodes(fed.grid, cfg.num_clients, cfg.participants)[0]
     return trained
 
 
-def handover(fed: Federation, rnd: int, outcome: TrainOutcome) -> dict:
+def handover(fed: Federation, server_round: int, outcome: TrainOutcome) -> dict:
     """What round ``rnd``'s evaluate message asks of owners besides evaluating, as the holder of the
     global says (an encrypted global: one owner re-encrypts it for the server; the last round ends it)."""
-    return fed.state.handover(rnd, outcome.accepted, fed.owners, rnd == fed.cfg.rounds)
+    return fed.state.handover(server_round, outcome.accepted, fed.owners, server_round == fed.cfg.rounds)
 
 
-def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[int] | None = None) -> Evaluation:
+def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
+             nodes: list[int] | None = None) -> Evaluation:
     config = ConfigRecord({**fed.run_config, **(extra or {})})
-    msgs = fed.strategy.configure_evaluate(rnd, records.arrays_record(fed.state.arrays()), config, fed.grid, nodes)
+    msgs = fed.strategy.configure_evaluate(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
+                                           nodes)
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    agg = fed.strategy.aggregate_evaluate(rnd, ex.replies)
+    agg = fed.strategy.aggregate_evaluate(server_round, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
     fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered
                        if wire.META in m.content})
@@ -262,22 +266,22 @@ def evaluate(fed: Federation, rnd: int, extra: dict | None = None, nodes: list[i
     ]
     refused = fed.state.adopt({records.owner_label(m): records.records_to_protected(m.content) for m in keyed})
     if refused:
-        progress(f"  round {rnd}: {refused}; the round's signed updates stay pending")
-    loss, ex = held_out_loss(fed, rnd, agg, ex)
+        progress(f"  round {server_round}: {refused}; the round's signed updates stay pending")
+    loss, ex = held_out_loss(fed, server_round, agg, ex)
     return Evaluation(loss, per_owner, ex)
 
 
-def held_out_loss(fed: Federation, rnd: int, agg: EvalOutcome, ex: Exchange) -> tuple[float | None, Exchange]:
+def held_out_loss(fed: Federation, server_round: int, agg: EvalOutcome, ex: Exchange) -> tuple[float | None, Exchange]:
     """The round's token-weighted held-out loss: as the backend revealed it, or (the server cannot
     open the sum: tenseal) from one owner that checks the signed pairs and replies with the mean only
     (the smallest id among those summed: its own pair is in). Its exchange counts in ``ex``."""
     if agg.note:
-        progress(f"  round {rnd}: held-out loss not revealed: {agg.note}")
+        progress(f"  round {server_round}: held-out loss not revealed: {agg.note}")
     if agg.pending is None:
         return agg.loss, ex
     nodes = {records.owner_label(m): m.metadata.src_node_id for m in ex.replies if m.has_content()}
     who = min(agg.owners)
-    config = ConfigRecord({**fed.run_config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: fed.layout.digest})
+    config = ConfigRecord({**fed.run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: fed.layout.digest})
     msg = Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(agg.pending.blobs))}),
                   dst_node_id=nodes[who], message_type=wire.QUERY_EVALSUM)
     reveal = exchange(fed.grid, [msg], fed.cfg.sim.round_timeout_s)
@@ -291,7 +295,7 @@ def held_out_loss(fed: Federation, rnd: int, agg: EvalOutcome, ex: Exchange) -> 
     metrics = reply.content.metric_records.get(wire.METRICS, {}) if reply and not reply.has_error() else {}
     if wire.EVAL_LOSS not in metrics:
         why = records.error_reason(reply) if reply is not None and reply.has_error() else "no answer"
-        progress(f"  round {rnd}: held-out loss not revealed: {who} refused to open the summed pairs ({why})")
+        progress(f"  round {server_round}: held-out loss not revealed: {who} refused to open the summed pairs ({why})")
         return None, merged
     return float(metrics[wire.EVAL_LOSS]), merged
 
@@ -304,7 +308,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     return Exchange(replies, down, up, time.perf_counter() - start)
 
 
-def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchange, ev: Evaluation,
+def round_row(fed: Federation, server_round: int, outcome: TrainOutcome, train_ex: Exchange, ev: Evaluation,
               seconds: float) -> MetricsRow:
     """The round's line in metrics.jsonl."""
     backend = fed.strategy.backend
@@ -327,7 +331,7 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
         )
     accepted = outcome.accepted.values()
     return MetricsRow(
-        round=rnd,
+        round=server_round,
         backend=backend.name,
         dp=fed.cfg.dp.name,
         clients=sorted(outcome.accepted),
@@ -352,22 +356,23 @@ def round_row(fed: Federation, rnd: int, outcome: TrainOutcome, train_ex: Exchan
     )
 
 
-def record_round(fed: Federation, rnd: int, row: MetricsRow, outcome: TrainOutcome) -> None:
+def record_round(fed: Federation, server_round: int, row: MetricsRow, outcome: TrainOutcome) -> None:
     """Metrics row, round-chain entry, then the checkpoint: the round's commit point. A crash
     before the checkpoint re-runs the round on resume (:func:`resume` drops its row and entry);
     after it, the round is done and logged once."""
     saved = fed.state.arrays()
     append_row(fed.out, row)
     fed.chain_head = round_chain.append(fed.out / round_chain.FILENAME, {
-        "round": rnd, "backend": row.backend, "config_hash": fed.config_hash, "layout_digest": fed.layout.digest,
+        "round": server_round, "backend": row.backend, "config_hash": fed.config_hash,
+        "layout_digest": fed.layout.digest,
         "participants": sorted(outcome.accepted), "excluded": sorted(outcome.excluded),
         "aggregated_digest": payload_digest(outcome.combined),
         "epsilon": {who: c.epsilon for who, c in row.per_client.items() if c.epsilon is not None},
         "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
     })["hash"]
-    maybe_die("before-checkpoint", rnd)
-    checkpoint.save(fed.out, rnd, saved, fed.layout)
-    maybe_die("after-checkpoint", rnd)
+    maybe_die("before-checkpoint", server_round)
+    checkpoint.save(fed.out, server_round, saved, fed.layout)
+    maybe_die("after-checkpoint", server_round)
 
 
 def payload_digest(combined) -> str | None:

@@ -33,7 +33,7 @@ class ClearGlobal:
         if outcome.revealed is not None:
             self.vector = outcome.revealed.applied_to(self.vector)
 
-    def handover(self, round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
+    def handover(self, server_round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
         """Nothing to ask of owners: the server holds the global itself."""
         return {}
 

@@ -127,7 +127,7 @@ def hint_is_the_plan(hint: Optional[float], target: float, ledger: Ledger, sampl
 
 
 def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rate: float, planned_steps: int,
-              round_: Optional[int] = None, steps_left: Optional[int] = None) -> float:
+              server_round: Optional[int] = None, steps_left: Optional[int] = None) -> float:
     """The run's noise multiplier: explicit, already planned, or planned now (and recorded).
 
     A round this run already charged (``round_`` is in its history: the coordinator restarted after
@@ -135,7 +135,7 @@ def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rat
     this round on, is planned anew from everything spent, so the run can still end within budget."""
     if cfg.noise_multiplier is not None:
         return float(cfg.noise_multiplier)
-    rerun = round_ is not None and any(s.run == run_key and s.round == round_ for s in ledger.history)
+    rerun = server_round is not None and any(s.run == run_key and s.round == server_round for s in ledger.history)
     if run_key in ledger.plans and not rerun:
         return ledger.plans[run_key]
     target = min(cfg.target_epsilon, ledger.budget_epsilon)

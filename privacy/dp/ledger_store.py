@@ -72,7 +72,7 @@ def save(state_dir: str | Path, ledger: Ledger) -> None:
         on_disk = read(path)
         if on_disk is not None:
             n = len(on_disk.history)
-            if (on_disk.delta, on_disk.accountant) != (ledger.delta, ledger.accountant) or n > len(history) \
+            if (on_disk.delta, on_disk.accountant) != (ledger.delta, ledger.accountant) or n > len(history)\
                     or heads[n] != chain(on_disk.history, on_disk.delta, on_disk.accountant)[-1]:
                 raise LedgerError(
                     f"{path}: refusing to save a ledger whose history does not extend the one on disk "
@@ -96,8 +96,8 @@ def check_not_rolled_back(path: Path, mine: Ledger, on_disk: Ledger | None) -> N
         return
     n = len(mine.history)
     try:
-        ok = on_disk is not None and n <= len(on_disk.history) and \
-            chain(mine.history, mine.delta, mine.accountant)[-1] == \
+        ok = on_disk is not None and n <= len(on_disk.history) and\
+            chain(mine.history, mine.delta, mine.accountant)[-1] ==\
             chain(on_disk.history[:n], on_disk.delta, on_disk.accountant)[-1]
     except (TypeError, ValueError, AttributeError):
         ok = False

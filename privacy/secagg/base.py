@@ -94,8 +94,8 @@ class GlobalHolder(Protocol):
     def apply(self, outcome: Any) -> None:
         """Advance by a round's outcome (the server's ``TrainOutcome``)."""
 
-    def handover(self, round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
-        """The per-round values the evaluate message of round ``round`` carries for the owners'
+    def handover(self, server_round: int, accepted: Any, owners: list[str], last: bool) -> dict[str, Any]:
+        """The per-round values the evaluate message of round ``server_round`` carries for the owners'
         ``after_evaluate``/``writes_final_adapter`` (``accepted``: the owners whose updates it took,
         ``owners``: those keyed at set-up, ``last``: the run's last round); {}: none."""
 

@@ -79,7 +79,7 @@ class PlainBackend(ServerHoldsGlobal):
         return Revealed(combined.arrays["weighted_sum"], float(combined.arrays["weight"][0]))
 
 
-def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: int = 1,
                  calibration: Optional[Mapping[str, Any]] = None) -> int:
     """Exact bytes of one owner's update (``PlainBackend.protect``): the fp32 delta and its float64 weight."""
     return 4 * values + 8

@@ -105,6 +105,6 @@ def _first_layer_inputs(model) -> tuple[torch.Tensor, str, int]:
             return x, "h.0.attn.c_attn", 2 * base.config.n_embd  # c_attn's output is q | k | v
         if base.config.model_type == "llama":
             inner = base.model
-            return inner.layers[0].input_layernorm(inner.embed_tokens.weight).float()[:, None, :], \
+            return inner.layers[0].input_layernorm(inner.embed_tokens.weight).float()[:, None, :],\
                 "layers.0.self_attn.v_proj", 0
     raise ValueError(f"no crafted global for model_type {base.config.model_type!r}: use a tiny gpt2 or llama")

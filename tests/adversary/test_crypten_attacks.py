@@ -167,10 +167,10 @@ def _cfg(addresses, **kw):
     return CryptenConfig(norm_bound=1.0, party_addresses=addresses, party_timeout_s=30, tls_dir=_TLS["dir"], **kw)
 
 
-def _protect(cfg, keys, owner, delta, count, round_, signer=None):
+def _protect(cfg, keys, owner, delta, count, server_round, signer=None):
     """``owner``'s payload, signed with ``signer``'s identity key (default its own)."""
     return CryptenBackend(cfg, SIZE, party_keys=keys, run="r", keys=_owner_keys(signer or owner)).protect(
-        delta, count, RoundContext(round_, "L", owner))
+        delta, count, RoundContext(server_round, "L", owner))
 
 
 def _ask_all(addresses, meta, payloads):
@@ -245,12 +245,12 @@ def test_cohort_below_min_owners_is_refused(parties):
     addresses, keys = parties
     cfg = _cfg(addresses)  # min_owners=3, the default
     honest = _honest(3)
-    for round_, owners in ((1, ["client_0"]), (2, ["client_0", "client_1"])):
-        payloads = {o: _protect(cfg, keys, o, honest[i], 10, round_) for i, o in enumerate(owners)}
+    for server_round, owners in ((1, ["client_0"]), (2, ["client_0", "client_1"])):
+        payloads = {o: _protect(cfg, keys, o, honest[i], 10, server_round) for i, o in enumerate(owners)}
         with pytest.raises(
             CohortTooSmall, match=rf"cohort below aggregation.min_owners=3: {len(owners)} of {len(owners)}"
         ):
-            CryptenBackend(cfg, SIZE, run="cohort").combine(payloads, RoundContext(round_, "L"))
+            CryptenBackend(cfg, SIZE, run="cohort").combine(payloads, RoundContext(server_round, "L"))
     # three owners, one over the bound: two pass the checks, still too few; nothing revealed
     owners = {"client_0": honest[0], "client_1": honest[1], "big": np.full(SIZE, 5.0)}
     unclipped = CryptenConfig(party_addresses=addresses, tls_dir=_TLS["dir"])  # "big" skips the owner's own clip
@@ -272,13 +272,13 @@ def test_sybil_owners_are_refused_and_nothing_is_revealed(parties):
     addresses, keys = parties
     cfg = _cfg(addresses)  # min_owners=3
     real = _honest(1, seed=7)[0]
-    for round_, sybil_ids, signers, status in ((1, ["sybil_0", "sybil_1"], [None, None], "not-rostered"),
+    for server_round, sybil_ids, signers, status in ((1, ["sybil_0", "sybil_1"], [None, None], "not-rostered"),
                                                (2, ["client_1", "client_2"], ["sybil_0", "sybil_1"], "unsigned")):
-        payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, round_)}
+        payloads = {"client_0": _protect(cfg, keys, "client_0", real, 10, server_round)}
         payloads.update(
-            {o: _protect(cfg, keys, o, np.zeros(SIZE), 10, round_, signer=s) for o, s in zip(sybil_ids, signers)}
+            {o: _protect(cfg, keys, o, np.zeros(SIZE), 10, server_round, signer=s) for o, s in zip(sybil_ids, signers)}
         )
-        meta = {"round": round_, "run": "sybil", "clients": list(payloads), "layout_digest": "L", "length": SIZE,
+        meta = {"round": server_round, "run": "sybil", "clients": list(payloads), "layout_digest": "L", "length": SIZE,
                 "bound": 1.0, "min_owners": 3, "max_weight": None}
         for m, body in _ask_all(addresses, meta, payloads):
             assert m["status"] == ["unchecked", status, status] and m["below_min_owners"] and body.size == 0
@@ -387,10 +387,10 @@ def test_an_honest_owner_is_never_over_bound_whatever_its_delta(parties):
 
 # --- the held-out pair (privacy/secagg/crypten/eval_pair.py): shared like an update, bound apart from one ----------
 
-def _pair(cfg, keys, owner, loss, tokens, round_):
+def _pair(cfg, keys, owner, loss, tokens, server_round):
     """``owner``'s held-out pair as the owner protects it (``delta = [loss]``, weight its tokens)."""
     return CryptenBackend(cfg, SIZE, party_keys=keys, run="r", keys=_owner_keys(owner)).protect(
-        np.array([loss]), float(tokens), RoundContext(round_, "L", owner).for_eval_pair())
+        np.array([loss]), float(tokens), RoundContext(server_round, "L", owner).for_eval_pair())
 
 
 @pytest.mark.slow
@@ -401,9 +401,9 @@ def test_parties_reveal_the_token_weighted_held_out_loss_and_no_pair_passes_for_
     cfg = _cfg(addresses)  # norm_bound=1.0: a pair is never clipped by it (loss x tokens is far above 1)
     known = {"client_0": (2.5, 1200), "client_1": (3.75, 40), "client_2": (1.125, 333)}
     server = CryptenBackend(cfg, SIZE, run="eval-pairs")
-    for round_ in (0, 1):  # round 0 (the starting adapter) is a round of its own for the parties
-        pairs = {o: _pair(cfg, keys, o, loss, t, round_) for o, (loss, t) in known.items()}
-        combined = server.combine(pairs, RoundContext(round_, "L", purpose="eval-pair"))
+    for server_round in (0, 1):  # round 0 (the starting adapter) is a round of its own for the parties
+        pairs = {o: _pair(cfg, keys, o, loss, t, server_round) for o, (loss, t) in known.items()}
+        combined = server.combine(pairs, RoundContext(server_round, "L", purpose="eval-pair"))
         assert combined.excluded == {}
         revealed = server.reveal(combined.payload)
         assert revealed.total_weight == pytest.approx(1573, abs=1e-3)  # the federation's tokens, no owner's

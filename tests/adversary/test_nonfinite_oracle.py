@@ -92,10 +92,10 @@ def test_control_without_the_zeroing_the_updates_finiteness_tells_d_from_d_prime
 @pytest.mark.slow
 def test_with_the_zeroing_the_update_is_finite_on_d_and_d_prime_every_round(owner):
     _, _, _, d, d_prime = owner
-    for round_ in range(2):
+    for server_round in range(2):
         on_d, trained_d = released_update(owner, d)
         on_d_prime, trained_d_prime = released_update(owner, d_prime)
-        assert np.isfinite(on_d).all() and np.isfinite(on_d_prime).all(), round_
+        assert np.isfinite(on_d).all() and np.isfinite(on_d_prime).all(), server_round
         assert trained_d_prime.nonfinite == 2  # the trigger was in both steps' batches, and zeroed
         assert trained_d.steps == trained_d_prime.steps == 2  # what the DP record releases: equal
         assert np.abs(on_d_prime).max() > 0  # a real, noised step was taken

@@ -74,15 +74,16 @@ def server_side(keys, made):
     )
 
 
-def signed_updates(keys, rnd, deltas):
+def signed_updates(keys, server_round, deltas):
     """Each owner's signed round-``rnd`` update of ``deltas[owner]`` (weight 1)."""
-    return {o: owner_side(keys, o).protect(np.asarray(d, np.float64), 1.0, RoundContext(rnd, "L", o))
+    return {o: owner_side(keys, o).protect(np.asarray(d, np.float64), 1.0, RoundContext(server_round, "L", o))
             for o, d in deltas.items()}
 
 
-def round_updates(keys, made, rnd, deltas):
+def round_updates(keys, made, server_round, deltas):
     """What an honest server keeps of round ``rnd``: every owner's signed update (global_codec.RoundUpdates)."""
-    combined = server_side(keys, made).combine(signed_updates(keys, rnd, deltas), RoundContext(rnd, "L"))
+    combined = server_side(keys, made).combine(signed_updates(keys, server_round, deltas), RoundContext(server_round,
+                                                                                                        "L"))
     assert combined.excluded == {}
     return combined.payload.blobs[ROUND_UPDATES]
 
@@ -180,14 +181,14 @@ def test_re_keying_mid_run_is_refused(fed, tmp_path):
     install(keys["client_1"], made, made.sealed["client_1"])  # the same context again is fine
 
 
-def _signed_round(keys, made, owner, state, rnd, delta):
+def _signed_round(keys, made, owner, state, server_round, delta):
     """One round: every owner's signed update kept by the server, then ``owner`` (asked) re-encrypts."""
     asked = owner.keys.owner_id
-    state.pending.append(round_updates(keys, made, rnd, {o: delta for o in OWNERS}))
-    vector = owner.open_global(state.arrays(), ZEROS, rnd)
-    blob, signature = owner.encrypt_global(vector, rnd)
+    state.pending.append(round_updates(keys, made, server_round, {o: delta for o in OWNERS}))
+    vector = owner.open_global(state.arrays(), ZEROS, server_round)
+    blob, signature = owner.encrypt_global(vector, server_round)
     assert state.adopt({asked: Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})},
-                       asked, rnd) is None
+                       asked, server_round) is None
     return vector
 
 

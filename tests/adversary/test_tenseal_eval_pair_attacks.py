@@ -44,25 +44,26 @@ def owner(keys, o):
     return backend_spec("tenseal").owner(CFG, SIZE, keys[o], {}, run=RUN)
 
 
-def ctx(rnd, o=""):
-    return RoundContext(rnd, "L", o).for_eval_pair()
+def ctx(server_round, o=""):
+    return RoundContext(server_round, "L", o).for_eval_pair()
 
 
-def pairs_of(keys, rnd, known=KNOWN):
+def pairs_of(keys, server_round, known=KNOWN):
     """Each owner's protected round-``rnd`` pair, as its evaluate reply carries it."""
-    return {o: owner(keys, o).protect(np.array([loss]), float(t), ctx(rnd, o)) for o, (loss, t) in known.items()}
+    return {o: owner(keys, o).protect(np.array([loss]), float(t), ctx(server_round, o)) for o, (loss,
+                                                                                                t) in known.items()}
 
 
-def reveal(keys, who, combined, rnd):
-    return owner(keys, who).reveal_eval_mean(combined, ctx(rnd, who))
+def reveal(keys, who, combined, server_round):
+    return owner(keys, who).reveal_eval_mean(combined, ctx(server_round, who))
 
 
 def test_the_revealing_owner_returns_the_token_weighted_mean_only(fed):
     keys, server = fed
-    for rnd in (0, 1):
-        combined = server.combine(pairs_of(keys, rnd), ctx(rnd))
+    for server_round in (0, 1):
+        combined = server.combine(pairs_of(keys, server_round), ctx(server_round))
         assert combined.excluded == {}
-        mean = reveal(keys, "client_1", combined.payload, rnd)
+        mean = reveal(keys, "client_1", combined.payload, server_round)
         assert mean == pytest.approx((2.5 * 1200 + 3.75 * 40 + 1.125 * 333) / 1573, rel=1e-12)
     # what the server holds opens to nothing without the secret context: no loss, no count in it
     blob = combined.payload.blobs[eval_pair.PAIRS]
@@ -124,19 +125,20 @@ def test_each_owner_reveals_one_mean_per_round(fed):
 
 def test_a_pair_never_passes_for_an_update_nor_an_update_for_a_pair(fed):
     keys, server = fed
-    rnd = 8
-    pair = pairs_of(keys, rnd)["client_0"]
-    update = owner(keys, "client_0").protect(np.full(SIZE, 0.5), 1.0, RoundContext(rnd, "L", "client_0"))
+    server_round = 8
+    pair = pairs_of(keys, server_round)["client_0"]
+    update = owner(keys, "client_0").protect(np.full(SIZE, 0.5), 1.0, RoundContext(server_round, "L", "client_0"))
     # a pair as an update: not a ciphertext the server (or any owner) adds
     with pytest.raises(PayloadError):
         server.validate(Protected(blobs={**update.blobs, "ciphertext": pair.blobs[eval_pair.PAIR]}))
-    assert set(server.combine({"client_0": pair}, RoundContext(rnd, "L")).excluded) == {"client_0"}
+    assert set(server.combine({"client_0": pair}, RoundContext(server_round, "L")).excluded) == {"client_0"}
     # an update as a pair: refused by the server's filter (not one box) and by the revealing owner (signature)
-    assert set(server.combine({"client_0": update}, ctx(rnd)).excluded) == {"client_0"}
+    assert set(server.combine({"client_0": update}, ctx(server_round)).excluded) == {"client_0"}
     forged = Protected(blobs={eval_pair.PAIR: update.blobs["ciphertext"][:eval_pair.PAIR_BYTES - 64],
                               eval_pair.SIGNATURE: update.blobs["signature"]})
-    pairs = {**pairs_of(keys, rnd), "client_0": forged}
-    blob = RoundUpdates(rnd, {o: (p.blobs[eval_pair.PAIR], p.blobs[eval_pair.SIGNATURE]) for o, p in pairs.items()})
+    pairs = {**pairs_of(keys, server_round), "client_0": forged}
+    blob = RoundUpdates(server_round, {o: (p.blobs[eval_pair.PAIR], p.blobs[eval_pair.SIGNATURE]) for o,
+                                       p in pairs.items()})
     with pytest.raises(Refusal) as err:
-        reveal(keys, "client_1", Protected(blobs={eval_pair.PAIRS: blob.encode()}), rnd)
+        reveal(keys, "client_1", Protected(blobs={eval_pair.PAIRS: blob.encode()}), server_round)
     assert (err.value.code, err.value.public) == ("bad-update", {"owner": "client_0"})

@@ -66,16 +66,17 @@ def server_side(keys, made, run=RUN):
     )
 
 
-def play_round(keys, made, state, rnd, run=RUN):
+def play_round(keys, made, state, server_round, run=RUN):
     """One honest round: every owner's signed update kept, client_0 asked to re-encrypt the new global."""
-    payloads = {o: owner_side(k, run).protect(np.full(SIZE, 0.1 * rnd), 1.0, RoundContext(rnd, "L", o))
+    payloads = {o: owner_side(k, run).protect(np.full(SIZE, 0.1 * server_round), 1.0, RoundContext(server_round, "L",
+                                                                                                   o))
                 for o, k in keys.items()}
-    combined = server_side(keys, made, run).combine(payloads, RoundContext(rnd, "L"))
+    combined = server_side(keys, made, run).combine(payloads, RoundContext(server_round, "L"))
     state.pending.append(combined.payload.blobs[ROUND_UPDATES])
     asked = owner_side(keys["client_0"], run)
-    blob, signature = asked.encrypt_global(asked.open_global(state.arrays(), ZEROS, rnd), rnd)
+    blob, signature = asked.encrypt_global(asked.open_global(state.arrays(), ZEROS, server_round), server_round)
     assert state.adopt({"client_0": Protected(blobs={wire.ENCRYPTED_GLOBAL: blob, wire.GLOBAL_SIGNATURE: signature})},
-                       "client_0", rnd) is None
+                       "client_0", server_round) is None
 
 
 def test_a_restarted_coordinator_cannot_re_key_the_run_nor_replay_a_context(fed, tmp_path):

@@ -40,10 +40,10 @@ def keyed(tmp_path, cfg):
     return keys, {o: backend_spec("tenseal").owner(cfg, SIZE, keys[o], {}, run=RUN) for o in OWNERS}, made
 
 
-def signed(owner: TensealOwner, blob: bytes, rnd: int = 1) -> Protected:
+def signed(owner: TensealOwner, blob: bytes, server_round: int = 1) -> Protected:
     """What a malicious owner sends: any ciphertext it made with the shared secret context, signed as its update."""
     tags = owner._tag(blob)
-    tags[SIGNATURE] = owner.keys.sign(update_statement(RUN, owner.context_id, rnd, owner.keys.owner_id, blob))
+    tags[SIGNATURE] = owner.keys.sign(update_statement(RUN, owner.context_id, server_round, owner.keys.owner_id, blob))
     return Protected(blobs=tags)
 
 

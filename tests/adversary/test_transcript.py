@@ -54,8 +54,8 @@ START: dict = {}
 # One coordinator input per row: (name, messages, what the owner releases to the last one: "ok" or
 # the error's reason). A message: (op, round, run-config overrides, global, per-round overrides);
 # a global is a function of the layout's size (None: no global); a dict override replaces a group.
-def msg(op, rnd=1, cfg=None, glob=honest, per_round=None):
-    return (op, rnd, cfg or {}, glob, per_round or {})
+def msg(op, server_round=1, cfg=None, glob=honest, per_round=None):
+    return (op, server_round, cfg or {}, glob, per_round or {})
 
 
 def const(value, dtype=np.float32):
@@ -171,9 +171,9 @@ def run_config(model: dict, overrides: dict, base: dict = BASE) -> dict:
     return {**to_run_config(from_dict({**base, **groups, "model": model})), **flat}
 
 
-def message(op: str, rnd, config: dict, glob, per_round: dict, layout: tuple[str, int]) -> Message:
+def message(op: str, server_round, config: dict, glob, per_round: dict, layout: tuple[str, int]) -> Message:
     digest, size = layout
-    content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: rnd, wire.LAYOUT_DIGEST: digest,
+    content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: digest,
                                           **{k: v for k, v in per_round.items() if k != "fail"}})}
     if glob is not None:
         content[wire.GLOBAL] = ArrayRecord({wire.CLEAR_GLOBAL: Array(glob(size))})
@@ -213,14 +213,15 @@ def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict =
         node = {"worker": start_worker(data_dir, state_dir)}
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
     replies = []
-    for op, rnd, overrides, glob, per_round in case:
+    for op, server_round, overrides, glob, per_round in case:
         with monkeypatch.context() as patch:
             if per_round.get("fail") == "inside":
                 def leak(model, loader, *args, **kwargs):  # an exception whose text holds the data
                     raise RuntimeError(f"boom after {len(loader.dataset)} records: {loader.dataset[-1]}")
                 patch.setattr(owner_module, "train_steps", leak)
             sent = message(
-                op, rnd, run_config(model, overrides, base), glob, per_round, layout or (START["digest"], START["size"])
+                op, server_round, run_config(model, overrides, base), glob, per_round, layout or (START["digest"],
+                                                                                                  START["size"])
             )
             replies.append(canonical(app(message=sent, context=context)))
     return replies

@@ -58,8 +58,8 @@ def owner_setup(tmp_path, tiny_gpt2):
     return cfg, identity, start.layout.digest, glob
 
 
-def instruction(op, cfg, digest, glob, rnd=1, extra=None) -> Instruction:
-    return Instruction(op, to_run_config(cfg), {wire.ROUND: rnd, wire.LAYOUT_DIGEST: digest, **(extra or {})},
+def instruction(op, cfg, digest, glob, server_round=1, extra=None) -> Instruction:
+    return Instruction(op, to_run_config(cfg), {wire.ROUND: server_round, wire.LAYOUT_DIGEST: digest, **(extra or {})},
                        {wire.CLEAR_GLOBAL: glob})
 
 

@@ -56,8 +56,8 @@ def test_under_dp_evaluation_runs_a_fixed_number_of_padded_examples_whatever_the
     assert seen[0] == seen[1] == [32] * DP_EVAL_EXAMPLES
 
 
-def message(op, cfg, glob, rnd=1, digest=None):
-    content = RecordDict({wire.CONFIG: ConfigRecord({**to_run_config(cfg), wire.ROUND: rnd,
+def message(op, cfg, glob, server_round=1, digest=None):
+    content = RecordDict({wire.CONFIG: ConfigRecord({**to_run_config(cfg), wire.ROUND: server_round,
                                                      wire.LAYOUT_DIGEST: digest or ""}),
                           wire.GLOBAL: ArrayRecord({wire.CLEAR_GLOBAL: Array(glob)})})
     m = Message(content=content, message_type=op, dst_node_id=1)

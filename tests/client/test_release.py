@@ -108,9 +108,9 @@ def test_the_run_record_counts_rounds_trained_and_evaluates(tmp_path):
     for bad in (4, -1):
         with pytest.raises(Refusal, match="past the plan"):
             record.check_round(bad, 3)
-    for rnd in (1, 2):
-        record.check_train(rnd, 2)
-        record.note_trained(rnd)
+    for server_round in (1, 2):
+        record.check_train(server_round, 2)
+        record.note_trained(server_round)
     record.check_train(2, 2)  # the same round again (a resumed round) is not a new one
     with pytest.raises(Refusal) as refused:
         RunRecord(tmp_path, "run#1").check_train(3, 2)  # read back from disk

@@ -44,9 +44,10 @@ def start(tiny_gpt2, demo_dir, tmp_path_factory):
     return owner.layout.digest, owner.initial
 
 
-def train_instruction(config, rnd, start):
+def train_instruction(config, server_round, start):
     digest, initial = start
-    return Instruction("train", config, {wire.ROUND: rnd, wire.LAYOUT_DIGEST: digest}, {wire.CLEAR_GLOBAL: initial})
+    return Instruction("train", config, {wire.ROUND: server_round, wire.LAYOUT_DIGEST: digest},
+                       {wire.CLEAR_GLOBAL: initial})
 
 
 def start_thread_worker(tmp_path, demo_dir):
@@ -65,7 +66,7 @@ def test_worker_answers_like_the_in_process_path_and_loads_the_model_once(tmp_pa
     state, sock = start_thread_worker(tmp_path, demo_dir)
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600 and stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700
     loads_before = model_loads()
-    answers = [relay(sock, train_instruction(config, rnd, start)) for rnd in (1, 2, 3)]
+    answers = [relay(sock, train_instruction(config, server_round, start)) for server_round in (1, 2, 3)]
     assert model_loads() == loads_before  # the model was already loaded here: three rounds, no reload
     local = handle(train_instruction(config, 1, start), state.identity)
     np.testing.assert_array_equal(answers[0].protected.arrays["delta"], local.protected.arrays["delta"])
@@ -135,10 +136,10 @@ def test_a_federation_goes_on_without_a_dead_worker_and_its_owner_rejoins_with_i
                          daemon=True).start()
         assert ready.wait(10)
 
-    def before_round(rnd):
-        if rnd == 2:  # client_1's worker goes away between rounds 1 and 2 (a real SIGKILL: the test above)
+    def before_round(server_round):
+        if server_round == 2:  # client_1's worker goes away between rounds 1 and 2 (a real SIGKILL: the test above)
             (tmp_path / "client_1" / "owner.sock").unlink()
-        if rnd == 3:  # and is started again, from its state directory only
+        if server_round == 3:  # and is started again, from its state directory only
             start_worker("client_1")
 
     for owner in data_dirs:

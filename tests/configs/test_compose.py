@@ -46,7 +46,7 @@ def test_experiment_overrides_the_base_values():
 def test_defaults_protect_and_plain_dp_off_remain_overrides():
     cfg = from_dict(composed([]))  # privacy on: DP-SGD, and the planner's pick against a curious coordinator
     assert (cfg.rounds, cfg.num_clients, cfg.model.name) == (3, 3, "tiny")
-    assert (cfg.privacy.coordinator, cfg.aggregation.name, cfg.dp.name, cfg.dp.target_epsilon) == \
+    assert (cfg.privacy.coordinator, cfg.aggregation.name, cfg.dp.name, cfg.dp.target_epsilon) ==\
         ("curious", "tenseal", "sample_level", 8.0)
     cfg = from_dict(composed(["aggregation=plain", "dp=off"]))
     assert (cfg.aggregation.name, cfg.dp.name) == ("plain", "off")

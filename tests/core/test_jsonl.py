@@ -5,8 +5,8 @@ from fedveil.core.io import append_jsonl, keep_jsonl, read_jsonl
 
 def test_keep_jsonl_cuts_the_rejected_rows_and_leaves_a_whole_file_alone(tmp_path):
     path = tmp_path / "rows.jsonl"
-    for rnd in range(4):
-        append_jsonl(path, {"round": rnd, "b": [rnd], "a": "x"})
+    for server_round in range(4):
+        append_jsonl(path, {"round": server_round, "b": [server_round], "a": "x"})
     before = path.read_bytes()
     keep_jsonl(path, lambda row: row["round"] <= 3)  # nothing to cut: the file is not rewritten
     assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp"))

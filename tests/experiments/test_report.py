@@ -30,21 +30,23 @@ def rounds(plan, losses, epsilons=None, dp="off"):
     run = plan["run"]
     rows = [{"round": 0, "backend": run["backend"], "eval_loss": losses[0] if dp == "off" else None,
              "clients": OWNERS, "per_client": {}, "seconds": {"round": 0.0, "evaluate": 0.2}}]
-    for rnd in range(1, len(losses)):
+    for server_round in range(1, len(losses)):
         per_client = {}
         for k, who in enumerate(OWNERS):
-            down = run["global_down_first"] if rnd == 1 else run["global_down"]
+            down = run["global_down_first"] if server_round == 1 else run["global_down"]
             c = {"bytes_down": int(down * 1.01) + k, "bytes_update_up": int(run["update_up"] * 1.01) + k,
-                 "bytes_up": int(run["update_up"] * 1.01) + k + 200 + rnd}
+                 "bytes_up": int(run["update_up"] * 1.01) + k + 200 + server_round}
             if dp == "off":
-                c["eval_loss"] = losses[rnd] + 0.01 * (k - 1)
+                c["eval_loss"] = losses[server_round] + 0.01 * (k - 1)
             else:
-                c.update(epsilon=epsilons[rnd - 1] * (1 - 0.01 * k), epsilon_budget=epsilons[-1] + 1)
+                c.update(epsilon=epsilons[server_round - 1] * (1 - 0.01 * k), epsilon_budget=epsilons[-1] + 1)
             per_client[who] = c
-        rows.append({"round": rnd, "backend": run["backend"], "dp": dp, "clients": OWNERS, "excluded": {},
-                     "train_loss": losses[rnd] + 0.1, "eval_loss": losses[rnd] if dp == "off" else None,
+        rows.append({"round": server_round, "backend": run["backend"], "dp": dp, "clients": OWNERS, "excluded": {},
+                     "train_loss": losses[server_round] + 0.1,
+                     "eval_loss": losses[server_round] if dp == "off" else None,
                      "per_client": per_client,
-                     "seconds": {"round": 1.0 + rnd, "train": 0.5 * rnd, "protect": 0.01, "aggregate": 0.02,
+                     "seconds": {"round": 1.0 + server_round, "train": 0.5 * server_round, "protect": 0.01,
+                                 "aggregate": 0.02,
                                  "reveal": 0.03, "evaluate": 0.2},
                      "max_epsilon": max((c["epsilon"] for c in per_client.values() if "epsilon" in c), default=None)})
     return rows

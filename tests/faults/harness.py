@@ -52,8 +52,8 @@ class LocalGrid:
             k = self.nodes[m.metadata.dst_node_id]
             ids.append(m.object_id)
             if m.metadata.message_type == "train":
-                rnd = int(records.split_config(m.content[wire.CONFIG])[1].get(wire.ROUND, 0))
-                if (rnd, f"client_{k}") in self.drop:
+                server_round = int(records.split_config(m.content[wire.CONFIG])[1].get(wire.ROUND, 0))
+                if (server_round, f"client_{k}") in self.drop:
                     continue  # this owner vanished mid-round: no reply
             context = Context(run_id=1, node_id=m.metadata.dst_node_id, node_config={"partition-id": k},
                               state=RecordDict(), run_config={})

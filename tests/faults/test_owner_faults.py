@@ -31,13 +31,13 @@ def test_an_owner_worker_killed_while_training_or_writing_its_ledger_rejoins_wit
     owner = Owner(cfg, OwnerIdentity("client_0", data, str(tmp_path / "scratch")))
     state_dir, sock = tmp_path / "state", tmp_path / "state" / "owner.sock"
 
-    def train(rnd):
+    def train(server_round):
         return relay(
             sock,
             Instruction(
                 "train",
                 to_run_config(cfg),
-                {wire.ROUND: rnd, wire.LAYOUT_DIGEST: owner.layout.digest},
+                {wire.ROUND: server_round, wire.LAYOUT_DIGEST: owner.layout.digest},
                 {wire.CLEAR_GLOBAL: owner.initial},
             ),
         )

@@ -75,13 +75,13 @@ def uninterrupted(out, ref_dir):
     torch.set_num_threads(1)  # as the simulated owners train
     try:
         globals_ = []
-        for rnd in range(1, cfg.rounds + 1):
+        for server_round in range(1, cfg.rounds + 1):
             owners = [Owner(cfg, OwnerIdentity(f"client_{k}", cfg.data.client_dirs[k], str(ref_dir / f"client_{k}")),
-                            {wire.ROUND: rnd}) for k in range(cfg.num_clients)]
+                            {wire.ROUND: server_round}) for k in range(cfg.num_clients)]
             start = globals_[-1] if globals_ else owners[0].initial
             payloads = {o.identity.owner_id: o.train_round(start.copy())[0] for o in owners}
             backend = PlainBackend(cfg.aggregation, owners[0].layout.size)
-            total = backend.combine(payloads, RoundContext(rnd, owners[0].layout.digest))
+            total = backend.combine(payloads, RoundContext(server_round, owners[0].layout.digest))
             globals_.append(backend.reveal(total.payload).applied_to(start))
         final = owners[0].save_final_adapter(globals_[-1])
     finally:

@@ -86,11 +86,11 @@ def test_owner_ledger_epsilon_composed_over_rounds_is_within_one_percent_of_goog
     cfg = SampleLevelDPConfig(target_epsilon=4.0, sample_rate=0.05)
     ledger = epsilon_ledger.open_ledger(tmp_path, cfg, 240)
     sigma = epsilon_ledger.run_noise(ledger, "run", cfg, 0.05, 60)
-    for rnd in (1, 2, 3):
-        reported = epsilon_ledger.reserve(tmp_path, ledger, epsilon_ledger.Step("run", rnd, sigma, 0.05, 20))
+    for server_round in (1, 2, 3):
+        reported = epsilon_ledger.reserve(tmp_path, ledger, epsilon_ledger.Step("run", server_round, sigma, 0.05, 20))
         google = pld.PLDAccountant()
-        google.compose(dp_event.PoissonSampledDpEvent(0.05, dp_event.GaussianDpEvent(sigma)), 20 * rnd)
-        assert reported == pytest.approx(google.get_epsilon(1e-5), rel=0.01), rnd
+        google.compose(dp_event.PoissonSampledDpEvent(0.05, dp_event.GaussianDpEvent(sigma)), 20 * server_round)
+        assert reported == pytest.approx(google.get_epsilon(1e-5), rel=0.01), server_round
 
 
 @pytest.fixture

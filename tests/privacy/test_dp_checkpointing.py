@@ -111,7 +111,7 @@ def test_a_dp_round_with_checkpointing_trains_and_is_charged_as_without(tmp_path
     from fedveil.client.owner import Owner, OwnerIdentity
     from fedveil.configs.schema import from_dict
 
-    def round_(name, checkpointing):
+    def one_round(name, checkpointing):
         cfg = from_dict({"seed": 1, "rounds": 2, "num_clients": 1, "output_dir": str(tmp_path / "run"),
                          "model": {"path": str(tiny_gpt2), "gradient_checkpointing": checkpointing},
                          "train": {"local_steps": 2}, "aggregation": {"name": "plain"},
@@ -123,8 +123,8 @@ def test_a_dp_round_with_checkpointing_trains_and_is_charged_as_without(tmp_path
         assert (owner.model.checkpoint_recompute is not None) == checkpointing
         return protected.arrays["delta"], metrics, epsilon_ledger.load(state).spent_epsilon
 
-    delta_off, metrics_off, spent_off = round_("off", False)
-    delta_on, metrics_on, spent_on = round_("on", True)
+    delta_off, metrics_off, spent_off = one_round("off", False)
+    delta_on, metrics_on, spent_on = one_round("on", True)
     assert np.count_nonzero(delta_on) == delta_on.size  # every LoRA weight moved
     assert metrics_on[wire.DP_STEPS] == 2
     assert metrics_on[wire.DP_NOISE] == metrics_off[wire.DP_NOISE]

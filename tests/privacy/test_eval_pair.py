@@ -25,8 +25,8 @@ KNOWN = {"client_0": (2.5, 1200), "client_1": (3.75, 40), "client_2": (1.125, 33
 EXPECTED = (2.5 * 1200 + 3.75 * 40 + 1.125 * 333) / 1573
 
 
-def eval_ctx(rnd=1, owner=""):
-    return RoundContext(rnd, "L", owner).for_eval_pair()
+def eval_ctx(server_round=1, owner=""):
+    return RoundContext(server_round, "L", owner).for_eval_pair()
 
 
 def test_plain_reveals_the_token_weighted_mean_of_known_pairs():
@@ -72,9 +72,9 @@ def test_crypten_pair_bytes_are_exact(tmp_path):
     parties = [keypair(tmp_path / f"p{i}")[1] for i in range(3)]
     backend = CryptenBackend(CryptenConfig(), 16, party_keys=parties, run="/runs/x#0000abcd",
                              keys=OwnerKeys("client_12", str(tmp_path / "o")))
-    for rnd in (0, 7, 123):
-        p = backend.protect(*as_update(2.0, 10), RoundContext(rnd, "d" * 64, "client_12").for_eval_pair())
-        assert p.nbytes == crypten_pair_bytes(CryptenConfig(), "client_12", "/runs/x#0000abcd", "d" * 64, rnd)
+    for server_round in (0, 7, 123):
+        p = backend.protect(*as_update(2.0, 10), RoundContext(server_round, "d" * 64, "client_12").for_eval_pair())
+        assert p.nbytes == crypten_pair_bytes(CryptenConfig(), "client_12", "/runs/x#0000abcd", "d" * 64, server_round)
         assert set(p.blobs) == {"share.0", "share.1", "share.2", "bundle"}  # no count in clear: count 1 inside
 
 

@@ -74,7 +74,7 @@ def test_federation_handover_is_the_holders_with_the_last_round_named(holder):
     state = ClearGlobal(ZEROS) if holder == "clear" else EncryptedGlobal()
     fed = SimpleNamespace(state=state, owners=["client_0", "client_1"], cfg=SimpleNamespace(rounds=3))
     outcome = SimpleNamespace(accepted={"client_1": {}})
-    got = [federation.handover(fed, rnd, outcome) for rnd in (1, 3)]
+    got = [federation.handover(fed, server_round, outcome) for server_round in (1, 3)]
     if holder == "clear":
         assert got == [{}, {}]
     else:

@@ -20,28 +20,28 @@ HEAD_LENGTH = 4  # shares.seal_share: the header's length before the header
 COUNT = 8  # shares.seal_share: the owner's example count (float64) before the int64 shares
 
 
-def header_bytes(values: int, party: int, round_: int = 1, owner: str = owner_id(0)) -> int:
+def header_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0)) -> int:
     """Length of the JSON header a share is bound to (``shares.ShareHeader``)."""
-    return len(ShareHeader(round_, owner, party, "0" * 64, values).encode())
+    return len(ShareHeader(server_round, owner, party, "0" * 64, values).encode())
 
 
-def share_bytes(values: int, party: int, round_: int = 1, owner: str = owner_id(0)) -> int:
+def share_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0)) -> int:
     """One sealed share: sealed box of (header length, header, float64 count, int64 shares)."""
-    return crypto_box_SEALBYTES + HEAD_LENGTH + header_bytes(values, party, round_, owner) + COUNT + 8 * values
+    return crypto_box_SEALBYTES + HEAD_LENGTH + header_bytes(values, party, server_round, owner) + COUNT + 8 * values
 
 
-def bundle_bytes(parties: int, round_: int = 1, owner: str = owner_id(0), run: str = "") -> int:
+def bundle_bytes(parties: int, server_round: int = 1, owner: str = owner_id(0), run: str = "") -> int:
     """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
-    return len(ShareBundle(run, round_, "0" * 64, owner, (bytes(32),) * parties,
+    return len(ShareBundle(run, server_round, "0" * 64, owner, (bytes(32),) * parties,
                            bytes(crypto_sign_BYTES)).encode())
 
 
-def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: int = 1,
                  calibration: Optional[Mapping[str, Any]] = None) -> int:
     """Exact bytes of one owner's protected update: a sealed share per party and the signed bundle
     (the headers name the owner and the round, so their lengths vary by a few bytes)."""
-    return (sum(share_bytes(values, p, round_, owner) for p in range(cfg.parties))
-            + bundle_bytes(cfg.parties, round_, owner))
+    return (sum(share_bytes(values, p, server_round, owner) for p in range(cfg.parties))
+            + bundle_bytes(cfg.parties, server_round, owner))
 
 
 def pair_up_bytes(cfg: Any, owner: str = owner_id(0), round_: int = 1) -> int:

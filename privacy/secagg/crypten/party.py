@@ -140,11 +140,11 @@ class Party:
     def is_ready(self, request: bytes, context) -> bytes:
         return b"1" if self.ready.is_set() else b"0"
 
-    def take_up(self, run: str, round_: int) -> bool:
+    def take_up(self, run: str, server_round: int) -> bool:
         """Whether ``round_`` of ``run`` is newer than any taken up; if so it is recorded (on disk) now."""
-        if round_ <= self.rounds.get(run, -1):
+        if server_round <= self.rounds.get(run, -1):
             return False
-        self.rounds[run] = round_
+        self.rounds[run] = server_round
         tmp = self.rounds_file.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(self.rounds, f)
@@ -162,18 +162,19 @@ class Party:
                 os.fsync(f.fileno())
             self.seen.update(digests)
 
-    def open(self, owner: str, blob: bytes, bundle: bytes, round_: int, layout_digest: str,
+    def open(self, owner: str, blob: bytes, bundle: bytes, server_round: int, layout_digest: str,
              length: int) -> tuple[float, float, np.ndarray | None]:
         """(verdict, count, share) of one owner's sealed share: opened only if the owner is on the
         signed roster and its signed bundle covers this very share."""
         try:
-            check_bundle(bundle, blob, self.rank, owner, round_, layout_digest, self.roster)
+            check_bundle(bundle, blob, self.rank, owner, server_round, layout_digest, self.roster)
         except NotRostered:
             return NOT_ROSTERED, 0.0, None
         except PayloadError:
             return UNSIGNED, 0.0, None
         try:
-            count, share = open_share(blob, self.private, ShareHeader(round_, owner, self.rank, layout_digest, length))
+            count, share = open_share(blob, self.private, ShareHeader(server_round, owner, self.rank, layout_digest,
+                                                                      length))
         except PayloadError:
             return MALFORMED, 0.0, None
         return OPENED, count, share
@@ -187,7 +188,7 @@ class Party:
 
         crypten = import_crypten()
         meta, sealed, bundles = decode_request(request)
-        run, round_, bound = str(meta.get("run", "")), int(meta["round"]), meta.get("bound")
+        run, server_round, bound = str(meta.get("run", "")), int(meta["round"]), meta.get("bound")
         min_owners = max(self.min_owners, int(meta.get("min_owners") or 0))
         weights = [w for w in (self.max_weight, meta.get("max_weight")) if w is not None]
         max_weight = float(min(weights)) if weights else float("inf")
@@ -197,8 +198,8 @@ class Party:
             raise RuntimeError("the MPC group has not formed: are all parties and the TTP running?")
         with self.lock:
             # taken up before anything else: whatever happens next, this round of this run never runs again
-            code = OK if self.take_up(run, round_) else REPLAYED
-            maybe_die("crypten-party-mpc", round_, str(self.rank))
+            code = OK if self.take_up(run, server_round) else REPLAYED
+            maybe_die("crypten-party-mpc", server_round, str(self.rank))
             if code == OK and bound is not None and not norm_check_fits(float(bound), int(meta["length"])):
                 code = UNCHECKABLE
             shares, counts, valid, opened = [], [], [], []
@@ -209,7 +210,7 @@ class Party:
                 elif seen in self.seen or seen in opened:
                     verdict, count, share = REPLAYED_SHARE, 0.0, None  # same sealed bytes, whatever the request says
                 else:
-                    verdict, count, share = self.open(owner, blob, bundle, round_, meta["layout_digest"],
+                    verdict, count, share = self.open(owner, blob, bundle, server_round, meta["layout_digest"],
                                                       meta["length"])
                 if verdict == OPENED:
                     opened.append(seen)
@@ -232,7 +233,7 @@ class Party:
             max_weight = float(min(t[0, 3] for t in everyone))
             n = len(sealed)
             if codes != {OK}:
-                refused = "; ".join(REFUSALS[c].format(round=round_, run=run, bound=bound, length=meta["length"])
+                refused = "; ".join(REFUSALS[c].format(round=server_round, run=run, bound=bound, length=meta["length"])
                                     for c in sorted(codes - {OK}))
                 return encode_response({"status": ["refused"] * n, "weight": 0.0, "min_owners": min_owners,
                                         "below_min_owners": False, "refused": refused}, None)

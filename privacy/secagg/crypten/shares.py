@@ -143,9 +143,9 @@ class ShareBundle:
             raise PayloadError("share bundle is malformed") from exc
 
 
-def sign_bundle(sealed: list[bytes], run: str, round_: int, layout_digest: str, owner: str, sign) -> bytes:
+def sign_bundle(sealed: list[bytes], run: str, server_round: int, layout_digest: str, owner: str, sign) -> bytes:
     """The encoded bundle over ``sealed`` (party order), signed with ``sign`` (the owner's ``OwnerKeys.sign``)."""
-    unsigned = ShareBundle(run, round_, layout_digest, owner, tuple(hashlib.sha256(b).digest() for b in sealed))
+    unsigned = ShareBundle(run, server_round, layout_digest, owner, tuple(hashlib.sha256(b).digest() for b in sealed))
     return ShareBundle(**{**unsigned.__dict__, "signature": sign(unsigned.statement())}).encode()
 
 
@@ -153,16 +153,16 @@ class NotRostered(PayloadError):
     """The owner a share claims is not on the operator-signed roster."""
 
 
-def check_bundle(blob: bytes, sealed: bytes, party: int, owner: str, round_: int, layout_digest: str,
+def check_bundle(blob: bytes, sealed: bytes, party: int, owner: str, server_round: int, layout_digest: str,
                  roster: dict[str, bytes]) -> None:
     """Nothing if ``sealed`` is party ``party``'s share of ``owner``'s signed bundle for this round
     and layout, and ``owner`` is on ``roster``; else :class:`NotRostered` or :class:`PayloadError`."""
     if owner not in roster:
         raise NotRostered(f"owner '{owner}' is not on the signed roster")
     bundle = ShareBundle.decode(blob)
-    if (bundle.owner, bundle.round, bundle.layout_digest) != (owner, round_, layout_digest):
+    if (bundle.owner, bundle.round, bundle.layout_digest) != (owner, server_round, layout_digest):
         raise PayloadError(f"share bundle of '{bundle.owner}' for round {bundle.round} is presented as "
-                           f"'{owner}' in round {round_}")
+                           f"'{owner}' in round {server_round}")
     if party >= len(bundle.digests) or bundle.digests[party] != hashlib.sha256(sealed).digest():
         raise PayloadError(f"party {party}'s share is not the one '{owner}' signed")
     identity.verify(roster[owner], bundle.statement(), bundle.signature, f"share bundle of '{owner}'")

@@ -66,9 +66,10 @@ def global_statement(run: str, cid: str, after_round: int, blob: bytes) -> bytes
     return identity.digest(b"fedveil/tenseal-global/v2", run.encode(), cid.encode(), str(after_round).encode(), blob)
 
 
-def update_statement(run: str, cid: str, rnd: int, owner: str, blob: bytes) -> bytes:
+def update_statement(run: str, cid: str, server_round: int, owner: str, blob: bytes) -> bytes:
     """What an owner signs with its update: ``blob`` is its round-``rnd`` ciphertext of ``run`` under ``cid``."""
-    return identity.digest(b"fedveil/tenseal-update/v1", run.encode(), cid.encode(), str(rnd).encode(), owner.encode(),
+    return identity.digest(b"fedveil/tenseal-update/v1", run.encode(), cid.encode(), str(server_round).encode(),
+                           owner.encode(),
                            hashlib.sha256(blob).digest())
 
 
@@ -344,7 +345,7 @@ class TensealOwner(_Side):
         if self.keys is not None and self._sent_file.is_file():
             sent = json.loads(self._sent_file.read_text())
             mine = updates.signed.get(self.keys.owner_id, (b"", b""))[0]
-            if (sent.get("run"), sent.get("round")) == (self.run, updates.round) and \
+            if (sent.get("run"), sent.get("round")) == (self.run, updates.round) and\
                     hashlib.sha256(mine).hexdigest() != sent.get("sha256"):
                 raise PayloadError(f"pending round {updates.round} leaves out this owner's own update "
                                    f"(the server dropped it, or it arrived after the round closed): refused")

@@ -245,7 +245,7 @@ def read_parts(chunks: list[bytes], size: int | None, cfg) -> Parts:
     kind, step = read_header(chunks[0])
     count = len(ciphertexts(size, cfg.poly_modulus_degree))
     boxes = chunks[1 + count :]
-    if len(chunks) < 1 + count or (kind == b"g") != (not boxes) or (kind == b"u" and len(boxes) != 1) \
+    if len(chunks) < 1 + count or (kind == b"g") != (not boxes) or (kind == b"u" and len(boxes) != 1)\
             or any(len(b) != COUNT_BOX for b in boxes):
         raise PayloadError(f"BFV payload holds {len(chunks) - 1} parts, not {count} ciphertexts and its sealed "
                            "weights: not built by protect()")

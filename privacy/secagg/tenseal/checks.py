@@ -26,12 +26,13 @@ if TYPE_CHECKING:
     from fedveil.privacy.secagg.tenseal.backend import TensealOwner
 
 
-def check_round(backend: "TensealOwner", payloads: dict[str, Protected], rnd: int) -> None:
+def check_round(backend: "TensealOwner", payloads: dict[str, Protected], server_round: int) -> None:
     """Refuse the round if any owner's update is out of range (the owner named); else return."""
     for owner in sorted(payloads):
         line = problem(backend, payloads[owner])  # a malformed one raises PayloadError, as the sum would
         if line:
-            raise Refusal("bad-update", f"owner {owner}'s update in pending round {rnd}: {line}; the round is refused",
+            raise Refusal("bad-update",
+                          f"owner {owner}'s update in pending round {server_round}: {line}; the round is refused",
                           owner=owner)
 
 

@@ -91,7 +91,7 @@ def blob_bytes(cfg: Any, values: int, kind: str = "update", calibration: Optiona
     return sum(FRAME + fixed + _varint_len(min(slots, total - i)) for i in range(0, total, slots))
 
 
-def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), round_: int = 1,
+def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: int = 1,
                  calibration: Optional[Mapping[str, Any]] = None) -> int:
     """Exact bytes of one owner's protected update (the same for every owner and round)."""
     return blob_bytes(cfg, values, "update", calibration) + TAGS

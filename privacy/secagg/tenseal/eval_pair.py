@@ -49,9 +49,9 @@ SENT_FILE = "eval-sent.json"  # the run's folder of keys.run_dir: round and SHA-
 REVEALED_FILE = "eval-revealed.json"  # the last round this owner revealed a mean for
 
 
-def pair_statement(run: str, cid: str, rnd: int, owner: str, box: bytes) -> bytes:
+def pair_statement(run: str, cid: str, server_round: int, owner: str, box: bytes) -> bytes:
     """What an owner signs with its held-out pair of round ``rnd``."""
-    return identity.digest(b"fedveil/tenseal-eval-pair/v1", run.encode(), cid.encode(), str(rnd).encode(),
+    return identity.digest(b"fedveil/tenseal-eval-pair/v1", run.encode(), cid.encode(), str(server_round).encode(),
                            owner.encode(), hashlib.sha256(box).digest())
 
 

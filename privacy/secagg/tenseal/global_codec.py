@@ -119,12 +119,12 @@ class EncryptedGlobal:
         if outcome.combined is not None and outcome.accepted and ROUND_UPDATES in outcome.combined.blobs:
             self.pending.append(outcome.combined.blobs[ROUND_UPDATES])
 
-    def handover(self, round: int, accepted, owners: list[str], last: bool) -> dict[str, Any]:
-        """One owner (the smallest id of those whose updates round ``round`` took, else of those
+    def handover(self, server_round: int, accepted, owners: list[str], last: bool) -> dict[str, Any]:
+        """One owner (the smallest id of those whose updates round ``server_round`` took, else of those
         keyed) re-encrypts the new global for the server (``TensealOwner.after_evaluate``); in the
         last round every owner writes its final adapter (``TensealOwner.writes_final_adapter``)."""
         asked = min(accepted or owners or [""])
-        self.asked = (asked, round)
+        self.asked = (asked, server_round)
         return {wire.REENCRYPT_BY: asked, wire.FINAL_ADAPTER: last}
 
     def adopt(self, evaluated: dict[str, Protected], asked: str | None = None,
