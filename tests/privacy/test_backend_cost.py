@@ -133,8 +133,8 @@ def test_the_calibrated_ciphertext_sizes_are_what_tenseal_produces_and_the_plann
 
 # --- the held-out pair: planned bytes == what a real protected pair holds ----------------------
 
-def pair_ctx(owner: str, rnd: int = 1, digest: str = "0" * 64) -> RoundContext:
-    return RoundContext(rnd, digest, owner).for_eval_pair()
+def pair_ctx(owner: str, server_round: int = 1, digest: str = "0" * 64) -> RoundContext:
+    return RoundContext(server_round, digest, owner).for_eval_pair()
 
 
 def test_plain_plans_the_bytes_of_a_protected_pair():

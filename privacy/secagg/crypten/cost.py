@@ -44,10 +44,10 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: 
             + bundle_bytes(cfg.parties, server_round, owner))
 
 
-def pair_up_bytes(cfg: Any, owner: str = owner_id(0), round_: int = 1) -> int:
+def pair_up_bytes(cfg: Any, owner: str = owner_id(0), server_round: int = 1) -> int:
     """Exact bytes of one owner's protected held-out pair (``eval_pair.pair_bytes``), priced as an
     update is: run id "" and an all-zero layout digest of its length."""
-    return eval_pair.pair_bytes(cfg, owner, "", "0" * 64, round_)
+    return eval_pair.pair_bytes(cfg, owner, "", "0" * 64, server_round)
 
 
 def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
