@@ -219,7 +219,7 @@ def train(fed: Federation, server_round: int) -> tuple[TrainOutcome, Exchange]:
 
 
 def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | None) -> list[int] | None:
-    """The nodes that evaluate round ``rnd``'s global; None: every owner.
+    """The nodes that evaluate round ``server_round``'s global; None: every owner.
 
     Every owner evaluates when all train, and in the last round (the final adapter's held-out loss
     over the whole federation; with an encrypted global each owner writes its final adapter then).
@@ -235,7 +235,7 @@ def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | N
 
 
 def handover(fed: Federation, server_round: int, outcome: TrainOutcome) -> dict:
-    """What round ``rnd``'s evaluate message asks of owners besides evaluating, as the holder of the
+    """What round ``server_round``'s evaluate message asks of owners besides evaluating, as the holder of the
     global says (an encrypted global: one owner re-encrypts it for the server; the last round ends it)."""
     return fed.state.handover(server_round, outcome.accepted, fed.owners, server_round == fed.cfg.rounds)
 

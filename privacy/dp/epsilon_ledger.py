@@ -130,7 +130,7 @@ def run_noise(ledger: Ledger, run_key: str, cfg: SampleLevelDPConfig, sample_rat
               server_round: Optional[int] = None, steps_left: Optional[int] = None) -> float:
     """The run's noise multiplier: explicit, already planned, or planned now (and recorded).
 
-    A round this run already charged (``round_`` is in its history: the coordinator restarted after
+    A round this run already charged (``server_round`` is in its history: the coordinator restarted after
     the owner had reserved it) is charged again, and the rest of the run, ``steps_left`` steps from
     this round on, is planned anew from everything spent, so the run can still end within budget."""
     if cfg.noise_multiplier is not None:

@@ -75,13 +75,14 @@ def server_side(keys, made):
 
 
 def signed_updates(keys, server_round, deltas):
-    """Each owner's signed round-``rnd`` update of ``deltas[owner]`` (weight 1)."""
+    """Each owner's signed round-``server_round`` update of ``deltas[owner]`` (weight 1)."""
     return {o: owner_side(keys, o).protect(np.asarray(d, np.float64), 1.0, RoundContext(server_round, "L", o))
             for o, d in deltas.items()}
 
 
 def round_updates(keys, made, server_round, deltas):
-    """What an honest server keeps of round ``rnd``: every owner's signed update (global_codec.RoundUpdates)."""
+    """What an honest server keeps of round ``server_round``: every owner's signed update
+    (global_codec.RoundUpdates)."""
     combined = server_side(keys, made).combine(signed_updates(keys, server_round, deltas), RoundContext(server_round,
                                                                                                         "L"))
     assert combined.excluded == {}

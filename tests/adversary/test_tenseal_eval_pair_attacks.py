@@ -49,7 +49,7 @@ def ctx(server_round, o=""):
 
 
 def pairs_of(keys, server_round, known=KNOWN):
-    """Each owner's protected round-``rnd`` pair, as its evaluate reply carries it."""
+    """Each owner's protected round-``server_round`` pair, as its evaluate reply carries it."""
     return {o: owner(keys, o).protect(np.array([loss]), float(t), ctx(server_round, o)) for o, (loss,
                                                                                                 t) in known.items()}
 

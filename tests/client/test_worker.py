@@ -84,7 +84,7 @@ def test_worker_answers_like_the_in_process_path_and_loads_the_model_once(tmp_pa
 class RelayGrid:
     """The coordinator's Grid, minus the network: each message goes through its node's ClientApp
     (``client/app.py`` in relay mode, node config ``worker=<socket>``) to that owner's worker.
-    ``before_round(rnd)`` runs before each round's train messages (one push per round)."""
+    ``before_round(server_round)`` runs before each round's train messages (one push per round)."""
 
     def __init__(self, sockets, before_round):
         self.sockets, self.before_round, self.replies, self.rounds = sockets, before_round, {}, 0

@@ -141,7 +141,7 @@ class Party:
         return b"1" if self.ready.is_set() else b"0"
 
     def take_up(self, run: str, server_round: int) -> bool:
-        """Whether ``round_`` of ``run`` is newer than any taken up; if so it is recorded (on disk) now."""
+        """Whether ``server_round`` of ``run`` is newer than any taken up; if so it is recorded (on disk) now."""
         if server_round <= self.rounds.get(run, -1):
             return False
         self.rounds[run] = server_round

@@ -67,7 +67,8 @@ def global_statement(run: str, cid: str, after_round: int, blob: bytes) -> bytes
 
 
 def update_statement(run: str, cid: str, server_round: int, owner: str, blob: bytes) -> bytes:
-    """What an owner signs with its update: ``blob`` is its round-``rnd`` ciphertext of ``run`` under ``cid``."""
+    """What an owner signs with its update: ``blob``, its ciphertext of round ``server_round`` of ``run``
+    under ``cid``."""
     return identity.digest(b"fedveil/tenseal-update/v1", run.encode(), cid.encode(), str(server_round).encode(),
                            owner.encode(),
                            hashlib.sha256(blob).digest())

@@ -50,7 +50,7 @@ REVEALED_FILE = "eval-revealed.json"  # the last round this owner revealed a mea
 
 
 def pair_statement(run: str, cid: str, server_round: int, owner: str, box: bytes) -> bytes:
-    """What an owner signs with its held-out pair of round ``rnd``."""
+    """What an owner signs with its held-out pair of round ``server_round``."""
     return identity.digest(b"fedveil/tenseal-eval-pair/v1", run.encode(), cid.encode(), str(server_round).encode(),
                            owner.encode(), hashlib.sha256(box).digest())
 
