@@ -6,7 +6,7 @@
 
 Runs the same federation (same seed, model, data, steps) once per backend, each through the
 real runner, and prints per backend: the update's bytes per adapter value (vs fp32's 4), bytes
-up and down per client per round, the median round time, as ratios to ``plain`` from the
+up and down per owner per round, the median round time, as ratios to ``plain`` from the
 same invocation, and the final held-out loss (token-weighted over owners on every backend:
 ``privacy/secagg/eval_pair.py``) with its difference to ``plain``'s; the last line says whether
 every backend's is within ``LOSS_TOLERANCE`` of it.
@@ -50,7 +50,7 @@ def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
         f"aggregation={backend}",
         *([f"aggregation.scheme={scheme}"] if scheme else []),
         f"rounds={args.rounds}",
-        f"num_clients={args.clients}",
+        f"num_clients={args.owners}",
         f"train.local_steps={args.steps}",
         "seed=0",
         "dp=off",
@@ -91,12 +91,12 @@ def calibrate(args: argparse.Namespace) -> None:
                 r = run(out, backend, args)
                 values = values or adapter_values(out)
                 if backend in points:
-                    points[backend].append((values, args.clients, {k: r[f"{k}_seconds"]
+                    points[backend].append((values, args.owners, {k: r[f"{k}_seconds"]
                                                                    for k in ("protect", "aggregate", "reveal")}))
     cal = calibration()
     cal["version"] = int(cal.get("version", 1)) + 1
     cal["source"] = (f"python -m fedveil.experiments.bench_secagg --calibrate on {date.today().isoformat()}: tiny and "
-                     f"mid GPT-2, {args.clients} owners, {args.rounds} rounds, {args.steps} local steps, median "
+                     f"mid GPT-2, {args.owners} owners, {args.rounds} rounds, {args.steps} local steps, median "
                      "seconds per phase fitted as fixed + per value (aggregate per owner). Rough: one machine; "
                      "training and network time are not included.")
     cal.setdefault("fixed_seconds", {})["plain"] = {"protect": 0.0, "aggregate_per_owner": 0.0, "reveal": 0.0}
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--backends", default="tenseal")
     parser.add_argument("--model", choices=sorted(MODELS), default="mid")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--owners", "--clients", dest="owners", type=int, default=3, help="owners (num_clients)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--parties", type=int, default=3, help="crypten aggregator parties")
     parser.add_argument(
@@ -129,7 +129,7 @@ def main() -> None:
         for backend in args.backends.split(","):
             results[backend] = run(Path(tmp) / backend, backend, args)
     base = results["plain"]
-    print(f"model={args.model} ({values:,} adapter values), {args.clients} clients, {args.rounds} rounds, "
+    print(f"model={args.model} ({values:,} adapter values), {args.owners} owners, {args.rounds} rounds, "
           f"{args.steps} local steps")
     report = {}
     for name, r in results.items():

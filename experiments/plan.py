@@ -192,7 +192,7 @@ def render(p: dict) -> str:
                      f"q {dp['sample_rate']:g}, {dp['steps']} steps -> noise sigma {dp['noise_multiplier']:.3f}, "
                      f"epsilon {dp['epsilon']:.3f} ({dp['accountant']})")
         if sampled < p["owners"]:
-            lines.append(f"DP with client sampling: no amplification is claimed (the coordinator picks who trains); "
+            lines.append(f"DP with owner sampling: no amplification is claimed (the coordinator picks who trains); "
                          f"sigma is planned as if every owner trained every round, and an owner spends epsilon only in "
                          f"the rounds it trains, so it ends at or below {dp['epsilon']:.3f}")
     else:

@@ -175,7 +175,7 @@ def run_round(fed: Federation, server_round: int) -> None:
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
     progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
-             f"{len(outcome.accepted)} clients | {row.seconds.round:.1f} s{note}")
+             f"{len(outcome.accepted)} owners | {row.seconds.round:.1f} s{note}")
     report_excluded(outcome.excluded)
 
 
