@@ -15,6 +15,26 @@ quiet_libraries()
 
 
 @pytest.fixture(scope="session")
+def tenseal_keyed():
+    """``(root, cfg, run, owners) -> (keys, made)``: owners keyed for ``run`` by the real tenseal key set-up
+    (each with its own state dir under ``root``, the roster pinned, ``owners[0]`` the key holder) and what
+    the key holder made (``made.public`` for the server side)."""
+    from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster  # lazy: only the tenseal tests need it
+    from fedveil.privacy.secagg.tenseal import keys as setup  # lazy: as above
+
+    def key(root, cfg, run, owners):
+        keys = {o: OwnerKeys(o, str(root / o)) for o in owners}
+        pin_roster({o: root / o for o in owners}, owners[0])
+        made = setup.generate(cfg, keys[owners[0]], run, {o: setup.announce(k) for o, k in keys.items()})
+        for o, k in keys.items():
+            setup.install(k, run, public=made.public, statement=made.statement, signature=made.signature,
+                          sealed=made.sealed[o])
+        return keys, made
+
+    return key
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     from fedveil.task.model import TinySpec
     from fedveil.task.tiny import build_tiny_model

@@ -12,9 +12,7 @@ import pytest
 from fedveil.core.errors import Refusal
 from fedveil.core.payload import PayloadError, Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec
-from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import eval_pair
-from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates
@@ -28,13 +26,8 @@ KNOWN = {"client_0": (2.5, 1200), "client_1": (3.75, 40), "client_2": (1.125, 33
 
 
 @pytest.fixture()
-def fed(tmp_path):
-    keys = {o: OwnerKeys(o, str(tmp_path / o)) for o in OWNERS}
-    pin_roster({o: tmp_path / o for o in OWNERS}, "client_0")
-    made = setup.generate(CFG, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
-    for o, k in keys.items():
-        setup.install(k, RUN, public=made.public, statement=made.statement, signature=made.signature,
-                      sealed=made.sealed[o])
+def fed(tmp_path, tenseal_keyed):
+    keys, made = tenseal_keyed(tmp_path, CFG, RUN, OWNERS)
     server = TensealServer(CFG, SIZE, public=made.public, run=RUN,
                            signers={o: k.member().verify_key for o, k in keys.items()})
     return keys, server

@@ -14,9 +14,7 @@ from fedveil.core.errors import Refusal
 from fedveil.core.io import pack
 from fedveil.core.payload import Protected, RoundContext
 from fedveil.privacy.secagg import backend_spec
-from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.tenseal import bfv
-from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer, update_statement
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
@@ -30,13 +28,12 @@ OWNERS = ("client_0", "client_1", "client_2")
 ZEROS = np.zeros(SIZE, np.float32)
 
 
-def keyed(tmp_path, cfg):
-    keys = {o: OwnerKeys(o, str(tmp_path / o)) for o in OWNERS}
-    pin_roster({o: tmp_path / o for o in OWNERS}, "client_0")
-    made = setup.generate(cfg, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
-    for o, k in keys.items():
-        setup.install(k, RUN, public=made.public, statement=made.statement, signature=made.signature,
-                      sealed=made.sealed[o])
+@pytest.fixture()
+def keyed(tmp_path, tenseal_keyed):
+    return lambda cfg: owner_sides(*tenseal_keyed(tmp_path, cfg, RUN, OWNERS), cfg)
+
+
+def owner_sides(keys, made, cfg):
     return keys, {o: backend_spec("tenseal").owner(cfg, SIZE, keys[o], {}, run=RUN) for o in OWNERS}, made
 
 
@@ -75,10 +72,10 @@ def refused_naming(owner, arrays, who):
 
 
 @pytest.mark.parametrize("factor", [2.9, 4.0])
-def test_an_owner_over_its_bfv_cap_is_refused_by_every_owner(tmp_path, factor):
+def test_an_owner_over_its_bfv_cap_is_refused_by_every_owner(keyed, factor):
     # Before: 2.9x the per-owner cap used the other owners' headroom and was accepted (the sum of three
     # stayed within 3x); 4x wrapped a digit, decrypted to garbage, and was accepted as well.
-    _, owners, made = keyed(tmp_path, CFG)
+    _, owners, made = keyed(CFG)
     payloads = honest(owners, 0.01)
     mal = owners["client_2"]
     payloads["client_2"] = signed(mal, bfv_update(mal, np.full(SIZE, int(factor * CFG.levels)), 1.0))
@@ -87,8 +84,8 @@ def test_an_owner_over_its_bfv_cap_is_refused_by_every_owner(tmp_path, factor):
         refused_naming(owners[o], arrays, "client_2")
 
 
-def test_a_padding_digit_or_a_weight_over_max_weight_is_refused(tmp_path):
-    _, owners, made = keyed(tmp_path, CFG)
+def test_a_padding_digit_or_a_weight_over_max_weight_is_refused(keyed):
+    _, owners, made = keyed(CFG)
     mal = owners["client_1"]
     padded = np.zeros(SIZE + 1, np.int64)
     padded[-1] = 3 * CFG.levels  # the dropped half of the last slot: it would carry into the sum
@@ -97,8 +94,8 @@ def test_a_padding_digit_or_a_weight_over_max_weight_is_refused(tmp_path):
         refused_naming(owners["client_0"], opened_round(owners, made, CFG, payloads), "client_1")
 
 
-def test_an_update_over_its_norm_bound_is_refused_and_honest_ones_at_the_bounds_open(tmp_path):
-    _, owners, made = keyed(tmp_path, CFG)
+def test_an_update_over_its_norm_bound_is_refused_and_honest_ones_at_the_bounds_open(keyed):
+    _, owners, made = keyed(CFG)
     at_bounds = honest(owners, 6.0 / np.sqrt(SIZE) * 8.0 / 6.0, weight=2.0)  # L2 norm 8 = norm_bound, weight 2
     np.testing.assert_allclose(owners["client_0"].open_global(opened_round(owners, made, CFG, at_bounds), ZEROS, 1),
                                8.0 / np.sqrt(SIZE), atol=1e-4)
@@ -109,9 +106,9 @@ def test_an_update_over_its_norm_bound_is_refused_and_honest_ones_at_the_bounds_
 
 
 @pytest.mark.parametrize("slot", ["weight", "value"])
-def test_a_ckks_update_with_an_unbounded_weight_slot_or_value_is_refused(tmp_path, slot):
+def test_a_ckks_update_with_an_unbounded_weight_slot_or_value_is_refused(keyed, slot):
     # Before: CKKS left the weight slot unbounded: one owner's weight 1e6 made the mean its own update.
-    _, owners, made = keyed(tmp_path, CKKS)
+    _, owners, made = keyed(CKKS)
     mal = owners["client_2"]
     values = np.full(SIZE + 1, 0.01)
     values[-1] = 1e6 if slot == "weight" else 1.0

@@ -11,9 +11,7 @@ import pytest
 from fedveil.core import wire
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
-from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.privacy.secagg.plain import PlainBackend
-from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
@@ -26,15 +24,9 @@ ZEROS = np.zeros(SIZE, np.float32)
 
 
 @pytest.fixture(scope="module")
-def tenseal(tmp_path_factory):
+def tenseal(tmp_path_factory, tenseal_keyed):
     """Three keyed tenseal owner sides and the server's holder of the encrypted global (as the federation builds it)."""
-    root = tmp_path_factory.mktemp("keys")
-    keys = {o: OwnerKeys(o, str(root / o)) for o in OWNERS}
-    pin_roster({o: root / o for o in OWNERS}, "client_0")
-    made = setup.generate(CFG, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
-    for o, k in keys.items():
-        setup.install(k, RUN, public=made.public, statement=made.statement, signature=made.signature,
-                      sealed=made.sealed[o])
+    keys, made = tenseal_keyed(tmp_path_factory.mktemp("keys"), CFG, RUN, OWNERS)
     sides = {o: backend_spec("tenseal").owner(CFG, SIZE, k, {}, run=RUN) for o, k in keys.items()}
     server = TensealServer(CFG, SIZE, public=made.public, run=RUN,
                            signers={o: k.member().verify_key for o, k in keys.items()})
