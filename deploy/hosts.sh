@@ -49,14 +49,15 @@ mine = ipaddress.ip_network(sys.argv[1])
 out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout.split("\n")
 out += subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout.split("\n")
 nets = {w for line in out for w in line.split() if "." in w and w[0].isdigit()}
-print(" ".join(sorted(n for n in nets if ipaddress.ip_network(n, strict=False).overlaps(mine))))
+used = {ipaddress.ip_interface(n) for n in nets}  # an address and its local route are one
+print(" ".join(sorted(u.with_prefixlen for u in used if u.network.overlaps(mine))))
 PY
 )
 [ -z "$overlap" ] || die "this machine already uses $overlap, inside $RANGE that the hosts would use; free it, or run without NET=hosts"
 
 mkdir -p "$NETDIR"
 tag=fv$(python3 -c "import secrets; print(secrets.token_hex(2))")   # names of parallel runs do not collide
-trap 'status=$?; [ $status = 0 ] || { down; echo "deploy: error: making the hosts failed (above); everything made was removed" >&2; }' EXIT
+trap 'status=$?; [ $status = 0 ] || { down; echo "deploy: error: making the hosts $tag-* failed (above); everything made was removed" >&2; }' EXIT
 made() { echo "$1 $2" >>"$MANIFEST"; }
 ns_add() { ip netns add "$1" 2>/dev/null || die "cannot create network namespace $1 (no namespaces in this container?); run without NET=hosts"; made netns "$1"; ip -n "$1" link set lo up; }
 bridge_add() { ip link add "$1" type bridge; made link "$1"; ip link set "$1" up; }
