@@ -138,6 +138,27 @@ def test_a_stranger_reaches_no_party_and_owners_reach_only_the_coordinator(hosts
             p.wait()
 
 
+@needs_netns
+def test_owner_links_are_shaped_both_ways(tmp_path):
+    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "d"), "OWNER_RATE": "20mbit"}
+    assert script("hosts.sh", "up", env=env, timeout=60).returncode == 0
+    try:
+        h = hosts_env(tmp_path / "d")
+        coordinator, owner = h["COORD_NS"][0], h["OWNER_NS"][0]
+        for src, dst, address in ((owner, coordinator, h["COORD_ADDR"][0]), (coordinator, owner, "198.18.0.10")):
+            sink = subprocess.Popen(["ip", "netns", "exec", dst, sys.executable, "-c",
+                                     f"import socket, time\nc = socket.create_server(('0.0.0.0', {PORT})).accept()[0]\n"
+                                     "n, t = 0, time.time()\nwhile b := c.recv(1 << 20):\n    n += len(b)\n"
+                                     "print(n * 8 / (time.time() - t) / 1e6)"], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            send = f"import socket\nsocket.create_connection(('{address}', {PORT})).sendall(b'x' * 3_000_000)"
+            subprocess.run(["ip", "netns", "exec", src, sys.executable, "-c", send], check=True, timeout=60)
+            mbit = float(sink.communicate(timeout=60)[0])
+            assert 10 < mbit < 22, f"{src} -> {dst}: {mbit:.1f} Mbit/s through a 20mbit tbf"
+    finally:
+        script("hosts.sh", "down", env=env)
+
+
 def online(env, ns):
     out = subprocess.run(["ip", "netns", "exec", ns, str(ROOT / ".venv" / "bin" / "flwr"), "supernode", "list",
                           env["CONNECTION"]], env={**env, "FLWR_HOME": f"{env['DEPLOY_DIR']}/flwr"},
