@@ -23,6 +23,7 @@ if [ -e "$DEPLOY_DIR" ]; then  # start clean, but never wipe a directory the dem
 fi
 mkdir -p "$DEPLOY_DIR" && touch "$DEPLOY_DIR/.fedveil-deploy-demo"
 trap 'deploy/stop.sh >/dev/null; [ "$NET" = loopback ] || deploy/hosts.sh down >/dev/null' EXIT
+trap 'exit 130' INT; trap 'exit 143' TERM  # an interrupted demo cleans up too
 COORD_NS="" OWNER_NS=("" "" "")  # loopback: every role on this host
 if [ "$NET" = hosts ]; then
   bash deploy/hosts.sh up "${BACKEND:-tenseal}"

@@ -215,3 +215,20 @@ def test_a_stranger_host_registers_nothing(hosts, tmp_path):
             break
         time.sleep(1)
     assert online(env, coordinator) == 1
+
+
+@needs_netns
+@pytest.mark.slow
+def test_make_deploy_demo_on_separate_hosts(tmp_path):
+    # the whole demo with each role in its own namespace: 287 s on the shared 2-core machine under load
+    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "demo")}
+    proc = subprocess.run(["make", "deploy-demo", "NET=hosts"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "deploy-demo (tenseal, separate hosts): OK" in proc.stdout and "chain intact" in proc.stdout
+    assert "SuperLink up on 198.18.0.1:8000" in proc.stdout  # the coordinator's host, not 127.0.0.1
+    assert "every owner's epsilon ledger was charged" in proc.stdout
+    assert "the modified app was refused by all 3 SuperNodes" in proc.stdout
+    assert "the run without DP was refused: no round trained, no ledger changed" in proc.stdout
+    tag = re.search(r"hosts \((fv[0-9a-f]{4})-\*\)", proc.stdout).group(1)
+    assert made(tag) == [] and not list((tmp_path / "demo" / "pids").glob("*.pid"))  # stopped, then removed
