@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 export DEPLOY_DIR=${DEPLOY_DIR:-$PWD/outputs/deploy-demo}
 NET=${NET:-loopback}
 case "$NET" in loopback|hosts) ;; *) echo "deploy: error: NET must be loopback or hosts, not '$NET'" >&2; exit 2 ;; esac
+[ "$NET" = loopback ] || [ "$(id -u)" = 0 ] || { echo "deploy: error: NET=hosts needs root (network namespaces, bridges, tc); run as root, or drop NET=hosts to stay on 127.0.0.1" >&2; exit 2; }
 if [ -e "$DEPLOY_DIR" ]; then  # start clean, but never wipe a directory the demo did not make
   [ -f "$DEPLOY_DIR/.fedveil-deploy-demo" ] || { echo "deploy: error: $DEPLOY_DIR exists and is not a deploy-demo directory; choose another DEPLOY_DIR" >&2; exit 2; }
   bash deploy/stop.sh >/dev/null; bash deploy/hosts.sh down >/dev/null  # what a killed demo left

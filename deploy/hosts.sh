@@ -55,11 +55,17 @@ PY
 )
 [ -z "$overlap" ] || die "this machine already uses $overlap, inside $RANGE that the hosts would use; free it, or run without NET=hosts"
 
-mkdir -p "$NETDIR"
 tag=fv$(python3 -c "import secrets; print(secrets.token_hex(2))")   # names of parallel runs do not collide
+# namespaces at all? (before anything is recorded: one line, nothing left); also: does this kernel have netem?
+ip netns add "$tag-probe" 2>/dev/null || die "cannot create a network namespace here (a container without CAP_SYS_ADMIN?); run without NET=hosts"
+netem=no
+tc -n "$tag-probe" qdisc add dev lo root netem delay 1ms 2>/dev/null && netem=yes
+ip netns del "$tag-probe"
+[ "$netem" = yes ] && [ -n "${LATENCY:-}" ] || netem_delay=no
+mkdir -p "$NETDIR"
 trap 'status=$?; [ $status = 0 ] || { down; echo "deploy: error: making the hosts $tag-* failed (above); everything made was removed" >&2; }' EXIT
 made() { echo "$1 $2" >>"$MANIFEST"; }
-ns_add() { ip netns add "$1" 2>/dev/null || die "cannot create network namespace $1 (no namespaces in this container?); run without NET=hosts"; made netns "$1"; ip -n "$1" link set lo up; }
+ns_add() { ip netns add "$1"; made netns "$1"; ip -n "$1" link set lo up; }
 bridge_add() { ip link add "$1" type bridge; made link "$1"; ip link set "$1" up; }
 # plug NS BRIDGE HOST_END IFNAME ADDRESS [isolated]: a veth from the bridge into the namespace
 plug() {
@@ -69,11 +75,6 @@ plug() {
   ip -n "$1" addr add "$5/24" dev "$4"; ip -n "$1" link set "$4" up
 }
 rate=${OWNER_RATE:-100mbit}
-netem=no  # probed on a throw-away namespace's loopback: does this kernel have netem?
-ns_add "$tag-probe"
-tc -n "$tag-probe" qdisc add dev lo root netem delay 1ms 2>/dev/null && netem=yes
-ip netns del "$tag-probe"
-[ "$netem" = yes ] && [ -n "${LATENCY:-}" ] || netem_delay=no
 shape() {  # shape NS DEV: tbf at $rate (and netem's delay first where it exists); tbf shapes what leaves DEV
   local at=(); [ -n "$1" ] && at=(-n "$1")
   if [ "${netem_delay:-yes}" = yes ]; then
