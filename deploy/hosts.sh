@@ -110,7 +110,7 @@ fi
 cat >"$NETDIR/hosts.env" <<ENV
 # made by deploy/hosts.sh up: the namespace that stands for each host, and its addresses
 COORD_NS=$tag-coordinator COORD_ADDR=$FED.1
-OWNER_NS=(${owner_ns[*]}) OWNER_ADDRS=($FED.10 $FED.11 $FED.12)
+OWNER_NS=(${owner_ns[*]}) OWNER_ADDRS=($FED.10 $FED.11 $FED.12) OWNER_LINKS=(${tag}o0 ${tag}o1 ${tag}o2)  # bridge ends
 PARTY_NETNS="${party_ns[*]}" PARTY_HOSTS="${party_hosts[*]}" TTP_NETNS=$([ "$layout" = crypten ] && echo "$tag-dealer")
 RENDEZVOUS_HOST=$PRT.10 GLOO_IFNAME=prt PARTY_ADDRS=($PRT.10 $PRT.11 $PRT.12)
 STRANGER_NS=$([ "$stranger" = stranger ] && echo "$tag-stranger") STRANGER_ADDR=$FED.99
