@@ -220,7 +220,7 @@ def test_a_stranger_host_registers_nothing(hosts, tmp_path):
 @needs_netns
 @pytest.mark.slow
 def test_make_deploy_demo_on_separate_hosts(tmp_path):
-    # the whole demo with each role in its own namespace: 287 s on the shared 2-core machine under load
+    # the whole demo with each role in its own namespace: 201-287 s on the shared 2-core machine (load varies)
     env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "demo")}
     proc = subprocess.run(["make", "deploy-demo", "NET=hosts"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1500)
