@@ -2,7 +2,8 @@
 #   make demo   installs (if needed) and runs a small federated fine-tuning (3 owners x 3 rounds)
 #   make test   installs (if needed), runs ruff (lint, line length 120), then the whole test suite,
 #               slow end-to-end tests included
-#   make deploy-demo [BACKEND=tenseal|crypten|plain]   the deployment (TLS, node auth) on 127.0.0.1
+#   make deploy-demo [BACKEND=tenseal|crypten|plain] [NET=hosts]   the deployment (TLS, node auth) on
+#               127.0.0.1; NET=hosts: each role on its own host (network namespaces; root)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -38,9 +39,10 @@ test-fast: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -ra -m "not slow" -n auto --maxprocesses 4 --dist loadgroup
 
-# The deployment on 127.0.0.1 (TLS, SuperNode auth, 3 SuperNodes, tenseal; BACKEND=crypten for MPC).
+# The deployment on 127.0.0.1 (TLS, SuperNode auth, 3 SuperNodes, tenseal; BACKEND=crypten for MPC);
+# NET=hosts: the same with each role in its own network namespace (deploy/hosts.sh).
 deploy-demo: install
-	BACKEND=$(or $(BACKEND),tenseal) bash deploy/demo.sh
+	BACKEND=$(or $(BACKEND),tenseal) NET=$(or $(NET),loopback) bash deploy/demo.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

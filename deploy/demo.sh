@@ -7,14 +7,31 @@
 # the round ledger verifies, every owner's epsilon ledger was charged for the run's rounds, and
 # then a run of a modified copy of the app (one changed line) is refused by every SuperNode (each
 # pins the app's SHA-256) and does not finish.
+# NET=hosts: the same steps with each role on its own host: a Linux network namespace per role, two
+# bridges, shaped owner links (deploy/hosts.sh; needs root). Each role's command runs through
+# `ip netns exec` on its host; the file steps (keys, data, policies, checks) stand for the out-of-band
+# copies between hosts and run here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEPLOY_DIR=${DEPLOY_DIR:-$PWD/outputs/deploy-demo}
+NET=${NET:-loopback}
+case "$NET" in loopback|hosts) ;; *) echo "deploy: error: NET must be loopback or hosts, not '$NET'" >&2; exit 2 ;; esac
+[ "$NET" = loopback ] || [ "$(id -u)" = 0 ] || { echo "deploy: error: NET=hosts needs root (network namespaces, bridges, tc); run as root, or drop NET=hosts to stay on 127.0.0.1" >&2; exit 2; }
 if [ -e "$DEPLOY_DIR" ]; then  # start clean, but never wipe a directory the demo did not make
   [ -f "$DEPLOY_DIR/.fedveil-deploy-demo" ] || { echo "deploy: error: $DEPLOY_DIR exists and is not a deploy-demo directory; choose another DEPLOY_DIR" >&2; exit 2; }
+  bash deploy/stop.sh >/dev/null; bash deploy/hosts.sh down >/dev/null  # what a killed demo left
   rm -rf "$DEPLOY_DIR"
 fi
 mkdir -p "$DEPLOY_DIR" && touch "$DEPLOY_DIR/.fedveil-deploy-demo"
+trap 'deploy/stop.sh >/dev/null; [ "$NET" = loopback ] || deploy/hosts.sh down >/dev/null' EXIT
+trap 'exit 130' INT; trap 'exit 143' TERM  # an interrupted demo cleans up too
+COORD_NS="" OWNER_NS=("" "" "")  # loopback: every role on this host
+if [ "$NET" = hosts ]; then
+  bash deploy/hosts.sh up "${BACKEND:-tenseal}"
+  source "$DEPLOY_DIR/net/hosts.env"
+  export SUPERLINK_HOST=$COORD_ADDR PARTY_NETNS PARTY_HOSTS TTP_NETNS RENDEZVOUS_HOST GLOO_IFNAME
+fi
+on() { local ns=$1; shift; if [ -n "$ns" ]; then ip netns exec "$ns" "$@"; else "$@"; fi; }  # on HOST_NS CMD...
 source deploy/env.sh
 BACKEND=${BACKEND:-tenseal} ROUNDS=${ROUNDS:-2} SUPERNODE_PORT=${SUPERNODE_PORT:-9094}  # owner k: SUPERNODE_PORT+k
 # DP-SGD on every owner. Every value is public; the demo owners hold 120 records each, so delta=1e-5
@@ -23,13 +40,12 @@ BACKEND=${BACKEND:-tenseal} ROUNDS=${ROUNDS:-2} SUPERNODE_PORT=${SUPERNODE_PORT:
 TARGET_EPSILON=${TARGET_EPSILON:-8.0} MAX_EPSILON=${MAX_EPSILON:-8.0} DELTA=${DELTA:-1e-5} SAMPLE_RATE=${SAMPLE_RATE:-0.05}
 case "$BACKEND" in plain|tenseal|crypten) ;; *) die "BACKEND must be plain, tenseal or crypten, not '$BACKEND'" ;; esac
 owners=(client_0 client_1 client_2)
-trap 'deploy/stop.sh >/dev/null' EXIT
 
 deploy/make-pki.sh "${owners[@]}"
 export APP_SHA256=$(deploy/app-sha256.sh "$PWD")   # the owners pin the app they reviewed: this project's FAB
 echo "owners pin the app: FAB sha256 $APP_SHA256"
-deploy/start-superlink.sh
-for o in "${owners[@]}"; do deploy/register-supernode.sh "$o" >/dev/null; done
+on "$COORD_NS" deploy/start-superlink.sh
+for o in "${owners[@]}"; do on "$COORD_NS" deploy/register-supernode.sh "$o" >/dev/null; done
 echo "registered ${#owners[@]} SuperNode keys"
 
 # the model's shape: TINY_SHAPE='HIDDEN LAYERS HEADS' (default the tiny model: 64 2 4; benchmarks pass larger ones)
@@ -54,7 +70,7 @@ if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public 
   export PARTY_KEYS=$DEPLOY_DIR/pki/party-keys.json
   base_config="$base_config aggregation.tls_dir='$DEPLOY_DIR/pki' aggregation.party_addresses='json:[\"${addresses//,/\",\"}\"]'"
   for a in ${addresses//,/ }; do
-    for _ in $(seq 120); do python -c "from fedveil.privacy.secagg.crypten.party import call, TlsFiles; import sys; sys.exit(call('$a','Ready',b'',2,tls=TlsFiles.coordinator('$DEPLOY_DIR/pki'))!=b'1')" 2>/dev/null && break; sleep 1; done
+    for _ in $(seq 120); do on "$COORD_NS" python -c "from fedveil.privacy.secagg.crypten.party import call, TlsFiles; import sys; sys.exit(call('$a','Ready',b'',2,tls=TlsFiles.coordinator('$DEPLOY_DIR/pki'))!=b'1')" 2>/dev/null && break; sleep 1; done
   done
   echo "3 aggregator parties ready (TLS, coordinator only): $addresses; owners pin their keys ($PARTY_KEYS)"
 fi
@@ -66,17 +82,17 @@ if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them p
 fi
 for i in "${!owners[@]}"; do  # each owner's own policy: DP required, its epsilon cap, the backend it accepts, at most 10 rounds
   python -c "from fedveil.privacy.policy import OwnerPolicy, write_policy; write_policy('$DEPLOY_DIR/policies/${owners[$i]}.json', OwnerPolicy(require_dp=True, max_epsilon=$MAX_EPSILON, allowed_backends=['$BACKEND'], max_rounds=10))"
-  deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((SUPERNODE_PORT + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"
+  on "${OWNER_NS[$i]}" deploy/start-supernode.sh "${owners[$i]}" "$DEPLOY_DIR/owners/client_$i" $((SUPERNODE_PORT + i)) "$DEPLOY_DIR/policies/${owners[$i]}.json"
 done
 echo "owner policies: require_dp=true, max_epsilon=$MAX_EPSILON, allowed_backends=[$BACKEND]"
 for _ in $(seq 90); do
-  [ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] && break; sleep 1
+  [ "$(on "$COORD_NS" flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] && break; sleep 1
 done
-[ "$(flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
+[ "$(on "$COORD_NS" flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
 
 run_config="$base_config $dp_config output_dir='$DEPLOY_DIR/server'"
-timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
+on "$COORD_NS" timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
 if [ "$BACKEND" = tenseal ]; then
@@ -119,7 +135,7 @@ PY
 # refuse before training, no round runs, and no ledger changes (not even a reservation).
 ledgers=$(cat "$DEPLOY_DIR"/state/*/privacy_ledger.json | sha256sum)
 echo "submitting the run with dp.name='off' (every owner's policy has require_dp=true)"
-timeout 300 flwr run . "$CONNECTION" --stream --run-config "$base_config dp.name='off' output_dir='$DEPLOY_DIR/dp-off-run'" \
+on "$COORD_NS" timeout 300 flwr run . "$CONNECTION" --stream --run-config "$base_config dp.name='off' output_dir='$DEPLOY_DIR/dp-off-run'" \
   >"$DEPLOY_DIR/logs/dp-off-run.log" 2>&1 || true
 ! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/dp-off-run.log" || die "the run without DP ran to the end"
 ! grep -q "^\[fedveil\] round 1/" "$DEPLOY_DIR/logs/dp-off-run.log" || die "a round without DP was trained"
@@ -138,7 +154,7 @@ PY
 [ "$(deploy/app-sha256.sh "$copy")" = "$APP_SHA256" ] || die "an unmodified copy of the app does not hash to the pin"
 echo 'import os; os.environ.get("HOME")  # the one changed line: any code could be here' >> "$copy/client/app.py"
 echo "submitting a modified copy of the app (FAB sha256 $(deploy/app-sha256.sh "$copy" | cut -c1-12)...)"
-timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config $dp_config output_dir='$DEPLOY_DIR/modified-run'" \
+on "$COORD_NS" timeout 300 flwr run "$copy" "$CONNECTION" --stream --run-config "$base_config $dp_config output_dir='$DEPLOY_DIR/modified-run'" \
   >"$DEPLOY_DIR/logs/modified-run.log" 2>&1 || true
 ! grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/modified-run.log" || die "the modified app ran to the end"
 for o in "${owners[@]}"; do
@@ -146,4 +162,4 @@ for o in "${owners[@]}"; do
 done
 grep -h "fedveil-supernode: refused run" "$DEPLOY_DIR/logs/supernode-${owners[0]}.log" | head -1
 echo "the modified app was refused by all ${#owners[@]} SuperNodes; the run did not finish"
-echo "deploy-demo ($BACKEND): OK"
+echo "deploy-demo ($BACKEND$([ "$NET" = hosts ] && echo ", separate hosts")): OK"

@@ -11,7 +11,7 @@ export PATH="$VENV/bin:$PATH"
 mkdir -p "$DEPLOY_DIR"/{pki,logs,pids,state}
 die() { echo "deploy: error: $*" >&2; exit 2; }
 start_bg() {  # start_bg NAME CMD...: own process group in the background, log and PID under DEPLOY_DIR
-  local name=$1; shift
-  setsid "$@" >"$DEPLOY_DIR/logs/$name.log" 2>&1 < /dev/null &
+  local name=$1; shift  # NETNS=NS: on the host that namespace stands for (deploy/hosts.sh; the PID stays the same)
+  setsid ${NETNS:+ip netns exec "$NETNS"} "$@" >"$DEPLOY_DIR/logs/$name.log" 2>&1 < /dev/null &
   echo $! >"$DEPLOY_DIR/pids/$name.pid"
 }
