@@ -184,7 +184,7 @@ class Owner:
         """The final adapter, written by the owner into its own state directory (where the backend's
         ``writes_final_adapter`` says so: the server holds no plaintext global to write)."""
         self.load_global(vector)
-        target = Path(self.identity.state_dir) / FINAL_ADAPTER_DIR
+        target = Path(self.identity.state_dir) / provenance.ADAPTER_FOLDER
         self.model.save_pretrained(target)
         return target
 
@@ -198,7 +198,7 @@ class Owner:
         keeps = self.backend.writes_final_adapter(per_round)
         try:
             with tempfile.TemporaryDirectory(prefix="fedveil-sign-") as scratch:
-                folder = Path(self.identity.state_dir) / FINAL_ADAPTER_DIR if keeps else Path(scratch)
+                folder = Path(self.identity.state_dir) / provenance.ADAPTER_FOLDER if keeps else Path(scratch)
                 if not keeps:  # the same files the server writes from the same global (server/federation.py)
                     self.load_global(vector)
                     self.model.save_pretrained(folder)
@@ -323,7 +323,6 @@ class Owner:
 
 
 EVALUATIONS_FILE = "evaluations.jsonl"
-FINAL_ADAPTER_DIR = "final_adapter"
 
 
 def round_number(value) -> int:

@@ -44,6 +44,7 @@ from fedveil.privacy.secagg.identity import OwnerKeys, digest, load_roster, sign
 
 STATEMENT_TYPE = "fedveil/adapter-statement/v1"
 CLAIM_TYPE = "fedveil/coordinator-claim/v1"
+ADAPTER_FOLDER = "final_adapter"  # where a run's final adapter is written (the server's run dir, or an owner's)
 SIGNATURES_DIR = "signatures"  # inside the adapter folder (or beside it: verify-adapter --signatures)
 COORDINATOR = "coordinator"  # the coordinator's claim: signatures/coordinator.json
 COORDINATOR_KEY_FILE = "coordinator_ed25519.key"  # <run dir>/keys/: the coordinator's own, not on any roster

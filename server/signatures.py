@@ -21,9 +21,6 @@ from fedveil.core.console import progress
 from fedveil.core.payload import PayloadError
 from fedveil.privacy import provenance
 
-FINAL_ADAPTER_DIR = "final_adapter"
-
-
 def sign_request(cfg: FedveilConfig, server_round: int) -> dict[str, Any]:
     """The per-round value that asks owners to sign: in the run's last round only."""
     return {wire.SIGN_ADAPTER: True} if server_round == cfg.rounds else {}
@@ -40,18 +37,18 @@ def keep_statements(out: Path, replies: list[Message]) -> list[str]:
             continue
         who = records.owner_label(m)
         try:
-            provenance.write_bundle(out / FINAL_ADAPTER_DIR, who, bundle)
+            provenance.write_bundle(out / provenance.ADAPTER_FOLDER, who, bundle)
         except PayloadError as exc:
             progress(f"  signed statement not kept: {exc}")
             continue
         kept.append(who)
     if kept:
-        where = out / FINAL_ADAPTER_DIR / provenance.SIGNATURES_DIR
+        where = out / provenance.ADAPTER_FOLDER / provenance.SIGNATURES_DIR
         progress(f"  {len(kept)} owners signed the final adapter ({where})")
     return kept
 
 
 def claim_chain_head(out: Path, cfg: FedveilConfig, head: str | None) -> Path:
     """The coordinator's signed claim over its round chain's head, beside the owners' bundles."""
-    return provenance.write_bundle(out / FINAL_ADAPTER_DIR, provenance.COORDINATOR,
+    return provenance.write_bundle(out / provenance.ADAPTER_FOLDER, provenance.COORDINATOR,
                                    provenance.sign_chain_head(out, run_key(cfg), head, cfg.rounds))
