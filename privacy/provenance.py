@@ -14,7 +14,8 @@ it signs a manifest of every file in a folder (``adapter_config.json`` holds a l
 owners' digests would differ) and carries no run, roster or rounds; and it would add sigstore, tuf
 and 13 other packages to the owners' stack. So a small documented format on PyNaCl instead.
 
-Bundle (JSON, one file per signer, ``<adapter dir>/signatures/<owner id>.json``)::
+Bundle (JSON, one file per signer: ``<run dir>/signatures/<owner id>.json`` beside the server's
+``final_adapter/``, and under tenseal ``<owner state dir>/final_adapter/signatures/<owner id>.json``)::
 
     {"statement": {"type": "fedveil/adapter-statement/v1", "owner": "client_0", "run": "...",
                    "roster_digest": "<64 hex>", "adapter": {"tensors": "<64 hex>", "config": "<64 hex>"},
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -45,9 +47,9 @@ from fedveil.privacy.secagg.identity import OwnerKeys, digest, load_roster, sign
 STATEMENT_TYPE = "fedveil/adapter-statement/v1"
 CLAIM_TYPE = "fedveil/coordinator-claim/v1"
 ADAPTER_FOLDER = "final_adapter"  # where a run's final adapter is written (the server's run dir, or an owner's)
-SIGNATURES_DIR = "signatures"  # inside the adapter folder (or beside it: verify-adapter --signatures)
+SIGNATURES_DIR = "signatures"  # inside the adapter folder or beside it (verify-adapter --signatures: elsewhere)
 COORDINATOR = "coordinator"  # the coordinator's claim: signatures/coordinator.json
-COORDINATOR_KEY_FILE = "coordinator_ed25519.key"  # <run dir>/keys/: the coordinator's own, not on any roster
+COORDINATOR_KEY_FILE = "coordinator_ed25519.key"  # the coordinator's own, on no roster
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 # PEFT writes these per host (a local path) or per save (inference_mode is flipped on save): not the adapter's
@@ -137,10 +139,21 @@ def sign_adapter(keys: OwnerKeys, adapter_dir: str | Path, run: str, rounds_trai
     return _bundle(statement, signing_key(keys.state_dir))
 
 
-def sign_chain_head(run_dir: str | Path, run: str, head: str | None, rounds: int) -> bytes:
-    """The coordinator's claim over its round chain's head, with its own key (``<run_dir>/keys/``)."""
-    path = sealing.keys_dir(run_dir) / COORDINATOR_KEY_FILE
+def coordinator_key_file() -> Path:
+    """The coordinator host's own Ed25519 key: ``$FEDVEIL_COORDINATOR_KEY``, else
+    ``$XDG_CONFIG_HOME/fedveil/`` (``~/.config``). Kept out of the run directory: a run's outputs hold
+    no key, and one key across runs makes the claims of one coordinator recognisable as such."""
+    named = os.environ.get("FEDVEIL_COORDINATOR_KEY")
+    if named:
+        return Path(named)
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "fedveil" / COORDINATOR_KEY_FILE
+
+
+def sign_chain_head(run: str, head: str | None, rounds: int, key_file: str | Path | None = None) -> bytes:
+    """The coordinator's claim over its round chain's head, with its own key (:func:`coordinator_key_file`)."""
+    path = Path(key_file) if key_file else coordinator_key_file()
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         sealing.write_private(path, bytes(SigningKey.generate()))
     statement = {"type": CLAIM_TYPE, "run": run, "round_chain_head": head, "rounds": int(rounds), "note": CLAIM_NOTE}
     return _bundle(statement, SigningKey(path.read_bytes()))
@@ -230,11 +243,17 @@ def verify_adapter(adapter_dir: str | Path, roster: Mapping[str, bytes], bundles
     return verdict
 
 
+def signatures_of(adapter_dir: str | Path) -> Path:
+    """Where an adapter's bundles are: inside it (an owner's own), else beside it (the server's run dir)."""
+    inside = Path(adapter_dir) / SIGNATURES_DIR
+    return inside if inside.is_dir() else Path(adapter_dir).parent / SIGNATURES_DIR
+
+
 def load_bundles(folder: str | Path) -> dict[str, bytes]:
     """Every ``*.json`` bundle in ``folder`` (signer name -> bytes); :class:`UserError` if there is none."""
     folder = Path(folder)
     found = {p.stem: p.read_bytes() for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
     if not found:
-        raise UserError(f"no signed bundles in {folder}: the run writes them into final_adapter/{SIGNATURES_DIR}/ "
-                        f"(tenseal: each owner's state dir); point --signatures at them")
+        raise UserError(f"no signed bundles in {folder}: a run writes them into <run dir>/{SIGNATURES_DIR}/ (and "
+                        f"an owner's into its final_adapter/{SIGNATURES_DIR}/); point --signatures at them")
     return found

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     adapter.add_argument("--roster", type=Path, required=True,
                          help="the federation's roster (roster.json, or the operator-signed owner-roster.json)")
     adapter.add_argument("--signatures", type=Path,
-                         help=f"the folder of signed bundles (default: DIR/{provenance.SIGNATURES_DIR})")
+                         help=f"the folder of bundles (default: DIR/{provenance.SIGNATURES_DIR}, else beside DIR)")
     adapter.add_argument("--min-owners", type=int, help="pass with this many owners that trained and signed "
                          "(default: every rostered owner must sign)")
     adapter.add_argument("--run", help="the run id every statement must name (default: the one most name)")
@@ -64,7 +64,7 @@ def verify_adapter(args: argparse.Namespace) -> int:
         if args.min_owners is not None and args.min_owners < 1:
             raise UserError(f"--min-owners {args.min_owners}: give a positive number of owners")
         roster = provenance.load_roster_keys(args.roster)
-        bundles = provenance.load_bundles(args.signatures or args.dir / provenance.SIGNATURES_DIR)
+        bundles = provenance.load_bundles(args.signatures or provenance.signatures_of(args.dir))
         verdict = provenance.verify_adapter(args.dir, roster, bundles, args.min_owners, args.run)
     except UserError as exc:
         print(f"fedveil: error: {exc}", file=sys.stderr)

@@ -2,9 +2,10 @@
 
 The last round's evaluate message asks every owner to sign the global it evaluates
 (:func:`sign_request`); the bundles in the replies are kept beside the final adapter
-(:func:`keep_statements`, ``<run>/final_adapter/signatures/<owner>.json``; under tenseal the server
-writes no adapter there, each owner holds its own and its bundle beside it); and the coordinator
-signs its round chain's head as its own claim (:func:`claim_chain_head`). The coordinator can
+(:func:`keep_statements`, ``<run>/signatures/<owner>.json``, whichever backend: under tenseal the
+server writes no adapter, each owner holds its own with its bundle inside, and these are the
+cohort's); and the coordinator signs its round chain's head as its own claim
+(:func:`claim_chain_head`, with its host's key: ``provenance.coordinator_key_file``). The coordinator can
 neither make nor alter an owner's statement: it only stores what owners signed.
 """
 
@@ -27,7 +28,7 @@ def sign_request(cfg: FedveilConfig, server_round: int) -> dict[str, Any]:
 
 
 def keep_statements(out: Path, replies: list[Message]) -> list[str]:
-    """Write each owner bundle found in ``replies`` into ``out/final_adapter/signatures/``; the owners kept."""
+    """Write each owner bundle found in ``replies`` into ``out/signatures/``; the owners kept."""
     kept = []
     for m in replies:
         if not m.has_content() or m.has_error() or wire.META not in m.content:
@@ -37,18 +38,18 @@ def keep_statements(out: Path, replies: list[Message]) -> list[str]:
             continue
         who = records.owner_label(m)
         try:
-            provenance.write_bundle(out / provenance.ADAPTER_FOLDER, who, bundle)
+            provenance.write_bundle(out, who, bundle)
         except PayloadError as exc:
             progress(f"  signed statement not kept: {exc}")
             continue
         kept.append(who)
     if kept:
-        where = out / provenance.ADAPTER_FOLDER / provenance.SIGNATURES_DIR
+        where = out / provenance.SIGNATURES_DIR
         progress(f"  {len(kept)} owners signed the final adapter ({where})")
     return kept
 
 
 def claim_chain_head(out: Path, cfg: FedveilConfig, head: str | None) -> Path:
     """The coordinator's signed claim over its round chain's head, beside the owners' bundles."""
-    return provenance.write_bundle(out / provenance.ADAPTER_FOLDER, provenance.COORDINATOR,
-                                   provenance.sign_chain_head(out, run_key(cfg), head, cfg.rounds))
+    return provenance.write_bundle(out, provenance.COORDINATOR, provenance.sign_chain_head(run_key(cfg), head,
+                                                                                            cfg.rounds))

@@ -126,7 +126,7 @@ def test_min_owners_counts_the_owners_that_trained_and_signed(signed, tmp_path, 
 
 def test_the_coordinator_claim_is_reported_as_its_own(signed, tmp_path, capsys):
     adapter = case(signed, tmp_path)
-    claim = provenance.sign_chain_head(tmp_path / "run", signed["run"], "ab" * 32, 2)
+    claim = provenance.sign_chain_head(signed["run"], "ab" * 32, 2, tmp_path / "coordinator.key")
     provenance.write_bundle(adapter, provenance.COORDINATOR, claim)
     assert verify(adapter, signed) == 0
     out = capsys.readouterr().out
