@@ -49,7 +49,13 @@ def keep_statements(out: Path, replies: list[Message]) -> list[str]:
     return kept
 
 
-def claim_chain_head(out: Path, cfg: FedveilConfig, head: str | None) -> Path:
-    """The coordinator's signed claim over its round chain's head, beside the owners' bundles."""
-    return provenance.write_bundle(out, provenance.COORDINATOR, provenance.sign_chain_head(run_key(cfg), head,
-                                                                                            cfg.rounds))
+def claim_chain_head(out: Path, cfg: FedveilConfig, head: str | None) -> Path | None:
+    """The coordinator's signed claim over its round chain's head, beside the owners' bundles; None
+    (and a console line) where its key cannot be kept: the run's results stand without the claim."""
+    try:
+        claim = provenance.sign_chain_head(run_key(cfg), head, cfg.rounds)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Path.home() with no home
+        progress(f"coordinator's claim over the round chain not signed ({exc}): set FEDVEIL_COORDINATOR_KEY to a "
+                 "writable path")
+        return None
+    return provenance.write_bundle(out, provenance.COORDINATOR, claim)

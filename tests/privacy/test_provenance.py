@@ -15,7 +15,7 @@ from fedveil.core import wire
 from fedveil.privacy import provenance
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.server import cli
-from fedveil.server.signatures import keep_statements  # noqa: F401 -- the server side imports cleanly
+from fedveil.server import signatures
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
 OWNERS = ("client_0", "client_1", "client_2")
@@ -148,3 +148,16 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(signed, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("fedveil: error: ") for line in err)
     assert "no signed bundles" in err[1]
+
+
+def test_the_server_keeps_owner_bundles_and_its_claim_survives_a_key_it_cannot_keep(signed, tmp_path, monkeypatch,
+                                                                                   capsys):
+    monkeypatch.setenv("FEDVEIL_COORDINATOR_KEY", "/proc/no-such-dir/coordinator.key")
+    assert signatures.claim_chain_head(tmp_path, signed["cfg"], "cd" * 32) is None
+    assert "set FEDVEIL_COORDINATOR_KEY to a writable path" in capsys.readouterr().out
+    monkeypatch.setenv("FEDVEIL_COORDINATOR_KEY", str(tmp_path / "host" / "coordinator.key"))
+    written = signatures.claim_chain_head(tmp_path, signed["cfg"], "cd" * 32)
+    assert written == tmp_path / "signatures" / "coordinator.json"
+    assert (tmp_path / "host" / "coordinator.key").stat().st_mode & 0o777 == 0o600
+    assert signatures.sign_request(signed["cfg"], 2) == {wire.SIGN_ADAPTER: True}
+    assert signatures.sign_request(signed["cfg"], 1) == {}
