@@ -202,7 +202,8 @@ class Owner:
                 if not keeps:  # the same files the server writes from the same global (server/federation.py)
                     self.load_global(vector)
                     self.model.save_pretrained(folder)
-                bundle = provenance.sign_adapter(self.identity.keys, folder, self.run_key(), sorted(self.runs.trained))
+                bundle = provenance.sign_adapter(self.identity.keys, folder, self.run_key(), sorted(self.runs.trained),
+                                                 self.ctx.round)
                 if keeps:
                     provenance.write_bundle(folder, self.identity.owner_id, bundle)
         except UserError as exc:  # no roster pinned, or keys that differ from it: not signed, said here

@@ -19,7 +19,8 @@ Bundle (JSON, one file per signer: ``<run dir>/signatures/<owner id>.json`` besi
 
     {"statement": {"type": "fedveil/adapter-statement/v1", "owner": "client_0", "run": "...",
                    "roster_digest": "<64 hex>", "adapter": {"tensors": "<64 hex>", "config": "<64 hex>"},
-                   "rounds_trained": [1, 2], "round_chain": "the coordinator's claim; not checked by this owner"},
+                   "after_round": 2, "rounds_trained": [1, 2],
+                   "round_chain": "the coordinator's claim; not checked by this owner"},
      "verify_key": "<64 hex>", "signature": "<128 hex>"}
 
 The signature is Ed25519 over ``identity.digest(type, canonical JSON of the statement)``.
@@ -127,14 +128,17 @@ def _bundle(statement: dict, key) -> bytes:
 
 # --- signing --------------------------------------------------------------------------------------
 
-def sign_adapter(keys: OwnerKeys, adapter_dir: str | Path, run: str, rounds_trained: list[int]) -> bytes:
+def sign_adapter(keys: OwnerKeys, adapter_dir: str | Path, run: str, rounds_trained: list[int],
+                 after_round: int = 0) -> bytes:
     """This owner's bundle for the adapter in ``adapter_dir`` (the global it holds), under its pinned
     roster (:class:`UserError` if it pins none, or one without its keys). Every field is public or
-    a function of the global the owner received: the bundle may leave through the release gate."""
+    a function of the global the owner received: the bundle may leave through the release gate.
+    ``after_round``: the round whose global this is (the evaluate's), so an earlier global signed
+    when asked cannot pass for the final one."""
     owners = {o: m.verify_key for o, m in keys.roster().owners.items()}
     statement = {"type": STATEMENT_TYPE, "owner": keys.owner_id, "run": run,
                  "roster_digest": roster_keys_digest(owners), "adapter": adapter_digest(adapter_dir),
-                 "rounds_trained": sorted(int(r) for r in rounds_trained),
+                 "after_round": int(after_round), "rounds_trained": sorted(int(r) for r in rounds_trained),
                  "round_chain": OWNER_NOTE}
     return _bundle(statement, signing_key(keys.state_dir))
 
@@ -220,9 +224,14 @@ def verify_adapter(adapter_dir: str | Path, roster: Mapping[str, bytes], bundles
             statements[owner] = statement
     runs = [s.get("run") for s in statements.values()]
     run = run if run is not None else max(set(runs), key=runs.count, default=None)
+    rounds = [s.get("after_round") for s in statements.values()]
+    last = max(set(rounds), key=rounds.count, default=None)
     for owner, s in sorted(statements.items()):
         if s.get("run") != run:
             verdict.failures.append(f"{owner}: its statement is for another run ({s.get('run')!r}, not {run!r})")
+        elif s.get("after_round") != last:
+            verdict.failures.append(f"{owner}: signed the global after round {s.get('after_round')}, the others "
+                                    f"after round {last}")
         elif s.get("roster_digest") != digest_of_roster:
             verdict.failures.append(f"{owner}: signed under another roster than the one given")
         elif s.get("adapter") != expected:

@@ -19,7 +19,7 @@ from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.configs.schema import from_dict, run_key
 from fedveil.core import wire
 from fedveil.privacy import provenance
-from fedveil.privacy.secagg.identity import pin_roster
+from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.task.model import load_lora_skeleton, set_adapter
 
 pytestmark = [pytest.mark.adversary]
@@ -44,7 +44,7 @@ def honest(tmp_path_factory, tiny_gpt2):
         model.save_pretrained(folder)
         return folder
 
-    return {"cfg": cfg, "held": held, "bundles": bundles, "write": write, "run": run_key(cfg),
+    return {"root": root, "cfg": cfg, "held": held, "bundles": bundles, "write": write, "run": run_key(cfg),
             "roster": {o: m.verify_key for o, m in roster.owners.items()}}
 
 
@@ -108,3 +108,14 @@ def test_an_honest_adapter_with_its_config_moved_to_another_host_still_verifies(
     config["base_model_name_or_path"] = "/srv/models/base"
     (tmp_path / "elsewhere" / provenance.CONFIG_FILE).write_text(json.dumps(config))
     assert check(honest, tmp_path / "elsewhere", honest["bundles"]).ok
+
+
+def test_an_earlier_global_the_owners_signed_cannot_pass_for_the_final_one_beside_final_statements(honest, tmp_path):
+    """Owners asked to sign in round 1 and again at the end: mixing the two is named."""
+    adapter = honest["write"](honest["held"], tmp_path / "a")
+    final = {o: json.loads(raw) for o, raw in honest["bundles"].items()}
+    keys = OwnerKeys("client_1", str(honest["root"] / "client_1"))
+    assert final["client_1"]["statement"]["after_round"] == 0
+    early = provenance.sign_adapter(keys, adapter, honest["run"], [], after_round=1)
+    verdict = check(honest, adapter, {"client_0": honest["bundles"]["client_0"], "client_1": early})
+    assert not verdict.ok and "signed the global after round" in verdict.failures[0]

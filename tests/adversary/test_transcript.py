@@ -290,6 +290,7 @@ def test_the_signed_statement_is_released(datasets, tiny_gpt2, tmp_path, monkeyp
     meta = dict(next(items for name, _, items in last if name == wire.META))
     statement = json.loads(ast.literal_eval(meta[wire.ADAPTER_STATEMENT]))["statement"]  # repr of bytes -> bytes
     assert statement["owner"] == "client_0" and statement["rounds_trained"] == [1]
+    assert statement["after_round"] == 1
     assert statement["run"].startswith(BASE["output_dir"] + "#")
 
 

@@ -68,6 +68,7 @@ def test_every_owner_signed_what_the_server_wrote(signed, tmp_path, capsys):
     assert "signed by 3 rostered owners (client_0, client_1, client_2); 3 of them trained" in out
     statement = json.loads(signed["bundles"]["client_1"])["statement"]
     assert statement["run"] == signed["run"] and statement["rounds_trained"] == [1, 2]
+    assert statement["after_round"] == 0  # the owners here evaluated no round: the fixture's Owner is at round 0
     assert statement["adapter"] == provenance.adapter_digest(adapter)
 
 
