@@ -13,7 +13,7 @@ from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.configs.schema import from_dict, run_key
 from fedveil.core import wire
 from fedveil.privacy import provenance
-from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
+from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster, write_signed_roster
 from fedveil.server import cli
 from fedveil.server import signatures
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
@@ -162,3 +162,14 @@ def test_the_server_keeps_owner_bundles_and_its_claim_survives_a_key_it_cannot_k
     assert (tmp_path / "host" / "coordinator.key").stat().st_mode & 0o777 == 0o600
     assert signatures.sign_request(signed["cfg"], 2) == {wire.SIGN_ADAPTER: True}
     assert signatures.sign_request(signed["cfg"], 1) == {}
+
+
+def test_the_operator_signed_roster_gives_the_same_verdict(signed, tmp_path):
+    """crypten's owner-roster.json (id -> Ed25519 key, operator-signed) names the same keys: same digest."""
+    owners = {o: OwnerKeys(o, str(signed["root"] / o)).member().verify_key for o in OWNERS}
+    path, _ = write_signed_roster(tmp_path / "pki", owners)
+    adapter = case(signed, tmp_path)
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(path)]) == 0
+    assert provenance.roster_keys_digest(provenance.load_roster_keys(path)) == provenance.roster_keys_digest(owners)
+    fewer, _ = write_signed_roster(tmp_path / "pki2", {o: k for o, k in owners.items() if o != "client_2"})
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(fewer)]) == 1  # client_2 is not on it
