@@ -64,6 +64,7 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id, after_round)
     if owner.backend.writes_final_adapter(instruction.per_round):
         owner.save_final_adapter(global_vector)
+    meta.update(owner.sign_final_adapter(global_vector, instruction.per_round))  # the last round: signed result
     return Answer(metrics, meta, with_pair(sent_back, owner.held_out_pair))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from fedveil.client.run_record import RunRecord
-from fedveil.configs.schema import FedveilConfig
+from fedveil.configs.schema import FedveilConfig, run_key  # noqa: F401 -- run_key: the owner's name for it
 from fedveil.core import wire
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.payload import Protected, RoundContext, with_eval_pair
@@ -38,6 +39,7 @@ from fedveil.core.console import progress
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.io import append_jsonl
+from fedveil.privacy import provenance
 from fedveil.privacy.dp import epsilon_ledger
 from fedveil.privacy.dp.randomness import secret_uniform
 from fedveil.privacy.dp.sgd import owner_delta, poisson_loader, private_training
@@ -182,9 +184,32 @@ class Owner:
         """The final adapter, written by the owner into its own state directory (where the backend's
         ``writes_final_adapter`` says so: the server holds no plaintext global to write)."""
         self.load_global(vector)
-        target = Path(self.identity.state_dir) / "final_adapter"
+        target = Path(self.identity.state_dir) / provenance.ADAPTER_FOLDER
         self.model.save_pretrained(target)
         return target
+
+    def sign_final_adapter(self, vector: np.ndarray, per_round: dict) -> dict[str, bytes]:
+        """Where the server asks (the last evaluate), this owner's signed statement over ``vector`` as a
+        PEFT adapter (``privacy/provenance.py``), as reply meta; {} where not asked, or where it pins no
+        roster (its console says why: the evaluation still leaves). Under ``writes_final_adapter`` the
+        bundle is also written beside the owner's own final adapter."""
+        if not per_round.get(wire.SIGN_ADAPTER):
+            return {}
+        keeps = self.backend.writes_final_adapter(per_round)
+        try:
+            with tempfile.TemporaryDirectory(prefix="fedveil-sign-") as scratch:
+                folder = Path(self.identity.state_dir) / provenance.ADAPTER_FOLDER if keeps else Path(scratch)
+                if not keeps:  # the same files the server writes from the same global (server/federation.py)
+                    self.load_global(vector)
+                    self.model.save_pretrained(folder)
+                bundle = provenance.sign_adapter(self.identity.keys, folder, self.run_key(), sorted(self.runs.trained),
+                                                 self.ctx.round)
+                if keeps:
+                    provenance.write_bundle(folder, self.identity.owner_id, bundle)
+        except UserError as exc:  # no roster pinned, or keys that differ from it: not signed, said here
+            progress(f"{self.identity.owner_id}: final adapter not signed: {exc}")
+            return {}
+        return {wire.ADAPTER_STATEMENT: bundle}
 
     def load_global(self, vector: np.ndarray) -> None:
         set_adapter(self.model, self.layout.unflatten(vector))
@@ -330,18 +355,6 @@ def fixed_size_sample(examples: list, k: int, length: int, pad_id: int) -> list[
         out.append({"input_ids": torch.cat([ids, torch.full((pad,), pad_id, dtype=ids.dtype)]),
                     "labels": torch.cat([labels, torch.full((pad,), IGNORE_INDEX, dtype=labels.dtype)])})
     return out
-
-
-def run_key(cfg: FedveilConfig) -> str:
-    """Identifies a run in the owner's epsilon ledger and key set-up (its output directory and config).
-    ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan);
-    nor is ``model.path``: a deployed owner trains its own copy of the base model (its worker's
-    ``--model-path``; the layout digest binds the model), while its key set-up sees the coordinator's."""
-    shared = dataclasses.asdict(cfg)
-    shared.pop("resume")
-    shared["model"].pop("path")
-    blob = json.dumps(shared, sort_keys=True, default=str)
-    return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"
 
 
 def clip_update(delta: np.ndarray, bound: Optional[float]) -> np.ndarray:

@@ -42,9 +42,10 @@ DP_METRICS = frozenset({wire.NUM_EXAMPLES, wire.TRAIN_STEPS, *wire.DP_FIELDS})
 CLEAR_METRICS = DP_METRICS | {wire.TRAIN_LOSS, wire.EVAL_LOSS, wire.UPDATE_NORM, wire.TRAIN_SECONDS,
                               wire.EVAL_SECONDS, wire.PROTECT_SECONDS, wire.REVEAL_SECONDS}
 # Meta that is public: who answers, its layout digest, key set-up material (public keys, public
-# context, signed statements, sealed boxes).
+# context, signed statements, sealed boxes; the signed statement over the final adapter: digests of the
+# global it received, the run, the roster, the rounds it trained, all public).
 META_KEYS = frozenset({wire.OWNER_ID, wire.LAYOUT_DIGEST, wire.PUBLIC_KEY, wire.VERIFY_KEY, wire.PUBLIC_CONTEXT,
-                       wire.SETUP_STATEMENT, wire.SETUP_SIGNATURE})
+                       wire.SETUP_STATEMENT, wire.SETUP_SIGNATURE, wire.ADAPTER_STATEMENT})
 META_PREFIXES = (wire.HELD_PREFIX, wire.SEALED_PREFIX)
 # Sizes under DP are public constants, whatever the owner computed.
 DP_FIXED = {wire.NUM_EXAMPLES: 1.0}

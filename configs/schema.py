@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -237,3 +238,15 @@ def from_run_config(run_config: Mapping[str, Any]) -> FedveilConfig:
 
     # "" stands for "unset" (pyproject's [tool.flwr.app.config] cannot hold None)
     return from_dict(unflatten_dict({k: v for k, v in run_config.items() if v != ""}))
+
+
+def run_key(cfg: FedveilConfig) -> str:
+    """Identifies a run in the owner's epsilon ledger, key set-up and signed result (its output dir and config).
+    ``resume`` is not part of it: a restarted run is the same run (the same keys, the same noise plan);
+    nor is ``model.path``: a deployed owner trains its own copy of the base model (its worker's
+    ``--model-path``; the layout digest binds the model), while its key set-up sees the coordinator's."""
+    shared = dataclasses.asdict(cfg)
+    shared.pop("resume")
+    shared["model"].pop("path")
+    blob = json.dumps(shared, sort_keys=True, default=str)
+    return f"{cfg.output_dir}#{zlib.crc32(blob.encode()):08x}"

@@ -48,7 +48,8 @@ LAYOUT_DIGEST = "layout-digest"
 REENCRYPT_BY = "reencrypt-by"  # encrypted global: the owner asked to re-encrypt the new global
 FINAL_ADAPTER = "final-adapter"  # encrypted global: owners write their final adapter this round
 PARTY_KEYS = "party-keys"  # crypten: the aggregator parties' X25519 public keys, hex, comma-separated
-PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS)
+SIGN_ADAPTER = "sign-adapter"  # the last evaluate: owners sign the global they evaluate (privacy/provenance.py)
+PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS, SIGN_ADAPTER)
 
 # --- META and KEYS ------------------------------------------------------------------------------
 OWNER_ID = "client-id"
@@ -62,6 +63,7 @@ HELD_PREFIX = "held."  # pubkey reply: the context an owner holds for the run (c
 SEALED = "sealed"  # one owner's sealed box in an install query
 SEALED_PREFIX = "sealed."  # keygen reply: one sealed box per owner id
 PUBKEY_PREFIX = "pubkey."  # keygen query: one X25519 public key per owner id
+ADAPTER_STATEMENT = "adapter-statement"  # the last evaluate's reply: the owner's signed bundle over the final adapter
 
 # --- arrays and blobs --------------------------------------------------------------------------
 CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server may hold it

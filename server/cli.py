@@ -2,6 +2,8 @@
 
     fedveil verify-chain PATH [--head HASH]     check a run's round chain; exit 1 where it breaks
                                                 (alias: verify-ledger, after its file round_ledger.jsonl)
+    fedveil verify-adapter DIR --roster FILE    check the owners' signed statements over the adapter in DIR;
+            [--signatures DIR] [--min-owners N] [--run RUN]   exit 1 naming each that fails
     fedveil plan [overrides] [--json]           each backend against the stated threats, its cost, the pick
     fedveil report DIR... [--out DIR]           compare finished runs or a sweep: a table and plots
 """
@@ -12,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedveil.core.errors import UserError
+from fedveil.privacy import provenance
 from fedveil.server import round_chain
 
 
@@ -32,15 +36,48 @@ def main(argv: list[str] | None = None) -> int:
                            help=f"check a run's round chain ({round_chain.FILENAME}) for tampering")
     check.add_argument("path", type=Path, help=f"{round_chain.FILENAME}, or a run directory holding one")
     check.add_argument("--head", help="expected hash of the last entry (summary.json's ledger_head)")
+    adapter = sub.add_parser("verify-adapter", help="check that the federation's owners signed the adapter in DIR")
+    adapter.add_argument("dir", type=Path, help="the final adapter folder (PEFT files)")
+    adapter.add_argument("--roster", type=Path, required=True,
+                         help="the federation's roster (roster.json, or the operator-signed owner-roster.json)")
+    adapter.add_argument("--signatures", type=Path,
+                         help=f"the folder of bundles (default: DIR/{provenance.SIGNATURES_DIR}, else beside DIR)")
+    adapter.add_argument("--min-owners", type=int, help="pass with this many owners that trained and signed "
+                         "(default: every rostered owner must sign)")
+    adapter.add_argument("--run", help="the run id every statement must name (default: the one most name)")
     sub.add_parser("plan", help="each backend against the stated privacy.* threats, its cost, the pick "
                                 "(fedveil plan [overrides] [--json])")
     sub.add_parser("report", help="compare finished runs or a multirun sweep: one table, comparison plots "
                                   "(fedveil report DIR... [--out DIR])")
     args = parser.parse_args(argv)
+    if args.command == "verify-adapter":
+        return verify_adapter(args)
     path = args.path / round_chain.FILENAME if args.path.is_dir() else args.path
     ok, message = round_chain.verify(path, args.head)
     print(message if ok else f"fedveil: error: {message}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def verify_adapter(args: argparse.Namespace) -> int:
+    """``fedveil verify-adapter``: one line per owner that fails (and the coordinator's claim); exit 1 on any."""
+    try:
+        if args.min_owners is not None and args.min_owners < 1:
+            raise UserError(f"--min-owners {args.min_owners}: give a positive number of owners")
+        roster = provenance.load_roster_keys(args.roster)
+        bundles = provenance.load_bundles(args.signatures or provenance.signatures_of(args.dir))
+        verdict = provenance.verify_adapter(args.dir, roster, bundles, args.min_owners, args.run)
+    except UserError as exc:
+        print(f"fedveil: error: {exc}", file=sys.stderr)
+        return 2
+    if verdict.claim:
+        print(verdict.claim)
+    for failure in verdict.failures:
+        print(f"fedveil: error: {failure}", file=sys.stderr)
+    if not verdict.ok:
+        return 1
+    print(f"adapter {args.dir}: signed by {len(verdict.valid)} rostered owners ({', '.join(verdict.valid)}); "
+          f"{len(verdict.trained)} of them trained in the run")
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, app
                                   summarize)
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
-from fedveil.server import checkpoint, round_chain
+from fedveil.server import checkpoint, round_chain, signatures
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
@@ -170,6 +170,7 @@ def run_round(fed: Federation, server_round: int) -> None:
     fed.seen.update(outcome.accepted)
     ev = evaluate(fed, server_round, handover(fed, server_round, outcome), evaluation_cohort(fed, server_round,
                                                                                              list(train_ex.bytes_down)))
+    signatures.keep_statements(fed.out, ev.exchange.replies)  # the last round: owners' signed results
     row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
@@ -237,7 +238,8 @@ def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | N
 def handover(fed: Federation, server_round: int, outcome: TrainOutcome) -> dict:
     """What round ``server_round``'s evaluate message asks of owners besides evaluating, as the holder of the
     global says (an encrypted global: one owner re-encrypts it for the server; the last round ends it)."""
-    return fed.state.handover(server_round, outcome.accepted, fed.owners, server_round == fed.cfg.rounds)
+    return {**fed.state.handover(server_round, outcome.accepted, fed.owners, server_round == fed.cfg.rounds),
+            **signatures.sign_request(fed.cfg, server_round)}
 
 
 def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
@@ -388,6 +390,7 @@ def finish(fed: Federation) -> RunSummary:
     """The final adapter (written here where the server holds the global in clear) and the run's summary."""
     cfg, out = fed.cfg, fed.out
     final = fed.state.final_adapter(out, partial(save_adapter, fed))
+    signatures.claim_chain_head(out, cfg, fed.chain_head)
     summary = summarize(read_rows(out), backend=fed.strategy.backend.name, dp=cfg.dp.name, seed=cfg.seed,
                         rounds=cfg.rounds, clients=sorted(fed.seen), model_path=cfg.model.path,
                         layout_digest=fed.layout.digest, ledger_head=fed.chain_head, final_adapter=final)

@@ -11,12 +11,13 @@ from pathlib import Path
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.metrics import METRICS_FILE, SUMMARY_FILE, RunSummary, read_rows, write_summary
+from fedveil.privacy.provenance import SIGNATURES_DIR
 
 RUN_ERROR_FILE = "run_error.txt"  # one line: why the federation stopped before its last round
 # What the coordinator wrote for a run that started (summary.json first: it marks a finished run).
 # The owners' state directories (clients/: epsilon ledgers, keys) are theirs and never in this list.
 RUN_OUTPUTS = (SUMMARY_FILE, "report.md", "final_adapter", METRICS_FILE, "round_ledger.jsonl", "checkpoints",
-               RUN_ERROR_FILE)
+               RUN_ERROR_FILE, SIGNATURES_DIR)
 
 
 def earlier_run(out_dir: str | Path) -> list[str]:

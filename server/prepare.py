@@ -29,7 +29,6 @@ from fedveil.privacy.dp.accounting import plan_noise
 from fedveil.privacy.dp.sgd import owner_delta
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import write_policy
-from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.server.checkpoint import check_resumable
 
@@ -41,8 +40,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
 
     ``write_policies`` (the simulation runner, which plays every owner): check the config against
     ``owner_policy`` up front and write it into each simulated owner's state directory, where the
-    owners read it; for a backend with a key set-up (tenseal) also make each simulated owner's keys
-    and pin one roster of them in every state directory (``roster.json``). The ServerApp never
+    owners read it; also make each simulated owner's keys and pin one roster of them in every state
+    directory (``roster.json``: tenseal's key set-up and every owner's signed result use it). The ServerApp never
     writes an owner's policy or roster."""
     out = Path(cfg.output_dir or Path("outputs") / "flwr" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     if cfg.resume:  # before anything is written there
@@ -58,8 +57,9 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
         owners = {owner_id(k): owner_state_dir(out, k) for k in range(cfg.num_clients)}
         for state in owners.values():
             write_policy(state / POLICY_FILE, cfg.owner_policy)
-        if backend_spec(cfg.aggregation.name).key_setup is not None:  # as a deployment would distribute it
-            pin_roster(owners, getattr(cfg.aggregation, "key_holder", "") or min(owners))
+        # as a deployment would distribute it: tenseal keys the federation under it, and every backend's
+        # owners sign the final adapter under it (privacy/provenance.py)
+        pin_roster(owners, getattr(cfg.aggregation, "key_holder", "") or min(owners))
     if cfg.data.name == "node":
         return cfg  # deployment: owners' data stays on their SuperNodes; they check it themselves
     if cfg.data.name == "demo" and not cfg.data.client_dirs:

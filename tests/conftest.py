@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# the coordinator's claim key (privacy/provenance.py): a scratch one, never the machine user's ~/.config
+os.environ.setdefault("FEDVEIL_COORDINATOR_KEY", f"/tmp/fedveil-tests-{os.getuid()}/coordinator_ed25519.key")
 
 import pytest  # noqa: E402
 

@@ -12,7 +12,9 @@ Adding a coordinator input is one line in ``CASES``; every new message type or f
 
 from __future__ import annotations
 
+import ast
 import json
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -30,6 +32,7 @@ from fedveil.client.worker import serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
 from fedveil.privacy.policy import OwnerPolicy, write_policy
+from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.task.demo_data import demo_records
 
 pytestmark = [pytest.mark.adversary, pytest.mark.slow]
@@ -136,6 +139,12 @@ CASES = [
         "ok",
     ),
     ("exception inside training", [msg("train", per_round={"fail": "inside"})], "internal"),
+    (
+        "sign the final adapter",  # the signed statement: digests of the global, run, roster, rounds trained
+        [msg("train", 1), msg("evaluate", 1, per_round={wire.SIGN_ADAPTER: True})],
+        "ok",
+    ),
+    ("sign a global before training", [msg("evaluate", 1, per_round={wire.SIGN_ADAPTER: True})], "ok"),
 ]
 
 
@@ -206,6 +215,7 @@ def canonical(reply: Message) -> tuple:
 def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict = BASE, policy: OwnerPolicy = POLICY,
                layout: tuple[str, int] | None = None, worker: bool = False) -> list[tuple]:
     """The canonical replies of the owner at ``data_dir`` to the messages of ``case``."""
+    pinned_identity(state_dir)
     write_policy(state_dir / "policy.json", policy)
     node = {"data-dir": str(data_dir), "state-dir": str(state_dir), "client-id": "client_0",
             "policy": str(state_dir / "policy.json")}
@@ -227,6 +237,18 @@ def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict =
     return replies
 
 
+IDENTITY: dict = {}
+
+
+def pinned_identity(state_dir: Path) -> None:
+    """One owner identity (its keys and pinned roster) in every state directory: what it signs is then
+    compared on D and D' (a fresh key each would differ whatever the data)."""
+    if "dir" not in IDENTITY:
+        IDENTITY["dir"] = Path(tempfile.mkdtemp(prefix="fv-identity-"))
+        pin_roster({"client_0": IDENTITY["dir"]}, "client_0")
+    shutil.copytree(IDENTITY["dir"], state_dir, dirs_exist_ok=True)
+
+
 def start_worker(data_dir, state_dir) -> str:
     """An owner worker on a thread (``client/worker.py``); returns its socket (a short path)."""
     sock = Path(tempfile.mkdtemp(prefix="fv", dir="/tmp")) / "owner.sock"
@@ -238,7 +260,7 @@ def start_worker(data_dir, state_dir) -> str:
 
 
 WORKER_CASES = ("train", "three rounds", "epsilon above the cap", "NaN global", "str global", "max_length probes",
-                "evaluates past the cap", "exception inside training")
+                "evaluates past the cap", "exception inside training", "sign a global before training")
 
 
 @pytest.mark.parametrize("name", WORKER_CASES)
@@ -259,6 +281,17 @@ def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, ex
     assert (last[2] if last[0] == "error" else "ok") == expect  # the mechanism that answered
     for neighbour in ("long", "dropped"):
         assert transcript(case, datasets[neighbour], tmp_path / neighbour, model, monkeypatch) == on_d, neighbour
+
+
+def test_the_signed_statement_is_released(datasets, tiny_gpt2, tmp_path, monkeypatch):
+    """The signing case above compares a statement that did leave (not an evaluate reply without one)."""
+    case = {n: c for n, c, _ in CASES}["sign the final adapter"]
+    last = transcript(case, datasets["D"], tmp_path / "D", {"path": str(tiny_gpt2)}, monkeypatch)[-1][1]
+    meta = dict(next(items for name, _, items in last if name == wire.META))
+    statement = json.loads(ast.literal_eval(meta[wire.ADAPTER_STATEMENT]))["statement"]  # repr of bytes -> bytes
+    assert statement["owner"] == "client_0" and statement["rounds_trained"] == [1]
+    assert statement["after_round"] == 1
+    assert statement["run"].startswith(BASE["output_dir"] + "#")
 
 
 def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_and_a_finite_update(

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from fedveil.server import cli
+
 pytestmark = pytest.mark.slow
 
 
@@ -16,6 +18,12 @@ def run_cli(out, *args, multirun=False, expect=0):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def verify_adapter(adapter, out, *args):
+    """``fedveil verify-adapter`` against the roster the owners pinned (every simulated owner holds the same)."""
+    return cli.main(["verify-adapter", str(adapter), "--roster", str(out / "clients" / "client_0" / "roster.json"),
+                     *map(str, args)])
 
 
 def rows(out):
@@ -100,6 +108,10 @@ def test_acceptance_run_with_dp(tmp_path):
     owners_loss = summary["owners_eval_loss_by_round"]  # simulation only: the owners' own figures
     assert owners_loss["3"] < owners_loss["0"]
     assert summary["max_epsilon"] == max(eps)
+    # every owner signed the final adapter the server wrote (under DP: the statement joins the transcript suite)
+    assert verify_adapter(out / "final_adapter", out) == 0
+    claim = json.loads((out / "signatures" / "coordinator.json").read_text())["statement"]
+    assert claim["round_chain_head"] == summary["ledger_head"] and claim["rounds"] == 3
     # each owner's ledger is in its own state directory, never in what the server wrote
     for k in range(3):
         ledger = json.loads((out / "clients" / f"client_{k}" / "privacy_ledger.json").read_text())
@@ -199,6 +211,11 @@ def test_tenseal_matches_plain_and_the_server_writes_no_plaintext(tmp_path, plai
     assert not any(weights in p.read_bytes() for p in server_files)
     # owners hold the keys; the server's output has none
     assert len(list((out / "clients" / "client_0" / "keys" / "tenseal").glob("*/secret.ctx"))) == 1
+    # each owner signed the adapter it holds; its bundle is beside it, the cohort's in the run's signatures/
+    for k in range(3):
+        adapter = out / "clients" / f"client_{k}" / "final_adapter"
+        assert verify_adapter(adapter, out, "--min-owners", 1) == 0
+        assert verify_adapter(adapter, out, "--signatures", out / "signatures") == 0
     assert not any(p.name.endswith(".ctx") or p.name.endswith(".key") for p in server_files)
 
 
@@ -213,6 +230,7 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
     reference, plain_rows = plain_reference
     assert max(float(np.abs(final[n] - reference[n]).max()) for n in reference) < 1e-3
     assert_same_held_out_loss(rows(out), plain_rows)
+    assert verify_adapter(out / "final_adapter", out) == 0  # every owner signed the global it evaluated last
     for r in rows(out)[1:]:
         assert r["backend"] == "crypten" and r["clients"] == ["client_0", "client_1", "client_2"]
         for c in r["per_client"].values():
