@@ -110,6 +110,12 @@ done
 echo "each owner worker loaded the model once for ${ROUNDS} rounds"
 head=$(python -c "import json; print(json.load(open('$DEPLOY_DIR/server/summary.json'))['ledger_head'])")
 fedveil verify-chain "$DEPLOY_DIR/server" --head "$head"
+if [ "$BACKEND" = tenseal ]; then  # each owner's adapter, checked as anyone would: against the owners' roster
+  for o in "${owners[@]}"; do
+    fedveil verify-adapter "$DEPLOY_DIR/state/$o/final_adapter" --roster "$DEPLOY_DIR/state/$o/roster.json" \
+      --signatures "$DEPLOY_DIR/server/signatures" || die "owner $o's final adapter does not verify"
+  done
+fi
 # Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
 # of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not
 # train under DP, and the demo fails.
