@@ -9,6 +9,7 @@ checkpoint and round-chain entry) and writes the final outputs (:func:`finish`).
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,6 @@ import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import records, wire
@@ -32,6 +32,7 @@ from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, app
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, round_chain
+from fedveil.server.availability import absent_reason, owner_floor, silent_reason, wait_for_nodes
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
@@ -123,7 +124,8 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     run_config.update(backend.round_config())
     state = (spec.held_global(backend) if spec.held_global is not None
              else ClearGlobal(layout.flatten(get_adapter(model))))
-    # clients_per_round: FedAvg samples that many owners to train; they evaluate (evaluation_cohort)
+    # clients_per_round: FedAvg's sizes sample that many owners to train; they evaluate (evaluation_cohort).
+    # Its wait for min_available_nodes is never reached: each round passes the nodes connected (connected)
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
                    arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
@@ -153,7 +155,7 @@ def resume(fed: Federation) -> int:
 
 
 def evaluate_start(fed: Federation) -> None:
-    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, None))
+    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, connected(fed, 0)))
     owners = sorted(ev.per_owner)
     append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, eval_loss=ev.loss, clients=owners,
                                    evaluated=owners, per_client=ev.per_owner,
@@ -163,13 +165,14 @@ def evaluate_start(fed: Federation) -> None:
 
 def run_round(fed: Federation, server_round: int) -> None:
     start = time.perf_counter()
-    outcome, train_ex = train(fed, server_round)
+    nodes = connected(fed, server_round)
+    outcome, train_ex = train(fed, server_round, nodes)
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    ev = evaluate(fed, server_round, handover(fed, server_round, outcome), evaluation_cohort(fed, server_round,
-                                                                                             list(train_ex.bytes_down)))
+    ev = evaluate(fed, server_round, handover(fed, server_round, outcome),
+                  evaluation_cohort(fed, server_round, nodes, train_ex))
     row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
@@ -184,10 +187,12 @@ def stop_untrained(fed: Federation, server_round: int, outcome: TrainOutcome, tr
     """No owner trained: record the round's row (no checkpoint, so a resume retries it) and stop."""
     row = round_row(fed, server_round, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
     append_row(fed.out, row)
-    reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
+    reasons = sorted(set(outcome.excluded.values()), key=lambda r: r.startswith(("no reply", "not connected")))
+    reasons = reasons or ["no owner answered"]
     report_excluded(outcome.excluded)
     raise UserError(f"round {server_round}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
-                    f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''})")
+                    f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''}); "
+                    "restart with resume=true to run the round again")
 
 
 def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
@@ -203,35 +208,65 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
         progress(f"  excluded {names}: {reason}")
 
 
-def train(fed: Federation, server_round: int) -> tuple[TrainOutcome, Exchange]:
+def connected(fed: Federation, server_round: int) -> list[int]:
+    """The nodes round ``server_round`` goes on with: every owner, or those connected after
+    ``sim.round_timeout_s`` if they are at least the backend's floor (``server/availability.py``)."""
+    cfg, timeout = fed.cfg, fed.cfg.sim.round_timeout_s
+    nodes = wait_for_nodes(fed.grid, cfg.num_clients, timeout)
+    floor = owner_floor(cfg)
+    if len(nodes) < floor:
+        raise UserError(f"round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected within "
+                        f"sim.round_timeout_s={timeout:g} s, fewer than the {floor} a round needs "
+                        f"(aggregation.min_owners); bring the owners back and restart with resume=true")
+    if len(nodes) < cfg.num_clients:
+        progress(f"  round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected after {timeout:g} s; "
+                 "going on with them")
+    return nodes
+
+
+def train(fed: Federation, server_round: int, nodes: list[int]) -> tuple[TrainOutcome, Exchange]:
+    """Round ``server_round``'s training among ``nodes``; an owner that is not connected or does not reply
+    within ``sim.round_timeout_s`` is excluded with that reason, and the round goes on without it."""
     msgs = fed.strategy.configure_train(
-        server_round, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid
+        server_round, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid, nodes
     )
-    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    outcome = fed.strategy.aggregate_train(server_round, ex.replies)
+    timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
+    ex = exchange(fed.grid, list(msgs), timeout)
+    usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
+    if 0 < len(usable) < floor:  # the backend would reveal nothing (crypten's parties): do not ask it
+        outcome = TrainOutcome(node_to_owner={m.metadata.src_node_id: records.owner_label(m) for m in ex.replies})
+        outcome.excluded = {who: f"only {len(usable)} owner(s) answered, fewer than aggregation.min_owners={floor}: "
+                                 "nothing aggregated" for who in outcome.node_to_owner.values()}
+    else:
+        outcome = fed.strategy.aggregate_train(server_round, ex.replies)
     fed.labels.update(outcome.node_to_owner)
     answered = {m.metadata.src_node_id for m in ex.replies}
     for node in sorted(set(ex.bytes_down) - answered):  # an owner that went away mid-round: the round goes on
-        who = fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"
-        outcome.excluded[who] = (f"no reply within sim.round_timeout_s={fed.cfg.sim.round_timeout_s:g} s "
-                                 "(the owner went away)")
+        outcome.excluded[fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"] = silent_reason(timeout)
+    for node, who in sorted({**fed.labels, **fed.node_owner}.items()):  # known owners whose link is down
+        if node not in nodes and who not in outcome.accepted and who not in outcome.excluded:
+            outcome.excluded[who] = absent_reason(timeout)
     return outcome, ex
 
 
-def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | None) -> list[int] | None:
-    """The nodes that evaluate round ``server_round``'s global; None: every owner.
+def evaluation_cohort(fed: Federation, server_round: int, nodes: list[int],
+                      train_ex: Exchange | None = None) -> list[int]:
+    """The nodes that evaluate round ``server_round``'s global, of ``nodes`` (those connected).
 
     Every owner evaluates when all train, and in the last round (the final adapter's held-out loss
     over the whole federation; with an encrypted global each owner writes its final adapter then).
-    With ``clients_per_round`` the other rounds are evaluated by the owners sampled to train in
-    them (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
+    With ``clients_per_round`` the other rounds are evaluated by the owners that trained in them
+    (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
+    An owner that did not answer the round's train message (``train_ex``) is not asked again.
     """
     cfg = fed.cfg
+    answered = {m.metadata.src_node_id for m in train_ex.replies} if train_ex is not None else set()
+    silent = set(train_ex.bytes_down) - answered if train_ex is not None else set()
     if cfg.participants == cfg.num_clients or server_round == cfg.rounds:
-        return None
-    if trained is None:
-        return sample_nodes(fed.grid, cfg.num_clients, cfg.participants)[0]
-    return trained
+        return [n for n in nodes if n not in silent]
+    if train_ex is None:
+        return random.sample(nodes, min(cfg.participants, len(nodes)))
+    return [n for n in train_ex.bytes_down if n in answered]
 
 
 def handover(fed: Federation, server_round: int, outcome: TrainOutcome) -> dict:
