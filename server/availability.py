@@ -14,6 +14,8 @@ import time
 from flwr.serverapp import Grid
 
 from fedveil.configs.schema import FedveilConfig
+from fedveil.core.console import progress
+from fedveil.core.errors import UserError
 
 POLL_S = 0.5  # get_node_ids is one request to the SuperLink; an owner's reconnect takes seconds anyway
 
@@ -29,6 +31,22 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float, poll: float = POLL_S
     end = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < wanted and time.monotonic() < end:
         time.sleep(max(0.0, min(poll, end - time.monotonic())))
+    return nodes
+
+
+def connected_nodes(grid: Grid, cfg: FedveilConfig, server_round: int) -> list[int]:
+    """The nodes round ``server_round`` goes on with: every owner, or those connected after
+    ``sim.round_timeout_s`` if they are at least the backend's floor; else the run stops in one line."""
+    timeout = cfg.sim.round_timeout_s
+    nodes = wait_for_nodes(grid, cfg.num_clients, timeout)
+    floor = owner_floor(cfg)
+    if len(nodes) < floor:
+        raise UserError(f"round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected within "
+                        f"sim.round_timeout_s={timeout:g} s, fewer than the {floor} a round needs "
+                        f"(aggregation.min_owners); bring the owners back and restart with resume=true")
+    if len(nodes) < cfg.num_clients:
+        progress(f"  round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected after {timeout:g} s; "
+                 "going on with them")
     return nodes
 
 

@@ -28,11 +28,11 @@ from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, append_row, drop_rows_after, read_rows,
-                                  summarize)
+                                  replace_row, summarize)
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, round_chain
-from fedveil.server.availability import absent_reason, owner_floor, silent_reason, wait_for_nodes
+from fedveil.server.availability import absent_reason, connected_nodes, owner_floor, silent_reason
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import send_and_receive
 from fedveil.server.key_setup import setup_keys
@@ -92,7 +92,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> RunSummary:
         f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})"
     )
     if first == 1 and not any(r.round == 0 for r in read_rows(fed.out)):
-        evaluate_start(fed)
+        evaluate_start(fed)  # eval_in_train: its row only; round 1's train replies bring its evaluation
     for server_round in range(first, cfg.rounds + 1):
         run_round(fed, server_round)
     return finish(fed)
@@ -124,8 +124,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     run_config.update(backend.round_config())
     state = (spec.held_global(backend) if spec.held_global is not None
              else ClearGlobal(layout.flatten(get_adapter(model))))
-    # clients_per_round: FedAvg's sizes sample that many owners to train; they evaluate (evaluation_cohort).
-    # Its wait for min_available_nodes is never reached: each round passes the nodes connected (connected)
+    # FedAvg's sizes only: clients_per_round to train; its unbounded wait is never reached (connected_nodes)
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
                    arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
@@ -155,7 +154,10 @@ def resume(fed: Federation) -> int:
 
 
 def evaluate_start(fed: Federation) -> None:
-    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, connected(fed, 0)))
+    if fed.cfg.eval_in_train:
+        append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, seconds=Seconds(round=0.0)))
+        return
+    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, connected_nodes(fed.grid, fed.cfg, 0)))
     owners = sorted(ev.per_owner)
     append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, eval_loss=ev.loss, clients=owners,
                                    evaluated=owners, per_client=ev.per_owner,
@@ -165,19 +167,26 @@ def evaluate_start(fed: Federation) -> None:
 
 def run_round(fed: Federation, server_round: int) -> None:
     start = time.perf_counter()
-    nodes = connected(fed, server_round)
+    nodes = connected_nodes(fed.grid, fed.cfg, server_round)
     outcome, train_ex = train(fed, server_round, nodes)
+    if fed.cfg.eval_in_train:
+        join_evaluation(fed, server_round - 1, train_ex)
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    ev = evaluate(fed, server_round, handover(fed, server_round, outcome),
-                  evaluation_cohort(fed, server_round, nodes, train_ex))
+    if fed.cfg.eval_in_train and server_round < fed.cfg.rounds:  # evaluated with round server_round + 1's train
+        ev = Evaluation(None, {}, Exchange([], {}, {}, 0.0))
+    else:
+        ev = evaluate(fed, server_round, handover(fed, server_round, outcome),
+                      evaluation_cohort(fed, server_round, nodes, train_ex))
     row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
-    progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
+    later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds
+    progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | "
+             f"eval loss {'with the next train' if later else fmt(ev.loss)} | "
              f"{len(outcome.accepted)} owners | {row.seconds.round:.1f} s{note}")
     report_excluded(outcome.excluded)
 
@@ -208,28 +217,12 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
         progress(f"  excluded {names}: {reason}")
 
 
-def connected(fed: Federation, server_round: int) -> list[int]:
-    """The nodes round ``server_round`` goes on with: every owner, or those connected after
-    ``sim.round_timeout_s`` if they are at least the backend's floor (``server/availability.py``)."""
-    cfg, timeout = fed.cfg, fed.cfg.sim.round_timeout_s
-    nodes = wait_for_nodes(fed.grid, cfg.num_clients, timeout)
-    floor = owner_floor(cfg)
-    if len(nodes) < floor:
-        raise UserError(f"round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected within "
-                        f"sim.round_timeout_s={timeout:g} s, fewer than the {floor} a round needs "
-                        f"(aggregation.min_owners); bring the owners back and restart with resume=true")
-    if len(nodes) < cfg.num_clients:
-        progress(f"  round {server_round}: {len(nodes)} of {cfg.num_clients} owners connected after {timeout:g} s; "
-                 "going on with them")
-    return nodes
-
-
 def train(fed: Federation, server_round: int, nodes: list[int]) -> tuple[TrainOutcome, Exchange]:
     """Round ``server_round``'s training among ``nodes``; an owner that is not connected or does not reply
     within ``sim.round_timeout_s`` is excluded with that reason, and the round goes on without it."""
-    msgs = fed.strategy.configure_train(
-        server_round, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid, nodes
-    )
+    config = ConfigRecord({**fed.run_config, **({wire.EVALUATE_FIRST: True} if fed.cfg.eval_in_train else {})})
+    msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
+                                        nodes)
     timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
     ex = exchange(fed.grid, list(msgs), timeout)
     usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
@@ -280,7 +273,27 @@ def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
     config = ConfigRecord({**fed.run_config, **(extra or {})})
     msgs = fed.strategy.configure_evaluate(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
                                            nodes)
-    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
+    return evaluation_of(fed, server_round, exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s))
+
+
+def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> None:
+    """``eval_in_train``: round ``server_round``'s evaluation, from the next round's train replies, joins
+    the row written at its end (``replace_row``); its bytes count in the round that carried it."""
+    ev = evaluation_of(fed, server_round, Exchange(train_ex.replies, {}, {}, 0.0))
+    row = next((r for r in read_rows(fed.out) if r.round == server_round), None)
+    if row is None:
+        return
+    row.eval_loss, row.evaluated = ev.loss, sorted(ev.per_owner)
+    row.clients = row.evaluated if server_round == 0 else row.clients  # as evaluate_start writes round 0
+    for who, evaluated in ev.per_owner.items():
+        owner = row.per_client.setdefault(who, OwnerRow())
+        owner.eval_loss, owner.eval_reveal_seconds = evaluated.eval_loss, evaluated.eval_reveal_seconds
+    replace_row(fed.out, row)
+    progress(f"round {server_round}/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (with the next round's train)")
+
+
+def evaluation_of(fed: Federation, server_round: int, ex: Exchange) -> Evaluation:
+    """Round ``server_round``'s evaluation from the owners' replies in ``ex``."""
     agg = fed.strategy.aggregate_evaluate(server_round, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
     fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered

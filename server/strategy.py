@@ -22,7 +22,7 @@ from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
-from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of
+from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of, without_eval_pair
 from fedveil.privacy.secagg.base import ServerSide
 from fedveil.privacy.secagg.eval_pair import mean_of
 
@@ -99,7 +99,8 @@ class SecureAggregation:
         weight = float(metrics.get(wire.NUM_EXAMPLES, -1))
         if not weight > 0:
             raise UserError(f"reply has no positive '{wire.NUM_EXAMPLES}'")
-        protected = records.records_to_protected(content)
+        # eval_in_train: the previous round's held-out pair rides along (aggregate_evaluate sums it)
+        protected = without_eval_pair(records.records_to_protected(content)) or Protected()
         self.backend.validate(protected)
         return protected, metrics
 

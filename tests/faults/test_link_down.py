@@ -89,12 +89,12 @@ def test_crypten_goes_on_at_its_floor_and_stops_clearly_below_it(tmp_path, tiny_
 
 
 def test_a_round_waits_for_missing_owners_at_most_its_timeout_and_needs_the_floor():
-    """``connected`` on a grid where one of three owners never connects: it waits round_timeout_s,
+    """``connected_nodes`` on a grid where one of three owners never connects: it waits round_timeout_s,
     then goes on with two; with a floor of three it stops, naming the key and the fix."""
     import time
     from types import SimpleNamespace
 
-    from fedveil.server.federation import connected
+    from fedveil.server.availability import connected_nodes
 
     class Grid:
         calls = 0
@@ -103,14 +103,13 @@ def test_a_round_waits_for_missing_owners_at_most_its_timeout_and_needs_the_floo
             Grid.calls += 1
             return [100, 101]
 
-    def fed(floor):
-        cfg = SimpleNamespace(num_clients=3, sim=SimpleNamespace(round_timeout_s=0.3),
-                              aggregation=SimpleNamespace(min_owners=floor))
-        return SimpleNamespace(cfg=cfg, grid=Grid())
+    def cfg(floor):
+        return SimpleNamespace(num_clients=3, sim=SimpleNamespace(round_timeout_s=0.3),
+                               aggregation=SimpleNamespace(min_owners=floor))
 
     start = time.monotonic()
-    assert connected(fed(2), 4) == [100, 101]
+    assert connected_nodes(Grid(), cfg(2), 4) == [100, 101]
     assert 0.3 <= time.monotonic() - start < 1.0 and Grid.calls >= 2
     with pytest.raises(UserError, match=r"round 4: 2 of 3 owners connected within sim\.round_timeout_s=0\.3 s, "
                                         r"fewer than the 3 a round needs \(aggregation\.min_owners\); .*resume=true"):
-        connected(fed(3), 4)
+        connected_nodes(Grid(), cfg(3), 4)
