@@ -59,3 +59,23 @@ def test_eval_in_train_is_refused_where_the_evaluate_message_still_carries_the_b
     with pytest.raises(UserError, match=r"eval_in_train=true needs aggregation=plain, not tenseal .*set "
                                          r"eval_in_train=false"):
         from_dict({"dp": {"name": "off"}, "aggregation": {"name": "tenseal"}, "eval_in_train": True})
+
+
+def test_a_coordinator_killed_before_a_carried_evaluation_arrives_resumes_and_every_row_gets_its_own(
+        tmp_path, tiny_gpt2, owners_data):
+    """Killed right after round 2's checkpoint: round 2's row is committed without its evaluation
+    (round 3's train brings it). Resumed, round 3 carries it: each round logged once, every row with
+    its held-out loss, the same final adapter as an uninterrupted run."""
+    from harness import checkpoints, killed, rounds_logged
+
+    out, reference = tmp_path / "run", tmp_path / "reference"
+    run = experiment(out, tiny_gpt2, owners_data, {"name": "plain"}, rounds=3, eval_in_train=True)
+    killed(run, "after-checkpoint:2")
+    assert rounds_logged(out) == [0, 1, 2] and checkpoints(out) == [1, 2]
+    assert [r.get("eval_loss") is not None for r in rows(out)] == [True, True, False]
+    in_process({**run, "resume": True})
+    assert rounds_logged(out) == [0, 1, 2, 3] and checkpoints(out) == [1, 2, 3]
+    assert_nothing_half_written(out)
+    in_process(experiment(reference, tiny_gpt2, owners_data, {"name": "plain"}, rounds=3, eval_in_train=True))
+    assert [r["eval_loss"] for r in rows(out)] == pytest.approx([r["eval_loss"] for r in rows(reference)], rel=1e-6)
+    assert_same_adapter(final_adapter(out), final_adapter(reference))
