@@ -3,7 +3,9 @@
 Reads top to bottom: :func:`run_federation` sets up, evaluates the starting adapter (round 0),
 runs each round (:func:`run_round`: train, advance the global, evaluate, write the round's row,
 checkpoint and round-chain entry) and writes the final outputs (:func:`finish`). Like Flower's
-``Strategy.start`` but with round-0 evaluation, per-round outputs, resume and progress lines.
+``Strategy.start`` but with round-0 evaluation, per-round outputs, resume and progress lines; a
+round goes on without owners not connected or silent within ``sim.round_timeout_s`` (availability.py).
+``eval_in_train``: round r's evaluation rides in round r+1's train (:func:`join_evaluation`).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> RunSummary:
         f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})"
     )
     if first == 1 and not any(r.round == 0 for r in read_rows(fed.out)):
-        evaluate_start(fed)  # eval_in_train: its row only; round 1's train replies bring its evaluation
+        evaluate_start(fed)
     for server_round in range(first, cfg.rounds + 1):
         run_round(fed, server_round)
     return finish(fed)
@@ -154,9 +156,8 @@ def resume(fed: Federation) -> int:
 
 
 def evaluate_start(fed: Federation) -> None:
-    if fed.cfg.eval_in_train:
-        append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, seconds=Seconds(round=0.0)))
-        return
+    if fed.cfg.eval_in_train:  # its row only: round 1's train replies bring its evaluation (join_evaluation)
+        return append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, seconds=Seconds(round=0.0)))
     ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, connected_nodes(fed.grid, fed.cfg, 0)))
     owners = sorted(ev.per_owner)
     append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, eval_loss=ev.loss, clients=owners,
@@ -220,9 +221,9 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
 def train(fed: Federation, server_round: int, nodes: list[int]) -> tuple[TrainOutcome, Exchange]:
     """Round ``server_round``'s training among ``nodes``; an owner that is not connected or does not reply
     within ``sim.round_timeout_s`` is excluded with that reason, and the round goes on without it."""
-    config = ConfigRecord({**fed.run_config, **({wire.EVALUATE_FIRST: True} if fed.cfg.eval_in_train else {})})
-    msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
-                                        nodes)
+    carry = {wire.EVALUATE_FIRST: True} if fed.cfg.eval_in_train else {}  # the previous round's evaluation
+    msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()),
+                                        ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes)
     timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
     ex = exchange(fed.grid, list(msgs), timeout)
     usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
@@ -280,15 +281,13 @@ def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> N
     """``eval_in_train``: round ``server_round``'s evaluation, from the next round's train replies, joins
     the row written at its end (``replace_row``); its bytes count in the round that carried it."""
     ev = evaluation_of(fed, server_round, Exchange(train_ex.replies, {}, {}, 0.0))
-    row = next((r for r in read_rows(fed.out) if r.round == server_round), None)
-    if row is None:
-        return
-    row.eval_loss, row.evaluated = ev.loss, sorted(ev.per_owner)
-    row.clients = row.evaluated if server_round == 0 else row.clients  # as evaluate_start writes round 0
-    for who, evaluated in ev.per_owner.items():
-        owner = row.per_client.setdefault(who, OwnerRow())
-        owner.eval_loss, owner.eval_reveal_seconds = evaluated.eval_loss, evaluated.eval_reveal_seconds
-    replace_row(fed.out, row)
+    for row in [r for r in read_rows(fed.out) if r.round == server_round][-1:]:  # none: nothing to join
+        row.eval_loss, row.evaluated = ev.loss, sorted(ev.per_owner)
+        row.clients = row.evaluated if server_round == 0 else row.clients  # as evaluate_start writes round 0
+        for who, evaluated in ev.per_owner.items():
+            owner = row.per_client.setdefault(who, OwnerRow())
+            owner.eval_loss, owner.eval_reveal_seconds = evaluated.eval_loss, evaluated.eval_reveal_seconds
+        replace_row(fed.out, row)
     progress(f"round {server_round}/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (with the next round's train)")
 
 
