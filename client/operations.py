@@ -57,8 +57,13 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
     timings = {} if owner.dp_on else {wire.REVEAL_SECONDS: reveal_seconds}  # no timings under DP
     if instruction.op == TRAIN:
+        carried = {}
+        if instruction.per_round.get(wire.EVALUATE_FIRST):  # eval_in_train: round r - 1's evaluation rides here
+            # its weight is the train reply's (an evaluation's own count would collide with it; under DP
+            # nothing of it leaves: the release gate keeps weight 1 and cuts the pair)
+            carried = {k: v for k, v in owner.evaluate(global_vector, after_round).items() if k != wire.NUM_EXAMPLES}
         protected, metrics = owner.train_round(global_vector)
-        return Answer({**metrics, **timings}, meta, protected)
+        return Answer({**carried, **metrics, **timings}, meta, with_pair(protected, owner.held_out_pair))
     metrics = {**owner.evaluate(global_vector), **timings}
     # the backend's owner-side hooks (privacy/secagg/base.py:OwnerSide) answer the server's hand-over
     sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id, after_round)

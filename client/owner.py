@@ -286,11 +286,14 @@ class Owner:
         """Counts weight the server's metric averages; secure backends and DP hide them (weight 1)."""
         return count if server_sees_counts(self.backend, self.dp_on) else 1
 
-    def evaluate(self, global_vector: np.ndarray) -> dict[str, float]:
-        """Held-out loss of the global adapter; under DP it stays with the owner (evaluations.jsonl)
-        and is taken on ``policy.dp_eval_examples`` examples drawn with replacement from the OS
-        CSPRNG, each padded to ``data.max_length``: the work does not scale with the owner's data."""
-        self.runs.take_evaluate(self.ctx.round, self.policy.max_evaluates_per_round)
+    def evaluate(self, global_vector: np.ndarray, after_round: Optional[int] = None) -> dict[str, float]:
+        """Held-out loss of the global adapter after round ``after_round`` (None: this instruction's
+        round; ``eval_in_train``: the round before, whose global the owner is about to train from).
+        Under DP it stays with the owner (evaluations.jsonl) and is taken on ``policy.dp_eval_examples``
+        examples drawn with replacement from the OS CSPRNG, each padded to ``data.max_length``: the
+        work does not scale with the owner's data."""
+        ctx = self.ctx if after_round is None else dataclasses.replace(self.ctx, round=after_round)
+        self.runs.take_evaluate(ctx.round, self.policy.max_evaluates_per_round)
         examples = self.data.eval
         if self.dp_on:
             examples = fixed_size_sample(examples, self.policy.dp_eval_examples, self.cfg.data.max_length,
@@ -299,16 +302,16 @@ class Owner:
         start = time.perf_counter()
         loss, tokens = evaluate(self.model, examples, self.cfg.train.eval_batch_size,
                                 self.tokenizer.pad_token_id, self.device)
-        self.keep_local({"round": self.ctx.round, "eval_loss": loss, "eval_tokens": tokens})
+        self.keep_local({"round": ctx.round, "eval_loss": loss, "eval_tokens": tokens})
         if self.dp_on:
             return {wire.NUM_EXAMPLES: 1}
-        self.held_out_pair = self.protect_eval_pair(loss, tokens)
+        self.held_out_pair = self.protect_eval_pair(loss, tokens, ctx)
         metrics = {wire.NUM_EXAMPLES: self.metric_weight(tokens), wire.EVAL_SECONDS: time.perf_counter() - start}
         if server_sees_counts(self.backend, self.dp_on):  # plain: the server sees this owner's loss anyway
             metrics[wire.EVAL_LOSS] = loss
         return metrics
 
-    def protect_eval_pair(self, loss: float, tokens: int) -> Optional[Protected]:
+    def protect_eval_pair(self, loss: float, tokens: int, ctx: Optional[RoundContext] = None) -> Optional[Protected]:
         """Without DP: the held-out pair ``(loss x tokens, tokens)`` protected by the backend for this
         round, bound apart from an update (``privacy/secagg/eval_pair.py``); None for a non-finite loss
         (the owner's console says so; the federation's mean is then over the other owners)."""
@@ -316,7 +319,7 @@ class Owner:
             progress(f"{self.identity.owner_id}: held-out loss {loss} over {tokens} tokens is not sent")
             return None
         delta, weight = eval_pair.as_update(loss, tokens)
-        return with_eval_pair(self.backend.protect(delta, weight, self.ctx.for_eval_pair()))
+        return with_eval_pair(self.backend.protect(delta, weight, (ctx or self.ctx).for_eval_pair()))
 
     def keep_local(self, row: dict) -> None:
         """The owner's own record of its losses (never sent): ``<state dir>/evaluations.jsonl``."""

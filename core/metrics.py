@@ -151,6 +151,18 @@ def read_rows(out_dir: str | Path) -> list[MetricsRow]:
     return [MetricsRow.from_dict(r) for r in read_jsonl(Path(out_dir) / METRICS_FILE)]
 
 
+def replace_row(out_dir: str | Path, row: MetricsRow) -> None:
+    """Rewrite round ``row.round``'s line as ``row``, atomically (the other lines byte for byte);
+    nothing is written when no line holds that round. ``eval_in_train``: a round's evaluation
+    arrives with the next round's train replies and joins the row written at the round's end."""
+    path = Path(out_dir) / METRICS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    at = [i for i, line in enumerate(lines) if line.strip() and json.loads(line).get("round") == row.round]
+    if at:
+        lines[at[-1]] = json.dumps(row.to_dict()) + "\n"
+        atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+
+
 def drop_rows_after(out_dir: str | Path, last_round: int) -> None:
     """Forget the rows of rounds after ``last_round`` (the kept lines stay byte for byte)."""
     keep_jsonl(Path(out_dir) / METRICS_FILE, lambda raw: MetricsRow.from_dict(raw).round <= last_round)

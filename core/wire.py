@@ -49,7 +49,8 @@ REENCRYPT_BY = "reencrypt-by"  # encrypted global: the owner asked to re-encrypt
 FINAL_ADAPTER = "final-adapter"  # encrypted global: owners write their final adapter this round
 PARTY_KEYS = "party-keys"  # crypten: the aggregator parties' X25519 public keys, hex, comma-separated
 SIGN_ADAPTER = "sign-adapter"  # the last evaluate: owners sign the global they evaluate (privacy/provenance.py)
-PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS, SIGN_ADAPTER)
+EVALUATE_FIRST = "evaluate-first"  # eval_in_train: the owner evaluates the global it trains from, first
+PER_ROUND_KEYS = (ROUND, LAYOUT_DIGEST, REENCRYPT_BY, FINAL_ADAPTER, PARTY_KEYS, SIGN_ADAPTER, EVALUATE_FIRST)
 
 # --- META and KEYS ------------------------------------------------------------------------------
 OWNER_ID = "client-id"

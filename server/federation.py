@@ -3,12 +3,15 @@
 Reads top to bottom: :func:`run_federation` sets up, evaluates the starting adapter (round 0),
 runs each round (:func:`run_round`: train, advance the global, evaluate, write the round's row,
 checkpoint and round-chain entry) and writes the final outputs (:func:`finish`). Like Flower's
-``Strategy.start`` but with round-0 evaluation, per-round outputs, resume and progress lines.
+``Strategy.start`` but with round-0 evaluation, per-round outputs, resume and progress lines; a
+round goes on without owners not connected or silent within ``sim.round_timeout_s`` (availability.py).
+``eval_in_train``: round r's evaluation rides in round r+1's train (:func:`join_evaluation`).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +22,6 @@ import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.configs.schema import FedveilConfig, to_run_config
 from fedveil.core import records, wire
@@ -28,26 +30,17 @@ from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, append_row, drop_rows_after, read_rows,
-                                  summarize)
+                                  replace_row, summarize)
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, round_chain, signatures
+from fedveil.server.availability import absent_reason, connected_nodes, owner_floor, silent_reason
 from fedveil.server.global_state import ClearGlobal
-from fedveil.server.grid_poll import send_and_receive
+from fedveil.server.grid_poll import Exchange, exchange
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, fmt
 from fedveil.server.strategy import EvalOutcome, SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
-
-
-@dataclass
-class Exchange:
-    """One send-and-receive: the replies and the bytes each node moved."""
-
-    replies: list[Message]
-    bytes_down: dict[int, int]
-    bytes_up: dict[int, int]
-    seconds: float
 
 
 @dataclass
@@ -123,7 +116,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     run_config.update(backend.round_config())
     state = (spec.held_global(backend) if spec.held_global is not None
              else ClearGlobal(layout.flatten(get_adapter(model))))
-    # clients_per_round: FedAvg samples that many owners to train; they evaluate (evaluation_cohort)
+    # FedAvg's sizes only: clients_per_round to train; its unbounded wait is never reached (connected_nodes)
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
                    arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
@@ -153,7 +146,9 @@ def resume(fed: Federation) -> int:
 
 
 def evaluate_start(fed: Federation) -> None:
-    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, None))
+    if fed.cfg.eval_in_train:  # its row only: round 1's train replies bring its evaluation (join_evaluation)
+        return append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, seconds=Seconds(round=0.0)))
+    ev = evaluate(fed, 0, nodes=evaluation_cohort(fed, 0, connected_nodes(fed.grid, fed.cfg, 0)))
     owners = sorted(ev.per_owner)
     append_row(fed.out, MetricsRow(round=0, backend=fed.strategy.backend.name, eval_loss=ev.loss, clients=owners,
                                    evaluated=owners, per_client=ev.per_owner,
@@ -163,19 +158,27 @@ def evaluate_start(fed: Federation) -> None:
 
 def run_round(fed: Federation, server_round: int) -> None:
     start = time.perf_counter()
-    outcome, train_ex = train(fed, server_round)
+    nodes = connected_nodes(fed.grid, fed.cfg, server_round)
+    outcome, train_ex = train(fed, server_round, nodes)
+    if fed.cfg.eval_in_train:
+        join_evaluation(fed, server_round - 1, train_ex)
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    ev = evaluate(fed, server_round, handover(fed, server_round, outcome), evaluation_cohort(fed, server_round,
-                                                                                             list(train_ex.bytes_down)))
+    if fed.cfg.eval_in_train and server_round < fed.cfg.rounds:  # evaluated with round server_round + 1's train
+        ev = Evaluation(None, {}, Exchange([], {}, {}, 0.0))
+    else:
+        ev = evaluate(fed, server_round, handover(fed, server_round, outcome),
+                      evaluation_cohort(fed, server_round, nodes, train_ex))
     signatures.keep_statements(fed.out, ev.exchange.replies)  # the last round: owners' signed results
     row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
-    progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | eval loss {fmt(ev.loss)} | "
+    later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds
+    progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | "
+             f"eval loss {'with the next train' if later else fmt(ev.loss)} | "
              f"{len(outcome.accepted)} owners | {row.seconds.round:.1f} s{note}")
     report_excluded(outcome.excluded)
 
@@ -185,10 +188,12 @@ def stop_untrained(fed: Federation, server_round: int, outcome: TrainOutcome, tr
     """No owner trained: record the round's row (no checkpoint, so a resume retries it) and stop."""
     row = round_row(fed, server_round, outcome, train_ex, Evaluation(None, {}, Exchange([], {}, {}, 0.0)), seconds)
     append_row(fed.out, row)
-    reasons = sorted(set(outcome.excluded.values())) or ["no owner answered"]
+    reasons = sorted(set(outcome.excluded.values()), key=lambda r: r.startswith(("no reply", "not connected")))
+    reasons = reasons or ["no owner answered"]
     report_excluded(outcome.excluded)
     raise UserError(f"round {server_round}: no owner trained, so the run stops ({len(outcome.excluded)} excluded; "
-                    f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''})")
+                    f"{reasons[0]}{f' (+{len(reasons) - 1} other reasons)' if len(reasons) > 1 else ''}); "
+                    "restart with resume=true to run the round again")
 
 
 def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
@@ -204,35 +209,49 @@ def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
         progress(f"  excluded {names}: {reason}")
 
 
-def train(fed: Federation, server_round: int) -> tuple[TrainOutcome, Exchange]:
-    msgs = fed.strategy.configure_train(
-        server_round, records.arrays_record(fed.state.arrays()), ConfigRecord(dict(fed.run_config)), fed.grid
-    )
-    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    outcome = fed.strategy.aggregate_train(server_round, ex.replies)
+def train(fed: Federation, server_round: int, nodes: list[int]) -> tuple[TrainOutcome, Exchange]:
+    """Round ``server_round``'s training among ``nodes``; an owner that is not connected or does not reply
+    within ``sim.round_timeout_s`` is excluded with that reason, and the round goes on without it."""
+    carry = {wire.EVALUATE_FIRST: True} if fed.cfg.eval_in_train else {}  # the previous round's evaluation
+    msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()),
+                                        ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes)
+    timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
+    ex = exchange(fed.grid, list(msgs), timeout)
+    usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
+    if 0 < len(usable) < floor:  # the backend would reveal nothing (crypten's parties): do not ask it
+        outcome = TrainOutcome(node_to_owner={m.metadata.src_node_id: records.owner_label(m) for m in ex.replies})
+        outcome.excluded = {who: f"only {len(usable)} owner(s) answered, fewer than aggregation.min_owners={floor}: "
+                                 "nothing aggregated" for who in outcome.node_to_owner.values()}
+    else:
+        outcome = fed.strategy.aggregate_train(server_round, ex.replies)
     fed.labels.update(outcome.node_to_owner)
     answered = {m.metadata.src_node_id for m in ex.replies}
     for node in sorted(set(ex.bytes_down) - answered):  # an owner that went away mid-round: the round goes on
-        who = fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"
-        outcome.excluded[who] = (f"no reply within sim.round_timeout_s={fed.cfg.sim.round_timeout_s:g} s "
-                                 "(the owner went away)")
+        outcome.excluded[fed.node_owner.get(node) or fed.labels.get(node) or f"node_{node}"] = silent_reason(timeout)
+    for node, who in sorted({**fed.labels, **fed.node_owner}.items()):  # known owners whose link is down
+        if node not in nodes and who not in outcome.accepted and who not in outcome.excluded:
+            outcome.excluded[who] = absent_reason(timeout)
     return outcome, ex
 
 
-def evaluation_cohort(fed: Federation, server_round: int, trained: list[int] | None) -> list[int] | None:
-    """The nodes that evaluate round ``server_round``'s global; None: every owner.
+def evaluation_cohort(fed: Federation, server_round: int, nodes: list[int],
+                      train_ex: Exchange | None = None) -> list[int]:
+    """The nodes that evaluate round ``server_round``'s global, of ``nodes`` (those connected).
 
     Every owner evaluates when all train, and in the last round (the final adapter's held-out loss
     over the whole federation; with an encrypted global each owner writes its final adapter then).
-    With ``clients_per_round`` the other rounds are evaluated by the owners sampled to train in
-    them (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
+    With ``clients_per_round`` the other rounds are evaluated by the owners that trained in them
+    (round 0: a uniform sample of as many), so an owner left out of a round does no work in it.
+    An owner that did not answer the round's train message (``train_ex``) is not asked again.
     """
     cfg = fed.cfg
+    answered = {m.metadata.src_node_id for m in train_ex.replies} if train_ex is not None else set()
+    silent = set(train_ex.bytes_down) - answered if train_ex is not None else set()
     if cfg.participants == cfg.num_clients or server_round == cfg.rounds:
-        return None
-    if trained is None:
-        return sample_nodes(fed.grid, cfg.num_clients, cfg.participants)[0]
-    return trained
+        return [n for n in nodes if n not in silent]
+    if train_ex is None:
+        return random.sample(nodes, min(cfg.participants, len(nodes)))
+    return [n for n in train_ex.bytes_down if n in answered]
 
 
 def handover(fed: Federation, server_round: int, outcome: TrainOutcome) -> dict:
@@ -247,7 +266,25 @@ def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
     config = ConfigRecord({**fed.run_config, **(extra or {})})
     msgs = fed.strategy.configure_evaluate(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
                                            nodes)
-    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
+    return evaluation_of(fed, server_round, exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s))
+
+
+def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> None:
+    """``eval_in_train``: round ``server_round``'s evaluation, from the next round's train replies, joins
+    the row written at its end (``replace_row``); its bytes count in the round that carried it."""
+    ev = evaluation_of(fed, server_round, Exchange(train_ex.replies, {}, {}, 0.0))
+    for row in [r for r in read_rows(fed.out) if r.round == server_round][-1:]:  # none: nothing to join
+        row.eval_loss, row.evaluated = ev.loss, sorted(ev.per_owner)
+        row.clients = row.evaluated if server_round == 0 else row.clients  # as evaluate_start writes round 0
+        for who, evaluated in ev.per_owner.items():
+            owner = row.per_client.setdefault(who, OwnerRow())
+            owner.eval_loss, owner.eval_reveal_seconds = evaluated.eval_loss, evaluated.eval_reveal_seconds
+        replace_row(fed.out, row)
+    progress(f"round {server_round}/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (with the next round's train)")
+
+
+def evaluation_of(fed: Federation, server_round: int, ex: Exchange) -> Evaluation:
+    """Round ``server_round``'s evaluation from the owners' replies in ``ex``."""
     agg = fed.strategy.aggregate_evaluate(server_round, ex.replies)
     answered = [m for m in ex.replies if m.has_content() and not m.has_error()]
     fed.labels.update({m.metadata.src_node_id: records.owner_label(m) for m in answered
@@ -300,14 +337,6 @@ def held_out_loss(fed: Federation, server_round: int, agg: EvalOutcome, ex: Exch
         progress(f"  round {server_round}: held-out loss not revealed: {who} refused to open the summed pairs ({why})")
         return None, merged
     return float(metrics[wire.EVAL_LOSS]), merged
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
-    down = {m.metadata.dst_node_id: records.content_nbytes(m.content) for m in messages}
-    start = time.perf_counter()
-    replies = send_and_receive(grid, messages, timeout) if messages else []
-    up = {m.metadata.src_node_id: records.content_nbytes(m.content) for m in replies if m.has_content()}
-    return Exchange(replies, down, up, time.perf_counter() - start)
 
 
 def round_row(fed: Federation, server_round: int, outcome: TrainOutcome, train_ex: Exchange, ev: Evaluation,

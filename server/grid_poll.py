@@ -10,13 +10,34 @@ A reply's objects still being uploaded are asked for again soon, not after Flowe
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedveil.core import records
 from fedveil.core.prompt_pull import prompt_pull_object
 
 PULL_INTERVAL_S = 0.05
+
+
+@dataclass
+class Exchange:
+    """One send-and-receive: the replies and the bytes each node moved."""
+
+    replies: list[Message]
+    bytes_down: dict[int, int]
+    bytes_up: dict[int, int]
+    seconds: float
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
+    """Send ``messages`` and collect the replies (:func:`send_and_receive`), counting each node's bytes."""
+    down = {m.metadata.dst_node_id: records.content_nbytes(m.content) for m in messages}
+    start = time.perf_counter()
+    replies = send_and_receive(grid, messages, timeout) if messages else []
+    up = {m.metadata.src_node_id: records.content_nbytes(m.content) for m in replies if m.has_content()}
+    return Exchange(replies, down, up, time.perf_counter() - start)
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:

@@ -9,6 +9,7 @@ produced (:class:`TrainOutcome`) and holds no global adapter: ``global_state`` d
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
-from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of
+from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of, without_eval_pair
 from fedveil.privacy.secagg.base import ServerSide
 from fedveil.privacy.secagg.eval_pair import mean_of
 
@@ -61,20 +62,30 @@ class SecureAggregation:
         config[wire.LAYOUT_DIGEST] = self.layout.digest
         return config
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, self._stamp(config), grid)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
+                        nodes: list[int] | None = None) -> Iterable[Message]:
+        """``inner``'s training messages, or with ``nodes`` (the owners connected: ``server/availability.py``)
+        one to each node of a sample of them as large as ``inner`` samples (FedAvg's ``fraction_train``,
+        ``min_train_nodes``), all of them when fewer are connected; never waiting for more."""
+        if nodes is None:
+            return self.inner.configure_train(server_round, arrays, self._stamp(config), grid)
+        wanted = max(int(len(nodes) * self.inner.fraction_train), self.inner.min_train_nodes)
+        return self._messages(server_round, arrays, config, random.sample(nodes, min(wanted, len(nodes))),
+                              MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
                            nodes: list[int] | None = None) -> Iterable[Message]:
         """``inner``'s evaluation messages, or with ``nodes`` one to each of those nodes (the round's cohort)."""
         if nodes is None:
             return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
+        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
+                  message_type: str) -> list[Message]:
         config = self._stamp(config)
         config[wire.ROUND] = server_round  # as FedAvg sets it
         content = RecordDict({wire.GLOBAL: arrays, wire.CONFIG: config})
-        return [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
+        return [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
 
     def _accept(self, msg: Message) -> tuple[Protected, dict[str, float]]:
         """Validate one reply; raise :class:`UserError` with the reason to exclude it."""
@@ -88,7 +99,8 @@ class SecureAggregation:
         weight = float(metrics.get(wire.NUM_EXAMPLES, -1))
         if not weight > 0:
             raise UserError(f"reply has no positive '{wire.NUM_EXAMPLES}'")
-        protected = records.records_to_protected(content)
+        # eval_in_train: the previous round's held-out pair rides along (aggregate_evaluate sums it)
+        protected = without_eval_pair(records.records_to_protected(content)) or Protected()
         self.backend.validate(protected)
         return protected, metrics
 

@@ -73,6 +73,7 @@ def spiked(value, dtype=np.float32):
     return make
 
 
+CARRY = {wire.EVALUATE_FIRST: True}  # eval_in_train: round r - 1's evaluation rides in round r's train message
 CASES = [
     ("train", [msg("train")], "ok"),
     ("evaluate the start", [msg("evaluate", 0)], "ok"),
@@ -82,6 +83,16 @@ CASES = [
         "ok",
     ),
     ("train a round twice", [msg("train", 1), msg("train", 1)], "ok"),
+    (
+        "train carrying the evaluation",
+        [msg("train", 1, per_round=CARRY), msg("train", 2, per_round=CARRY)],
+        "ok",
+    ),
+    (
+        "carried evaluation past the cap",
+        [msg("evaluate", 1)] * POLICY.max_evaluates_per_round + [msg("train", 2, per_round=CARRY)],
+        "limit limit=max_evaluates_per_round",
+    ),
     ("dp off under require_dp", [msg("train", cfg={"dp": {"name": "off"}})], "policy rule=require_dp"),
     ("epsilon above the cap", [msg("train", cfg={"dp.target_epsilon": 50.0})], "policy rule=max_epsilon"),
     ("delta above the cap", [msg("train", cfg={"dp.delta": 1e-3})], "policy rule=max_delta"),

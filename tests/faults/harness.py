@@ -10,7 +10,9 @@ No Ray and no Simulation Engine: a few seconds instead of tens, and the process 
 
 ``CONFIG_JSON`` is the experiment config (``configs/schema.py`` values); ``--drop`` makes an owner
 vanish in that round: its train message gets no reply (a SuperNode that went away; the round
-goes on when the others have answered, as after Flower's round timeout).
+goes on when the others have answered, as after Flower's round timeout). ``down`` (in-process
+runs) sets an owner's link down from round FIRST to LAST: in FIRST it trains but its reply is lost,
+in the rounds after it is not connected (``get_node_ids`` leaves it out), after LAST it is back.
 """
 
 from __future__ import annotations
@@ -33,12 +35,18 @@ SERVER_APP_IDENTITY = (("_run_id", 1), ("_node_id", 0), ("_task_id", 1))  # what
 class LocalGrid:
     """The coordinator's Grid, minus the network: each message goes to its node's ClientApp here."""
 
-    def __init__(self, num_owners: int, drop: set[tuple[int, str]] = frozenset()):
+    def __init__(self, num_owners: int, drop: set[tuple[int, str]] = frozenset(),
+                 down: dict[str, tuple[int, int]] | None = None):
         self.nodes = {100 + k: k for k in range(num_owners)}
-        self.drop, self.replies = set(drop), {}
+        self.drop, self.down, self.replies = set(drop), dict(down or {}), {}
+        self.last_round = 0  # the round of the last message pushed: the next round is this one's successor
+
+    def link_down(self, owner: str, server_round: int, mid_round: bool) -> bool:
+        first, last = self.down.get(owner, (0, -1))
+        return first <= server_round <= last if mid_round else first < server_round <= last
 
     def get_node_ids(self):
-        return list(self.nodes)
+        return [n for n, k in self.nodes.items() if not self.link_down(f"client_{k}", self.last_round + 1, False)]
 
     def push_messages(self, messages):
         from flwr.app import Context, RecordDict
@@ -51,20 +59,24 @@ class LocalGrid:
             m.metadata.__dict__["_message_id"] = m.object_id
             k = self.nodes[m.metadata.dst_node_id]
             ids.append(m.object_id)
-            if m.metadata.message_type == "train":
-                server_round = int(records.split_config(m.content[wire.CONFIG])[1].get(wire.ROUND, 0))
-                if (server_round, f"client_{k}") in self.drop:
-                    continue  # this owner vanished mid-round: no reply
+            server_round = int(records.split_config(m.content[wire.CONFIG])[1].get(wire.ROUND, 0)) \
+                if wire.CONFIG in m.content else self.last_round
+            self.last_round = max(self.last_round, server_round)
+            if m.metadata.message_type == "train" and (server_round, f"client_{k}") in self.drop:
+                continue  # this owner vanished mid-round: no reply
             context = Context(run_id=1, node_id=m.metadata.dst_node_id, node_config={"partition-id": k},
                               state=RecordDict(), run_config={})
-            self.replies[m.object_id] = app(message=m, context=context)
+            reply = app(message=m, context=context)
+            if not self.link_down(f"client_{k}", server_round, True):  # else: it did the work, the reply is lost
+                self.replies[m.object_id] = reply
         return ids
 
     def pull_messages(self, message_ids):
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
 
-def federate(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
+def federate(values: dict, drop: set[tuple[int, str]] = frozenset(),
+             down: dict[str, tuple[int, int]] | None = None) -> dict:
     """Run the federation ``values`` describes (with its local services); returns the summary."""
     from fedveil.configs.schema import from_dict
     from fedveil.core.console import quiet_libraries
@@ -77,8 +89,8 @@ def federate(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
     cfg = prepare(from_dict(values), report_data=False, write_policies=True)
     spec = backend_spec(cfg.aggregation.name)
     with spec.local_services(cfg.aggregation, Path(cfg.output_dir), cfg.num_clients):
-        cfg.sim.round_timeout_s = 0.5 if drop else cfg.sim.round_timeout_s  # dropped owners never answer
-        summary = run_federation(LocalGrid(cfg.num_clients, drop), cfg)
+        cfg.sim.round_timeout_s = 0.5 if drop or down else cfg.sim.round_timeout_s  # dropped owners never answer
+        summary = run_federation(LocalGrid(cfg.num_clients, drop, down), cfg)
     write_outputs(cfg.output_dir, summary)  # as the ServerApp does
     return summary.to_dict()
 
@@ -99,14 +111,15 @@ def experiment(out: Path, model: Path, data: list[str], aggregation: dict, round
     }
 
 
-def in_process(values: dict, drop: set[tuple[int, str]] = frozenset()) -> dict:
+def in_process(values: dict, drop: set[tuple[int, str]] = frozenset(),
+               down: dict[str, tuple[int, int]] | None = None) -> dict:
     """The federation in this process, as a ServerApp process would run it."""
     from flwr.supercore.task_identity import TaskIdentity
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in SERVER_APP_IDENTITY:
             mp.setattr(TaskIdentity, name, value)
-        return federate(values, drop)
+        return federate(values, drop, down)
 
 
 def killed(values: dict, fault: str, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
