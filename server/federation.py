@@ -80,7 +80,7 @@ def run_federation(grid: Grid, cfg: FedveilConfig) -> RunSummary:
     first = resume(fed)
     sampled = f" ({cfg.participants} train per round)" if cfg.participants < cfg.num_clients else ""
     progress(
-        f"{cfg.num_clients} clients{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
+        f"{cfg.num_clients} owners{sampled} x {cfg.rounds} rounds | backend={cfg.aggregation.name} dp={cfg.dp.name} | "
         f"adapter {fed.layout.size:,} values ({fed.layout.digest[:12]})"
     )
     if first == 1 and not any(r.round == 0 for r in read_rows(fed.out)):
