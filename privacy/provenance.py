@@ -43,7 +43,8 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import sealing
-from fedveil.privacy.secagg.identity import OwnerKeys, digest, load_roster, signing_key, verify
+from fedveil.privacy.secagg.identity import (OwnerKeys, digest, load_roster, load_signed_roster, pinned_roster_key,
+                                             signing_key, verify)
 
 STATEMENT_TYPE = "fedveil/adapter-statement/v1"
 CLAIM_TYPE = "fedveil/coordinator-claim/v1"
@@ -102,9 +103,12 @@ def roster_keys_digest(owners: Mapping[str, bytes]) -> str:
     return digest(b"fedveil/roster/v1", body.encode()).hex()
 
 
-def load_roster_keys(path: str | Path) -> dict[str, bytes]:
-    """Owner id -> Ed25519 verify key from a pinned roster or an operator-signed roster file."""
+def load_roster_keys(path: str | Path, roster_key: str | Path | None = None) -> dict[str, bytes]:
+    """Owner id -> Ed25519 verify key from a pinned roster or an operator-signed roster file; with
+    ``roster_key`` (the operator's verify key, hex or a file) the file must be the roster that key signed."""
     path = Path(path)
+    if roster_key is not None:
+        return load_signed_roster(path, pinned_roster_key(roster_key))
     try:
         data = json.loads(path.read_text())
         owners = data["owners"]

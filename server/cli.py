@@ -3,7 +3,7 @@
     fedveil verify-chain PATH [--head HASH]     check a run's round chain; exit 1 where it breaks
                                                 (alias: verify-ledger, after its file round_ledger.jsonl)
     fedveil verify-adapter DIR --roster FILE    check the owners' signed statements over the adapter in DIR;
-            [--signatures DIR] [--min-owners N] [--run RUN]   exit 1 naming each that fails
+            [--roster-key KEY] [--signatures DIR] [--min-owners N] [--run RUN]   exit 1 naming each that fails
     fedveil plan [overrides] [--json]           each backend against the stated threats, its cost, the pick
     fedveil report DIR... [--out DIR]           compare finished runs or a sweep: a table and plots
 """
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter.add_argument("dir", type=Path, help="the final adapter folder (PEFT files)")
     adapter.add_argument("--roster", type=Path, required=True,
                          help="the federation's roster (roster.json, or the operator-signed owner-roster.json)")
+    adapter.add_argument("--roster-key", help="the operator's roster verify key (64 hex characters, or a file such as "
+                         "pki/roster-operator.pub): --roster must be the owner-roster.json it signed")
     adapter.add_argument("--signatures", type=Path,
                          help=f"the folder of bundles (default: DIR/{provenance.SIGNATURES_DIR}, else beside DIR)")
     adapter.add_argument("--min-owners", type=int, help="pass with this many owners that trained and signed "
@@ -63,7 +65,7 @@ def verify_adapter(args: argparse.Namespace) -> int:
     try:
         if args.min_owners is not None and args.min_owners < 1:
             raise UserError(f"--min-owners {args.min_owners}: give a positive number of owners")
-        roster = provenance.load_roster_keys(args.roster)
+        roster = provenance.load_roster_keys(args.roster, args.roster_key)
         bundles = provenance.load_bundles(args.signatures or provenance.signatures_of(args.dir))
         verdict = provenance.verify_adapter(args.dir, roster, bundles, args.min_owners, args.run)
     except UserError as exc:

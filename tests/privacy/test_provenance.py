@@ -173,3 +173,22 @@ def test_the_operator_signed_roster_gives_the_same_verdict(signed, tmp_path):
     assert provenance.roster_keys_digest(provenance.load_roster_keys(path)) == provenance.roster_keys_digest(owners)
     fewer, _ = write_signed_roster(tmp_path / "pki2", {o: k for o, k in owners.items() if o != "client_2"})
     assert cli.main(["verify-adapter", str(adapter), "--roster", str(fewer)]) == 1  # client_2 is not on it
+
+
+def test_with_the_operators_key_only_the_roster_it_signed_is_read(signed, tmp_path, capsys):
+    """--roster-key: a roster the operator signed passes; one signed by another key, or edited after signing
+    (a coordinator adding its own key), is refused in one line before any statement is read."""
+    owners = {o: OwnerKeys(o, str(signed["root"] / o)).member().verify_key for o in OWNERS}
+    path, key = write_signed_roster(tmp_path / "pki", owners)
+    adapter = case(signed, tmp_path)
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(path), "--roster-key", key.hex()]) == 0
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(path),
+                     "--roster-key", str(tmp_path / "pki" / "roster-operator.pub")]) == 0
+    _, other = write_signed_roster(tmp_path / "pki2", owners)
+    capsys.readouterr()
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(path), "--roster-key", other.hex()]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    edited = json.loads(path.read_text())
+    edited["owners"]["client_9"] = "ab" * 32
+    path.write_text(json.dumps(edited))
+    assert cli.main(["verify-adapter", str(adapter), "--roster", str(path), "--roster-key", key.hex()]) == 2
