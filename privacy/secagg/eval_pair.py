@@ -17,7 +17,7 @@ In an evaluate reply the pair's arrays and blobs travel under ``wire.EVAL_PAIR_P
 whatever else the reply carries (tenseal's re-encrypted global): ``core/payload.py``'s
 ``with_eval_pair``/``eval_pair_of``/``without_eval_pair``, which the owner's release gate uses
 without loading any backend. The exact bytes of one pair, per
-backend: ``plain.EVAL_PAIR_BYTES``, ``tenseal.eval_pair.PAIR_BYTES``, ``crypten.eval_pair.pair_bytes``.
+backend: ``plain.EVAL_PAIR_BYTES``, ``tenseal.eval_pair.PAIR_BYTES``, ``crypten.cost.pair_bytes``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from fedveil.privacy.planner import PrivacyConfig, choose
 from fedveil.privacy.secagg import BACKENDS
 from fedveil.privacy.secagg.base import Cost
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
-from fedveil.privacy.secagg.crypten.eval_pair import pair_bytes as crypten_pair_bytes
+from fedveil.privacy.secagg.crypten.cost import pair_bytes as crypten_pair_bytes
 from fedveil.privacy.secagg.eval_pair import as_update
 from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig

@@ -15,7 +15,7 @@ from fedveil.core import wire
 from fedveil.core.payload import (PayloadError, Protected, RoundContext, eval_pair_of, with_eval_pair,
                                   without_eval_pair)
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
-from fedveil.privacy.secagg.crypten.eval_pair import pair_bytes as crypten_pair_bytes
+from fedveil.privacy.secagg.crypten.cost import pair_bytes as crypten_pair_bytes
 from fedveil.privacy.secagg.eval_pair import as_update, mean_of
 from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.privacy.secagg.plain import EVAL_PAIR_BYTES, PlainBackend

@@ -20,19 +20,26 @@ HEAD_LENGTH = 4  # shares.seal_share: the header's length before the header
 COUNT = 8  # shares.seal_share: the owner's example count (float64) before the int64 shares
 
 
-def header_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0)) -> int:
+LAYOUT = "0" * 64  # a layout digest's length (the planner prices any layout)
+
+
+def header_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0),
+                 layout: str = LAYOUT) -> int:
     """Length of the JSON header a share is bound to (``shares.ShareHeader``)."""
-    return len(ShareHeader(server_round, owner, party, "0" * 64, values).encode())
+    return len(ShareHeader(server_round, owner, party, layout, values).encode())
 
 
-def share_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0)) -> int:
+def share_bytes(values: int, party: int, server_round: int = 1, owner: str = owner_id(0),
+                layout: str = LAYOUT) -> int:
     """One sealed share: sealed box of (header length, header, float64 count, int64 shares)."""
-    return crypto_box_SEALBYTES + HEAD_LENGTH + header_bytes(values, party, server_round, owner) + COUNT + 8 * values
+    return (crypto_box_SEALBYTES + HEAD_LENGTH + header_bytes(values, party, server_round, owner, layout) + COUNT
+            + 8 * values)
 
 
-def bundle_bytes(parties: int, server_round: int = 1, owner: str = owner_id(0), run: str = "") -> int:
+def bundle_bytes(parties: int, server_round: int = 1, owner: str = owner_id(0), run: str = "",
+                 layout: str = LAYOUT) -> int:
     """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
-    return len(ShareBundle(run, server_round, "0" * 64, owner, (bytes(32),) * parties,
+    return len(ShareBundle(run, server_round, layout, owner, (bytes(32),) * parties,
                            bytes(crypto_sign_BYTES)).encode())
 
 
@@ -44,10 +51,17 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: 
             + bundle_bytes(cfg.parties, server_round, owner))
 
 
+def pair_bytes(cfg: Any, owner: str, run: str, layout_digest: str, server_round: int) -> int:
+    """Exact bytes of one owner's protected held-out pair (``eval_pair.protect``): a sealed share per
+    party and the signed bundle, as an update's but of 2 values under the pair's purpose tag."""
+    tag = eval_pair.purpose_tag(layout_digest)
+    return (sum(share_bytes(eval_pair.LENGTH, p, server_round, owner, tag) for p in range(cfg.parties))
+            + bundle_bytes(cfg.parties, server_round, owner, run, tag))
+
+
 def pair_up_bytes(cfg: Any, owner: str = owner_id(0), server_round: int = 1) -> int:
-    """Exact bytes of one owner's protected held-out pair (``eval_pair.pair_bytes``), priced as an
-    update is: run id "" and an all-zero layout digest of its length."""
-    return eval_pair.pair_bytes(cfg, owner, "", "0" * 64, server_round)
+    """:func:`pair_bytes` priced as an update is: run id "" and an all-zero layout digest of its length."""
+    return pair_bytes(cfg, owner, "", LAYOUT, server_round)
 
 
 def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,

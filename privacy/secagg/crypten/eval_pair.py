@@ -20,11 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from fedveil.core.payload import Combined, Protected, RoundContext
-from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareBundle, ShareHeader, encode_fixed, seal_share,\
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share,\
     sign_bundle, split
 
 LENGTH = 2  # loss x tokens, tokens
-SEALING = 48  # libsodium sealed box: ephemeral X25519 key + MAC
 
 
 def purpose_tag(layout_digest: str) -> str:
@@ -56,12 +55,3 @@ def as_pair_sum(combined: Combined) -> Combined:
     payload = Protected(arrays={"weighted_sum": summed[:1], "weight": summed[1:2].copy()})
     return Combined(payload, combined.excluded)
 
-
-def pair_bytes(cfg, owner: str, run: str, layout_digest: str, server_round: int) -> int:
-    """Exact bytes of one owner's protected pair: K sealed shares and the signed bundle."""
-    tag = purpose_tag(layout_digest)
-    parties = cfg.parties
-    sealed = sum(SEALING + 4 + len(ShareHeader(server_round, owner, p, tag, LENGTH).encode()) + 8 + 8 * LENGTH
-                 for p in range(parties))
-    bundle = ShareBundle(run, server_round, tag, owner, tuple(b"\0" * 32 for _ in range(parties)), b"\0" * 64).encode()
-    return sealed + len(bundle)
