@@ -144,6 +144,7 @@ CASES = [
     ),
     ("a round number that is not one", [msg("train", "one")], "config key=server-round"),
     ("key set-up on plain", [msg("query.pubkey", 1)], "config key=aggregation.name"),
+    ("reveal held-out losses under DP", [msg("query.evalsum", 1)], "config key=dp.name"),
     (
         "an encrypted-global hand-over asked of a plain owner",  # its hooks ignore it (no internal error)
         [msg("evaluate", 1, per_round={wire.REENCRYPT_BY: "client_0", wire.FINAL_ADAPTER: True})],
@@ -271,7 +272,8 @@ def start_worker(data_dir, state_dir) -> str:
 
 
 WORKER_CASES = ("train", "three rounds", "epsilon above the cap", "NaN global", "str global", "max_length probes",
-                "evaluates past the cap", "exception inside training", "sign a global before training")
+                "evaluates past the cap", "exception inside training", "sign a global before training",
+                "reveal held-out losses under DP")
 
 
 @pytest.mark.parametrize("name", WORKER_CASES)
