@@ -1,0 +1,288 @@
+"""``tenseal``'s verifier committee: a few owners check a round's updates and sign its sum; the rest check them.
+
+Without it every owner downloads every cohort member's signed update (linear in the cohort). With
+it (docs/privacy.md, "tenseal's verifier committee"):
+
+1. with its update, an owner commits to 32 fresh bytes from its CSPRNG (:func:`commit`): the SHA-256
+   of that nonce, signed with the update's digest (:func:`contribution_statement`);
+2. the coordinator shows every contributor the committed set (:class:`Contribution` each); an owner
+   whose own contribution is in it records the set's digest for the round, once (a second, other
+   set for the round is refused) and reveals its nonce (:func:`reveal`);
+3. the committee is the ``c`` contributors ranked first by SHA-256(seed, owner id), the seed being the
+   SHA-256 of the set digest and every contributor's revealed nonce (:func:`select`): nobody knows it
+   before the last honest nonce is out, and by then the set is fixed;
+4. each member checks every signed update of the set (and, unless the run says owners are honest, each
+   against the bounds: ``checks.py``), adds them and signs one :func:`sum_statement` per round
+   (run, context, round, roster digest, set digest, the sum's SHA-256, the committee, whether updates
+   were range-checked): a second, other statement for the round is refused (:func:`attest`);
+5. every other owner gets the sum and a :class:`Certificate` and checks it (:func:`verify`): the
+   contributions signed by pinned owners, its own among them, the set the one it revealed for, each
+   nonce under its commitment, the committee the one derived, and all ``c`` members' signatures on
+   one statement naming this sum.
+
+Everything here is free of Flower and of TenSEAL (the member's decryption and sum are the
+backend's, passed in); refusals carry the code ``bad-global`` with ``check=committee-*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from fedveil.core.errors import Refusal
+from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
+from fedveil.core.payload import PayloadError
+from fedveil.privacy.secagg import identity
+from fedveil.privacy.secagg.tenseal import checks, global_codec
+from fedveil.privacy.secagg.tenseal.keys import roster_digest
+
+if TYPE_CHECKING:
+    from fedveil.privacy.secagg.tenseal.backend import TensealOwner
+
+NONCE_BYTES = 32
+RECORD_FILE = "committee.json"  # in the owner's run folder (keys.run_dir): nonces, sets revealed for, sums signed
+DEFAULT_SIZE = 2  # see docs/privacy.md: 2 keeps the mean download <= 4x plain at any cohort; 3 costs ~5x at 100
+CONTRIBUTION_TAG = b"fedveil/tenseal-contribution/v1"
+COMMIT_TAG = b"fedveil/committee-commit/v1"
+SEED_TAG = b"fedveil/committee-seed/v1"
+RANK_TAG = b"fedveil/committee-rank/v1"
+SET_TAG = b"fedveil/committee-set/v1"
+SUM_TAG = b"fedveil/committee-sum/v1"
+
+
+def _refuse(check: str, line: str) -> Refusal:
+    return Refusal("bad-global", line, check=f"committee-{check}")
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One owner's place in a round: its update's SHA-256 and nonce commitment, signed together."""
+
+    owner: str
+    update_sha256: bytes
+    commitment: bytes
+    signature: bytes
+
+
+def contribution_statement(run: str, cid: str, server_round: int, owner: str, update_sha256: bytes,
+                           commitment: bytes) -> bytes:
+    """What an owner signs beside its update: the update's digest and its nonce commitment for this round."""
+    return identity.digest(CONTRIBUTION_TAG, run.encode(), cid.encode(), str(server_round).encode(), owner.encode(),
+                           update_sha256, commitment)
+
+
+def commitment_of(nonce: bytes) -> bytes:
+    return identity.digest(COMMIT_TAG, nonce)
+
+
+def set_digest(run: str, cid: str, server_round: int, contributions: list[Contribution]) -> bytes:
+    """The committed set: who contributed which update with which commitment (in owner order)."""
+    parts = [p for c in sorted(contributions, key=lambda c: c.owner) for p in (c.owner.encode(), c.update_sha256,
+                                                                               c.commitment)]
+    return identity.digest(SET_TAG, run.encode(), cid.encode(), str(server_round).encode(), *parts)
+
+
+def select(set_id: bytes, reveals: dict[str, bytes], size: int) -> tuple[str, ...]:
+    """The committee: ``min(size, contributors)`` owners ranked first by SHA-256(seed, owner), the seed
+    binding the set and every contributor's revealed nonce (sorted: the order is the derivation's)."""
+    seed = identity.digest(SEED_TAG, set_id, *(p for o in sorted(reveals) for p in (o.encode(), reveals[o])))
+    ranked = sorted(reveals, key=lambda o: identity.digest(RANK_TAG, seed, o.encode()))
+    return tuple(sorted(ranked[:max(1, min(size, len(ranked)))]))
+
+
+def sum_statement(run: str, cid: str, server_round: int, roster_digest: str, set_id: bytes, sum_sha256: bytes,
+                  committee: tuple[str, ...], checked: bool) -> bytes:
+    """What every committee member signs, once per round."""
+    return identity.digest(SUM_TAG, run.encode(), cid.encode(), str(server_round).encode(), roster_digest.encode(),
+                           set_id, sum_sha256, ",".join(committee).encode(), b"checked" if checked else b"summed")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What an owner outside the committee gets beside a round's sum: the committed set, the revealed
+    nonces, the committee and its members' signatures over :func:`sum_statement`."""
+
+    round: int
+    contributions: tuple[Contribution, ...]
+    reveals: dict[str, bytes]
+    committee: tuple[str, ...]
+    signatures: dict[str, bytes]
+    checked: bool
+
+    def encode(self) -> bytes:
+        owners = [c.owner for c in self.contributions]
+        head = json.dumps({"round": self.round, "owners": owners, "committee": list(self.committee),
+                           "checked": self.checked}).encode()
+        parts = [p for c in self.contributions for p in (c.update_sha256, c.commitment, c.signature,
+                                                         self.reveals.get(c.owner, b""))]
+        return pack([head, *parts, *(self.signatures.get(m, b"") for m in self.committee)])
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "Certificate":
+        try:
+            head, *parts = unpack(blob)
+            claim = json.loads(head)
+            owners, committee = [str(o) for o in claim["owners"]], tuple(str(m) for m in claim["committee"])
+            at, checked = int(claim["round"]), bool(claim["checked"])
+        except (FramingError, ValueError, KeyError, TypeError) as exc:
+            raise PayloadError(f"a committee certificate is unreadable ({exc}): refused") from exc
+        if len(parts) != 4 * len(owners) + len(committee) or len(set(owners)) != len(owners) or not owners:
+            raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) (or one twice) and "
+                               f"{len(committee)} member(s) but holds {len(parts)} parts: malformed; refused")
+        contributions = tuple(Contribution(o, *parts[4 * i: 4 * i + 3]) for i, o in enumerate(owners))
+        reveals = {o: parts[4 * i + 3] for i, o in enumerate(owners)}
+        signatures = dict(zip(committee, parts[4 * len(owners):], strict=True))
+        return cls(at, contributions, reveals, committee, signatures, checked)
+
+
+class Record:
+    """An owner's committee record for one run (its run folder): the nonce it committed to per round,
+    the set it revealed for, the statement it signed as a member. Kept on disk so that a restarted
+    owner worker still refuses a second set or a second sum for a round."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / RECORD_FILE
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def _set(self, kind: str, server_round: int, value: bytes) -> None:
+        self.data.setdefault(kind, {})[str(server_round)] = value.hex()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(self.path, json.dumps(self.data, sort_keys=True).encode(), mode=0o600)
+
+    def get(self, kind: str, server_round: int) -> bytes | None:
+        value = self.data.get(kind, {}).get(str(server_round))
+        return bytes.fromhex(value) if value is not None else None
+
+    def once(self, kind: str, server_round: int, value: bytes, what: str) -> None:
+        """Keep ``value`` for the round, or refuse if another one is kept (``what`` names it)."""
+        held = self.get(kind, server_round)
+        if held is None:
+            self._set(kind, server_round, value)
+        elif held != value:
+            raise _refuse("equivocation", f"round {server_round}: this owner already {what} another one; a second "
+                                          "is refused (the coordinator showed owners different rounds)")
+
+
+def commit(record: Record, run: str, cid: str, server_round: int, owner: str, update_sha256: bytes,
+           sign: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
+    """(commitment, signature over the contribution) for this owner's update; the fresh nonce is kept
+    in ``record`` until :func:`reveal` (a re-sent update of the round commits to the same nonce)."""
+    nonce = record.get("nonce", server_round)
+    if nonce is None:
+        nonce = secrets.token_bytes(NONCE_BYTES)  # the owner's CSPRNG: never the run's seed
+        record.once("nonce", server_round, nonce, "committed to")
+    c = commitment_of(nonce)
+    return c, sign(contribution_statement(run, cid, server_round, owner, update_sha256, c))
+
+
+def check_contributions(roster: identity.Roster, run: str, cid: str, server_round: int,
+                        contributions: tuple[Contribution, ...]) -> None:
+    """Every contribution signed by the pinned owner it names, each owner once."""
+    owners = [c.owner for c in contributions]
+    if not owners or len(set(owners)) != len(owners):
+        raise PayloadError(f"round {server_round}'s committed set is empty or names an owner twice: refused")
+    for c in contributions:
+        member = roster.member(c.owner, f"a contribution of round {server_round} names owner")
+        identity.verify(member.verify_key, contribution_statement(run, cid, server_round, c.owner, c.update_sha256,
+                                                                  c.commitment),
+                        c.signature, f"owner {c.owner}'s contribution to round {server_round}")
+
+
+def reveal(record: Record, roster: identity.Roster, run: str, cid: str, server_round: int, owner: str,
+           own_update_sha256: bytes, contributions: tuple[Contribution, ...]) -> bytes:
+    """This owner's nonce, once it has seen the committed set with its own update in it; the set is
+    recorded, and another set for the round is refused (so no set is chosen after the reveals)."""
+    check_contributions(roster, run, cid, server_round, contributions)
+    nonce = record.get("nonce", server_round)
+    mine = [c for c in contributions if c.owner == owner]
+    if nonce is None or not mine or mine[0].update_sha256 != own_update_sha256 or\
+            mine[0].commitment != commitment_of(nonce):
+        raise _refuse("own-update", f"round {server_round}'s committed set leaves out or replaces this owner's "
+                                    "update: refused")
+    record.once("set", server_round, set_digest(run, cid, server_round, list(contributions)), "revealed for")
+    return nonce
+
+
+def committee_of(run: str, cid: str, cert: Certificate, size: int) -> tuple[str, ...]:
+    """The committee the certificate's set and reveals derive (every nonce under its commitment)."""
+    for c in cert.contributions:
+        if commitment_of(cert.reveals.get(c.owner, b"")) != c.commitment:
+            raise _refuse("reveal", f"round {cert.round}: owner {c.owner}'s revealed nonce does not open its "
+                                    "commitment (or is missing): no committee can be derived; refused")
+    return select(set_digest(run, cid, cert.round, list(cert.contributions)), cert.reveals, size)
+
+
+def _statement(run: str, cid: str, roster: identity.Roster, cert: Certificate, sum_sha256: bytes) -> bytes:
+    return sum_statement(run, cid, cert.round, roster_digest(roster), set_digest(run, cid, cert.round,
+                                                                                  list(cert.contributions)),
+                         sum_sha256, cert.committee, cert.checked)
+
+
+def attest(record: Record, roster: identity.Roster, run: str, cid: str, owner: str, cert: Certificate, size: int,
+           updates: dict[str, bytes], total: Callable[[bool], bytes],
+           sign: Callable[[bytes], bytes]) -> tuple[bytes, bytes]:
+    """A member's (sum SHA-256, signature): ``updates`` (owner -> signed update ciphertext, each
+    signature already checked against the pinned roster by the caller) must be exactly the committed
+    set's; ``total(checked)`` range-checks them (if ``checked``) and returns their sum's blob. The
+    member signs one statement per round."""
+    check_contributions(roster, run, cid, cert.round, cert.contributions)
+    _own_set(record, run, cid, cert)
+    if committee_of(run, cid, cert, size) != cert.committee or owner not in cert.committee:
+        raise _refuse("choice", f"round {cert.round}: this owner is asked to attest as a member of committee "
+                                f"{list(cert.committee)}, which is not the one the revealed nonces derive: refused")
+    want = {c.owner: c.update_sha256 for c in cert.contributions}
+    got = {o: hashlib.sha256(b).digest() for o, b in updates.items()}
+    if got != want:
+        raise _refuse("sum", f"round {cert.round}: the updates given to the committee are not the committed set's "
+                             "(an update missing, added or replaced): refused")
+    sum_sha256 = hashlib.sha256(total(cert.checked)).digest()
+    statement = _statement(run, cid, roster, cert, sum_sha256)
+    record.once("signed", cert.round, statement, "signed a committee statement for the round,")
+    return sum_sha256, sign(statement)
+
+
+def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: str, cert: Certificate, size: int,
+           sum_blob: bytes, *, require_checked: bool) -> None:
+    """Accept a round's sum on the committee's word, or refuse: the set the one this owner revealed
+    for (its own update in it), the committee the one derived, every member's signature on one
+    statement naming this sum, and the updates range-checked where this owner requires it."""
+    check_contributions(roster, run, cid, cert.round, cert.contributions)
+    _own_set(record, run, cid, cert)
+    if require_checked and not cert.checked:
+        raise _refuse("unchecked", f"round {cert.round}'s sum was signed without range-checking each update, and "
+                                   "this owner's policy says owners may be malicious: refused")
+    if committee_of(run, cid, cert, size) != cert.committee:
+        raise _refuse("choice", f"round {cert.round}: committee {list(cert.committee)} is not the one the revealed "
+                                "nonces derive (the coordinator chose it): refused")
+    statement = _statement(run, cid, roster, cert, hashlib.sha256(sum_blob).digest())
+    for member in cert.committee:
+        try:
+            identity.verify(roster.member(member, "a committee member").verify_key, statement,
+                            cert.signatures.get(member, b""), f"committee member {member}'s statement")
+        except PayloadError as exc:
+            raise _refuse("sum", f"round {cert.round}: committee member {member} did not sign this sum ({exc}): "
+                                 "forged or equivocated; refused") from exc
+
+
+def member_sum(backend: "TensealOwner", updates: global_codec.RoundUpdates, checked: bool) -> bytes:
+    """A member's sum of a round's signed updates (each signature checked against the pinned roster,
+    each update within the bounds first where ``checked``): the ciphertext blob the server's sum must equal
+    (the same updates, added in owner order, serialize to the same bytes)."""
+    payloads = backend._checked_round(updates)
+    if checked:
+        checks.check_round(backend, payloads, updates.round)
+    total = backend.combine(dict(sorted(payloads.items())))
+    if total.excluded:
+        raise PayloadError(f"round {updates.round}'s updates do not add up: {sorted(total.excluded.values())[0]}")
+    return total.payload.blobs["ciphertext"]
+
+
+def _own_set(record: Record, run: str, cid: str, cert: Certificate) -> None:
+    held = record.get("set", cert.round)
+    if held is None or held != set_digest(run, cid, cert.round, list(cert.contributions)):
+        raise _refuse("own-update", f"round {cert.round}'s certificate is for another set than the one this owner "
+                                    "revealed its nonce for (or it revealed for none): refused")
