@@ -51,19 +51,22 @@ class Round:
     """One round played honestly up to the committee's signatures: updates with commitments, the set
     shown to every owner, the nonces revealed, the committee derived, the server's sum."""
 
-    def __init__(self, fed, server_round, deltas, checked=True):
+    def __init__(self, fed, server_round, deltas, checked=True, reveal=True):
         self.keys, self.owners, self.server = fed
         self.round, self.cid = server_round, self.server.context_id
         self.roster = self.keys["client_0"].roster()
         self.payloads = {o: self.owners[o].protect(np.full(SIZE, d, np.float64), 1.0,
                                                    RoundContext(server_round, "L", o)) for o, d in deltas.items()}
         self.contributions = tuple(self.contribution(o) for o in sorted(self.payloads))
-        self.reveals = {o: self.reveal(o, self.contributions) for o in sorted(self.payloads)}
+        self.queries = committee.reveal_queries(RUN, self.cid, server_round, list(self.contributions))
+        self.sum_blob = self.server.combine(dict(sorted(self.payloads.items())),
+                                            RoundContext(server_round, "L")).payload.blobs["ciphertext"]
+        if not reveal:
+            return
+        self.reveals = {o: self.reveal(o, self.queries[o]) for o in sorted(self.payloads)}
         cert = Certificate(server_round, self.contributions, self.reveals, (), {}, checked)
         self.committee = committee.committee_of(RUN, self.cid, cert, C)
         self.cert = Certificate(server_round, self.contributions, self.reveals, self.committee, {}, checked)
-        self.sum_blob = self.server.combine(dict(sorted(self.payloads.items())),
-                                            RoundContext(server_round, "L")).payload.blobs["ciphertext"]
 
     def record(self, o):
         return Record(setup.run_dir(self.keys[o].state_dir, RUN))
@@ -76,9 +79,9 @@ class Round:
         c, sig = committee.commit(self.record(o), RUN, self.cid, self.round, o, sha, self.keys[o].sign)
         return committee.Contribution(o, sha, c, sig)
 
-    def reveal(self, o, contributions):
-        return committee.reveal(self.record(o), self.roster, RUN, self.cid, self.round, o,
-                                hashlib.sha256(self.blob(o)).digest(), contributions)
+    def reveal(self, o, query):
+        return committee.reveal(self.record(o), RUN, self.cid, self.round, o, hashlib.sha256(self.blob(o)).digest(),
+                                query)
 
     def updates(self):
         return RoundUpdates(self.round, {o: (self.blob(o), p.blobs[SIGNATURE]) for o, p in self.payloads.items()})
@@ -175,6 +178,15 @@ def test_the_coordinator_cannot_choose_the_committee(fed):
         with refused("reveal"):
             r.verify(outsider, Certificate(3, cert.contributions, {**cert.reveals, who: b"\x00" * 32},
                                            cert.committee, {}, True))
+    wire = Certificate.decode(Certificate(3, cert.contributions, {**cert.reveals, outsider: b"\x01" * 32},
+                                          cert.committee, cert.signatures, True).encode())
+    with refused("contribution"):  # on the wire the commitment is the nonce's hash: a swapped nonce fails its signature
+        r.verify(outsider, wire)
+    stranger = committee.Contribution("client_9", bytes(32), bytes(32), bytes(64))  # a contribution no one signed
+    with refused("contribution") as exc:
+        r.verify(outsider, Certificate(3, (*cert.contributions, stranger), {**cert.reveals, "client_9": bytes(32)},
+                                       cert.committee, cert.signatures, True))
+    assert "not in the pinned roster" in str(exc.value)
     # after the reveals: drop an owner to re-draw. Every owner revealed for the full set, so a
     # certificate for any other set is refused, and no owner reveals again for another set.
     dropped = next(o for o in OWNERS if o != outsider)
@@ -183,10 +195,36 @@ def test_the_coordinator_cannot_choose_the_committee(fed):
     redrawn = committee.select(committee.set_digest(RUN, r.cid, 3, list(smaller)), reveals, C)
     with refused("own-update"):
         r.verify(outsider, Certificate(3, smaller, reveals, redrawn, {}, True))
+    queries = committee.reveal_queries(RUN, r.cid, 3, list(smaller))
     with refused("equivocation"):
-        r.reveal(outsider, smaller)
-    with refused("own-update"):  # an owner whose update the set leaves out reveals nothing
-        r.reveal(dropped, smaller)
+        r.reveal(outsider, queries[outsider])
+    with refused("equivocation"):  # the dropped owner revealed for the full set, and for nothing else
+        r.reveal(dropped, queries[outsider])
+
+
+def test_an_owner_reveals_for_one_set_and_accepts_only_that_set(fed):
+    # The reveal query is a Merkle path: whatever path the coordinator sends, the owner's own leaf is
+    # in the root it computes and records. A path that is not the honest set's binds it to a root no
+    # certificate for another set can meet: it refuses that round's sum (as a dropped owner does),
+    # and a malformed path gets no nonce at all.
+    r = Round(fed, 7, {o: 0.5 for o in OWNERS}, reveal=False)
+    me, other = OWNERS[0], OWNERS[1]
+    bad = committee.reveal_queries(RUN, r.cid, 7, list(r.contributions))[me]
+    Q = committee.RevealQuery
+    for malformed in (Q(7, 5, 0, bad.path[:-1]), Q(7, 5, 0, (*bad.path, bytes(32))),
+                      Q(7, 5, 5, bad.path)):
+        with refused("own-update"):
+            r.reveal(me, malformed)
+    assert r.record(me).get("set", 7) is None  # nothing recorded, nothing revealed
+    without = [c for c in r.contributions if c.owner != me]
+    nonce = r.reveal(me, committee.reveal_queries(RUN, r.cid, 7, without)[other])  # another owner's place
+    assert committee.commitment_of(nonce) == r.contributions[0].commitment
+    reveals = {o: r.reveal(o, r.queries[o]) for o in OWNERS if o != me} | {me: nonce}
+    for contributions in (tuple(without), r.contributions):  # the set without it, and even the honest one
+        cert = Certificate(7, contributions, {o: reveals[o] for o in (c.owner for c in contributions)}, (), {}, True)
+        cert = Certificate(7, contributions, cert.reveals, committee.committee_of(RUN, r.cid, cert, C), {}, True)
+        with refused("own-update"):
+            r.verify(me, cert)
 
 
 def test_the_derived_committee_is_uniform_over_the_contributors():

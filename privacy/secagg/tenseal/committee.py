@@ -5,9 +5,10 @@ it (docs/privacy.md, "tenseal's verifier committee"):
 
 1. with its update, an owner commits to 32 fresh bytes from its CSPRNG (:func:`commit`): the SHA-256
    of that nonce, signed with the update's digest (:func:`contribution_statement`);
-2. the coordinator shows every contributor the committed set (:class:`Contribution` each); an owner
-   whose own contribution is in it records the set's digest for the round, once (a second, other
-   set for the round is refused) and reveals its nonce (:func:`reveal`);
+2. the coordinator shows every contributor its place in the committed set (:class:`RevealQuery`: a
+   Merkle path, log2(n) hashes); an owner whose own contribution is there records the set's digest
+   for the round, once (a second, other set for the round is refused) and reveals its nonce
+   (:func:`reveal`);
 3. the committee is the ``c`` contributors ranked first by SHA-256(seed, owner id), the seed being the
    SHA-256 of the set digest and every contributor's revealed nonce (:func:`select`): nobody knows it
    before the last honest nonce is out, and by then the set is fixed;
@@ -79,11 +80,87 @@ def commitment_of(nonce: bytes) -> bytes:
     return identity.digest(COMMIT_TAG, nonce)
 
 
+def _leaf(run: str, cid: str, server_round: int, c: Contribution) -> bytes:
+    return identity.digest(SET_TAG, b"leaf", run.encode(), cid.encode(), str(server_round).encode(), c.owner.encode(),
+                           c.update_sha256, c.commitment)
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return identity.digest(SET_TAG, b"node", left, right)
+
+
+def _levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """The Merkle tree's levels, leaves first; an odd node at the end of a level moves up as it is."""
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        cur = levels[-1]
+        levels.append([_node(cur[i], cur[i + 1]) if i + 1 < len(cur) else cur[i] for i in range(0, len(cur), 2)])
+    return levels
+
+
+def _top(node: bytes, index: int, count: int, path: list[bytes]) -> bytes:
+    """The root reached from ``node`` at ``index`` of ``count`` leaves along ``path`` (its siblings)."""
+    rest = list(path)
+    while count > 1:
+        if index ^ 1 < count:
+            if not rest:
+                raise PayloadError("a reveal query's inclusion path is too short: malformed; refused")
+            sibling = rest.pop(0)
+            node = _node(sibling, node) if index & 1 else _node(node, sibling)
+        index, count = index // 2, (count + 1) // 2
+    if rest:
+        raise PayloadError("a reveal query's inclusion path is too long: malformed; refused")
+    return node
+
+
+def _digest_of(count: int, top: bytes) -> bytes:
+    return identity.digest(SET_TAG, b"set", str(count).encode(), top)
+
+
 def set_digest(run: str, cid: str, server_round: int, contributions: list[Contribution]) -> bytes:
-    """The committed set: who contributed which update with which commitment (in owner order)."""
-    parts = [p for c in sorted(contributions, key=lambda c: c.owner) for p in (c.owner.encode(), c.update_sha256,
-                                                                               c.commitment)]
-    return identity.digest(SET_TAG, run.encode(), cid.encode(), str(server_round).encode(), *parts)
+    """The committed set: who contributed which update with which commitment, as the root of a Merkle
+    tree over the contributions in owner order (so one owner checks its place with log2(n) hashes)."""
+    leaves = [_leaf(run, cid, server_round, c) for c in sorted(contributions, key=lambda c: c.owner)]
+    return _digest_of(len(leaves), _levels(leaves)[-1][0])
+
+
+@dataclass(frozen=True)
+class RevealQuery:
+    """What one contributor is shown before it reveals: its place in the committed set (``index`` of
+    ``count``, owner order) and the Merkle siblings up to the root."""
+
+    round: int
+    count: int
+    index: int
+    path: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        head = json.dumps({"round": self.round, "count": self.count, "index": self.index}).encode()
+        return pack([head, *self.path])
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "RevealQuery":
+        try:
+            head, *path = unpack(blob)
+            claim = json.loads(head)
+            return cls(int(claim["round"]), int(claim["count"]), int(claim["index"]), tuple(path))
+        except (FramingError, ValueError, KeyError, TypeError) as exc:
+            raise PayloadError(f"a reveal query is unreadable ({exc}): refused") from exc
+
+
+def reveal_queries(run: str, cid: str, server_round: int, contributions: list[Contribution]) -> dict[str, RevealQuery]:
+    """The coordinator's side: each contributor's :class:`RevealQuery`."""
+    ordered = sorted(contributions, key=lambda c: c.owner)
+    levels = _levels([_leaf(run, cid, server_round, c) for c in ordered])
+    queries = {}
+    for i, c in enumerate(ordered):
+        path, index = [], i
+        for level in levels[:-1]:
+            if index ^ 1 < len(level):
+                path.append(level[index ^ 1])
+            index //= 2
+        queries[c.owner] = RevealQuery(server_round, len(ordered), i, tuple(path))
+    return queries
 
 
 def select(set_id: bytes, reveals: dict[str, bytes], size: int) -> tuple[str, ...]:
@@ -104,7 +181,9 @@ def sum_statement(run: str, cid: str, server_round: int, roster_digest: str, set
 @dataclass(frozen=True)
 class Certificate:
     """What an owner outside the committee gets beside a round's sum: the committed set, the revealed
-    nonces, the committee and its members' signatures over :func:`sum_statement`."""
+    nonces, the committee and its members' signatures over :func:`sum_statement` (members get it
+    without signatures, with every signed update). On the wire each commitment is left out: it is the
+    SHA-256 of the revealed nonce."""
 
     round: int
     contributions: tuple[Contribution, ...]
@@ -117,8 +196,7 @@ class Certificate:
         owners = [c.owner for c in self.contributions]
         head = json.dumps({"round": self.round, "owners": owners, "committee": list(self.committee),
                            "checked": self.checked}).encode()
-        parts = [p for c in self.contributions for p in (c.update_sha256, c.commitment, c.signature,
-                                                         self.reveals.get(c.owner, b""))]
+        parts = [p for c in self.contributions for p in (c.update_sha256, c.signature, self.reveals.get(c.owner, b""))]
         return pack([head, *parts, *(self.signatures.get(m, b"") for m in self.committee)])
 
     @classmethod
@@ -130,13 +208,22 @@ class Certificate:
             at, checked = int(claim["round"]), bool(claim["checked"])
         except (FramingError, ValueError, KeyError, TypeError) as exc:
             raise PayloadError(f"a committee certificate is unreadable ({exc}): refused") from exc
-        if len(parts) != 4 * len(owners) + len(committee) or len(set(owners)) != len(owners) or not owners:
+        if len(parts) != 3 * len(owners) + len(committee) or len(set(owners)) != len(owners) or not owners:
             raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) (or one twice) and "
                                f"{len(committee)} member(s) but holds {len(parts)} parts: malformed; refused")
-        contributions = tuple(Contribution(o, *parts[4 * i: 4 * i + 3]) for i, o in enumerate(owners))
-        reveals = {o: parts[4 * i + 3] for i, o in enumerate(owners)}
-        signatures = dict(zip(committee, parts[4 * len(owners):], strict=True))
+        # each commitment is the SHA-256 of the revealed nonce: a wrong nonce fails its owner's signature
+        contributions = tuple(Contribution(o, parts[3 * i], commitment_of(parts[3 * i + 2]), parts[3 * i + 1])
+                              for i, o in enumerate(owners))
+        reveals = {o: parts[3 * i + 2] for i, o in enumerate(owners)}
+        signatures = dict(zip(committee, parts[3 * len(owners):], strict=True))
         return cls(at, contributions, reveals, committee, signatures, checked)
+
+
+def certified_round(server_round: int, sum_blob: bytes, cert: Certificate | None) -> bytes:
+    """A pending round as the committee (or, form ``sum``, the coordinator alone) leaves it: the sum's
+    ciphertext blob and its certificate (none in form ``sum``)."""
+    head = json.dumps({"round": server_round, "certified": cert is not None}).encode()
+    return pack([head, sum_blob, *([cert.encode()] if cert is not None else [])])
 
 
 class Record:
@@ -181,29 +268,37 @@ def commit(record: Record, run: str, cid: str, server_round: int, owner: str, up
 
 def check_contributions(roster: identity.Roster, run: str, cid: str, server_round: int,
                         contributions: tuple[Contribution, ...]) -> None:
-    """Every contribution signed by the pinned owner it names, each owner once."""
+    """Every contribution signed by the pinned owner it names (an added owner, or a nonce swapped on the
+    wire, fails here), each owner once."""
     owners = [c.owner for c in contributions]
     if not owners or len(set(owners)) != len(owners):
         raise PayloadError(f"round {server_round}'s committed set is empty or names an owner twice: refused")
-    for c in contributions:
-        member = roster.member(c.owner, f"a contribution of round {server_round} names owner")
-        identity.verify(member.verify_key, contribution_statement(run, cid, server_round, c.owner, c.update_sha256,
-                                                                  c.commitment),
-                        c.signature, f"owner {c.owner}'s contribution to round {server_round}")
+    try:
+        for c in contributions:
+            member = roster.member(c.owner, f"a contribution of round {server_round} names owner")
+            identity.verify(member.verify_key, contribution_statement(run, cid, server_round, c.owner,
+                                                                      c.update_sha256, c.commitment),
+                            c.signature, f"owner {c.owner}'s contribution to round {server_round} (its update digest "
+                                         "and the commitment its revealed nonce opens)")
+    except PayloadError as exc:
+        raise _refuse("contribution", str(exc)) from exc
 
 
-def reveal(record: Record, roster: identity.Roster, run: str, cid: str, server_round: int, owner: str,
-           own_update_sha256: bytes, contributions: tuple[Contribution, ...]) -> bytes:
-    """This owner's nonce, once it has seen the committed set with its own update in it; the set is
-    recorded, and another set for the round is refused (so no set is chosen after the reveals)."""
-    check_contributions(roster, run, cid, server_round, contributions)
+def reveal(record: Record, run: str, cid: str, server_round: int, owner: str, own_update_sha256: bytes,
+           query: RevealQuery) -> bytes:
+    """This owner's nonce, once it has seen its own contribution's place in the committed set; the
+    set's digest is recorded, and another set for the round is refused (so no set is chosen after the
+    reveals). Contributions' signatures are checked with the certificate (:func:`verify`)."""
     nonce = record.get("nonce", server_round)
-    mine = [c for c in contributions if c.owner == owner]
-    if nonce is None or not mine or mine[0].update_sha256 != own_update_sha256 or\
-            mine[0].commitment != commitment_of(nonce):
-        raise _refuse("own-update", f"round {server_round}'s committed set leaves out or replaces this owner's "
-                                    "update: refused")
-    record.once("set", server_round, set_digest(run, cid, server_round, list(contributions)), "revealed for")
+    if nonce is None or query.round != server_round or not 0 <= query.index < query.count:
+        raise _refuse("own-update", f"round {server_round}: asked to reveal a nonce this owner did not commit to "
+                                    "(or for another round): refused")
+    mine = Contribution(owner, own_update_sha256, commitment_of(nonce), b"")
+    try:
+        top = _top(_leaf(run, cid, server_round, mine), query.index, query.count, list(query.path))
+    except PayloadError as exc:
+        raise _refuse("own-update", f"round {server_round}: {exc}") from exc
+    record.once("set", server_round, _digest_of(query.count, top), "revealed for")
     return nonce
 
 
