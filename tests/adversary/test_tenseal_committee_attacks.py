@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedveil.core.errors import Refusal
-from fedveil.core.payload import RoundContext
+from fedveil.core.payload import PayloadError, RoundContext
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.core.io import pack
@@ -22,7 +22,7 @@ from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealServer, update_statement
 from fedveil.privacy.secagg.tenseal.committee import Certificate, Record
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
-from fedveil.privacy.secagg.tenseal.global_codec import RoundUpdates
+from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal, RoundUpdates
 
 pytestmark = pytest.mark.adversary
 CFG = TensealConfig(max_owners=5, max_weight=2.0, value_bound=6.0, global_bound=10.0)
@@ -34,7 +34,17 @@ C = 2  # committee size
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("committee")
+    """Five keyed owners and the server side, shared: each test plays its own round number."""
+    return _keyed(tmp_path_factory.mktemp("committee"))
+
+
+@pytest.fixture()
+def fresh(tmp_path):
+    """As ``fed``, for a test that needs round 1 of its own."""
+    return _keyed(tmp_path)
+
+
+def _keyed(tmp):
     keys = {o: OwnerKeys(o, str(tmp / o)) for o in OWNERS}
     pin_roster({o: tmp / o for o in OWNERS}, "client_0")
     made = setup.generate(CFG, keys["client_0"], RUN, {o: setup.announce(k) for o, k in keys.items()})
@@ -124,7 +134,7 @@ class refused:  # noqa: N801 -- used as pytest.raises is
 
 
 def test_the_honest_committee_certifies_the_sum_every_other_owner_opens(fed):
-    r = Round(fed, 1, {o: i + 1.0 for i, o in enumerate(OWNERS)})
+    r = Round(fed, 9, {o: i + 1.0 for i, o in enumerate(OWNERS)})
     cert = Certificate.decode(r.signed().encode())  # as it travels
     member = r.committee[0]
     assert hashlib.sha256(committee.member_sum(r.owners[member], r.updates(), True)).digest() == \
@@ -292,3 +302,20 @@ def test_a_member_range_checks_every_update_before_signing(fed):
         committee.member_sum(owners[member], poisoned, True)
     assert (exc.value.code, exc.value.public) == ("bad-update", {"owner": poisoner})
     assert committee.member_sum(owners[member], poisoned, False)  # unchecked, it is summed
+
+
+def test_an_owner_opens_a_certified_round_of_the_encrypted_global_and_refuses_a_forged_or_bare_one(fresh):
+    # The download path: a pending round of the encrypted global may be a certified sum instead of
+    # every signed update (``TensealOwner.open_global``); the same checks run before anything is decrypted.
+    r = Round(fresh, 1, {o: 0.1 * (i + 1) for i, o in enumerate(OWNERS)})  # round 1: the global is its mean
+    cert = r.signed()
+    zeros = np.zeros(SIZE, np.float32)
+    outsider = r.outsiders()[0]
+    honest = EncryptedGlobal(None, [committee.certified_round(1, r.sum_blob, cert)]).arrays()
+    np.testing.assert_allclose(r.owners[outsider].open_global(honest, zeros, 1), 0.3, atol=1e-4)
+    forged = r.owners["client_0"].protect(np.full(SIZE, 5.0), 1.0).blobs["ciphertext"]
+    for blob in (committee.certified_round(1, forged, cert), committee.certified_round(1, r.sum_blob, None)):
+        with refused("sum"):
+            r.owners[outsider].open_global(EncryptedGlobal(None, [blob]).arrays(), zeros, 1)
+    with pytest.raises(PayloadError, match="stale or replayed"):  # a certified round 1 as round 2
+        r.owners[outsider].open_global(honest, zeros, 2)

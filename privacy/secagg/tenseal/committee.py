@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 NONCE_BYTES = 32
 RECORD_FILE = "committee.json"  # in the owner's run folder (keys.run_dir): nonces, sets revealed for, sums signed
-DEFAULT_SIZE = 2  # see docs/privacy.md: 2 keeps the mean download <= 4x plain at any cohort; 3 costs ~5x at 100
 CONTRIBUTION_TAG = b"fedveil/tenseal-contribution/v1"
 COMMIT_TAG = b"fedveil/committee-commit/v1"
 SEED_TAG = b"fedveil/committee-seed/v1"
@@ -224,6 +223,25 @@ def certified_round(server_round: int, sum_blob: bytes, cert: Certificate | None
     ciphertext blob and its certificate (none in form ``sum``)."""
     head = json.dumps({"round": server_round, "certified": cert is not None}).encode()
     return pack([head, sum_blob, *([cert.encode()] if cert is not None else [])])
+
+
+def certified_of(blob: bytes) -> tuple[int, bytes, Certificate | None] | None:
+    """(round, sum blob, certificate or None) of a :func:`certified_round`; None for anything else
+    (a round of signed updates: ``global_codec.RoundUpdates`` reads it)."""
+    try:
+        head, *parts = unpack(blob)
+        claim = json.loads(head)
+    except (FramingError, ValueError):
+        return None
+    if not isinstance(claim, dict) or "certified" not in claim:
+        return None
+    try:
+        at, certified = int(claim["round"]), bool(claim["certified"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError(f"a certified round is unreadable ({exc}): refused") from exc
+    if len(parts) != 1 + certified:
+        raise PayloadError(f"certified round {at} holds {len(parts)} parts: malformed; refused")
+    return at, parts[0], Certificate.decode(parts[1]) if certified else None
 
 
 class Record:
