@@ -296,6 +296,13 @@ class TensealOwner(_Side):
         weight, values = clamp(delta, weight, self.cfg)
         return bfv.encrypt(self._secret, values, self.cfg, kind, self._weight_key, weight)
 
+    def last_sent(self) -> tuple[int, bytes] | None:
+        """(round, SHA-256 of the ciphertext) of this owner's last update of this run; None: none."""
+        if self.keys is None or not self._sent_file.is_file():
+            return None
+        sent = json.loads(self._sent_file.read_text())
+        return (int(sent["round"]), bytes.fromhex(sent["sha256"])) if sent.get("run") == self.run else None
+
     @property
     def _sent_file(self) -> Path:
         folder = run_dir(self.keys.state_dir, self.run)  # per run: another run's update never hides this one's

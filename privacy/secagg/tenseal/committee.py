@@ -193,10 +193,11 @@ class Certificate:
 
     def encode(self) -> bytes:
         owners = [c.owner for c in self.contributions]
+        signed = [m for m in self.committee if self.signatures.get(m)]  # none yet in the members' draft
         head = json.dumps({"round": self.round, "owners": owners, "committee": list(self.committee),
-                           "checked": self.checked}).encode()
+                           "signed": signed, "checked": self.checked}).encode()
         parts = [p for c in self.contributions for p in (c.update_sha256, c.signature, self.reveals.get(c.owner, b""))]
-        return pack([head, *parts, *(self.signatures.get(m, b"") for m in self.committee)])
+        return pack([head, *parts, *(self.signatures[m] for m in signed)])
 
     @classmethod
     def decode(cls, blob: bytes) -> "Certificate":
@@ -204,17 +205,18 @@ class Certificate:
             head, *parts = unpack(blob)
             claim = json.loads(head)
             owners, committee = [str(o) for o in claim["owners"]], tuple(str(m) for m in claim["committee"])
-            at, checked = int(claim["round"]), bool(claim["checked"])
+            at, checked, signed = int(claim["round"]), bool(claim["checked"]), [str(m) for m in claim["signed"]]
         except (FramingError, ValueError, KeyError, TypeError) as exc:
             raise PayloadError(f"a committee certificate is unreadable ({exc}): refused") from exc
-        if len(parts) != 3 * len(owners) + len(committee) or len(set(owners)) != len(owners) or not owners:
+        if len(parts) != 3 * len(owners) + len(signed) or len(set(owners)) != len(owners) or not owners or\
+                not set(signed) <= set(committee):
             raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) (or one twice) and "
-                               f"{len(committee)} member(s) but holds {len(parts)} parts: malformed; refused")
+                               f"{len(signed)} signature(s) but holds {len(parts)} parts: malformed; refused")
         # each commitment is the SHA-256 of the revealed nonce: a wrong nonce fails its owner's signature
         contributions = tuple(Contribution(o, parts[3 * i], commitment_of(parts[3 * i + 2]), parts[3 * i + 1])
                               for i, o in enumerate(owners))
         reveals = {o: parts[3 * i + 2] for i, o in enumerate(owners)}
-        signatures = dict(zip(committee, parts[3 * len(owners):], strict=True))
+        signatures = dict(zip(signed, parts[3 * len(owners):], strict=True))
         return cls(at, contributions, reveals, committee, signatures, checked)
 
 
