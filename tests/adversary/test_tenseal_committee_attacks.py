@@ -319,3 +319,19 @@ def test_an_owner_opens_a_certified_round_of_the_encrypted_global_and_refuses_a_
             r.owners[outsider].open_global(EncryptedGlobal(None, [blob]).arrays(), zeros, 1)
     with pytest.raises(PayloadError, match="stale or replayed"):  # a certified round 1 as round 2
         r.owners[outsider].open_global(honest, zeros, 2)
+
+
+def test_only_an_owner_whose_view_is_that_owners_are_honest_opens_a_sum_summed_without_range_checks(fresh):
+    # The owner is sovereign: a coordinator stating privacy.malicious_owners=false gets an unchecked sum
+    # past no owner that holds owners may poison (the default); one that holds they are honest opens it.
+    r = Round(fresh, 1, {o: 0.2 for o in OWNERS}, checked=False)
+    arrays = EncryptedGlobal(None, [committee.certified_round(1, r.sum_blob, r.signed())]).arrays()
+    zeros = np.zeros(SIZE, np.float32)
+    believer, wary = r.outsiders()[:2]
+    with refused("unchecked"):
+        r.owners[wary].open_global(arrays, zeros, 1)
+    r.owners[believer].malicious_owners = False
+    np.testing.assert_allclose(r.owners[believer].open_global(arrays, zeros, 1), 0.2, atol=1e-4)
+    with refused("sum"):  # the sum alone, with no certificate, it refuses all the same
+        r.owners[believer].open_global(EncryptedGlobal(None, [committee.certified_round(1, r.sum_blob, None)]).arrays(),
+                                       zeros, 1)

@@ -252,8 +252,11 @@ class TensealOwner(_Side):
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes, secret: bytes,
                  roster: identity.Roster | None = None, keys: identity.OwnerKeys | None = None,
-                 run: str = "") -> None:
+                 run: str = "", malicious_owners: bool = True) -> None:
+        """``malicious_owners``: this owner's own view (its policy's, once wired) of whether owners may
+        poison; True: it takes a round's sum on a committee's word only if every update was range-checked."""
         super().__init__(cfg, size, public, run)
+        self.malicious_owners = malicious_owners
         self._secret = load_context(secret)
         # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
         canonical = secret_bytes(self._secret)
@@ -352,12 +355,12 @@ class TensealOwner(_Side):
     def _certified(self, at: int, sum_blob: bytes, cert: committee.Certificate | None) -> Protected:
         """A round's sum on its verifier committee's word, checked (``committee.verify``): updates
         range-checked by the committee, as this owner cannot check them itself."""
-        if cert is None or self.keys is None:
+        if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
             raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
                                         "accepts a sum only on a verifier committee's word", check="committee-sum")
         committee.verify(committee.Record(run_dir(self.keys.state_dir, self.run)), self.roster, self.run,
                          self.context_id, self.keys.owner_id, cert, self.cfg.committee_size, sum_blob,
-                         require_checked=True)
+                         require_checked=self.malicious_owners)
         return self.payload_of(sum_blob)
 
     def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:
