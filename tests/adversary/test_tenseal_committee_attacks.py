@@ -197,6 +197,11 @@ def test_the_coordinator_cannot_choose_the_committee(fed):
         r.verify(outsider, Certificate(3, (*cert.contributions, stranger), {**cert.reveals, "client_9": bytes(32)},
                                        cert.committee, cert.signatures, True))
     assert "not in the pinned roster" in str(exc.value)
+    one = committee.select(committee.set_digest(RUN, r.cid, 3, list(cert.contributions)), cert.reveals, 1)
+    with refused("size"):  # a run config with committee_size=1: the owner's floor holds
+        committee.verify(r.record(outsider), r.roster, RUN, r.cid, outsider,
+                         Certificate(3, cert.contributions, cert.reveals, one, {}, True), 1, r.sum_blob,
+                         require_checked=True)
     # after the reveals: drop an owner to re-draw. Every owner revealed for the full set, so a
     # certificate for any other set is refused, and no owner reveals again for another set.
     dropped = next(o for o in OWNERS if o != outsider)

@@ -231,5 +231,6 @@ def test_the_planner_picks_the_download_form_from_the_stated_threats():
     assert planner.download_form(PrivacyConfig(coordinator="malicious", malicious_owners=False)) == ("committee", False)
     with pytest.raises(UserError, match="privacy.malicious_owners must be true or false"):
         PrivacyConfig(malicious_owners="yes")
-    with pytest.raises(UserError, match="aggregation.committee_size must be an integer >= 1"):
-        TensealConfig(committee_size=0)
+    for size in (0, 1, True, 2.5):
+        with pytest.raises(UserError, match="aggregation.committee_size must be an integer >= 2"):
+            TensealConfig(committee_size=size)

@@ -39,12 +39,16 @@ from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import checks, global_codec
+from fedveil.privacy.secagg.tenseal.config import MIN_COMMITTEE_SIZE
 from fedveil.privacy.secagg.tenseal.keys import roster_digest
 
 if TYPE_CHECKING:
     from fedveil.privacy.secagg.tenseal.backend import TensealOwner
 
 NONCE_BYTES = 32
+# An owner's own floor on the committee (the size travels in the run config, which the coordinator writes):
+# one member would make grinding m/n per try; fewer contributors than this make the committee all of them
+MIN_SIZE = MIN_COMMITTEE_SIZE
 RECORD_FILE = "committee.json"  # in the owner's run folder (keys.run_dir): nonces, sets revealed for, sums signed
 CONTRIBUTION_TAG = b"fedveil/tenseal-contribution/v1"
 COMMIT_TAG = b"fedveil/committee-commit/v1"
@@ -323,7 +327,11 @@ def reveal(record: Record, run: str, cid: str, server_round: int, owner: str, ow
 
 
 def committee_of(run: str, cid: str, cert: Certificate, size: int) -> tuple[str, ...]:
-    """The committee the certificate's set and reveals derive (every nonce under its commitment)."""
+    """The committee the certificate's set and reveals derive (every nonce under its commitment), of
+    ``size`` members; a size below this owner's floor (:data:`MIN_SIZE`) is refused."""
+    if size < MIN_SIZE:
+        raise _refuse("size", f"round {cert.round}: aggregation.committee_size={size} is below this owner's floor of "
+                              f"{MIN_SIZE} (one colluding member could certify any sum): refused")
     for c in cert.contributions:
         if commitment_of(cert.reveals.get(c.owner, b"")) != c.commitment:
             raise _refuse("reveal", f"round {cert.round}: owner {c.owner}'s revealed nonce does not open its "

@@ -35,6 +35,7 @@ DIRECT_ROUNDS = 100  # a TensealConfig built directly (tests) bounds the global 
 # The verifier committee's default size: 2 keeps the mean download near 4x plain's (each member downloads
 # the whole round); 3 costs ~5x at a cohort of 100 (docs/privacy.md, "tenseal's verifier committee")
 COMMITTEE_SIZE = 2
+MIN_COMMITTEE_SIZE = 2  # one member alone could certify any sum; owners refuse fewer (tenseal/committee.py)
 
 
 @dataclass
@@ -67,9 +68,10 @@ class TensealConfig:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UserError(f"aggregation.scheme must be one of {list(SCHEMES)}, got '{self.scheme}'")
-        if isinstance(self.committee_size, bool) or not isinstance(self.committee_size, int) or self.committee_size < 1:
-            raise UserError(f"aggregation.committee_size must be an integer >= 1 (owners on the verifier committee), "
-                            f"got {self.committee_size}")
+        size = self.committee_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_COMMITTEE_SIZE:
+            raise UserError(f"aggregation.committee_size must be an integer >= {MIN_COMMITTEE_SIZE} (owners on the "
+                            f"verifier committee; owners refuse fewer), got {size}")
         for key in ("max_owners", "max_weight", "value_bound", "norm_bound", "global_bound"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not value > 0):
