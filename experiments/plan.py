@@ -25,7 +25,8 @@ from fedveil.core.errors import UserError
 from fedveil.core.metrics import (BYTES_DOWN_FIGURE, BYTES_UP_FIGURE, EPSILON_FIGURE, PHASES, Figure, MetricsRow,
                                   seconds_figure, trained_rows)
 from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
-from fedveil.privacy.planner import choose, estimate, rough_phase_seconds
+from fedveil.privacy.planner import (candidate_config, choose, download_form, download_forms, estimate,
+                                     rough_phase_seconds)
 from fedveil.task.model import get_adapter, load_lora_skeleton
 from fedveil.task.tiny import byte_level_tokenizer, tiny_config
 
@@ -110,6 +111,15 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
         run_agg = run_cfg.aggregation
         run = {**estimate(run_agg.name, run_agg, n, cfg.participants, dp_on=dp_on).as_dict(),
                "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
+    form, checked = download_form(cfg.privacy)
+    forms = {}
+    for v in plan.verdicts:
+        agg = (run_cfg.aggregation if run_cfg is not None and run_cfg.aggregation.name == v.backend
+               else candidate_config(v.backend, cfg.privacy, cfg.participants))
+        priced = download_forms(v.backend, agg, n, cfg.participants, dp_on=dp_on)
+        if priced:  # tenseal: what each way of downloading a round costs; the round loop runs "every" today
+            forms[v.backend] = {"for_threats": form, "range_checked": checked, "runs": "every",
+                                **{name: c.as_dict() for name, c in priced.items()}}
     return run_cfg, {
         "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
         "local_steps": cfg.train.local_steps,
@@ -118,6 +128,7 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
         "requested": requested,
         "backends": [{"backend": v.backend, "covered": v.covered, "why_not": v.why_not, **v.cost.as_dict()}
                      for v in plan.verdicts],
+        "download_forms": forms,
         "dp": dp_plan(cfg),
         "pick": pick, "reason": reason, "run": run,
         "seconds_note": "rough: the backend's protect + aggregate + reveal from privacy/calibration.json; "
@@ -186,6 +197,15 @@ def render(p: dict) -> str:
         up = b["update_up"] + b.get("eval_up", 0)  # without DP the held-out pair rides up too
         lines.append(f"{b['backend']:8s} {'yes' if b['covered'] else 'no':6s} {human(up):>10s} "
                      f"{human(b['global_down']):>11s} {party:>12s} {b['seconds']:8.2f}  {'; '.join(b['why_not'])}")
+    plain_down = next((b["global_down"] for b in p["backends"] if b["backend"] == "plain"), 0)
+    for name, f in p.get("download_forms", {}).items():
+        x = lambda v: f"x{v / plain_down:.2f}" if plain_down else human(v)  # noqa: E731
+        c = f["committee"]
+        lines.append(f"{name} download per owner vs plain's {human(plain_down)}: every {x(f['every']['max_down'])} | "
+                     f"committee of {c['committee']}: mean {x(c['mean_down'])}, outside it {x(c['global_down'])}, "
+                     f"a member {x(c['max_down'])} | sum alone {x(f['sum']['max_down'])}; for the stated threats: "
+                     f"{f['for_threats']}{' (each update range-checked)' if f['range_checked'] else ''}; "
+                     f"runs today: {f['runs']}")
     dp = p["dp"]
     if dp:
         lines.append(f"DP: {dp['mode']}, target epsilon {dp['target_epsilon']:g} at delta {dp['delta']:g}, "

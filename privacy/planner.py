@@ -48,6 +48,7 @@ class PrivacyConfig:
 
     coordinator: str = "curious"  # trusted | curious | malicious; curious: privacy on by default
     owner_collusion: bool = False  # may an owner collude with the coordinator?
+    malicious_owners: bool = True  # may an owner poison (an update beyond the bounds)? tenseal's download form
     aggregator_parties: int = 0  # independent organisations able to run an aggregator party (crypten)
     epsilon: Optional[float] = None  # DP target per owner (sets dp=sample_level); None: keep dp as configured
     delta: Optional[float] = None  # DP delta with privacy.epsilon; None: dp.delta (1e-5)
@@ -55,6 +56,8 @@ class PrivacyConfig:
     max_seconds_per_round: Optional[float] = None  # the backend's added seconds per round (rough)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.malicious_owners, bool):
+            raise UserError(f"privacy.malicious_owners must be true or false, got {self.malicious_owners!r}")
         if self.coordinator not in COORDINATOR_THREATS:
             raise UserError(f"privacy.coordinator must be one of {list(COORDINATOR_THREATS)}, got '{self.coordinator}'")
         if isinstance(self.aggregator_parties, bool) or self.aggregator_parties < 0 or self.aggregator_parties == 1:
@@ -126,6 +129,22 @@ def fit_phase_seconds(points: list[tuple[int, int, dict[str, float]]]) -> tuple[
         intercept = max(float(np.mean(y - slope * x)), 0.0)
         fixed[name], per_value[name] = float(f"{intercept:.3g}"), float(f"{slope:.3g}")
     return fixed, per_value
+
+
+def download_form(privacy: PrivacyConfig) -> tuple[str, bool]:
+    """(form, each update range-checked) for the stated threats (``tenseal/cost.py``'s forms): the sum
+    alone where neither the coordinator nor any owner is malicious; otherwise the verifier committee,
+    which range-checks every update unless ``privacy.malicious_owners=false``."""
+    if privacy.coordinator != "malicious" and not privacy.malicious_owners:
+        return "sum", False
+    return "committee", privacy.malicious_owners
+
+
+def download_forms(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool) -> dict[str, Cost]:
+    """Each download form's exact bytes where a backend has several (``BackendSpec.variants``; tenseal),
+    else {}: ``Cost.mean_down`` / ``max_down`` say what owners download on average and at most."""
+    spec = backend_spec(backend)
+    return spec.variants(agg, values, owners, calibration(), dp_on=dp_on) if spec.variants else {}
 
 
 # --- the pick ------------------------------------------------------------------------------------

@@ -115,6 +115,9 @@ class BackendSpec:
     # (aggregation dict, owners per round, dp on, train.update_clip_norm, rounds) -> the aggregation dict
     # with the run's values for what the config left null (tenseal: its bounds and BFV parameters)
     resolve: Optional[Callable[[dict, int, bool, Optional[float], int], dict]] = None
+    # (cfg, adapter values, owners per round, calibration, *, dp_on=) -> the bytes of each way owners may
+    # download a round, by name (tenseal: every update, a verifier committee, the sum alone); None: one way
+    variants: Optional[Callable[..., dict[str, Cost]]] = None
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
@@ -172,6 +175,7 @@ BACKENDS: dict[str, BackendSpec] = {
         cost=tenseal_cost.cost,
         update_bytes=tenseal_cost.update_bytes,
         priced_config=tenseal_cost.priced_config,
+        variants=tenseal_cost.variants,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),

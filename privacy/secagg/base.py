@@ -167,23 +167,46 @@ class Cost:
     eval_up: int = 0
     evalsum_down: int = 0
     evalsum_up: int = 0
+    # tenseal's verifier committee (``tenseal/committee.py``; forms other than ``every``): every owner
+    # reveals its nonce (``reveal_up``); ``committee`` owners download ``committee_down`` instead of
+    # ``global_down`` (every update of the round besides) and upload their signature (``committee_up``)
+    reveal_up: int = 0
+    committee: int = 0
+    committee_down: int = 0
+    committee_up: int = 0
     seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
 
     @property
+    def max_down(self) -> int:
+        """The most one owner downloads in a steady-state round (a committee member's, where there is one)."""
+        return max(self.global_down, self.committee_down if self.committee else 0)
+
+    @property
+    def mean_down(self) -> float:
+        """The mean over the round's owners of what each downloads."""
+        if not self.committee:
+            return float(self.global_down)
+        return ((self.owners - self.committee) * self.global_down + self.committee * self.committee_down) / self.owners
+
+    @property
     def per_owner(self) -> int:
-        """Update and held-out pair up + global down for every owner in a steady-state round (what the
-        byte limit checks)."""
-        return self.update_up + self.eval_up + self.global_down
+        """Update and held-out pair up + global down for an owner in a steady-state round, the most any
+        owner moves (a committee member's, where there is one): what the byte limit checks."""
+        return self.update_up + self.eval_up + self.reveal_up + self.max_down + (self.committee_up if self.committee
+                                                                                 else 0)
 
     @property
     def per_round(self) -> int:
         """All of a steady-state round: every owner's update, pair and global, the one owner's
-        re-encryption and evalsum, the parties'."""
-        return (self.owners * self.per_owner + self.reencrypt_up + self.evalsum_down + self.evalsum_up
+        re-encryption and evalsum, the committee's extra, the parties'."""
+        every = self.update_up + self.eval_up + self.reveal_up + self.global_down
+        extra = self.committee * (self.committee_down - self.global_down + self.committee_up)
+        return (self.owners * every + extra + self.reencrypt_up + self.evalsum_down + self.evalsum_up
                 + self.parties * (self.party_in + self.party_out))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "per_owner": self.per_owner, "per_round": self.per_round}
+        return {**asdict(self), "per_owner": self.per_owner, "per_round": self.per_round, "max_down": self.max_down,
+                "mean_down": self.mean_down}
 
 
 def server_sees_counts(backend: Any, dp_on: bool) -> bool:

@@ -10,6 +10,8 @@ tests at the end check the pair's against real protected pairs."""
 import numpy as np
 import pytest
 
+from fedveil.core.errors import UserError
+
 from fedveil.core.payload import RoundContext
 from fedveil.privacy import planner
 from fedveil.privacy.planner import PrivacyConfig, choose
@@ -22,6 +24,7 @@ from fedveil.privacy.secagg.identity import OwnerKeys
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
 from fedveil.privacy.secagg.sealing import keypair
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.context import make_context, public_bytes, secret_bytes
 
@@ -170,3 +173,64 @@ def test_crypten_plans_the_bytes_of_a_protected_pair(tmp_path):
     assert real.nbytes == planned.eval_up == crypten_pair_bytes(cfg, "client_0", "", "0" * 64, 1)
     # as for updates, the run id, owner id and round in the headers and bundle move it by their lengths
     assert crypten_pair_bytes(cfg, "client_12", "run", "0" * 64, 10) == planned.eval_up + 4 * (1 + 1) + 3
+
+
+# --- tenseal's download forms (tenseal/committee.py): every update, a verifier committee, the sum alone -------
+
+FORM_BYTES = ("update_up", "reveal_up", "global_down", "committee", "committee_down", "committee_up")
+FORMS_100 = {  # tiny adapter, 100 owners per round (BFV for 100), under DP, committee of 2 (the default) and 3
+    2: {"every": (131_571, 0, 13_412_532, 0, 0, 0),
+        # + commitment and signed contribution up, the nonce up; down: base + Merkle path + sum + certificate;
+        # a member: + every signed update and the set with its nonces, its signature up
+        "committee": (131_667, 32, 283_900, 2, 13_448_906, 64),
+        "sum": (131_571, 0, 268_056, 0, 0, 0)},
+    3: {"committee": (131_667, 32, 283_992, 3, 13_449_010, 64)},
+}
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_tenseal_prices_each_download_form_with_its_mean_and_max_over_owners(size):
+    cfg = tenseal_cost.priced_config(100)
+    cfg.committee_size = size
+    forms = planner.download_forms("tenseal", cfg, TINY, 100, dp_on=True)
+    assert {f: tuple(getattr(c, k) for k in FORM_BYTES) for f, c in forms.items() if f in FORMS_100[size]} == \
+        FORMS_100[size]
+    every, committee, alone = forms["every"], forms["committee"], forms["sum"]
+    assert every == tenseal_cost.cost(cfg, TINY, 100, planner.calibration(), dp_on=True)  # what runs today
+    assert committee.mean_down == ((100 - size) * committee.global_down + size * committee.committee_down) / 100
+    assert committee.max_down == committee.committee_down  # a member downloads the whole round
+    assert committee.per_owner == committee.update_up + committee.reveal_up + committee.committee_down + 64
+    assert committee.per_round == (100 * (committee.update_up + 32 + committee.global_down) + committee.reencrypt_up
+                                   + size * (committee.committee_down - committee.global_down + 64))
+    assert alone.max_down == alone.mean_down == alone.global_down
+    # against plain's download (issue 23's acceptance): outside the committee and the sum alone within 2.2x;
+    # the mean over owners is 2 + c ciphertext sets, so ~4.2x with c=2 and ~5.2x with c=3 (docs/privacy.md)
+    plain = planner.estimate("plain", PlainConfig(), TINY, 100, dp_on=True).global_down
+    assert plain == 131_072
+    assert round(committee.global_down / plain, 2) == 2.17 and round(alone.global_down / plain, 3) == 2.045
+    assert round(committee.mean_down / plain, 2) == {2: 4.17, 3: 5.18}[size]
+    assert round(every.global_down / plain, 1) == 102.3
+
+
+@pytest.mark.parametrize("scheme", ["bfv", "ckks"])
+def test_the_priced_sum_is_the_sum_blob_the_server_makes(scheme):
+    cfg, owners = TensealConfig(scheme=scheme, max_owners=4), 4
+    ctx = make_context(cfg)
+    side = TensealOwner(cfg, TINY, public=public_bytes(ctx), secret=secret_bytes(ctx))
+    payloads = {f"client_{i}": side.protect(np.full(TINY, 0.01 * i), 1.0) for i in range(owners)}
+    total = TensealServer(cfg, TINY, public=public_bytes(ctx)).combine(payloads)
+    assert not total.excluded
+    assert len(total.payload.blobs["ciphertext"]) == tenseal_cost.sum_blob_bytes(cfg, TINY, owners,
+                                                                                 planner.calibration())
+    assert tenseal_cost.COMMIT_BYTES == 32 + 64  # commitment + Ed25519 signature beside each update
+
+
+def test_the_planner_picks_the_download_form_from_the_stated_threats():
+    assert planner.download_form(PrivacyConfig()) == ("committee", True)
+    assert planner.download_form(PrivacyConfig(malicious_owners=False)) == ("sum", False)
+    assert planner.download_form(PrivacyConfig(coordinator="malicious", malicious_owners=False)) == ("committee", False)
+    with pytest.raises(UserError, match="privacy.malicious_owners must be true or false"):
+        PrivacyConfig(malicious_owners="yes")
+    for size in (0, 1, True, 2.5):
+        with pytest.raises(UserError, match="aggregation.committee_size must be an integer >= 2"):
+            TensealConfig(committee_size=size)

@@ -337,3 +337,15 @@ def test_a_tenseal_run_without_dp_moves_the_planned_bytes_held_out_pairs_include
     figures = json.loads((tmp_path / "run" / "summary.json").read_text())["planned_vs_measured"]
     assert 1.0 <= figures["bytes_up_per_owner_per_round"]["ratio"] <= 1.02
     assert 1.0 <= figures["bytes_down_per_owner_per_round"]["ratio"] <= 1.02
+
+
+def test_fedveil_plan_shows_tenseals_download_forms_against_plains_for_100_owners():
+    # issue 23's acceptance figures, as the plan prints them (exact bytes: tests/privacy/test_backend_cost.py)
+    from fedveil.experiments.plan import make_plan, render  # lazy: composes Hydra
+
+    plan = make_plan(["num_clients=100", "privacy.malicious_owners=false", "dp=off"])  # dp=off: no noise planned
+    forms = plan["download_forms"]["tenseal"]
+    assert forms["runs"] == "every" and forms["committee"]["committee"] == 2 and forms["for_threats"] == "sum"
+    line = next(x for x in render(plan).splitlines() if x.startswith("tenseal download per owner"))
+    assert ("every x102.33 | committee of 2: mean x4.17, outside it x2.17, a member x102.61 | sum alone x2.05; "
+            "for the stated threats: sum; runs today: every") in line

@@ -47,11 +47,11 @@ from typing import Any
 import numpy as np
 
 from fedveil.core import wire
-from fedveil.core.errors import UserError
+from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg import identity
-from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, eval_pair, global_codec
+from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, committee, eval_pair, global_codec
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
 from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
@@ -252,8 +252,11 @@ class TensealOwner(_Side):
 
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes, secret: bytes,
                  roster: identity.Roster | None = None, keys: identity.OwnerKeys | None = None,
-                 run: str = "") -> None:
+                 run: str = "", malicious_owners: bool = True) -> None:
+        """``malicious_owners``: this owner's own view (its policy's, once wired) of whether owners may
+        poison; True: it takes a round's sum on a committee's word only if every update was range-checked."""
         super().__init__(cfg, size, public, run)
+        self.malicious_owners = malicious_owners
         self._secret = load_context(secret)
         # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
         canonical = secret_bytes(self._secret)
@@ -296,6 +299,13 @@ class TensealOwner(_Side):
         weight, values = clamp(delta, weight, self.cfg)
         return bfv.encrypt(self._secret, values, self.cfg, kind, self._weight_key, weight)
 
+    def last_sent(self) -> tuple[int, bytes] | None:
+        """(round, SHA-256 of the ciphertext) of this owner's last update of this run; None: none."""
+        if self.keys is None or not self._sent_file.is_file():
+            return None
+        sent = json.loads(self._sent_file.read_text())
+        return (int(sent["round"]), bytes.fromhex(sent["sha256"])) if sent.get("run") == self.run else None
+
     @property
     def _sent_file(self) -> Path:
         folder = run_dir(self.keys.state_dir, self.run)  # per run: another run's update never hides this one's
@@ -319,23 +329,39 @@ class TensealOwner(_Side):
             reached = base.round
         rounds = []
         for blob in pending:
-            updates = global_codec.RoundUpdates.decode(blob)
-            if updates.round != reached + 1:
-                raise PayloadError(f"the encrypted global's pending round {updates.round} does not follow round "
+            certified = committee.certified_of(blob)  # None: a round of every owner's signed update
+            updates = global_codec.RoundUpdates.decode(blob) if certified is None else None
+            at = updates.round if certified is None else certified[0]
+            if at != reached + 1:
+                raise PayloadError(f"the encrypted global's pending round {at} does not follow round "
                                    f"{reached}: stale or replayed; refused")
-            rounds.append(self._checked_round(updates))
-            reached = updates.round
+            rounds.append(self._checked_round(updates) if certified is None else self._certified(*certified))
+            reached = at
         if reached != after_round:
             raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
                                f"rounds), not round {after_round}: stale or replayed; refused")
         vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
         for at, payloads in enumerate(rounds, start=reached - len(rounds) + 1):
+            if isinstance(payloads, Protected):  # a sum the round's verifier committee checked and signed
+                vector = self.reveal(payloads).applied_to(vector)
+                continue
             checks.check_round(self, payloads, at)  # each update within an owner's bounds, before any is added
             total = self.combine(payloads)
             if total.excluded:  # signed, yet odd (a malicious owner's ciphertext an honest server excludes)
                 raise PayloadError(f"pending round updates do not add up: {sorted(total.excluded.values())[0]}")
             vector = self.reveal(total.payload).applied_to(vector)
         return vector
+
+    def _certified(self, at: int, sum_blob: bytes, cert: committee.Certificate | None) -> Protected:
+        """A round's sum on its verifier committee's word, checked (``committee.verify``): updates
+        range-checked by the committee, as this owner cannot check them itself."""
+        if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
+            raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
+                                        "accepts a sum only on a verifier committee's word", check="committee-sum")
+        committee.verify(committee.Record(run_dir(self.keys.state_dir, self.run)), self.roster, self.run,
+                         self.context_id, self.keys.owner_id, cert, self.cfg.committee_size, sum_blob,
+                         require_checked=self.malicious_owners)
+        return self.payload_of(sum_blob)
 
     def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:
         """One pending round's updates, each checked as its owner's for this run and round."""

@@ -32,6 +32,12 @@ GLOBAL_START = 1.0
 DIRECT_ROUNDS = 100  # a TensealConfig built directly (tests) bounds the global for this many rounds
 
 
+# The verifier committee's default size: 2 keeps the mean download near 4x plain's (each member downloads
+# the whole round); 3 costs ~5x at a cohort of 100 (docs/privacy.md, "tenseal's verifier committee")
+COMMITTEE_SIZE = 2
+MIN_COMMITTEE_SIZE = 2  # one member alone could certify any sum; owners refuse fewer (tenseal/committee.py)
+
+
 @dataclass
 class TensealConfig:
     """Parameters of ``tenseal``. Defaults: BFV (``bfv.py``: two fixed-point digits per slot, ~8 bytes
@@ -56,10 +62,16 @@ class TensealConfig:
     norm_bound: Optional[float] = None
     global_bound: Optional[float] = None
     key_holder: str = ""  # owner id (client_K) that creates the tenseal context ("" = smallest)
+    # owners that check every update and sign the sum (tenseal/committee.py; priced by `fedveil plan`, not run yet)
+    committee_size: int = COMMITTEE_SIZE
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UserError(f"aggregation.scheme must be one of {list(SCHEMES)}, got '{self.scheme}'")
+        size = self.committee_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < MIN_COMMITTEE_SIZE:
+            raise UserError(f"aggregation.committee_size must be an integer >= {MIN_COMMITTEE_SIZE} (owners on the "
+                            f"verifier committee; owners refuse fewer), got {size}")
         for key in ("max_owners", "max_weight", "value_bound", "norm_bound", "global_bound"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not value > 0):

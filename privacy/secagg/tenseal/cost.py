@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from functools import lru_cache
+from dataclasses import replace
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -21,7 +22,7 @@ from nacl.bindings import crypto_sign_BYTES
 from fedveil.core.disk import owner_id
 from fedveil.core.errors import UserError
 from fedveil.privacy.secagg.base import Cost
-from fedveil.privacy.secagg.tenseal import bfv, eval_pair
+from fedveil.privacy.secagg.tenseal import bfv, committee, eval_pair
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 
 SIGNATURE_BYTES = crypto_sign_BYTES  # Ed25519
@@ -122,6 +123,70 @@ def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, 
     # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
     return Cost("tenseal", values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
                 reencrypt_up=glob + SIGNATURE_BYTES, **pairs)
+
+
+FORMS = ("every", "committee", "sum")  # who downloads what of a round: see tenseal/committee.py
+COMMIT_BYTES = 32 + SIGNATURE_BYTES  # beside an update: the nonce commitment and the signed contribution
+
+
+def sum_blob_bytes(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """Exact bytes of the ciphertext blob of ``owners`` updates' sum (``_Side.combine``): an update's
+    ciphertexts, and under BFV every owner's sealed weight."""
+    boxes = (owners - 1) * (FRAME + bfv.COUNT_BOX) if cfg.scheme == "bfv" else 0
+    return blob_bytes(cfg, values, "update", calibration) + boxes
+
+
+def _zeros(n: int) -> bytes:
+    return bytes(n)
+
+
+def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,
+            form: str, committee_size: Optional[int] = None) -> Cost:
+    """One round's bytes in download form ``form`` (steady state; an owner keeps the global it decrypted
+    from the train message for that round's evaluation, so the evaluate message carries the round alone):
+
+    - ``every`` (what runs today, :func:`cost`): every owner downloads every signed update of the round;
+    - ``committee``: every owner commits beside its update (``COMMIT_BYTES``), is shown its place in the
+      committed set (a Merkle path; priced at the longest, so the mean over owners is over by at most
+      a few hashes) and reveals its nonce,
+      and downloads the sum with its certificate; the ``committee_size`` members
+      (``committee_size``, default the config's; the first ids: their length moves the figure by a byte
+      or two) also download every signed update
+      and the set with its nonces, and upload a signature;
+    - ``sum``: the coordinator's sum alone, no certificate (honest-but-curious coordinator and owners).
+    """
+    if form not in FORMS:
+        raise UserError(f"aggregation.download must be one of {list(FORMS)}, got '{form}'")
+    every = cost(cfg, values, owners, calibration, dp_on=dp_on)
+    if form == "every":
+        return every
+    claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))
+    base = blob_bytes(cfg, values, "global", calibration) + SIGNATURE_BYTES + claim  # the train message
+    total = _zeros(sum_blob_bytes(cfg, values, owners, calibration))
+    if form == "sum":
+        pending = len(committee.certified_round(1, total, None))
+        return replace(every, global_down=base + pending, global_down_first=pending)
+    ids = [owner_id(i) for i in range(owners)]
+    members = tuple(ids[:max(1, min(committee_size or cfg.committee_size, owners))])
+    contributions = tuple(committee.Contribution(o, _zeros(32), _zeros(32), _zeros(SIGNATURE_BYTES)) for o in ids)
+    reveals = {o: _zeros(committee.NONCE_BYTES) for o in ids}
+    signatures = {m: _zeros(SIGNATURE_BYTES) for m in members}
+    query = max(len(q.encode()) for q in committee.reveal_queries("", "", 1, list(contributions)).values())
+    draft = len(committee.Certificate(1, contributions, reveals, members, {}, True).encode())
+    certified = len(committee.certified_round(1, total, committee.Certificate(1, contributions, reveals, members,
+                                                                             signatures, True)))
+    updates = signed_set_bytes(owners, (every.update_up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    outside = query + certified
+    return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES,
+                   global_down=base + outside, global_down_first=outside, committee=len(members),
+                   committee_down=base + outside + updates + draft, committee_up=SIGNATURE_BYTES)
+
+
+def variants(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,
+             committee_size: Optional[int] = None) -> dict[str, Cost]:
+    """Every download form's bytes (:func:`variant`), by form."""
+    return {form: variant(cfg, values, owners, calibration, dp_on=dp_on, form=form, committee_size=committee_size)
+            for form in FORMS}
 
 
 def priced_config(owners: int, parties: int = 0) -> TensealConfig:

@@ -1,0 +1,104 @@
+"""One round of ``tenseal``'s verifier committee, step by step, on the backend objects (free of Flower).
+
+The protocol and the checks are in ``committee.py``; this module is what the round loop and the
+owner's operations call, in order (not wired into them yet: docs/privacy.md, "tenseal's verifier
+committee"):
+
+1. owner, with its update: :func:`contribute` (the commitment and the signed contribution beside it);
+2. coordinator: :func:`reveal_queries` (each contributor's place in the committed set);
+3. owner: :func:`reveal_nonce`;
+4. coordinator: :func:`draft` (the set, the nonces, the committee), sent with every signed update
+   (``global_codec.RoundUpdates``) to the members only;
+5. member: :func:`attest_round` (its signature);
+6. coordinator: :func:`certify` (the sum in owner order and the certificate: the pending round every
+   other owner opens with ``TensealOwner.open_global``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fedveil.core.payload import PayloadError, Protected
+from fedveil.privacy.secagg.tenseal import committee, global_codec
+from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer
+from fedveil.privacy.secagg.tenseal.keys import run_dir
+
+COMMITMENT = "commitment"  # blobs beside an owner's update: its nonce commitment,
+CONTRIBUTION_SIGNATURE = "contribution-signature"  # and its signature over committee.contribution_statement
+
+
+def _record(owner: TensealOwner) -> committee.Record:
+    return committee.Record(run_dir(owner.keys.state_dir, owner.run))
+
+
+def contribute(owner: TensealOwner, server_round: int, update: Protected) -> Protected:
+    """``update`` (this owner's signed update of ``server_round``) with its commitment and signed contribution."""
+    sha = hashlib.sha256(update.blobs["ciphertext"]).digest()
+    commitment, signature = committee.commit(_record(owner), owner.run, owner.context_id, server_round,
+                                             owner.keys.owner_id, sha, owner.keys.sign)
+    return Protected(blobs={**update.blobs, COMMITMENT: commitment, CONTRIBUTION_SIGNATURE: signature})
+
+
+def contributions_of(payloads: dict[str, Protected]) -> tuple[committee.Contribution, ...]:
+    """The coordinator's committed set: each accepted payload's contribution, in owner order."""
+    return tuple(committee.Contribution(o, hashlib.sha256(p.blobs["ciphertext"]).digest(), p.blobs[COMMITMENT],
+                                        p.blobs[CONTRIBUTION_SIGNATURE]) for o, p in sorted(payloads.items()))
+
+
+def reveal_queries(server: TensealServer, server_round: int,
+                   contributions: tuple[committee.Contribution, ...]) -> dict[str, bytes]:
+    return {o: q.encode() for o, q in committee.reveal_queries(server.run, server.context_id, server_round,
+                                                               list(contributions)).items()}
+
+
+def reveal_nonce(owner: TensealOwner, server_round: int, query: bytes) -> bytes:
+    """This owner's nonce for ``server_round``, once the query places its own last update in the set."""
+    sent = owner.last_sent()
+    if sent is None or sent[0] != server_round:
+        raise PayloadError(f"asked to reveal for round {server_round}, for which this owner sent no update: refused")
+    return committee.reveal(_record(owner), owner.run, owner.context_id, server_round, owner.keys.owner_id,
+                            sent[1], committee.RevealQuery.decode(query))
+
+
+def draft(server: TensealServer, server_round: int, contributions: tuple[committee.Contribution, ...],
+          reveals: dict[str, bytes], checked: bool) -> committee.Certificate:
+    """The certificate before its signatures: the set, every nonce, the committee they derive. A nonce
+    that does not open its commitment is refused here too (the round has no committee)."""
+    cert = committee.Certificate(server_round, contributions, reveals, (), {}, checked)
+    members = committee.committee_of(server.run, server.context_id, cert, server.cfg.committee_size)
+    return committee.Certificate(server_round, contributions, reveals, members, {}, checked)
+
+
+def attest_round(owner: TensealOwner, updates: bytes, cert: bytes) -> bytes:
+    """A member's signature over the round's sum, after every check (``committee.attest``)."""
+    round_updates, certificate = global_codec.RoundUpdates.decode(updates), committee.Certificate.decode(cert)
+    if round_updates.round != certificate.round:
+        raise PayloadError(f"the committee query mixes round {round_updates.round}'s updates with round "
+                           f"{certificate.round}'s set: refused")
+    _, signature = committee.attest(
+        _record(owner), owner.roster, owner.run, owner.context_id, owner.keys.owner_id, certificate,
+        owner.cfg.committee_size, {o: blob for o, (blob, _) in round_updates.signed.items()},
+        lambda checked: committee.member_sum(owner, round_updates, checked), owner.keys.sign)
+    return signature
+
+
+def certify(server: TensealServer, payloads: dict[str, Protected], cert: committee.Certificate,
+            signatures: dict[str, bytes]) -> bytes:
+    """The pending round every other owner opens: the sum of ``payloads`` in owner order (byte for byte
+    the members') and the certificate with every member's signature (owners check them against their
+    pinned roster; the coordinator holds no roster, only the keys owners announced)."""
+    total = server.combine(dict(sorted(payloads.items())))
+    if total.excluded or sorted(payloads) != [c.owner for c in cert.contributions]:
+        raise PayloadError("the committed set's updates do not add up to one sum: no certified round")
+    missing = sorted(m for m in cert.committee if not signatures.get(m))
+    if missing:
+        raise PayloadError(f"committee member(s) {missing} did not sign round {cert.round}'s sum: no certified round")
+    signed = committee.Certificate(cert.round, cert.contributions, cert.reveals, cert.committee,
+                                   {m: signatures[m] for m in cert.committee}, cert.checked)
+    return committee.certified_round(cert.round, total.payload.blobs["ciphertext"], signed)
+
+
+def round_updates(payloads: dict[str, Protected], server_round: int) -> bytes:
+    """What a member downloads besides the draft: every signed update of the set."""
+    return global_codec.RoundUpdates(server_round, {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE])
+                                                    for o, p in payloads.items()}).encode()

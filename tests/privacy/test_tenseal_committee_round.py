@@ -1,0 +1,67 @@
+"""A verifier-committee round of ``tenseal``, played through its steps (``tenseal/committee_round.py``) on the
+real backend objects: every owner ends with the global the ``every`` form gives, and the bytes each message
+holds are what ``tenseal/cost.py`` prices for the committee form."""
+
+import numpy as np
+import pytest
+
+from fedveil.core.payload import RoundContext
+from fedveil.privacy import planner
+from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg.tenseal import committee_round as step
+from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
+from fedveil.privacy.secagg.tenseal.backend import TensealServer
+from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal
+
+CFG = TensealConfig(max_owners=5, max_weight=2.0, value_bound=6.0, global_bound=10.0, committee_size=2)
+SIZE = 40
+RUN = "/runs/committee-round#00000001"
+OWNERS = tuple(f"client_{i}" for i in range(5))
+
+
+@pytest.fixture()
+def federation(tmp_path, tenseal_keyed):
+    keys, made = tenseal_keyed(tmp_path, CFG, RUN, OWNERS)
+    owners = {o: backend_spec("tenseal").owner(CFG, SIZE, keys[o], {}, run=RUN) for o in OWNERS}
+    server = TensealServer(CFG, SIZE, public=made.public, run=RUN,
+                           signers={o: k.member().verify_key for o, k in keys.items()})
+    return owners, server
+
+
+def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_bytes(federation):
+    owners, server = federation
+    deltas = {o: np.full(SIZE, 0.1 * (i + 1)) for i, o in enumerate(OWNERS)}
+    payloads = {o: step.contribute(owners[o], 1, owners[o].protect(deltas[o], 1.0, RoundContext(1, "L", o)))
+                for o in OWNERS}
+    contributions = step.contributions_of(payloads)
+    queries = step.reveal_queries(server, 1, contributions)
+    reveals = {o: step.reveal_nonce(owners[o], 1, queries[o]) for o in OWNERS}
+    draft = step.draft(server, 1, contributions, reveals, checked=True)
+    updates = step.round_updates(payloads, 1)
+    signatures = {m: step.attest_round(owners[m], updates, draft.encode()) for m in draft.committee}
+    certified = step.certify(server, payloads, draft, signatures)
+    zeros = np.zeros(SIZE, np.float32)
+    every = server.combine(payloads, RoundContext(1, "L")).payload.blobs[ROUND_UPDATES]  # the every form's round
+    for o in OWNERS:
+        opened = owners[o].open_global(EncryptedGlobal(None, [certified]).arrays(), zeros, 1)
+        np.testing.assert_allclose(opened, 0.3, atol=1e-4)
+        np.testing.assert_allclose(opened, owners[o].open_global(EncryptedGlobal(None, [every]).arrays(), zeros, 1),
+                                   atol=1e-6)
+    # the bytes, as tenseal/cost.py prices the committee form (round 1: no signed base in the train message)
+    priced = tenseal_cost.variant(CFG, SIZE, 5, planner.calibration(), dp_on=True, form="committee")
+    assert {p.nbytes for p in payloads.values()} == {priced.update_up}
+    assert {len(n) for n in reveals.values()} == {priced.reveal_up}
+    assert priced.global_down_first == max(len(q) for q in queries.values()) + len(certified)
+    assert priced.committee_down - priced.global_down == len(updates) + len(draft.encode())
+    assert {len(s) for s in signatures.values()} == {priced.committee_up}
+
+
+def test_an_owner_reveals_only_for_the_round_of_its_last_update(federation):
+    owners, server = federation
+    payloads = {o: step.contribute(owners[o], 2, owners[o].protect(np.zeros(SIZE), 1.0, RoundContext(2, "L", o)))
+                for o in OWNERS}
+    queries = step.reveal_queries(server, 2, step.contributions_of(payloads))
+    with pytest.raises(Exception, match="for which this owner sent no update"):
+        step.reveal_nonce(owners["client_0"], 1, queries["client_0"])
+    assert len(step.reveal_nonce(owners["client_0"], 2, queries["client_0"])) == 32
