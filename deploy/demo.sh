@@ -90,8 +90,15 @@ for _ in $(seq 90); do
 done
 [ "$(on "$COORD_NS" flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
-
 run_config="$base_config $dp_config output_dir='$DEPLOY_DIR/server'"
+if [ "${UP_ONLY:-0}" = 1 ]; then  # tests/deploy: the federation stays up; the caller runs it, breaks it and stops it
+  { printf 'COORD_NS=%q CONNECTION=%q\n' "$COORD_NS" "$CONNECTION"; printf 'RUN_CONFIG=%q\n' "$run_config"; } \
+    >"$DEPLOY_DIR/federation.env"
+  trap - EXIT INT TERM
+  echo "federation up: $DEPLOY_DIR/federation.env (run config); stop it with deploy/stop.sh and deploy/hosts.sh down"
+  exit 0
+fi
+
 on "$COORD_NS" timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
