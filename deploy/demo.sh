@@ -74,9 +74,10 @@ if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public 
   done
   echo "3 aggregator parties ready (TLS, coordinator only): $addresses; owners pin their keys ($PARTY_KEYS)"
 fi
-if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them pinned at every owner
+if [ "$BACKEND" != plain ]; then  # each owner's keys, and one roster of them pinned at every owner
   # (stands in for the out-of-band exchange: each owner makes its keys on its host, the owners agree
-  # on the roster of public keys and copy it into their state directories; the coordinator never sees it)
+  # on the roster of public keys and copy it into their state directories; the coordinator never sees it).
+  # tenseal's key set-up needs it; under crypten the owners sign their final adapter with the keys it names
   python -c "from fedveil.privacy.secagg.identity import pin_roster; pin_roster({o: '$DEPLOY_DIR/state/' + o for o in '${owners[*]}'.split()}, '${owners[0]}')"
   echo "roster of ${#owners[@]} owners pinned in each state directory"
 fi
@@ -122,6 +123,9 @@ if [ "$BACKEND" = tenseal ]; then  # each owner's adapter, checked as anyone wou
     fedveil verify-adapter "$DEPLOY_DIR/state/$o/final_adapter" --roster "$DEPLOY_DIR/state/$o/roster.json" \
       --signatures "$DEPLOY_DIR/server/signatures" || die "owner $o's final adapter does not verify"
   done
+elif [ "$BACKEND" = crypten ]; then  # the server's adapter, against the roster the operator signed (parties pin it too)
+  fedveil verify-adapter "$DEPLOY_DIR/server/final_adapter" --roster "$DEPLOY_DIR/pki/owner-roster.json" \
+    --roster-key "$DEPLOY_DIR/pki/roster-operator.pub" || die "the final adapter's signatures do not verify"
 fi
 # Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
 # of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not
