@@ -6,7 +6,11 @@
 # process stopped by its PID. Exits 0 only if the run finished, the owners' final adapters exist,
 # the round ledger verifies, every owner's epsilon ledger was charged for the run's rounds, and
 # then a run of a modified copy of the app (one changed line) is refused by every SuperNode (each
-# pins the app's SHA-256) and does not finish.
+# pins the app's SHA-256) and does not finish. The owners' signatures over the final adapter are
+# checked with `fedveil verify-adapter` (tenseal: each owner's adapter against its pinned roster;
+# crypten: the server's adapter against the operator-signed roster).
+# UP_ONLY=1: stop once the SuperNodes are online and leave everything up, the run config in
+# $DEPLOY_DIR/federation.env (tests/deploy/test_net_faults.py runs, breaks and stops it).
 # NET=hosts: the same steps with each role on its own host: a Linux network namespace per role, two
 # bridges, shaped owner links (deploy/hosts.sh; needs root). Each role's command runs through
 # `ip netns exec` on its host; the file steps (keys, data, policies, checks) stand for the out-of-band
