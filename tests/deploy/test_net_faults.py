@@ -150,6 +150,8 @@ def test_an_owner_link_down_mid_round_the_round_goes_on_and_the_owner_rejoins_wi
     last = rows[accepted[-1]]["per_client"][owner]["epsilon"]
     assert last == pytest.approx(ledger.history[trained.index(accepted[-1])].epsilon_after) and 0 < last <= 8.0
     assert 0 < ledger.spent_epsilon <= 8.0
+    for other in ("client_0", "client_1"):
+        assert [s.round for s in epsilon_ledger.load(dep.dir / "state" / other).history] == [1, 2, 3, 4]
     verify_chain(dep)
 
 
@@ -171,6 +173,8 @@ def test_the_coordinator_host_killed_after_round_1_restarts_with_resume_and_the_
     # SIGKILL to every process on the coordinator's host (SuperLink, the ServerApp it started, flwr run)
     # right after round 1's checkpoint; the SuperLink comes back on its state file (the registered
     # SuperNode keys), the owners' SuperNodes reconnect on their own, and the run resumes at round 2.
+    from fedveil.privacy.dp import epsilon_ledger
+
     dep = deployment
     dep.run("before-restart", f"sim.round_timeout_s={TIMEOUT_S * 2}")
     until("round 1's checkpoint", lambda: (dep.out / "checkpoints" / "round_0001.safetensors").exists(), 240, dep)
@@ -193,3 +197,11 @@ def test_the_coordinator_host_killed_after_round_1_restarts_with_resume_and_the_
     assert [r["round"] for r in rows] == [0, 1, 2, 3], dep.logs()  # each round logged once
     assert all(r["clients"] == ["client_0", "client_1", "client_2"] for r in rows[1:]), rows
     verify_chain(dep)
+    # each owner's ε ledger verifies and holds every round (round 2 twice where the owner trained it
+    # before the kill too: that update left, so it stays charged), within the owner's cap
+    for owner in ("client_0", "client_1", "client_2"):
+        ledger = epsilon_ledger.load(dep.dir / "state" / owner)
+        trained = [s.round for s in ledger.history]
+        assert set(trained) == {1, 2, 3} and trained == sorted(trained) and trained.count(1) == 1, (owner, trained)
+        assert rows[3]["per_client"][owner]["epsilon"] == pytest.approx(ledger.history[-1].epsilon_after)
+        assert 0 < ledger.spent_epsilon <= 8.0
