@@ -6,7 +6,11 @@
 # process stopped by its PID. Exits 0 only if the run finished, the owners' final adapters exist,
 # the round ledger verifies, every owner's epsilon ledger was charged for the run's rounds, and
 # then a run of a modified copy of the app (one changed line) is refused by every SuperNode (each
-# pins the app's SHA-256) and does not finish.
+# pins the app's SHA-256) and does not finish. The owners' signatures over the final adapter are
+# checked with `fedveil verify-adapter` (tenseal: each owner's adapter against its pinned roster;
+# crypten: the server's adapter against the operator-signed roster).
+# UP_ONLY=1: stop once the SuperNodes are online and leave everything up, the run config in
+# $DEPLOY_DIR/federation.env (tests/deploy/test_net_faults.py runs, breaks and stops it).
 # NET=hosts: the same steps with each role on its own host: a Linux network namespace per role, two
 # bridges, shaped owner links (deploy/hosts.sh; needs root). Each role's command runs through
 # `ip netns exec` on its host; the file steps (keys, data, policies, checks) stand for the out-of-band
@@ -74,9 +78,10 @@ if [ "$BACKEND" = crypten ]; then  # parties first: the owners pin their public 
   done
   echo "3 aggregator parties ready (TLS, coordinator only): $addresses; owners pin their keys ($PARTY_KEYS)"
 fi
-if [ "$BACKEND" = tenseal ]; then  # each owner's keys, and one roster of them pinned at every owner
+if [ "$BACKEND" != plain ]; then  # each owner's keys, and one roster of them pinned at every owner
   # (stands in for the out-of-band exchange: each owner makes its keys on its host, the owners agree
-  # on the roster of public keys and copy it into their state directories; the coordinator never sees it)
+  # on the roster of public keys and copy it into their state directories; the coordinator never sees it).
+  # tenseal's key set-up needs it; under crypten the owners sign their final adapter with the keys it names
   python -c "from fedveil.privacy.secagg.identity import pin_roster; pin_roster({o: '$DEPLOY_DIR/state/' + o for o in '${owners[*]}'.split()}, '${owners[0]}')"
   echo "roster of ${#owners[@]} owners pinned in each state directory"
 fi
@@ -90,8 +95,15 @@ for _ in $(seq 90); do
 done
 [ "$(on "$COORD_NS" flwr supernode list "$CONNECTION" 2>/dev/null | grep -c online)" -ge ${#owners[@]} ] || die "SuperNodes did not connect; see $DEPLOY_DIR/logs"
 echo "${#owners[@]} SuperNodes online (TLS, authenticated)"
-
 run_config="$base_config $dp_config output_dir='$DEPLOY_DIR/server'"
+if [ "${UP_ONLY:-0}" = 1 ]; then  # tests/deploy: the federation stays up; the caller runs it, breaks it and stops it
+  { printf 'COORD_NS=%q CONNECTION=%q\n' "$COORD_NS" "$CONNECTION"; printf 'RUN_CONFIG=%q\n' "$run_config"; } \
+    >"$DEPLOY_DIR/federation.env"
+  trap - EXIT INT TERM
+  echo "federation up: $DEPLOY_DIR/federation.env (run config); stop it with deploy/stop.sh and deploy/hosts.sh down"
+  exit 0
+fi
+
 on "$COORD_NS" timeout 900 flwr run . "$CONNECTION" --stream --run-config "$run_config" | tee "$DEPLOY_DIR/logs/run.log"
 
 grep -q "^\[fedveil\] done:" "$DEPLOY_DIR/logs/run.log" || die "the run did not finish; see $DEPLOY_DIR/logs"
@@ -115,6 +127,9 @@ if [ "$BACKEND" = tenseal ]; then  # each owner's adapter, checked as anyone wou
     fedveil verify-adapter "$DEPLOY_DIR/state/$o/final_adapter" --roster "$DEPLOY_DIR/state/$o/roster.json" \
       --signatures "$DEPLOY_DIR/server/signatures" || die "owner $o's final adapter does not verify"
   done
+elif [ "$BACKEND" = crypten ]; then  # the server's adapter, against the roster the operator signed (parties pin it too)
+  fedveil verify-adapter "$DEPLOY_DIR/server/final_adapter" --roster "$DEPLOY_DIR/pki/owner-roster.json" \
+    --roster-key "$DEPLOY_DIR/pki/roster-operator.pub" || die "the final adapter's signatures do not verify"
 fi
 # Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
 # of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not

@@ -23,33 +23,49 @@ are the backend's ``KeySetup`` (``privacy/secagg/tenseal/keys.py``).
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedveil.core import records, wire
+from fedveil.core.disk import owner_id
 from fedveil.core.errors import UserError
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import KeySetup
+from fedveil.server.availability import wait_for_nodes
 from fedveil.server.grid_poll import send_and_receive
 
 
+def connected_owners(grid: Grid, num_owners: int, timeout: float) -> list[int]:
+    """The nodes to key: ``num_owners`` of those connected, or all connected once ``timeout``
+    (``sim.round_timeout_s``) has passed with fewer (:func:`ask` then names who is missing)."""
+    nodes = wait_for_nodes(grid, num_owners, timeout)
+    return random.sample(nodes, num_owners) if len(nodes) > num_owners else nodes
+
+
 def ask(grid: Grid, nodes: list[int], message_type: str, run_config: dict, keys: dict[int, dict],
-        timeout: float) -> dict[int, Message]:
+        timeout: float, *, owners: dict[int, str] | None = None, expected: int | None = None) -> dict[int, Message]:
+    """Every node's reply to ``message_type``, waited for at most ``timeout``; any missing, refused or
+    (``expected`` owners, fewer ``nodes``) never connected: one line naming them and the fix."""
     msgs = [Message(RecordDict({wire.CONFIG: ConfigRecord(dict(run_config)), wire.KEYS: ConfigRecord(keys.get(n, {}))}),
                     dst_node_id=n, message_type=message_type) for n in nodes]
     replies = {m.metadata.src_node_id: m for m in send_and_receive(grid, msgs, timeout)}
-    failed = {
-        n: (records.error_reason(m) if m.has_error() else "no answer") for n, m in replies.items() if m.has_error()
-    }
-    failed.update({n: "no answer in time" for n in nodes if n not in replies})
+    names = {**(owners or {}), **{n: records.owner_label(m) for n, m in replies.items() if m.has_content()}}
+    failed = {names.get(n, f"node_{n}"): records.error_reason(m) for n, m in replies.items() if m.has_error()}
+    silent = [n for n in nodes if n not in replies]
+    failed.update({names[n]: f"no answer within sim.round_timeout_s={timeout:g} s" for n in silent if n in names})
+    unnamed = sum(n not in names for n in silent) + max(0, (expected or len(nodes)) - len(nodes))
+    if unnamed:  # never heard of by name: the owner ids they would have (core/disk.py), else how many
+        guess = [o for o in map(owner_id, range(expected or len(nodes))) if o not in names.values()]
+        who = ", ".join(guess) if len(guess) == unnamed else f"{unnamed} owner(s)"
+        failed[who] = f"not connected, or no answer within sim.round_timeout_s={timeout:g} s"
     if failed:
-        detail = "; ".join(f"node {n}: {why}" for n, why in sorted(failed.items()))
-        raise UserError(
-            f"key set-up failed at {message_type} ({detail}); every owner must be reachable to key the federation"
-        )
+        detail = "; ".join(f"{who}: {why}" for who, why in sorted(failed.items()))
+        raise UserError(f"key set-up failed at {message_type} ({detail}); every owner must take part to key the "
+                        "federation: bring those owners back (SuperNode running, link up) and start the run again, "
+                        "or raise sim.round_timeout_s")
     return replies
 
 
@@ -69,8 +85,8 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
                resume: bool = False, *, setup: KeySetup) -> Keyed:
     """Run the three exchanges; or, when resuming a run the owners hold a context for, take that one up
     (``setup``: the backend's key set-up, whose server-side checks this uses)."""
-    nodes, _ = sample_nodes(grid, num_owners, num_owners)
-    replies = ask(grid, nodes, wire.QUERY_PUBKEY, run_config, {}, timeout)
+    nodes = connected_owners(grid, num_owners, timeout)
+    replies = ask(grid, nodes, wire.QUERY_PUBKEY, run_config, {}, timeout, expected=num_owners)
     owners = {n: records.owner_label(m) for n, m in replies.items()}
     metas = {owners[n]: m.content.config_records[wire.META] for n, m in replies.items()}
     pubkeys = {o: meta[wire.PUBLIC_KEY] for o, meta in metas.items()}
@@ -88,9 +104,8 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
     if holder is None:
         raise UserError(f"aggregation.key_holder '{key_holder}' is not among the owners {sorted(owners.values())}")
     keygen = {f"{wire.PUBKEY_PREFIX}{oid}": pk for oid, pk in pubkeys.items()}
-    made = ask(grid, [holder], wire.QUERY_KEYGEN, run_config, {holder: keygen}, timeout)[holder].content.config_records[
-        wire.META
-    ]
+    made = ask(grid, [holder], wire.QUERY_KEYGEN, run_config, {holder: keygen}, timeout,
+               owners=owners)[holder].content.config_records[wire.META]
     public = made[wire.PUBLIC_CONTEXT]
     signed = {wire.PUBLIC_CONTEXT: public, wire.SETUP_STATEMENT: made[wire.SETUP_STATEMENT],
               wire.SETUP_SIGNATURE: made[wire.SETUP_SIGNATURE]}
@@ -99,7 +114,7 @@ def setup_keys(grid: Grid, run_config: dict, num_owners: int, key_holder: str, t
         raise UserError(f"the key holder sealed no context to {missing}: they are not in its pinned roster; "
                         "pin the same roster at every owner")
     install = {n: {**signed, wire.SEALED: made[f"{wire.SEALED_PREFIX}{owners[n]}"]} for n in nodes}
-    ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout)
+    ask(grid, nodes, wire.QUERY_INSTALL, run_config, install, timeout, owners=owners)
     return Keyed(public, setup.run_of(made[wire.SETUP_STATEMENT]), owners, signers)
 
 
