@@ -178,3 +178,20 @@ def test_cost_prices_the_real_payloads_and_the_parties_requests_exactly(tmp_path
     uneven = received(payloads([f"client_{i}" for i in range(parties + 1)], 7))
     assert len(set(uneven)) == (1 if shares == "full" else 2)
     assert sum(uneven) // parties == cost.party_in_bytes(cfg, values, parties + 1, dp_on=True)
+
+
+def test_the_coordinator_accepts_seeds_beside_one_full_share_and_nothing_shorter(tmp_path):
+    from fedveil.core.payload import Protected
+
+    _, public = _parties(3)
+    cfg, values = CryptenConfig(parties=3), 500
+    owner = CryptenBackend(cfg, values, party_keys=public, keys=OwnerKeys("client_0", str(tmp_path)))
+    payload = owner.protect(np.full(values, 0.01), 3.0, RoundContext(1, "L", "client_0"))
+    server = CryptenBackend(cfg, values)
+    server.validate(payload)
+    full = f"share.{full_party('client_0', 1, 3)}"
+    seed = next(k for k in payload.blobs if k.startswith("share.") and k != full)
+    with pytest.raises(PayloadError, match="no share is long enough for 500 values"):
+        server.validate(Protected(blobs={**payload.blobs, full: payload.blobs[seed]}))
+    with pytest.raises(PayloadError, match="lacks the share for party"):
+        server.validate(Protected(blobs={k: v for k, v in payload.blobs.items() if k != seed}))
