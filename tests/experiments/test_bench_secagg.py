@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from fedveil.experiments.bench_secagg import VARIANT_KEYS, expand_backends, final_adapter
+from fedveil.core import wire
+from fedveil.experiments.bench_secagg import VARIANT_KEYS, expand_backends, final_adapter, first_aggregate
 
 
 def test_crypten_runs_in_the_layouts_asked_for_beside_the_other_backends():
@@ -24,3 +25,12 @@ def test_the_final_adapter_is_read_from_the_server_or_owner_0(tmp_path):
         assert final_adapter(out).tolist() == [0.0, 1.0, 2.0, 2.0, 2.0]  # name order
     with pytest.raises(FileNotFoundError):
         final_adapter(tmp_path / "neither")
+
+
+def test_round_one_aggregate_is_read_from_the_clear_checkpoint_only(tmp_path):
+    for name, arrays in (("clear", {wire.CLEAR_GLOBAL: np.arange(4, dtype=np.float32)}),
+                         ("sealed", {"ciphertexts": np.zeros(8, np.uint8)})):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        save_file(arrays, str(tmp_path / name / "checkpoints" / "round_0001.safetensors"))
+    assert first_aggregate(tmp_path / "clear").tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert first_aggregate(tmp_path / "sealed") is None
