@@ -33,7 +33,7 @@ What each party holds and sees:
   any single update.
 
 Bytes (exactly: ``cost.py``): an owner uploads one int64 share (8 bytes per value) and K-1 sealed
-seeds (about 190 bytes each) with ``shares=seeded``, K int64 shares with ``shares=full``, and its
+seeds (about 260 bytes each) with ``shares=seeded``, K int64 shares with ``shares=full``, and its
 signed bundle (about 300 bytes + 64 per party), which every party receives.
 """
 
