@@ -227,8 +227,8 @@ BACKENDS: dict[str, BackendSpec] = {
             ),
             parties=2,
             min_owners=3,
-            bytes_per_value=8.0,  # one int64 share per value per party (+ 48 B sealing, header)
-            receivers="each of K aggregator parties",
+            bytes_per_value=8.0,  # one int64 share per value (+ sealing, header); exact: crypten/cost.py
+            receivers="one of K aggregator parties, rotating; each other party a sealed 32 B seed",
         ),
     ),
 }

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import chisquare
 
 from fedveil.core.errors import UserError
 from fedveil.core.payload import RoundContext
 from fedveil.privacy.secagg.crypten.backend import (CohortTooSmall, CryptenBackend, CryptenConfig, RoundRefused,
                                                     within_bound)
 from fedveil.privacy.secagg.crypten.party import Party, TlsFiles, call, decode_response, encode_request
-from fedveil.privacy.secagg.crypten.shares import BUNDLE, SCALE, encode_fixed, split
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, SCALE, encode_fixed, full_party, split
 from fedveil.privacy.secagg.identity import OwnerKeys, load_signed_roster, sign_roster, write_signed_roster
 
 pytestmark = pytest.mark.adversary  # and slow, per test, where it starts processes
@@ -415,3 +416,123 @@ def test_parties_reveal_the_token_weighted_held_out_loss_and_no_pair_passes_for_
     updates = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, 10, 2) for i, u in enumerate(_honest(3))}
     with pytest.raises(CohortTooSmall, match="client_0: dropped by the aggregator parties: (unsigned|malformed)"):
         CryptenBackend(cfg, SIZE, run="update-as-pair").combine(updates, RoundContext(2, "L", purpose="eval-pair"))
+
+
+# --- seed-compressed shares (shares.seal_shares): a seed replayed, swapped or re-used -----------------------
+
+@pytest.mark.slow
+def test_a_seed_replayed_into_a_later_round_is_refused_and_reveals_nothing(parties):
+    # The coordinator keeps a round-1 seed client_0 sealed to party 0 and hands it in again in round 2, in
+    # place of the round-2 seed (which it never forwards). REFUSED: a seed the party opened in round 1 is
+    # "replayed" (its sealed bytes are remembered); one it never saw (client_0 shared round 1 twice, the
+    # coordinator forwarded one) is not covered by the round-2 bundle, and its round-1 bundle names round 1
+    # ("unsigned"); the whole round-1 payload under a fresh run that counts from round 1 again is "replayed".
+    # Each time every party drops client_0, two owners are too few, and nothing is revealed.
+    addresses, keys = parties
+    cfg = _cfg(addresses)
+    honest = _honest(3, seed=11)
+    owners = ("client_0", "client_1", "client_2")
+    first = {o: _protect(cfg, keys, o, honest[i], 10, 1) for i, o in enumerate(owners)}
+    withheld = _protect(cfg, keys, "client_0", honest[0], 10, 1)  # never forwarded in round 1
+    assert CryptenBackend(cfg, SIZE, run="seed-replay").combine(first, RoundContext(1, "L")).excluded == {}
+    assert (full_party("client_0", 1, 3), full_party("client_0", 2, 3)) == (1, 2)  # party 0: a seed in both
+
+    def second(**blobs):
+        """Round 2's payloads, fresh, with client_0's blobs replaced by ``blobs``."""
+        out = {o: _protect(cfg, keys, o, honest[i], 10, 2) for i, o in enumerate(owners)}
+        out["client_0"] = type(out["client_0"])(blobs={**out["client_0"].blobs, **blobs})
+        return out
+
+    cases = (("seed-replay-a", 2, second(**{"share.0": first["client_0"].blobs["share.0"]}), "replayed"),
+             ("seed-replay-b", 2, second(**{"share.0": withheld.blobs["share.0"]}), "unsigned"),
+             ("seed-replay-c", 2, second(**{"share.0": withheld.blobs["share.0"], BUNDLE: withheld.blobs[BUNDLE]}),
+              "unsigned"),
+             ("seed-replay-d", 1, {"client_0": first["client_0"], **{o: _protect(cfg, keys, o, np.zeros(SIZE), 10, 1)
+                                                                     for o in ("accomplice_0", "accomplice_1")}},
+              "replayed"))
+    for run, server_round, payloads, status in cases:
+        meta = {"round": server_round, "run": run, "clients": list(payloads), "layout_digest": "L", "length": SIZE,
+                "bound": 1.0, "min_owners": 3, "max_weight": None}
+        for m, body in _ask_all(addresses, meta, payloads):
+            assert m["status"][0] == status and m["below_min_owners"] and body.size == 0, (run, m)
+
+
+@pytest.mark.slow
+def test_a_seed_swapped_to_another_party_is_refused_and_reveals_nothing(parties):
+    # The coordinator gives party B the seed client_0 sealed to party A (and A B's). REFUSED twice over:
+    # the owner's bundle binds each sealed share to its party ("unsigned"), and even with a bundle signed
+    # over the swapped order (as if the digest check were gone) B cannot open a box sealed to A
+    # ("malformed"). Two honest owners are too few: nothing is revealed.
+    from fedveil.privacy.secagg.crypten.shares import sign_bundle
+
+    addresses, keys = parties
+    cfg = _cfg(addresses)
+    honest = _honest(3, seed=12)
+    server_round = 3
+    assert full_party("client_0", server_round, 3) == 0
+    a, b = 1, 2  # client_0's two seed parties this round
+    for run, resign, status in (("seed-swap", False, "unsigned"), ("seed-swap-signed", True, "malformed")):
+        payloads = {o: _protect(cfg, keys, o, honest[i], 10, server_round)  # fresh: none of it opened before
+                    for i, o in enumerate(("client_0", "client_1", "client_2"))}
+        blobs = dict(payloads["client_0"].blobs)
+        blobs[f"share.{a}"], blobs[f"share.{b}"] = blobs[f"share.{b}"], blobs[f"share.{a}"]
+        if resign:
+            blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(3)], "r", server_round, "L", "client_0",
+                                        _owner_keys("client_0").sign)
+        payloads["client_0"] = type(payloads["client_0"])(blobs=blobs)
+        meta = {"round": server_round, "run": run, "clients": list(payloads), "layout_digest": "L", "length": SIZE,
+                "bound": 1.0, "min_owners": 3, "max_weight": None}
+        for m, body in _ask_all(addresses, meta, payloads):
+            assert m["status"][0] == status and m["below_min_owners"] and body.size == 0, (run, m)
+
+
+def test_a_seed_reused_across_rounds_leaves_the_full_share_masked(monkeypatch):
+    # An owner whose seed source repeats (a broken RNG; seal_shares draws a fresh seed per party and round)
+    # sends party p the same seed s_p every round. HARMLESS to the update: with K=3 the full share of
+    # client_0 returns to party 1 in rounds 1 and 4, masked by the seeds of parties 0 and 2, and their
+    # keystreams depend on the round, so F1 - F4 is uniform, not x1 - x4 (as it would be, exactly, were the
+    # keystream the same in both rounds). What it does not survive is stated in shares.py: a seed is its
+    # party's share, so one seed sent to two parties, or a party's seed sent again, is that party's to read.
+    from nacl.public import PrivateKey
+
+    from fedveil.privacy.secagg.crypten import shares as shares_module
+    from fedveil.privacy.secagg.crypten.shares import SEED, ShareHeader, expand_seed, open_share, seal_shares
+
+    private = [PrivateKey.generate() for _ in range(3)]
+    public = [bytes(k.public_key) for k in private]
+    monkeypatch.setattr(shares_module, "new_seed", lambda: bytes(range(32)))  # the same seed, every time
+    n, rng = 20_000, np.random.default_rng(13)
+    x1, x4 = encode_fixed(rng.normal(scale=0.1, size=n)), encode_fixed(rng.normal(scale=0.1, size=n))
+    assert full_party("client_0", 1, 3) == full_party("client_0", 4, 3) == 1
+    full = {r: open_share(seal_shares(x, "client_0", r, "L", "run", public, 1.0)[1], bytes(private[1]),
+                          ShareHeader(r, "client_0", 1, "L", n), "run")[1] for r, x in ((1, x1), (4, x4))}
+    with np.errstate(over="ignore"):
+        # the seeds really repeated: round 1's full share is x1 minus the constant seed's keystreams
+        streams = [expand_seed(bytes(range(32)), ShareHeader(1, "client_0", p, "L", n, SEED), "run") for p in (0, 2)]
+        assert np.array_equal(full[1], x1 - streams[0] - streams[1])
+        seen, secret = full[1] - full[4], x1 - x4
+        assert np.mean(seen == secret) < 1e-3
+        top = (seen.view(np.uint64) >> np.uint64(56)).astype(np.int64)
+        assert chisquare(np.bincount(top, minlength=256)).pvalue > 1e-4
+
+
+@pytest.mark.slow
+def test_seeded_shares_aggregate_as_full_ones_and_the_norm_check_still_excludes_an_over_bound_owner(parties):
+    # Issue 23's acceptance on the real parties: with seeds (the default) and with the earlier layout the
+    # parties drop the over-bound owner ("big", which skips its own clip) and reveal the honest weighted
+    # sum, equal within 1e-4 to the plain one.
+    addresses, keys = parties
+    honest = _honest(3, seed=14)
+    expected = sum(n * u for n, u in zip((10, 20, 30), honest)) / 60
+    for shares, server_round in (("seeded", 1), ("full", 2)):
+        cfg = _cfg(addresses, shares=shares)
+        unclipped = CryptenConfig(party_addresses=addresses, tls_dir=_TLS["dir"], shares=shares)
+        payloads = {f"client_{i}": _protect(cfg, keys, f"client_{i}", u, n, server_round)
+                    for i, (u, n) in enumerate(zip(honest, (10, 20, 30)))}
+        payloads["big"] = _protect(unclipped, keys, "big", np.full(SIZE, 5.0), 10, server_round)
+        lengths = sorted(len(payloads["client_0"].blobs[f"share.{p}"]) for p in range(3))
+        assert (lengths[1] < 8 * SIZE) == (shares == "seeded")  # two seeds and one full share, or three full
+        result = CryptenBackend(cfg, SIZE, run=f"norm-{shares}").combine(payloads, RoundContext(server_round, "L"))
+        assert result.excluded == {"big": "dropped by the aggregator parties: over-bound"}
+        revealed = CryptenBackend(cfg, SIZE).reveal(result.payload)
+        assert revealed.total_weight == 60 and np.abs(revealed.mean - expected).max() < 1e-4

@@ -39,8 +39,15 @@ KNOWN = [  # (backend, config, values, owners) -> update_up, global_down, global
     ("tenseal", TensealConfig(max_owners=1000), 1_000_003, 12,
      (8_077_762, 113_087_558, 96_932_262, 8_077_614, 0, 0, 0)),
     ("tenseal", TensealConfig(max_owners=2000), TINY, 12, (262_516, 3_674_114, 3_149_310, 262_368, 0, 0, 0)),
-    ("crypten", CryptenConfig(parties=3), TINY, 3, (394_331, 131_072, 131_072, 0, 394_329, 131_072, 3)),
-    ("crypten", CryptenConfig(parties=5), MID, 100, (10_487_432, 2_097_152, 2_097_152, 0, 209_748_600, 2_097_152, 5)),
+    # crypten, seed-compressed shares (the default): one full share + K-1 sealed seeds up (was K full shares:
+    # 394_331 and 10_487_432); party_in is the mean over parties of the shares and seeds, plus every owner's
+    # whole bundle (was K full shares and a K-th of each bundle: 394_329 and 209_748_600)
+    ("crypten", CryptenConfig(parties=3), TINY, 3, (132_299, 131_072, 131_072, 0, 133_281, 131_072, 3)),
+    ("crypten", CryptenConfig(parties=5), MID, 100, (2_099_032, 2_097_152, 2_097_152, 0, 42_030_800, 2_097_152, 5)),
+    # the earlier layout, aggregation.shares=full: as before, +16 B per header (its "form" field) and the bundles
+    ("crypten", CryptenConfig(parties=3, shares="full"), TINY, 3, (394_379, 131_072, 131_072, 0, 395_361, 131_072, 3)),
+    ("crypten", CryptenConfig(parties=5, shares="full"), MID, 100,
+     (10_487_512, 2_097_152, 2_097_152, 0, 209_800_400, 2_097_152, 5)),
 ]
 
 
@@ -68,10 +75,12 @@ KNOWN_NO_DP = [  # the same runs without DP -> eval_up, evalsum_down, evalsum_up
     (KNOWN[1], (120, 448, 8, 0, 0, 789_118, 2_499_233)),
     (KNOWN[2], (120, 14_118, 8, 0, 0, 216_467_613, 21_648_876_979)),
     (KNOWN[3], (120, 448, 8, 0, 0, 50_837_070, 160_984_449)),
-    # crypten: K sealed shares of 2 values + the signed bundle up; each party gets its share of every pair
-    # and returns the pair's float64 sum
-    (KNOWN[6], (1_191, 0, 0, 394_329 + 3 * (1_191 // 3), 131_072 + 16, 526_594, 3_159_606)),
-    (KNOWN[7], (1_787, 0, 0, 209_748_600 + 100 * (1_787 // 5), 2_097_152 + 16, 12_586_371, 2_318_044_440)),
+    # crypten: the pair's sealed share and K-1 seeds (was K shares: 1_191 and 1_787 B) + the signed bundle up;
+    # each party gets its share or seed of every pair and every bundle, and returns the pair's float64 sum
+    (KNOWN[6], (1_271, 0, 0, 135_554, 131_072 + 16, 264_642, 1_593_852)),
+    (KNOWN[7], (1_931, 0, 0, 42_120_380, 2_097_152 + 16, 4_198_115, 640_899_240)),
+    (KNOWN[8], (1_239, 0, 0, 397_602, 131_072 + 16, 526_690, 3_166_140)),
+    (KNOWN[9], (1_867, 0, 0, 209_888_700, 2_097_152 + 16, 12_586_531, 2_318_582_440)),
 ]
 
 
@@ -104,9 +113,10 @@ def test_the_byte_limit_counts_the_held_out_pair_without_dp():
 
 def test_crypten_update_bytes_follow_the_owner_and_round_its_headers_name():
     cfg = CryptenConfig(parties=3)
-    assert BACKENDS["crypten"].update_bytes(cfg, TINY) == 394_331  # client_0, round 1
-    # 3 share headers and the bundle each name the owner (+2 characters) and the round (+3 digits)
-    assert BACKENDS["crypten"].update_bytes(cfg, TINY, "client_123", 1234) == 394_331 + 4 * (2 + 3)
+    assert BACKENDS["crypten"].update_bytes(cfg, TINY) == 132_299  # client_0, round 1
+    # 3 share (or seed) headers and the bundle each name the owner (+2 characters) and the round (+3 digits);
+    # which party gets the full share moves with them, the total does not
+    assert BACKENDS["crypten"].update_bytes(cfg, TINY, "client_123", 1234) == 132_299 + 4 * (2 + 3)
     assert BACKENDS["tenseal"].update_bytes(TensealConfig(), TINY, "client_123", 1234) == 131_571  # no ids inside
 
 

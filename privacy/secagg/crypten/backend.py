@@ -4,7 +4,9 @@ What each party holds and sees:
 
 - owners: split ``Δ_k`` (fixed point, Z_2^64) into K shares, seal share p and the count ``n_k``
   to party p's X25519 key and sign the sealed shares (``ShareBundle``, the owner's Ed25519
-  identity key); the server relays sealed boxes it cannot open. With ``norm_bound`` set an owner
+  identity key); the server relays sealed boxes it cannot open. With ``aggregation.shares=seeded``
+  (the default) K-1 of the shares travel as 32-byte ChaCha20 seeds and one party, rotating
+  over owners and rounds, gets the full share (``shares.seal_shares``). With ``norm_bound`` set an owner
   clips its own delta below the bound (margin for fixed-point rounding) and its count to
   ``max_weight``, and a non-finite delta is shared as zeros: the parties' verdict on an honest
   owner never depends on its data.
@@ -30,8 +32,9 @@ What each party holds and sees:
 - server: the revealed aggregate (and which owners were dropped), as with ``plain`` but without
   any single update.
 
-Bytes: each party receives 8 bytes per value per owner (int64 share) + 48 bytes of sealing, and
-every owner's signed bundle (about 300 bytes + 64 per party).
+Bytes (exactly: ``cost.py``): an owner uploads one int64 share (8 bytes per value) and K-1 sealed
+seeds (about 260 bytes each) with ``shares=seeded``, K int64 shares with ``shares=full``, and its
+signed bundle (about 300 bytes + 64 per party), which every party receives.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, Ro
 from fedveil.privacy.secagg.base import ServerHoldsGlobal, clear_global
 from fedveil.privacy.secagg.crypten import eval_pair
 from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
-from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share, sign_bundle, split
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, LAYOUTS, encode_fixed, seal_shares, sign_bundle
 
 
 @dataclass
@@ -69,8 +72,13 @@ class CryptenConfig:
     # (simulation fills it in with a throwaway CA); parties accept no other caller
     tls_dir: Optional[str] = None
     insecure: bool = False  # talk to --insecure parties in plaintext (a lab only); never with tls_dir
+    # seeded: one full share to a party that rotates over owners and rounds, a sealed 32-byte seed to
+    # each other (8 B per value up in all); full: a full share to each party (8 B per value per party)
+    shares: str = "seeded"
 
     def __post_init__(self) -> None:
+        if self.shares not in LAYOUTS:
+            raise UserError(f"aggregation.shares must be one of {'|'.join(LAYOUTS)}, got {self.shares!r}")
         if self.parties < 2:
             raise UserError(f"aggregation.parties must be >= 2, got {self.parties}")
         if self.norm_bound is not None and not self.norm_bound > 0:
@@ -229,10 +237,9 @@ class CryptenBackend(ServerHoldsGlobal):
         delta = within_bound(delta, self.cfg.norm_bound, self.cfg.parties)
         if self.cfg.max_weight is not None:
             weight = min(float(weight), float(self.cfg.max_weight))
-        shares = split(encode_fixed(delta), self.cfg.parties)
-        blobs = {f"share.{p}": seal_share(s, ShareHeader(ctx.round, ctx.owner, p, ctx.layout_digest, s.size),
-                                          key, count=weight)
-                 for p, (s, key) in enumerate(zip(shares, self.party_keys))}
+        sealed = seal_shares(encode_fixed(delta), ctx.owner, ctx.round, ctx.layout_digest, self.run, self.party_keys,
+                             weight, self.cfg.shares)
+        blobs = {f"share.{p}": blob for p, blob in enumerate(sealed)}
         blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(self.cfg.parties)], self.run, ctx.round,
                                     ctx.layout_digest, ctx.owner, self.keys.sign)
         return Protected(blobs=blobs)
@@ -240,11 +247,11 @@ class CryptenBackend(ServerHoldsGlobal):
     # --- server side ------------------------------------------------------------------------
     def validate(self, p: Protected) -> None:
         for party in range(self.cfg.parties):
-            blob = p.blobs.get(f"share.{party}")
-            if not isinstance(blob, bytes):
+            if not isinstance(p.blobs.get(f"share.{party}"), bytes):
                 raise PayloadError(f"crypten payload lacks the share for party {party}")
-            if self.size is not None and len(blob) < 8 * self.size:
-                raise PayloadError(f"share for party {party} is {len(blob)} bytes, too short for {self.size} values")
+        longest = max(len(p.blobs[f"share.{party}"]) for party in range(self.cfg.parties))
+        if self.size is not None and longest < 8 * self.size:  # seeds are short; one share at least is full
+            raise PayloadError(f"no share is long enough for {self.size} values ({longest} bytes at most)")
         if not isinstance(p.blobs.get(BUNDLE), bytes):
             raise PayloadError("crypten payload lacks the owner's signed share bundle")
 

@@ -3,8 +3,10 @@
 Without DP each owner splits its pair ``(loss x tokens, tokens)`` into K additive shares in the
 parties' fixed-point ring, with example count 1 (so the parties learn no token count: they see
 uniformly random shares), seals share p to party p and signs the sealed shares, exactly as an
-update (``shares.py``). What binds it apart from an update is the layout field of every share's
-sealed header and of the signed bundle, :func:`purpose_tag` (``eval-pair:<layout digest>``),
+update (``shares.seal_shares``, seeds and all: at 2 values a seed is longer than the share it
+stands for, 16 bytes more per seed, kept for one code path). What binds it apart from an
+update is the layout field of every share's sealed header and of the signed bundle (and so of
+the seeds' keystreams), :func:`purpose_tag` (``eval-pair:<layout digest>``),
 and its length (2): a party refuses a pair presented as an update and an update presented as a
 pair (the header does not match), and, as for updates, opens each sealed share once, only from
 owners on the signed roster, and reveals nothing for fewer than ``min_owners`` owners.
@@ -20,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedveil.core.payload import Combined, Protected, RoundContext
-from fedveil.privacy.secagg.crypten.shares import BUNDLE, ShareHeader, encode_fixed, seal_share,\
-    sign_bundle, split
+from fedveil.privacy.secagg.crypten.shares import BUNDLE, encode_fixed, seal_shares, sign_bundle
 
 LENGTH = 2  # loss x tokens, tokens
 
@@ -35,8 +36,8 @@ def protect(backend, loss: float, tokens: float, ctx: RoundContext) -> Protected
     """``backend`` (an owner's ``CryptenBackend``, its keys checked): the sealed, signed shares of the pair."""
     ring = encode_fixed(np.array([float(loss) * float(tokens), float(tokens)]))
     tag = purpose_tag(ctx.layout_digest)
-    blobs = {f"share.{p}": seal_share(s, ShareHeader(ctx.round, ctx.owner, p, tag, LENGTH), key, count=1.0)
-             for p, (s, key) in enumerate(zip(split(ring, backend.cfg.parties), backend.party_keys))}
+    sealed = seal_shares(ring, ctx.owner, ctx.round, tag, backend.run, backend.party_keys, 1.0, backend.cfg.shares)
+    blobs = {f"share.{p}": blob for p, blob in enumerate(sealed)}
     blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(backend.cfg.parties)], backend.run, ctx.round,
                                 tag, ctx.owner, backend.keys.sign)
     return Protected(blobs=blobs)

@@ -27,7 +27,7 @@ state directory and serves two gRPC calls (raw bytes, no generated code):
   2. a share is opened only if its owner is on the signed roster (``not-rostered``) and the
      owner's signed bundle binds this round, layout, owner id and this very sealed share
      (``unsigned``): the coordinator cannot seal shares for owners it made up, nor present one
-     owner's shares as another's;
+     owner's shares as another's; a share sealed as a seed is expanded (``shares.expand_seed``);
   3. a sealed share whose exact bytes this party opened before (SHA-256 kept in ``seen-shares``
      in its state directory) is not opened again (``replayed``), whatever run or round the
      request names: the run id is the coordinator's choice, the sealed bytes are the owner's;
@@ -167,14 +167,14 @@ class Party:
         """(verdict, count, share) of one owner's sealed share: opened only if the owner is on the
         signed roster and its signed bundle covers this very share."""
         try:
-            check_bundle(bundle, blob, self.rank, owner, server_round, layout_digest, self.roster)
+            signed = check_bundle(bundle, blob, self.rank, owner, server_round, layout_digest, self.roster)
         except NotRostered:
             return NOT_ROSTERED, 0.0, None
         except PayloadError:
             return UNSIGNED, 0.0, None
-        try:
+        try:  # a seed expands for the run the owner signed, whatever run the request names
             count, share = open_share(blob, self.private, ShareHeader(server_round, owner, self.rank, layout_digest,
-                                                                      length))
+                                                                      length), signed.run)
         except PayloadError:
             return MALFORMED, 0.0, None
         return OPENED, count, share

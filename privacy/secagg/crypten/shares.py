@@ -2,12 +2,24 @@
 
 The owner's side of the ``crypten`` backend, free of Flower: encode the update in CrypTen's
 fixed-point ring (Z_2^64, 16 fractional bits, rounding: see ``compat``), split it into
-K additive shares (K-1 drawn uniformly from the OS CSPRNG, the last one completing the sum), and
-seal each share to its party's X25519 key, bound to (round, client, party, layout, length) so a
-share replayed into another round, routed to another party or cut short is refused.
+K additive shares, and seal each share to its party's X25519 key, bound to (round, client,
+party, layout, length) so a share replayed into another round, routed to another party or cut
+short is refused.
 
-Any K-1 shares are uniformly random and independent of the update: only all K together
-determine it. The parties' side is ``mpc.py`` and ``party.py``.
+Seed-compressed shares (``aggregation.shares=seeded``, the default; :func:`seal_shares`): K-1
+parties each get a fresh 32-byte seed from the OS CSPRNG, sealed to that party; party p's share
+is the ChaCha20 keystream of its seed (:func:`expand_seed`: nonce bound to the run, round, owner,
+party, layout or purpose tag, and length, so one seed never yields the same share in another
+context). The remaining party gets the full share ``x - sum_p PRG(seed_p) mod 2^64``; which
+party that is rotates with the owner's index and the round (:func:`full_party`), so the parties'
+load stays even. Each share is a uniformly random ring element (the full one masked by K-1
+keystreams), and any K-1 of them are independent of the update, as before: at K=3 an owner
+uploads 8 B per value in all (one share) instead of 24. ``shares=full`` sends K full shares
+(K-1 uniform from the CSPRNG), the earlier layout. Which form a sealed share has is the owner's
+choice, stated in its sealed header: the parties sum whatever K shares they open.
+
+A seed is its party's share: whoever holds it learns that share (and nothing else). The
+parties' side is ``mpc.py`` and ``party.py``.
 
 The owner signs the round's sealed shares with its identity key (Ed25519, ``identity.py``): a
 :class:`ShareBundle` binds run, round, layout, owner id and each sealed share's SHA-256, so party
@@ -20,17 +32,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from fedveil.core.disk import OWNER_PREFIX
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity, sealing
 
 BUNDLE = "bundle"  # the blob holding an owner's signed ShareBundle, next to its "share.P" blobs
 BUNDLE_TAG = b"fedveil/crypten-bundle/v1"
+PRG_TAG = b"fedveil/crypten-seed-prg/v1"
 PRECISION_BITS = 16
 SCALE = 1 << PRECISION_BITS
+SEED_BYTES = 32  # a ChaCha20 key
+# ShareHeader.form: what a sealed share holds. Both spellings are 4 characters, so a header's length
+# (and cost.py's price) does not depend on which party got the full share.
+FULL, SEED = "full", "seed"
+LAYOUTS = ("seeded", "full")  # aggregation.shares
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class ShareHeader:
     party: int
     layout_digest: str
     length: int
+    form: str = FULL  # FULL: the int64 share itself; SEED: the 32-byte seed it expands from
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -84,31 +105,99 @@ def reconstruct(shares: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-def seal_share(share: np.ndarray, header: ShareHeader, party_public_key: bytes, count: float = 1.0) -> bytes:
-    """Seal one share (and the owner's example count, which the parties see) to its party."""
+def full_party(owner: str, server_round: int, parties: int) -> int:
+    """The party that gets ``owner``'s full share in ``server_round`` (the others get seeds): the
+    owner's index plus the round, modulo K, so over a cohort ``client_0..client_N`` each party
+    gets N/K full shares per round, and each owner's full share moves on every round. An id
+    without an index (not ``client_K``) is placed by a hash of it."""
+    suffix = owner[len(OWNER_PREFIX):] if owner.startswith(OWNER_PREFIX) else ""
+    index = int(suffix) if suffix.isdigit() else int.from_bytes(hashlib.sha256(owner.encode()).digest()[:8], "big")
+    return (index + int(server_round)) % parties
+
+
+def expand_seed(seed: bytes, header: ShareHeader, run: str) -> np.ndarray:
+    """The share a seed stands for: ``header.length`` ring elements, the ChaCha20 keystream of
+    key ``seed`` read as little-endian int64. The nonce is a digest of ``run`` and the sealed
+    header (round, owner, party, layout or purpose tag, length, form), with the block counter
+    from 0: the owner and the party compute the same bytes, and a seed presented in any other
+    context expands to an unrelated share."""
+    if len(seed) != SEED_BYTES:
+        raise PayloadError(f"a share seed is {SEED_BYTES} bytes, got {len(seed)}")
+    nonce = bytes(4) + identity.digest(PRG_TAG, run.encode(), header.encode())[:12]  # 4 bytes: the block counter
+    stream = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor().update(bytes(8 * header.length))
+    return np.frombuffer(stream, dtype="<i8").astype(np.int64)
+
+
+def new_seed() -> bytes:
+    """A fresh seed from the OS CSPRNG (never reused: a seed is its party's share)."""
+    return os.urandom(SEED_BYTES)
+
+
+def seal_shares(ring: np.ndarray, owner: str, server_round: int, layout: str, run: str, party_keys: list[bytes],
+                count: float, shares: str = "seeded") -> list[bytes]:
+    """``ring`` shared to the K parties of ``party_keys`` (sealed, in party order), bound to this
+    round, owner, layout (or a pair's purpose tag) and, for seeds, the run the owner signs for.
+    ``shares``: ``seeded`` (a seed to K-1 parties, the full share to :func:`full_party`) or
+    ``full`` (a full share to each)."""
+    if shares not in LAYOUTS:
+        raise PayloadError(f"aggregation.shares must be one of {list(LAYOUTS)}, got {shares!r}")
+    ring, parties = np.asarray(ring, np.int64).reshape(-1), len(party_keys)
+
+    def header(p: int, form: str) -> ShareHeader:
+        return ShareHeader(server_round, owner, p, layout, ring.size, form)
+
+    if shares == "full":
+        return [seal_share(s, header(p, FULL), key, count)
+                for p, (s, key) in enumerate(zip(split(ring, parties), party_keys))]
+    full = full_party(owner, server_round, parties)
+    sealed: list[bytes] = [b""] * parties
+    rest = ring.copy()
+    for p, key in enumerate(party_keys):
+        if p != full:
+            seed = new_seed()
+            with np.errstate(over="ignore"):
+                rest -= expand_seed(seed, header(p, SEED), run)
+            sealed[p] = _seal(header(p, SEED), count, seed, key)
+    sealed[full] = seal_share(rest, header(full, FULL), party_keys[full], count)
+    return sealed
+
+
+def _seal(header: ShareHeader, count: float, body: bytes, party_public_key: bytes) -> bytes:
     head = header.encode()
-    body = np.array([count], np.float64).tobytes() + np.ascontiguousarray(share, np.int64).tobytes()
-    return sealing.seal(len(head).to_bytes(4, "big") + head + body, party_public_key)
+    return sealing.seal(len(head).to_bytes(4, "big") + head + np.array([count], np.float64).tobytes() + body,
+                        party_public_key)
 
 
-def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader) -> tuple[float, np.ndarray]:
-    """(count, share) inside ``sealed``, if it is for ``expected``; anything else is refused."""
+def seal_share(share: np.ndarray, header: ShareHeader, party_public_key: bytes, count: float = 1.0) -> bytes:
+    """Seal one full share (and the owner's example count, which the parties see) to its party."""
+    return _seal(header, count, np.ascontiguousarray(share, np.int64).tobytes(), party_public_key)
+
+
+def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader,
+               run: str = "") -> tuple[float, np.ndarray]:
+    """(count, share) inside ``sealed``, if it is for ``expected`` (its form aside: a full share or
+    a seed, the owner's choice); a seed is expanded for ``run`` (the run the owner's bundle
+    signs). Anything else is refused."""
     raw = sealing.unseal(sealed, party_private_key, f"share from {expected.client}", f"party {expected.party}'s")
     n = int.from_bytes(raw[:4], "big")
     try:
         header = ShareHeader(**json.loads(raw[4 : 4 + n]))
     except (ValueError, TypeError) as exc:
         raise PayloadError(f"share from {expected.client} has a malformed header") from exc
-    if header != expected:
+    if header.form not in (FULL, SEED) or replace(header, form=expected.form) != expected:
         raise PayloadError(f"share header {header} does not match what party {expected.party} expects ({expected})")
     body = raw[4 + n + 8 :]
     count = float(np.frombuffer(raw[4 + n : 4 + n + 8], np.float64)[0]) if len(raw) >= 4 + n + 8 else -1.0
-    if len(body) != 8 * expected.length:
+    if header.form == SEED and len(body) != SEED_BYTES:
+        raise PayloadError(f"share seed from {expected.client} is {len(body)} bytes, not {SEED_BYTES}")
+    if header.form == FULL and len(body) != 8 * expected.length:
         raise PayloadError(
             f"share from {expected.client} holds {len(body) // 8} values, the layout needs {expected.length}"
         )
     if not (np.isfinite(count) and count > 0):
         raise PayloadError(f"share from {expected.client} carries no positive example count")
+    if header.form == SEED:
+        return count, expand_seed(body, header, run)
     return count, np.frombuffer(body, dtype=np.int64).copy()
 
 
@@ -154,9 +243,10 @@ class NotRostered(PayloadError):
 
 
 def check_bundle(blob: bytes, sealed: bytes, party: int, owner: str, server_round: int, layout_digest: str,
-                 roster: dict[str, bytes]) -> None:
-    """Nothing if ``sealed`` is party ``party``'s share of ``owner``'s signed bundle for this round
-    and layout, and ``owner`` is on ``roster``; else :class:`NotRostered` or :class:`PayloadError`."""
+                 roster: dict[str, bytes]) -> ShareBundle:
+    """The bundle, if ``sealed`` is party ``party``'s share of ``owner``'s signed bundle for this
+    round and layout, and ``owner`` is on ``roster``; else :class:`NotRostered` or
+    :class:`PayloadError`. Its run is the one the owner's seeds expand for."""
     if owner not in roster:
         raise NotRostered(f"owner '{owner}' is not on the signed roster")
     bundle = ShareBundle.decode(blob)
@@ -166,3 +256,4 @@ def check_bundle(blob: bytes, sealed: bytes, party: int, owner: str, server_roun
     if party >= len(bundle.digests) or bundle.digests[party] != hashlib.sha256(sealed).digest():
         raise PayloadError(f"party {party}'s share is not the one '{owner}' signed")
     identity.verify(roster[owner], bundle.statement(), bundle.signature, f"share bundle of '{owner}'")
+    return bundle
