@@ -38,9 +38,11 @@ from fedveil.task.demo_data import demo_records
 pytestmark = [pytest.mark.adversary, pytest.mark.slow]
 
 NOISED = {"delta"}  # the plain backend's noised update: its values differ, its dtype and shape may not
-# tenseal's blobs under fresh encryption randomness (the update, the re-encrypted global, their digests and
-# signatures): their bytes differ on every run, their sizes (fixed by the parameters) may not
-OPAQUE = {"ciphertext", "sha256", "signature", wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE}
+# blobs under fresh randomness (tenseal: the update, the re-encrypted global, their digests and signatures;
+# crypten: the sealed shares and the signed bundle over them): their bytes differ on every run, their sizes
+# (fixed by the parameters) may not
+OPAQUE = {"ciphertext", "sha256", "signature", wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE, "bundle",
+          *(f"share.{p}" for p in range(8))}
 MAX_LENGTH = 32
 POLICY = OwnerPolicy(require_dp=True, max_epsilon=8.0, max_delta=1e-4, min_noise_multiplier=0.3,
                      max_sample_rate=0.5, allowed_backends=["plain"], max_rounds=3, max_local_steps=4)
@@ -331,6 +333,30 @@ def test_a_tenseal_train_carrying_the_evaluation_and_the_hand_over_releases_the_
     assert not any(k.startswith(wire.EVAL_PAIR_PREFIX) for k in blobs)  # the pair is cut under DP
     metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
     assert wire.EVAL_LOSS not in metrics and wire.EVAL_SECONDS not in metrics
+
+
+def test_a_crypten_train_carrying_the_evaluation_releases_the_same_bytes(datasets, tiny_gpt2, tmp_path,
+                                                                        monkeypatch):
+    """``eval_in_train`` with crypten: the train message asks the owner to evaluate the global first (its
+    server holds the global: no hand-over). Under DP nothing of the evaluation leaves (no pair shares, no
+    loss) and the update's sealed shares are the same size on neighbouring datasets."""
+    from nacl.public import PrivateKey
+
+    model = {"path": str(tiny_gpt2)}
+    base = {**BASE, "num_clients": 3, "aggregation": {"name": "crypten", "parties": 2, "min_owners": 2}}
+    policy = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["crypten"]})
+    parties = ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
+    case = [msg("train", 1, per_round={**CARRY, wire.PARTY_KEYS: parties}),
+            msg("train", 2, per_round={**CARRY, wire.PARTY_KEYS: parties})]
+    on = {name: transcript(case, datasets[name], tmp_path / name, model, monkeypatch, base, policy)
+          for name in ("D", "long", "dropped")}
+    assert on["long"] == on["D"] and on["dropped"] == on["D"]
+    for head, body in on["D"]:
+        assert head[0] == "train" and body[0] != "error"
+        blobs = dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS))
+        assert set(blobs) == {"share.0", "share.1", "bundle"}  # the update's; the pair is cut under DP
+        metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
+        assert wire.EVAL_LOSS not in metrics and wire.EVAL_SECONDS not in metrics
 
 
 def test_the_signed_statement_is_released(datasets, tiny_gpt2, tmp_path, monkeypatch):
