@@ -57,28 +57,33 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
     meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
     timings = {} if owner.dp_on else {wire.REVEAL_SECONDS: reveal_seconds}  # no timings under DP
     if instruction.op == TRAIN:
-        carried = {}
+        carried, sent_back = {}, None
         if instruction.per_round.get(wire.EVALUATE_FIRST):  # eval_in_train: round r - 1's evaluation rides here
             # its weight is the train reply's (an evaluation's own count would collide with it; under DP
             # nothing of it leaves: the release gate keeps weight 1 and cuts the pair)
             carried = {k: v for k, v in owner.evaluate(global_vector, after_round).items() if k != wire.NUM_EXAMPLES}
+            # and the holder's hand-over of that same global (tenseal: the owner asked re-encrypts it)
+            sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id,
+                                                     after_round)
         protected, metrics = owner.train_round(global_vector)
-        return Answer({**carried, **metrics, **timings}, meta, with_pair(protected, owner.held_out_pair))
+        return Answer({**carried, **metrics, **timings}, meta, joined(protected, sent_back, owner.held_out_pair))
     metrics = {**owner.evaluate(global_vector), **timings}
     # the backend's owner-side hooks (privacy/secagg/base.py:OwnerSide) answer the server's hand-over
     sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id, after_round)
     if owner.backend.writes_final_adapter(instruction.per_round):
         owner.save_final_adapter(global_vector)
     meta.update(owner.sign_final_adapter(global_vector, instruction.per_round))  # the last round: signed result
-    return Answer(metrics, meta, with_pair(sent_back, owner.held_out_pair))
+    return Answer(metrics, meta, joined(sent_back, owner.held_out_pair))
 
 
-def with_pair(protected: Optional[Protected], pair: Optional[Protected]) -> Optional[Protected]:
-    """The evaluate reply's payload: what the round step made, and the owner's held-out pair (no DP)."""
-    if pair is None:
-        return protected
-    base = protected or Protected()
-    return Protected(arrays={**base.arrays, **pair.arrays}, blobs={**base.blobs, **pair.blobs})
+def joined(*parts: Optional[Protected]) -> Optional[Protected]:
+    """A reply's payload: what the round step made (the update; the hand-over's payload) and the owner's
+    held-out pair (no DP), under keys that never meet (the pair's are prefixed: ``wire.EVAL_PAIR_PREFIX``)."""
+    present = [p for p in parts if p is not None]
+    if len(present) < 2:
+        return present[0] if present else None
+    return Protected(arrays={k: v for p in present for k, v in p.arrays.items()},
+                     blobs={k: v for p in present for k, v in p.blobs.items()})
 
 
 def eval_mean(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:

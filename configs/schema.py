@@ -65,10 +65,10 @@ class FedveilConfig:
     output_dir: str = ""  # filled in by the runner (Hydra's run directory)
     resume: bool = False  # continue from the latest checkpoint in output_dir
     overwrite: bool = False  # delete an earlier run's outputs in output_dir first (owners' state is kept)
-    # one exchange per round: round r's evaluation rides in round r+1's train message (each owner
-    # evaluates the global before training on it); only the last round evaluates apart. Its eval
-    # fields join round r's row when round r+1's replies arrive. plain only (server/federation.py)
-    eval_in_train: bool = False
+    # one exchange per round: round r's evaluation (and, tenseal, the re-encrypted global) rides in round
+    # r+1's train message (each owner evaluates the global before training on it); only the last round
+    # evaluates apart. Its eval fields join round r's row when round r+1's replies arrive (server/federation.py)
+    eval_in_train: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -180,10 +180,6 @@ def from_dict(values: Mapping[str, Any], plan: Optional[Plan] = None) -> Fedveil
         raise UserError(f"aggregation={agg['name']} reveals no aggregate of fewer than aggregation.min_owners="
                         f"{min_owners} owners, but only {cfg.participants} train per round: raise clients_per_round "
                         "(or num_clients)")
-    if cfg.eval_in_train and agg["name"] != "plain":
-        raise UserError(f"eval_in_train=true needs aggregation=plain, not {agg['name']} (tenseal's re-encrypted "
-                        "global and crypten's in-order party rounds still ride the evaluate message): set "
-                        "eval_in_train=false")
     if cfg.resume and not BACKENDS[agg["name"]].can_resume:
         raise UserError(
             f"resume=true is not supported with aggregation={agg['name']} (a restart cannot reopen what its "

@@ -112,3 +112,10 @@ def without_eval_pair(reply: Protected | None) -> Protected | None:
     if len(arrays) + len(blobs) == len(reply.arrays) + len(reply.blobs):
         return reply
     return Protected(arrays, blobs) if arrays or blobs else None
+
+
+def update_of(reply: Protected) -> Protected:
+    """A train reply's update alone: with ``eval_in_train`` the previous round's held-out pair and the
+    answer to the holder's hand-over (``wire.HANDED_BACK``) ride in the same reply."""
+    rest = without_eval_pair(reply) or Protected()
+    return Protected(rest.arrays, {k: v for k, v in rest.blobs.items() if k not in wire.HANDED_BACK})

@@ -70,6 +70,7 @@ ADAPTER_STATEMENT = "adapter-statement"  # the last evaluate's reply: the owner'
 CLEAR_GLOBAL = "adapter"  # the flat float32 global adapter, where the server may hold it
 ENCRYPTED_GLOBAL = "global-ct"  # blob an owner returns with Enc(new global) when asked
 GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (run, context id, round, ENCRYPTED_GLOBAL)
+HANDED_BACK = (ENCRYPTED_GLOBAL, GLOBAL_SIGNATURE)  # an owner's answer to the holder's hand-over: never an update
 EVAL_PAIR_PREFIX = "eval-pair."  # evaluate reply: the protected held-out pair's arrays and blobs
 EVAL_PAIRS = "eval-pairs"  # QUERY_EVALSUM: the round's combined held-out pairs, for the owner that reveals the mean
 

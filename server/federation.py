@@ -38,7 +38,7 @@ from fedveil.server.availability import absent_reason, connected_nodes, owner_fl
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import Exchange, exchange
 from fedveil.server.key_setup import setup_keys
-from fedveil.server.outputs import RUN_ERROR_FILE, fmt
+from fedveil.server.outputs import RUN_ERROR_FILE, fmt, report_excluded
 from fedveil.server.strategy import EvalOutcome, SecureAggregation, TrainOutcome
 from fedveil.task.model import get_adapter, load_lora_skeleton, set_adapter
 
@@ -159,24 +159,26 @@ def evaluate_start(fed: Federation) -> None:
 def run_round(fed: Federation, server_round: int) -> None:
     start = time.perf_counter()
     nodes = connected_nodes(fed.grid, fed.cfg, server_round)
-    outcome, train_ex = train(fed, server_round, nodes)
-    if fed.cfg.eval_in_train:
-        join_evaluation(fed, server_round - 1, train_ex)
+    carry = carried_evaluation(fed, server_round)
+    outcome, train_ex = train(fed, server_round, nodes, carry)
+    # before the round's updates join the global: a re-encrypted global handed back settles the rounds before
+    joined = join_evaluation(fed, server_round - 1, train_ex) if carry else Exchange([], {}, {}, 0.0)
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
     fed.seen.update(outcome.accepted)
-    if fed.cfg.eval_in_train and server_round < fed.cfg.rounds:  # evaluated with round server_round + 1's train
-        ev = Evaluation(None, {}, Exchange([], {}, {}, 0.0))
+    later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds and not lost_update(outcome, train_ex)
+    if later:  # evaluated with round server_round + 1's train
+        ev = Evaluation(None, {}, joined)
     else:
         ev = evaluate(fed, server_round, handover(fed, server_round, outcome),
                       evaluation_cohort(fed, server_round, nodes, train_ex))
+        ev.exchange = ev.exchange.plus(joined)
     signatures.keep_statements(fed.out, ev.exchange.replies)  # the last round: owners' signed results
     row = round_row(fed, server_round, outcome, train_ex, ev, time.perf_counter() - start)
     record_round(fed, server_round, row, outcome)
     note = f" | max eps {row.max_epsilon:.3f}" if row.max_epsilon is not None else ""
     note += f" | {len(outcome.excluded)} excluded" if outcome.excluded else ""
-    later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds
     progress(f"round {server_round}/{fed.cfg.rounds} | train loss {fmt(row.train_loss)} | "
              f"eval loss {'with the next train' if later else fmt(ev.loss)} | "
              f"{len(outcome.accepted)} owners | {row.seconds.round:.1f} s{note}")
@@ -196,23 +198,33 @@ def stop_untrained(fed: Federation, server_round: int, outcome: TrainOutcome, tr
                     "restart with resume=true to run the round again")
 
 
-def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
-    """One console line per distinct reason, naming a few owners (all of them: metrics.jsonl)."""
-    by_reason: dict[str, list[str]] = {}
-    for who, reason in excluded.items():
-        by_reason.setdefault(reason, []).append(who)
-    for reason, owners in sorted(by_reason.items(), key=lambda item: -len(item[1])):
-        owners = sorted(owners)
-        names = ", ".join(owners[:shown]) + (
-            f" and {len(owners) - shown} more (metrics.jsonl)" if len(owners) > shown else ""
-        )
-        progress(f"  excluded {names}: {reason}")
+def carried_evaluation(fed: Federation, server_round: int) -> dict:
+    """``eval_in_train``: what round ``server_round``'s train message asks besides training: evaluate the
+    global after the round before, first, and answer the holder's hand-over of it (an encrypted global:
+    the owner asked re-encrypts it), as the round's evaluate message would have. Nothing where that
+    round's row holds its evaluation already (a round run again after a kill that came later): an owner
+    reveals a round's held-out sum once (tenseal), and the numbers are in."""
+    before = [r for r in read_rows(fed.out) if r.round == server_round - 1][-1:]
+    if not fed.cfg.eval_in_train or (before and before[0].evaluated):
+        return {}
+    if server_round == 1 or not before:  # round 0: the starting adapter, which every owner derives itself
+        return {wire.EVALUATE_FIRST: True}
+    return {wire.EVALUATE_FIRST: True, **fed.state.handover(server_round - 1, before[0].clients, fed.owners, False)}
 
 
-def train(fed: Federation, server_round: int, nodes: list[int]) -> tuple[TrainOutcome, Exchange]:
-    """Round ``server_round``'s training among ``nodes``; an owner that is not connected or does not reply
-    within ``sim.round_timeout_s`` is excluded with that reason, and the round goes on without it."""
-    carry = {wire.EVALUATE_FIRST: True} if fed.cfg.eval_in_train else {}  # the previous round's evaluation
+def lost_update(outcome: TrainOutcome, train_ex: Exchange) -> bool:
+    """Whether the round left out an owner it asked to train (silent, refused or excluded). Then
+    it evaluates apart even with ``eval_in_train``: an owner whose update may be left out must next see the
+    round settled by the hand-over (an encrypted global: re-encrypted), not pending without its update,
+    which it refuses as a drop."""
+    taken = {node for node, who in outcome.node_to_owner.items() if who in outcome.accepted}
+    return bool(set(train_ex.bytes_down) - taken)
+
+
+def train(fed: Federation, server_round: int, nodes: list[int], carry: dict) -> tuple[TrainOutcome, Exchange]:
+    """Round ``server_round``'s training among ``nodes`` (``carry``: :func:`carried_evaluation`); an owner that
+    is not connected or does not reply within ``sim.round_timeout_s`` is excluded with that reason, and the round
+    goes on without it."""
     msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()),
                                         ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes)
     timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
@@ -269,9 +281,10 @@ def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
     return evaluation_of(fed, server_round, exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s))
 
 
-def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> None:
+def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> Exchange:
     """``eval_in_train``: round ``server_round``'s evaluation, from the next round's train replies, joins
-    the row written at its end (``replace_row``); its bytes count in the round that carried it."""
+    the row written at its end (``replace_row``); its bytes count in the round that carried it, as do
+    those of the exchange it needed besides (returned: tenseal's ``query.evalsum``)."""
     ev = evaluation_of(fed, server_round, Exchange(train_ex.replies, {}, {}, 0.0))
     for row in [r for r in read_rows(fed.out) if r.round == server_round][-1:]:  # none: nothing to join
         row.eval_loss, row.evaluated = ev.loss, sorted(ev.per_owner)
@@ -281,6 +294,7 @@ def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> N
             owner.eval_loss, owner.eval_reveal_seconds = evaluated.eval_loss, evaluated.eval_reveal_seconds
         replace_row(fed.out, row)
     progress(f"round {server_round}/{fed.cfg.rounds} | eval loss {fmt(ev.loss)} (with the next round's train)")
+    return Exchange([], ev.exchange.bytes_down, ev.exchange.bytes_up, ev.exchange.seconds)
 
 
 def evaluation_of(fed: Federation, server_round: int, ex: Exchange) -> Evaluation:
@@ -324,12 +338,7 @@ def held_out_loss(fed: Federation, server_round: int, agg: EvalOutcome, ex: Exch
     msg = Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(agg.pending.blobs))}),
                   dst_node_id=nodes[who], message_type=wire.QUERY_EVALSUM)
     reveal = exchange(fed.grid, [msg], fed.cfg.sim.round_timeout_s)
-
-    def added(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-        return {n: a.get(n, 0) + b.get(n, 0) for n in {*a, *b}}
-
-    merged = Exchange(ex.replies, added(ex.bytes_down, reveal.bytes_down), added(ex.bytes_up, reveal.bytes_up),
-                      ex.seconds + reveal.seconds)
+    merged = ex.plus(reveal)
     reply = reveal.replies[0] if reveal.replies else None
     metrics = reply.content.metric_records.get(wire.METRICS, {}) if reply and not reply.has_error() else {}
     if wire.EVAL_LOSS not in metrics:
@@ -352,7 +361,7 @@ def round_row(fed: Federation, server_round: int, outcome: TrainOutcome, train_e
         per_owner[who] = OwnerRow(
             bytes_down=train_ex.bytes_down.get(node, 0) + eval_ex.bytes_down.get(node, 0),
             bytes_up=train_ex.bytes_up.get(node, 0) + eval_ex.bytes_up.get(node, 0),
-            bytes_update_up=train_ex.bytes_up.get(node, 0),
+            bytes_update_up=train_ex.bytes_up.get(node, 0) - outcome.carried_up.get(node, 0),
             num_examples=m.get(wire.NUM_EXAMPLES) if counts_seen else None,
             train_loss=m.get(wire.TRAIN_LOSS),
             update_norm=m.get(wire.UPDATE_NORM),
@@ -397,22 +406,13 @@ def record_round(fed: Federation, server_round: int, row: MetricsRow, outcome: T
         "round": server_round, "backend": row.backend, "config_hash": fed.config_hash,
         "layout_digest": fed.layout.digest,
         "participants": sorted(outcome.accepted), "excluded": sorted(outcome.excluded),
-        "aggregated_digest": payload_digest(outcome.combined),
+        "aggregated_digest": round_chain.payload_digest(outcome.combined),
         "epsilon": {who: c.epsilon for who, c in row.per_client.items() if c.epsilon is not None},
         "global_state_hash": round_chain.sha256_of(*(saved[k].tobytes() for k in sorted(saved))),
     })["hash"]
     maybe_die("before-checkpoint", server_round)
     checkpoint.save(fed.out, server_round, saved, fed.layout)
     maybe_die("after-checkpoint", server_round)
-
-
-def payload_digest(combined) -> str | None:
-    """SHA-256 over what the backend aggregated (clear arrays or ciphertext bytes), in name order."""
-    if combined is None:
-        return None
-    parts = [combined.arrays[k].tobytes() for k in sorted(combined.arrays)]
-    parts += [combined.blobs[k] for k in sorted(combined.blobs)]
-    return round_chain.sha256_of(*parts)
 
 
 def finish(fed: Federation) -> RunSummary:

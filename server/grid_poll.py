@@ -30,6 +30,14 @@ class Exchange:
     bytes_up: dict[int, int]
     seconds: float
 
+    def plus(self, more: "Exchange") -> "Exchange":
+        """These replies, with the bytes and seconds of ``more`` (an exchange the round needed besides) added."""
+        def add(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+            return {n: a.get(n, 0) + b.get(n, 0) for n in {*a, *b}}
+
+        return Exchange(self.replies, add(self.bytes_down, more.bytes_down), add(self.bytes_up, more.bytes_up),
+                        self.seconds + more.seconds)
+
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     """Send ``messages`` and collect the replies (:func:`send_and_receive`), counting each node's bytes."""

@@ -1,6 +1,7 @@
 """What a run leaves behind: metrics.jsonl and summary.json (their types, writers and readers:
 ``core/metrics.py``), report.md (:func:`write_outputs`); and the check that a new run does not
-write over an earlier one (:func:`check_run_dir`)."""
+write over an earlier one (:func:`check_run_dir`); the console's lines on the owners a round left out
+(:func:`report_excluded`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.core.metrics import METRICS_FILE, SUMMARY_FILE, RunSummary, read_rows, write_summary
@@ -84,3 +86,16 @@ def write_outputs(out_dir: str | Path, summary: RunSummary) -> None:
                      f"| {r.seconds.round:.2f} |")
     atomic_write_bytes(out_dir / "report.md", ("\n".join(lines) + "\n").encode())
     write_summary(out_dir, summary)
+
+
+def report_excluded(excluded: dict[str, str], shown: int = 3) -> None:
+    """One console line per distinct reason, naming a few owners (all of them: metrics.jsonl)."""
+    by_reason: dict[str, list[str]] = {}
+    for who, reason in excluded.items():
+        by_reason.setdefault(reason, []).append(who)
+    for reason, owners in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        owners = sorted(owners)
+        names = ", ".join(owners[:shown]) + (
+            f" and {len(owners) - shown} more (metrics.jsonl)" if len(owners) > shown else ""
+        )
+        progress(f"  excluded {names}: {reason}")

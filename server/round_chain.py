@@ -49,6 +49,16 @@ def append(path: Path, fields: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def payload_digest(combined) -> str | None:
+    """SHA-256 over what the backend aggregated (clear arrays or ciphertext bytes), in name order: an
+    entry's ``aggregated_digest``."""
+    if combined is None:
+        return None
+    parts = [combined.arrays[k].tobytes() for k in sorted(combined.arrays)]
+    parts += [combined.blobs[k] for k in sorted(combined.blobs)]
+    return sha256_of(*parts)
+
+
 def head(path: Path) -> str | None:
     """The hash of the last entry (None for an empty or missing chain)."""
     entries = read_jsonl(path)

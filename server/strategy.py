@@ -22,7 +22,7 @@ from fedveil.core import records, wire
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
-from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of, without_eval_pair
+from fedveil.core.payload import EVAL_PAIR, Protected, Revealed, RoundContext, eval_pair_of, update_of
 from fedveil.privacy.secagg.base import ServerSide
 from fedveil.privacy.secagg.eval_pair import mean_of
 
@@ -39,6 +39,7 @@ class TrainOutcome:
     metrics: dict[str, float] | None = None  # weighted means of the accepted owners' metrics
     aggregate_seconds: float = 0.0
     reveal_seconds: float = 0.0
+    carried_up: dict[int, int] = field(default_factory=dict)  # node -> bytes of its reply that are not its update
 
 
 @dataclass
@@ -99,8 +100,7 @@ class SecureAggregation:
         weight = float(metrics.get(wire.NUM_EXAMPLES, -1))
         if not weight > 0:
             raise UserError(f"reply has no positive '{wire.NUM_EXAMPLES}'")
-        # eval_in_train: the previous round's held-out pair rides along (aggregate_evaluate sums it)
-        protected = without_eval_pair(records.records_to_protected(content)) or Protected()
+        protected = update_of(records.records_to_protected(content))
         self.backend.validate(protected)
         return protected, metrics
 
@@ -110,6 +110,8 @@ class SecureAggregation:
         for msg in replies:
             who = records.owner_label(msg)
             out.node_to_owner[msg.metadata.src_node_id] = who
+            if msg.has_content():
+                out.carried_up[msg.metadata.src_node_id] = carried_nbytes(msg.content)
             try:
                 payloads[who], out.accepted[who] = self._accept(msg)
             except UserError as exc:
@@ -154,6 +156,17 @@ class SecureAggregation:
             return EvalOutcome(mean_of(self.backend.reveal(combined.payload)), None, summed, combined.excluded)
         except UserError as exc:  # e.g. the crypten parties' floor: nothing revealed, the round goes on
             return EvalOutcome(excluded={who: str(exc) for who in pairs}, note=str(exc))
+
+
+def carried_nbytes(content: RecordDict) -> int:
+    """Bytes of a train reply's payload that are not its update (what ``update_of`` leaves out)."""
+    reply = records.records_to_protected(content)
+    update = update_of(reply)
+    carried = Protected({k: v for k, v in reply.arrays.items() if k not in update.arrays},
+                        {k: v for k, v in reply.blobs.items() if k not in update.blobs})
+    if not (carried.arrays or carried.blobs):
+        return 0
+    return records.content_nbytes(RecordDict(records.protected_to_records(carried)))
 
 
 def weighted_means(per_owner: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -38,6 +38,11 @@ from fedveil.task.demo_data import demo_records
 pytestmark = [pytest.mark.adversary, pytest.mark.slow]
 
 NOISED = {"delta"}  # the plain backend's noised update: its values differ, its dtype and shape may not
+# blobs under fresh randomness (tenseal: the update, the re-encrypted global, their digests and signatures;
+# crypten: the sealed shares and the signed bundle over them): their bytes differ on every run, their sizes
+# (fixed by the parameters) may not
+OPAQUE = {"ciphertext", "sha256", "signature", wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE, "bundle",
+          *(f"share.{p}" for p in range(8))}
 MAX_LENGTH = 32
 POLICY = OwnerPolicy(require_dp=True, max_epsilon=8.0, max_delta=1e-4, min_noise_multiplier=0.3,
                      max_sample_rate=0.5, allowed_backends=["plain"], max_rounds=3, max_local_steps=4)
@@ -219,15 +224,22 @@ def canonical(reply: Message) -> tuple:
                     body.append((name, key, array.dtype, tuple(array.shape), len(array.data)))
                 else:
                     body.append((name, key, array.dtype, tuple(array.shape), bytes(array.data)))
+        elif name == wire.BLOBS:  # a ciphertext (and its digest and signature) is fresh randomness each time
+            body.append((name, sorted((k, len(v)) if k in OPAQUE else (k, repr(v)) for k, v in record.items())))
         else:
             body.append((name, type(record).__name__, sorted((k, repr(v)) for k, v in record.items())))
     return head, tuple(body)
 
 
 def transcript(case, data_dir, state_dir, model: dict, monkeypatch, base: dict = BASE, policy: OwnerPolicy = POLICY,
-               layout: tuple[str, int] | None = None, worker: bool = False) -> list[tuple]:
-    """The canonical replies of the owner at ``data_dir`` to the messages of ``case``."""
-    pinned_identity(state_dir)
+               layout: tuple[str, int] | None = None, worker: bool = False,
+               identity: Path | None = None) -> list[tuple]:
+    """The canonical replies of the owner at ``data_dir`` to the messages of ``case`` (``identity``: the
+    state directory to start from, keys and roster; default: :func:`pinned_identity`)."""
+    if identity is not None:
+        shutil.copytree(identity, state_dir, dirs_exist_ok=True)
+    else:
+        pinned_identity(state_dir)
     write_policy(state_dir / "policy.json", policy)
     node = {"data-dir": str(data_dir), "state-dir": str(state_dir), "client-id": "client_0",
             "policy": str(state_dir / "policy.json")}
@@ -294,6 +306,57 @@ def test_every_released_byte_is_the_same_on_neighbouring_datasets(name, case, ex
     assert (last[2] if last[0] == "error" else "ok") == expect  # the mechanism that answered
     for neighbour in ("long", "dropped"):
         assert transcript(case, datasets[neighbour], tmp_path / neighbour, model, monkeypatch) == on_d, neighbour
+
+
+def test_a_tenseal_train_carrying_the_evaluation_and_the_hand_over_releases_the_same_bytes(
+        datasets, tiny_gpt2, tmp_path, monkeypatch, tenseal_keyed):
+    """``eval_in_train`` with tenseal: one train message asks the owner to evaluate the global first and to
+    re-encrypt it for the server (the hand-over), then to train. Under DP the evaluation leaves nothing
+    (no pair, no loss), the re-encrypted global depends on the global only, and the update is noised: on
+    neighbouring datasets every released byte is the same but the encryption randomness, and the sizes."""
+    from fedveil.configs.schema import run_key
+
+    model = {"path": str(tiny_gpt2)}
+    base = {**BASE, "aggregation": {"name": "tenseal"}}
+    policy = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["tenseal"]})
+    cfg = from_dict({**base, "model": model})
+    tenseal_keyed(tmp_path / "keyed", cfg.aggregation, run_key(cfg), ["client_0"])
+    # round 1 (the global after round 0: no ciphertext, every owner derives it) carrying round 0's evaluation
+    case = [msg("train", 1, glob=None, per_round={**CARRY, wire.REENCRYPT_BY: "client_0"})]
+    on = {name: transcript(case, datasets[name], tmp_path / name, model, monkeypatch, base, policy,
+                           identity=tmp_path / "keyed" / "client_0") for name in ("D", "long", "dropped")}
+    assert on["long"] == on["D"] and on["dropped"] == on["D"]
+    (head, body), = on["D"]
+    assert head[0] == "train" and body[0] != "error"
+    blobs = dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS))
+    assert {wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE, "ciphertext", "signature"} <= set(blobs)  # both left
+    assert not any(k.startswith(wire.EVAL_PAIR_PREFIX) for k in blobs)  # the pair is cut under DP
+    metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
+    assert wire.EVAL_LOSS not in metrics and wire.EVAL_SECONDS not in metrics
+
+
+def test_a_crypten_train_carrying_the_evaluation_releases_the_same_bytes(datasets, tiny_gpt2, tmp_path,
+                                                                        monkeypatch):
+    """``eval_in_train`` with crypten: the train message asks the owner to evaluate the global first (its
+    server holds the global: no hand-over). Under DP nothing of the evaluation leaves (no pair shares, no
+    loss) and the update's sealed shares are the same size on neighbouring datasets."""
+    from nacl.public import PrivateKey
+
+    model = {"path": str(tiny_gpt2)}
+    base = {**BASE, "num_clients": 3, "aggregation": {"name": "crypten", "parties": 2, "min_owners": 2}}
+    policy = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["crypten"]})
+    parties = ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
+    case = [msg("train", 1, per_round={**CARRY, wire.PARTY_KEYS: parties}),
+            msg("train", 2, per_round={**CARRY, wire.PARTY_KEYS: parties})]
+    on = {name: transcript(case, datasets[name], tmp_path / name, model, monkeypatch, base, policy)
+          for name in ("D", "long", "dropped")}
+    assert on["long"] == on["D"] and on["dropped"] == on["D"]
+    for head, body in on["D"]:
+        assert head[0] == "train" and body[0] != "error"
+        blobs = dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS))
+        assert set(blobs) == {"share.0", "share.1", "bundle"}  # the update's; the pair is cut under DP
+        metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
+        assert wire.EVAL_LOSS not in metrics and wire.EVAL_SECONDS not in metrics
 
 
 def test_the_signed_statement_is_released(datasets, tiny_gpt2, tmp_path, monkeypatch):

@@ -254,7 +254,8 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
     and metrics.jsonl's bytes match the cost model within 2 % (Flower's records add the rest)."""
     proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
                            "experiment=smoke", "num_clients=3", "aggregation=auto", "privacy.coordinator=curious",
-                           "privacy.epsilon=8"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           "privacy.epsilon=8", "eval_in_train=false"],  # the cost model's two globals a round
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "planner (aggregation=auto): tenseal: the cheapest backend" in proc.stdout
     cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=True)
@@ -319,7 +320,8 @@ def test_a_tenseal_run_without_dp_moves_the_planned_bytes_held_out_pairs_include
     evalsum message: a round's bytes up and down, over all owners, match the cost model within 2 %, as the DP
     run's do (Flower's records add the rest), and so do summary.json's figures."""
     proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
-                           "experiment=smoke", "num_clients=3", "aggregation=tenseal", "dp=off"],
+                           "experiment=smoke", "num_clients=3", "aggregation=tenseal", "dp=off",
+                           "eval_in_train=false"],  # the cost model's two globals a round
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=False)
