@@ -2,8 +2,8 @@
 # Start the SuperLink with TLS and SuperNode authentication; state survives restarts (database file,
 # SQLite WAL: a killed SuperLink loses nothing committed). fedveil-superlink answers the reads every
 # poll makes (node authentication, an empty pull, run status) from a plain SQLite read instead of
-# Flower's ORM (server/superlink_state.py), which brings the file state's rounds to the in-memory
-# state's (deploy/README.md, Latency). SUPERLINK_DATABASE=:flwr-in-memory: keeps the state in memory
+# Flower's ORM (server/superlink_state.py): half the CPU the SuperLink spent in its state
+# (deploy/README.md, Latency). SUPERLINK_DATABASE=:flwr-in-memory: keeps the state in memory
 # instead: a restarted SuperLink has then forgotten the registered SuperNode keys (run
 # register-supernode.sh again) and its runs (resume=true).
 # fedveil-superlink is flower-superlink whose Control and Runtime APIs answer only the operator's
