@@ -7,13 +7,13 @@ The defaults measure the whole matrix: tiny and mid, each with the SuperLink's s
 (the deploy scripts' default: it survives a restart) and in memory (``SUPERLINK_DATABASE=
 :flwr-in-memory:``), on loopback (every role on 127.0.0.1) and on separate hosts (``NET=hosts``:
 a network namespace per role, owner links shaped to ``OWNER_RATE``, default 100mbit; needs root).
-That is two simulations and eight deployments, about 25 minutes on a 2-core machine; ``--net
-loopback`` needs no root and halves it. Each model runs the same config on both sides (3 owners of
-the tiny model, or ``mid`` as in ``bench_secagg``; demo data of 120 records each, 5 local steps,
-the deploy demo's DP-SGD: ``dp=sample_level``, target epsilon 8, delta 1e-5, sample rate 0.05): once
-on Flower's Simulation Engine (``experiments/run.py``) and once per deployment (``deploy/demo.sh``
-with ``DEMO_RUN_ONLY=1``: TLS, SuperNode authentication, owner workers, a weightless coordinator;
-the refusal checks after the run are skipped).
+That is two simulations and eight deployments: 17 minutes on a shared 2-core machine at low load (40
+under heavy load); ``--net loopback`` needs no root and halves it. Each model runs the same config
+on both sides (3 owners of the tiny model, or ``mid`` as in ``bench_secagg``; demo data of 120
+records each, 5 local steps, the deploy demo's DP-SGD: ``dp=sample_level``, target epsilon 8, delta
+1e-5, sample rate 0.05): once on Flower's Simulation Engine (``experiments/run.py``) and once per
+deployment (``deploy/demo.sh`` with ``DEMO_RUN_ONLY=1``: TLS, SuperNode authentication, owner
+workers, a weightless coordinator; the refusal checks after the run are skipped).
 
 Round times come from each run's ``metrics.jsonl``; round 1 (worker warm-up, key set-up) is left
 out of the mean when there are more rounds. Printed last: a table with, per setting, the ratio, the
