@@ -151,6 +151,7 @@ if bad:
     sys.exit(f"deploy: error: epsilon ledger not charged for every round: {', '.join(bad)}")
 print(f"every owner's epsilon ledger was charged ({len(owners)} owners, {rounds} rounds)")
 PY
+[ "${DEMO_RUN_ONLY:-0}" = 1 ] && { echo "deploy-demo ($BACKEND): the run checked; refusals skipped (DEMO_RUN_ONLY=1, bench_deploy)"; exit 0; }
 
 # The coordinator asks for the same run without DP. Every owner's policy requires DP: the owners
 # refuse before training, no round runs, and no ledger changes (not even a reservation).

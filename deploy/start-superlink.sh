@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Start the SuperLink with TLS and SuperNode authentication; state survives restarts (database file).
-# SUPERLINK_DATABASE=:flwr-in-memory: keeps the SuperLink's state in memory instead: rounds of a small
-# model are ~40 % shorter (Flower's SQL state does a write per request), but a restarted SuperLink has
-# forgotten the registered SuperNode keys (run register-supernode.sh again) and its runs (resume=true).
+# Start the SuperLink with TLS and SuperNode authentication; state survives restarts (database file,
+# SQLite WAL: a killed SuperLink loses nothing committed). fedveil-superlink answers the reads every
+# poll makes (node authentication, an empty pull, run status) from a plain SQLite read instead of
+# Flower's ORM (server/superlink_state.py): half the CPU the SuperLink spent in its state
+# (deploy/README.md, Latency). SUPERLINK_DATABASE=:flwr-in-memory: keeps the state in memory
+# instead: a restarted SuperLink has then forgotten the registered SuperNode keys (run
+# register-supernode.sh again) and its runs (resume=true).
 # fedveil-superlink is flower-superlink whose Control and Runtime APIs answer only the operator's
 # host (loopback, the bind address, FEDVEIL_OPERATOR_ADDRESSES); other addresses reach the Fleet
 # API only (server/superlink.py). Run `flwr` (register, run, stop) on this host.

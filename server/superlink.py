@@ -35,6 +35,8 @@ import flwr.superlink.main as superlink_main
 from flwr.superlink.cli import flower_superlink
 from starlette.middleware import Middleware
 
+from fedveil.server.superlink_state import install_from_env
+
 FLEET_PREFIX = "/v1/fleet/"
 REFUSAL = (b'{"detail": "fedveil-superlink: the Control and Runtime APIs answer only the operator\'s host; '
            b'this address may use the Fleet API only"}')
@@ -95,6 +97,7 @@ def install_operator_only(allowed: set[str]) -> None:
 def main() -> None:
     allowed = operator_addresses(sys.argv[1:])
     install_operator_only(allowed)
+    print(install_from_env(), file=sys.stderr, flush=True)
     print(f"fedveil-superlink: Control and Runtime APIs answer only loopback and {sorted(allowed)}; "
           f"other addresses reach the Fleet API only", file=sys.stderr, flush=True)
     flower_superlink()
