@@ -304,6 +304,23 @@ def test_the_byte_estimate_follows_the_parameters_chosen_for_the_cohort(cohort):
     assert candidate_config("tenseal", PrivacyConfig(), cohort) == agg  # what the planner prices
 
 
+def test_the_byte_limit_checks_a_steady_round_and_the_plan_says_when_the_last_round_exceeds_it():
+    """Carried (the default) a steady plain round moves the update, the pair and one global; the last round
+    adds its evaluate message and a second pair: over a limit that a steady round fits, and the plan says so."""
+    limit = 150_000
+    plan = make_plan(["aggregation=plain", "dp=off", "model.tiny.arch=gpt2", f"privacy.max_bytes_per_round={limit}"])
+    plain = next(b for b in plan["backends"] if b["backend"] == "plain")
+    assert plan["evaluation"] == "carried" and plain["carried"] is True
+    assert plain["per_owner"] == 65_544 + 16 + 65_536 <= limit < plain["last_round_per_owner"] == 196_632 + 16
+    assert all("max_bytes" not in w for w in plain["why_not"])  # a steady round fits
+    from fedveil.experiments.plan import render  # lazy: as the test below
+    last = next(x for x in render(plan).splitlines() if x.startswith("last round"))
+    assert last.startswith("last round (its evaluation apart): down/owner plain 131.07 KB")
+    assert last.split("; over privacy.max_bytes_per_round=150,000 in the last round: ")[1].split(", ")[0] == "plain"
+    apart = make_plan(["aggregation=plain", "dp=off", "eval_in_train=false", f"privacy.max_bytes_per_round={limit}"])
+    assert next(b for b in apart["backends"] if b["backend"] == "plain")["per_owner"] == 65_544 + 16 + 131_072 > limit
+
+
 @pytest.mark.parametrize("named", [[], ["aggregation=tenseal"]], ids=["auto", "tenseal"])
 def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
