@@ -134,7 +134,7 @@ class Cost:
 
     ``update_up``: what one owner uploads for its update (the backend's ``protect`` payload).
     ``global_down``: what one owner downloads of the global adapter per round (train + evaluate
-    messages), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
+    messages; ``carried``: see below), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
     carries every accepted owner's signed update of the round, so it grows with the owners).
     ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
     its signature). ``party_in`` / ``party_out``: crypten, per party per round (every owner's share
@@ -211,6 +211,7 @@ class Cost:
 
     @property
     def second_down(self) -> int:
+        """Round 2's download where it is not the last (carried tenseal: round 1's updates alone)."""
         return self.global_down if self.global_down_second is None else self.global_down_second
 
     def evaluations_in(self, server_round: int, rounds: int) -> int:
@@ -219,8 +220,8 @@ class Cost:
         return 2 if self.carried and server_round == rounds else 1
 
     def reencrypts_in(self, server_round: int, rounds: int) -> int:
-        """How many re-encrypted globals (``reencrypt_up``) round ``server_round`` brings: 1; carried, none
-        in round 1 (the starting adapter is handed over by no one) and 2 in the last (after round 1)."""
+        """How many re-encrypted globals (``reencrypt_up``) round ``server_round`` brings: 1; carried, none in
+        round 1 (no one hands over the starting adapter), and in the last round its own besides the round before's."""
         if not self.carried:
             return 1
         return (server_round > 1) + (server_round == rounds)
