@@ -198,7 +198,8 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any],
         typed = {k: v for k, v in agg.items() if k != "name" and v is not None}  # auto_schema holds every key, unset
         dp_on = dp["name"] != "off" or cfg.privacy.epsilon is not None  # privacy.epsilon turns DP on below
         plan = plan or choose(cfg.privacy, cfg.participants, resume=cfg.resume,
-                              allowed=list(cfg.owner_policy.allowed_backends), dp_on=dp_on)
+                              allowed=list(cfg.owner_policy.allowed_backends), dp_on=dp_on,
+                              carried=cfg.eval_in_train)
         plan.refuse()
         keys = {f.name for f in dataclasses.fields(BACKENDS[plan.pick].config)} - {"name"}
         if set(typed) - keys:

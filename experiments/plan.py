@@ -27,6 +27,7 @@ from fedveil.core.metrics import (BYTES_DOWN_FIGURE, BYTES_UP_FIGURE, EPSILON_FI
 from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
 from fedveil.privacy.planner import (candidate_config, choose, download_form, download_forms, estimate,
                                      rough_phase_seconds)
+from fedveil.privacy.secagg.base import Cost
 from fedveil.task.model import get_adapter, load_lora_skeleton
 from fedveil.task.tiny import byte_level_tokenizer, tiny_config
 
@@ -93,8 +94,9 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
     dp_on = cfg.dp.name != "off"  # privacy.epsilon already set dp (from_dict): without DP the pairs travel
+    carried = cfg.eval_in_train  # each round's evaluation in the next round's train message: one global down
     plan = choose(cfg.privacy, cfg.participants, values=n, resume=cfg.resume,
-                  allowed=list(cfg.owner_policy.allowed_backends), dp_on=dp_on)
+                  allowed=list(cfg.owner_policy.allowed_backends), dp_on=dp_on, carried=carried)
     if requested == "auto":
         pick, reason = plan.pick, plan.reason
         run_cfg = from_dict(values, plan=plan) if pick else None  # auto resolved to this plan's pick
@@ -109,14 +111,14 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     run = None
     if run_cfg is not None:
         run_agg = run_cfg.aggregation
-        run = {**estimate(run_agg.name, run_agg, n, cfg.participants, dp_on=dp_on).as_dict(),
+        run = {**estimate(run_agg.name, run_agg, n, cfg.participants, dp_on=dp_on, carried=carried).as_dict(),
                "phase_seconds": rough_phase_seconds(run_agg.name, n, cfg.participants)}
     form, checked = download_form(cfg.privacy)
     forms = {}
     for v in plan.verdicts:
         agg = (run_cfg.aggregation if run_cfg is not None and run_cfg.aggregation.name == v.backend
                else candidate_config(v.backend, cfg.privacy, cfg.participants))
-        priced = download_forms(v.backend, agg, n, cfg.participants, dp_on=dp_on)
+        priced = download_forms(v.backend, agg, n, cfg.participants, dp_on=dp_on, carried=carried)
         if priced:  # tenseal: what each way of downloading a round costs; the round loop runs "every" today
             forms[v.backend] = {"for_threats": form, "range_checked": checked, "runs": "every",
                                 **{name: c.as_dict() for name, c in priced.items()}}
@@ -126,7 +128,10 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
         "adapter_values": n, "model": cfg.model.path or f"tiny {cfg.model.tiny.arch}",
         "privacy": {k: getattr(cfg.privacy, k) for k in cfg.privacy.__dataclass_fields__},
         "requested": requested,
-        "backends": [{"backend": v.backend, "covered": v.covered, "why_not": v.why_not, **v.cost.as_dict()}
+        "evaluation": "carried" if carried else "apart",
+        "backends": [{"backend": v.backend, "covered": v.covered, "why_not": v.why_not, **v.cost.as_dict(),
+                      "last_round_down": v.cost.down_in(cfg.rounds, cfg.rounds),
+                      "last_round_per_owner": v.cost.last_per_owner(cfg.rounds)}
                      for v in plan.verdicts],
         "download_forms": forms,
         "dp": dp_plan(cfg),
@@ -158,9 +163,11 @@ def planned_vs_measured(plan: dict, rows: list[MetricsRow], max_epsilon: float |
     owners = [c for r in trained for c in r.per_client.values()]
     # without DP under tenseal one owner a round also downloads the round's held-out pairs (evalsum): the
     # measured mean over owners spreads it over the round's owners, and so does the plan (a plan from
-    # before the held-out pair has no evalsum_down: 0)
-    planned_down = mean([(run["global_down_first"] if r.round == 1 else run["global_down"])
-                         + run.get("evalsum_down", 0) / len(r.per_client)
+    # before the held-out pair has no evalsum_down: 0). Carried (eval_in_train), round 1 and the last
+    # round differ from a steady one (Cost.down_in), and the last round brings two evalsums.
+    cost, rounds = Cost.of(run), plan.get("rounds") or max(r.round for r in trained)
+    planned_down = mean([cost.down_in(r.round, rounds)
+                         + cost.evaluations_in(r.round, rounds) * cost.evalsum_down / len(r.per_client)
                          for r in trained for _ in r.per_client])
     figures = {
         BYTES_UP_FIGURE: (run["update_up"], mean([c.bytes_update_up for c in owners])),
@@ -218,8 +225,19 @@ def render(p: dict) -> str:
     else:
         lines.append("DP: off (set privacy.epsilon=E, or dp=sample_level, for DP-SGD on every owner)")
     lines.append(f"pick: {p['reason']}" if p["pick"] else "pick: none")
-    lines.append("(bytes: exact payloads per round, down = train + evaluate messages in a steady-state round; "
-                 "+s/round: rough backend overhead, training excluded)")
+    if p.get("evaluation") == "carried":
+        limit = pr.get("max_bytes_per_round")
+        over = [b["backend"] for b in p["backends"] if limit is not None and b["last_round_per_owner"] > limit]
+        lines.append("last round (its evaluation apart): down/owner "
+                     + ", ".join(f"{b['backend']} {human(b['last_round_down'])}" for b in p["backends"])
+                     + (f"; over privacy.max_bytes_per_round={limit:,} in the last round: {', '.join(over)}"
+                        if over else ""))
+        lines.append("(bytes: exact payloads per round, priced with eval_in_train=true: down = the train message, "
+                     "which carries the round before's evaluation, in a steady-state round; "
+                     "+s/round: rough backend overhead, training excluded)")
+    else:
+        lines.append("(bytes: exact payloads per round, priced with eval_in_train=false: down = train + evaluate "
+                     "messages in a steady-state round; +s/round: rough backend overhead, training excluded)")
     return "\n".join(lines)
 
 

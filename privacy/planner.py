@@ -86,11 +86,12 @@ def calibration() -> dict:
     return json.loads(CALIBRATION_FILE.read_text()) if CALIBRATION_FILE.is_file() else {}
 
 
-def estimate(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool) -> Cost:
+def estimate(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool, carried: bool = False) -> Cost:
     """Bytes and rough seconds per round for ``backend`` (config ``agg``) on ``values`` adapter values:
     the backend's own exact bytes (``BackendSpec.cost``; without DP, ``dp_on=False``, they include the
-    owners' held-out pairs) and the seconds calibration.json gives."""
-    cost = backend_spec(backend).cost(agg, values, owners, calibration(), dp_on=dp_on)
+    owners' held-out pairs; ``carried``: ``eval_in_train``, each round's evaluation in the next round's
+    train message) and the seconds calibration.json gives."""
+    cost = backend_spec(backend).cost(agg, values, owners, calibration(), dp_on=dp_on, carried=carried)
     return replace(cost, seconds=rough_seconds(backend, values, owners))
 
 
@@ -140,11 +141,12 @@ def download_form(privacy: PrivacyConfig) -> tuple[str, bool]:
     return "committee", privacy.malicious_owners
 
 
-def download_forms(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool) -> dict[str, Cost]:
+def download_forms(backend: str, agg: Any, values: int, owners: int, *, dp_on: bool,
+                   carried: bool = False) -> dict[str, Cost]:
     """Each download form's exact bytes where a backend has several (``BackendSpec.variants``; tenseal),
     else {}: ``Cost.mean_down`` / ``max_down`` say what owners download on average and at most."""
     spec = backend_spec(backend)
-    return spec.variants(agg, values, owners, calibration(), dp_on=dp_on) if spec.variants else {}
+    return spec.variants(agg, values, owners, calibration(), dp_on=dp_on, carried=carried) if spec.variants else {}
 
 
 # --- the pick ------------------------------------------------------------------------------------
@@ -214,14 +216,16 @@ NOMINAL_VALUES = 1 << 20  # orders the backends by cost when the adapter size is
 
 
 def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, resume: bool = False,
-           allowed: Optional[list[str]] = None, _relaxing: bool = False, *, dp_on: bool) -> Plan:
+           allowed: Optional[list[str]] = None, _relaxing: bool = False, *, dp_on: bool,
+           carried: bool = False) -> Plan:
     """Each backend against the stated threats, and the cheapest that covers them (bytes per owner
-    per round). Limits on bytes and seconds are checked only where ``values`` is known. ``dp_on``:
-    the run trains with DP (then no held-out pair travels; without DP its bytes count)."""
+    per steady-state round). Limits on bytes and seconds are checked only where ``values`` is known.
+    ``dp_on``: the run trains with DP (then no held-out pair travels; without DP its bytes count);
+    ``carried``: ``eval_in_train`` (one global down a round but the last: ``Cost.last_per_owner``)."""
     verdicts, order = [], {}
     for name in BACKENDS:
         cost = estimate(name, candidate_config(name, privacy, owners), values or NOMINAL_VALUES, owners,
-                        dp_on=dp_on)
+                        dp_on=dp_on, carried=carried)
         gaps = _threat_gaps(name, privacy, owners, resume, allowed)
         if values is not None:
             gaps += _cost_gaps(cost, privacy)
@@ -236,11 +240,12 @@ def choose(privacy: PrivacyConfig, owners: int, values: Optional[int] = None, re
         agg_values = {"name": pick, **BACKENDS[pick].picked_values(privacy.aggregator_parties)}
         return Plan(privacy, verdicts, pick, reason, agg_values)
     return Plan(privacy, verdicts, None,
-                "" if _relaxing else refusal(privacy, owners, values, resume, allowed, dp_on=dp_on))
+                "" if _relaxing else refusal(privacy, owners, values, resume, allowed, dp_on=dp_on,
+                                                 carried=carried))
 
 
 def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: bool,
-            allowed: Optional[list[str]], *, dp_on: bool) -> str:
+            allowed: Optional[list[str]], *, dp_on: bool, carried: bool = False) -> str:
     """One line: nothing covers the stated threats; which single assumption to relax, and to what."""
     relaxations = []
     if privacy.owner_collusion:
@@ -256,7 +261,7 @@ def refusal(privacy: PrivacyConfig, owners: int, values: Optional[int], resume: 
             relaxations.append((f"privacy.{key}=null", replace(privacy, **{key: None})))
     options = []
     for text, relaxed in relaxations:
-        plan = choose(relaxed, owners, values, resume, allowed, _relaxing=True, dp_on=dp_on)
+        plan = choose(relaxed, owners, values, resume, allowed, _relaxing=True, dp_on=dp_on, carried=carried)
         if plan.pick:
             options.append(f"{text} (-> {plan.pick})")
     fix = f"relax {' or '.join(options)}" if options else "no single relaxation helps; see `fedveil plan`"

@@ -18,9 +18,9 @@ federation first and whether a run can resume.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 
@@ -119,10 +119,11 @@ def clear_global(arrays: dict[str, np.ndarray], initial: np.ndarray | None = Non
     return np.asarray(arrays[wire.CLEAR_GLOBAL], np.float32)
 
 
-def clear_global_bytes(values: int) -> int:
+def clear_global_bytes(values: int, messages: int = 2) -> int:
     """Bytes one owner downloads per round of a global the server holds in clear: the fp32 adapter in
-    the train and in the evaluate message."""
-    return 2 * 4 * values
+    each of the round's ``messages`` (2: the train and the evaluate message; 1: the train message alone,
+    which carries the evaluation of the round before: ``eval_in_train``)."""
+    return messages * 4 * values
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Cost:
 
     ``update_up``: what one owner uploads for its update (the backend's ``protect`` payload).
     ``global_down``: what one owner downloads of the global adapter per round (train + evaluate
-    messages), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
+    messages; ``carried``: see below), in steady state; ``global_down_first``: in round 1 (tenseal: the evaluate message
     carries every accepted owner's signed update of the round, so it grows with the owners).
     ``reencrypt_up``: tenseal, what the one owner asked each round uploads besides (Enc(global) and
     its signature). ``party_in`` / ``party_out``: crypten, per party per round (every owner's share
@@ -149,6 +150,16 @@ class Cost:
     ``privacy.max_bytes_per_round`` checks it. What one owner moves besides, asked by the server
     (``reencrypt_up``, ``evalsum_*``), counts once in ``per_round``. Flower's config and metric
     records add a few KB per message to all of these; they are not counted.
+
+    ``carried`` (``eval_in_train``, the default): round r's evaluation rides in round r+1's train
+    message, so the figures above are of such a round (``global_down``: the train message alone;
+    ``global_down_first``: round 1's; ``global_down_second``: round 2's where it differs, tenseal's
+    pending updates over the starting adapter); only the last round adds the evaluate message
+    (``evaluate_down``, ``evaluate_down_first`` where round 1 is the last) and carries two
+    evaluations' pairs, evalsums and re-encryptions (:meth:`evaluations_in`, :meth:`reencrypts_in`).
+    :meth:`down_in` gives any round's download; ``per_owner`` stays a steady-state round's, and
+    :meth:`last_per_owner` says what the last round moves. An owner left out of a round (``lost_update``)
+    makes that round evaluate apart: not priced.
 
     A new payload every owner sends each round is one more field (default 0, so backends that do not
     send it need no change), added to :attr:`per_owner`; ``as_dict`` picks it up.
@@ -175,6 +186,51 @@ class Cost:
     committee_down: int = 0
     committee_up: int = 0
     seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
+    carried: bool = False
+    global_down_second: Optional[int] = None  # None: as global_down
+    evaluate_down: int = 0
+    evaluate_down_first: int = 0
+
+    @classmethod
+    def of(cls, figures: Mapping[str, Any]) -> "Cost":
+        """The cost as :meth:`as_dict` wrote it (e.g. summary.json's plan); fields it lacks (a plan from
+        before them) take their defaults."""
+        return cls(**{f.name: figures[f.name] for f in fields(cls) if f.name in figures})
+
+    def down_in(self, server_round: int, rounds: int) -> int:
+        """What one owner (outside any committee) downloads of the global in round ``server_round`` of ``rounds``."""
+        if not self.carried:
+            return self.global_down_first if server_round == 1 else self.global_down
+        if server_round <= 2:
+            train = self.global_down_first if server_round == 1 else self.second_down
+        else:
+            train = self.global_down
+        if server_round < rounds:
+            return train
+        return train + (self.evaluate_down_first if server_round == 1 else self.evaluate_down)
+
+    @property
+    def second_down(self) -> int:
+        """Round 2's download where it is not the last (carried tenseal: round 1's updates alone)."""
+        return self.global_down if self.global_down_second is None else self.global_down_second
+
+    def evaluations_in(self, server_round: int, rounds: int) -> int:
+        """How many rounds' evaluations round ``server_round`` carries (each: every evaluating owner's held-out
+        pair up, tenseal's one evalsum): 1; carried, the last round 2 (the round before's and its own)."""
+        return 2 if self.carried and server_round == rounds else 1
+
+    def reencrypts_in(self, server_round: int, rounds: int) -> int:
+        """How many re-encrypted globals (``reencrypt_up``) round ``server_round`` brings: 1; carried, none in
+        round 1 (no one hands over the starting adapter), and in the last round its own besides the round before's."""
+        if not self.carried:
+            return 1
+        return (server_round > 1) + (server_round == rounds)
+
+    def last_per_owner(self, rounds: int) -> int:
+        """:attr:`per_owner` for the last of ``rounds`` (carried: the evaluate message and a second pair
+        besides, over a steady round's figure)."""
+        extra = self.down_in(rounds, rounds) - self.global_down
+        return self.per_owner + extra + (self.evaluations_in(rounds, rounds) - 1) * self.eval_up
 
     @property
     def max_down(self) -> int:

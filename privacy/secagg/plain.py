@@ -86,8 +86,10 @@ def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: 
 
 
 def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
-         dp_on: bool) -> Cost:
-    """One round's bytes: each owner's update up (and, without DP, its held-out pair), the clear global down."""
-    down = clear_global_bytes(values)
+         dp_on: bool, carried: bool = False) -> Cost:
+    """One round's bytes: each owner's update up (and, without DP, its held-out pair), the clear global down
+    (``carried``: in the train message alone; the last round's evaluate message besides)."""
+    down = clear_global_bytes(values, 1 if carried else 2)
+    last = clear_global_bytes(values, 1)  # the evaluate message (carried: the last round's only)
     return Cost("plain", values, owners, update_bytes(cfg, values), down, down,
-                eval_up=0 if dp_on else EVAL_PAIR_BYTES)
+                eval_up=0 if dp_on else EVAL_PAIR_BYTES, carried=carried, evaluate_down=last, evaluate_down_first=last)

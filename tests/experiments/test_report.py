@@ -20,6 +20,7 @@ from fedveil.experiments.plots import PIXELS, plot_run
 from fedveil.experiments.report import main as report_main
 from fedveil.experiments.report import report
 from fedveil.experiments.run import runner_summary
+from fedveil.privacy.secagg.base import Cost
 from fedveil.server.outputs import write_outputs
 
 OWNERS = ["client_0", "client_1", "client_2"]
@@ -33,7 +34,7 @@ def rounds(plan, losses, epsilons=None, dp="off"):
     for server_round in range(1, len(losses)):
         per_client = {}
         for k, who in enumerate(OWNERS):
-            down = run["global_down_first"] if server_round == 1 else run["global_down"]
+            down = Cost.of(run).down_in(server_round, plan["rounds"])  # eval_in_train: round 1 downloads no global
             c = {"bytes_down": int(down * 1.01) + k, "bytes_update_up": int(run["update_up"] * 1.01) + k,
                  "bytes_up": int(run["update_up"] * 1.01) + k + 200 + server_round}
             if dp == "off":

@@ -96,14 +96,18 @@ def party_in_bytes(cfg: Any, values: int, owners: int, dp_on: bool) -> int:
 
 
 def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
-         dp_on: bool) -> Cost:
+         dp_on: bool, carried: bool = False) -> Cost:
     """One round's bytes: every owner's shares in to the parties, the float64 aggregate out of each;
-    without DP also every owner's held-out pair, shared the same way, and its float64 sum out."""
+    without DP also every owner's held-out pair, shared the same way, and its float64 sum out. The clear
+    global down as plain's (``carried``: the train message alone but in the last round). Carried, a
+    round's pairs reach the parties with the next round's updates: the same per steady round."""
     up = update_bytes(cfg, values)
     pair = 0 if dp_on else pair_up_bytes(cfg)
-    down = clear_global_bytes(values)
+    down = clear_global_bytes(values, 1 if carried else 2)
+    last = clear_global_bytes(values, 1)  # the evaluate message (carried: the last round's only)
     return Cost("crypten", values, owners, up, down, down, party_in=party_in_bytes(cfg, values, owners, dp_on),
-                party_out=8 * values + (0 if dp_on else 8 * eval_pair.LENGTH), parties=cfg.parties, eval_up=pair)
+                party_out=8 * values + (0 if dp_on else 8 * eval_pair.LENGTH), parties=cfg.parties, eval_up=pair,
+                carried=carried, evaluate_down=last, evaluate_down_first=last)
 
 
 def priced_config(owners: int, parties: int = 0) -> CryptenConfig:
