@@ -21,6 +21,8 @@ owner=$1 data=$2 port=$3
 app=${APP_SHA256:-$(cat "$DEPLOY_DIR/app.sha256" 2>/dev/null || true)}
 [ -n "$app" ] || die "no pinned app: set APP_SHA256 or write $DEPLOY_DIR/app.sha256 (deploy/app-sha256.sh PROJECT_DIR)"
 state=$DEPLOY_DIR/state/$owner
+# the owner worker's and the ClientApp runner's Unix sockets live in $state: Linux caps their paths at 107 bytes
+[ "${WORKER:-1}" != 1 ] || [ ${#state} -le 92 ] || die "DEPLOY_DIR is too deep for the owner's Unix sockets ($state/clientapp.wake is over 107 bytes); set DEPLOY_DIR to a shorter path, e.g. DEPLOY_DIR=/srv/fedveil"
 owner_args=(--data-dir "$data" --state-dir "$state" --owner-id "$owner")
 node_config="data-dir='$data' state-dir='$state' client-id='$owner' app-sha256='$app'"
 if [ -n "${4:-}" ]; then

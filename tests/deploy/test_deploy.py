@@ -150,22 +150,22 @@ def test_a_supernode_refuses_to_start_without_a_pinned_app(tmp_path):
     assert proc.returncode == 2 and "app-sha256" in proc.stderr
 
 
-def test_make_deploy_demo_tenseal(tmp_path):
+def test_make_deploy_demo_tenseal(deploy_dir):
     # includes the pinned-app check: a modified copy of the app (one changed line) is submitted after
     # the run; before, the SuperNodes ran it (any code a coordinator ships, with the owners' data)
-    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "demo")}
+    env = {**os.environ, "DEPLOY_DIR": str(deploy_dir)}
     proc = subprocess.run(["make", "deploy-demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "deploy-demo (tenseal): OK" in proc.stdout and "chain intact" in proc.stdout
     assert "the modified app was refused by all 3 SuperNodes" in proc.stdout
     assert "fedveil-supernode: refused run" in proc.stdout
-    assert not list((tmp_path / "demo" / "pids").glob("*.pid"))  # everything stopped
+    assert not list((deploy_dir / "pids").glob("*.pid"))  # everything stopped
     # under DP, with policies that require it: every owner's own ledger was charged for both rounds
     assert "dp=sample_level" in proc.stdout and "every owner's epsilon ledger was charged" in proc.stdout
     assert "the run without DP was refused: no round trained, no ledger changed" in proc.stdout
     for owner in ("client_0", "client_1", "client_2"):
-        policy = load_policy(tmp_path / "demo" / "policies" / f"{owner}.json")
+        policy = load_policy(deploy_dir / "policies" / f"{owner}.json")
         assert policy.require_dp and policy.max_epsilon == 8.0
-        ledger = epsilon_ledger.load(tmp_path / "demo" / "state" / owner)
+        ledger = epsilon_ledger.load(deploy_dir / "state" / owner)
         assert [s.round for s in ledger.history] == [1, 2] and len({s.run for s in ledger.history}) == 1
         assert 0 < ledger.history[0].epsilon_after < ledger.spent_epsilon <= 8.0 and ledger.delta == 1e-5

@@ -219,9 +219,9 @@ def test_a_stranger_host_registers_nothing(hosts, tmp_path):
 
 @needs_netns
 @pytest.mark.slow
-def test_make_deploy_demo_on_separate_hosts(tmp_path):
+def test_make_deploy_demo_on_separate_hosts(deploy_dir):
     # the whole demo with each role in its own namespace: 201-287 s on the shared 2-core machine (load varies)
-    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "demo")}
+    env = {**os.environ, "DEPLOY_DIR": str(deploy_dir)}
     proc = subprocess.run(["make", "deploy-demo", "NET=hosts"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -231,4 +231,4 @@ def test_make_deploy_demo_on_separate_hosts(tmp_path):
     assert "the modified app was refused by all 3 SuperNodes" in proc.stdout
     assert "the run without DP was refused: no round trained, no ledger changed" in proc.stdout
     tag = re.search(r"hosts \((fv[0-9a-f]{4})-\*\)", proc.stdout).group(1)
-    assert made(tag) == [] and not list((tmp_path / "demo" / "pids").glob("*.pid"))  # stopped, then removed
+    assert made(tag) == [] and not list((deploy_dir / "pids").glob("*.pid"))  # stopped, then removed

@@ -76,8 +76,8 @@ def until(what: str, check, deadline_s: float, dep: Deployment, poll: float = 0.
 
 
 @pytest.fixture
-def deployment(tmp_path, request):
-    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "deploy"), "NET": "hosts", "BACKEND": "plain",
+def deployment(deploy_dir, request):
+    env = {**os.environ, "DEPLOY_DIR": str(deploy_dir), "NET": "hosts", "BACKEND": "plain",
            "ROUNDS": str(request.param), "UP_ONLY": "1", "CONNECTION": "fedveil-netfaults"}
     up = subprocess.run(["bash", str(ROOT / "deploy" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)

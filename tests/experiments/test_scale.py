@@ -38,16 +38,18 @@ def test_owners_left_out_of_a_round_do_no_work_in_it(sampled_run):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(ROUNDS + 1))
     seen = owner_rounds(out)
-    for r in rows[:-1]:  # round 0 and every round but the last: the sampled cohort alone
-        cohort = set(r["evaluated"])
-        assert len(cohort) == PER_ROUND
-        if r["round"] > 0:
-            assert set(r["clients"]) == cohort  # who trained is who evaluated
-        # the owners' own logs: only the cohort trained or evaluated in this round
-        assert {who for who, rounds in seen.items() if r["round"] in rounds} == cohort
+    for r in rows[:-1]:  # round 0 and every round but the last: one sampled cohort alone
+        evaluated = set(r["evaluated"])
+        assert len(evaluated) == PER_ROUND
+        # eval_in_train (the default): round r's evaluation rides in round r+1's train messages, so the
+        # owners that evaluate round r's global are round r+1's cohort, and they do it in round r+1
+        assert evaluated == set(rows[r["round"] + 1]["clients"])
+        # the owners' own logs (a line per round trained or evaluated): round r's work is its cohort's
+        # training and the next cohort's evaluation of its global, nobody else's
+        assert {who for who, rounds in seen.items() if r["round"] in rounds} == set(r["clients"]) | evaluated
     assert rows[-1]["evaluated"] == sorted(seen) and all(ROUNDS in rounds for rounds in seen.values())
-    assert len(rows[-1]["clients"]) == PER_ROUND
-    sampled = set().union(*(set(r["evaluated"]) for r in rows[:-1]))
+    assert all(len(r["clients"]) == PER_ROUND for r in rows[1:])
+    sampled = set().union(*(set(r["clients"]) for r in rows[1:]))
     assert len(sampled) < OWNERS  # some owners did nothing until the final evaluation
     assert all(seen[who] == {ROUNDS} for who in seen if who not in sampled)
 
