@@ -20,8 +20,8 @@ def script(name, *args, env, timeout=300):  # above start-superlink.sh's own 120
 
 
 @pytest.fixture
-def env(tmp_path):
-    e = {**os.environ, "DEPLOY_DIR": str(tmp_path / "deploy"), "SUPERLINK_PORT": "8137", "CONNECTION": "fedveil-test",
+def env(deploy_dir):
+    e = {**os.environ, "DEPLOY_DIR": str(deploy_dir), "SUPERLINK_PORT": "8137", "CONNECTION": "fedveil-test",
          "APP_SHA256": "0" * 64}
     yield e
     script("stop.sh", env=e)

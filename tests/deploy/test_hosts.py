@@ -58,11 +58,11 @@ def reaches(ns: str, address: str) -> bool:
 
 
 @pytest.fixture
-def hosts(tmp_path):
-    env = {**os.environ, "DEPLOY_DIR": str(tmp_path / "deploy"), "CONNECTION": "fedveil-hosts", "APP_SHA256": "0" * 64}
+def hosts(deploy_dir):
+    env = {**os.environ, "DEPLOY_DIR": str(deploy_dir), "CONNECTION": "fedveil-hosts", "APP_SHA256": "0" * 64}
     up = script("hosts.sh", "up", "crypten", "stranger", env=env, timeout=60)
     assert up.returncode == 0, up.stdout + up.stderr
-    h = hosts_env(tmp_path / "deploy")
+    h = hosts_env(deploy_dir)
     tag = h["COORD_NS"][0].split("-")[0]
     assert len(made(tag)) > 10
     yield env, h

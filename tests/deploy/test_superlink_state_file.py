@@ -26,8 +26,8 @@ def registered(env):
 
 
 @pytest.fixture
-def env(tmp_path):  # this file's own port: the other deploy tests' SuperLink may run beside it
-    e = {**os.environ, "DEPLOY_DIR": str(tmp_path / "deploy"), "SUPERLINK_PORT": "8101",
+def env(deploy_dir):  # this file's own port: the other deploy tests' SuperLink may run beside it
+    e = {**os.environ, "DEPLOY_DIR": str(deploy_dir), "SUPERLINK_PORT": "8101",
          "CONNECTION": "fedveil-state-test"}
     yield e
     script("stop.sh", env=e)
