@@ -195,13 +195,24 @@ def test_the_coordinator_host_killed_after_round_1_restarts_with_resume_and_the_
     assert "resuming after round 1" in log and "[fedveil] done:" in log, dep.logs()
     rows = dep.rows()
     assert [r["round"] for r in rows] == [0, 1, 2, 3], dep.logs()  # each round logged once
-    assert all(r["clients"] == ["client_0", "client_1", "client_2"] for r in rows[1:]), rows
+    owners = ("client_0", "client_1", "client_2")
+    assert rows[1]["clients"] == list(owners), rows[1]  # before the kill: everyone
+    # after it an owner may miss a round (its SuperNode still answering the message of before the kill,
+    # or back online only after the round's timeout on a loaded machine): the round goes on with the
+    # others and records why; the run finishes either way
+    for r in rows[2:]:
+        assert len(r["clients"]) >= 2, r
+        for owner in set(owners) - set(r["clients"]):
+            assert r["excluded"][owner].startswith("no reply within"), r["excluded"]
     verify_chain(dep)
-    # each owner's ε ledger verifies and holds every round (round 2 twice where the owner trained it
-    # before the kill too: that update left, so it stays charged), within the owner's cap
-    for owner in ("client_0", "client_1", "client_2"):
+    # each owner's ε ledger verifies and holds every round it trained in the rows (round 2 twice where the
+    # owner trained it before the kill too: that update left, so it stays charged), within the owner's cap
+    for owner in owners:
         ledger = epsilon_ledger.load(dep.dir / "state" / owner)
         trained = [s.round for s in ledger.history]
-        assert set(trained) == {1, 2, 3} and trained == sorted(trained) and trained.count(1) == 1, (owner, trained)
-        assert rows[3]["per_client"][owner]["epsilon"] == pytest.approx(ledger.history[-1].epsilon_after)
+        in_rows = {r["round"] for r in rows[1:] if owner in r["clients"]}
+        assert in_rows <= set(trained) <= {1, 2, 3} and trained == sorted(trained) and trained.count(1) == 1, \
+            (owner, trained, in_rows)
+        last = max(in_rows)
+        assert rows[last]["per_client"][owner]["epsilon"] <= ledger.history[-1].epsilon_after + 1e-9
         assert 0 < ledger.spent_epsilon <= 8.0
