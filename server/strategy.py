@@ -88,8 +88,9 @@ class SecureAggregation:
         content = RecordDict({wire.GLOBAL: arrays, wire.CONFIG: config})
         return [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
 
-    def _accept(self, msg: Message) -> tuple[Protected, dict[str, float]]:
-        """Validate one reply; raise :class:`UserError` with the reason to exclude it."""
+    def _accept(self, msg: Message, reply: Protected | None) -> tuple[Protected, dict[str, float]]:
+        """Validate one reply (``reply``: its payload, decoded once); raise :class:`UserError` with the reason
+        to exclude it."""
         if msg.has_error():
             raise UserError(f"owner failed: {records.error_reason(msg)}")
         content = msg.content
@@ -100,7 +101,7 @@ class SecureAggregation:
         weight = float(metrics.get(wire.NUM_EXAMPLES, -1))
         if not weight > 0:
             raise UserError(f"reply has no positive '{wire.NUM_EXAMPLES}'")
-        protected = update_of(records.records_to_protected(content))
+        protected = update_of(reply or Protected())
         self.backend.validate(protected)
         return protected, metrics
 
@@ -110,10 +111,11 @@ class SecureAggregation:
         for msg in replies:
             who = records.owner_label(msg)
             out.node_to_owner[msg.metadata.src_node_id] = who
-            if msg.has_content():
-                out.carried_up[msg.metadata.src_node_id] = carried_nbytes(msg.content)
+            reply = records.records_to_protected(msg.content) if msg.has_content() else None
+            if reply is not None:
+                out.carried_up[msg.metadata.src_node_id] = carried_nbytes(reply)
             try:
-                payloads[who], out.accepted[who] = self._accept(msg)
+                payloads[who], out.accepted[who] = self._accept(msg, reply)
             except UserError as exc:
                 out.excluded[who] = str(exc)
         if not payloads:
@@ -158,9 +160,8 @@ class SecureAggregation:
             return EvalOutcome(excluded={who: str(exc) for who in pairs}, note=str(exc))
 
 
-def carried_nbytes(content: RecordDict) -> int:
+def carried_nbytes(reply: Protected) -> int:
     """Bytes of a train reply's payload that are not its update (what ``update_of`` leaves out)."""
-    reply = records.records_to_protected(content)
     update = update_of(reply)
     carried = Protected({k: v for k, v in reply.arrays.items() if k not in update.arrays},
                         {k: v for k, v in reply.blobs.items() if k not in update.blobs})
