@@ -372,9 +372,10 @@ class TensealOwner(_Side):
         if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
             raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
                                         "accepts a sum only on a verifier committee's word", check="committee-sum")
-        committee.verify(committee.Record(run_dir(self.keys.state_dir, self.run)), self.roster, self.run,
-                         self.context_id, self.keys.owner_id, cert, self.cfg.committee_size, sum_blob,
-                         require_checked=self.malicious_owners)
+        record = committee.Record(run_dir(self.keys.state_dir, self.run))
+        sum_blob = sum_blob or committee.kept_sum(record, at)  # a member's round comes without the sum it computed
+        committee.verify(record, self.roster, self.run, self.context_id, self.keys.owner_id, cert,
+                         self.cfg.committee_size, sum_blob, require_checked=self.malicious_owners)
         return self.payload_of(sum_blob)
 
     def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:

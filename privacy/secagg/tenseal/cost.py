@@ -187,16 +187,19 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
     members = tuple(ids[:max(1, min(committee_size or cfg.committee_size, owners))])
     contributions = tuple(committee.Contribution(o, _zeros(32), _zeros(32), _zeros(SIGNATURE_BYTES)) for o in ids)
     reveals = {o: _zeros(committee.NONCE_BYTES) for o in ids}
-    signatures = {m: _zeros(SIGNATURE_BYTES) for m in members}
+    signed = committee.Certificate(1, contributions, reveals, members, {m: _zeros(SIGNATURE_BYTES) for m in members},
+                                   True)
     query = max(len(q.encode()) for q in committee.reveal_queries("", "", 1, list(contributions)).values())
     draft = len(committee.Certificate(1, contributions, reveals, members, {}, True).encode())
-    certified = len(committee.certified_round(1, total, committee.Certificate(1, contributions, reveals, members,
-                                                                             signatures, True)))
-    updates = signed_set_bytes(owners, (every.update_up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    lean = signed.lean("", "")
+    certified = len(committee.certified_round(1, total, lean))
+    # a member: the draft and every other signed update (it has its own), then the certificate without the sum
+    others = signed_set_bytes(owners - 1, (every.update_up - TAGS) + SIGNATURE_BYTES)
+    member = query + draft + others + len(committee.certified_round(1, b"", lean))
     outside = query + certified
     return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES,
                    global_down=outside, **_round_parts(outside, carried), committee=len(members),
-                   committee_down=outside + updates + draft, committee_up=SIGNATURE_BYTES)
+                   committee_down=member, committee_up=SIGNATURE_BYTES)
 
 
 def _round_parts(part: int, carried: bool) -> dict[str, Any]:
