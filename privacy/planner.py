@@ -300,8 +300,8 @@ def cost_table_markdown(values: int = COST_TABLE_VALUES, owners: int = COST_TABL
                 download_forms(name, agg, values, owners, dp_on=True, carried=carried))
 
     plain = {mode: priced("plain", mode)[0].global_down for mode in (True, False)}
-    rows = [f"| backend | form | up per owner | down per owner, carried | down per owner, apart | down vs plain, "
-            f"carried (apart) |", "|---|---|---|---|---|---|"]
+    rows = ["| backend | form | up per owner | down per owner, carried | down per owner, apart | down vs plain, "
+            "carried (apart) |", "|---|---|---|---|---|---|"]
 
     def row(name: str, form: str, up: int, carried: float, apart: float) -> str:
         return (f"| `{name}` | {form} | {up:,} B | {carried:,.0f} B | {apart:,.0f} B | "
