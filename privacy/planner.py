@@ -281,3 +281,45 @@ def threat_table_markdown() -> str:
                     f"{mark(g.survives('malicious'))} | {mark(g.owner_collusion)} | {parties} | "
                     f"{g.bytes_per_value:g} B ({g.receivers}) | {'; '.join(g.caveats) or '—'} |")
     return "\n".join(rows)
+
+
+COST_TABLE_VALUES = 16_384  # the tiny adapter's values (experiments/plan.py adapter_values, model=tiny)
+COST_TABLE_OWNERS = 100
+
+
+def cost_table_markdown(values: int = COST_TABLE_VALUES, owners: int = COST_TABLE_OWNERS) -> str:
+    """The cost table as docs/backends.md shows it, generated from the backends' declared costs
+    (``BackendSpec.cost`` and ``variants``): bytes up and down per owner per round, under DP, ``owners`` per
+    round, each evaluation carried in the next round's train message (``eval_in_train=true``, the default) and
+    apart; tenseal by download form (a committee of the config's size: outside it, a member, the mean)."""
+    privacy = PrivacyConfig(aggregator_parties=3)  # crypten priced with 3 parties
+
+    def priced(name: str, carried: bool) -> tuple[Cost, dict[str, Cost]]:
+        agg = candidate_config(name, privacy, owners)
+        return (estimate(name, agg, values, owners, dp_on=True, carried=carried),
+                download_forms(name, agg, values, owners, dp_on=True, carried=carried))
+
+    plain = {mode: priced("plain", mode)[0].global_down for mode in (True, False)}
+    rows = ["| backend | form | up per owner | down per owner, carried | down per owner, apart | down vs plain, "
+            "carried (apart) |", "|---|---|---|---|---|---|"]
+
+    def row(name: str, form: str, up: int, carried: float, apart: float) -> str:
+        return (f"| `{name}` | {form} | {up:,} B | {carried:,.0f} B | {apart:,.0f} B | "
+                f"x{carried / plain[True]:.2f} (x{apart / plain[False]:.2f}) |")
+
+    for name in BACKENDS:
+        (carried, forms), (apart, forms_apart) = priced(name, True), priced(name, False)
+        if not forms:
+            rows.append(row(name, "—", carried.update_up, carried.global_down, apart.global_down))
+            continue
+        for form, c in forms.items():
+            a, up = forms_apart[form], c.update_up + c.reveal_up
+            if not c.committee:
+                rows.append(row(name, f"`{form}`" + (" (runs today)" if form == "every" else ""), up, c.global_down,
+                                a.global_down))
+                continue
+            label = f"`{form}` of {c.committee}"
+            rows.append(row(name, f"{label}, outside it", up, c.global_down, a.global_down))
+            rows.append(row(name, f"{label}, a member", up + c.committee_up, c.committee_down, a.committee_down))
+            rows.append(row(name, f"{label}, mean over owners", up, c.mean_down, a.mean_down))
+    return "\n".join(rows)

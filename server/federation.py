@@ -226,9 +226,11 @@ def train(fed: Federation, server_round: int, nodes: list[int], carry: dict) -> 
     is not connected or does not reply within ``sim.round_timeout_s`` is excluded with that reason, and the round
     goes on without it."""
     msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()),
-                                        ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes)
+                                        ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes,
+                                        global_per_node(fed, nodes))
     timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
     ex = exchange(fed.grid, list(msgs), timeout)
+    fed.state.opened(server_round - 1, opened_by(fed, ex))
     usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
     if 0 < len(usable) < floor:  # the backend would reveal nothing (crypten's parties): do not ask it
         outcome = TrainOutcome(node_to_owner={m.metadata.src_node_id: records.owner_label(m) for m in ex.replies})
@@ -277,8 +279,23 @@ def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
              nodes: list[int] | None = None) -> Evaluation:
     config = ConfigRecord({**fed.run_config, **(extra or {})})
     msgs = fed.strategy.configure_evaluate(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
-                                           nodes)
-    return evaluation_of(fed, server_round, exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s))
+                                           nodes, global_per_node(fed, nodes or []))
+    ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
+    fed.state.opened(server_round, opened_by(fed, ex))
+    return evaluation_of(fed, server_round, ex)
+
+
+def global_per_node(fed: Federation, nodes: list[int]) -> dict:
+    """The global as the holder sends it to each keyed node that needs less than all of it (tenseal: an owner
+    that keeps the global it opened gets no signed base)."""
+    per_node = {n: fed.state.arrays_for(fed.node_owner[n]) for n in nodes if n in fed.node_owner}
+    return {n: records.arrays_record(a) for n, a in per_node.items() if a is not None}
+
+
+def opened_by(fed: Federation, ex: Exchange) -> dict[str, bool]:
+    """Keyed owners sent the global in ``ex``, and whether each replied without error (it opened the global)."""
+    ok = {m.metadata.src_node_id for m in ex.replies if m.has_content() and not m.has_error()}
+    return {fed.node_owner[n]: n in ok for n in ex.bytes_down if n in fed.node_owner}
 
 
 def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> Exchange:

@@ -29,6 +29,13 @@ class ClearGlobal:
     def arrays(self) -> dict[str, np.ndarray]:
         return {wire.CLEAR_GLOBAL: self.vector}
 
+    def arrays_for(self, owner: str) -> dict[str, np.ndarray] | None:
+        """Every owner gets the same arrays."""
+        return None
+
+    def opened(self, after_round: int, replied: dict[str, bool]) -> None:
+        """Nothing to track: every owner gets the whole global."""
+
     def apply(self, outcome: TrainOutcome) -> None:
         if outcome.revealed is not None:
             self.vector = outcome.revealed.applied_to(self.vector)

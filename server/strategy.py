@@ -64,29 +64,35 @@ class SecureAggregation:
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
-                        nodes: list[int] | None = None) -> Iterable[Message]:
+                        nodes: list[int] | None = None,
+                        per_node: dict[int, ArrayRecord] | None = None) -> Iterable[Message]:
         """``inner``'s training messages, or with ``nodes`` (the owners connected: ``server/availability.py``)
         one to each node of a sample of them as large as ``inner`` samples (FedAvg's ``fraction_train``,
-        ``min_train_nodes``), all of them when fewer are connected; never waiting for more."""
+        ``min_train_nodes``), all of them when fewer are connected; never waiting for more. ``per_node``:
+        the global a node gets instead of ``arrays`` (the holder's ``arrays_for``)."""
         if nodes is None:
             return self.inner.configure_train(server_round, arrays, self._stamp(config), grid)
         wanted = max(int(len(nodes) * self.inner.fraction_train), self.inner.min_train_nodes)
         return self._messages(server_round, arrays, config, random.sample(nodes, min(wanted, len(nodes))),
-                              MessageType.TRAIN)
+                              MessageType.TRAIN, per_node)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid,
-                           nodes: list[int] | None = None) -> Iterable[Message]:
+                           nodes: list[int] | None = None,
+                           per_node: dict[int, ArrayRecord] | None = None) -> Iterable[Message]:
         """``inner``'s evaluation messages, or with ``nodes`` one to each of those nodes (the round's cohort)."""
         if nodes is None:
             return self.inner.configure_evaluate(server_round, arrays, self._stamp(config), grid)
-        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
+        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE, per_node)
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
-                  message_type: str) -> list[Message]:
+                  message_type: str, per_node: dict[int, ArrayRecord] | None = None) -> list[Message]:
         config = self._stamp(config)
         config[wire.ROUND] = server_round  # as FedAvg sets it
         content = RecordDict({wire.GLOBAL: arrays, wire.CONFIG: config})
-        return [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+        per_node = per_node or {}
+        return [Message(content=content if n not in per_node else RecordDict({wire.GLOBAL: per_node[n],
+                                                                             wire.CONFIG: config}),
+                        message_type=message_type, dst_node_id=n) for n in nodes]
 
     def _accept(self, msg: Message, reply: Protected | None) -> tuple[Protected, dict[str, float]]:
         """Validate one reply (``reply``: its payload, decoded once); raise :class:`UserError` with the reason

@@ -91,6 +91,12 @@ class GlobalHolder(Protocol):
 
     def arrays(self) -> dict[str, np.ndarray]: ...
 
+    def arrays_for(self, owner: str) -> Optional[dict[str, np.ndarray]]:
+        """What ``owner``'s message carries where it is less than :meth:`arrays` (None: all of it)."""
+
+    def opened(self, after_round: int, replied: dict[str, bool]) -> None:
+        """The owners sent the global after ``after_round`` and whether each replied without error."""
+
     def apply(self, outcome: Any) -> None:
         """Advance by a round's outcome (the server's ``TrainOutcome``)."""
 

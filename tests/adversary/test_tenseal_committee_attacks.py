@@ -20,7 +20,7 @@ from fedveil.core.io import pack
 from fedveil.privacy.secagg.tenseal import bfv, committee
 from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealServer, update_statement
-from fedveil.privacy.secagg.tenseal.committee import Certificate, Record
+from fedveil.privacy.secagg.tenseal.committee import Certificate, LeanCertificate, Record
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
 from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal, RoundUpdates
 
@@ -109,7 +109,11 @@ class Round:
         sigs = {m: self.attest(m)[1] for m in self.committee}
         return Certificate(self.round, self.contributions, self.reveals, self.committee, sigs, self.cert.checked)
 
-    def verify(self, o, cert, sum_blob=None, require_checked=True):
+    def verify(self, o, cert, sum_blob=None, require_checked=True, lean=True):
+        """``o`` checks ``cert`` as it travels to an owner outside the committee (``lean``: its lean form), or
+        in full (``lean=False``: every contribution checked against the roster too)."""
+        if lean and isinstance(cert, Certificate):
+            cert = LeanCertificate.decode(cert.lean(RUN, self.cid).encode())
         committee.verify(self.record(o), self.roster, RUN, self.cid, o, cert, C,
                          self.sum_blob if sum_blob is None else sum_blob, require_checked=require_checked)
 
@@ -184,19 +188,31 @@ def test_the_coordinator_cannot_choose_the_committee(fed):
         r.verify(outsider, Certificate(3, cert.contributions, cert.reveals, chosen, {}, True))
     with refused("choice"):  # a chosen member refuses to attest for a committee it is not derived into
         r.attest(chosen[0], Certificate(3, cert.contributions, cert.reveals, chosen, {}, True))
-    for who in (r.committee[0], outsider):  # a nonce of the coordinator's choosing does not open the commitment
+    # a nonce of the coordinator's choosing does not open the commitment (in full: the check says so); in the lean
+    # form an outsider gets, each commitment is its nonce's hash, so the set is not the one it revealed for
+    for who in (r.committee[0], outsider):
+        chosen_nonce = Certificate(3, cert.contributions, {**cert.reveals, who: b"\x00" * 32}, cert.committee, {},
+                                   True)
         with refused("reveal"):
-            r.verify(outsider, Certificate(3, cert.contributions, {**cert.reveals, who: b"\x00" * 32},
-                                           cert.committee, {}, True))
+            r.verify(outsider, chosen_nonce, lean=False)
+        with refused("own-update"):
+            r.verify(outsider, chosen_nonce)
     wire = Certificate.decode(Certificate(3, cert.contributions, {**cert.reveals, outsider: b"\x01" * 32},
                                           cert.committee, cert.signatures, True).encode())
     with refused("contribution"):  # on the wire the commitment is the nonce's hash: a swapped nonce fails its signature
+        r.verify(outsider, wire, lean=False)
+    with refused("own-update"):  # and in the lean form the set it rebuilds is another
         r.verify(outsider, wire)
     stranger = committee.Contribution("client_9", bytes(32), bytes(32), bytes(64))  # a contribution no one signed
-    with refused("contribution") as exc:
-        r.verify(outsider, Certificate(3, (*cert.contributions, stranger), {**cert.reveals, "client_9": bytes(32)},
-                                       cert.committee, cert.signatures, True))
+    added = Certificate(3, (*cert.contributions, stranger), {**cert.reveals, "client_9": bytes(32)}, cert.committee,
+                        cert.signatures, True)
+    with refused("contribution") as exc:  # a member checks every contribution against the roster
+        r.verify(outsider, added, lean=False)
     assert "not in the pinned roster" in str(exc.value)
+    with refused("own-update"):  # an outsider: not the set it revealed for
+        r.verify(outsider, added)
+    with refused("contribution"):  # what an outsider's lean check rests on: no honest member signs such a set
+        r.attest(r.committee[0], Certificate(3, added.contributions, added.reveals, cert.committee, {}, True))
     one = committee.select(committee.set_digest(RUN, r.cid, 3, list(cert.contributions)), cert.reveals, 1)
     with refused("size"):  # a run config with committee_size=1: the owner's floor holds
         committee.verify(r.record(outsider), r.roster, RUN, r.cid, outsider,

@@ -335,6 +335,26 @@ def test_a_tenseal_train_carrying_the_evaluation_and_the_hand_over_releases_the_
     assert wire.EVAL_LOSS not in metrics and wire.EVAL_SECONDS not in metrics
 
 
+def test_a_tenseal_train_without_the_base_the_owner_does_not_keep_releases_the_same_refusal(
+        datasets, tiny_gpt2, tmp_path, monkeypatch, tenseal_keyed):
+    """A coordinator that leaves the signed base out (as it may for an owner that keeps the global it opened,
+    ``tenseal/kept.py``) from an owner that keeps none: the owner refuses before its data is read, with the same
+    code on neighbouring datasets."""
+    from fedveil.configs.schema import run_key
+
+    model = {"path": str(tiny_gpt2)}
+    base = {**BASE, "aggregation": {"name": "tenseal"}}
+    policy = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["tenseal"]})
+    cfg = from_dict({**base, "model": model})
+    tenseal_keyed(tmp_path / "keyed", cfg.aggregation, run_key(cfg), ["client_0"])
+    case = [msg("train", 3, glob=None)]  # the global after round 2, with nothing to build it from
+    on = {name: transcript(case, datasets[name], tmp_path / name, model, monkeypatch, base, policy,
+                           identity=tmp_path / "keyed" / "client_0") for name in ("D", "long", "dropped")}
+    assert on["long"] == on["D"] and on["dropped"] == on["D"]
+    (head, body), = on["D"]
+    assert body[0] == "error" and body[2] == "bad-global check=kept-global", body
+
+
 def test_a_crypten_train_carrying_the_evaluation_releases_the_same_bytes(datasets, tiny_gpt2, tmp_path,
                                                                         monkeypatch):
     """``eval_in_train`` with crypten: the train message asks the owner to evaluate the global first (its

@@ -8,6 +8,7 @@ import pytest
 from fedveil.core.payload import RoundContext
 from fedveil.privacy import planner
 from fedveil.privacy.secagg import backend_spec
+from fedveil.privacy.secagg.tenseal import committee
 from fedveil.privacy.secagg.tenseal import committee_round as step
 from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.privacy.secagg.tenseal.backend import TensealServer
@@ -38,23 +39,34 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
     queries = step.reveal_queries(server, 1, contributions)
     reveals = {o: step.reveal_nonce(owners[o], 1, queries[o]) for o in OWNERS}
     draft = step.draft(server, 1, contributions, reveals, checked=True)
-    updates = step.round_updates(payloads, 1)
-    signatures = {m: step.attest_round(owners[m], updates, draft.encode()) for m in draft.committee}
+    updates = {m: step.round_updates(payloads, 1, leave_out=m) for m in draft.committee}  # a member has its own
+    signatures = {m: step.attest_round(owners[m], updates[m], draft.encode()) for m in draft.committee}
     certified = step.certify(server, payloads, draft, signatures)
     zeros = np.zeros(SIZE, np.float32)
     every = server.combine(payloads, RoundContext(1, "L")).payload.blobs[ROUND_UPDATES]  # the every form's round
-    for o in OWNERS:
-        opened = owners[o].open_global(EncryptedGlobal(None, [certified]).arrays(), zeros, 1)
+    for o in OWNERS:  # a member gets the round without the sum it computed
+        mine = step.member_round(certified) if o in draft.committee else certified
+        opened = owners[o].open_global(EncryptedGlobal(None, [mine]).arrays(), zeros, 1)
         np.testing.assert_allclose(opened, 0.3, atol=1e-4)
-        np.testing.assert_allclose(opened, owners[o].open_global(EncryptedGlobal(None, [every]).arrays(), zeros, 1),
-                                   atol=1e-6)
-    # the bytes, as tenseal/cost.py prices the committee form (round 1: no signed base in the train message)
+        np.testing.assert_array_equal(opened, owners[o].open_global(EncryptedGlobal(None, [every]).arrays(), zeros,
+                                                                    1))
+    # the bytes, as tenseal/cost.py prices the committee form (no signed base: the owner keeps the global)
     priced = tenseal_cost.variant(CFG, SIZE, 5, planner.calibration(), dp_on=True, form="committee")
     assert {p.nbytes for p in payloads.values()} == {priced.update_up}
     assert {len(n) for n in reveals.values()} == {priced.reveal_up}
-    assert priced.global_down_first == max(len(q) for q in queries.values()) + len(certified)
-    assert priced.committee_down - priced.global_down == len(updates) + len(draft.encode())
+    query = max(len(q) for q in queries.values())
+    assert priced.global_down_first == priced.global_down == query + len(certified)
+    for m in draft.committee:  # the query, the draft, every other signed update, the signatures (no sum)
+        member = query + len(draft.encode()) + len(updates[m]) + len(step.member_round(certified))
+        assert priced.committee_down == member
     assert {len(s) for s in signatures.values()} == {priced.committee_up}
+    # an outsider's certificate is lean (names, nonces, one root, the members' signatures); a member's round is
+    # that certificate alone
+    at, total, lean = committee.certified_of(certified)
+    assert isinstance(lean, committee.LeanCertificate) and total == server.combine(payloads).payload.blobs["ciphertext"]
+    assert committee.certified_of(step.member_round(certified)) == (at, b"", lean)
+    full = committee.Certificate(at, draft.contributions, draft.reveals, draft.committee, signatures, True)
+    assert len(lean.encode()) < len(full.encode()) - 5 * (32 + 64) + 100  # per owner no update digest nor signature
 
 
 def test_an_owner_reveals_only_for_the_round_of_its_last_update(federation):

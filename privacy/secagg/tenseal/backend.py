@@ -51,7 +51,7 @@ from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, RoundContext
 from fedveil.privacy.secagg import identity
-from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, committee, eval_pair, global_codec
+from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, committee, eval_pair, global_codec, kept
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
 from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
@@ -314,24 +314,27 @@ class TensealOwner(_Side):
 
     def open_global(self, arrays: dict[str, np.ndarray], initial: np.ndarray, after_round: int) -> np.ndarray:
         """The global adapter after round ``after_round`` from the server's ciphertexts: ``Dec(base)``
-        (or the seed-derived initial adapter every owner computes itself) plus the mean delta of
-        each pending round, which this owner adds up itself from the owners' signed updates. Every
-        signature is checked against the pinned roster, bound to this run and to the round it
-        claims, and the rounds must run on from the base to exactly ``after_round``: a forged,
-        altered, stale or replayed global is refused, as is a round that leaves out this owner's
-        own update. Everything is checked before anything is decrypted."""
+        (without a base: the seed-derived initial adapter every owner computes itself, or the global
+        this owner kept when it last opened one, ``kept.py``) plus the mean delta of each pending
+        round, which this owner adds up itself from the owners' signed updates. Every signature is
+        checked against the pinned roster, bound to this run and to the round it claims, and the
+        rounds must run on from the base (or the kept round) to exactly ``after_round``: a forged,
+        altered, stale or replayed global is refused, as is a round that leaves out this owner's own
+        update. Everything is checked before anything is decrypted; what it opens, it keeps."""
         if self.roster is None:
             raise UserError("no pinned roster: this owner cannot check who encrypted the global adapter")
         base, pending = global_codec.from_arrays(arrays)
-        reached = 0
+        decoded = [_pending_round(blob) for blob in pending]
+        start = None
         if base is not None:
             self._check_signed(base)
             reached = base.round
+        else:  # round 0 is every owner's own; a later round only as this owner kept it
+            reached = decoded[0][0] - 1 if decoded else after_round
+            if reached != 0:
+                start = kept.start_of(self._kept(), reached, after_round)
         rounds = []
-        for blob in pending:
-            certified = committee.certified_of(blob)  # None: a round of every owner's signed update
-            updates = global_codec.RoundUpdates.decode(blob) if certified is None else None
-            at = updates.round if certified is None else certified[0]
+        for at, updates, certified in decoded:
             if at != reached + 1:
                 raise PayloadError(f"the encrypted global's pending round {at} does not follow round "
                                    f"{reached}: stale or replayed; refused")
@@ -340,7 +343,10 @@ class TensealOwner(_Side):
         if reached != after_round:
             raise PayloadError(f"the encrypted global reaches round {reached} (signed base + {len(pending)} pending "
                                f"rounds), not round {after_round}: stale or replayed; refused")
-        vector = self.reveal(self.payload_of(base.blob)).mean if base is not None else np.asarray(initial, np.float32)
+        if base is not None:
+            vector = self.reveal(self.payload_of(base.blob)).mean
+        else:
+            vector = np.asarray(initial if start is None else start, np.float32)
         for at, payloads in enumerate(rounds, start=reached - len(rounds) + 1):
             if isinstance(payloads, Protected):  # a sum the round's verifier committee checked and signed
                 vector = self.reveal(payloads).applied_to(vector)
@@ -350,7 +356,15 @@ class TensealOwner(_Side):
             if total.excluded:  # signed, yet odd (a malicious owner's ciphertext an honest server excludes)
                 raise PayloadError(f"pending round updates do not add up: {sorted(total.excluded.values())[0]}")
             vector = self.reveal(total.payload).applied_to(vector)
+        if self.keys is not None:
+            kept.keep(run_dir(self.keys.state_dir, self.run), self.run, self.context_id, after_round,
+                      kept.as_reencrypted(vector, self.cfg))
         return vector
+
+    def _kept(self) -> kept.Kept | None:
+        if self.keys is None:
+            return None
+        return kept.kept(run_dir(self.keys.state_dir, self.run), self.run, self.context_id, self.size)
 
     def _certified(self, at: int, sum_blob: bytes, cert: committee.Certificate | None) -> Protected:
         """A round's sum on its verifier committee's word, checked (``committee.verify``): updates
@@ -358,9 +372,10 @@ class TensealOwner(_Side):
         if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
             raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
                                         "accepts a sum only on a verifier committee's word", check="committee-sum")
-        committee.verify(committee.Record(run_dir(self.keys.state_dir, self.run)), self.roster, self.run,
-                         self.context_id, self.keys.owner_id, cert, self.cfg.committee_size, sum_blob,
-                         require_checked=self.malicious_owners)
+        record = committee.Record(run_dir(self.keys.state_dir, self.run))
+        sum_blob = sum_blob or committee.kept_sum(record, at)  # a member's round comes without the sum it computed
+        committee.verify(record, self.roster, self.run, self.context_id, self.keys.owner_id, cert,
+                         self.cfg.committee_size, sum_blob, require_checked=self.malicious_owners)
         return self.payload_of(sum_blob)
 
     def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:
@@ -420,3 +435,12 @@ class TensealOwner(_Side):
         else:
             values, weight = bfv.decode(vecs, parts, self.cfg, self.size, self._weight_key)
         return Revealed(weighted_sum=values, total_weight=weight)
+
+
+def _pending_round(blob: bytes) -> tuple[int, global_codec.RoundUpdates | None, tuple | None]:
+    """(round, its signed updates or None, (round, sum blob, certificate) of a certified round or None)."""
+    certified = committee.certified_of(blob)  # None: a round of every owner's signed update
+    if certified is not None:
+        return certified[0], None, certified
+    updates = global_codec.RoundUpdates.decode(blob)
+    return updates.round, updates, None

@@ -6,20 +6,24 @@ it (docs/privacy.md, "tenseal's verifier committee"):
 1. with its update, an owner commits to 32 fresh bytes from its CSPRNG (:func:`commit`): the SHA-256
    of that nonce, signed with the update's digest (:func:`contribution_statement`);
 2. the coordinator shows every contributor its place in the committed set (:class:`RevealQuery`: a
-   Merkle path, log2(n) hashes); an owner whose own contribution is there records the set's digest
+   Merkle path in each of the set's two trees, over (owner, commitment) and over (owner, update
+   digest): ``committed_set.py``); an owner whose own contribution is in both records the set's digest
    for the round, once (a second, other set for the round is refused) and reveals its nonce
    (:func:`reveal`);
 3. the committee is the ``c`` contributors ranked first by SHA-256(seed, owner id), the seed being the
    SHA-256 of the set digest and every contributor's revealed nonce (:func:`select`): nobody knows it
    before the last honest nonce is out, and by then the set is fixed;
-4. each member checks every signed update of the set (and, unless the run says owners are honest, each
-   against the bounds: ``checks.py``), adds them and signs one :func:`sum_statement` per round
-   (run, context, round, roster digest, set digest, the sum's SHA-256, the committee, whether updates
-   were range-checked): a second, other statement for the round is refused (:func:`attest`);
-5. every other owner gets the sum and a :class:`Certificate` and checks it (:func:`verify`): the
-   contributions signed by pinned owners, its own among them, the set the one it revealed for, each
-   nonce under its commitment, the committee the one derived, and all ``c`` members' signatures on
-   one statement naming this sum.
+4. each member gets the full :class:`Certificate` and every other signed update (it has its own), checks
+   every contribution against the pinned roster and every update (and, unless the run says owners are
+   honest, each against the bounds: ``checks.py``), adds them and signs one :func:`sum_statement` per
+   round (run, context, round, roster digest, set digest, the sum's SHA-256, the committee, whether
+   updates were range-checked): a second, other statement for the round is refused (:func:`attest`);
+5. every other owner gets the sum and a :class:`LeanCertificate` (names, nonces, the update digests'
+   root, the members' signatures) and checks it (:func:`verify`): the set the one it revealed for (so its
+   own update is in it), the committee the one derived, and all ``c`` members' signatures on one
+   statement naming this sum. It does not check the contributions' signatures: an honest member refuses
+   a set with a bad one, so a set with one gets all ``c`` signatures only from an all-colluding
+   committee, which could certify any sum anyway.
 
 Everything here is free of Flower and of TenSEAL (the member's decryption and sum are the
 backend's, passed in); refusals carry the code ``bad-global`` with ``check=committee-*``.
@@ -39,6 +43,10 @@ from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import checks, global_codec
+from fedveil.privacy.secagg.tenseal.committed_set import (Contribution, RevealQuery, commitment_of,
+                                                           contribution_statement, digest_of, leaf, root_from,
+                                                           set_digest, set_id_of, update_root)
+from fedveil.privacy.secagg.tenseal.committed_set import reveal_queries as reveal_queries  # the coordinator's step
 from fedveil.privacy.secagg.tenseal.config import MIN_COMMITTEE_SIZE
 from fedveil.privacy.secagg.tenseal.keys import roster_digest
 
@@ -50,120 +58,13 @@ NONCE_BYTES = 32
 # one member would make grinding m/n per try; fewer contributors than this make the committee all of them
 MIN_SIZE = MIN_COMMITTEE_SIZE
 RECORD_FILE = "committee.json"  # in the owner's run folder (keys.run_dir): nonces, sets revealed for, sums signed
-CONTRIBUTION_TAG = b"fedveil/tenseal-contribution/v1"
-COMMIT_TAG = b"fedveil/committee-commit/v1"
 SEED_TAG = b"fedveil/committee-seed/v1"
 RANK_TAG = b"fedveil/committee-rank/v1"
-SET_TAG = b"fedveil/committee-set/v1"
 SUM_TAG = b"fedveil/committee-sum/v1"
 
 
 def _refuse(check: str, line: str) -> Refusal:
     return Refusal("bad-global", line, check=f"committee-{check}")
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """One owner's place in a round: its update's SHA-256 and nonce commitment, signed together."""
-
-    owner: str
-    update_sha256: bytes
-    commitment: bytes
-    signature: bytes
-
-
-def contribution_statement(run: str, cid: str, server_round: int, owner: str, update_sha256: bytes,
-                           commitment: bytes) -> bytes:
-    """What an owner signs beside its update: the update's digest and its nonce commitment for this round."""
-    return identity.digest(CONTRIBUTION_TAG, run.encode(), cid.encode(), str(server_round).encode(), owner.encode(),
-                           update_sha256, commitment)
-
-
-def commitment_of(nonce: bytes) -> bytes:
-    return identity.digest(COMMIT_TAG, nonce)
-
-
-def _leaf(run: str, cid: str, server_round: int, c: Contribution) -> bytes:
-    return identity.digest(SET_TAG, b"leaf", run.encode(), cid.encode(), str(server_round).encode(), c.owner.encode(),
-                           c.update_sha256, c.commitment)
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return identity.digest(SET_TAG, b"node", left, right)
-
-
-def _levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """The Merkle tree's levels, leaves first; an odd node at the end of a level moves up as it is."""
-    levels = [leaves]
-    while len(levels[-1]) > 1:
-        cur = levels[-1]
-        levels.append([_node(cur[i], cur[i + 1]) if i + 1 < len(cur) else cur[i] for i in range(0, len(cur), 2)])
-    return levels
-
-
-def _top(node: bytes, index: int, count: int, path: list[bytes]) -> bytes:
-    """The root reached from ``node`` at ``index`` of ``count`` leaves along ``path`` (its siblings)."""
-    rest = list(path)
-    while count > 1:
-        if index ^ 1 < count:
-            if not rest:
-                raise PayloadError("a reveal query's inclusion path is too short: malformed; refused")
-            sibling = rest.pop(0)
-            node = _node(sibling, node) if index & 1 else _node(node, sibling)
-        index, count = index // 2, (count + 1) // 2
-    if rest:
-        raise PayloadError("a reveal query's inclusion path is too long: malformed; refused")
-    return node
-
-
-def _digest_of(count: int, top: bytes) -> bytes:
-    return identity.digest(SET_TAG, b"set", str(count).encode(), top)
-
-
-def set_digest(run: str, cid: str, server_round: int, contributions: list[Contribution]) -> bytes:
-    """The committed set: who contributed which update with which commitment, as the root of a Merkle
-    tree over the contributions in owner order (so one owner checks its place with log2(n) hashes)."""
-    leaves = [_leaf(run, cid, server_round, c) for c in sorted(contributions, key=lambda c: c.owner)]
-    return _digest_of(len(leaves), _levels(leaves)[-1][0])
-
-
-@dataclass(frozen=True)
-class RevealQuery:
-    """What one contributor is shown before it reveals: its place in the committed set (``index`` of
-    ``count``, owner order) and the Merkle siblings up to the root."""
-
-    round: int
-    count: int
-    index: int
-    path: tuple[bytes, ...]
-
-    def encode(self) -> bytes:
-        head = json.dumps({"round": self.round, "count": self.count, "index": self.index}).encode()
-        return pack([head, *self.path])
-
-    @classmethod
-    def decode(cls, blob: bytes) -> "RevealQuery":
-        try:
-            head, *path = unpack(blob)
-            claim = json.loads(head)
-            return cls(int(claim["round"]), int(claim["count"]), int(claim["index"]), tuple(path))
-        except (FramingError, ValueError, KeyError, TypeError) as exc:
-            raise PayloadError(f"a reveal query is unreadable ({exc}): refused") from exc
-
-
-def reveal_queries(run: str, cid: str, server_round: int, contributions: list[Contribution]) -> dict[str, RevealQuery]:
-    """The coordinator's side: each contributor's :class:`RevealQuery`."""
-    ordered = sorted(contributions, key=lambda c: c.owner)
-    levels = _levels([_leaf(run, cid, server_round, c) for c in ordered])
-    queries = {}
-    for i, c in enumerate(ordered):
-        path, index = [], i
-        for level in levels[:-1]:
-            if index ^ 1 < len(level):
-                path.append(level[index ^ 1])
-            index //= 2
-        queries[c.owner] = RevealQuery(server_round, len(ordered), i, tuple(path))
-    return queries
 
 
 def select(set_id: bytes, reveals: dict[str, bytes], size: int) -> tuple[str, ...]:
@@ -183,10 +84,10 @@ def sum_statement(run: str, cid: str, server_round: int, roster_digest: str, set
 
 @dataclass(frozen=True)
 class Certificate:
-    """What an owner outside the committee gets beside a round's sum: the committed set, the revealed
-    nonces, the committee and its members' signatures over :func:`sum_statement` (members get it
-    without signatures, with every signed update). On the wire each commitment is left out: it is the
-    SHA-256 of the revealed nonce."""
+    """The committed set in full, what a committee member gets (without signatures: the draft, with every
+    signed update) and checks against the roster: every contribution, the revealed nonces, the committee
+    and its members' signatures over :func:`sum_statement`. On the wire each commitment is left out: it is
+    the SHA-256 of the revealed nonce. Owners outside the committee get its :meth:`lean` form."""
 
     round: int
     contributions: tuple[Contribution, ...]
@@ -194,6 +95,16 @@ class Certificate:
     committee: tuple[str, ...]
     signatures: dict[str, bytes]
     checked: bool
+
+    def set_id(self, run: str, cid: str) -> bytes:
+        return set_digest(run, cid, self.round, list(self.contributions))
+
+    def lean(self, run: str, cid: str) -> "LeanCertificate":
+        """What an owner outside the committee needs of it (:class:`LeanCertificate`)."""
+        ordered = sorted(self.contributions, key=lambda c: c.owner)
+        return LeanCertificate(self.round, tuple(c.owner for c in ordered), dict(self.reveals),
+                               update_root(run, cid, self.round, list(ordered)), self.committee, dict(self.signatures),
+                               self.checked)
 
     def encode(self) -> bytes:
         owners = [c.owner for c in self.contributions]
@@ -205,17 +116,11 @@ class Certificate:
 
     @classmethod
     def decode(cls, blob: bytes) -> "Certificate":
-        try:
-            head, *parts = unpack(blob)
-            claim = json.loads(head)
-            owners, committee = [str(o) for o in claim["owners"]], tuple(str(m) for m in claim["committee"])
-            at, checked, signed = int(claim["round"]), bool(claim["checked"]), [str(m) for m in claim["signed"]]
-        except (FramingError, ValueError, KeyError, TypeError) as exc:
-            raise PayloadError(f"a committee certificate is unreadable ({exc}): refused") from exc
-        if len(parts) != 3 * len(owners) + len(signed) or len(set(owners)) != len(owners) or not owners or\
-                not set(signed) <= set(committee):
-            raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) (or one twice) and "
-                               f"{len(signed)} signature(s) but holds {len(parts)} parts: malformed; refused")
+        head, parts, owners, committee, signed = _head(blob, "lean", False)
+        at, checked = int(head["round"]), bool(head["checked"])
+        if len(parts) != 3 * len(owners) + len(signed):
+            raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) and {len(signed)} signature(s) "
+                               f"but holds {len(parts)} parts: malformed; refused")
         # each commitment is the SHA-256 of the revealed nonce: a wrong nonce fails its owner's signature
         contributions = tuple(Contribution(o, parts[3 * i], commitment_of(parts[3 * i + 2]), parts[3 * i + 1])
                               for i, o in enumerate(owners))
@@ -224,14 +129,75 @@ class Certificate:
         return cls(at, contributions, reveals, committee, signatures, checked)
 
 
-def certified_round(server_round: int, sum_blob: bytes, cert: Certificate | None) -> bytes:
+@dataclass(frozen=True)
+class LeanCertificate:
+    """What an owner outside the committee gets beside a round's sum: the contributors (owner order), their
+    revealed nonces (the commitments are their hashes), the root over the update digests, the committee
+    and all its members' signatures. Enough to rebuild the set digest it revealed for (its own update is
+    under that root: it checked its path before revealing) and to derive the committee itself; it does not
+    check the contributions' signatures: an honest member refuses to sign a set with a bad one, and an
+    outsider accepts a sum only with every member's signature."""
+
+    round: int
+    owners: tuple[str, ...]
+    reveals: dict[str, bytes]
+    updates_root: bytes
+    committee: tuple[str, ...]
+    signatures: dict[str, bytes]
+    checked: bool
+
+    def set_id(self, run: str, cid: str) -> bytes:
+        return set_id_of(run, cid, self.round, list(self.owners),
+                         [commitment_of(self.reveals.get(o, b"")) for o in self.owners], self.updates_root)
+
+    def encode(self) -> bytes:
+        signed = [m for m in self.committee if self.signatures.get(m)]
+        head = json.dumps({"round": self.round, "owners": list(self.owners), "committee": list(self.committee),
+                           "signed": signed, "checked": self.checked, "lean": True}).encode()
+        nonces = b"".join(self.reveals.get(o, b"\0" * NONCE_BYTES) for o in self.owners)
+        return pack([head, self.updates_root, nonces, *(self.signatures[m] for m in signed)])
+
+    @classmethod
+    def decode(cls, blob: bytes) -> "LeanCertificate":
+        head, parts, owners, committee, signed = _head(blob, "lean", True)
+        if len(parts) != 2 + len(signed) or len(parts[0]) != 32 or len(parts[1]) != NONCE_BYTES * len(owners):
+            raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) and {len(signed)} signature(s) "
+                               f"but holds {len(parts)} parts of other sizes: malformed; refused")
+        reveals = {o: parts[1][NONCE_BYTES * i:NONCE_BYTES * (i + 1)] for i, o in enumerate(owners)}
+        return cls(int(head["round"]), tuple(owners), reveals, parts[0], committee,
+                   dict(zip(signed, parts[2:], strict=True)), bool(head["checked"]))
+
+
+def _head(blob: bytes, flag: str, want: bool) -> tuple[dict, list[bytes], list[str], tuple[str, ...], list[str]]:
+    """A certificate's JSON head and parts, checked for what both forms share."""
+    try:
+        head, *parts = unpack(blob)
+        claim = json.loads(head)
+        owners, committee = [str(o) for o in claim["owners"]], tuple(str(m) for m in claim["committee"])
+        signed = [str(m) for m in claim["signed"]]
+        int(claim["round"]), bool(claim["checked"])
+    except (FramingError, ValueError, KeyError, TypeError) as exc:
+        raise PayloadError(f"a committee certificate is unreadable ({exc}): refused") from exc
+    if bool(claim.get(flag)) != want or len(set(owners)) != len(owners) or not owners or \
+            not set(signed) <= set(committee):
+        raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) (or one twice) and "
+                           f"{len(signed)} signature(s), or is not the form expected: malformed; refused")
+    return claim, parts, owners, committee, signed
+
+
+AnyCertificate = Certificate | LeanCertificate
+
+
+def certified_round(server_round: int, sum_blob: bytes, cert: AnyCertificate | None) -> bytes:
     """A pending round as the committee (or, form ``sum``, the coordinator alone) leaves it: the sum's
-    ciphertext blob and its certificate (none in form ``sum``)."""
-    head = json.dumps({"round": server_round, "certified": cert is not None}).encode()
-    return pack([head, sum_blob, *([cert.encode()] if cert is not None else [])])
+    ciphertext blob and its certificate (none in form ``sum``). A committee member gets it without the sum
+    (``sum_blob`` empty): it computed the sum itself (``committee_round.attest_round`` keeps it)."""
+    head = json.dumps({"round": server_round, "certified": cert is not None, "lean": isinstance(cert, LeanCertificate),
+                       "sum": bool(sum_blob)}).encode()
+    return pack([head, *([sum_blob] if sum_blob else []), *([cert.encode()] if cert is not None else [])])
 
 
-def certified_of(blob: bytes) -> tuple[int, bytes, Certificate | None] | None:
+def certified_of(blob: bytes) -> tuple[int, bytes, AnyCertificate | None] | None:
     """(round, sum blob, certificate or None) of a :func:`certified_round`; None for anything else
     (a round of signed updates: ``global_codec.RoundUpdates`` reads it)."""
     try:
@@ -242,12 +208,16 @@ def certified_of(blob: bytes) -> tuple[int, bytes, Certificate | None] | None:
     if not isinstance(claim, dict) or "certified" not in claim:
         return None
     try:
-        at, certified = int(claim["round"]), bool(claim["certified"])
+        at, certified, lean = int(claim["round"]), bool(claim["certified"]), bool(claim.get("lean"))
+        with_sum = bool(claim.get("sum", True))
     except (KeyError, TypeError, ValueError) as exc:
         raise PayloadError(f"a certified round is unreadable ({exc}): refused") from exc
-    if len(parts) != 1 + certified:
+    if len(parts) != with_sum + certified or not (with_sum or certified):
         raise PayloadError(f"certified round {at} holds {len(parts)} parts: malformed; refused")
-    return at, parts[0], Certificate.decode(parts[1]) if certified else None
+    total = parts[0] if with_sum else b""
+    if not certified:
+        return at, total, None
+    return at, total, (LeanCertificate if lean else Certificate).decode(parts[-1])
 
 
 class Record:
@@ -317,32 +287,34 @@ def reveal(record: Record, run: str, cid: str, server_round: int, owner: str, ow
     if nonce is None or query.round != server_round or not 0 <= query.index < query.count:
         raise _refuse("own-update", f"round {server_round}: asked to reveal a nonce this owner did not commit to "
                                     "(or for another round): refused")
-    mine = Contribution(owner, own_update_sha256, commitment_of(nonce), b"")
-    try:
-        top = _top(_leaf(run, cid, server_round, mine), query.index, query.count, list(query.path))
+    try:  # its own (owner, commitment) and (owner, update digest) leaves, each up to its root
+        commits = root_from(leaf(run, cid, server_round, b"commit", owner, commitment_of(nonce)), query.index,
+                       query.count, list(query.path))
+        updates = root_from(leaf(run, cid, server_round, b"update", owner, own_update_sha256), query.index, query.count,
+                       list(query.update_path))
     except PayloadError as exc:
         raise _refuse("own-update", f"round {server_round}: {exc}") from exc
-    record.once("set", server_round, _digest_of(query.count, top), "revealed for")
+    record.once("set", server_round, digest_of(query.count, commits, updates), "revealed for")
     return nonce
 
 
-def committee_of(run: str, cid: str, cert: Certificate, size: int) -> tuple[str, ...]:
-    """The committee the certificate's set and reveals derive (every nonce under its commitment), of
-    ``size`` members; a size below this owner's floor (:data:`MIN_SIZE`) is refused."""
+def committee_of(run: str, cid: str, cert: AnyCertificate, size: int) -> tuple[str, ...]:
+    """The committee the certificate's set and reveals derive (every nonce under its commitment: in the
+    lean form each commitment is its nonce's hash), of ``size`` members; a size below this owner's floor
+    (:data:`MIN_SIZE`) is refused."""
     if size < MIN_SIZE:
         raise _refuse("size", f"round {cert.round}: aggregation.committee_size={size} is below this owner's floor of "
                               f"{MIN_SIZE} (one colluding member could certify any sum): refused")
-    for c in cert.contributions:
+    for c in getattr(cert, "contributions", ()):
         if commitment_of(cert.reveals.get(c.owner, b"")) != c.commitment:
             raise _refuse("reveal", f"round {cert.round}: owner {c.owner}'s revealed nonce does not open its "
                                     "commitment (or is missing): no committee can be derived; refused")
-    return select(set_digest(run, cid, cert.round, list(cert.contributions)), cert.reveals, size)
+    return select(cert.set_id(run, cid), cert.reveals, size)
 
 
-def _statement(run: str, cid: str, roster: identity.Roster, cert: Certificate, sum_sha256: bytes) -> bytes:
-    return sum_statement(run, cid, cert.round, roster_digest(roster), set_digest(run, cid, cert.round,
-                                                                                  list(cert.contributions)),
-                         sum_sha256, cert.committee, cert.checked)
+def _statement(run: str, cid: str, roster: identity.Roster, cert: AnyCertificate, sum_sha256: bytes) -> bytes:
+    return sum_statement(run, cid, cert.round, roster_digest(roster), cert.set_id(run, cid), sum_sha256,
+                         cert.committee, cert.checked)
 
 
 def attest(record: Record, roster: identity.Roster, run: str, cid: str, owner: str, cert: Certificate, size: int,
@@ -368,12 +340,15 @@ def attest(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
     return sum_sha256, sign(statement)
 
 
-def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: str, cert: Certificate, size: int,
+def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: str, cert: AnyCertificate, size: int,
            sum_blob: bytes, *, require_checked: bool) -> None:
     """Accept a round's sum on the committee's word, or refuse: the set the one this owner revealed
     for (its own update in it), the committee the one derived, every member's signature on one
-    statement naming this sum, and the updates range-checked where this owner requires it."""
-    check_contributions(roster, run, cid, cert.round, cert.contributions)
+    statement naming this sum, and the updates range-checked where this owner requires it. A full
+    :class:`Certificate`'s contributions are checked against the roster too; a :class:`LeanCertificate`
+    carries none (the members checked them: docs/privacy.md, "tenseal's verifier committee")."""
+    if isinstance(cert, Certificate):
+        check_contributions(roster, run, cid, cert.round, cert.contributions)
     _own_set(record, run, cid, cert)
     if require_checked and not cert.checked:
         raise _refuse("unchecked", f"round {cert.round}'s sum was signed without range-checking each update, and "
@@ -391,6 +366,17 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
                                  "forged or equivocated; refused") from exc
 
 
+def keep_sum(record: Record, server_round: int, sum_blob: bytes) -> None:
+    """A member's sum of the round, kept beside its record: the coordinator sends it the round without it."""
+    atomic_write_bytes(record.path.with_name(f"committee-sum-{server_round}.bin"), sum_blob, mode=0o600)
+
+
+def kept_sum(record: Record, server_round: int) -> bytes:
+    """The sum this owner computed as a member of ``server_round``'s committee (b"": none)."""
+    path = record.path.with_name(f"committee-sum-{server_round}.bin")
+    return path.read_bytes() if path.is_file() else b""
+
+
 def member_sum(backend: "TensealOwner", updates: global_codec.RoundUpdates, checked: bool) -> bytes:
     """A member's sum of a round's signed updates (each signature checked against the pinned roster,
     each update within the bounds first where ``checked``): the ciphertext blob the server's sum must equal
@@ -404,8 +390,8 @@ def member_sum(backend: "TensealOwner", updates: global_codec.RoundUpdates, chec
     return total.payload.blobs["ciphertext"]
 
 
-def _own_set(record: Record, run: str, cid: str, cert: Certificate) -> None:
+def _own_set(record: Record, run: str, cid: str, cert: AnyCertificate) -> None:
     held = record.get("set", cert.round)
-    if held is None or held != set_digest(run, cid, cert.round, list(cert.contributions)):
+    if held is None or held != cert.set_id(run, cid):
         raise _refuse("own-update", f"round {cert.round}'s certificate is for another set than the one this owner "
                                     "revealed its nonce for (or it revealed for none): refused")

@@ -7,17 +7,19 @@ committee"):
 1. owner, with its update: :func:`contribute` (the commitment and the signed contribution beside it);
 2. coordinator: :func:`reveal_queries` (each contributor's place in the committed set);
 3. owner: :func:`reveal_nonce`;
-4. coordinator: :func:`draft` (the set, the nonces, the committee), sent with every signed update
-   (``global_codec.RoundUpdates``) to the members only;
-5. member: :func:`attest_round` (its signature);
-6. coordinator: :func:`certify` (the sum in owner order and the certificate: the pending round every
-   other owner opens with ``TensealOwner.open_global``).
+4. coordinator: :func:`draft` (the set, the nonces, the committee), sent with every other signed update
+   (:func:`round_updates` with ``leave_out``: the member has its own) to the members only;
+5. member: :func:`attest_round` (its signature; it keeps the sum it computed);
+6. coordinator: :func:`certify` (the sum in owner order and the lean certificate: the pending round every
+   other owner opens with ``TensealOwner.open_global``), and :func:`member_round` for a member: the same
+   without the sum, which the member adds from its own copy when it opens the round.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from fedveil.core.io import atomic_write_bytes, pack, unpack
 from fedveil.core.payload import PayloadError, Protected
 from fedveil.privacy.secagg.tenseal import committee, global_codec
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer
@@ -25,6 +27,7 @@ from fedveil.privacy.secagg.tenseal.keys import run_dir
 
 COMMITMENT = "commitment"  # blobs beside an owner's update: its nonce commitment,
 CONTRIBUTION_SIGNATURE = "contribution-signature"  # and its signature over committee.contribution_statement
+OWN_UPDATE_FILE = "committee-own-update.bin"  # the run folder: this owner's last signed update (round, blob, sig)
 
 
 def _record(owner: TensealOwner) -> committee.Record:
@@ -36,7 +39,27 @@ def contribute(owner: TensealOwner, server_round: int, update: Protected) -> Pro
     sha = hashlib.sha256(update.blobs["ciphertext"]).digest()
     commitment, signature = committee.commit(_record(owner), owner.run, owner.context_id, server_round,
                                              owner.keys.owner_id, sha, owner.keys.sign)
+    # kept so that, on the committee, it need not download its own update back
+    atomic_write_bytes(_own_file(owner), pack([str(server_round).encode(), update.blobs["ciphertext"],
+                                               update.blobs[SIGNATURE]]), mode=0o600)
     return Protected(blobs={**update.blobs, COMMITMENT: commitment, CONTRIBUTION_SIGNATURE: signature})
+
+
+def _own_file(owner: TensealOwner):
+    return run_dir(owner.keys.state_dir, owner.run) / OWN_UPDATE_FILE
+
+
+def _with_own(owner: TensealOwner, updates: global_codec.RoundUpdates) -> global_codec.RoundUpdates:
+    """``updates`` with this owner's own signed update of the round added from its copy where the
+    coordinator left it out (a wrong copy fails the committed set's digest in ``committee.attest``)."""
+    me = owner.keys.owner_id
+    path = _own_file(owner)
+    if me in updates.signed or not path.is_file():
+        return updates
+    at, blob, signature = unpack(path.read_bytes())
+    if int(at) != updates.round:
+        return updates
+    return global_codec.RoundUpdates(updates.round, {**updates.signed, me: (blob, signature)})
 
 
 def contributions_of(payloads: dict[str, Protected]) -> tuple[committee.Contribution, ...]:
@@ -75,10 +98,16 @@ def attest_round(owner: TensealOwner, updates: bytes, cert: bytes) -> bytes:
     if round_updates.round != certificate.round:
         raise PayloadError(f"the committee query mixes round {round_updates.round}'s updates with round "
                            f"{certificate.round}'s set: refused")
+    round_updates = _with_own(owner, round_updates)
+
+    def total(checked: bool) -> bytes:
+        blob = committee.member_sum(owner, round_updates, checked)
+        committee.keep_sum(_record(owner), certificate.round, blob)  # it opens the round from it (member_round)
+        return blob
+
     _, signature = committee.attest(
         _record(owner), owner.roster, owner.run, owner.context_id, owner.keys.owner_id, certificate,
-        owner.cfg.committee_size, {o: blob for o, (blob, _) in round_updates.signed.items()},
-        lambda checked: committee.member_sum(owner, round_updates, checked), owner.keys.sign)
+        owner.cfg.committee_size, {o: blob for o, (blob, _) in round_updates.signed.items()}, total, owner.keys.sign)
     return signature
 
 
@@ -95,10 +124,18 @@ def certify(server: TensealServer, payloads: dict[str, Protected], cert: committ
         raise PayloadError(f"committee member(s) {missing} did not sign round {cert.round}'s sum: no certified round")
     signed = committee.Certificate(cert.round, cert.contributions, cert.reveals, cert.committee,
                                    {m: signatures[m] for m in cert.committee}, cert.checked)
-    return committee.certified_round(cert.round, total.payload.blobs["ciphertext"], signed)
+    return committee.certified_round(cert.round, total.payload.blobs["ciphertext"],
+                                     signed.lean(server.run, server.context_id))
 
 
-def round_updates(payloads: dict[str, Protected], server_round: int) -> bytes:
-    """What a member downloads besides the draft: every signed update of the set."""
+def member_round(certified: bytes) -> bytes:
+    """What a committee member downloads of :func:`certify`'s round: the certificate (every member's signature)
+    without the sum, which it computed and keeps (``TensealOwner.open_global`` adds it back)."""
+    at, _, cert = committee.certified_of(certified)
+    return committee.certified_round(at, b"", cert)
+
+
+def round_updates(payloads: dict[str, Protected], server_round: int, leave_out: str | None = None) -> bytes:
+    """What a member downloads besides the draft: every signed update of the set (``leave_out``: but its own)."""
     return global_codec.RoundUpdates(server_round, {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE])
-                                                    for o, p in payloads.items()}).encode()
+                                                    for o, p in payloads.items() if o != leave_out}).encode()

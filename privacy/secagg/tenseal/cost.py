@@ -109,29 +109,36 @@ def signed_set_bytes(owners: int, signed: int) -> int:
 def cost(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *,
          dp_on: bool, carried: bool = False) -> Cost:
     """One round's bytes with ``owners`` owners, each sending its signed update; the server sends the
-    signed re-encrypted global and the round's signed updates (``global_codec``). Without DP each owner
-    also sends its signed, boxed held-out pair, and the server sends the round's pairs to one owner,
-    which replies with the mean (``eval_pair.py``). ``carried``: the holder's arrays in the train message
-    alone (see below), the evaluate message in the last round only."""
+    round's signed updates (``global_codec``) and, to an owner that does not keep the global it last
+    opened (``tenseal/kept.py``), the signed re-encrypted global besides. Without DP each owner also
+    sends its signed, boxed held-out pair, and the server sends the round's pairs to one owner, which
+    replies with the mean (``eval_pair.py``). Priced for an owner that took part in the round before
+    (it keeps that global: every owner at ``clients_per_round = num_clients``); one that did not
+    downloads :func:`base_bytes` more. ``carried``: the holder's arrays in the train message alone (see
+    below), the evaluate message in the last round only."""
     up = update_bytes(cfg, values, calibration=calibration)
     glob = blob_bytes(cfg, values, "global", calibration)  # Enc(global), as an owner re-encrypts it
-    claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))  # global_codec.BASE_CLAIM
-    signed = glob + SIGNATURE_BYTES + claim
     updates = signed_set_bytes(owners, (up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
     pairs = {} if dp_on else {"eval_up": eval_pair.PAIR_BYTES, "evalsum_up": MEAN_BYTES,
                               "evalsum_down": signed_set_bytes(owners, eval_pair.PAIR_BYTES)}  # the boxed pairs
-    # round r >= 2: train sends the signed base (r-1); evaluate sends base + round r's signed updates;
-    # round 1: train sends nothing (owners derive the initial adapter), evaluate round 1's updates
+    # apart: round r's train sends nothing (the owner keeps the global after r - 1 from its evaluate message),
+    # its evaluate round r's signed updates
     if not carried:
-        return Cost("tenseal", values, owners, up, global_down=2 * signed + updates, global_down_first=updates,
-                    reencrypt_up=glob + SIGNATURE_BYTES, evaluate_down=signed + updates,
-                    evaluate_down_first=updates, **pairs)
-    # carried: round r-1 is settled (re-encrypted) only in round r's train reply, so round r's train sends
-    # the base after r-2 and round r-1's updates: round 1 nothing, round 2 round 1's updates over the
-    # starting adapter, round r >= 3 the signed base + updates; the last round's evaluate as apart
-    return Cost("tenseal", values, owners, up, global_down=signed + updates, global_down_first=0,
-                global_down_second=updates, reencrypt_up=glob + SIGNATURE_BYTES, carried=True,
-                evaluate_down=signed + updates, evaluate_down_first=updates, **pairs)
+        return Cost("tenseal", values, owners, up, global_down=updates, global_down_first=updates,
+                    reencrypt_up=glob + SIGNATURE_BYTES, evaluate_down=updates, evaluate_down_first=updates, **pairs)
+    # carried: round r's train sends round r - 1's updates (round 1 nothing; the owner keeps the global after
+    # r - 2 from round r - 1's train); the last round's evaluate its own
+    return Cost("tenseal", values, owners, up, global_down=updates, global_down_first=0,
+                reencrypt_up=glob + SIGNATURE_BYTES, carried=True,
+                evaluate_down=updates, evaluate_down_first=updates, **pairs)
+
+
+def base_bytes(cfg: Any, values: int, calibration: Optional[Mapping[str, Any]] = None) -> int:
+    """The signed re-encrypted global (``global_codec`` arrays ``base-ct*``): what an owner that keeps no
+    global of the round before (new, back after missing a round, restarted, or after a coordinator's
+    resume) downloads on top of a round's figure."""
+    claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))  # global_codec.BASE_CLAIM
+    return blob_bytes(cfg, values, "global", calibration) + SIGNATURE_BYTES + claim
 
 
 FORMS = ("every", "committee", "sum")  # who downloads what of a round: see tenseal/committee.py
@@ -151,8 +158,8 @@ def _zeros(n: int) -> bytes:
 
 def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,
             form: str, committee_size: Optional[int] = None, carried: bool = False) -> Cost:
-    """One round's bytes in download form ``form`` (steady state; an owner keeps the global it decrypted
-    from the train message for that round's evaluation, so the evaluate message carries the round alone):
+    """One round's bytes in download form ``form`` (steady state; an owner keeps the global it opened, so a
+    message carries one round's part and no signed base: :func:`cost`):
 
     - ``every`` (what runs today, :func:`cost`): every owner downloads every signed update of the round;
     - ``committee``: every owner commits beside its update (``COMMIT_BYTES``), is shown its place in the
@@ -164,43 +171,44 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
       and the set with its nonces, and upload a signature;
     - ``sum``: the coordinator's sum alone, no certificate (honest-but-curious coordinator and owners).
 
-    ``carried``: round r's train message sends the base and round r-1's part (round 1 nothing, round 2
-    round 1's part alone), the same bytes in a steady round; the last round's evaluate message sends its
-    own part (the owner keeps the global it decrypted). A committee member's extra is priced as apart.
+    ``carried``: round r's train message sends round r-1's part (round 1 nothing); the last round's
+    evaluate message sends its own. A committee member's extra is priced as apart.
     """
     if form not in FORMS:
         raise UserError(f"aggregation.download must be one of {list(FORMS)}, got '{form}'")
     every = cost(cfg, values, owners, calibration, dp_on=dp_on, carried=carried)
     if form == "every":
         return every
-    claim = len(json.dumps({"round": 1, "signer": owner_id(0)}))
-    base = blob_bytes(cfg, values, "global", calibration) + SIGNATURE_BYTES + claim  # the train message
     total = _zeros(sum_blob_bytes(cfg, values, owners, calibration))
     if form == "sum":
         pending = len(committee.certified_round(1, total, None))
-        return replace(every, global_down=base + pending, **_round_parts(base, pending, carried))
+        return replace(every, global_down=pending, **_round_parts(pending, carried))
     ids = [owner_id(i) for i in range(owners)]
     members = tuple(ids[:max(1, min(committee_size or cfg.committee_size, owners))])
     contributions = tuple(committee.Contribution(o, _zeros(32), _zeros(32), _zeros(SIGNATURE_BYTES)) for o in ids)
     reveals = {o: _zeros(committee.NONCE_BYTES) for o in ids}
-    signatures = {m: _zeros(SIGNATURE_BYTES) for m in members}
+    signed = committee.Certificate(1, contributions, reveals, members, {m: _zeros(SIGNATURE_BYTES) for m in members},
+                                   True)
     query = max(len(q.encode()) for q in committee.reveal_queries("", "", 1, list(contributions)).values())
     draft = len(committee.Certificate(1, contributions, reveals, members, {}, True).encode())
-    certified = len(committee.certified_round(1, total, committee.Certificate(1, contributions, reveals, members,
-                                                                             signatures, True)))
-    updates = signed_set_bytes(owners, (every.update_up - TAGS) + SIGNATURE_BYTES)  # global_codec.RoundUpdates
+    lean = signed.lean("", "")
+    certified = len(committee.certified_round(1, total, lean))
+    # a member: the draft and every other signed update (it has its own), then the certificate without the sum
+    others = signed_set_bytes(owners - 1, (every.update_up - TAGS) + SIGNATURE_BYTES)
+    member = query + draft + others + len(committee.certified_round(1, b"", lean))
     outside = query + certified
     return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES,
-                   global_down=base + outside, **_round_parts(base, outside, carried), committee=len(members),
-                   committee_down=base + outside + updates + draft, committee_up=SIGNATURE_BYTES)
+                   global_down=outside, **_round_parts(outside, carried), committee=len(members),
+                   committee_down=member, committee_up=SIGNATURE_BYTES)
 
 
-def _round_parts(base: int, part: int, carried: bool) -> dict[str, Any]:
-    """A download form's first, second and evaluate figures from the signed base and one round's part."""
+def _round_parts(part: int, carried: bool) -> dict[str, Any]:
+    """A download form's first, second and evaluate figures from one round's part (an owner keeps the global
+    it opened: no signed base; apart, round r's train message carries nothing, its evaluate message the part)."""
     if not carried:
         return {"global_down_first": part, "global_down_second": None, "evaluate_down": part,
                 "evaluate_down_first": part}
-    return {"global_down_first": 0, "global_down_second": part, "evaluate_down": part, "evaluate_down_first": part}
+    return {"global_down_first": 0, "global_down_second": None, "evaluate_down": part, "evaluate_down_first": part}
 
 
 def variants(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,

@@ -110,9 +110,31 @@ class EncryptedGlobal:
         check out (the server backend's ``check_global``); None: adopt unchecked (owners still check)."""
         self.base, self.pending, self.check = base, list(pending or []), check
         self.asked: tuple[str, int] | None = None  # (owner, round) of the last handover
+        # owner -> the round of the global it last opened, as its successful replies say (a resumed holder
+        # knows none: it sends every owner the base)
+        self.kept: dict[str, int] = {}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return to_arrays(self.base, self.pending)
+
+    def arrays_for(self, owner: str) -> dict[str, np.ndarray] | None:
+        """What ``owner`` is sent where it needs less than :meth:`arrays` (None: all of it): an owner that
+        opened the global after a round ``k`` this holder reaches from its base keeps that global
+        (``tenseal/kept.py``), so it gets the pending rounds after ``k`` alone, no signed base. The owner
+        reads its own kept copy; a wrong ``k`` here makes it refuse, never open another chain."""
+        k, at = self.kept.get(owner), self.base.round if self.base is not None else 0
+        if k is None or not at <= k <= at + len(self.pending) or (self.base is None and k == 0):
+            return None
+        return to_arrays(None, self.pending[k - at:])
+
+    def opened(self, after_round: int, replied: dict[str, bool]) -> None:
+        """Owners sent the global after ``after_round``: those that replied without error (True) opened it and
+        keep it; any other (False: an error, silence) may keep something else, so it gets the base next time."""
+        for owner, ok in replied.items():
+            if ok:
+                self.kept[owner] = after_round
+            else:
+                self.kept.pop(owner, None)
 
     def apply(self, outcome) -> None:
         """Keep a round's signed updates (``outcome``: the server's ``TrainOutcome``)."""
