@@ -30,6 +30,7 @@ from fedveil.server.grid_poll import Exchange, exchange
 from fedveil.server.strategy import TrainOutcome
 
 NOTHING = Exchange([], {}, {}, 0.0)
+# ``fed`` below is server/federation.py's Federation (untyped here: that module imports this one)
 
 
 def settle(fed, server_round: int, outcome: TrainOutcome, train_ex: Exchange) -> Exchange:
