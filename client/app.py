@@ -133,3 +133,14 @@ def install(msg: Message, context: Context) -> Message:
 @app.query(protocol.EVALSUM)
 def evalsum(msg: Message, context: Context) -> Message:
     return answer(msg, context, protocol.EVALSUM)
+
+
+# tenseal's verifier committee (server/committee_exchange.py asks; client/operations.py:committee_step answers)
+@app.query(protocol.REVEAL)
+def reveal(msg: Message, context: Context) -> Message:
+    return answer(msg, context, protocol.REVEAL)
+
+
+@app.query(protocol.ATTEST)
+def attest(msg: Message, context: Context) -> Message:
+    return answer(msg, context, protocol.ATTEST)

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from fedveil.client.owner import Owner, OwnerIdentity, model_loads, round_number, run_key
 from fedveil.client.release import dp_requested, release
-from fedveil.client.protocol import (EVALSUM, KEYGEN, OPERATIONS, PUBKEY, ROUND_OPS, TRAIN, Answer, Instruction,
-                                     decode_instruction, encode_answer, encode_error)
+from fedveil.client.protocol import (COMMITTEE_OPS, EVALSUM, KEYGEN, OPERATIONS, PUBKEY, REVEAL, ROUND_OPS, TRAIN,
+                                     Answer, Instruction, decode_instruction, encode_answer, encode_error)
 from fedveil.configs.schema import FedveilConfig, from_run_config
 from fedveil.core import wire
 from fedveil.core.console import progress
@@ -35,21 +35,60 @@ def handle(instruction: Instruction, identity: OwnerIdentity, cfg: FedveilConfig
     cfg = cfg or from_run_config(instruction.run_config)
     if instruction.op == EVALSUM:
         return eval_mean(instruction, cfg, identity)
-    if instruction.op not in ROUND_OPS:
+    if instruction.op not in ROUND_OPS + COMMITTEE_OPS:
         return key_setup(instruction, cfg, identity)  # bound to the run as every owner sees it
     if identity.model_path:  # the owner's own copy of the base model (its layout digest is what is checked)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=identity.model_path))
+    if instruction.op in COMMITTEE_OPS:
+        return committee_step(instruction, cfg, identity)
     return round_step(instruction, cfg, identity)
 
 
-def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
-    """A train or evaluate instruction: every input is checked (``Owner()``, the layout digest, the
-    global) before the owner's data is read (``owner.load_data``)."""
+def checked_owner(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Owner:
+    """The owner bound to this instruction, every input that does not need its data checked (``Owner()``:
+    its policy, the round; the layout digest here); its backend takes the policy's view of other owners."""
     owner = Owner(cfg, identity, instruction.per_round)
     try:
         owner.layout.check(str(instruction.per_round.get(wire.LAYOUT_DIGEST, "")), "the server")
     except LayoutMismatch as exc:
         raise Refusal("layout", str(exc)) from exc
+    if hasattr(owner.backend, "malicious_owners"):  # tenseal: whether a sum alone may be taken (policy.py)
+        owner.backend.malicious_owners = owner.policy.malicious_owners
+    return owner
+
+
+def committee_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    """tenseal's verifier committee (``aggregation.download=committee``): reveal the nonce this owner committed
+    to beside its last update, once it is shown that update's place in the round's set; or, as a member, sign
+    the round's sum after checking every signed update (``tenseal/committee_round.py``). Neither reads the
+    owner's data or opens its ε ledger; the reply is a nonce from the CSPRNG or a signature over the sum of
+    the round's (noised) updates."""
+    owner = checked_owner(instruction, cfg, identity)
+    steps = backend_spec(cfg.aggregation.name).committee
+    if steps is None or getattr(cfg.aggregation, "download", None) != "committee":
+        raise Refusal("config", f"{instruction.op}: this run's aggregation downloads no certified rounds",
+                      key="aggregation.download")
+    keys, at = instruction.keys, owner.ctx.round
+    if instruction.op == REVEAL:
+        blob = {wire.NONCE: steps.reveal_nonce(owner.backend, at, _blob(keys, wire.REVEAL_QUERY))}
+    else:
+        blob = {wire.ATTESTATION: steps.attest_round(owner.backend, _blob(keys, wire.COMMITTEE_UPDATES),
+                                                     _blob(keys, wire.COMMITTEE_DRAFT))}
+    meta = {wire.OWNER_ID: identity.owner_id, wire.LAYOUT_DIGEST: owner.layout.digest}
+    return Answer(meta=meta, protected=Protected(blobs=blob))
+
+
+def _blob(keys: dict, key: str) -> bytes:
+    value = keys.get(key)
+    if not isinstance(value, bytes) or not value:
+        raise Refusal("config", f"the instruction lacks its '{key}' bytes", key=key)
+    return value
+
+
+def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIdentity) -> Answer:
+    """A train or evaluate instruction: every input is checked (``Owner()``, the layout digest, the
+    global) before the owner's data is read (``owner.load_data``)."""
+    owner = checked_owner(instruction, cfg, identity)
     # train in round r starts from the global after round r - 1; evaluate sees the one after round r
     after_round = owner.ctx.round - 1 if instruction.op == TRAIN else owner.ctx.round
     global_vector, reveal_seconds = owner.open_global(instruction.arrays, after_round)
@@ -66,6 +105,10 @@ def round_step(instruction: Instruction, cfg: FedveilConfig, identity: OwnerIden
             sent_back = owner.backend.after_evaluate(global_vector, instruction.per_round, identity.owner_id,
                                                      after_round)
         protected, metrics = owner.train_round(global_vector)
+        steps = backend_spec(cfg.aggregation.name).committee
+        if steps is not None and getattr(cfg.aggregation, "download", None) == "committee":
+            # its nonce commitment beside the update: the committee is drawn from nonces revealed after the set
+            protected = steps.contribute(owner.backend, owner.ctx.round, protected)
         return Answer({**carried, **metrics, **timings}, meta, joined(protected, sent_back, owner.held_out_pair))
     metrics = {**owner.evaluate(global_vector), **timings}
     # the backend's owner-side hooks (privacy/secagg/base.py:OwnerSide) answer the server's hand-over

@@ -28,9 +28,11 @@ from fedveil.core.payload import Protected
 # them too: they live in core/wire.py, and this is the set an owner carries out.
 TRAIN, EVALUATE, PUBKEY, KEYGEN, INSTALL = wire.TRAIN, wire.EVALUATE, wire.PUBKEY, wire.KEYGEN, wire.INSTALL
 EVALSUM = wire.EVALSUM  # tenseal without DP: reveal the round's held-out loss from the owners' signed pairs
+REVEAL, ATTEST = wire.REVEAL, wire.ATTEST  # tenseal's verifier committee, after a round's train replies
 ROUND_OPS = (TRAIN, EVALUATE)
 KEY_SETUP_OPS = (PUBKEY, KEYGEN, INSTALL)
-OPERATIONS = ROUND_OPS + KEY_SETUP_OPS + (EVALSUM,)
+COMMITTEE_OPS = (REVEAL, ATTEST)
+OPERATIONS = ROUND_OPS + KEY_SETUP_OPS + (EVALSUM,) + COMMITTEE_OPS
 
 ALLOWED_DTYPES = {"float32", "float64", "int64", "uint8"}
 

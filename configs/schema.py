@@ -171,7 +171,8 @@ def from_dict(values: Mapping[str, Any], plan: Optional[Plan] = None) -> Fedveil
     cfg.dp = build(DP_MODES[dp["name"]], dp, "dp.")
     resolve = BACKENDS[agg["name"]].resolve
     if resolve is not None:
-        agg = resolve(agg, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm, cfg.rounds)
+        agg = resolve(agg, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm, cfg.rounds,
+                      malicious_owners=cfg.privacy.malicious_owners)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
     if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
         check_checkpointing(cfg.dp.grad_sample_mode)

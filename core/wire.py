@@ -32,6 +32,15 @@ Owner -> server (any refusal or failure): a Flower ``Error`` whose code is 4000 
 the refusal code in ``core.errors.REFUSAL_CODES`` and whose reason is ``<code> [key=value ...]``,
 public parameters only (``client/release.py``).
 
+Server -> owners (tenseal, ``aggregation.download=committee``; server/committee_exchange.py), after a round's
+train replies::
+
+    QUERY_REVEAL   CONFIG (run config, ROUND, LAYOUT_DIGEST), KEYS: REVEAL_QUERY (the owner's place in the
+                   round's committed set); the owner replies BLOBS: NONCE (the nonce it committed to)
+    QUERY_ATTEST   to the committee's members only: KEYS: COMMITTEE_UPDATES (the round's signed updates) and
+                   COMMITTEE_DRAFT (the set, the nonces, the committee); the member replies BLOBS: ATTESTATION
+                   (its signature over the round's sum)
+
 Key set-up queries (``QUERY_*``) carry KEYS (public keys, public context, the key holder's signed
 set-up statement, sealed boxes).
 The values are the on-the-wire spellings; they do not change without a migration.
@@ -73,6 +82,11 @@ GLOBAL_SIGNATURE = "global-signature"  # its Ed25519 signature over (run, contex
 HANDED_BACK = (ENCRYPTED_GLOBAL, GLOBAL_SIGNATURE)  # an owner's answer to the holder's hand-over: never an update
 EVAL_PAIR_PREFIX = "eval-pair."  # evaluate reply: the protected held-out pair's arrays and blobs
 EVAL_PAIRS = "eval-pairs"  # QUERY_EVALSUM: the round's combined held-out pairs, for the owner that reveals the mean
+REVEAL_QUERY = "reveal-query"  # QUERY_REVEAL: the owner's place in the round's committed set (committee.RevealQuery)
+NONCE = "nonce"  # its reply: the nonce the owner committed to beside its update
+COMMITTEE_UPDATES = "committee-updates"  # QUERY_ATTEST: the round's signed updates (global_codec.RoundUpdates)
+COMMITTEE_DRAFT = "committee-draft"  # QUERY_ATTEST: the certificate before its signatures (committee.Certificate)
+ATTESTATION = "attestation"  # its reply: the member's signature over the round's sum
 
 # --- op names: the Flower message types (the worker protocol's set: client/protocol.py) -----------
 TRAIN, EVALUATE = "train", "evaluate"  # Flower's MessageType.TRAIN, MessageType.EVALUATE
@@ -80,6 +94,8 @@ PUBKEY, KEYGEN, INSTALL = "pubkey", "keygen", "install"  # key set-up: sent as Q
 QUERY_PUBKEY, QUERY_KEYGEN, QUERY_INSTALL = f"query.{PUBKEY}", f"query.{KEYGEN}", f"query.{INSTALL}"
 EVALSUM = "evalsum"  # one owner reveals the round's token-weighted held-out loss (tenseal, no DP)
 QUERY_EVALSUM = f"query.{EVALSUM}"
+REVEAL, ATTEST = "reveal", "attest"  # tenseal's verifier committee: reveal a nonce; a member signs the round's sum
+QUERY_REVEAL, QUERY_ATTEST = f"query.{REVEAL}", f"query.{ATTEST}"
 
 # --- metrics -----------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"

@@ -1,10 +1,13 @@
 """Secure aggregation cost: bytes per adapter value and round time of a backend vs ``plain``.
 
     .venv/bin/python -m fedveil.experiments.bench_secagg [--backends tenseal,crypten] [--model mid|tiny] [--rounds 2]
-        [--crypten-shares seeded|full|both]
+        [--crypten-shares seeded|full|both] [--tenseal-download every|committee|sum|all]
     (``tenseal`` is BFV, the default scheme; ``tenseal-ckks`` runs it with ``aggregation.scheme=ckks``;
     ``crypten`` sends seed-compressed shares, ``crypten-full`` the earlier K full shares, and
-    ``--crypten-shares both``, the default, runs both for ``crypten``: the new cost beside the old, measured)
+    ``--crypten-shares both``, the default, runs both for ``crypten``: the new cost beside the old, measured;
+    ``--tenseal-download all``, the default, runs ``tenseal`` in each download form, ``tenseal:every``,
+    ``tenseal:committee``, ``tenseal:sum``: each form's download per owner per round, measured, beside the
+    planner's price for the same run, ``tenseal/cost.py:variant``, and as a ratio to plain's)
     .venv/bin/python -m fedveil.experiments.bench_secagg --calibrate     # rewrite privacy/calibration.json
 
 Runs the same federation (same seed, model, data, steps) once per backend, each through the
@@ -17,6 +20,12 @@ same start and the same round-1 updates; where the server holds it in clear) and
 adapter (later rounds train from globals that differ by the fixed-point rounding, so this one
 drifts further); the last lines say whether every backend is within ``LOSS_TOLERANCE`` and
 ``AGGREGATE_TOLERANCE`` of ``plain``.
+
+For each tenseal download form it also prints the bytes each owner downloads in a round, measured (the
+mean over owners, the most, and an owner outside the committee's) and as ``variant`` prices them, over
+the rounds after the first and before the last (the first carries no pending round; the last adds the
+evaluate message, which the planner prices as it will be once owners keep their decrypted global: run
+``--rounds 3`` or more), and the ratio to plain's download in the same rounds.
 
 ``--calibrate`` runs plain, tenseal and crypten on the tiny and the mid model and rewrites
 ``privacy/calibration.json`` (the planner's seconds per phase: a fixed part plus a part per adapter
@@ -41,13 +50,17 @@ from fedveil.core import wire
 from fedveil.core.console import quiet_libraries
 from fedveil.core.disk import owner_state_dir
 from fedveil.core.io import atomic_write_bytes
-from fedveil.core.metrics import read_rows, read_summary
+from fedveil.configs.schema import FedveilConfig, from_dict
+from fedveil.core.metrics import MetricsRow, read_rows, read_summary
 from fedveil.privacy.planner import CALIBRATION_FILE, calibration, fit_phase_seconds
+from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.task.model import ModelConfig, get_adapter, load_lora_model
 
 LOSS_TOLERANCE = 1e-3  # equal adapters must read the same held-out loss on every backend
 AGGREGATE_TOLERANCE = 1e-3  # issue 23: the aggregate equals plain's within this, in every adapter value
 VARIANT_KEYS = {"tenseal": "scheme", "crypten": "shares"}  # tenseal-ckks, crypten-full: the key the suffix sets
+TENSEAL_FORMS = tenseal_cost.FORMS  # tenseal:every, tenseal:committee, tenseal:sum: aggregation.download
+DOWNLOAD_TOLERANCE = 0.02  # issue 23: each form's download measured within 2 % of the planner's price
 MODELS = {
     "tiny": [],
     "mid": ["model.tiny.hidden=512", "model.tiny.layers=4", "model.tiny.heads=8", "data.max_length=128"],
@@ -55,7 +68,10 @@ MODELS = {
 
 
 def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
+    backend, _, form = backend.partition(":")  # tenseal:sum: aggregation.download=sum
     backend, _, variant = backend.partition("-")  # tenseal-ckks: aggregation.scheme=ckks; crypten-full: shares=full
+    # form sum: the owners' own policy must say owners do not poison (else each refuses the sum alone)
+    download = [f"aggregation.download={form}", *(["owner_policy.malicious_owners=false"] if form == "sum" else [])]
     cmd = [
         sys.executable,
         "-m",
@@ -63,6 +79,7 @@ def run(out: Path, backend: str, args: argparse.Namespace) -> dict:
         f"hydra.run.dir={out}",
         f"aggregation={backend}",
         *([f"aggregation.{VARIANT_KEYS[backend]}={variant}"] if variant else []),
+        *(download if form else []),
         f"rounds={args.rounds}",
         f"num_clients={args.owners}",
         f"train.local_steps={args.steps}",
@@ -101,10 +118,56 @@ def first_aggregate(out: Path) -> np.ndarray | None:
     return np.asarray(tensors[wire.CLEAR_GLOBAL], np.float64) if wire.CLEAR_GLOBAL in tensors else None
 
 
-def expand_backends(backends: str, crypten_shares: str) -> list[str]:
-    """The runs ``--backends`` asks for, ``crypten`` as ``--crypten-shares`` says (both: seeded, then full)."""
+def expand_backends(backends: str, crypten_shares: str, tenseal_download: str | None = None) -> list[str]:
+    """The runs ``--backends`` asks for, ``crypten`` as ``--crypten-shares`` says (both: seeded, then full),
+    ``tenseal`` (and ``tenseal-ckks``) in the download form ``tenseal_download`` names (all: each; None: the
+    run's own, ``aggregation.download=auto``)."""
     layouts = {"seeded": ["crypten"], "full": ["crypten-full"], "both": ["crypten", "crypten-full"]}[crypten_shares]
-    return [run for name in backends.split(",") for run in (layouts if name == "crypten" else [name])]
+    forms = list(TENSEAL_FORMS) if tenseal_download == "all" else [tenseal_download] if tenseal_download else []
+
+    def runs(name: str) -> list[str]:
+        if name == "crypten":
+            return layouts
+        if name.startswith("tenseal") and forms:
+            return [f"{name}:{form}" for form in forms]
+        return [name]
+
+    return [run for name in backends.split(",") for run in runs(name)]
+
+
+def run_config(out: Path) -> FedveilConfig:
+    """The config the run at ``out`` resolved (its Hydra record)."""
+    import yaml  # lazy: only to read a run's Hydra record
+
+    return from_dict(yaml.safe_load((out / ".hydra" / "config.yaml").read_text()))
+
+
+def steady_rounds(rows: list[MetricsRow], rounds: int) -> list[MetricsRow]:
+    """The trained rounds after the first and before the last (all trained rounds if there are none such)."""
+    trained = [r for r in rows if r.trained]
+    return [r for r in trained if 1 < r.round < rounds] or trained
+
+
+def download_vs_plan(cfg: FedveilConfig, rows: list[MetricsRow], values: int, form: str) -> dict:
+    """A tenseal run's download per owner per round (:func:`steady_rounds`, averaged), measured and as
+    ``tenseal/cost.py:variant`` prices the form for the run: the mean over owners, the most, and an owner
+    outside the committee (the committee: the ``committee`` owners that downloaded most in the round)."""
+    planned = tenseal_cost.variant(cfg.aggregation, values, cfg.participants, calibration(),
+                                   dp_on=cfg.dp.name != "off", form=form, carried=cfg.eval_in_train)
+    measured, plan = {"mean": [], "max": [], "outside": []}, {"mean": [], "max": [], "outside": []}
+    for row in steady_rounds(rows, cfg.rounds):
+        down = sorted(c.bytes_down for c in row.per_client.values())
+        outside = planned.down_in(row.round, cfg.rounds)
+        member = outside + (planned.committee_down - planned.global_down if planned.committee else 0)
+        c, n = min(planned.committee, len(down)), len(down)
+        measured["mean"].append(statistics.mean(down))
+        measured["max"].append(down[-1])
+        measured["outside"].append(statistics.mean(down[:n - c]) if n > c else down[0])
+        plan["mean"].append(((n - c) * outside + c * member) / n)
+        plan["max"].append(max(outside, member if c else 0))
+        plan["outside"].append(outside)
+    return {key: {"measured": statistics.mean(measured[key]), "planned": statistics.mean(plan[key]),
+                  "ratio": statistics.mean(measured[key]) / statistics.mean(plan[key])} for key in measured}
 
 
 def adapter_values(out: Path) -> int:
@@ -151,6 +214,9 @@ def main() -> None:
     parser.add_argument("--crypten-shares", choices=["seeded", "full", "both"], default="both",
                         help="crypten's share layout: seeds to K-1 parties (aggregation.shares=seeded), K full shares "
                         "(the earlier layout), or both, side by side (default)")
+    parser.add_argument("--tenseal-download", choices=[*TENSEAL_FORMS, "all"], default="all",
+                        help="tenseal's download form (aggregation.download): every signed update, a verifier "
+                        "committee's certified sum, the sum alone, or each, side by side (default)")
     parser.add_argument(
         "--calibrate", action="store_true", help="rewrite privacy/calibration.json (tiny + mid, all backends)"
     )
@@ -164,10 +230,20 @@ def main() -> None:
         values = adapter_values(Path(tmp) / "plain")
         adapters = {"plain": final_adapter(Path(tmp) / "plain")}
         aggregates = {"plain": first_aggregate(Path(tmp) / "plain")}
-        for backend in expand_backends(args.backends, args.crypten_shares):
-            results[backend] = run(Path(tmp) / backend, backend, args)
-            adapters[backend] = final_adapter(Path(tmp) / backend)
-            aggregates[backend] = first_aggregate(Path(tmp) / backend)
+        downloads = {}
+        for backend in expand_backends(args.backends, args.crypten_shares, args.tenseal_download):
+            out = Path(tmp) / backend.replace(":", "-")
+            results[backend] = run(out, backend, args)
+            adapters[backend] = final_adapter(out)
+            aggregates[backend] = first_aggregate(out)
+            if ":" in backend:  # a tenseal download form: its download against the planner's, and plain's
+                cfg, rows = run_config(out), read_rows(out)
+                downloads[backend] = download_vs_plan(cfg, rows, values, backend.partition(":")[2])
+                plain_rows = {r.round: r for r in read_rows(Path(tmp) / "plain")}
+                plain = [statistics.mean(c.bytes_down for c in plain_rows[r.round].per_client.values())
+                         for r in steady_rounds(rows, cfg.rounds)]
+                downloads[backend]["vs_plain"] = {k: f["measured"] / statistics.mean(plain)
+                                                  for k, f in downloads[backend].items()}
     base = results["plain"]
     print(f"model={args.model} ({values:,} adapter values), {args.owners} owners, {args.rounds} rounds, "
           f"{args.steps} local steps")
@@ -200,6 +276,16 @@ def main() -> None:
                if x["aggregate_vs_plain"] is not None)
     print(f"round-1 aggregate equal to plain's within {AGGREGATE_TOLERANCE:g} in every value (where the server "
           f"holds it in clear): {'yes' if same else 'NO'}")
+    for name, d in downloads.items():
+        print(f"  {name:18s} down per owner per round: " + ", ".join(
+            f"{k} {d[k]['measured']:,.0f} B (planned {d[k]['planned']:,.0f}, x{d[k]['ratio']:.3f}; "
+            f"x{d['vs_plain'][k]:.2f} plain's)" for k in ("mean", "max", "outside")))
+    within = all(abs(f["ratio"] - 1) <= DOWNLOAD_TOLERANCE for d in downloads.values()
+                 for k, f in d.items() if k != "vs_plain")
+    if downloads:
+        print(f"tenseal downloads measured within {DOWNLOAD_TOLERANCE:.0%} of the planner's price, every form: "
+              f"{'yes' if within else 'NO'}")
+        report["tenseal_downloads"] = downloads
     print(json.dumps(report))
 
 

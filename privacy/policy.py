@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from fedveil.core.errors import Refusal, UserError
 from fedveil.core.io import atomic_write_bytes
+from fedveil.privacy.secagg.tenseal.config import MIN_COMMITTEE_SIZE
 
 FILENAME = "policy.json"
 BACKEND_NAMES = ("plain", "tenseal", "crypten")
@@ -64,6 +65,13 @@ class OwnerPolicy:
     max_evaluates_per_round: int = MAX_EVALUATES_PER_ROUND
     dp_eval_examples: int = DP_EVAL_EXAMPLES  # under DP: evaluation's fixed, public number of examples
     max_length: Optional[int] = None  # refuse any other data.max_length (its data checks then never vary)
+    # tenseal: may other owners poison? true: a round's sum is taken only with a verifier committee's
+    # certificate over range-checked updates (or as every signed update, checked here); false: also the
+    # coordinator's sum alone (aggregation.download=sum)
+    malicious_owners: bool = True
+    # tenseal: the fewest committee members this owner accepts (aggregation.committee_size comes from the
+    # coordinator's run config): c colluding members certify any sum, so grinding succeeds with ~(m/n)^c
+    min_committee_size: int = MIN_COMMITTEE_SIZE
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.allowed_backends) - set(BACKEND_NAMES))
@@ -75,6 +83,10 @@ class OwnerPolicy:
                 raise UserError(f"owner_policy.{key} must be > 0 (or null for no limit), got {value}")
         if not self.max_global_abs > 0:
             raise UserError(f"owner_policy.max_global_abs must be > 0, got {self.max_global_abs}")
+        if isinstance(self.min_committee_size, bool) or not isinstance(self.min_committee_size, int) or \
+                self.min_committee_size < MIN_COMMITTEE_SIZE:
+            raise UserError(f"owner_policy.min_committee_size must be an integer >= {MIN_COMMITTEE_SIZE} (one member "
+                            f"alone could certify any sum), got {self.min_committee_size}")
         for key in ("max_rounds", "max_local_steps", "max_evaluates_per_round", "dp_eval_examples", "max_length"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -103,6 +115,7 @@ class OwnerPolicy:
             )
         if self.max_length is not None and cfg.data.max_length != self.max_length:
             self.refuse("max_length", f"max_length={self.max_length}", f"data.max_length={cfg.data.max_length}")
+        self.check_committee(agg)
         if dp.name == "off":
             return
         if not dp.poisson_sampling:
@@ -119,6 +132,17 @@ class OwnerPolicy:
             )
         if dp.noise_multiplier is not None:
             self.check_noise(dp.noise_multiplier)
+
+    def check_committee(self, agg: Any) -> None:
+        """tenseal: the committee's size against this owner's floor (checked whatever the download form: the
+        coordinator could send a certified round in any), and the sum alone only if owners are trusted."""
+        size = getattr(agg, "committee_size", None)
+        if size is not None and size < self.min_committee_size:
+            self.refuse("min_committee_size", f"min_committee_size={self.min_committee_size}",
+                        f"aggregation.committee_size={size}")
+        if getattr(agg, "download", None) == "sum" and self.malicious_owners:
+            self.refuse("malicious_owners", "malicious_owners=true (a sum only with a committee's certificate)",
+                        "aggregation.download=sum")
 
     def check_noise(self, sigma: float) -> None:
         if self.min_noise_multiplier is not None and sigma < self.min_noise_multiplier:

@@ -33,7 +33,7 @@ from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, app
                                   replace_row, summarize)
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
-from fedveil.server import checkpoint, round_chain, signatures
+from fedveil.server import checkpoint, committee_exchange, round_chain, signatures
 from fedveil.server.availability import absent_reason, connected_nodes, owner_floor, silent_reason
 from fedveil.server.global_state import ClearGlobal
 from fedveil.server.grid_poll import Exchange, exchange
@@ -166,6 +166,7 @@ def run_round(fed: Federation, server_round: int) -> None:
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
+    joined = joined.plus(committee_exchange.settle(fed, server_round, outcome, train_ex))  # its bytes: this row's
     fed.seen.update(outcome.accepted)
     later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds and not lost_update(outcome, train_ex)
     if later:  # evaluated with round server_round + 1's train

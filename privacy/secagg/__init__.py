@@ -24,6 +24,7 @@ from fedveil.privacy.secagg.crypten import cost as crypten_cost
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.crypten.launcher import local_parties
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
+from fedveil.privacy.secagg.tenseal import committee_round
 from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.privacy.secagg.tenseal import keys as tenseal_keys
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
@@ -113,11 +114,15 @@ class BackendSpec:
     local_services: Callable[[Any, Path, int], ContextManager] = lambda cfg, out, owners=0: nullcontext()
     guarantees: Optional[Guarantees] = None
     # (aggregation dict, owners per round, dp on, train.update_clip_norm, rounds) -> the aggregation dict
-    # with the run's values for what the config left null (tenseal: its bounds and BFV parameters)
-    resolve: Optional[Callable[[dict, int, bool, Optional[float], int], dict]] = None
+    # with the run's values for what the config left null (tenseal: its bounds and BFV parameters; keyword
+    # malicious_owners=privacy.malicious_owners: its download form)
+    resolve: Optional[Callable[..., dict]] = None
     # (cfg, adapter values, owners per round, calibration, *, dp_on=) -> the bytes of each way owners may
     # download a round, by name (tenseal: every update, a verifier committee, the sum alone); None: one way
     variants: Optional[Callable[..., dict[str, Cost]]] = None
+    # the steps of a round certified by a verifier committee, each side's (tenseal: ``committee_round``; the round
+    # loop's exchanges in server/committee_exchange.py, the owner's in client/operations.py); None: none
+    committee: Any = None
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
@@ -176,6 +181,7 @@ BACKENDS: dict[str, BackendSpec] = {
         update_bytes=tenseal_cost.update_bytes,
         priced_config=tenseal_cost.priced_config,
         variants=tenseal_cost.variants,
+        committee=committee_round,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),

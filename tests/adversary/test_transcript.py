@@ -41,8 +41,10 @@ NOISED = {"delta"}  # the plain backend's noised update: its values differ, its 
 # blobs under fresh randomness (tenseal: the update, the re-encrypted global, their digests and signatures;
 # crypten: the sealed shares and the signed bundle over them): their bytes differ on every run, their sizes
 # (fixed by the parameters) may not
+# tenseal's verifier committee: the nonce commitment and the signed contribution beside an update, the
+# revealed nonce (the CSPRNG's) and a member's signature over the round's sum (of noised updates)
 OPAQUE = {"ciphertext", "sha256", "signature", wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE, "bundle",
-          *(f"share.{p}" for p in range(8))}
+          *(f"share.{p}" for p in range(8)), "commitment", "contribution-signature", wire.NONCE, wire.ATTESTATION}
 MAX_LENGTH = 32
 POLICY = OwnerPolicy(require_dp=True, max_epsilon=8.0, max_delta=1e-4, min_noise_multiplier=0.3,
                      max_sample_rate=0.5, allowed_backends=["plain"], max_rounds=3, max_local_steps=4)
@@ -353,6 +355,67 @@ def test_a_tenseal_train_without_the_base_the_owner_does_not_keep_releases_the_s
     assert on["long"] == on["D"] and on["dropped"] == on["D"]
     (head, body), = on["D"]
     assert body[0] == "error" and body[2] == "bad-global check=kept-global", body
+
+
+def test_tenseals_committee_reveal_and_attest_release_the_same_bytes(datasets, tiny_gpt2, tmp_path, monkeypatch,
+                                                                     tenseal_keyed):
+    """``aggregation.download=committee`` (the default): after its train reply (the update with its nonce
+    commitment beside it) the owner is shown its place in the round's committed set (``query.reveal``) and
+    replies with its nonce; as a member it is given every signed update and the draft (``query.attest``)
+    and replies with its signature over the sum. Under DP neither depends on its data: on neighbouring
+    datasets every released byte is the same but the nonce, the commitment and the signatures (fresh
+    randomness, over ciphertexts of fresh randomness), and their sizes."""
+    from fedveil.configs.schema import run_key
+    from fedveil.core import records
+    from fedveil.core.payload import update_of
+    from fedveil.privacy.secagg.tenseal import committee_round as step
+    from fedveil.privacy.secagg.tenseal.backend import TensealServer
+
+    model = {"path": str(tiny_gpt2)}
+    base = {**BASE, "aggregation": {"name": "tenseal"}}
+    policy = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["tenseal"]})
+    cfg = from_dict({**base, "model": model})
+    assert cfg.aggregation.download == "committee"
+    keys, made = tenseal_keyed(tmp_path / "keyed", cfg.aggregation, run_key(cfg), ["client_0"])
+    server = TensealServer(cfg.aggregation, START["size"], public=made.public, run=run_key(cfg),
+                           signers={"client_0": keys["client_0"].member().verify_key})
+    config = run_config(model, {}, base)
+
+    def query(op, blobs):
+        per_round = {wire.ROUND: 1, wire.LAYOUT_DIGEST: START["digest"]}
+        m = Message(content=RecordDict({wire.CONFIG: ConfigRecord({**config, **per_round}),
+                                        wire.KEYS: ConfigRecord(blobs)}), message_type=op, dst_node_id=1)
+        m.metadata.__dict__["_message_id"] = m.object_id
+        return m
+
+    def transcript_of(name):
+        state = tmp_path / name
+        shutil.copytree(tmp_path / "keyed" / "client_0", state)
+        write_policy(state / "policy.json", policy)
+        node = {"data-dir": str(datasets[name]), "state-dir": str(state), "client-id": "client_0",
+                "policy": str(state / "policy.json")}
+        context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+        trained = app(message=message("train", 1, config, None, {}, (START["digest"], START["size"])),
+                      context=context)
+        payloads = {"client_0": update_of(records.records_to_protected(trained.content))}
+        contributions = step.contributions_of(payloads)
+        shown = step.reveal_queries(server, 1, contributions)["client_0"]
+        revealed = app(message=query(wire.QUERY_REVEAL, {wire.REVEAL_QUERY: shown}), context=context)
+        nonce = records.records_to_protected(revealed.content).blobs[wire.NONCE]
+        draft = step.draft(server, 1, contributions, {"client_0": nonce}, checked=True)
+        attested = app(message=query(wire.QUERY_ATTEST, {wire.COMMITTEE_UPDATES: step.round_updates(payloads, 1),
+                                                          wire.COMMITTEE_DRAFT: draft.encode()}), context=context)
+        signature = records.records_to_protected(attested.content).blobs[wire.ATTESTATION]
+        step.certify(server, payloads, draft, {"client_0": signature})  # a real signature over the real sum
+        return [canonical(r) for r in (trained, revealed, attested)]
+
+    on = {name: transcript_of(name) for name in ("D", "long", "dropped")}
+    assert on["long"] == on["D"] and on["dropped"] == on["D"]
+    ops = [head[0] for head, _ in on["D"]]
+    assert ops == ["train", wire.QUERY_REVEAL, wire.QUERY_ATTEST] and all(b[0] != "error" for _, b in on["D"])
+    released = [dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS)) for _, body in on["D"]]
+    assert {"commitment": 32, "contribution-signature": 64}.items() <= released[0].items()
+    assert released[1:] == [{wire.NONCE: 32}, {wire.ATTESTATION: 64}]
 
 
 def test_a_crypten_train_carrying_the_evaluation_releases_the_same_bytes(datasets, tiny_gpt2, tmp_path,

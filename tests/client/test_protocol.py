@@ -48,9 +48,11 @@ def test_untrusted_input_is_refused():
 
 
 def test_op_names_are_the_message_types():
-    assert protocol.OPERATIONS == ("train", "evaluate", "pubkey", "keygen", "install", "evalsum")
-    queries = (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL, wire.QUERY_EVALSUM)
-    assert queries == ("query.pubkey", "query.keygen", "query.install", "query.evalsum")
+    assert protocol.OPERATIONS == ("train", "evaluate", "pubkey", "keygen", "install", "evalsum", "reveal", "attest")
+    queries = (wire.QUERY_PUBKEY, wire.QUERY_KEYGEN, wire.QUERY_INSTALL, wire.QUERY_EVALSUM, wire.QUERY_REVEAL,
+               wire.QUERY_ATTEST)
+    assert queries == ("query.pubkey", "query.keygen", "query.install", "query.evalsum", "query.reveal",
+                       "query.attest")
 
 
 def _module_imports(path: Path) -> set[str]:

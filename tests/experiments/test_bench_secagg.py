@@ -34,3 +34,35 @@ def test_round_one_aggregate_is_read_from_the_clear_checkpoint_only(tmp_path):
         save_file(arrays, str(tmp_path / name / "checkpoints" / "round_0001.safetensors"))
     assert first_aggregate(tmp_path / "clear").tolist() == [0.0, 1.0, 2.0, 3.0]
     assert first_aggregate(tmp_path / "sealed") is None
+
+
+def test_tenseal_runs_in_each_download_form_asked_for():
+    from fedveil.experiments.bench_secagg import TENSEAL_FORMS
+
+    assert TENSEAL_FORMS == ("every", "committee", "sum")
+    assert expand_backends("tenseal,crypten", "seeded", "all") == ["tenseal:every", "tenseal:committee",
+                                                                   "tenseal:sum", "crypten"]
+    assert expand_backends("tenseal-ckks", "both", "sum") == ["tenseal-ckks:sum"]
+    assert expand_backends("tenseal", "both", None) == ["tenseal"]  # the run's own form (aggregation.download=auto)
+
+
+def test_a_forms_download_is_compared_with_the_planners_price_in_the_rounds_between_the_first_and_the_last():
+    """Rows built from the planner's own figures read back as ratio 1, members and outsiders told apart by
+    what they downloaded; the first and last rounds are left out."""
+    from fedveil.configs.schema import from_dict
+    from fedveil.core.metrics import MetricsRow, OwnerRow
+    from fedveil.experiments.bench_secagg import download_vs_plan
+    from fedveil.privacy.planner import calibration
+    from fedveil.privacy.secagg.tenseal import cost
+
+    cfg = from_dict({"rounds": 4, "num_clients": 5, "dp": {"name": "off"}, "aggregation": {"name": "tenseal"}})
+    planned = cost.variant(cfg.aggregation, 1000, 5, calibration(), dp_on=False, form="committee", carried=True)
+    outside = {r: planned.down_in(r, 4) for r in (1, 2, 3, 4)}
+    member = {r: d + planned.committee_down - planned.global_down for r, d in outside.items()}
+    rows = [MetricsRow(round=r, clients=[f"client_{k}" for k in range(5)], per_client={
+        f"client_{k}": OwnerRow(bytes_down=(member if k in (1, 3) else outside)[r] + (10**7 if r in (1, 4) else 0))
+        for k in range(5)}) for r in (1, 2, 3, 4)]
+    figures = download_vs_plan(cfg, rows, 1000, "committee")
+    assert {k: f["ratio"] for k, f in figures.items()} == {"mean": 1.0, "max": 1.0, "outside": 1.0}
+    assert figures["outside"]["measured"] == (outside[2] + outside[3]) / 2
+    assert figures["max"]["measured"] == (member[2] + member[3]) / 2

@@ -279,7 +279,7 @@ def test_an_auto_run_moves_the_planned_bytes(tmp_path):
     round's evaluation carried in the next round's train (the default): round 1 downloads no global."""
     proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
                            "experiment=smoke", "num_clients=3", "aggregation=auto", "privacy.coordinator=curious",
-                           "privacy.epsilon=8"],
+                           "privacy.epsilon=8", "aggregation.download=every"],  # the form estimate() prices
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "planner (aggregation=auto): tenseal: the cheapest backend" in proc.stdout
@@ -367,7 +367,9 @@ def test_a_tenseal_run_without_dp_moves_the_planned_bytes_held_out_pairs_include
     1 brings round 0's evaluation and no re-encrypted global, the last round two of each."""
     proc = subprocess.run([sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={tmp_path}/run",
                            "experiment=smoke", "num_clients=3", "aggregation=tenseal", "dp=off",
-                           f"eval_in_train={str(carried).lower()}"],
+                           f"eval_in_train={str(carried).lower()}",
+                           "aggregation.download=every"],  # the form estimate() prices (committee and sum:
+                          # tests/faults/test_tenseal_committee_loop.py, against tenseal/cost.py:variant)
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cost = estimate("tenseal", BACKENDS["tenseal"].config(), TINY_VALUES, 3, dp_on=False, carried=carried)

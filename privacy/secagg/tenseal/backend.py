@@ -253,8 +253,9 @@ class TensealOwner(_Side):
     def __init__(self, cfg: TensealConfig | None, size: int | None = None, *, public: bytes, secret: bytes,
                  roster: identity.Roster | None = None, keys: identity.OwnerKeys | None = None,
                  run: str = "", malicious_owners: bool = True) -> None:
-        """``malicious_owners``: this owner's own view (its policy's, once wired) of whether owners may
-        poison; True: it takes a round's sum on a committee's word only if every update was range-checked."""
+        """``malicious_owners``: this owner's own view (its policy's: client/operations.py sets it) of whether
+        owners may poison; True: it takes a round's sum on a committee's word only if every update was
+        range-checked; False: also the coordinator's sum alone (form ``sum``)."""
         super().__init__(cfg, size, public, run)
         self.malicious_owners = malicious_owners
         self._secret = load_context(secret)
@@ -369,6 +370,8 @@ class TensealOwner(_Side):
     def _certified(self, at: int, sum_blob: bytes, cert: committee.Certificate | None) -> Protected:
         """A round's sum on its verifier committee's word, checked (``committee.verify``): updates
         range-checked by the committee, as this owner cannot check them itself."""
+        if cert is None and not self.malicious_owners:  # form sum: this owner's policy trusts owners and the
+            return self.payload_of(sum_blob)  # coordinator is at most curious (privacy.coordinator)
         if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
             raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
                                         "accepts a sum only on a verifier committee's word", check="committee-sum")

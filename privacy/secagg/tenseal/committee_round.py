@@ -1,8 +1,8 @@
 """One round of ``tenseal``'s verifier committee, step by step, on the backend objects (free of Flower).
 
-The protocol and the checks are in ``committee.py``; this module is what the round loop and the
-owner's operations call, in order (not wired into them yet: docs/privacy.md, "tenseal's verifier
-committee"):
+The protocol and the checks are in ``committee.py``; this module is what the round loop
+(``server/committee_exchange.py``) and the owner's operations (``client/operations.py``) call, in order
+(docs/privacy.md, "tenseal's verifier committee"):
 
 1. owner, with its update: :func:`contribute` (the commitment and the signed contribution beside it);
 2. coordinator: :func:`reveal_queries` (each contributor's place in the committed set);
@@ -11,8 +11,10 @@ committee"):
    (:func:`round_updates` with ``leave_out``: the member has its own) to the members only;
 5. member: :func:`attest_round` (its signature; it keeps the sum it computed);
 6. coordinator: :func:`certify` (the sum in owner order and the lean certificate: the pending round every
-   other owner opens with ``TensealOwner.open_global``), and :func:`member_round` for a member: the same
-   without the sum, which the member adds from its own copy when it opens the round.
+   other owner opens with ``TensealOwner.open_global``), kept in the holder by :func:`settle`; a member is
+   sent :func:`member_round` of it: the same without the sum, which the member adds from its own copy.
+
+Form ``sum``: the coordinator keeps :func:`sum_round` alone, with no exchange.
 """
 
 from __future__ import annotations
@@ -139,3 +141,27 @@ def round_updates(payloads: dict[str, Protected], server_round: int, leave_out: 
     """What a member downloads besides the draft: every signed update of the set (``leave_out``: but its own)."""
     return global_codec.RoundUpdates(server_round, {o: (p.blobs["ciphertext"], p.blobs[SIGNATURE])
                                                     for o, p in payloads.items() if o != leave_out}).encode()
+
+
+def uncommitted(payloads: dict[str, Protected]) -> list[str]:
+    """The owners whose payload carries no commitment (so the round has no committed set)."""
+    return sorted(o for o, p in payloads.items()
+                  if not (p.blobs.get(COMMITMENT) and p.blobs.get(CONTRIBUTION_SIGNATURE)))
+
+
+def sum_round(server: TensealServer, payloads: dict[str, Protected], server_round: int) -> bytes:
+    """Form ``sum``: the pending round as the sum of ``payloads`` in owner order alone, with no certificate
+    (owners whose policy says other owners do not poison open it)."""
+    total = server.combine(dict(sorted(payloads.items())))
+    if total.excluded:
+        raise PayloadError(f"round {server_round}'s updates do not add up: {sorted(total.excluded.values())[0]}")
+    return committee.certified_round(server_round, total.payload.blobs["ciphertext"], None)
+
+
+def settle(holder: global_codec.EncryptedGlobal, server_round: int, blob: bytes) -> None:
+    """Keep ``blob`` (:func:`certify` or :func:`sum_round`) as round ``server_round``'s pending entry in place
+    of its signed updates (``global_codec.RoundUpdates``), which must be the holder's last."""
+    last = holder.pending[-1] if holder.pending else b""
+    if committee.certified_of(last) is not None or global_codec.RoundUpdates.decode(last).round != server_round:
+        raise PayloadError(f"the holder's last pending round is not round {server_round}'s signed updates: kept as is")
+    holder.pending[-1] = blob

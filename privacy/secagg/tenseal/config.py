@@ -36,6 +36,10 @@ DIRECT_ROUNDS = 100  # a TensealConfig built directly (tests) bounds the global 
 # the whole round); 3 costs ~5x at a cohort of 100 (docs/privacy.md, "tenseal's verifier committee")
 COMMITTEE_SIZE = 2
 MIN_COMMITTEE_SIZE = 2  # one member alone could certify any sum; owners refuse fewer (tenseal/committee.py)
+# How owners download a round (tenseal/committee.py; priced by tenseal/cost.py:variant): every signed update,
+# a verifier committee's certified sum, or the coordinator's sum alone; auto: committee where
+# privacy.malicious_owners=true, else sum (:func:`resolve`)
+DOWNLOADS = ("every", "committee", "sum")
 
 
 @dataclass
@@ -62,12 +66,15 @@ class TensealConfig:
     norm_bound: Optional[float] = None
     global_bound: Optional[float] = None
     key_holder: str = ""  # owner id (client_K) that creates the tenseal context ("" = smallest)
-    # owners that check every update and sign the sum (tenseal/committee.py; priced by `fedveil plan`, not run yet)
+    # owners that check every update and sign the sum (tenseal/committee.py; form committee)
     committee_size: int = COMMITTEE_SIZE
+    download: str = "auto"  # every | committee | sum | auto (resolved by the run: see DOWNLOADS)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise UserError(f"aggregation.scheme must be one of {list(SCHEMES)}, got '{self.scheme}'")
+        if self.download not in (*DOWNLOADS, "auto"):
+            raise UserError(f"aggregation.download must be one of {[*DOWNLOADS, 'auto']}, got '{self.download}'")
         size = self.committee_size
         if isinstance(size, bool) or not isinstance(size, int) or size < MIN_COMMITTEE_SIZE:
             raise UserError(f"aggregation.committee_size must be an integer >= {MIN_COMMITTEE_SIZE} (owners on the "
@@ -137,13 +144,18 @@ class TensealConfig:
         return self.global_limit / ((bfv.radix(self.poly_modulus_degree, self.plain_modulus_bits) - 1) // 2)
 
 
-def resolve(agg: dict, participants: int, dp_on: bool, update_clip_norm: Optional[float], rounds: int) -> dict:
-    """The run's values for what the config left null: ``max_owners`` = the cohort (the owners that
-    train per round: what one sum holds), ``max_weight`` = 1 under DP (every weight is 1, a public
-    value) else 1024 examples, ``value_bound`` = train.update_clip_norm (a coordinate never exceeds
-    the L2 norm) else 1.0, ``norm_bound`` = train.update_clip_norm, ``global_bound`` = ``1 + rounds *
-    value_bound``. A ``max_owners`` below the cohort is refused (their sum is what must not overflow)."""
+def resolve(agg: dict, participants: int, dp_on: bool, update_clip_norm: Optional[float], rounds: int,
+            malicious_owners: bool = True) -> dict:
+    """The run's values for what the config left null (and ``download=auto``: ``committee`` where
+    ``malicious_owners``, the run's ``privacy.malicious_owners``, else ``sum``): ``max_owners`` = the
+    cohort (the owners that train per round: what one sum holds), ``max_weight`` = 1 under DP (every
+    weight is 1, a public value) else 1024 examples, ``value_bound`` = train.update_clip_norm (a
+    coordinate never exceeds the L2 norm) else 1.0, ``norm_bound`` = train.update_clip_norm,
+    ``global_bound`` = ``1 + rounds * value_bound``. A ``max_owners`` below the cohort is refused (their
+    sum is what must not overflow)."""
     agg = dict(agg)
+    if agg.get("download", "auto") == "auto":  # what owners are told in the run config, never "auto"
+        agg["download"] = "committee" if malicious_owners else "sum"
     if agg.get("max_owners") is None:
         agg["max_owners"] = participants
     if agg.get("max_weight") is None:

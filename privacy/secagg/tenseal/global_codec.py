@@ -123,9 +123,23 @@ class EncryptedGlobal:
         (``tenseal/kept.py``), so it gets the pending rounds after ``k`` alone, no signed base. The owner
         reads its own kept copy; a wrong ``k`` here makes it refuse, never open another chain."""
         k, at = self.kept.get(owner), self.base.round if self.base is not None else 0
-        if k is None or not at <= k <= at + len(self.pending) or (self.base is None and k == 0):
+        whole = k is None or not at <= k <= at + len(self.pending) or (self.base is None and k == 0)
+        pending = self.pending if whole else self.pending[k - at:]
+        slim = [self._for_member(blob, owner) for blob in pending]
+        if whole and slim == pending:
             return None
-        return to_arrays(None, self.pending[k - at:])
+        return to_arrays(self.base if whole else None, slim)
+
+    @staticmethod
+    def _for_member(blob: bytes, owner: str) -> bytes:
+        """A certified round as ``owner`` needs it: a member of its committee computed the sum and keeps it, so it
+        gets the certificate alone (``committee_round.member_round``); anyone else the round as it is."""
+        from fedveil.privacy.secagg.tenseal import committee_round  # lazy: it imports this module (and the backend)
+
+        certified = committee_round.committee.certified_of(blob)
+        if certified is None or certified[2] is None or owner not in certified[2].committee or not certified[1]:
+            return blob
+        return committee_round.member_round(blob)
 
     def opened(self, after_round: int, replied: dict[str, bool]) -> None:
         """Owners sent the global after ``after_round``: those that replied without error (True) opened it and

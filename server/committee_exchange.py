@@ -1,0 +1,110 @@
+"""tenseal's verifier committee in the round loop: what a round's download form adds after its train replies.
+
+``aggregation.download`` (resolved by the run; ``tenseal/committee.py``, docs/privacy.md "tenseal's verifier
+committee"):
+
+- ``every``: nothing; the holder keeps every accepted owner's signed update of the round.
+- ``sum``: the holder keeps the sum of the round's updates alone (no exchange); owners whose policy says
+  other owners do not poison open it.
+- ``committee``: one reveal exchange (each contributor is shown its place in the committed set and replies
+  with its nonce), the draft (the committee the nonces derive), one attest exchange (the members only: every
+  signed update and the draft; each replies with its signature), then the certified round replaces the
+  signed updates in the holder.
+
+Any failure (an owner that does not reveal in time or refuses, a member that does not sign) keeps the form
+``every`` for the round: owners always open it. So does a round that some keyed owner did not contribute
+to: such an owner revealed for no set of the round, and the certificate's own-set check is what keeps its
+integrity claims (it checks every signed update itself instead). The bytes of both exchanges count in the
+round's row (:func:`settle` returns them).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedveil.core import records, wire
+from fedveil.core.console import progress
+from fedveil.core.errors import UserError
+from fedveil.core.payload import Protected, update_of
+from fedveil.server.grid_poll import Exchange, exchange
+from fedveil.server.strategy import TrainOutcome
+
+NOTHING = Exchange([], {}, {}, 0.0)
+# ``fed`` below is server/federation.py's Federation (untyped here: that module imports this one)
+
+
+def settle(fed, server_round: int, outcome: TrainOutcome, train_ex: Exchange) -> Exchange:
+    """Round ``server_round``'s pending entry in ``fed.state`` as its download form says (after
+    ``fed.state.apply(outcome)``); returns the exchanges it took (their bytes join the round's row)."""
+    form, steps = getattr(fed.cfg.aggregation, "download", "every"), fed.spec.committee
+    if form == "every" or steps is None or not outcome.accepted:
+        return NOTHING
+    payloads = accepted_payloads(outcome, train_ex)
+    left_out = sorted(set(fed.owners) - set(payloads))
+    try:
+        if form == "sum":
+            steps.settle(fed.state, server_round, steps.sum_round(fed.strategy.backend, payloads, server_round))
+            return NOTHING
+        if left_out:
+            raise UserError(f"{len(left_out)} keyed owner(s) did not contribute (e.g. {left_out[0]}): they revealed "
+                            "for no set of the round, so they open its signed updates")
+        return certify(fed, server_round, payloads, steps)
+    except UserError as exc:
+        progress(f"  round {server_round}: download form '{form}' not used, every signed update kept: {exc}")
+        return getattr(exc, "exchanged", NOTHING)
+
+
+def accepted_payloads(outcome: TrainOutcome, train_ex: Exchange) -> dict[str, Protected]:
+    """Each accepted owner's update as it sent it (with its commitment), from the round's train replies."""
+    return {records.owner_label(m): update_of(records.records_to_protected(m.content)) for m in train_ex.replies
+            if m.has_content() and not m.has_error() and records.owner_label(m) in outcome.accepted}
+
+
+def certify(fed, server_round: int, payloads: dict[str, Protected], steps) -> Exchange:
+    """The reveal exchange, the draft, the members' attest exchange, the certified round kept in the holder.
+    A failure raises :class:`UserError` carrying what was exchanged so far (``exchanged``)."""
+    server, done = fed.strategy.backend, NOTHING
+    nodes = {who: node for node, who in fed.labels.items() if who in payloads}  # the node each update came from
+    try:
+        missing = steps.uncommitted(payloads)
+        if missing:
+            raise UserError(f"owner(s) {missing} sent no nonce commitment with their update")
+        contributions = steps.contributions_of(payloads)
+        queries = steps.reveal_queries(server, server_round, contributions)
+        shown_each = {o: {wire.REVEAL_QUERY: q} for o, q in queries.items()}
+        done, reveals = ask(fed, server_round, wire.QUERY_REVEAL, shown_each, nodes, wire.NONCE, done)
+        draft = steps.draft(server, server_round, contributions, reveals, checked=fed.cfg.privacy.malicious_owners)
+        shown = {m: {wire.COMMITTEE_UPDATES: steps.round_updates(payloads, server_round, leave_out=m),
+                     wire.COMMITTEE_DRAFT: draft.encode()} for m in draft.committee}  # a member has its own
+        done, signatures = ask(fed, server_round, wire.QUERY_ATTEST, shown, nodes, wire.ATTESTATION, done)
+        steps.settle(fed.state, server_round, steps.certify(server, payloads, draft, signatures))
+    except UserError as exc:
+        exc.exchanged = done
+        raise
+    progress(f"  round {server_round}: sum certified by committee {list(draft.committee)}")
+    return done
+
+
+def ask(fed, server_round: int, message_type: str, keys: dict[str, dict[str, bytes]], nodes: dict[str, int],
+        reply_key: str, done: Exchange) -> tuple[Exchange, dict[str, bytes]]:
+    """One exchange with the owners in ``keys`` (their KEYS record each); every one must reply with ``reply_key``."""
+    config = ConfigRecord({**fed.run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: fed.layout.digest})
+    absent = sorted(set(keys) - set(nodes))
+    if absent:
+        raise UserError(f"no node is known for owner(s) {absent}")
+    msgs = [Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(k))}), dst_node_id=nodes[o],
+                    message_type=message_type) for o, k in sorted(keys.items())]
+    ex = exchange(fed.grid, msgs, fed.cfg.sim.round_timeout_s)
+    done = done.plus(ex)
+    asked, got = {nodes[o]: o for o in keys}, {}
+    for m in ex.replies:  # named by the node asked, never by what the reply says of itself
+        blob = records.records_to_protected(m.content).blobs.get(reply_key) if m.has_content() else None
+        if not m.has_error() and isinstance(blob, bytes) and blob and m.metadata.src_node_id in asked:
+            got[asked[m.metadata.src_node_id]] = blob
+    silent = sorted(set(keys) - set(got))
+    if silent:
+        why = [records.error_reason(m) for m in ex.replies if m.has_error()]
+        error = UserError(f"{message_type}: owner(s) {silent} did not answer{f' ({why[0]})' if why else ''}")
+        error.exchanged = done
+        raise error
+    return done, got
