@@ -124,8 +124,10 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
         agg = (run_cfg.aggregation if run_cfg is not None and run_cfg.aggregation.name == v.backend
                else candidate_config(v.backend, cfg.privacy, cfg.participants))
         priced = download_forms(v.backend, agg, n, cfg.participants, dp_on=dp_on, carried=carried)
-        if priced:  # tenseal: what each way of downloading a round costs; the round loop runs "every" today
-            forms[v.backend] = {"for_threats": form, "range_checked": checked, "runs": "every", "plain_down": plain,
+        if priced:  # tenseal: what each way of downloading a round costs, and the form the run resolves
+            runs = getattr(agg, "download", "auto")
+            forms[v.backend] = {"for_threats": form, "range_checked": checked, "plain_down": plain,
+                                "runs": form if runs == "auto" else runs,
                                 **{name: c.as_dict() for name, c in priced.items()}}
     return run_cfg, {
         "owners": cfg.num_clients, "clients_per_round": cfg.participants, "rounds": cfg.rounds,
@@ -251,7 +253,8 @@ def download_lines(name: str, f: dict, mode: str) -> list[str]:
     basis = f"plain's {human(same)}" + ("" if same == apart else f" ({mode}); [vs {human(apart)}, plain's evaluation "
                                                                  "apart]")
     lines = [f"{name} download per owner per round vs {basis}; for the stated threats: {f['for_threats']}"
-             f"{' (each update range-checked)' if f['range_checked'] else ''}; runs today: {f['runs']}",
+             f"{' (each update range-checked)' if f['range_checked'] else ''}; "
+             f"the run's form (aggregation.download): {f['runs']}",
              f"  {'form':14s} {'mean':>17s} {'max':>17s} {'outside':>17s} {'member':>17s}"]
     for form in ("every", "committee", "sum"):
         c = f[form]
@@ -262,7 +265,8 @@ def download_lines(name: str, f: dict, mode: str) -> list[str]:
     c = f["committee"]
     if c["committee"]:
         n, k = c["owners"], c["committee"]
-        per = (c["committee_down"] - c["global_down"]) / max(n - 1, 1)  # what a member downloads per other update
+        # what a member downloads per other update (carried: less the sum that c owners a round computed themselves)
+        per = (c["committee_down"] - c["global_down"] - c.get("member_kept", 0)) / max(n - 1, 1)
         lines.append(f"  floor: {k} members each download the other {n - 1} updates ({x(per)} each), so the mean "
                      f"over {n} owners is at least outside + {k} x {n - 1}/{n} x that = {x(c['global_down'])} + "
                      f"{x(k * (n - 1) / n * per)}, whatever the design")

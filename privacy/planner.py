@@ -174,7 +174,8 @@ class Plan:
 
 def candidate_config(backend: str, privacy: PrivacyConfig, owners: int = 1) -> Any:
     """The config the planner prices ``backend`` with (``BackendSpec.priced_config``: e.g. crypten's
-    K = privacy.aggregator_parties, tenseal's parameters for ``owners`` per round)."""
+    K = privacy.aggregator_parties, tenseal's parameters for ``owners`` per round; tenseal's download form
+    ``auto``, priced as ``every``: the most, what any round may fall back to; each form: ``download_forms``)."""
     spec = backend_spec(backend)
     return spec.priced_config(owners, privacy.aggregator_parties) if spec.priced_config else spec.config()
 
@@ -315,7 +316,7 @@ def cost_table_markdown(values: int = COST_TABLE_VALUES, owners: int = COST_TABL
         for form, c in forms.items():
             a, up = forms_apart[form], c.update_up + c.reveal_up
             if not c.committee:
-                rows.append(row(name, f"`{form}`" + (" (runs today)" if form == "every" else ""), up, c.global_down,
+                rows.append(row(name, f"`{form}`", up, c.global_down,
                                 a.global_down))
                 continue
             label = f"`{form}` of {c.committee}"

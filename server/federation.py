@@ -35,7 +35,7 @@ from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, committee_exchange, round_chain, signatures
 from fedveil.server.availability import absent_reason, connected_nodes, owner_floor, silent_reason
-from fedveil.server.global_state import ClearGlobal
+from fedveil.server.global_state import ClearGlobal, global_per_node, opened_by
 from fedveil.server.grid_poll import Exchange, exchange
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, fmt, report_excluded
@@ -228,10 +228,10 @@ def train(fed: Federation, server_round: int, nodes: list[int], carry: dict) -> 
     goes on without it."""
     msgs = fed.strategy.configure_train(server_round, records.arrays_record(fed.state.arrays()),
                                         ConfigRecord({**fed.run_config, **carry}), fed.grid, nodes,
-                                        global_per_node(fed, nodes))
+                                        global_per_node(fed.state, fed.node_owner, nodes))
     timeout, floor = fed.cfg.sim.round_timeout_s, owner_floor(fed.cfg)
     ex = exchange(fed.grid, list(msgs), timeout)
-    fed.state.opened(server_round - 1, opened_by(fed, ex))
+    fed.state.opened(server_round - 1, opened_by(fed.node_owner, ex))
     usable = [m for m in ex.replies if m.has_content() and not m.has_error()]
     if 0 < len(usable) < floor:  # the backend would reveal nothing (crypten's parties): do not ask it
         outcome = TrainOutcome(node_to_owner={m.metadata.src_node_id: records.owner_label(m) for m in ex.replies})
@@ -280,23 +280,10 @@ def evaluate(fed: Federation, server_round: int, extra: dict | None = None,
              nodes: list[int] | None = None) -> Evaluation:
     config = ConfigRecord({**fed.run_config, **(extra or {})})
     msgs = fed.strategy.configure_evaluate(server_round, records.arrays_record(fed.state.arrays()), config, fed.grid,
-                                           nodes, global_per_node(fed, nodes or []))
+                                           nodes, global_per_node(fed.state, fed.node_owner, nodes or []))
     ex = exchange(fed.grid, list(msgs), fed.cfg.sim.round_timeout_s)
-    fed.state.opened(server_round, opened_by(fed, ex))
+    fed.state.opened(server_round, opened_by(fed.node_owner, ex))
     return evaluation_of(fed, server_round, ex)
-
-
-def global_per_node(fed: Federation, nodes: list[int]) -> dict:
-    """The global as the holder sends it to each keyed node that needs less than all of it (tenseal: an owner
-    that keeps the global it opened gets no signed base)."""
-    per_node = {n: fed.state.arrays_for(fed.node_owner[n]) for n in nodes if n in fed.node_owner}
-    return {n: records.arrays_record(a) for n, a in per_node.items() if a is not None}
-
-
-def opened_by(fed: Federation, ex: Exchange) -> dict[str, bool]:
-    """Keyed owners sent the global in ``ex``, and whether each replied without error (it opened the global)."""
-    ok = {m.metadata.src_node_id for m in ex.replies if m.has_content() and not m.has_error()}
-    return {fed.node_owner[n]: n in ok for n in ex.bytes_down if n in fed.node_owner}
 
 
 def join_evaluation(fed: Federation, server_round: int, train_ex: Exchange) -> Exchange:

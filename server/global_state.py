@@ -17,9 +17,24 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from fedveil.core import wire
+from fedveil.core import records, wire
 from fedveil.core.payload import Protected
+from fedveil.privacy.secagg.base import GlobalHolder
+from fedveil.server.grid_poll import Exchange
 from fedveil.server.strategy import TrainOutcome
+
+
+def global_per_node(holder: GlobalHolder, node_owner: dict[int, str], nodes: list[int]) -> dict:
+    """The global as ``holder`` sends it to each keyed node of ``nodes`` that needs other than all of it
+    (tenseal: an owner that keeps the global it opened gets no signed base; a committee member no sum)."""
+    per_node = {n: holder.arrays_for(node_owner[n]) for n in nodes if n in node_owner}
+    return {n: records.arrays_record(a) for n, a in per_node.items() if a is not None}
+
+
+def opened_by(node_owner: dict[int, str], ex: Exchange) -> dict[str, bool]:
+    """Keyed owners sent the global in ``ex``, and whether each replied without error (it opened the global)."""
+    ok = {m.metadata.src_node_id for m in ex.replies if m.has_content() and not m.has_error()}
+    return {node_owner[n]: n in ok for n in ex.bytes_down if n in node_owner}
 
 
 class ClearGlobal:

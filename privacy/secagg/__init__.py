@@ -177,7 +177,7 @@ BACKENDS: dict[str, BackendSpec] = {
             cfg, size, public=public, run=run, signers=signers
         ),
         owner=_tenseal_owner,
-        cost=tenseal_cost.cost,
+        cost=tenseal_cost.priced,
         update_bytes=tenseal_cost.update_bytes,
         priced_config=tenseal_cost.priced_config,
         variants=tenseal_cost.variants,

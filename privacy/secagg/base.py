@@ -191,6 +191,10 @@ class Cost:
     committee: int = 0
     committee_down: int = 0
     committee_up: int = 0
+    # carried: a committee member gets the round it certified without the sum (it computed it) in the next round's
+    # train message; ``committee_down`` is a member that was not on the round before's committee (the most), and
+    # ``member_kept`` what each of the c owners that were on it does not download (the mean counts them)
+    member_kept: int = 0
     seconds: float = 0.0  # rough: protect + aggregate + reveal, from calibration.json; training excluded
     carried: bool = False
     global_down_second: Optional[int] = None  # None: as global_down
@@ -248,7 +252,8 @@ class Cost:
         """The mean over the round's owners of what each downloads."""
         if not self.committee:
             return float(self.global_down)
-        return ((self.owners - self.committee) * self.global_down + self.committee * self.committee_down) / self.owners
+        return ((self.owners - self.committee) * self.global_down + self.committee * self.committee_down
+                - self.committee * self.member_kept) / self.owners
 
     @property
     def per_owner(self) -> int:
@@ -262,7 +267,7 @@ class Cost:
         """All of a steady-state round: every owner's update, pair and global, the one owner's
         re-encryption and evalsum, the committee's extra, the parties'."""
         every = self.update_up + self.eval_up + self.reveal_up + self.global_down
-        extra = self.committee * (self.committee_down - self.global_down + self.committee_up)
+        extra = self.committee * (self.committee_down - self.global_down + self.committee_up - self.member_kept)
         return (self.owners * every + extra + self.reencrypt_up + self.evalsum_down + self.evalsum_up
                 + self.parties * (self.party_in + self.party_out))
 

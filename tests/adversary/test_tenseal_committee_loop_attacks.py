@@ -54,9 +54,12 @@ def stopped(values) -> str:
     return str(err.value)
 
 
-def test_a_sum_the_coordinator_forged_is_refused_by_every_owner(tmp_path, tiny_gpt2, owners_data, monkeypatch):
+def test_a_sum_the_coordinator_forged_is_refused_by_every_owner_outside_the_committee(tmp_path, tiny_gpt2, owners_data,
+                                                                                     monkeypatch):
     """Round 1's certificate holds the members' signatures over the true sum; the coordinator keeps another
-    sum (round 1 without one owner's update) beside it. Every owner refuses round 2's train message."""
+    sum (round 1 without one owner's update) beside it. The owner outside the committee refuses round 2's
+    train message; the members open round 1 from the sum each computed (they are sent the certificate alone),
+    so the forged sum never reaches them and round 2 goes on with them."""
     certify = committee_round.certify
 
     def forged(server, payloads, cert, signatures):
@@ -66,10 +69,13 @@ def test_a_sum_the_coordinator_forged_is_refused_by_every_owner(tmp_path, tiny_g
 
     monkeypatch.setattr(committee_round, "certify", forged)
     out, values = run(tmp_path, tiny_gpt2, owners_data)
-    stopped(values)
+    in_process(values)
     second = rows(out)[-1]
-    assert second["round"] == 2 and second["clients"] == []
-    assert len(second["excluded"]) == 3  # an error reply names no owner: its node (node_100 is client_0's)
+    from safetensors.numpy import load_file
+    _, kept = global_codec.from_arrays(load_file(out / "checkpoints" / "round_0001.safetensors"))
+    members = set(committee.certified_of(kept[0])[2].committee)
+    assert second["round"] == 2 and set(second["clients"]) == members and len(members) == 2
+    assert len(second["excluded"]) == 1  # an error reply names no owner: its node (node_100 is client_0's)
     assert all("bad-global" in why and "check=committee-sum" in why for why in second["excluded"].values())
 
 

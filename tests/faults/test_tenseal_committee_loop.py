@@ -81,7 +81,7 @@ def test_committee_and_sum_give_the_every_forms_adapter_and_losses(forms):
     assert all(len(p[0][1]) == 2 and set(p[0][1]) <= set(OWNERS) for p in kept)
 
 
-def test_an_owner_outside_the_committee_downloads_less_than_in_every_and_a_member_more(forms):
+def test_an_owner_outside_the_committee_downloads_less_than_in_every_and_a_member_more_than_it(forms):
     every, committee = rows(forms["every"]), rows(forms["committee"])
     members = {r: set(pending(forms["committee"], r)[0][1]) for r in (1, 2)}
     sums = rows(forms["sum"])
@@ -93,7 +93,9 @@ def test_an_owner_outside_the_committee_downloads_less_than_in_every_and_a_membe
     base = {who: c["bytes_down"] for who, c in every[2]["per_client"].items()}
     outside = set(OWNERS) - members[2]
     assert len(outside) == 1 and all(down[w] < base[w] / 2 for w in outside), (down, base)
-    assert all(down[w] > base[w] for w in members[2])
+    # a member fetches the others' updates (not its own, nor the sum it computed): more than an outsider; with 3
+    # owners that is less than form every's 3 updates
+    assert all(down[m] > max(down[w] for w in outside) + 65536 for m in members[2]), down
     # the reveal and attest exchanges count in the row: a member of round 1 downloads the round's updates
     first = {who: c["bytes_down"] for who, c in committee[1]["per_client"].items()}
     assert all(first[m] > first[o] + 2 * 65536 for m in members[1] for o in set(OWNERS) - members[1])
@@ -118,5 +120,8 @@ def test_each_forms_download_is_the_planners_price_within_2_percent(forms):
     for form, figure in figures.items():
         for key, f in figure.items():
             assert abs(f["ratio"] - 1) <= DOWNLOAD_TOLERANCE, (form, key, f)
-    assert figures["committee"]["outside"]["measured"] < figures["every"]["outside"]["measured"] / 2
-    assert figures["sum"]["max"]["measured"] < figures["committee"]["outside"]["measured"]
+    # an owner on neither round's committee (there may be none with 3 owners: the committees are random)
+    if "outside" in figures["committee"]:
+        assert figures["committee"]["outside"]["measured"] < figures["every"]["outside"]["measured"] / 2
+        assert figures["sum"]["max"]["measured"] < figures["committee"]["outside"]["measured"]
+    assert figures["committee"]["mean"]["measured"] < figures["every"]["mean"]["measured"]

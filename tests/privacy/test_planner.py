@@ -346,7 +346,10 @@ def test_the_byte_limit_checks_a_steady_round_and_the_plan_says_when_the_last_ro
 def test_a_plan_for_1000_owners_with_100_per_round_uses_the_defaults(named):
     plan = make_plan(["num_clients=1000", "clients_per_round=100", *named])
     assert plan["pick"] == "tenseal" and plan["clients_per_round"] == 100
-    assert plan["run"]["update_up"] == BACKENDS["tenseal"].update_bytes(TensealConfig(max_owners=100), TINY_VALUES)
+    # the run's form (download=auto -> committee, malicious owners stated): the nonce commitment beside each update
+    from fedveil.privacy.secagg.tenseal.cost import COMMIT_BYTES
+    assert plan["run"]["update_up"] == BACKENDS["tenseal"].update_bytes(TensealConfig(max_owners=100),
+                                                                        TINY_VALUES) + COMMIT_BYTES
 
 
 def test_a_cohort_no_bfv_set_holds_is_priced_as_ckks_and_the_run_names_the_limit():
@@ -398,12 +401,12 @@ def test_fedveil_plan_shows_tenseals_download_forms_against_plains_for_100_owner
     # dp=off: no noise planned; eval_in_train=false: two messages a round, plain's 131 KB (issue 23's basis)
     plan = make_plan(["num_clients=100", "privacy.malicious_owners=false", "dp=off", "eval_in_train=false"])
     forms = plan["download_forms"]["tenseal"]
-    assert forms["runs"] == "every" and forms["committee"]["committee"] == 2 and forms["for_threats"] == "sum"
+    assert forms["runs"] == "sum" and forms["committee"]["committee"] == 2 and forms["for_threats"] == "sum"
     assert forms["plain_down"] == {"same_mode": 131_072, "apart": 131_072}
     lines = render(plan).splitlines()
     at = next(i for i, x in enumerate(lines) if x.startswith("tenseal download per owner per round"))
     assert lines[at] == ("tenseal download per owner per round vs plain's 131.07 KB; for the stated threats: sum; "
-                         "runs today: every")
+                         "the run's form (aggregation.download): sum")
     assert lines[at + 2].split() == ["every", "x100.32", "x100.32", "x100.32", "-"]
     assert lines[at + 3].split() == ["committee", "of", "2", "x3.05", "x99.48", "x1.08", "x99.48"]
     assert lines[at + 4].split() == ["sum", "x1.04", "x1.04", "x1.04", "-"]
@@ -413,8 +416,8 @@ def test_fedveil_plan_shows_tenseals_download_forms_against_plains_for_100_owner
     lines = render(make_plan(["num_clients=100", "privacy.malicious_owners=false", "dp=off"])).splitlines()
     at = next(i for i, x in enumerate(lines) if x.startswith("tenseal download per owner per round"))
     assert "vs plain's 65.54 KB (carried); [vs 131.07 KB, plain's evaluation apart]" in lines[at]
-    assert lines[at + 3].split() == ["committee", "of", "2", "x6.10", "[x3.05]", "x198.96", "[x99.48]", "x2.17",
-                                     "[x1.08]", "x198.96", "[x99.48]"]
+    assert lines[at + 3].split() == ["committee", "of", "2", "x6.10", "[x3.05]", "x201.04", "[x100.52]", "x2.17",
+                                     "[x1.08]", "x201.04", "[x100.52]"]
     assert lines[at + 4].split() == ["sum"] + ["x2.08", "[x1.04]"] * 3 + ["-"]
     assert lines[at + 5] == ("  floor: 2 members each download the other 99 updates (x1.99 [x0.99] each), so the mean "
                              "over 100 owners is at least outside + 2 x 99/100 x that = x2.17 [x1.08] + x3.94 [x1.97], "

@@ -193,13 +193,17 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
     draft = len(committee.Certificate(1, contributions, reveals, members, {}, True).encode())
     lean = signed.lean("", "")
     certified = len(committee.certified_round(1, total, lean))
-    # a member: the draft and every other signed update (it has its own), then the certificate without the sum
+    # a member: the draft and every other signed update (it has its own), and of the round it certified the
+    # certificate without the sum (it computed it). Apart, that comes in the same round's evaluate message; carried,
+    # in the next round's train message: a round's member got the round before's as that round's committee did
+    # (the most: from outside it), and the round's c owners that were on the round before's committee save the sum
     others = signed_set_bytes(owners - 1, (every.update_up - TAGS) + SIGNATURE_BYTES)
-    member = query + draft + others + len(committee.certified_round(1, b"", lean))
+    bare = len(committee.certified_round(1, b"", lean))
+    member = query + draft + others + (certified if carried else bare)
     outside = query + certified
     return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES,
                    global_down=outside, **_round_parts(outside, carried), committee=len(members),
-                   committee_down=member, committee_up=SIGNATURE_BYTES)
+                   committee_down=member, committee_up=SIGNATURE_BYTES, member_kept=certified - bare if carried else 0)
 
 
 def _round_parts(part: int, carried: bool) -> dict[str, Any]:
@@ -209,6 +213,15 @@ def _round_parts(part: int, carried: bool) -> dict[str, Any]:
         return {"global_down_first": part, "global_down_second": None, "evaluate_down": part,
                 "evaluate_down_first": part}
     return {"global_down_first": 0, "global_down_second": None, "evaluate_down": part, "evaluate_down_first": part}
+
+
+def priced(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,
+           carried: bool = False) -> Cost:
+    """``BackendSpec.cost``: the round's bytes in the config's download form (``aggregation.download``; ``auto``,
+    not yet resolved for the stated threats, as ``every``: what any round may fall back to, and the most)."""
+    form = getattr(cfg, "download", "every")
+    return variant(cfg, values, owners, calibration, dp_on=dp_on, form=form if form in FORMS else "every",
+                   carried=carried)
 
 
 def variants(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[str, Any]] = None, *, dp_on: bool,
