@@ -2,10 +2,18 @@
 
     .venv/bin/python -m fedveil.experiments.bench_scale [--owners 10,100,1000]
         [--configs plain,plain+dp,tenseal+dp,crypten] [--sample 0.1] [--rounds 3]
-        [--steps 2] [--crypten-max 100] [OVERRIDE ...]
+        [--steps 2] [--crypten-max 100] [[CONFIG:]OVERRIDE ...]
 
 Quick subsets: ``--owners 10,100 --configs plain,plain+dp`` (the DP overhead at 100 owners, a few
-minutes); ``--owners 1000 --configs plain`` (does 1,000 owners fit?).
+minutes); ``--owners 1000 --configs plain`` (does 1,000 owners fit?). An override goes to every
+run; prefixed with a configuration's name it goes to that configuration's runs only, e.g.
+``tenseal+dp:aggregation.download=committee``.
+
+Issue 23's acceptance line: ``--owners 1000 --configs plain+dp,tenseal+dp --rounds 2``. For each
+number of owners measured with both, the last lines give round 2's CPU seconds tenseal+dp /
+plain+dp against the goal (``CPU_RATIO_GOAL``) and each configuration's peak memory against
+``PEAK_GOAL_GIB``; every tenseal run's line names the scheme and parameters it resolved for its
+cohort (``aggregation.*`` as the run used them).
 
 Each configuration is one run of the experiment runner (Flower's Simulation Engine, tiny model,
 ``train.local_steps=--steps``) in its own process and run directory, with ``clients_per_round`` =
@@ -36,7 +44,9 @@ import time
 from pathlib import Path
 
 import psutil
+from omegaconf import OmegaConf
 
+from fedveil.configs.schema import from_dict
 from fedveil.core.metrics import METRICS_FILE, read_rows
 
 CONFIGS = {  # name -> overrides
@@ -48,6 +58,9 @@ CONFIGS = {  # name -> overrides
     "tenseal": ["aggregation=tenseal", "dp=off"],
 }
 MIN_COHORT = 3  # crypten reveals no aggregate of fewer owners (aggregation.min_owners)
+# issue 23's goals: round 2's CPU seconds of tenseal+dp at most twice plain+dp's; peak memory per run
+GOAL_ROUND, CPU_RATIO_GOAL, PEAK_GOAL_GIB = 2, 2.0, 2.2
+SHOWN_PARAMETERS = ("scheme", "poly_modulus_degree", "plain_modulus_bits", "max_owners", "download")
 
 
 class TreeMonitor:
@@ -111,11 +124,33 @@ def cohort(owners: int, sample: float) -> int:
     return min(owners, max(MIN_COHORT, round(owners * sample)))
 
 
+def overrides_for(config: str, extra: list[str]) -> list[str]:
+    """The overrides of one configuration's runs: its own, then every unprefixed one of ``extra`` and
+    those prefixed ``config:`` (prefix removed)."""
+    chosen = []
+    for item in extra:
+        head, sep, rest = item.partition(":")
+        if sep and head in CONFIGS:
+            if head == config:
+                chosen.append(rest)
+        else:
+            chosen.append(item)
+    return [*CONFIGS[config], *chosen]
+
+
+def resolved_aggregation(out: Path) -> dict:
+    """The aggregation parameters the run used (its composed config, resolved for its cohort as the
+    runner resolves it), those in ``SHOWN_PARAMETERS`` the backend has."""
+    cfg = from_dict(OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml"), resolve=True))
+    agg = cfg.aggregation
+    return {"name": agg.name, **{k: getattr(agg, k) for k in SHOWN_PARAMETERS if hasattr(agg, k)}}
+
+
 def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
     per_round = cohort(owners, args.sample)
     cmd = [sys.executable, "-m", "fedveil.experiments.run", f"hydra.run.dir={out}", f"num_clients={owners}",
            f"clients_per_round={per_round}", f"rounds={args.rounds}", f"train.local_steps={args.steps}",
-           *CONFIGS[config], *args.extra]
+           *overrides_for(config, args.extra)]
     log = out.with_suffix(".log")
     start = time.perf_counter()
     with open(log, "w") as sink:
@@ -133,11 +168,42 @@ def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
             "cpu_seconds_per_round": [b - a for a, b in zip(monitor.at_rows, monitor.at_rows[1:])],
             "peak_memory_bytes": monitor.peak, "processes_at_peak": monitor.peak_processes,
             "cpu_seconds": monitor.cpu_seconds, "wall_seconds": wall,
-            "console_lines": len(log.read_text().splitlines())}
+            "console_lines": len(log.read_text().splitlines()), "aggregation": resolved_aggregation(out)}
 
 
 def fmt_rounds(values: list[float]) -> str:
     return " / ".join(f"{s:.1f}" for s in values)
+
+
+def fmt_aggregation(agg: dict) -> str:
+    """``tenseal (scheme bfv, poly_modulus_degree 4096, ...)``: what the run resolved for its cohort."""
+    shown = ", ".join(f"{k} {v}" for k, v in agg.items() if k != "name")
+    return f"{agg['name']} ({shown})" if shown else agg["name"]
+
+
+def goal_lines(results: list[dict], goal_round: int = GOAL_ROUND) -> list[str]:
+    """Issue 23's figures: per number of owners, round ``goal_round``'s CPU seconds tenseal+dp / plain+dp
+    against ``CPU_RATIO_GOAL``, and each run's peak memory against ``PEAK_GOAL_GIB``."""
+    lines = []
+    for owners in sorted({r["owners"] for r in results}):
+        at = {r["config"]: r for r in results if r["owners"] == owners}
+        base, secure = at.get("plain+dp"), at.get("tenseal+dp")
+        if base and secure:
+            i = goal_round - 1  # cpu_seconds_per_round[i]: round i + 1 (from round 0's row to round 1's first)
+            if 0 <= i < min(len(base["cpu_seconds_per_round"]), len(secure["cpu_seconds_per_round"])):
+                a, b = base["cpu_seconds_per_round"][i], secure["cpu_seconds_per_round"][i]
+                ratio = b / a if a > 0 else float("inf")
+                lines.append(f"{owners:5d} owners: round {goal_round} CPU seconds tenseal+dp / plain+dp = {b:.1f} / "
+                             f"{a:.1f} = x{ratio:.2f} (goal <= x{CPU_RATIO_GOAL:g}: "
+                             f"{'met' if ratio <= CPU_RATIO_GOAL else 'NOT met'}; "
+                             f"{fmt_aggregation(secure['aggregation'])})")
+            else:
+                lines.append(f"{owners:5d} owners: no round {goal_round} to compare (--rounds {goal_round} or more)")
+        for config, r in sorted(at.items()):
+            gib = r["peak_memory_bytes"] / 2**30
+            lines.append(f"{owners:5d} owners: {config} peak memory {gib:.2f} GiB (goal <= {PEAK_GOAL_GIB:g} GiB: "
+                         f"{'met' if gib <= PEAK_GOAL_GIB else 'NOT met'})")
+    return lines
 
 
 def main() -> None:
@@ -158,6 +224,11 @@ def main() -> None:
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown config {unknown[0]!r}: choose from {', '.join(CONFIGS)}")
+    for item in args.extra:  # a prefix that names no measured configuration would silently do nothing
+        head, sep, _ = item.partition(":")
+        if sep and "=" not in head and head not in configs:
+            parser.error(f"override {item!r} is for configuration {head!r}, which this invocation does not run "
+                         f"(--configs {args.configs}): drop it or add {head!r} to --configs")
     owner_counts = [int(n) for n in args.owners.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +246,7 @@ def main() -> None:
                     f"{fmt_rounds(r['cpu_seconds_per_round'])}; "
                     f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes); "
                     f"CPU {r['cpu_seconds']:.0f} s and {r['wall_seconds']:.0f} s for the whole run; "
-                    f"{r['console_lines']} console lines",
+                    f"{r['console_lines']} console lines; aggregation {fmt_aggregation(r['aggregation'])}",
                     flush=True,
                 )
     print(f"\nseconds per round, rounds 1..{args.rounds} (CPU seconds of the process tree) | peak memory, by owners:")
@@ -195,6 +266,11 @@ def main() -> None:
                 cpu = [b / a for a, b in zip(off["cpu_seconds_per_round"], on["cpu_seconds_per_round"]) if a > 0]
                 print(f"{owners:5d} owners: {base}+dp / {base} seconds x{' / x'.join(f'{x:.2f}' for x in wall)}; "
                       f"CPU seconds x{' / x'.join(f'{x:.2f}' for x in cpu)}")
+    goals = goal_lines(results)
+    if goals:
+        print(f"issue 23's goals (round {GOAL_ROUND}, CPU seconds of the process tree; peak memory of the tree):")
+        for line in goals:
+            print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
