@@ -69,7 +69,10 @@ class TreeMonitor:
     def __init__(self, pid: int, interval: float, metrics: Path) -> None:
         self.root, self.interval, self.metrics = psutil.Process(pid), interval, metrics
         self.peak, self.peak_processes, self.cpu = 0, 0, {}
+        self.peak_at_row, self.peak_by_role = 0, {}  # rows metrics.jsonl had at the peak; PSS by role then
+        self.roles: dict[int, str] = {}  # pid -> role (role_of)
         self.at_rows: list[float] = []  # the tree's CPU seconds when metrics.jsonl got its k-th row
+        self.at_rows_by_role: list[dict[str, float]] = []  # the same, by role
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -86,22 +89,27 @@ class TreeMonitor:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return
-        total = 0
+        total, by_role = 0, {}
         for p in procs:
             try:
-                total += memory_of(p)
+                if p.pid not in self.roles:
+                    self.roles[p.pid] = role_of(p, self.root.pid)
+                memory = memory_of(p)
+                total += memory
+                by_role[self.roles[p.pid]] = by_role.get(self.roles[p.pid], 0) + memory
                 t = p.cpu_times()
                 self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
             except psutil.Error:  # gone meanwhile
                 continue
-        if total > self.peak:
-            self.peak, self.peak_processes = total, len(procs)
         try:
             rows = self.metrics.read_bytes().count(b"\n")
         except OSError:
             rows = 0
+        if total > self.peak:
+            self.peak, self.peak_processes, self.peak_at_row, self.peak_by_role = total, len(procs), rows, by_role
         while len(self.at_rows) < rows:
             self.at_rows.append(self.cpu_seconds)
+            self.at_rows_by_role.append(self.cpu_by_role())
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -111,6 +119,26 @@ class TreeMonitor:
     @property
     def cpu_seconds(self) -> float:
         return sum(self.cpu.values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self.cpu.items():
+            out[self.roles.get(pid, "ray")] = out.get(self.roles.get(pid, "ray"), 0.0) + seconds
+        return out
+
+
+ROLES = ("runner", "owners", "ray")  # the coordinator and Simulation Engine; Ray's workers (owners); Ray's services
+
+
+def role_of(p: psutil.Process, root: int) -> str:
+    """Which part of the run a process of the tree is (``ROLES``)."""
+    if p.pid == root:
+        return "runner"
+    try:
+        cmdline = " ".join(p.cmdline())
+    except psutil.Error:
+        return "ray"
+    return "owners" if "default_worker.py" in cmdline or p.name().startswith("ray::") else "ray"
 
 
 def memory_of(p: psutil.Process) -> int:
@@ -166,6 +194,12 @@ def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
             "seconds_per_round": [r.seconds.round for r in trained],
             "seconds_evaluate": [r.seconds.evaluate for r in trained],
             "cpu_seconds_per_round": [b - a for a, b in zip(monitor.at_rows, monitor.at_rows[1:])],
+            "cpu_seconds_per_round_by_role": [{k: b.get(k, 0.0) - a.get(k, 0.0) for k in ROLES}
+                                              for a, b in zip(monitor.at_rows_by_role, monitor.at_rows_by_role[1:])],
+            "peak_at": "set-up" if monitor.peak_at_row == 0 else
+                       "the outputs after the last round" if monitor.peak_at_row > args.rounds else
+                       f"round {monitor.peak_at_row}",
+            "peak_memory_by_role": monitor.peak_by_role,
             "peak_memory_bytes": monitor.peak, "processes_at_peak": monitor.peak_processes,
             "cpu_seconds": monitor.cpu_seconds, "wall_seconds": wall,
             "console_lines": len(log.read_text().splitlines()), "aggregation": resolved_aggregation(out)}
@@ -173,6 +207,10 @@ def run(out: Path, owners: int, config: str, args: argparse.Namespace) -> dict:
 
 def fmt_rounds(values: list[float]) -> str:
     return " / ".join(f"{s:.1f}" for s in values)
+
+
+def fmt_roles(values: dict[str, float], unit: float, name: str) -> str:
+    return ", ".join(f"{role} {values.get(role, 0) / unit:.{2 if name == 'GiB' else 1}f} {name}" for role in ROLES)
 
 
 def fmt_aggregation(agg: dict) -> str:
@@ -233,6 +271,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         for owners in owner_counts:
             for config in configs:
                 if config.startswith("crypten") and owners > args.crypten_max:
@@ -244,7 +283,9 @@ def main() -> None:
                     f"{fmt_rounds(r['seconds_per_round'])} (rounds 1..{args.rounds}; evaluation "
                     f"{fmt_rounds(r['seconds_evaluate'])}); CPU seconds per round "
                     f"{fmt_rounds(r['cpu_seconds_per_round'])}; "
-                    f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes); "
+                    f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB ({r['processes_at_peak']} processes, in "
+                    f"{r['peak_at']}: {fmt_roles(r['peak_memory_by_role'], 2**30, 'GiB')}); CPU seconds per round by "
+                    f"role {' / '.join(fmt_roles(c, 1, 's') for c in r['cpu_seconds_per_round_by_role'])}; "
                     f"CPU {r['cpu_seconds']:.0f} s and {r['wall_seconds']:.0f} s for the whole run; "
                     f"{r['console_lines']} console lines; aggregation {fmt_aggregation(r['aggregation'])}",
                     flush=True,
