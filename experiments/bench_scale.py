@@ -138,7 +138,9 @@ def role_of(p: psutil.Process, root: int) -> str:
         cmdline = " ".join(p.cmdline())
     except psutil.Error:
         return "ray"
-    return "owners" if "default_worker.py" in cmdline or p.name().startswith("ray::") else "ray"
+    name = p.name()  # Ray retitles its workers: ray::ClientAppActor.run (an owner), ray::IDLE; its agents too
+    worker = name.startswith("ray::") or (name.startswith("python") and "default_worker.py" in cmdline)
+    return "owners" if worker and "Agent" not in name + cmdline else "ray"
 
 
 def memory_of(p: psutil.Process) -> int:
