@@ -40,15 +40,14 @@ def check_round(backend: "TensealOwner", payloads: dict[str, Protected], server_
 def checked_sum(backend: "TensealOwner", payloads: dict[str, Protected], server_round: int) -> Revealed:
     """The round's sum, refused as :func:`check_round` refuses it (and, BFV, over ``max_owners`` updates,
     the most its step is made for); summed from the plaintexts checked, once every update is checked."""
-    opened = {owner: _checked(backend, owner, payloads[owner], server_round) for owner in sorted(payloads)}
+    total, weight = None, 0.0
+    for owner in sorted(payloads):  # added as checked, one plaintext held at a time (RoundUpdates are in this order)
+        values, w = _checked(backend, owner, payloads[owner], server_round)
+        total = values if total is None else total + values
+        weight += w
     if backend.cfg.scheme == "bfv" and len(payloads) > backend.cfg.owners:
         raise PayloadError(f"pending round updates do not add up: over aggregation.max_owners={backend.cfg.owners} "
                            "updates in one sum (the BFV step is made for that many)")
-    total, weight = None, 0.0
-    for owner in payloads:  # the order the sum's weights would be added in (Enc(sum)'s sealed weights)
-        values, w = opened[owner]
-        total = values.copy() if total is None else total + values
-        weight += w
     if total is None:
         raise PayloadError(f"pending round {server_round} holds no update: refused")
     if backend.cfg.scheme == "bfv":  # digits summed exactly in int64, scaled once, as bfv.decode scales Dec(sum)
