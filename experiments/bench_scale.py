@@ -70,7 +70,7 @@ class TreeMonitor:
         self.root, self.interval, self.metrics = psutil.Process(pid), interval, metrics
         self.peak, self.peak_processes, self.cpu = 0, 0, {}
         self.peak_at_row, self.peak_by_role = 0, {}  # rows metrics.jsonl had at the peak; PSS by role then
-        self.roles: dict[int, str] = {}  # pid -> role (role_of)
+        self.roles: dict[int, str] = {}  # pid -> role (role_of) when last seen
         self.at_rows: list[float] = []  # the tree's CPU seconds when metrics.jsonl got its k-th row
         self.at_rows_by_role: list[dict[str, float]] = []  # the same, by role
         self.stop = threading.Event()
@@ -92,8 +92,7 @@ class TreeMonitor:
         total, by_role = 0, {}
         for p in procs:
             try:
-                if p.pid not in self.roles:
-                    self.roles[p.pid] = role_of(p, self.root.pid)
+                self.roles[p.pid] = role_of(p, self.root.pid)  # each time: Ray retitles a worker once it is an actor
                 memory = memory_of(p)
                 total += memory
                 by_role[self.roles[p.pid]] = by_role.get(self.roles[p.pid], 0) + memory
