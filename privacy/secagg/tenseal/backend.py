@@ -53,7 +53,7 @@ from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, Ro
 from fedveil.privacy.secagg import identity
 from fedveil.privacy.secagg.tenseal import bfv, checks, ckks, committee, eval_pair, global_codec, kept
 from fedveil.privacy.secagg.tenseal.config import TensealConfig, clamp
-from fedveil.privacy.secagg.tenseal.context import check_parameters, context_id, load_context, secret_bytes
+from fedveil.privacy.secagg.tenseal.context import cached_context, check_parameters, context_id
 from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES
 from fedveil.privacy.secagg.tenseal.keys import run_dir
 
@@ -90,7 +90,7 @@ class _Side:
     def __init__(self, cfg: TensealConfig | None, size: int | None, public: bytes, run: str) -> None:
         self.cfg, self.size, self.run = cfg or TensealConfig(), size, run
         self.context_id = context_id(public)
-        self._public = load_context(public)
+        self._public = cached_context(public)[0]
         if self._public.is_private():
             raise PayloadError("the context given as public holds a secret key; pass public_bytes(ctx)")
         check_parameters(self._public, self.cfg)
@@ -258,9 +258,8 @@ class TensealOwner(_Side):
         range-checked; False: also the coordinator's sum alone (form ``sum``)."""
         super().__init__(cfg, size, public, run)
         self.malicious_owners = malicious_owners
-        self._secret = load_context(secret)
         # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
-        canonical = secret_bytes(self._secret)
+        self._secret, canonical = cached_context(secret)
         self._weight_key = None  # BFV: the key owners seal their weights with
         if self.cfg.scheme == "bfv":
             self._weight_key = bfv.count_key(canonical)
@@ -352,11 +351,8 @@ class TensealOwner(_Side):
             if isinstance(payloads, Protected):  # a sum the round's verifier committee checked and signed
                 vector = self.reveal(payloads).applied_to(vector)
                 continue
-            checks.check_round(self, payloads, at)  # each update within an owner's bounds, before any is added
-            total = self.combine(payloads)
-            if total.excluded:  # signed, yet odd (a malicious owner's ciphertext an honest server excludes)
-                raise PayloadError(f"pending round updates do not add up: {sorted(total.excluded.values())[0]}")
-            vector = self.reveal(total.payload).applied_to(vector)
+            # each update within an owner's bounds, then the sum of the plaintexts checked (no Enc(sum) to decrypt)
+            vector = checks.checked_sum(self, payloads, at).applied_to(vector)
         if self.keys is not None:
             kept.keep(run_dir(self.keys.state_dir, self.run), self.run, self.context_id, after_round,
                       kept.as_reencrypted(vector, self.cfg))
