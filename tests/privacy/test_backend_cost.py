@@ -108,7 +108,7 @@ KNOWN_CARRIED = [  # eval_in_train (the default), under DP -> round 1, round 2, 
     (KNOWN[0], (65_536, 65_536, 65_536, 65_536, 131_080), (65_536, 65_536, 131_072)),
     (KNOWN[6], (65_536, 65_536, 65_536, 65_536, 197_835), (65_536, 65_536, 131_072)),
     # tenseal: round r's train sends round r-1's signed updates (round 1 nothing); the owner keeps the global after
-    # r-2 it opened in round r-1, so no signed base (was 525_970 a steady round: tests/faults/test_tenseal_kept_global)
+    # r-2 it opened in round r-1, so no signed base (was 525_970 a steady round: tests/faults/test_kept_global_run.py)
     (KNOWN[1], (0, 394_513, 394_513, 394_513, 526_084), (0, 394_513, 789_026)),
     (KNOWN[2], (0, 210_162_618, 210_162_618, 210_162_618, 212_264_319), (0, 210_162_618, 420_325_236)),
 ]
