@@ -29,10 +29,11 @@ def owner_adapter(out, k):
 def test_a_run_with_kept_globals_is_the_run_with_the_base_every_round_for_fewer_bytes(tmp_path, tiny_gpt2,
                                                                                        owners_data, monkeypatch):
     kept, based = tmp_path / "kept", tmp_path / "based"
-    in_process(experiment(kept, tiny_gpt2, owners_data, {"name": "tenseal"}, rounds=3))
+    agg = {"name": "tenseal", "download": "every"}  # the kept global alone (a committee is drawn anew each run)
+    in_process(experiment(kept, tiny_gpt2, owners_data, agg, rounds=3))
     with monkeypatch.context() as mp:  # the holder as before: the whole of it, base included, to every owner
         mp.setattr(EncryptedGlobal, "arrays_for", lambda self, owner: None)
-        in_process(experiment(based, tiny_gpt2, owners_data, {"name": "tenseal"}, rounds=3))
+        in_process(experiment(based, tiny_gpt2, owners_data, agg, rounds=3))
     assert_nothing_half_written(kept)
     for k in range(3):
         a, b = owner_adapter(kept, k), owner_adapter(based, k)
