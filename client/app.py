@@ -114,33 +114,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     return answer(msg, context, protocol.EVALUATE)
 
 
-# key set-up (server/key_setup.py relays it; the backend's KeySetup does the work)
-@app.query(protocol.PUBKEY)
-def pubkey(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.PUBKEY)
+def _answering(op: str):
+    def handler(msg: Message, context: Context) -> Message:
+        return answer(msg, context, op)
+
+    handler.__name__ = op.replace(".", "_")
+    return handler
 
 
-@app.query(protocol.KEYGEN)
-def keygen(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.KEYGEN)
-
-
-@app.query(protocol.INSTALL)
-def install(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.INSTALL)
-
-
-@app.query(protocol.EVALSUM)
-def evalsum(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.EVALSUM)
-
-
-# tenseal's verifier committee (server/committee_exchange.py asks; client/operations.py:committee_step answers)
-@app.query(protocol.REVEAL)
-def reveal(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.REVEAL)
-
-
-@app.query(protocol.ATTEST)
-def attest(msg: Message, context: Context) -> Message:
-    return answer(msg, context, protocol.ATTEST)
+# the queries: key set-up (server/key_setup.py relays it; the backend's KeySetup does the work), tenseal's held-out
+# sum, and its verifier committee (server/committee_exchange.py asks; client/operations.py:committee_step answers)
+for _op in (*protocol.KEY_SETUP_OPS, protocol.EVALSUM, *protocol.COMMITTEE_OPS):
+    app.query(_op)(_answering(_op))

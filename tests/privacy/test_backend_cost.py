@@ -241,9 +241,9 @@ FORMS_100 = {  # tiny adapter, 100 owners per round (BFV for 100), under DP, com
         # signed base): two Merkle paths + the sum + the lean certificate (names, nonces, one root, the members'
         # signatures); a member: the paths, the full set, every other signed update and the signatures (it
         # computes the sum), its signature up
-        "committee": (131_667, 32, 141_928, 2, 13_038_876, 64),
+        "committee": (131_667, 32, 141_930, 2, 13_038_878, 64),
         "sum": (131_571, 0, 136_627, 0, 0, 0)},
-    3: {"committee": (131_667, 32, 142_020, 3, 13_038_980, 64)},
+    3: {"committee": (131_667, 32, 142_022, 3, 13_038_982, 64)},
 }
 
 

@@ -123,13 +123,16 @@ class RevealQuery:
 
     def encode(self) -> bytes:
         head = json.dumps({"round": self.round, "count": self.count, "index": self.index}).encode()
-        return pack([head, b"".join(self.path), b"".join(self.update_path)])
+        # each path behind a one-byte tag: a lone contributor's paths are empty, and pack() frames no empty part
+        return pack([head, b"p" + b"".join(self.path), b"u" + b"".join(self.update_path)])
 
     @classmethod
     def decode(cls, blob: bytes) -> "RevealQuery":
         try:
-            head, path, update_path = unpack(blob)
-            claim = json.loads(head)
+            head, tagged, update_tagged = unpack(blob)
+            if tagged[:1] != b"p" or update_tagged[:1] != b"u":
+                raise ValueError("a path is not tagged")
+            path, update_path, claim = tagged[1:], update_tagged[1:], json.loads(head)
             split = [[p[i:i + 32] for i in range(0, len(p), 32)] for p in (path, update_path)]
             if any(len(p) % 32 for p in (path, update_path)):
                 raise ValueError("a path is not whole hashes")
