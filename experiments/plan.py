@@ -267,7 +267,8 @@ def download_lines(name: str, f: dict, mode: str) -> list[str]:
         n, k = c["owners"], c["committee"]
         # what a member downloads per other update (carried: less the sum that c owners a round computed themselves)
         per = (c["committee_down"] - c["global_down"] - c.get("member_kept", 0)) / max(n - 1, 1)
-        lines.append(f"  floor: {k} members each download the other {n - 1} updates ({x(per)} each), so the mean "
+        lines.append(f"  floor: {k} members each download the other {n - 1} updates ({x(per)} each, less the sums "
+                     "they computed), so the mean "
                      f"over {n} owners is at least outside + {k} x {n - 1}/{n} x that = {x(c['global_down'])} + "
                      f"{x(k * (n - 1) / n * per)}, whatever the design")
     return lines

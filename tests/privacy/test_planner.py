@@ -419,7 +419,8 @@ def test_fedveil_plan_shows_tenseals_download_forms_against_plains_for_100_owner
     assert lines[at + 3].split() == ["committee", "of", "2", "x6.10", "[x3.05]", "x201.04", "[x100.52]", "x2.17",
                                      "[x1.08]", "x201.04", "[x100.52]"]
     assert lines[at + 4].split() == ["sum"] + ["x2.08", "[x1.04]"] * 3 + ["-"]
-    assert lines[at + 5] == ("  floor: 2 members each download the other 99 updates (x1.99 [x0.99] each), so the mean "
+    assert lines[at + 5] == ("  floor: 2 members each download the other 99 updates (x1.99 [x0.99] each, less the sums "
+                             "they computed), so the mean "
                              "over 100 owners is at least outside + 2 x 99/100 x that = x2.17 [x1.08] + x3.94 [x1.97], "
                              "whatever the design")
     assert any("priced with eval_in_train=true" in x for x in lines)
