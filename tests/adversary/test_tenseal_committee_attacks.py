@@ -17,7 +17,7 @@ from fedveil.core.payload import PayloadError, RoundContext
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.core.io import pack
-from fedveil.privacy.secagg.tenseal import bfv, committee
+from fedveil.privacy.secagg.tenseal import bfv, committee, committee_round
 from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealServer, update_statement
 from fedveil.privacy.secagg.tenseal.committee import Certificate, LeanCertificate, Record
@@ -101,7 +101,7 @@ class Round:
         updates = updates or self.updates()
         return committee.attest(self.record(member), self.roster, RUN, self.cid, member, cert, C,
                                 {o: b for o, (b, _) in updates.signed.items()},
-                                lambda checked: committee.member_sum(self.owners[member], updates, checked),
+                                lambda checked: committee_round.member_sum(self.owners[member], updates, checked),
                                 self.keys[member].sign)
 
     def signed(self):
@@ -141,7 +141,7 @@ def test_the_honest_committee_certifies_the_sum_every_other_owner_opens(fed):
     r = Round(fed, 9, {o: i + 1.0 for i, o in enumerate(OWNERS)})
     cert = Certificate.decode(r.signed().encode())  # as it travels
     member = r.committee[0]
-    assert hashlib.sha256(committee.member_sum(r.owners[member], r.updates(), True)).digest() == \
+    assert hashlib.sha256(committee_round.member_sum(r.owners[member], r.updates(), True)).digest() == \
         hashlib.sha256(r.sum_blob).digest()  # the server's sum, in owner order, is byte for byte the member's
     for o in r.outsiders():
         r.verify(o, cert)
@@ -320,9 +320,9 @@ def test_a_member_range_checks_every_update_before_signing(fed):
     signature = keys[poisoner].sign(update_statement(RUN, r.cid, 6, poisoner, raw))
     poisoned = RoundUpdates(6, {**r.updates().signed, poisoner: (raw, signature)})
     with pytest.raises(Refusal, match=f"owner {poisoner}'s update") as exc:
-        committee.member_sum(owners[member], poisoned, True)
+        committee_round.member_sum(owners[member], poisoned, True)
     assert (exc.value.code, exc.value.public) == ("bad-update", {"owner": poisoner})
-    assert committee.member_sum(owners[member], poisoned, False)  # unchecked, it is summed
+    assert committee_round.member_sum(owners[member], poisoned, False)  # unchecked, it is summed
 
 
 def test_an_owner_opens_a_certified_round_of_the_encrypted_global_and_refuses_a_forged_or_bare_one(fresh):
