@@ -237,10 +237,10 @@ def test_crypten_plans_the_bytes_of_a_protected_pair(tmp_path):
 FORM_BYTES = ("update_up", "reveal_up", "global_down", "committee", "committee_down", "committee_up")
 FORMS_100 = {  # tiny adapter, 100 owners per round (BFV for 100), under DP, committee of 2 (the default) and 3
     2: {"every": (131_571, 0, 13_149_618, 0, 0, 0),
-        # + commitment and signed contribution up, the nonce and its reveal signature up; down (the owner keeps the global it opened: no
-        # signed base): two Merkle paths + the sum + the lean certificate (names, nonces, one root, the members'
-        # signatures); a member: the paths, the full set, every other signed update and the signatures (it
-        # computes the sum), its signature up
+        # + commitment and signed contribution up, the nonce and its reveal signature up; down (the owner keeps the
+        # global it opened: no signed base): two Merkle paths + the sum + the lean certificate (names, nonces, one
+        # root, the members' signatures); a member: the paths, the full set, every other signed update and the
+        # signatures (it computes the sum), its signature up
         "committee": (131_667, 96, 141_928, 2, 13_038_876, 64),
         "sum": (131_571, 0, 136_627, 0, 0, 0)},
     3: {"committee": (131_667, 96, 142_020, 3, 13_038_980, 64)},
