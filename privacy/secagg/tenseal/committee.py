@@ -124,8 +124,8 @@ class Certificate:
                            **({"revealed": True} if revealed else {}),
                            **({"root": self.updates_root.hex()} if self.updates_root else {})}).encode()
         parts = [p for c in self.contributions for p in (c.update_sha256, c.signature, self.reveals.get(c.owner, b""),
-                                                         *([self.reveal_signatures.get(c.owner, b"")] if revealed
-                                                           else []))]
+                                                         *([self.reveal_signatures.get(c.owner) or bytes(64)]
+                                                           if revealed else []))]  # none: fails as unsigned
         return pack([head, *parts, *(self.signatures[m] for m in signed)])
 
     @classmethod
