@@ -61,8 +61,8 @@ def committee_step(instruction: Instruction, cfg: FedveilConfig, identity: Owner
     """tenseal's verifier committee (``aggregation.download=committee``): reveal the nonce this owner committed
     to beside its last update, once it is shown that update's place in the round's set; or, as a member, sign
     the round's sum after checking every signed update (``tenseal/committee_round.py``). Neither reads the
-    owner's data or opens its ε ledger; the reply is a nonce from the CSPRNG or a signature over the sum of
-    the round's (noised) updates."""
+    owner's data or opens its ε ledger; the reply is a nonce from the CSPRNG with a signature over it and the
+    set's digest, or a signature over the sum of the round's (noised) updates."""
     owner = checked_owner(instruction, cfg, identity)
     steps = backend_spec(cfg.aggregation.name).committee
     if steps is None or getattr(cfg.aggregation, "download", None) != "committee":
@@ -70,7 +70,8 @@ def committee_step(instruction: Instruction, cfg: FedveilConfig, identity: Owner
                       key="aggregation.download")
     keys, at = instruction.keys, owner.ctx.round
     if instruction.op == REVEAL:
-        blob = {wire.NONCE: steps.reveal_nonce(owner.backend, at, _blob(keys, wire.REVEAL_QUERY))}
+        nonce, signature = steps.reveal_nonce(owner.backend, at, _blob(keys, wire.REVEAL_QUERY))
+        blob = {wire.NONCE: nonce, wire.REVEAL_SIGNATURE: signature}
     else:
         blob = {wire.ATTESTATION: steps.attest_round(owner.backend, _blob(keys, wire.COMMITTEE_UPDATES),
                                                      _blob(keys, wire.COMMITTEE_DRAFT))}

@@ -36,7 +36,8 @@ Server -> owners (tenseal, ``aggregation.download=committee``; server/committee_
 train replies::
 
     QUERY_REVEAL   CONFIG (run config, ROUND, LAYOUT_DIGEST), KEYS: REVEAL_QUERY (the owner's place in the
-                   round's committed set); the owner replies BLOBS: NONCE (the nonce it committed to)
+                   round's committed set); the owner replies BLOBS: NONCE (the nonce it committed to) and
+                   REVEAL_SIGNATURE (its signature over that nonce and the set's digest)
     QUERY_ATTEST   to the committee's members only: KEYS: COMMITTEE_UPDATES (the round's signed updates) and
                    COMMITTEE_DRAFT (the set, the nonces, the committee); the member replies BLOBS: ATTESTATION
                    (its signature over the round's sum)
@@ -83,7 +84,8 @@ HANDED_BACK = (ENCRYPTED_GLOBAL, GLOBAL_SIGNATURE)  # an owner's answer to the h
 EVAL_PAIR_PREFIX = "eval-pair."  # evaluate reply: the protected held-out pair's arrays and blobs
 EVAL_PAIRS = "eval-pairs"  # QUERY_EVALSUM: the round's combined held-out pairs, for the owner that reveals the mean
 REVEAL_QUERY = "reveal-query"  # QUERY_REVEAL: the owner's place in the round's committed set (committee.RevealQuery)
-NONCE = "nonce"  # its reply: the nonce the owner committed to beside its update
+NONCE = "nonce"  # its reply: the nonce the owner committed to beside its update,
+REVEAL_SIGNATURE = "reveal-signature"  # and its signature over the set it revealed for and that nonce
 COMMITTEE_UPDATES = "committee-updates"  # QUERY_ATTEST: the round's signed updates (global_codec.RoundUpdates)
 COMMITTEE_DRAFT = "committee-draft"  # QUERY_ATTEST: the certificate before its signatures (committee.Certificate)
 ATTESTATION = "attestation"  # its reply: the member's signature over the round's sum

@@ -11,11 +11,11 @@ committee"):
   signed update and the draft; each replies with its signature), then the certified round replaces the
   signed updates in the holder.
 
-Any failure (an owner that does not reveal in time or refuses, a member that does not sign) keeps the form
-``every`` for the round: owners always open it. So does a round that some keyed owner did not contribute
-to: such an owner revealed for no set of the round, and the certificate's own-set check is what keeps its
-integrity claims (it checks every signed update itself instead). The bytes of both exchanges count in the
-round's row (:func:`settle` returns them).
+Any failure (an owner that does not reveal in time or refuses, a member that does not sign, a reveal
+signature that fails) keeps the form ``every`` for the round: owners always open it. An owner outside the
+round's cohort opens a certified round too: it revealed for no set of it, so it checks the full certificate,
+every contributor's reveal signature over this set included (``tenseal/committee.py``). The bytes of both
+exchanges count in the round's row (:func:`settle` returns them).
 """
 
 from __future__ import annotations
@@ -40,14 +40,10 @@ def settle(fed, server_round: int, outcome: TrainOutcome, train_ex: Exchange) ->
     if form == "every" or steps is None or not outcome.accepted:
         return NOTHING
     payloads = accepted_payloads(outcome, train_ex)
-    left_out = sorted(set(fed.owners) - set(payloads))
     try:
         if form == "sum":
             steps.settle(fed.state, server_round, steps.sum_round(fed.strategy.backend, payloads, server_round))
             return NOTHING
-        if left_out:
-            raise UserError(f"{len(left_out)} keyed owner(s) did not contribute (e.g. {left_out[0]}): they revealed "
-                            "for no set of the round, so they open its signed updates")
         return certify(fed, server_round, payloads, steps)
     except UserError as exc:
         progress(f"  round {server_round}: download form '{form}' not used, every signed update kept: {exc}")
@@ -72,12 +68,16 @@ def certify(fed, server_round: int, payloads: dict[str, Protected], steps) -> Ex
         contributions = steps.contributions_of(payloads)
         queries = steps.reveal_queries(server, server_round, contributions)
         shown_each = {o: {wire.REVEAL_QUERY: q} for o, q in queries.items()}
-        done, reveals = ask(fed, server_round, wire.QUERY_REVEAL, shown_each, nodes, wire.NONCE, done)
+        done, revealed = ask(fed, server_round, wire.QUERY_REVEAL, shown_each, nodes,
+                             (wire.NONCE, wire.REVEAL_SIGNATURE), done)
+        reveals = {o: r[wire.NONCE] for o, r in revealed.items()}
         draft = steps.draft(server, server_round, contributions, reveals, checked=fed.cfg.privacy.malicious_owners)
         shown = {m: {wire.COMMITTEE_UPDATES: steps.round_updates(payloads, server_round, leave_out=m),
                      wire.COMMITTEE_DRAFT: draft.encode()} for m in draft.committee}  # a member has its own
-        done, signatures = ask(fed, server_round, wire.QUERY_ATTEST, shown, nodes, wire.ATTESTATION, done)
-        steps.settle(fed.state, server_round, steps.certify(server, payloads, draft, signatures))
+        done, attested = ask(fed, server_round, wire.QUERY_ATTEST, shown, nodes, (wire.ATTESTATION,), done)
+        signatures = {o: r[wire.ATTESTATION] for o, r in attested.items()}
+        steps.settle(fed.state, server_round, steps.certify(server, payloads, draft, signatures,
+                                                            {o: r[wire.REVEAL_SIGNATURE] for o, r in revealed.items()}))
     except UserError as exc:
         exc.exchanged = done
         raise
@@ -86,8 +86,9 @@ def certify(fed, server_round: int, payloads: dict[str, Protected], steps) -> Ex
 
 
 def ask(fed, server_round: int, message_type: str, keys: dict[str, dict[str, bytes]], nodes: dict[str, int],
-        reply_key: str, done: Exchange) -> tuple[Exchange, dict[str, bytes]]:
-    """One exchange with the owners in ``keys`` (their KEYS record each); every one must reply with ``reply_key``."""
+        reply_keys: tuple[str, ...], done: Exchange) -> tuple[Exchange, dict[str, dict[str, bytes]]]:
+    """One exchange with the owners in ``keys`` (their KEYS record each); every one must reply with a blob under
+    each of ``reply_keys`` (owner -> those blobs)."""
     config = ConfigRecord({**fed.run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: fed.layout.digest})
     absent = sorted(set(keys) - set(nodes))
     if absent:
@@ -98,9 +99,10 @@ def ask(fed, server_round: int, message_type: str, keys: dict[str, dict[str, byt
     done = done.plus(ex)
     asked, got = {nodes[o]: o for o in keys}, {}
     for m in ex.replies:  # named by the node asked, never by what the reply says of itself
-        blob = records.records_to_protected(m.content).blobs.get(reply_key) if m.has_content() else None
-        if not m.has_error() and isinstance(blob, bytes) and blob and m.metadata.src_node_id in asked:
-            got[asked[m.metadata.src_node_id]] = blob
+        blobs = records.records_to_protected(m.content).blobs if m.has_content() and not m.has_error() else {}
+        wanted = {k: blobs.get(k) for k in reply_keys}
+        if all(isinstance(b, bytes) and b for b in wanted.values()) and m.metadata.src_node_id in asked:
+            got[asked[m.metadata.src_node_id]] = wanted
     silent = sorted(set(keys) - set(got))
     if silent:
         why = [records.error_reason(m) for m in ex.replies if m.has_error()]

@@ -199,6 +199,9 @@ BACKENDS: dict[str, BackendSpec] = {
                 "a malicious coordinator can leave owners' updates out of a round (as dropouts; an owner "
                 "refuses a round without its own) and show owners different subsets of one round's signed "
                 "updates at its evaluation",
+                "with the verifier committee, a round whose cohort the coordinator made of colluders only can be "
+                "certified with any sum towards owners outside that cohort (in form every they range-checked each "
+                "update themselves); a set with any honest owner's contribution needs that owner's reveal signature",
                 "without DP, a malicious coordinator chooses which signed held-out pairs (at least 2, the revealing "
                 "owner's among them) go into the one held-out mean per round it obtains",
             ),

@@ -17,7 +17,7 @@ from fedveil.core.payload import PayloadError, RoundContext
 from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import OwnerKeys, pin_roster
 from fedveil.core.io import pack
-from fedveil.privacy.secagg.tenseal import bfv, committee
+from fedveil.privacy.secagg.tenseal import bfv, committee, committee_round
 from fedveil.privacy.secagg.tenseal import keys as setup
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealServer, update_statement
 from fedveil.privacy.secagg.tenseal.committee import Certificate, LeanCertificate, Record
@@ -101,7 +101,7 @@ class Round:
         updates = updates or self.updates()
         return committee.attest(self.record(member), self.roster, RUN, self.cid, member, cert, C,
                                 {o: b for o, (b, _) in updates.signed.items()},
-                                lambda checked: committee.member_sum(self.owners[member], updates, checked),
+                                lambda checked: committee_round.member_sum(self.owners[member], updates, checked),
                                 self.keys[member].sign)
 
     def signed(self):
@@ -141,7 +141,7 @@ def test_the_honest_committee_certifies_the_sum_every_other_owner_opens(fed):
     r = Round(fed, 9, {o: i + 1.0 for i, o in enumerate(OWNERS)})
     cert = Certificate.decode(r.signed().encode())  # as it travels
     member = r.committee[0]
-    assert hashlib.sha256(committee.member_sum(r.owners[member], r.updates(), True)).digest() == \
+    assert hashlib.sha256(committee_round.member_sum(r.owners[member], r.updates(), True)).digest() == \
         hashlib.sha256(r.sum_blob).digest()  # the server's sum, in owner order, is byte for byte the member's
     for o in r.outsiders():
         r.verify(o, cert)
@@ -320,9 +320,9 @@ def test_a_member_range_checks_every_update_before_signing(fed):
     signature = keys[poisoner].sign(update_statement(RUN, r.cid, 6, poisoner, raw))
     poisoned = RoundUpdates(6, {**r.updates().signed, poisoner: (raw, signature)})
     with pytest.raises(Refusal, match=f"owner {poisoner}'s update") as exc:
-        committee.member_sum(owners[member], poisoned, True)
+        committee_round.member_sum(owners[member], poisoned, True)
     assert (exc.value.code, exc.value.public) == ("bad-update", {"owner": poisoner})
-    assert committee.member_sum(owners[member], poisoned, False)  # unchecked, it is summed
+    assert committee_round.member_sum(owners[member], poisoned, False)  # unchecked, it is summed
 
 
 def test_an_owner_opens_a_certified_round_of_the_encrypted_global_and_refuses_a_forged_or_bare_one(fresh):
@@ -359,3 +359,121 @@ def test_only_an_owner_whose_view_is_that_owners_are_honest_opens_a_sum_summed_w
     with refused("sum"):
         r.owners[wary].open_global(alone, zeros, 1)
     np.testing.assert_allclose(r.owners[believer].open_global(alone, zeros, 1), 0.2, atol=1e-4)
+
+
+# --- owners outside a round's cohort (its own record holds no nonce for the round) ----------------------------
+
+HONEST, COLLUDERS, OUTSIDER = ("client_0", "client_1"), ("client_2", "client_3"), "client_4"
+
+
+def full(r, cert=None, reveal_signatures=None):
+    """``cert`` (default: the signed one) as the holder keeps it and sends an owner outside the cohort: every
+    contributor's reveal signature over the set and its nonce, the update digests' root."""
+    cert = cert or r.signed()
+    if reveal_signatures is None:
+        reveal_signatures = {o: committee.sign_reveal(r.record(o), RUN, r.cid, r.round, o, r.keys[o].sign)
+                             for o in r.payloads}
+    return Certificate.decode(Certificate(cert.round, cert.contributions, cert.reveals, cert.committee,
+                                          cert.signatures, cert.checked, reveal_signatures,
+                                          committee.update_root(RUN, r.cid, r.round, list(cert.contributions))
+                                          ).encode())
+
+
+def test_an_owner_outside_the_cohort_opens_the_full_certificate_and_refuses_one_without_signed_reveals(fed):
+    r = Round(fed, 20, {o: 1.0 for o in OWNERS if o != OUTSIDER})
+    assert r.record(OUTSIDER).get("nonce", 20) is None  # it contributed nothing: decided by its own record
+    cert = full(r)
+    r.verify(OUTSIDER, cert, lean=False)  # every contribution and reveal signature checked: accepted
+    with refused("outsider"):  # the lean form it cannot check (it revealed for no set of the round)
+        r.verify(OUTSIDER, cert)
+    honest = HONEST[0]
+    missing = {o: s for o, s in cert.reveal_signatures.items() if o != honest}
+    with refused("reveal"):  # an honest owner's contribution without its reveal signature
+        r.verify(OUTSIDER, full(r, cert, missing), lean=False)
+    other_set = r.keys[honest].sign(committee.reveal_statement(RUN, r.cid, 20, honest, bytes(32), r.reveals[honest]))
+    by_another = r.keys[COLLUDERS[0]].sign(committee.reveal_statement(RUN, r.cid, 20, honest, cert.set_id(RUN, r.cid),
+                                                                      r.reveals[honest]))
+    for wrong in (other_set, by_another, cert.reveal_signatures[COLLUDERS[0]]):
+        with refused("reveal"):  # over another set, by another owner, or another owner's own
+            r.verify(OUTSIDER, full(r, cert, {**cert.reveal_signatures, honest: wrong}), lean=False)
+    # a contributor sent the full form (not the lean one) still checks its own set, and accepts the honest round
+    for o in r.payloads:
+        r.verify(o, cert, lean=False)
+
+
+def test_a_set_grinded_after_the_reveals_carries_no_honest_reveal_signature_and_is_refused(fed):
+    """The coordinator keeps S1's honest contributions (their nonces are out), adds colluders' contributions
+    with commitments chosen after seeing them until the committee is colluders only, and has them sign a
+    forged sum: S2. The honest owners' reveal signatures name S1; each signs a reveal for one set a round."""
+    r = Round(fed, 21, {o: 1.0 for o in HONEST})  # S1: the honest owners revealed for it (and signed that)
+    honest_sigs = {o: committee.sign_reveal(r.record(o), RUN, r.cid, 21, o, r.keys[o].sign) for o in HONEST}
+    with refused("equivocation"):  # an honest owner never reveals for a second set of the round
+        r.record(HONEST[0]).once("set", 21, bytes(32), "revealed for")
+    forged = r.owners[COLLUDERS[0]].protect(np.full(SIZE, 5.0), 1.0).blobs["ciphertext"]
+    digest = hashlib.sha256(forged).digest()
+    rng = np.random.default_rng(0)
+    for tries in range(1, 200):  # grinding: colluders' nonces chosen after the honest ones are public
+        nonces = {o: rng.bytes(32) for o in COLLUDERS}
+        added = tuple(committee.Contribution(o, digest, committee.commitment_of(nonces[o]), r.keys[o].sign(
+            committee.contribution_statement(RUN, r.cid, 21, o, digest, committee.commitment_of(nonces[o]))))
+            for o in COLLUDERS)
+        contributions = tuple(sorted((*r.contributions, *added), key=lambda c: c.owner))
+        draft = Certificate(21, contributions, {**r.reveals, **nonces}, (), {}, True)
+        if committee.committee_of(RUN, r.cid, draft, C) == COLLUDERS:
+            break
+    assert tries < 200  # the coordinator finds a colluders-only committee for S2 quickly
+    s2 = Certificate(21, contributions, draft.reveals, COLLUDERS, {}, True)
+    statement = committee.sum_statement(RUN, r.cid, 21, setup.roster_digest(r.roster), s2.set_id(RUN, r.cid),
+                                        hashlib.sha256(forged).digest(), COLLUDERS, True)
+    colluding = {o: r.keys[o].sign(committee.reveal_statement(RUN, r.cid, 21, o, s2.set_id(RUN, r.cid), nonces[o]))
+                 for o in COLLUDERS}
+    s2 = Certificate(21, contributions, draft.reveals, COLLUDERS, {o: r.keys[o].sign(statement) for o in COLLUDERS},
+                     True, {**honest_sigs, **colluding},
+                     committee.update_root(RUN, r.cid, 21, list(contributions)))
+    with refused("reveal"):  # the outsider: the honest reveal signatures are for S1's id
+        r.verify(OUTSIDER, s2, forged, lean=False)
+    for o in HONEST:  # the honest contributors: not the set they revealed for, in full or lean form
+        with refused("own-update"):
+            r.verify(o, s2, forged, lean=False)
+        with refused("own-update"):
+            r.verify(o, s2, forged)
+    # what stops it is the reveal signatures alone: with S2's (which no honest owner gives) it would pass
+    forged_reveals = {**colluding, **{o: r.keys[o].sign(committee.reveal_statement(
+        RUN, r.cid, 21, o, s2.set_id(RUN, r.cid), r.reveals[o])) for o in HONEST}}
+    r.verify(OUTSIDER, full(r, s2, forged_reveals), forged, lean=False)
+    # a set that leaves the honest contributors out (the colluders', all signed): an owner outside the cohort takes
+    # it (the caveat below), an owner that contributed refuses it, as its own record says, not the certificate
+    kept = tuple(c for c in contributions if c.owner in COLLUDERS)
+    s3 = Certificate(21, kept, nonces, (), {}, True)
+    members, s3_id = committee.committee_of(RUN, r.cid, s3, C), s3.set_id(RUN, r.cid)
+    statement = committee.sum_statement(RUN, r.cid, 21, setup.roster_digest(r.roster), s3_id, digest, members, True)
+    s3 = Certificate(21, kept, nonces, members, {o: r.keys[o].sign(statement) for o in members}, True,
+                     {o: r.keys[o].sign(committee.reveal_statement(RUN, r.cid, 21, o, s3_id, nonces[o]))
+                      for o in COLLUDERS}, committee.update_root(RUN, r.cid, 21, list(kept)))
+    r.verify(OUTSIDER, s3, forged, lean=False)
+    for o in HONEST:
+        with refused("own-update"):
+            r.verify(o, s3, forged, lean=False)
+
+
+def test_the_caveat_a_cohort_of_colluders_certifies_any_sum_towards_owners_outside_it(fresh):
+    """The stated caveat (docs/privacy.md, the tenseal Guarantees): a round whose cohort the coordinator made of
+    colluders only is certified with any sum, and an owner outside the cohort accepts it; in form every it would
+    have range-checked each update itself. What it still refuses: any honest owner's contribution without its
+    reveal signature for this set, and a committee the nonces do not derive."""
+    r = Round(fresh, 1, {o: 1.0 for o in COLLUDERS})
+    forged = r.owners[COLLUDERS[0]].protect(np.full(SIZE, 6.0), 1.0).blobs["ciphertext"]  # not the updates' sum
+    statement = committee.sum_statement(RUN, r.cid, 1, setup.roster_digest(r.roster), r.cert.set_id(RUN, r.cid),
+                                        hashlib.sha256(forged).digest(), r.committee, True)
+    signed = Certificate(1, r.contributions, r.reveals, r.committee, {o: r.keys[o].sign(statement)
+                                                                      for o in r.committee}, True)
+    cert = full(r, signed)
+    r.verify(OUTSIDER, cert, forged, lean=False)  # accepted: not detected
+    for o in HONEST:  # so is it by any owner outside the cohort
+        r.verify(o, cert, forged, lean=False)
+    arrays = EncryptedGlobal(None, [committee.certified_round(1, forged, cert)]).arrays()
+    opened = r.owners[OUTSIDER].open_global(arrays, np.zeros(SIZE, np.float32), 1)
+    np.testing.assert_allclose(opened, 6.0, atol=1e-4)  # the colluders' global, not their updates' mean (1.0)
+    with refused("choice"):  # detected: a committee the nonces do not derive
+        r.verify(OUTSIDER, full(r, Certificate(1, r.contributions, r.reveals, COLLUDERS[:1] + (OUTSIDER,),
+                                               signed.signatures, True)), forged, lean=False)

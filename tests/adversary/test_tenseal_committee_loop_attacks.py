@@ -62,8 +62,8 @@ def test_a_sum_the_coordinator_forged_is_refused_by_every_owner_outside_the_comm
     so the forged sum never reaches them and round 2 goes on with them."""
     certify = committee_round.certify
 
-    def forged(server, payloads, cert, signatures):
-        true = committee.certified_of(certify(server, payloads, cert, signatures))
+    def forged(server, payloads, cert, *signed):
+        true = committee.certified_of(certify(server, payloads, cert, *signed))
         fewer = server.combine(dict(sorted(payloads.items())[:-1])).payload.blobs["ciphertext"]
         return committee.certified_round(true[0], fewer, true[2])
 
@@ -108,8 +108,8 @@ def test_two_owners_shown_two_sums_cannot_both_hold_the_committees_signatures(tm
     under the first certificate: client_2 refuses it (``committee-sum``); the others open the signed one."""
     certify, asked = committee_round.certify, {}
 
-    def equivocating(server, payloads, cert, signatures):
-        blob = certify(server, payloads, cert, signatures)
+    def equivocating(server, payloads, cert, *signed):
+        blob = certify(server, payloads, cert, *signed)
         swapped = dict(payloads)
         first, second = sorted(payloads)[:2]
         swapped[first] = payloads[second]
@@ -118,7 +118,7 @@ def test_two_owners_shown_two_sums_cannot_both_hold_the_committees_signatures(tm
                  wire.COMMITTEE_DRAFT: cert.encode()}
         with pytest.raises(UserError) as err:
             committee_exchange.ask(fed, cert.round, wire.QUERY_ATTEST, {m: shown for m in cert.committee},
-                                   {o: n for n, o in fed.labels.items()}, wire.ATTESTATION,
+                                   {o: n for n, o in fed.labels.items()}, (wire.ATTESTATION,),
                                    committee_exchange.NOTHING)
         asked["refusal"] = str(err.value)
         other = server.combine(dict(sorted(swapped.items()))).payload.blobs["ciphertext"]

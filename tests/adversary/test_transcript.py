@@ -42,9 +42,11 @@ NOISED = {"delta"}  # the plain backend's noised update: its values differ, its 
 # crypten: the sealed shares and the signed bundle over them): their bytes differ on every run, their sizes
 # (fixed by the parameters) may not
 # tenseal's verifier committee: the nonce commitment and the signed contribution beside an update, the
-# revealed nonce (the CSPRNG's) and a member's signature over the round's sum (of noised updates)
+# revealed nonce (the CSPRNG's) with the owner's signature over it and the set, and a member's signature over
+# the round's sum (of noised updates)
 OPAQUE = {"ciphertext", "sha256", "signature", wire.ENCRYPTED_GLOBAL, wire.GLOBAL_SIGNATURE, "bundle",
-          *(f"share.{p}" for p in range(8)), "commitment", "contribution-signature", wire.NONCE, wire.ATTESTATION}
+          *(f"share.{p}" for p in range(8)), "commitment", "contribution-signature", wire.NONCE,
+          wire.REVEAL_SIGNATURE, wire.ATTESTATION}
 MAX_LENGTH = 32
 POLICY = OwnerPolicy(require_dp=True, max_epsilon=8.0, max_delta=1e-4, min_noise_multiplier=0.3,
                      max_sample_rate=0.5, allowed_backends=["plain"], max_rounds=3, max_local_steps=4)
@@ -401,12 +403,14 @@ def test_tenseals_committee_reveal_and_attest_release_the_same_bytes(datasets, t
         contributions = step.contributions_of(payloads)
         shown = step.reveal_queries(server, 1, contributions)["client_0"]
         revealed = app(message=query(wire.QUERY_REVEAL, {wire.REVEAL_QUERY: shown}), context=context)
-        nonce = records.records_to_protected(revealed.content).blobs[wire.NONCE]
+        blobs = records.records_to_protected(revealed.content).blobs
+        nonce = blobs[wire.NONCE]
         draft = step.draft(server, 1, contributions, {"client_0": nonce}, checked=True)
         attested = app(message=query(wire.QUERY_ATTEST, {wire.COMMITTEE_UPDATES: step.round_updates(payloads, 1),
                                                           wire.COMMITTEE_DRAFT: draft.encode()}), context=context)
         signature = records.records_to_protected(attested.content).blobs[wire.ATTESTATION]
-        step.certify(server, payloads, draft, {"client_0": signature})  # a real signature over the real sum
+        # a real signature over the real sum, a real reveal signature over the real set (certify checks it)
+        step.certify(server, payloads, draft, {"client_0": signature}, {"client_0": blobs[wire.REVEAL_SIGNATURE]})
         return [canonical(r) for r in (trained, revealed, attested)]
 
     on = {name: transcript_of(name) for name in ("D", "long", "dropped")}
@@ -415,7 +419,7 @@ def test_tenseals_committee_reveal_and_attest_release_the_same_bytes(datasets, t
     assert ops == ["train", wire.QUERY_REVEAL, wire.QUERY_ATTEST] and all(b[0] != "error" for _, b in on["D"])
     released = [dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS)) for _, body in on["D"]]
     assert {"commitment": 32, "contribution-signature": 64}.items() <= released[0].items()
-    assert released[1:] == [{wire.NONCE: 32}, {wire.ATTESTATION: 64}]
+    assert released[1:] == [{wire.NONCE: 32, wire.REVEAL_SIGNATURE: 64}, {wire.ATTESTATION: 64}]
 
 
 def test_a_crypten_train_carrying_the_evaluation_releases_the_same_bytes(datasets, tiny_gpt2, tmp_path,

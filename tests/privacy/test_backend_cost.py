@@ -108,7 +108,7 @@ KNOWN_CARRIED = [  # eval_in_train (the default), under DP -> round 1, round 2, 
     (KNOWN[0], (65_536, 65_536, 65_536, 65_536, 131_080), (65_536, 65_536, 131_072)),
     (KNOWN[6], (65_536, 65_536, 65_536, 65_536, 197_835), (65_536, 65_536, 131_072)),
     # tenseal: round r's train sends round r-1's signed updates (round 1 nothing); the owner keeps the global after
-    # r-2 it opened in round r-1, so no signed base (was 525_970 a steady round: tests/faults/test_kept_global_run.py)
+    # r-2 it opened in round r-1, so no signed base (was 525_970 a steady round: tests/faults/test_tenseal_kept_global)
     (KNOWN[1], (0, 394_513, 394_513, 394_513, 526_084), (0, 394_513, 789_026)),
     (KNOWN[2], (0, 210_162_618, 210_162_618, 210_162_618, 212_264_319), (0, 210_162_618, 420_325_236)),
 ]
@@ -237,13 +237,13 @@ def test_crypten_plans_the_bytes_of_a_protected_pair(tmp_path):
 FORM_BYTES = ("update_up", "reveal_up", "global_down", "committee", "committee_down", "committee_up")
 FORMS_100 = {  # tiny adapter, 100 owners per round (BFV for 100), under DP, committee of 2 (the default) and 3
     2: {"every": (131_571, 0, 13_149_618, 0, 0, 0),
-        # + commitment and signed contribution up, the nonce up; down (the owner keeps the global it opened: no
-        # signed base): two Merkle paths + the sum + the lean certificate (names, nonces, one root, the members'
-        # signatures); a member: the paths, the full set, every other signed update and the signatures (it
-        # computes the sum), its signature up
-        "committee": (131_667, 32, 141_930, 2, 13_038_878, 64),
+        # + commitment and signed contribution up, the nonce and its reveal signature up; down (the owner keeps the
+        # global it opened: no signed base): two Merkle paths + the sum + the lean certificate (names, nonces, one
+        # root, the members' signatures); a member: the paths, the full set, every other signed update and the
+        # signatures (it computes the sum), its signature up
+        "committee": (131_667, 96, 141_928, 2, 13_038_876, 64),
         "sum": (131_571, 0, 136_627, 0, 0, 0)},
-    3: {"committee": (131_667, 32, 142_022, 3, 13_038_982, 64)},
+    3: {"committee": (131_667, 96, 142_020, 3, 13_038_980, 64)},
 }
 
 
@@ -259,7 +259,7 @@ def test_tenseal_prices_each_download_form_with_its_mean_and_max_over_owners(siz
     assert committee.mean_down == ((100 - size) * committee.global_down + size * committee.committee_down) / 100
     assert committee.max_down == committee.committee_down  # a member downloads the whole round
     assert committee.per_owner == committee.update_up + committee.reveal_up + committee.committee_down + 64
-    assert committee.per_round == (100 * (committee.update_up + 32 + committee.global_down) + committee.reencrypt_up
+    assert committee.per_round == (100 * (committee.update_up + 96 + committee.global_down) + committee.reencrypt_up
                                    + size * (committee.committee_down - committee.global_down + 64))
     assert alone.max_down == alone.mean_down == alone.global_down
     # against plain's download with its evaluation apart (131 KB, where issue 23's 4x is defined): outside the

@@ -37,11 +37,13 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
                 for o in OWNERS}
     contributions = step.contributions_of(payloads)
     queries = step.reveal_queries(server, 1, contributions)
-    reveals = {o: step.reveal_nonce(owners[o], 1, queries[o]) for o in OWNERS}
+    revealed = {o: step.reveal_nonce(owners[o], 1, queries[o]) for o in OWNERS}
+    reveals = {o: nonce for o, (nonce, _) in revealed.items()}
     draft = step.draft(server, 1, contributions, reveals, checked=True)
     updates = {m: step.round_updates(payloads, 1, leave_out=m) for m in draft.committee}  # a member has its own
     signatures = {m: step.attest_round(owners[m], updates[m], draft.encode()) for m in draft.committee}
-    certified = step.certify(server, payloads, draft, signatures)
+    held = step.certify(server, payloads, draft, signatures, {o: sig for o, (_, sig) in revealed.items()})
+    certified = step.round_for(held, "client_0" if "client_0" not in draft.committee else "client_4")
     zeros = np.zeros(SIZE, np.float32)
     every = server.combine(payloads, RoundContext(1, "L")).payload.blobs[ROUND_UPDATES]  # the every form's round
     for o in OWNERS:  # a member gets the round without the sum it computed
@@ -53,7 +55,7 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
     # the bytes, as tenseal/cost.py prices the committee form (no signed base: the owner keeps the global)
     priced = tenseal_cost.variant(CFG, SIZE, 5, planner.calibration(), dp_on=True, form="committee")
     assert {p.nbytes for p in payloads.values()} == {priced.update_up}
-    assert {len(n) for n in reveals.values()} == {priced.reveal_up}
+    assert {len(n) + len(sig) for n, sig in revealed.values()} == {priced.reveal_up}
     query = max(len(q) for q in queries.values())
     assert priced.global_down_first == priced.global_down == query + len(certified)
     for m in draft.committee:  # the query, the draft, every other signed update, the signatures (no sum)
@@ -65,8 +67,15 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
     at, total, lean = committee.certified_of(certified)
     assert isinstance(lean, committee.LeanCertificate) and total == server.combine(payloads).payload.blobs["ciphertext"]
     assert committee.certified_of(step.member_round(certified)) == (at, b"", lean)
-    full = committee.Certificate(at, draft.contributions, draft.reveals, draft.committee, signatures, True)
-    assert len(lean.encode()) < len(full.encode()) - 5 * (32 + 64) + 100  # per owner no update digest nor signature
+    assert all(step.round_for(held, m) == step.member_round(held) == step.member_round(certified)
+               for m in draft.committee)
+    # the holder keeps the full certificate, what an owner outside the round's cohort gets: per contributor its
+    # update digest, contribution signature, nonce and reveal signature (docstring of tenseal/cost.py)
+    full = committee.certified_of(held)[2]
+    assert isinstance(full, committee.Certificate) and step.round_for(held, "client_9") == held
+    assert full.lean() == lean and set(full.reveal_signatures) == set(OWNERS)
+    assert len(lean.encode()) < len(full.encode()) - 5 * (32 + 64 + 64) + 100
+    assert len(held) - len(certified) < 5 * (32 + 64 + 64 + 4 * 2) + 200
 
 
 def test_an_owner_reveals_only_for_the_round_of_its_last_update(federation):
@@ -76,4 +85,5 @@ def test_an_owner_reveals_only_for_the_round_of_its_last_update(federation):
     queries = step.reveal_queries(server, 2, step.contributions_of(payloads))
     with pytest.raises(Exception, match="for which this owner sent no update"):
         step.reveal_nonce(owners["client_0"], 1, queries["client_0"])
-    assert len(step.reveal_nonce(owners["client_0"], 2, queries["client_0"])) == 32
+    nonce, signature = step.reveal_nonce(owners["client_0"], 2, queries["client_0"])
+    assert (len(nonce), len(signature)) == (32, 64)

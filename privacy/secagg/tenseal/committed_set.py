@@ -17,6 +17,7 @@ from fedveil.privacy.secagg import identity
 CONTRIBUTION_TAG = b"fedveil/tenseal-contribution/v1"
 COMMIT_TAG = b"fedveil/committee-commit/v1"
 SET_TAG = b"fedveil/committee-set/v1"
+REVEAL_TAG = b"fedveil/committee-reveal/v1"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ def contribution_statement(run: str, cid: str, server_round: int, owner: str, up
     """What an owner signs beside its update: the update's digest and its nonce commitment for this round."""
     return identity.digest(CONTRIBUTION_TAG, run.encode(), cid.encode(), str(server_round).encode(), owner.encode(),
                            update_sha256, commitment)
+
+
+def reveal_statement(run: str, cid: str, server_round: int, owner: str, set_id: bytes, nonce: bytes) -> bytes:
+    """What a contributor signs beside the nonce it reveals: the one set of the round it revealed for. An owner
+    outside the round's cohort has no set of its own to compare with, so it takes these signatures instead: a set
+    the coordinator assembled after the reveals carries none of an honest owner (``committee.check_reveals``)."""
+    return identity.digest(REVEAL_TAG, run.encode(), cid.encode(), str(server_round).encode(), owner.encode(), set_id,
+                           nonce)
 
 
 def commitment_of(nonce: bytes) -> bytes:
@@ -123,16 +132,15 @@ class RevealQuery:
 
     def encode(self) -> bytes:
         head = json.dumps({"round": self.round, "count": self.count, "index": self.index}).encode()
-        # each path behind a one-byte tag: a lone contributor's paths are empty, and pack() frames no empty part
-        return pack([head, b"p" + b"".join(self.path), b"u" + b"".join(self.update_path)])
+        paths = [b"".join(self.path), b"".join(self.update_path)]
+        return pack([head, *(paths if any(paths) else [])])  # a set of one: no siblings (framing has no empty part)
 
     @classmethod
     def decode(cls, blob: bytes) -> "RevealQuery":
         try:
-            head, tagged, update_tagged = unpack(blob)
-            if tagged[:1] != b"p" or update_tagged[:1] != b"u":
-                raise ValueError("a path is not tagged")
-            path, update_path, claim = tagged[1:], update_tagged[1:], json.loads(head)
+            head, *paths = unpack(blob)
+            path, update_path = paths or (b"", b"")
+            claim = json.loads(head)
             split = [[p[i:i + 32] for i in range(0, len(p), 32)] for p in (path, update_path)]
             if any(len(p) % 32 for p in (path, update_path)):
                 raise ValueError("a path is not whole hashes")

@@ -8,8 +8,8 @@ it (docs/privacy.md, "tenseal's verifier committee"):
 2. the coordinator shows every contributor its place in the committed set (:class:`RevealQuery`: a
    Merkle path in each of the set's two trees, over (owner, commitment) and over (owner, update
    digest): ``committed_set.py``); an owner whose own contribution is in both records the set's digest
-   for the round, once (a second, other set for the round is refused) and reveals its nonce
-   (:func:`reveal`);
+   for the round, once (a second, other set for the round is refused) and reveals its nonce with its
+   signature over that set's digest and the nonce (:func:`reveal`, :func:`sign_reveal`);
 3. the committee is the ``c`` contributors ranked first by SHA-256(seed, owner id), the seed being the
    SHA-256 of the set digest and every contributor's revealed nonce (:func:`select`): nobody knows it
    before the last honest nonce is out, and by then the set is fixed;
@@ -18,12 +18,19 @@ it (docs/privacy.md, "tenseal's verifier committee"):
    honest, each against the bounds: ``checks.py``), adds them and signs one :func:`sum_statement` per
    round (run, context, round, roster digest, set digest, the sum's SHA-256, the committee, whether
    updates were range-checked): a second, other statement for the round is refused (:func:`attest`);
-5. every other owner gets the sum and a :class:`LeanCertificate` (names, nonces, the update digests'
+5. every other contributor gets the sum and a :class:`LeanCertificate` (names, nonces, the update digests'
    root, the members' signatures) and checks it (:func:`verify`): the set the one it revealed for (so its
    own update is in it), the committee the one derived, and all ``c`` members' signatures on one
    statement naming this sum. It does not check the contributions' signatures: an honest member refuses
    a set with a bad one, so a set with one gets all ``c`` signatures only from an all-colluding
-   committee, which could certify any sum anyway.
+   committee, which could certify any sum anyway;
+6. an owner that did not contribute to the round (its own record holds no nonce for it) revealed for no
+   set, so it gets the full :class:`Certificate` with every contributor's reveal signature and checks
+   all of it: each contribution and each reveal signature (over this set's digest and the nonce) against
+   the pinned roster, then the committee and the members' signatures as above. An honest owner signs a
+   reveal for one set per round, so a set assembled after the reveals (honest contributions kept, colluders'
+   commitments chosen to grind the committee) carries no honest owner's reveal signature: it can only be
+   made of colluders, which a coordinator could pick as the cohort anyway (docs/privacy.md).
 
 Everything here is free of Flower and of TenSEAL (the member's decryption and sum are the
 backend's, passed in); refusals carry the code ``bad-global`` with ``check=committee-*``.
@@ -34,24 +41,21 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from fedveil.core.errors import Refusal
 from fedveil.core.io import FramingError, atomic_write_bytes, pack, unpack
 from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity
-from fedveil.privacy.secagg.tenseal import checks, global_codec
 from fedveil.privacy.secagg.tenseal.committed_set import (Contribution, RevealQuery, commitment_of,
-                                                           contribution_statement, digest_of, leaf, root_from,
-                                                           set_digest, set_id_of, update_root)
+                                                           contribution_statement, digest_of, leaf,
+                                                           reveal_statement, root_from, set_digest, set_id_of,
+                                                           update_root)
 from fedveil.privacy.secagg.tenseal.committed_set import reveal_queries as reveal_queries  # the coordinator's step
 from fedveil.privacy.secagg.tenseal.config import MIN_COMMITTEE_SIZE
 from fedveil.privacy.secagg.tenseal.keys import roster_digest
-
-if TYPE_CHECKING:
-    from fedveil.privacy.secagg.tenseal.backend import TensealOwner
 
 NONCE_BYTES = 32
 # An owner's own floor on the committee (the size travels in the run config, which the coordinator writes):
@@ -87,7 +91,9 @@ class Certificate:
     """The committed set in full, what a committee member gets (without signatures: the draft, with every
     signed update) and checks against the roster: every contribution, the revealed nonces, the committee
     and its members' signatures over :func:`sum_statement`. On the wire each commitment is left out: it is
-    the SHA-256 of the revealed nonce. Owners outside the committee get its :meth:`lean` form."""
+    the SHA-256 of the revealed nonce. The certified round keeps each contributor's ``reveal_signatures``
+    (what an owner outside the cohort checks) and the update digests' root (``updates_root``: the holder
+    derives the :meth:`lean` form other contributors get from it, knowing no run or context)."""
 
     round: int
     contributions: tuple[Contribution, ...]
@@ -95,38 +101,51 @@ class Certificate:
     committee: tuple[str, ...]
     signatures: dict[str, bytes]
     checked: bool
+    reveal_signatures: dict[str, bytes] = field(default_factory=dict)
+    updates_root: bytes = b""
 
     def set_id(self, run: str, cid: str) -> bytes:
         return set_digest(run, cid, self.round, list(self.contributions))
 
-    def lean(self, run: str, cid: str) -> "LeanCertificate":
-        """What an owner outside the committee needs of it (:class:`LeanCertificate`)."""
+    def lean(self, run: str = "", cid: str = "") -> "LeanCertificate":
+        """What a contributor outside the committee needs of it (:class:`LeanCertificate`); the kept
+        ``updates_root`` where there is one (a wrong one fails each contributor's own-set check)."""
         ordered = sorted(self.contributions, key=lambda c: c.owner)
-        return LeanCertificate(self.round, tuple(c.owner for c in ordered), dict(self.reveals),
-                               update_root(run, cid, self.round, list(ordered)), self.committee, dict(self.signatures),
-                               self.checked)
+        root = self.updates_root or update_root(run, cid, self.round, list(ordered))
+        return LeanCertificate(self.round, tuple(c.owner for c in ordered), dict(self.reveals), root, self.committee,
+                               dict(self.signatures), self.checked)
 
     def encode(self) -> bytes:
         owners = [c.owner for c in self.contributions]
         signed = [m for m in self.committee if self.signatures.get(m)]  # none yet in the members' draft
+        revealed = bool(self.reveal_signatures)  # the certified round's full form: one more part per contribution
         head = json.dumps({"round": self.round, "owners": owners, "committee": list(self.committee),
-                           "signed": signed, "checked": self.checked}).encode()
-        parts = [p for c in self.contributions for p in (c.update_sha256, c.signature, self.reveals.get(c.owner, b""))]
+                           "signed": signed, "checked": self.checked,
+                           **({"revealed": True} if revealed else {}),
+                           **({"root": self.updates_root.hex()} if self.updates_root else {})}).encode()
+        parts = [p for c in self.contributions for p in (c.update_sha256, c.signature, self.reveals.get(c.owner, b""),
+                                                         *([self.reveal_signatures.get(c.owner) or bytes(64)]
+                                                           if revealed else []))]  # none: fails as unsigned
         return pack([head, *parts, *(self.signatures[m] for m in signed)])
 
     @classmethod
     def decode(cls, blob: bytes) -> "Certificate":
         head, parts, owners, committee, signed = _head(blob, "lean", False)
-        at, checked = int(head["round"]), bool(head["checked"])
-        if len(parts) != 3 * len(owners) + len(signed):
+        at, checked, width = int(head["round"]), bool(head["checked"]), 4 if head.get("revealed") else 3
+        try:
+            root = bytes.fromhex(str(head.get("root", "")))
+        except ValueError as exc:
+            raise PayloadError(f"a committee certificate's root is unreadable ({exc}): refused") from exc
+        if len(parts) != width * len(owners) + len(signed):
             raise PayloadError(f"a committee certificate lists {len(owners)} owner(s) and {len(signed)} signature(s) "
                                f"but holds {len(parts)} parts: malformed; refused")
         # each commitment is the SHA-256 of the revealed nonce: a wrong nonce fails its owner's signature
-        contributions = tuple(Contribution(o, parts[3 * i], commitment_of(parts[3 * i + 2]), parts[3 * i + 1])
-                              for i, o in enumerate(owners))
-        reveals = {o: parts[3 * i + 2] for i, o in enumerate(owners)}
-        signatures = dict(zip(signed, parts[3 * len(owners):], strict=True))
-        return cls(at, contributions, reveals, committee, signatures, checked)
+        contributions = tuple(Contribution(o, parts[width * i], commitment_of(parts[width * i + 2]),
+                                           parts[width * i + 1]) for i, o in enumerate(owners))
+        reveals = {o: parts[width * i + 2] for i, o in enumerate(owners)}
+        reveal_signatures = {o: parts[width * i + 3] for i, o in enumerate(owners)} if width == 4 else {}
+        signatures = dict(zip(signed, parts[width * len(owners):], strict=True))
+        return cls(at, contributions, reveals, committee, signatures, checked, reveal_signatures, root)
 
 
 @dataclass(frozen=True)
@@ -298,6 +317,31 @@ def reveal(record: Record, run: str, cid: str, server_round: int, owner: str, ow
     return nonce
 
 
+def sign_reveal(record: Record, run: str, cid: str, server_round: int, owner: str,
+                sign: Callable[[bytes], bytes]) -> bytes:
+    """This owner's signature over the set it revealed for (:func:`reveal` recorded it: one per round) and its
+    nonce, sent beside the nonce: what an owner outside the round's cohort checks (:func:`check_reveals`)."""
+    set_id, nonce = record.get("set", server_round), record.get("nonce", server_round)
+    if set_id is None or nonce is None:
+        raise _refuse("own-update", f"round {server_round}: asked to sign a reveal for no set this owner revealed "
+                                    "for: refused")
+    return sign(reveal_statement(run, cid, server_round, owner, set_id, nonce))
+
+
+def check_reveals(roster: identity.Roster, run: str, cid: str, cert: Certificate) -> None:
+    """Every contributor's reveal signature, by its pinned key, over this set's digest and its nonce: a set
+    the coordinator assembled after the reveals carries no honest owner's (each signs for one set a round)."""
+    set_id = cert.set_id(run, cid)
+    for c in cert.contributions:
+        try:
+            identity.verify(roster.member(c.owner, f"a reveal of round {cert.round} names owner").verify_key,
+                            reveal_statement(run, cid, cert.round, c.owner, set_id, cert.reveals.get(c.owner, b"")),
+                            cert.reveal_signatures.get(c.owner, b""), f"owner {c.owner}'s reveal for this set")
+        except PayloadError as exc:
+            raise _refuse("reveal", f"round {cert.round}: {exc} (the set is not the one its owners revealed for): "
+                                    "refused") from exc
+
+
 def committee_of(run: str, cid: str, cert: AnyCertificate, size: int) -> tuple[str, ...]:
     """The committee the certificate's set and reveals derive (every nonce under its commitment: in the
     lean form each commitment is its nonce's hash), of ``size`` members; a size below this owner's floor
@@ -346,10 +390,20 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
     for (its own update in it), the committee the one derived, every member's signature on one
     statement naming this sum, and the updates range-checked where this owner requires it. A full
     :class:`Certificate`'s contributions are checked against the roster too; a :class:`LeanCertificate`
-    carries none (the members checked them: docs/privacy.md, "tenseal's verifier committee")."""
+    carries none (the members checked them: docs/privacy.md, "tenseal's verifier committee").
+
+    An owner whose own record holds no nonce for the round (it did not contribute: never what the
+    coordinator says) has no set of its own: it takes only the full certificate, every contribution and
+    every reveal signature checked (:func:`check_reveals`). An owner that contributed always checks its set."""
     if isinstance(cert, Certificate):
         check_contributions(roster, run, cid, cert.round, cert.contributions)
-    _own_set(record, run, cid, cert)
+    if record.get("nonce", cert.round) is not None:
+        _own_set(record, run, cid, cert)
+    elif isinstance(cert, Certificate):
+        check_reveals(roster, run, cid, cert)
+    else:
+        raise _refuse("outsider", f"round {cert.round}: this owner did not contribute to it, so it needs every "
+                                  "contributor's signed reveal (the full certificate), not the lean form: refused")
     if require_checked and not cert.checked:
         raise _refuse("unchecked", f"round {cert.round}'s sum was signed without range-checking each update, and "
                                    "this owner's policy says owners may be malicious: refused")
@@ -375,19 +429,6 @@ def kept_sum(record: Record, server_round: int) -> bytes:
     """The sum this owner computed as a member of ``server_round``'s committee (b"": none)."""
     path = record.path.with_name(f"committee-sum-{server_round}.bin")
     return path.read_bytes() if path.is_file() else b""
-
-
-def member_sum(backend: "TensealOwner", updates: global_codec.RoundUpdates, checked: bool) -> bytes:
-    """A member's sum of a round's signed updates (each signature checked against the pinned roster,
-    each update within the bounds first where ``checked``): the ciphertext blob the server's sum must equal
-    (the same updates, added in owner order, serialize to the same bytes)."""
-    payloads = backend._checked_round(updates)
-    if checked:
-        checks.check_round(backend, payloads, updates.round)
-    total = backend.combine(dict(sorted(payloads.items())))
-    if total.excluded:
-        raise PayloadError(f"round {updates.round}'s updates do not add up: {sorted(total.excluded.values())[0]}")
-    return total.payload.blobs["ciphertext"]
 
 
 def _own_set(record: Record, run: str, cid: str, cert: AnyCertificate) -> None:

@@ -6,13 +6,15 @@ The protocol and the checks are in ``committee.py``; this module is what the rou
 
 1. owner, with its update: :func:`contribute` (the commitment and the signed contribution beside it);
 2. coordinator: :func:`reveal_queries` (each contributor's place in the committed set);
-3. owner: :func:`reveal_nonce`;
+3. owner: :func:`reveal_nonce` (the nonce and its signature over the set it revealed for);
 4. coordinator: :func:`draft` (the set, the nonces, the committee), sent with every other signed update
    (:func:`round_updates` with ``leave_out``: the member has its own) to the members only;
 5. member: :func:`attest_round` (its signature; it keeps the sum it computed);
-6. coordinator: :func:`certify` (the sum in owner order and the lean certificate: the pending round every
-   other owner opens with ``TensealOwner.open_global``), kept in the holder by :func:`settle`; a member is
-   sent :func:`member_round` of it: the same without the sum, which the member adds from its own copy.
+6. coordinator: :func:`certify` (the sum in owner order and the full certificate with every reveal signature:
+   the pending round owners open with ``TensealOwner.open_global``), kept in the holder by :func:`settle`;
+   each owner is sent :func:`round_for` it: an owner outside the round's cohort all of it, another
+   contributor the sum and the lean certificate, a member the lean certificate alone (:func:`member_round`:
+   it adds the sum from its own copy).
 
 Form ``sum``: the coordinator keeps :func:`sum_round` alone, with no exchange.
 """
@@ -23,7 +25,8 @@ import hashlib
 
 from fedveil.core.io import atomic_write_bytes, pack, unpack
 from fedveil.core.payload import PayloadError, Protected
-from fedveil.privacy.secagg.tenseal import committee, global_codec
+from fedveil.privacy.secagg import identity
+from fedveil.privacy.secagg.tenseal import checks, committee, global_codec
 from fedveil.privacy.secagg.tenseal.backend import SIGNATURE, TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.keys import run_dir
 
@@ -76,13 +79,16 @@ def reveal_queries(server: TensealServer, server_round: int,
                                                                list(contributions)).items()}
 
 
-def reveal_nonce(owner: TensealOwner, server_round: int, query: bytes) -> bytes:
-    """This owner's nonce for ``server_round``, once the query places its own last update in the set."""
+def reveal_nonce(owner: TensealOwner, server_round: int, query: bytes) -> tuple[bytes, bytes]:
+    """This owner's nonce for ``server_round``, once the query places its own last update in the set, and its
+    signature over that set and the nonce (``committee.sign_reveal``)."""
     sent = owner.last_sent()
     if sent is None or sent[0] != server_round:
         raise PayloadError(f"asked to reveal for round {server_round}, for which this owner sent no update: refused")
-    return committee.reveal(_record(owner), owner.run, owner.context_id, server_round, owner.keys.owner_id,
-                            sent[1], committee.RevealQuery.decode(query))
+    nonce = committee.reveal(_record(owner), owner.run, owner.context_id, server_round, owner.keys.owner_id,
+                             sent[1], committee.RevealQuery.decode(query))
+    return nonce, committee.sign_reveal(_record(owner), owner.run, owner.context_id, server_round,
+                                        owner.keys.owner_id, owner.keys.sign)
 
 
 def draft(server: TensealServer, server_round: int, contributions: tuple[committee.Contribution, ...],
@@ -103,7 +109,7 @@ def attest_round(owner: TensealOwner, updates: bytes, cert: bytes) -> bytes:
     round_updates = _with_own(owner, round_updates)
 
     def total(checked: bool) -> bytes:
-        blob = committee.member_sum(owner, round_updates, checked)
+        blob = member_sum(owner, round_updates, checked)
         committee.keep_sum(_record(owner), certificate.round, blob)  # it opens the round from it (member_round)
         return blob
 
@@ -114,10 +120,11 @@ def attest_round(owner: TensealOwner, updates: bytes, cert: bytes) -> bytes:
 
 
 def certify(server: TensealServer, payloads: dict[str, Protected], cert: committee.Certificate,
-            signatures: dict[str, bytes]) -> bytes:
-    """The pending round every other owner opens: the sum of ``payloads`` in owner order (byte for byte
-    the members') and the certificate with every member's signature (owners check them against their
-    pinned roster; the coordinator holds no roster, only the keys owners announced)."""
+            signatures: dict[str, bytes], reveal_signatures: dict[str, bytes]) -> bytes:
+    """The pending round owners open: the sum of ``payloads`` in owner order (byte for byte the members') and
+    the full certificate with every member's signature and every contributor's reveal signature (owners check
+    them against their pinned roster; the coordinator holds no roster, only the keys owners announced: a reveal
+    signature that fails under those leaves the round uncertified rather than refused by owners outside it)."""
     total = server.combine(dict(sorted(payloads.items())))
     if total.excluded or sorted(payloads) != [c.owner for c in cert.contributions]:
         raise PayloadError("the committed set's updates do not add up to one sum: no certified round")
@@ -125,16 +132,24 @@ def certify(server: TensealServer, payloads: dict[str, Protected], cert: committ
     if missing:
         raise PayloadError(f"committee member(s) {missing} did not sign round {cert.round}'s sum: no certified round")
     signed = committee.Certificate(cert.round, cert.contributions, cert.reveals, cert.committee,
-                                   {m: signatures[m] for m in cert.committee}, cert.checked)
-    return committee.certified_round(cert.round, total.payload.blobs["ciphertext"],
-                                     signed.lean(server.run, server.context_id))
+                                   {m: signatures[m] for m in cert.committee}, cert.checked,
+                                   {c.owner: reveal_signatures.get(c.owner, b"") for c in cert.contributions},
+                                   committee.update_root(server.run, server.context_id, cert.round,
+                                                         list(cert.contributions)))
+    if server.signers is not None:
+        set_id = signed.set_id(server.run, server.context_id)
+        for c in cert.contributions:
+            identity.verify(server.signers.get(c.owner, b""), committee.reveal_statement(
+                server.run, server.context_id, cert.round, c.owner, set_id, cert.reveals[c.owner]),
+                signed.reveal_signatures[c.owner], f"owner {c.owner}'s reveal signature (no certified round)")
+    return committee.certified_round(cert.round, total.payload.blobs["ciphertext"], signed)
 
 
 def member_round(certified: bytes) -> bytes:
-    """What a committee member downloads of :func:`certify`'s round: the certificate (every member's signature)
-    without the sum, which it computed and keeps (``TensealOwner.open_global`` adds it back)."""
+    """What a committee member downloads of :func:`certify`'s round: the lean certificate (every member's
+    signature) without the sum, which it computed and keeps (``TensealOwner.open_global`` adds it back)."""
     at, _, cert = committee.certified_of(certified)
-    return committee.certified_round(at, b"", cert)
+    return committee.certified_round(at, b"", cert.lean() if isinstance(cert, committee.Certificate) else cert)
 
 
 def round_updates(payloads: dict[str, Protected], server_round: int, leave_out: str | None = None) -> bytes:
@@ -165,3 +180,29 @@ def settle(holder: global_codec.EncryptedGlobal, server_round: int, blob: bytes)
     if committee.certified_of(last) is not None or global_codec.RoundUpdates.decode(last).round != server_round:
         raise PayloadError(f"the holder's last pending round is not round {server_round}'s signed updates: kept as is")
     holder.pending[-1] = blob
+
+
+def round_for(blob: bytes, owner: str) -> bytes:
+    """A certified round (:func:`certify`, its full certificate) as ``owner`` needs it: a member of its
+    committee the lean certificate without the sum (it computed the sum and keeps it); another contributor the
+    sum and the lean certificate; an owner outside the round's cohort all of it. Anything else as it is."""
+    certified = committee.certified_of(blob)
+    if certified is None or not isinstance(certified[2], committee.Certificate) or not certified[2].updates_root:
+        return blob
+    at, total, cert = certified
+    if owner not in {c.owner for c in cert.contributions}:
+        return blob
+    return committee.certified_round(at, b"" if owner in cert.committee else total, cert.lean())
+
+
+def member_sum(backend: TensealOwner, updates: global_codec.RoundUpdates, checked: bool) -> bytes:
+    """A member's sum of a round's signed updates (each signature checked against the pinned roster,
+    each update within the bounds first where ``checked``): the ciphertext blob the server's sum must equal
+    (the same updates, added in owner order, serialize to the same bytes)."""
+    payloads = backend._checked_round(updates)
+    if checked:
+        checks.check_round(backend, payloads, updates.round)
+    total = backend.combine(dict(sorted(payloads.items())))
+    if total.excluded:
+        raise PayloadError(f"round {updates.round}'s updates do not add up: {sorted(total.excluded.values())[0]}")
+    return total.payload.blobs["ciphertext"]

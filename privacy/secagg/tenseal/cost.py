@@ -164,7 +164,7 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
     - ``every`` (what runs today, :func:`cost`): every owner downloads every signed update of the round;
     - ``committee``: every owner commits beside its update (``COMMIT_BYTES``), is shown its place in the
       committed set (a Merkle path; priced at the longest, so the mean over owners is over by at most
-      a few hashes) and reveals its nonce,
+      a few hashes) and reveals its nonce with its signature over the set,
       and downloads the sum with its certificate; the ``committee_size`` members
       (``committee_size``, default the config's; the first ids: their length moves the figure by a byte
       or two) also download every signed update
@@ -173,6 +173,11 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
 
     ``carried``: round r's train message sends round r-1's part (round 1 nothing); the last round's
     evaluate message sends its own. A committee member's extra is priced as apart.
+
+    Every figure prices full participation (every owner in the cohort). An owner outside a round's cohort
+    downloads the round's sum with its full certificate instead of the lean one: per contributor its update
+    digest, contribution signature, nonce and reveal signature (32 + 64 + 32 + 64 B, framed: about 200 B,
+    20 KB at cohort 100), beside one ciphertext set; not priced here.
     """
     if form not in FORMS:
         raise UserError(f"aggregation.download must be one of {list(FORMS)}, got '{form}'")
@@ -201,7 +206,7 @@ def variant(cfg: Any, values: int, owners: int, calibration: Optional[Mapping[st
     bare = len(committee.certified_round(1, b"", lean))
     member = query + draft + others + (certified if carried else bare)
     outside = query + certified
-    return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES,
+    return replace(every, update_up=every.update_up + COMMIT_BYTES, reveal_up=committee.NONCE_BYTES + SIGNATURE_BYTES,
                    global_down=outside, **_round_parts(outside, carried), committee=len(members),
                    committee_down=member, committee_up=SIGNATURE_BYTES, member_kept=certified - bare if carried else 0)
 

@@ -125,21 +125,19 @@ class EncryptedGlobal:
         k, at = self.kept.get(owner), self.base.round if self.base is not None else 0
         whole = k is None or not at <= k <= at + len(self.pending) or (self.base is None and k == 0)
         pending = self.pending if whole else self.pending[k - at:]
-        slim = [self._for_member(blob, owner) for blob in pending]
+        slim = [self._for_role(blob, owner) for blob in pending]
         if whole and slim == pending:
             return None
         return to_arrays(self.base if whole else None, slim)
 
     @staticmethod
-    def _for_member(blob: bytes, owner: str) -> bytes:
-        """A certified round as ``owner`` needs it: a member of its committee computed the sum and keeps it, so it
-        gets the certificate alone (``committee_round.member_round``); anyone else the round as it is."""
+    def _for_role(blob: bytes, owner: str) -> bytes:
+        """A certified round as ``owner`` needs it (``committee_round.round_for``): the holder keeps the full
+        certificate, which an owner outside the round's cohort checks; a contributor gets the lean one, a member
+        of the committee that without the sum (it keeps the sum it computed). Anything else as it is."""
         from fedveil.privacy.secagg.tenseal import committee_round  # lazy: it imports this module (and the backend)
 
-        certified = committee_round.committee.certified_of(blob)
-        if certified is None or certified[2] is None or owner not in certified[2].committee or not certified[1]:
-            return blob
-        return committee_round.member_round(blob)
+        return committee_round.round_for(blob, owner)
 
     def opened(self, after_round: int, replied: dict[str, bool]) -> None:
         """Owners sent the global after ``after_round``: those that replied without error (True) opened it and
