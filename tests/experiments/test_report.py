@@ -141,7 +141,8 @@ def test_report_compares_a_sweep_in_one_table_and_a_frontier(sweep, tmp_path, ca
     assert frontier["tenseal (DP-SGD)"] == [[1.9, 5.3], [7.9, 5.0]]  # (epsilon spent, final loss), in epsilon order
     assert frontier["no DP: privacy.coordinator=trusted"] == [[0, 4.8], [1, 4.8]]
     cost = plots["cost_bytes.png"]["bytes"]
-    assert set(cost) == {"plain", "tenseal"} and cost["tenseal"] > 3 * cost["plain"]  # BFV: ~2x fp32 up, 3 globals down
+    # BFV: ~2x fp32 up; down (form committee, the default): the round's certified sum, ~2x a clear global
+    assert set(cost) == {"plain", "tenseal"} and cost["tenseal"] > 1.5 * cost["plain"]
     for name in plots:
         assert imread(tmp_path / name).shape[:2] == (PIXELS[1], PIXELS[0])
 
