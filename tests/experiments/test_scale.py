@@ -67,8 +67,9 @@ def test_the_console_stays_short_with_many_owners(sampled_run):
     assert not [line for line in lines if "examples from" in line]  # per-owner data lines go to a file
     assert f"{OWNERS} owners:" in proc.stdout and (out / "owners_data.jsonl").is_file()
     assert len((out / "owners_data.jsonl").read_text().splitlines()) == OWNERS
-    # the console's length does not grow with the owners: setup, plan, one line per round, outputs
-    assert len(lines) <= 25 + ROUNDS, proc.stdout
+    # the console's length does not grow with the owners: setup, plan (tenseal's download forms: a fixed table
+    # of 6 lines), one line per round, outputs
+    assert len(lines) <= 30 + ROUNDS, proc.stdout
     assert len(proc.stderr.splitlines()) <= 5, proc.stderr
 
 
