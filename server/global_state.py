@@ -28,7 +28,11 @@ def global_per_node(holder: GlobalHolder, node_owner: dict[int, str], nodes: lis
     """The global as ``holder`` sends it to each keyed node of ``nodes`` that needs other than all of it
     (tenseal: an owner that keeps the global it opened gets no signed base; a committee member no sum)."""
     per_node = {n: holder.arrays_for(node_owner[n]) for n in nodes if n in node_owner}
-    return {n: records.arrays_record(a) for n, a in per_node.items() if a is not None}
+    made: dict[int, Any] = {}  # one record per arrays the holder gave (owners whose needs are equal share it)
+    for a in per_node.values():
+        if a is not None and id(a) not in made:
+            made[id(a)] = records.arrays_record(a)
+    return {n: made[id(a)] for n, a in per_node.items() if a is not None}
 
 
 def opened_by(node_owner: dict[int, str], ex: Exchange) -> dict[str, bool]:

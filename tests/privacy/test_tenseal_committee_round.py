@@ -87,3 +87,39 @@ def test_an_owner_reveals_only_for_the_round_of_its_last_update(federation):
         step.reveal_nonce(owners["client_0"], 1, queries["client_0"])
     nonce, signature = step.reveal_nonce(owners["client_0"], 2, queries["client_0"])
     assert (len(nonce), len(signature)) == (32, 64)
+
+
+def test_the_holder_gives_owners_with_equal_needs_one_global_record(federation):
+    # at 1,000 owners the final evaluation sends the global to every owner: one record per distinct need (the
+    # round the owner kept, its role in each pending round), not one per owner, and each owner's form as before
+    from fedveil.server.global_state import global_per_node
+
+    owners, server = federation
+    payloads = {o: step.contribute(owners[o], 1, owners[o].protect(np.full(SIZE, 0.1), 1.0, RoundContext(1, "L", o)))
+                for o in OWNERS[:4]}  # client_4 is outside the round's cohort
+    contributions = step.contributions_of(payloads)
+    queries = step.reveal_queries(server, 1, contributions)
+    revealed = {o: step.reveal_nonce(owners[o], 1, queries[o]) for o in payloads}
+    draft = step.draft(server, 1, contributions, {o: n for o, (n, _) in revealed.items()}, checked=True)
+    signatures = {m: step.attest_round(owners[m], step.round_updates(payloads, 1, leave_out=m), draft.encode())
+                  for m in draft.committee}
+    held = step.certify(server, payloads, draft, signatures, {o: sig for o, (_, sig) in revealed.items()})
+    holder = EncryptedGlobal(None, [held])
+    holder.kept = {o: 0 for o in OWNERS}
+    node_owner = {100 + i: o for i, o in enumerate(OWNERS)} | {200: "client_4", 201: OWNERS[0]}
+    per_node = global_per_node(holder, node_owner, sorted(node_owner))
+    contributors = [o for o in payloads if o not in draft.committee]
+    kinds = {id(r) for r in per_node.values()}
+    assert len(kinds) == 2  # the members, the other contributors: one record each, whatever the count
+    assert 200 not in per_node and 104 not in per_node  # the outsider needs all of it: the round's one global record
+    for n, o in node_owner.items():
+        mine = holder.arrays_for(o)
+        assert mine is holder.arrays_for(o) and (o == "client_4") == (mine is None)
+        if mine is not None:
+            assert per_node[n] is per_node[100 + OWNERS.index(o)]
+            want = EncryptedGlobal(None, [step.round_for(held, o)]).arrays()
+            assert {k: a.tobytes() for k, a in mine.items()} == {k: a.tobytes() for k, a in want.items()}
+    assert len({id(per_node[100 + OWNERS.index(o)]) for o in contributors}) == 1
+    # a change to the pending rounds (settle replaces the last in place) is served anew, never a stale form
+    holder.pending[-1] = step.sum_round(server, payloads, 1)
+    assert holder.arrays_for(contributors[0]) is None  # form sum: the round as it is, for everyone

@@ -186,13 +186,33 @@ def round_for(blob: bytes, owner: str) -> bytes:
     """A certified round (:func:`certify`, its full certificate) as ``owner`` needs it: a member of its
     committee the lean certificate without the sum (it computed the sum and keeps it); another contributor the
     sum and the lean certificate; an owner outside the round's cohort all of it. Anything else as it is."""
-    certified = committee.certified_of(blob)
-    if certified is None or not isinstance(certified[2], committee.Certificate) or not certified[2].updates_root:
-        return blob
-    at, total, cert = certified
-    if owner not in {c.owner for c in cert.contributions}:
-        return blob
-    return committee.certified_round(at, b"" if owner in cert.committee else total, cert.lean())
+    return RoundForms(blob).for_owner(owner)
+
+
+class RoundForms:
+    """One pending round as each role needs it (:func:`round_for`), the blob parsed once and each form built
+    once: the holder serves a round to up to every owner of the federation."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob, self.forms = blob, {}
+        certified = committee.certified_of(blob)
+        full = certified is not None and isinstance(certified[2], committee.Certificate) and certified[2].updates_root
+        self.certified = certified if full else None
+        self.contributors = frozenset(c.owner for c in certified[2].contributions) if full else frozenset()
+        self.committee = frozenset(certified[2].committee) if full else frozenset()
+
+    def role(self, owner: str) -> str:
+        """``member``, ``contributor`` or ``outside`` (every other owner, and anything not a certified round)."""
+        return "member" if owner in self.committee else "contributor" if owner in self.contributors else "outside"
+
+    def for_owner(self, owner: str) -> bytes:
+        role = self.role(owner)
+        if role == "outside":
+            return self.blob
+        if role not in self.forms:
+            at, total, cert = self.certified
+            self.forms[role] = committee.certified_round(at, b"" if role == "member" else total, cert.lean())
+        return self.forms[role]
 
 
 def member_sum(backend: TensealOwner, updates: global_codec.RoundUpdates, checked: bool) -> bytes:

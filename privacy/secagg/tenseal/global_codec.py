@@ -113,6 +113,7 @@ class EncryptedGlobal:
         # owner -> the round of the global it last opened, as its successful replies say (a resumed holder
         # knows none: it sends every owner the base)
         self.kept: dict[str, int] = {}
+        self._version, self._round_forms, self._served = None, [], {}  # arrays_for's, per base and pending rounds
 
     def arrays(self) -> dict[str, np.ndarray]:
         return to_arrays(self.base, self.pending)
@@ -121,23 +122,31 @@ class EncryptedGlobal:
         """What ``owner`` is sent where it needs less than :meth:`arrays` (None: all of it): an owner that
         opened the global after a round ``k`` this holder reaches from its base keeps that global
         (``tenseal/kept.py``), so it gets the pending rounds after ``k`` alone, no signed base. The owner
-        reads its own kept copy; a wrong ``k`` here makes it refuse, never open another chain."""
+        reads its own kept copy; a wrong ``k`` here makes it refuse, never open another chain. Owners whose
+        needs are equal (the same ``k``, the same role in each round) are given the same arrays (one object:
+        the server sends one global record to each of them)."""
         k, at = self.kept.get(owner), self.base.round if self.base is not None else 0
         whole = k is None or not at <= k <= at + len(self.pending) or (self.base is None and k == 0)
-        pending = self.pending if whole else self.pending[k - at:]
-        slim = [self._for_role(blob, owner) for blob in pending]
-        if whole and slim == pending:
+        start = 0 if whole else k - at
+        forms = self._forms()[start:]
+        roles = tuple(f.role(owner) for f in forms)
+        if whole and all(r == "outside" for r in roles):
             return None
-        return to_arrays(self.base if whole else None, slim)
+        key = (whole, start, roles)
+        if key not in self._served:
+            self._served[key] = to_arrays(self.base if whole else None, [f.for_owner(owner) for f in forms])
+        return self._served[key]
 
-    @staticmethod
-    def _for_role(blob: bytes, owner: str) -> bytes:
-        """A certified round as ``owner`` needs it (``committee_round.round_for``): the holder keeps the full
-        certificate, which an owner outside the round's cohort checks; a contributor gets the lean one, a member
-        of the committee that without the sum (it keeps the sum it computed). Anything else as it is."""
+    def _forms(self) -> list:
+        """Each pending round's :class:`committee_round.RoundForms`, parsed again only when the base or a pending
+        round changed (:func:`committee_round.settle` replaces the last in place), with the arrays served."""
         from fedveil.privacy.secagg.tenseal import committee_round  # lazy: it imports this module (and the backend)
 
-        return committee_round.round_for(blob, owner)
+        version = (id(self.base), tuple(id(b) for b in self.pending))
+        if self._version != version:
+            self._version, self._served = version, {}
+            self._round_forms = [committee_round.RoundForms(b) for b in self.pending]
+        return self._round_forms
 
     def opened(self, after_round: int, replied: dict[str, bool]) -> None:
         """Owners sent the global after ``after_round``: those that replied without error (True) opened it and
