@@ -20,26 +20,24 @@ exchanges count in the round's row (:func:`settle` returns them).
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Message, RecordDict
-
 from fedveil.core import records, wire
 from fedveil.core.console import progress
 from fedveil.core.errors import UserError
-from fedveil.core.payload import Protected, update_of
-from fedveil.server.grid_poll import Exchange, exchange
+from fedveil.core.payload import Protected
+from fedveil.server.grid_poll import Exchange, exchange, query_messages
 from fedveil.server.strategy import TrainOutcome
 
 NOTHING = Exchange([], {}, {}, 0.0)
 # ``fed`` below is server/federation.py's Federation (untyped here: that module imports this one)
 
 
-def settle(fed, server_round: int, outcome: TrainOutcome, train_ex: Exchange) -> Exchange:
+def settle(fed, server_round: int, outcome: TrainOutcome) -> Exchange:
     """Round ``server_round``'s pending entry in ``fed.state`` as its download form says (after
     ``fed.state.apply(outcome)``); returns the exchanges it took (their bytes join the round's row)."""
     form, steps = getattr(fed.cfg.aggregation, "download", "every"), fed.spec.committee
     if form == "every" or steps is None or not outcome.accepted:
         return NOTHING
-    payloads = accepted_payloads(outcome, train_ex)
+    payloads = outcome.payloads
     try:
         if form == "sum":
             steps.settle(fed.state, server_round, steps.sum_round(fed.strategy.backend, payloads, server_round))
@@ -48,12 +46,6 @@ def settle(fed, server_round: int, outcome: TrainOutcome, train_ex: Exchange) ->
     except UserError as exc:
         progress(f"  round {server_round}: download form '{form}' not used, every signed update kept: {exc}")
         return getattr(exc, "exchanged", NOTHING)
-
-
-def accepted_payloads(outcome: TrainOutcome, train_ex: Exchange) -> dict[str, Protected]:
-    """Each accepted owner's update as it sent it (with its commitment), from the round's train replies."""
-    return {records.owner_label(m): update_of(records.records_to_protected(m.content)) for m in train_ex.replies
-            if m.has_content() and not m.has_error() and records.owner_label(m) in outcome.accepted}
 
 
 def certify(fed, server_round: int, payloads: dict[str, Protected], steps) -> Exchange:
@@ -89,12 +81,10 @@ def ask(fed, server_round: int, message_type: str, keys: dict[str, dict[str, byt
         reply_keys: tuple[str, ...], done: Exchange) -> tuple[Exchange, dict[str, dict[str, bytes]]]:
     """One exchange with the owners in ``keys`` (their KEYS record each); every one must reply with a blob under
     each of ``reply_keys`` (owner -> those blobs)."""
-    config = ConfigRecord({**fed.run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: fed.layout.digest})
     absent = sorted(set(keys) - set(nodes))
     if absent:
         raise UserError(f"no node is known for owner(s) {absent}")
-    msgs = [Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(k))}), dst_node_id=nodes[o],
-                    message_type=message_type) for o, k in sorted(keys.items())]
+    msgs = query_messages(fed.run_config, server_round, fed.layout.digest, message_type, keys, nodes)
     ex = exchange(fed.grid, msgs, fed.cfg.sim.round_timeout_s)
     done = done.plus(ex)
     asked, got = {nodes[o]: o for o in keys}, {}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -36,7 +36,7 @@ from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, committee_exchange, round_chain, signatures
 from fedveil.server.availability import absent_reason, connected_nodes, owner_floor, silent_reason
 from fedveil.server.global_state import ClearGlobal, global_per_node, opened_by
-from fedveil.server.grid_poll import Exchange, exchange
+from fedveil.server.grid_poll import Exchange, exchange, query_messages
 from fedveil.server.key_setup import setup_keys
 from fedveil.server.outputs import RUN_ERROR_FILE, fmt, report_excluded
 from fedveil.server.strategy import EvalOutcome, SecureAggregation, TrainOutcome
@@ -166,7 +166,7 @@ def run_round(fed: Federation, server_round: int) -> None:
     if not outcome.accepted:
         stop_untrained(fed, server_round, outcome, train_ex, time.perf_counter() - start)
     fed.state.apply(outcome)
-    joined = joined.plus(committee_exchange.settle(fed, server_round, outcome, train_ex))  # its bytes: this row's
+    joined = joined.plus(committee_exchange.settle(fed, server_round, outcome))  # its bytes: this row's
     fed.seen.update(outcome.accepted)
     later = fed.cfg.eval_in_train and server_round < fed.cfg.rounds and not lost_update(outcome, train_ex)
     if later:  # evaluated with round server_round + 1's train
@@ -339,10 +339,9 @@ def held_out_loss(fed: Federation, server_round: int, agg: EvalOutcome, ex: Exch
         return agg.loss, ex
     nodes = {records.owner_label(m): m.metadata.src_node_id for m in ex.replies if m.has_content()}
     who = min(agg.owners)
-    config = ConfigRecord({**fed.run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: fed.layout.digest})
-    msg = Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(agg.pending.blobs))}),
-                  dst_node_id=nodes[who], message_type=wire.QUERY_EVALSUM)
-    reveal = exchange(fed.grid, [msg], fed.cfg.sim.round_timeout_s)
+    msgs = query_messages(fed.run_config, server_round, fed.layout.digest, wire.QUERY_EVALSUM,
+                          {who: agg.pending.blobs}, nodes)
+    reveal = exchange(fed.grid, msgs, fed.cfg.sim.round_timeout_s)
     merged = ex.plus(reveal)
     reply = reveal.replies[0] if reveal.replies else None
     metrics = reply.content.metric_records.get(wire.METRICS, {}) if reply and not reply.has_error() else {}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedveil.core import records
+from fedveil.core import records, wire
 from fedveil.core.prompt_pull import prompt_pull_object
 
 PULL_INTERVAL_S = 0.05
@@ -46,6 +46,15 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> Exchange:
     replies = send_and_receive(grid, messages, timeout) if messages else []
     up = {m.metadata.src_node_id: records.content_nbytes(m.content) for m in replies if m.has_content()}
     return Exchange(replies, down, up, time.perf_counter() - start)
+
+
+def query_messages(run_config: dict, server_round: int, layout_digest: str, message_type: str,
+                   keys: dict[str, dict[str, bytes]], nodes: dict[str, int]) -> list[Message]:
+    """One query message of a round to each owner in ``keys``, at its node in ``nodes``: the run's config with the
+    round and the adapter layout, and the blobs the owner is shown (its KEYS record)."""
+    config = ConfigRecord({**run_config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: layout_digest})
+    return [Message(RecordDict({wire.CONFIG: config, wire.KEYS: ConfigRecord(dict(k))}), dst_node_id=nodes[o],
+                    message_type=message_type) for o, k in sorted(keys.items())]
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:

@@ -40,6 +40,7 @@ class TrainOutcome:
     aggregate_seconds: float = 0.0
     reveal_seconds: float = 0.0
     carried_up: dict[int, int] = field(default_factory=dict)  # node -> bytes of its reply that are not its update
+    payloads: dict[str, Protected] = field(default_factory=dict)  # accepted owner -> its update as it sent it
 
 
 @dataclass
@@ -137,6 +138,7 @@ class SecureAggregation:
         if not out.accepted:
             return out
         out.metrics = weighted_means(out.accepted)
+        out.payloads = {who: p for who, p in payloads.items() if who in out.accepted}
         if self.backend.server_can_reveal:  # elsewhere the server keeps the ciphertext; owners reveal it
             start = time.perf_counter()
             out.revealed = self.backend.reveal(out.combined)
