@@ -53,7 +53,7 @@ and the Chernoff bound ``P(Sk(L, L) >= a) <= exp(-(a asinh(y) - 2L (sqrt(1 + y^2
 Headroom for the existing checks (issue 24 item 1): a noised update is ``z + share`` with ``|z_j|
 <= ||z|| <= l2_bound``; :func:`share_bounds` gives ``(max_abs, max_l2)`` such that, with
 probability ``>= 1 - p``, every coordinate of a share is within ``max_abs`` (about ``k sqrt(2 mu /
-t)``, ``k = 7.9`` at ``d = 16,384``, ``p = 1e-9``) and its L2 norm within ``max_l2`` (about
+t)``, ``k = 8.0`` at ``d = 16,384``, ``p = 1e-9``) and its L2 norm within ``max_l2`` (about
 ``sqrt(2 d mu / t) (1 + 6 %)`` at that ``d``). A backend's per-value bound (tenseal's
 ``value_bound``) grows by ``max_abs`` and its norm bound (tenseal's ``norm_bound``, crypten's norm
 check) by ``max_l2``, both in integer units (divide by ``gamma`` for the model's), and a check
