@@ -77,6 +77,7 @@ from fedveil.privacy.dp.randomness import secret_uniform
 MAX_SHARE_LAMBDA = float(2**36)
 _UNIFORM_GRID = 2.0**-53  # secret_uniform's resolution: the tail mass each draw cannot represent
 _BRACKET_SIGMAS = 40.0  # a Poisson tail beyond 40 sigma + 40 is below e^-60, far under 2^-53
+_GUESS_FROM, _GUESS_REACH = 100.0, 32.0  # where a normal-quantile guess narrows the bisection, and by how much
 _ROUNDING_TRIES = 200  # each passes with prob >= 1 - beta (0.39): all fail with prob < 1e-43
 _EXACT = 2.0**52  # |z| must stay an exact float64 integer for the norm check
 
@@ -180,7 +181,9 @@ def secret_poisson(lam: float, n: int) -> np.ndarray:
     """``n`` Poisson(``lam``) draws (float64 integers): inverse CDF of secret uniforms.
 
     For each uniform ``u`` the smallest ``k`` with ``pdtr(k, lam) >= u``, by bisection on integers
-    between brackets whose CDFs are ~0 and ~1 in float64 (checked).
+    between brackets whose CDFs are ~0 and ~1 in float64 (checked), narrowed around a normal-quantile
+    guess where that brackets ``u`` too. Equal to ``scipy.stats.poisson.ppf`` below ``u = 1 - 1e-9``
+    (above it scipy's search overshoots); a share of 16,384 values at the cap takes ~0.03 s.
     """
     if not 0 < lam <= MAX_SHARE_LAMBDA:
         raise UserError(f"a Poisson mean of {lam:g} is outside (0, 2^36]: lower mu or gamma (choose_gamma)")
@@ -190,6 +193,15 @@ def secret_poisson(lam: float, n: int) -> np.ndarray:
     if not _cdf(np.array([low]), lam)[0] < _UNIFORM_GRID or _cdf(np.array([high]), lam)[0] < 1.0:
         raise RuntimeError(f"pdtr does not bracket Poisson({lam:g}) in [{low:g}, {high:g}]")
     lo, hi = np.full(n, low), np.full(n, high)  # invariant: cdf(lo) < u <= cdf(hi)
+    if lam >= _GUESS_FROM:
+        # Cornish-Fisher (skew 1/sqrt(lam)) lands within a unit or two of the quantile: bisecting
+        # +-32 around it takes 6 steps, not ~36; where it does not bracket, the wide bracket stays
+        with np.errstate(invalid="ignore", over="ignore"):
+            z = special.ndtri(u)
+            guess = np.floor(lam + math.sqrt(lam) * z + (z * z - 1) / 6)
+            near_lo, near_hi = guess - _GUESS_REACH, guess + _GUESS_REACH
+            fits = np.isfinite(guess) & (_cdf(near_lo, lam) < u) & (_cdf(near_hi, lam) >= u)
+        lo, hi = np.where(fits, near_lo, lo), np.where(fits, near_hi, hi)
     while True:
         open_ = hi - lo > 1
         if not open_.any():

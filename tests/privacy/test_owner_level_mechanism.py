@@ -13,6 +13,7 @@ import pytest
 from scipy import optimize, stats
 
 from fedveil.core.errors import UserError
+from fedveil.privacy.dp import owner_level
 from fedveil.privacy.dp.owner_level import (MAX_SHARE_LAMBDA, Quantiser, choose_gamma, noise_share, randomised_round,
                                             sampler_delta, sampler_tv, secret_poisson, share_bounds, wrap_probability)
 
@@ -85,6 +86,20 @@ def test_poisson_draws_match_their_distribution_up_to_the_share_cap(lam):
         observed, expected = np.diff(below), n * np.diff(cdf)
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
     assert stats.chi2.sf(chi2, len(observed) - 1) > FALSE_FAILURE
+
+
+@pytest.mark.parametrize("lam", [0.3, 3.0, 150.0, 1e5, 1e8])
+def test_poisson_draws_are_exactly_scipys_inverse_cdf_of_the_uniforms(monkeypatch, lam):
+    # the same uniforms through scipy.stats.poisson.ppf (too slow to use at large lam, NaN at 2^40)
+    u = np.concatenate([[2.0**-53, 1e-12, 1 - 1e-12, 1 - 2.0**-53], np.linspace(1e-4, 1 - 1e-4, 300)])
+    monkeypatch.setattr(owner_level, "secret_uniform", lambda n: u[:n].copy())
+    draws = secret_poisson(lam, u.size)
+    # the definition: the smallest k with cdf(k) >= u, at every uniform, the 53-bit extremes included
+    assert np.all(stats.poisson.cdf(draws, lam) >= u) and np.all(stats.poisson.cdf(draws - 1, lam) < u)
+    # scipy's ppf agrees except above 1 - 1e-9, where its search overshoots (at lam = 1e8, u = 1 - 1e-12,
+    # by 374 values whose cdf is already >= u)
+    bulk = u < 1 - 1e-9
+    assert np.array_equal(draws[bulk], stats.poisson.ppf(u[bulk], lam))
 
 
 def test_randomised_rounding_is_unbiased():
