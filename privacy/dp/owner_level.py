@@ -83,7 +83,8 @@ _EXACT = 2.0**52  # |z| must stay an exact float64 integer for the norm check
 
 
 def _positive(name: str, value: float, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
         raise UserError(f"{name} must be a finite number > 0, got {value!r}: {fix}")
     return float(value)
 
