@@ -24,9 +24,12 @@ from __future__ import annotations
 import os
 import types
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _TWO_POW_53 = float(1 << 53)
 
@@ -48,6 +51,8 @@ def secret_gaussian(shape: tuple[int, ...], std: float) -> np.ndarray:
 
 
 def secret_noise_like(reference: torch.Tensor, std: float) -> torch.Tensor:
+    import torch  # lazy: torch takes seconds; the owner-level mechanism draws uniforms here without it
+
     if std == 0:
         return torch.zeros_like(reference)
     noise = torch.from_numpy(secret_gaussian(tuple(reference.shape), std))
