@@ -82,17 +82,20 @@ def load(state_dir: str | Path) -> Optional[OwnerLedger]:
         return _read(path)
 
 
-def reserve(state_dir: str | Path, budget: float, delta: float, release: Release) -> tuple[float, OwnerLedger]:
+def reserve(state_dir: str | Path, release: Release, delta: float, target: float,
+            owner_cap: Optional[float] = None) -> tuple[float, OwnerLedger]:
     """Record ``release`` if it keeps the owner within its budget; the epsilon after it and the ledger written.
 
-    ``budget`` and ``delta`` apply where the ledger is new; an existing one keeps its delta, and its
-    budget unless ``budget`` is the owner's own cap (the caller passes the policy's where it has one).
+    A new ledger takes ``delta`` and, as its budget, the owner's cap (its policy's
+    ``owner_level_max_epsilon``) or else the run's ``target``; an existing one keeps its delta, and its
+    budget unless the owner's cap is given (the coordinator's target never raises it).
     Raises :class:`BudgetExceeded` (nothing recorded) past the budget."""
     path = ledger_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path, exclusive=True):
-        ledger = _read(path) or OwnerLedger(float(budget), float(delta))
-        ledger.budget_epsilon = float(budget)
+        ledger = _read(path) or OwnerLedger(float(owner_cap if owner_cap is not None else target), float(delta))
+        if owner_cap is not None:
+            ledger.budget_epsilon = float(owner_cap)
         history = [*ledger.history, release]
         after = skellam.epsilon_of([(r.mu, r.sample_rate, r.l1, r.l2, 1) for r in history], ledger.delta)
         if not (math.isfinite(after) and after <= ledger.budget_epsilon):

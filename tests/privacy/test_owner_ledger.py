@@ -14,7 +14,7 @@ ENTRY = dict(mu=5e4, sample_rate=0.5, l1=8e3, l2=300.0)
 
 
 def test_reserve_records_each_round_at_the_skellam_epsilon_of_the_history(tmp_path):
-    eps = [owner_ledger.reserve(tmp_path, 50.0, 1e-5, Release("run#1", r, **ENTRY))[0] for r in (1, 2, 3)]
+    eps = [owner_ledger.reserve(tmp_path, Release("run#1", r, **ENTRY), 1e-5, 50.0)[0] for r in (1, 2, 3)]
     expected = [skellam.epsilon_of([(*ENTRY.values(), r)], 1e-5) for r in (1, 2, 3)]
     assert eps == pytest.approx(expected, rel=1e-9) and eps[0] < eps[1] < eps[2]
     ledger = owner_ledger.load(tmp_path)
@@ -24,16 +24,23 @@ def test_reserve_records_each_round_at_the_skellam_epsilon_of_the_history(tmp_pa
 
 def test_past_the_budget_nothing_is_recorded(tmp_path):
     one = skellam.epsilon_of([(*ENTRY.values(), 1)], 1e-5)
-    owner_ledger.reserve(tmp_path, one * 1.2, 1e-5, Release("run#1", 1, **ENTRY))
+    owner_ledger.reserve(tmp_path, Release("run#1", 1, **ENTRY), 1e-5, one * 1.2)
     before = owner_ledger.ledger_path(tmp_path).read_bytes()
     with pytest.raises(epsilon_ledger.BudgetExceeded, match="owner-level privacy budget"):
-        owner_ledger.reserve(tmp_path, one * 1.2, 1e-5, Release("run#1", 2, **ENTRY))
+        owner_ledger.reserve(tmp_path, Release("run#1", 2, **ENTRY), 1e-5, target=100.0)  # the run cannot raise it
     assert owner_ledger.ledger_path(tmp_path).read_bytes() == before
+
+
+def test_the_owners_cap_sets_the_budget_of_an_existing_ledger(tmp_path):
+    owner_ledger.reserve(tmp_path, Release("run#1", 1, **ENTRY), 1e-5, 50.0)
+    with pytest.raises(epsilon_ledger.BudgetExceeded):
+        owner_ledger.reserve(tmp_path, Release("run#1", 2, **ENTRY), 1e-5, 50.0, owner_cap=1.0)
+    assert owner_ledger.load(tmp_path).budget_epsilon == 50.0  # nothing written on a refusal
 
 
 def test_an_edited_or_shortened_ledger_is_refused_not_reset(tmp_path):
     for r in (1, 2):
-        owner_ledger.reserve(tmp_path, 50.0, 1e-5, Release("run#1", r, **ENTRY))
+        owner_ledger.reserve(tmp_path, Release("run#1", r, **ENTRY), 1e-5, 50.0)
     path = owner_ledger.ledger_path(tmp_path)
     raw = json.loads(path.read_text())
     raw["history"][0]["mu"] *= 10  # more noise claimed for a round already released
@@ -46,7 +53,7 @@ def test_an_edited_or_shortened_ledger_is_refused_not_reset(tmp_path):
     raw["entry_count"] = 1
     path.write_text(json.dumps(raw))
     with pytest.raises(LedgerError):
-        owner_ledger.reserve(tmp_path, 50.0, 1e-5, Release("run#1", 3, **ENTRY))
+        owner_ledger.reserve(tmp_path, Release("run#1", 3, **ENTRY), 1e-5, 50.0)
 
 
 def crypten_owner_level(**dp):
