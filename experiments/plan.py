@@ -101,7 +101,8 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     ``aggregation.parties``), by phase: what :func:`planned_vs_measured` compares with the run."""
     requested = (values.get("aggregation") or {}).get("name", "plain")
     # parse everything but the pick (the planner below says why, refusal included)
-    cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
+    stand_in = "crypten" if (values.get("dp") or {}).get("name") == "owner_level" else "plain"  # it runs only there
+    cfg = from_dict({**values, "aggregation": {"name": stand_in}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
     dp_on = cfg.dp.name != "off"  # privacy.epsilon already set dp (from_dict): without DP the pairs travel
     carried = cfg.eval_in_train  # each round's evaluation in the next round's train message: one global down

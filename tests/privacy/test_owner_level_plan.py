@@ -72,3 +72,9 @@ def test_the_parties_floor_below_t_is_refused_at_start():
 def test_bad_values_are_refused_naming_the_key(key, value):
     with pytest.raises(UserError, match=f"dp.{key}"):
         OwnerLevelDPConfig(**{key: value})
+
+
+def test_privacy_epsilon_sets_the_owner_level_target_and_keeps_the_unit():
+    cfg = from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "crypten"}, "num_clients": 4,
+                     "privacy": {"epsilon": 2.0}})
+    assert (cfg.dp.name, cfg.dp.target_epsilon) == ("owner_level", 2.0)
