@@ -26,13 +26,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from crafted import overflowing_global  # tests/adversary/crafted.py (pytest puts this folder on sys.path)
 from fedveil.client import owner as owner_module
+from fedveil.client import owner_level
 from fedveil.client.app import app
 from fedveil.client.operations import WorkerState
 from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.client.worker import serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
+from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig, resolve
 from fedveil.privacy.policy import OwnerPolicy, write_policy
+from fedveil.privacy.secagg import BACKENDS
 from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.task.demo_data import demo_records
 
@@ -496,9 +499,6 @@ OWNER_LEVEL_POLICY = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["cry
 
 
 def owner_level_base() -> dict:
-    from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig, resolve
-    from fedveil.privacy.secagg import BACKENDS
-
     dp = {"name": "owner_level", "target_epsilon": 8.0, "sample_rate": 0.5, "min_honest_owners": 3}
     planned = OwnerLevelDPConfig(**dp)
     bound = resolve(planned, START["size"], 3, BASE["rounds"], BACKENDS["crypten"].integers)
@@ -536,8 +536,6 @@ def test_owner_level_releases_the_same_bytes_for_another_owners_data(name, overr
     if "dp.mu" in overrides:
         overrides = {**overrides, "dp.mu": base["dp"]["mu"] * overrides["dp.mu"]}  # sigma / 10
     if "aggregation" in overrides:  # a coordinator sends what the schema would not build: forge its run config
-        from fedveil.privacy.secagg import BACKENDS
-
         forged = from_dict({**base, "model": model})
         forged.aggregation = BACKENDS[overrides["aggregation"]["name"]].config()
         flat = to_run_config(forged)
@@ -566,8 +564,6 @@ def test_owner_level_releases_the_same_bytes_for_another_owners_data(name, overr
 def test_an_owner_that_does_not_join_releases_what_one_that_joins_releases(datasets, tiny_gpt2, tmp_path, monkeypatch):
     """The owner's coin decides whether its delta is in its update; its bytes, keys and values' kind do not tell."""
     from nacl.public import PrivateKey
-
-    from fedveil.client import owner_level
 
     model, base = {"path": str(tiny_gpt2)}, owner_level_base()
     parties = ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
