@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from fedveil.client import owner_level
 from fedveil.client.run_record import RunRecord
 from fedveil.configs.schema import FedveilConfig, run_key  # noqa: F401 -- run_key: the owner's name for it
 from fedveil.core import wire
@@ -124,6 +125,8 @@ class Owner:
         model_key = json.dumps({**dataclasses.asdict(cfg.model), "tiny": None}, sort_keys=True)
         self.model, self.tokenizer, self.layout, self.initial = _model_bundle(model_key, cfg.seed, str(self.device))
         self.policy.check(cfg, self.layout.digest)
+        if cfg.dp.name == "owner_level":
+            owner_level.check_config(cfg, self.policy, self.layout.size)
         check_max_length(self.model, cfg.data.max_length)
         Path(identity.state_dir).mkdir(parents=True, exist_ok=True)
         per_round = per_round or {}
@@ -220,20 +223,22 @@ class Owner:
     def train_round(self, global_vector: np.ndarray) -> tuple[Protected, dict[str, float]]:
         """Train from the global adapter (with DP-SGD where configured); protect the delta."""
         self.runs.check_train(self.ctx.round, self.policy.max_rounds)
-        data = self.data
+        self.data  # noqa: B018 -- read (its checks run, e.g. delta < 1/n) before any spend is reserved
         self.load_global(global_vector)
         tc, server_round = self.cfg.train, self.ctx.round
         torch.manual_seed(self.cfg.seed * 1_000_003 + server_round)  # init-like randomness only; DP draws its own
         optimizer = make_optimizer(self.model, tc)
-        if self.dp_on:
+        if self.cfg.dp.name == "owner_level":  # no per-example noise: the noise is the round's (below)
+            metrics = owner_level.reserve(self.cfg, self.policy, self.identity.state_dir, self.run_key(), server_round,
+                                          self.layout.size)
+            result = self.train_plain(optimizer)
+        elif self.dp_on:
             result, metrics = self.train_private(optimizer)
         else:
-            maybe_die("owner-training", server_round, self.identity.owner_id)
-            loader = shuffled_loader(data.train, tc.batch_size, self.tokenizer.pad_token_id,
-                                     seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
-            result, metrics = train_steps(self.model, loader, optimizer, tc.local_steps, self.device,
-                                           self.training_progress), {}
+            result, metrics = self.train_plain(optimizer), {}
         delta = clip_update(self.layout.flatten(get_adapter(self.model)) - global_vector, tc.update_clip_norm)
+        if self.cfg.dp.name == "owner_level":
+            delta = owner_level.noised_update(self.cfg, delta)
         start = time.perf_counter()
         # under DP every owner weighs 1 (a public value): an exact count would leave un-noised
         protected = self.backend.protect(delta, 1.0 if self.dp_on else float(self.num_examples), self.ctx)
@@ -252,6 +257,14 @@ class Owner:
         if self.backend.server_sees_updates:  # elsewhere even the norm stays home
             metrics[wire.UPDATE_NORM] = float(np.linalg.norm(delta))
         return protected, metrics
+
+    def train_plain(self, optimizer):
+        """Local steps without per-example noise (dp=off, and dp=owner_level, whose noise is the round's)."""
+        tc, server_round = self.cfg.train, self.ctx.round
+        maybe_die("owner-training", server_round, self.identity.owner_id)
+        loader = shuffled_loader(self.data.train, tc.batch_size, self.tokenizer.pad_token_id,
+                                 seed=zlib.crc32(f"{self.cfg.seed}:{server_round}:{self.identity.owner_id}".encode()))
+        return train_steps(self.model, loader, optimizer, tc.local_steps, self.device, self.training_progress)
 
     def train_private(self, optimizer):
         """DP-SGD for this round: noise planned and spend reserved in the owner's ledger first."""

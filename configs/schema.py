@@ -174,7 +174,8 @@ def from_dict(values: Mapping[str, Any], plan: Optional[Plan] = None) -> Fedveil
         agg = resolve(agg, cfg.participants, dp["name"] != "off", cfg.train.update_clip_norm, cfg.rounds,
                       malicious_owners=cfg.privacy.malicious_owners)
     cfg.aggregation = build(BACKENDS[agg["name"]].config, agg, "aggregation.")
-    if cfg.dp.name != "off" and cfg.model.gradient_checkpointing:
+    check_owner_level(cfg)
+    if cfg.dp.name == "sample_level" and cfg.model.gradient_checkpointing:
         check_checkpointing(cfg.dp.grad_sample_mode)
     min_owners = getattr(cfg.aggregation, "min_owners", 1)
     if cfg.participants < min_owners:
@@ -213,9 +214,28 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any],
         if cfg.owner_policy.max_epsilon is not None and p.epsilon > cfg.owner_policy.max_epsilon:
             raise UserError(f"privacy.epsilon={p.epsilon:g} is above the owners' policy max_epsilon="
                             f"{cfg.owner_policy.max_epsilon:g}: lower privacy.epsilon")
-        dp = {**(dp if dp.get("name") == "sample_level" else {"name": "sample_level"}), "target_epsilon": p.epsilon,
+        keep = dp.get("name") in ("sample_level", "owner_level")  # an owner-level target stays owner-level
+        dp = {**(dp if keep else {"name": "sample_level"}), "target_epsilon": p.epsilon,
               **({"delta": p.delta} if p.delta is not None else {})}
     return agg, dp
+
+
+def check_owner_level(cfg: FedveilConfig) -> None:
+    """``dp=owner_level`` runs only where its noise is distributed: under crypten, whose parties' floor
+    (``aggregation.min_owners``) enforces the owners' ``dp.min_honest_owners``. With ``plain`` the
+    coordinator sees each update, which would need the full noise on each (local DP): that is what
+    ``dp=sample_level`` is for. Under tenseal owners would have to count the signed contributions in
+    the sum they check (not built yet)."""
+    if cfg.dp.name != "owner_level":
+        return
+    if BACKENDS[cfg.aggregation.name].integers is None:
+        why = ("the coordinator would see each update with 1/t of the noise; for DP against it use dp=sample_level"
+               if cfg.aggregation.name == "plain" else "its owners do not count contributions yet")
+        raise UserError(f"dp=owner_level needs aggregation=crypten, got aggregation={cfg.aggregation.name} ({why})")
+    if cfg.aggregation.min_owners < cfg.dp.min_honest_owners:
+        raise UserError(f"aggregation.min_owners={cfg.aggregation.min_owners} is below dp.min_honest_owners="
+                        f"{cfg.dp.min_honest_owners}: a round could reveal fewer shares than carry the full noise; "
+                        "raise aggregation.min_owners")
 
 
 def to_dict(cfg: FedveilConfig) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from fedveil.core.console import quiet_libraries
 from fedveil.core.errors import UserError
 from fedveil.core.metrics import (BYTES_DOWN_FIGURE, BYTES_UP_FIGURE, EPSILON_FIGURE, PHASES, Figure, MetricsRow,
                                   seconds_figure, trained_rows)
+from fedveil.privacy.dp import owner_level_plan
 from fedveil.privacy.dp.accounting import epsilon_of, plan_noise
 from fedveil.privacy.planner import (candidate_config, choose, download_form, download_forms, estimate,
                                      rough_phase_seconds)
+from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.base import Cost
 from fedveil.task.model import get_adapter, load_lora_skeleton
 from fedveil.task.tiny import byte_level_tokenizer, tiny_config
@@ -55,7 +57,7 @@ def adapter_values(model_cfg, seed: int) -> int:
         return sum(v.size for v in get_adapter(model).values())
 
 
-def dp_plan(cfg) -> dict | None:
+def dp_plan(cfg, values: int = 0) -> dict | None:
     """σ and ε an owner would plan for the whole run (``dp.sample_rate``, rounds x local steps).
 
     With ``clients_per_round`` the plan is the same: the coordinator picks who trains, so no
@@ -63,6 +65,14 @@ def dp_plan(cfg) -> dict | None:
     dp = cfg.dp
     if dp.name == "off":
         return None
+    if dp.name == "owner_level":  # rounds are its steps; gamma and mu as the runner plans them (values: the adapter's)
+        planned = replace(dp)
+        domain = backend_spec(cfg.aggregation.name).integers
+        owner_level_plan.resolve(planned, values, cfg.participants, cfg.rounds, domain)
+        return {"mode": dp.name, "target_epsilon": dp.target_epsilon, "delta": dp.delta, "sample_rate": dp.sample_rate,
+                "steps": cfg.rounds, "accountant": "skellam-rdp", "noise_multiplier": planned.sigma,
+                "gamma": planned.gamma, "mu": planned.mu, "epsilon": owner_level_plan.run_epsilon(planned, values,
+                                                                                                 cfg.rounds)}
     steps = cfg.rounds * cfg.train.local_steps
     sigma = dp.noise_multiplier
     if sigma is None:
@@ -91,7 +101,8 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
     ``aggregation.parties``), by phase: what :func:`planned_vs_measured` compares with the run."""
     requested = (values.get("aggregation") or {}).get("name", "plain")
     # parse everything but the pick (the planner below says why, refusal included)
-    cfg = from_dict({**values, "aggregation": {"name": "plain"}} if requested == "auto" else values)
+    stand_in = "crypten" if (values.get("dp") or {}).get("name") == "owner_level" else "plain"  # it runs only there
+    cfg = from_dict({**values, "aggregation": {"name": stand_in}} if requested == "auto" else values)
     n = adapter_values(cfg.model, cfg.seed)
     dp_on = cfg.dp.name != "off"  # privacy.epsilon already set dp (from_dict): without DP the pairs travel
     carried = cfg.eval_in_train  # each round's evaluation in the next round's train message: one global down
@@ -141,7 +152,7 @@ def planned_run(values: dict) -> tuple[FedveilConfig | None, dict]:
                       "last_round_per_owner": v.cost.last_per_owner(cfg.rounds)}
                      for v in plan.verdicts],
         "download_forms": forms,
-        "dp": dp_plan(cfg),
+        "dp": dp_plan(cfg, n),
         "pick": pick, "reason": reason, "run": run,
         "seconds_note": "rough: the backend's protect + aggregate + reveal from privacy/calibration.json; "
                         "training, evaluation and network time excluded",

@@ -72,12 +72,22 @@ class OwnerPolicy:
     # tenseal: the fewest committee members this owner accepts (aggregation.committee_size comes from the
     # coordinator's run config): c colluding members certify any sum, so grinding succeeds with ~(m/n)^c
     min_committee_size: int = MIN_COMMITTEE_SIZE
+    # dp=owner_level (the unit is the owner's whole dataset; its own budget, in its own ledger): the cap on
+    # its epsilon, the least noise multiplier (units of dp.clip_norm), the highest rate q at which it joins a
+    # round, the floor on t (a run config may raise dp.min_honest_owners, never lower it; crypten's
+    # aggregation.min_owners must reach it), and whether it may claim amplification by its own sampling (q < 1)
+    owner_level_max_epsilon: Optional[float] = None
+    owner_level_min_noise_multiplier: Optional[float] = None
+    owner_level_max_sample_rate: Optional[float] = None
+    min_honest_owners: int = 3
+    allow_amplification: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.allowed_backends) - set(BACKEND_NAMES))
         if unknown:
             raise UserError(f"owner_policy.allowed_backends has unknown {unknown}: choose from {list(BACKEND_NAMES)}")
-        for key in ("max_epsilon", "max_delta", "min_noise_multiplier", "max_sample_rate"):
+        for key in ("max_epsilon", "max_delta", "min_noise_multiplier", "max_sample_rate", "owner_level_max_epsilon",
+                    "owner_level_min_noise_multiplier", "owner_level_max_sample_rate"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise UserError(f"owner_policy.{key} must be > 0 (or null for no limit), got {value}")
@@ -87,6 +97,9 @@ class OwnerPolicy:
                 self.min_committee_size < MIN_COMMITTEE_SIZE:
             raise UserError(f"owner_policy.min_committee_size must be an integer >= {MIN_COMMITTEE_SIZE} (one member "
                             f"alone could certify any sum), got {self.min_committee_size}")
+        if isinstance(self.min_honest_owners, bool) or not isinstance(self.min_honest_owners, int) or \
+                self.min_honest_owners < 2:
+            raise UserError(f"owner_policy.min_honest_owners must be an integer >= 2, got {self.min_honest_owners!r}")
         for key in ("max_rounds", "max_local_steps", "max_evaluates_per_round", "dp_eval_examples", "max_length"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -118,20 +131,53 @@ class OwnerPolicy:
         self.check_committee(agg)
         if dp.name == "off":
             return
+        if dp.name == "owner_level":
+            self.check_owner_level(dp, agg)
+            return
         if not dp.poisson_sampling:
             self.refuse(
                 "poisson_sampling", "Poisson sampling (what the accountant assumes)", "dp.poisson_sampling=false"
             )
         if self.max_epsilon is not None and dp.target_epsilon > self.max_epsilon:
             self.refuse("max_epsilon", f"max_epsilon={self.max_epsilon:g}", f"dp.target_epsilon={dp.target_epsilon:g}")
-        if self.max_delta is not None and dp.delta > self.max_delta:
-            self.refuse("max_delta", f"max_delta={self.max_delta:g}", f"dp.delta={dp.delta:g}")
+        self.check_delta(dp)
         if self.max_sample_rate is not None and dp.sample_rate > self.max_sample_rate:
             self.refuse(
                 "max_sample_rate", f"max_sample_rate={self.max_sample_rate:g}", f"dp.sample_rate={dp.sample_rate:g}"
             )
         if dp.noise_multiplier is not None:
             self.check_noise(dp.noise_multiplier)
+
+    def check_delta(self, dp: Any) -> None:
+        if self.max_delta is not None and dp.delta > self.max_delta:
+            self.refuse("max_delta", f"max_delta={self.max_delta:g}", f"dp.delta={dp.delta:g}")
+
+    def check_owner_level(self, dp: Any, agg: Any) -> None:
+        """dp=owner_level against this owner's rules for that unit; the resolved noise where the config has it
+        (the owner refuses an unresolved one before its data: client/owner_level.py)."""
+        if dp.min_honest_owners < self.min_honest_owners:
+            self.refuse("min_honest_owners", f"min_honest_owners={self.min_honest_owners}",
+                        f"dp.min_honest_owners={dp.min_honest_owners}")
+        floor = getattr(agg, "min_owners", None)
+        if floor is not None and floor < max(dp.min_honest_owners, self.min_honest_owners):
+            self.refuse("min_honest_owners", f"min_honest_owners={max(dp.min_honest_owners, self.min_honest_owners)} "
+                        "(the parties' floor must reach it)", f"aggregation.min_owners={floor}")
+        self.check_delta(dp)
+        cap = self.owner_level_max_epsilon
+        if cap is not None and dp.target_epsilon > cap:
+            self.refuse("owner_level_max_epsilon", f"owner_level_max_epsilon={cap:g}",
+                        f"dp.target_epsilon={dp.target_epsilon:g}")
+        top = self.owner_level_max_sample_rate
+        if top is not None and dp.sample_rate > top:
+            self.refuse("owner_level_max_sample_rate", f"owner_level_max_sample_rate={top:g}",
+                        f"dp.sample_rate={dp.sample_rate:g}")
+        if dp.sample_rate < 1 and not self.allow_amplification:
+            self.refuse("allow_amplification", "allow_amplification=false", f"dp.sample_rate={dp.sample_rate:g} < 1")
+        least = self.owner_level_min_noise_multiplier
+        for sigma in (dp.noise_multiplier, dp.sigma if dp.gamma and dp.mu else None):
+            if least is not None and sigma is not None and sigma < least:
+                self.refuse("owner_level_min_noise_multiplier", f"owner_level_min_noise_multiplier={least:g}",
+                            f"a noise multiplier of {sigma:.4g}")
 
     def check_committee(self, agg: Any) -> None:
         """tenseal: the committee's size against this owner's floor (checked whatever the download form: the

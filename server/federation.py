@@ -31,6 +31,7 @@ from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
 from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, append_row, drop_rows_after, read_rows,
                                   replace_row, summarize)
+from fedveil.privacy.dp.owner_level_plan import decode_sum
 from fedveil.privacy.secagg import BackendSpec, backend_spec
 from fedveil.privacy.secagg.base import GlobalHolder, server_sees_counts
 from fedveil.server import checkpoint, committee_exchange, round_chain, signatures
@@ -120,7 +121,9 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
     inner = FedAvg(fraction_train=cfg.participants / cfg.num_clients, min_train_nodes=cfg.participants,
                    min_evaluate_nodes=cfg.num_clients, min_available_nodes=cfg.num_clients,
                    arrayrecord_key=wire.GLOBAL, configrecord_key=wire.CONFIG)
-    return Federation(cfg, grid, out, model, layout, spec, SecureAggregation(inner, backend, layout), state,
+    decode = (partial(decode_sum, gamma=cfg.dp.gamma, sample_rate=cfg.dp.sample_rate)
+              if cfg.dp.name == "owner_level" else None)  # owners send integers; the mean is over q x the summed
+    return Federation(cfg, grid, out, model, layout, spec, SecureAggregation(inner, backend, layout, decode), state,
                       run_config, sorted(owners.values()), dict(owners))
 
 

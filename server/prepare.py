@@ -21,14 +21,17 @@ from fedveil.core.errors import UserError
 from fedveil.core.io import atomic_write_bytes
 from fedveil.task.data import data_files, load_owner_data
 from fedveil.task.demo_data import write_demo_data
-from fedveil.task.model import check_model_dir, check_tokenizer_files, load_tokenizer, resolve_device
+from fedveil.task.model import (check_model_dir, check_tokenizer_files, get_adapter, load_lora_skeleton,
+                                load_tokenizer, resolve_device)
 from fedveil.task.tiny import build_tiny_model
 from fedveil.configs.schema import FedveilConfig
 from fedveil.core.console import progress
+from fedveil.privacy.dp import owner_level_plan
 from fedveil.privacy.dp.accounting import plan_noise
 from fedveil.privacy.dp.sgd import owner_delta
 from fedveil.privacy.policy import FILENAME as POLICY_FILE
 from fedveil.privacy.policy import write_policy
+from fedveil.privacy.secagg import backend_spec
 from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.server.checkpoint import check_resumable
 
@@ -52,6 +55,10 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
         progress(f"building tiny {cfg.model.tiny.arch} model -> {out / 'base_model'}")
         cfg.model.path = str(build_tiny_model(cfg.model.tiny, out / "base_model", seed=cfg.seed))
     cfg.model.path = str(check_model_dir(cfg.model.path))
+    if cfg.dp.name == "owner_level":  # its public gamma and mu, once, for every owner (each checks them)
+        size = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, seed=cfg.seed)).values())
+        cfg.aggregation.norm_bound = owner_level_plan.resolve(cfg.dp, size, cfg.participants, cfg.rounds,
+                                                              backend_spec(cfg.aggregation.name).integers)
     if write_policies:
         cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
         owners = {owner_id(k): owner_state_dir(out, k) for k in range(cfg.num_clients)}

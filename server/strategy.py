@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Callable, Optional
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -57,8 +58,11 @@ class EvalOutcome:
 class SecureAggregation:
     """Aggregate adapter deltas through ``backend``; everything else is ``inner``'s."""
 
-    def __init__(self, inner: Strategy, backend: ServerSide, layout: AdapterLayout) -> None:
-        self.inner, self.backend, self.layout = inner, backend, layout
+    def __init__(self, inner: Strategy, backend: ServerSide, layout: AdapterLayout,
+                 decode: Optional[Callable[[Revealed], Revealed]] = None) -> None:
+        """``decode``: what the revealed aggregate means in model units where owners send something else
+        (dp=owner_level: integers, ``owner_level_plan.decode_sum``); None: it is the weighted sum already."""
+        self.inner, self.backend, self.layout, self.decode = inner, backend, layout, decode
 
     def _stamp(self, config: ConfigRecord) -> ConfigRecord:
         config[wire.LAYOUT_DIGEST] = self.layout.digest
@@ -142,6 +146,8 @@ class SecureAggregation:
         if self.backend.server_can_reveal:  # elsewhere the server keeps the ciphertext; owners reveal it
             start = time.perf_counter()
             out.revealed = self.backend.reveal(out.combined)
+            if self.decode is not None:
+                out.revealed = self.decode(out.revealed)
             out.reveal_seconds = time.perf_counter() - start
         return out
 

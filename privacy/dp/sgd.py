@@ -39,6 +39,7 @@ import torch
 
 from fedveil.core.errors import UserError
 from fedveil.privacy.dp.accounting import ACCOUNTANTS
+from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig
 from fedveil.privacy.dp.randomness import secret_poisson_loader, use_secret_noise
 from fedveil.task.model import checkpoint_recompute
 
@@ -97,7 +98,7 @@ class SampleLevelDPConfig:
             raise UserError(f"dp.max_physical_batch_size must be >= 0, got {self.max_physical_batch_size}")
 
 
-DP_MODES = {"off": NoDPConfig, "sample_level": SampleLevelDPConfig}
+DP_MODES = {"off": NoDPConfig, "sample_level": SampleLevelDPConfig, "owner_level": OwnerLevelDPConfig}
 
 
 def check_checkpointing(grad_sample_mode: str) -> None:

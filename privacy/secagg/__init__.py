@@ -21,6 +21,7 @@ from fedveil.core.errors import UserError
 from fedveil.privacy.secagg import plain
 from fedveil.privacy.secagg.base import Cost
 from fedveil.privacy.secagg.crypten import cost as crypten_cost
+from fedveil.privacy.secagg.crypten.backend import INTEGERS as CRYPTEN_INTEGERS
 from fedveil.privacy.secagg.crypten.backend import CryptenBackend, CryptenConfig
 from fedveil.privacy.secagg.crypten.launcher import local_parties
 from fedveil.privacy.secagg.plain import PlainBackend, PlainConfig
@@ -123,6 +124,9 @@ class BackendSpec:
     # the steps of a round certified by a verifier committee, each side's (tenseal: ``committee_round``; the round
     # loop's exchanges in server/committee_exchange.py, the owner's in client/operations.py); None: none
     committee: Any = None
+    # dp=owner_level: the integer domain owners' quantised, noised updates are summed in (its modulus and the
+    # per-update bound it can check: ``privacy/dp/owner_level_plan.py``); None: the backend does not run it
+    integers: Optional[Any] = None
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
@@ -217,6 +221,7 @@ BACKENDS: dict[str, BackendSpec] = {
         priced_config=crypten_cost.priced_config,
         picked_values=crypten_cost.picked_values,
         local_services=_crypten_parties,
+        integers=CRYPTEN_INTEGERS,
         guarantees=Guarantees(
             coordinator=("trusted", "curious"),
             owner_collusion=True,

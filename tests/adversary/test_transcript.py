@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -25,13 +26,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from crafted import overflowing_global  # tests/adversary/crafted.py (pytest puts this folder on sys.path)
 from fedveil.client import owner as owner_module
+from fedveil.client import owner_level
 from fedveil.client.app import app
 from fedveil.client.operations import WorkerState
 from fedveil.client.owner import Owner, OwnerIdentity
 from fedveil.client.worker import serve
 from fedveil.configs.schema import from_dict, to_run_config
 from fedveil.core import wire
+from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig, resolve
 from fedveil.privacy.policy import OwnerPolicy, write_policy
+from fedveil.privacy.secagg import BACKENDS
 from fedveil.privacy.secagg.identity import pin_roster
 from fedveil.task.demo_data import demo_records
 
@@ -485,3 +489,98 @@ def test_a_global_crafted_to_overflow_on_some_records_releases_the_same_bytes_an
 
 def test_the_battery_covers_at_least_25_coordinator_inputs():
     assert len(CASES) >= 25 and len({name for name, _, _ in CASES}) == len(CASES)
+
+
+# dp=owner_level under crypten: the unit is the owner's whole dataset, so the neighbour of D is another
+# owner's data altogether ("other"), besides D's own neighbours
+OWNER_LEVEL_POLICY = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["crypten"], "owner_level_max_epsilon": 8.0,
+                                    "owner_level_min_noise_multiplier": 0.3, "owner_level_max_sample_rate": 0.5,
+                                    "min_honest_owners": 3})
+
+
+def owner_level_base() -> dict:
+    dp = {"name": "owner_level", "target_epsilon": 8.0, "sample_rate": 0.5, "min_honest_owners": 3}
+    planned = OwnerLevelDPConfig(**dp)
+    bound = resolve(planned, START["size"], 3, BASE["rounds"], BACKENDS["crypten"].integers)
+    return {**BASE, "num_clients": 3, "dp": {**dp, "gamma": planned.gamma, "mu": planned.mu},
+            "aggregation": {"name": "crypten", "parties": 2, "min_owners": 3, "norm_bound": bound}}
+
+
+@pytest.fixture(scope="module")
+def other_owner(datasets, tmp_path_factory):
+    """A whole other owner's dataset: D's owner-level neighbour."""
+    path = tmp_path_factory.mktemp("other")
+    rows = [{"text": f"Record {i} of another owner, about the weather on day {i}."} for i in range(40)]
+    (path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+OWNER_LEVEL_CASES = [  # (name, run-config overrides for every train, expected release); mu is scaled by the test
+    ("two rounds", {}, "ok"),
+    ("less noise", {"dp.mu": 1e-2}, "policy rule=owner_level_min_noise_multiplier"),
+    ("lower t", {"dp.min_honest_owners": 2}, "policy rule=min_honest_owners"),
+    ("lower parties' floor", {"aggregation.min_owners": 2}, "config"),
+    ("higher q", {"dp.sample_rate": 0.9}, "policy rule=owner_level_max_sample_rate"),
+    ("a lower norm bound", {"aggregation.norm_bound": 10.0}, "config key=aggregation.norm_bound"),
+    ("to plain", {"aggregation": {"name": "plain"}}, "config"),
+    ("to tenseal", {"aggregation": {"name": "tenseal"}}, "config"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, expect", OWNER_LEVEL_CASES, ids=[c[0] for c in OWNER_LEVEL_CASES])
+def test_owner_level_releases_the_same_bytes_for_another_owners_data(name, overrides, expect, datasets, other_owner,
+                                                                     tiny_gpt2, tmp_path, monkeypatch):
+    from nacl.public import PrivateKey
+
+    model, base = {"path": str(tiny_gpt2)}, owner_level_base()
+    if "dp.mu" in overrides:
+        overrides = {**overrides, "dp.mu": base["dp"]["mu"] * overrides["dp.mu"]}  # sigma / 10
+    if "aggregation" in overrides:  # a coordinator sends what the schema would not build: forge its run config
+        forged = from_dict({**base, "model": model})
+        forged.aggregation = BACKENDS[overrides["aggregation"]["name"]].config()
+        flat = to_run_config(forged)
+        monkeypatch.setattr(sys.modules[__name__], "run_config", lambda *_: flat)
+    parties = ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
+    case = [msg("train", r, cfg=overrides, per_round={wire.PARTY_KEYS: parties}) for r in (1, 2)]
+    sources = {"D": datasets["D"], "other": other_owner, "long": datasets["long"]}
+    on = {n: transcript(case, path, tmp_path / n, model, monkeypatch, base, OWNER_LEVEL_POLICY)
+          for n, path in sources.items()}
+    last = on["D"][-1][1]
+    assert (last[2] if last[0] == "error" else "ok") == expect
+    assert on["other"] == on["D"] and on["long"] == on["D"]
+    ledger = tmp_path / "D" / "owner_level_ledger.json"
+    if expect != "ok":  # refused before the data was read or epsilon reserved
+        assert not ledger.exists()
+        return
+    entries = json.loads(ledger.read_text())["history"]
+    assert [e["round"] for e in entries] == [1, 2]
+    for head, body in on["D"]:
+        blobs = dict(next(items for n, items in (b[:2] for b in body) if n == wire.BLOBS))
+        assert set(blobs) == {"share.0", "share.1", "bundle"}
+        metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
+        assert set(metrics) == {wire.NUM_EXAMPLES, wire.TRAIN_STEPS, *wire.DP_FIELDS}  # no loss, norm, timing
+
+
+def test_an_owner_that_does_not_join_releases_what_one_that_joins_releases(datasets, tiny_gpt2, tmp_path, monkeypatch):
+    """The owner's coin decides whether its delta is in its update; its bytes, keys and values' kind do not tell."""
+    from nacl.public import PrivateKey
+
+    model, base = {"path": str(tiny_gpt2)}, owner_level_base()
+    parties = ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
+    case = [msg("train", r, per_round={wire.PARTY_KEYS: parties}) for r in (1, 2)]
+    sent, real = {}, owner_level.noised_update
+    for coin, draw in (("joins", 0.0), ("stays out", 0.999999)):
+        shared = []
+
+        def noised(cfg, delta, draw=draw, shared=shared):
+            monkeypatch.setattr(owner_level, "secret_uniform", lambda n: np.full(n, draw))
+            update = real(cfg, delta)
+            shared.append(update)
+            return update
+
+        monkeypatch.setattr(owner_level, "noised_update", noised)
+        sent[coin] = transcript(case, datasets["D"], tmp_path / coin, model, monkeypatch, base, OWNER_LEVEL_POLICY)
+        assert all(np.isfinite(u).all() and np.array_equal(u, np.rint(u)) for u in shared)
+        sent[coin + " updates"] = shared
+    assert sent["joins"] == sent["stays out"]
+    assert sent["joins"][0][1][0] != "error"

@@ -56,7 +56,9 @@ from fedveil.core.payload import Combined, PayloadError, Protected, Revealed, Ro
 from fedveil.privacy.secagg.base import ServerHoldsGlobal, clear_global
 from fedveil.privacy.secagg.crypten import eval_pair
 from fedveil.privacy.secagg.identity import PARTY_KEYS_FILE
-from fedveil.privacy.secagg.crypten.shares import BUNDLE, LAYOUTS, encode_fixed, seal_shares, sign_bundle
+from fedveil.privacy.dp.owner_level_plan import IntegerDomain
+from fedveil.privacy.secagg.crypten.shares import (BUNDLE, LAYOUTS, RING_HEADROOM, SCALE, encode_fixed, norm_check_fits,
+                                                   seal_shares, sign_bundle)
 
 
 @dataclass
@@ -94,6 +96,10 @@ class CryptenConfig:
             raise UserError(f"aggregation.party_addresses lists {len(self.party_addresses)} parties, "
                             f"aggregation.parties={self.parties}")
 
+
+# dp=owner_level: owners share integers (exact in the fixed-point ring); the parties keep what they compute
+# within +-RING_HEADROOM, i.e. integers within +-RING_HEADROOM / SCALE, and check the noised update's norm
+INTEGERS = IntegerDomain(modulus=int(2 * RING_HEADROOM / SCALE), checkable=norm_check_fits)
 
 PINNED_PARTY_KEYS = PARTY_KEYS_FILE  # in an owner's state directory: the parties' X25519 keys it trusts
 

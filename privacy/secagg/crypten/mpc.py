@@ -40,21 +40,14 @@ import numpy as np
 import torch
 
 from fedveil.privacy.secagg.crypten.compat import import_crypten
-from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS, SCALE
+# RING_HEADROOM and norm_check_fits live in shares.py (owners plan with them without torch); party.py takes them here
+from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS, RING_HEADROOM, norm_check_fits  # noqa: F401
 
 MIN_OWNERS_FLOOR = 2  # no party ever reveals the "sum" of a single owner
-RING_HEADROOM = 2.0**61  # what a checked sum of squares (or a weighted term) may reach in the ring
 
 
 class CheckOverflow(ValueError):
     """The norm check would not be wrap-free for this bound and length: the parties refuse."""
-
-
-def norm_check_fits(bound: float, length: int) -> bool:
-    """Whether ``sum_i x_i^2`` over ``length`` values each ``<= bound`` stays far from a ring wrap."""
-    b = round(float(bound) * SCALE)
-    # per product before truncation (scale 2^32), and the sum after it (scale 2^16, +1 per rounding)
-    return float(b) ** 2 < RING_HEADROOM and length * (float(b) ** 2 / SCALE + 1) < RING_HEADROOM
 
 
 def check_owners(x, bound: float) -> list[bool]:

@@ -47,6 +47,7 @@ PRG_TAG = b"fedveil/crypten-seed-prg/v1"
 PRECISION_BITS = 16
 SCALE = 1 << PRECISION_BITS
 SEED_BYTES = 32  # a ChaCha20 key
+RING_HEADROOM = 2.0**61  # what a checked sum of squares (or a weighted term) may reach in the ring
 # ShareHeader.form: what a sealed share holds. Both spellings are 4 characters, so a header's length
 # (and cost.py's price) does not depend on which party got the full share.
 FULL, SEED = "full", "seed"
@@ -74,6 +75,13 @@ def encode_fixed(values: np.ndarray) -> np.ndarray:
     if np.abs(scaled).max(initial=0) >= 2.0**62:
         raise PayloadError("update values too large for the fixed-point ring (|x| >= 2^46); clip the update")
     return scaled.astype(np.int64)
+
+
+def norm_check_fits(bound: float, length: int) -> bool:
+    """Whether ``sum_i x_i^2`` over ``length`` values each ``<= bound`` stays far from a ring wrap."""
+    b = round(float(bound) * SCALE)
+    # per product before truncation (scale 2^32), and the sum after it (scale 2^16, +1 per rounding)
+    return float(b) ** 2 < RING_HEADROOM and length * (float(b) ** 2 / SCALE + 1) < RING_HEADROOM
 
 
 def decode_fixed(ring: np.ndarray) -> np.ndarray:
