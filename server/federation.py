@@ -29,6 +29,7 @@ from fedveil.core.console import progress
 from fedveil.core.errors import UserError
 from fedveil.core.faults import maybe_die
 from fedveil.core.layout import AdapterLayout
+from fedveil.core.memory import return_freed_memory
 from fedveil.core.metrics import (MetricsRow, OwnerRow, RunSummary, Seconds, append_row, drop_rows_after, read_rows,
                                   replace_row, summarize)
 from fedveil.privacy.dp.owner_level_plan import decode_sum
@@ -107,6 +108,7 @@ def setup(grid: Grid, cfg: FedveilConfig) -> Federation:
         progress(f"{cfg.aggregation.name}: key set-up (owners exchange X25519 keys; the server relays sealed boxes)")
         made = setup_keys(grid, run_config, cfg.num_clients, cfg.aggregation.key_holder, cfg.sim.round_timeout_s,
                           resume=cfg.resume, setup=spec.key_setup)
+        return_freed_memory()  # the set-up's sealed contexts (one per owner) are gone: do not keep their pages
         keyed, owners = dict(public=made.public, run=made.run, signers=made.signers), made.owners
         if made.rejoined:
             progress(f"{cfg.aggregation.name}: {len(owners)} owners hold this run's context; resuming with it, no "
