@@ -76,7 +76,7 @@ def verify_epsilon(state_dirs: list[Path]) -> int:
     failed = 0
     for state in state_dirs:
         try:
-            print("\n".join(ledger_check.verify(state)))
+            print("\n".join(ledger_check.verify(state)), flush=True)  # in order with the error lines
         except ledger_check.LedgerError as exc:
             print(f"fedveil: error: {exc}", file=sys.stderr)
             failed += 1

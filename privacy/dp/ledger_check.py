@@ -28,7 +28,7 @@ def verify(state_dir: str | Path) -> list[str]:
     sample = ledger_store.load(state)
     if sample is not None:
         _within_budget(ledger_store.ledger_path(state), sample.spent_epsilon, sample.budget_epsilon)
-        lines.append(f"{ledger_store.ledger_path(state)}: sample-level ε ledger intact, {len(sample.history)} steps, "
+        lines.append(f"{ledger_store.ledger_path(state)}: sample-level ε ledger intact, {len(sample.history)} entries, "
                      f"spent ε={sample.spent_epsilon:.4g} of its budget {sample.budget_epsilon:g} "
                      f"(δ={sample.delta:g}, {sample.accountant})")
     owner = owner_ledger.load(state)

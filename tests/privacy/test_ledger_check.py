@@ -39,7 +39,7 @@ def test_both_units_verify_with_their_spend_and_budget(tmp_path, capsys):
     assert main(["verify-epsilon", str(both), str(only_owner), str(none)]) == 0
     out = capsys.readouterr().out.splitlines()
     spent = skellam.epsilon_of([(*ENTRY.values(), 2)], 1e-5)
-    assert out[0].startswith(f"{both}/privacy_ledger.json: sample-level ε ledger intact, 1 steps")
+    assert out[0].startswith(f"{both}/privacy_ledger.json: sample-level ε ledger intact, 1 entries")
     assert out[1] == (f"{both}/owner_level_ledger.json: owner-level ε ledger intact, 2 rounds, spent "
                       f"ε={spent:.4g} of its budget 50 (δ=1e-05, skellam)")
     assert out[2].startswith(f"{only_owner}/owner_level_ledger.json: owner-level ε ledger intact, 3 rounds")
