@@ -211,10 +211,13 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any],
         agg = {**plan.agg_values, **typed}
     p = cfg.privacy
     if p.epsilon is not None:
-        if cfg.owner_policy.max_epsilon is not None and p.epsilon > cfg.owner_policy.max_epsilon:
-            raise UserError(f"privacy.epsilon={p.epsilon:g} is above the owners' policy max_epsilon="
-                            f"{cfg.owner_policy.max_epsilon:g}: lower privacy.epsilon")
         keep = dp.get("name") in ("sample_level", "owner_level")  # an owner-level target stays owner-level
+        # each unit has its own budget: an owner-level target meets the owner-level cap, never the sample-level one
+        key = "owner_level_max_epsilon" if dp.get("name") == "owner_level" else "max_epsilon"
+        cap = getattr(cfg.owner_policy, key)
+        if cap is not None and p.epsilon > cap:
+            raise UserError(f"privacy.epsilon={p.epsilon:g} is above the owners' policy {key}={cap:g}: lower "
+                            f"privacy.epsilon")
         dp = {**(dp if keep else {"name": "sample_level"}), "target_epsilon": p.epsilon,
               **({"delta": p.delta} if p.delta is not None else {})}
     return agg, dp

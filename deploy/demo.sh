@@ -131,16 +131,18 @@ elif [ "$BACKEND" = crypten ]; then  # the server's adapter, against the roster 
   fedveil verify-adapter "$DEPLOY_DIR/server/final_adapter" --roster "$DEPLOY_DIR/pki/owner-roster.json" \
     --roster-key "$DEPLOY_DIR/pki/roster-operator.pub" || die "the final adapter's signatures do not verify"
 fi
-# Each owner's epsilon ledger (its own state directory, read with its own API): one charge per round
-# of this run, epsilon spent above 0 and within the owner's cap. An owner that spent nothing did not
-# train under DP, and the demo fails.
+# Each owner's epsilon ledgers (its own state directory): every one present verifies (chain, spend as
+# its accountant gives it, within its budget; fedveil verify-epsilon), and the run's unit was charged
+# once per round of this run, epsilon spent above 0 and within the owner's cap. An owner that spent
+# nothing did not train under DP, and the demo fails.
+fedveil verify-epsilon "${owners[@]/#/$DEPLOY_DIR/state/}" || die "an owner's epsilon ledger does not verify"
 python - "$DEPLOY_DIR/state" "$ROUNDS" "${owners[@]}" <<'PY' || exit 2  # it printed which owner
 import sys
-from fedveil.privacy.dp import epsilon_ledger
+from fedveil.privacy.dp import epsilon_ledger, owner_ledger
 state, rounds, owners = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 bad = []
-for owner in owners:
-    ledger = epsilon_ledger.load(f"{state}/{owner}")
+for owner in owners:  # the unit this run charged: owner-level where the owner holds that ledger
+    ledger = owner_ledger.load(f"{state}/{owner}") or epsilon_ledger.load(f"{state}/{owner}")
     charged = sorted({s.round for s in ledger.history}) if ledger else []
     if ledger is None or charged != list(range(1, rounds + 1)) or not 0 < ledger.spent_epsilon <= ledger.budget_epsilon:
         bad.append(f"{owner} (rounds charged {charged}, epsilon {ledger.spent_epsilon if ledger else 0:g})")

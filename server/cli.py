@@ -2,6 +2,8 @@
 
     fedveil verify-chain PATH [--head HASH]     check a run's round chain; exit 1 where it breaks
                                                 (alias: verify-ledger, after its file round_ledger.jsonl)
+    fedveil verify-epsilon STATE_DIR...         check each owner's ε ledgers (sample- and owner-level): chain, spend,
+                                                budget; exit 1 naming the file that fails
     fedveil verify-adapter DIR --roster FILE    check the owners' signed statements over the adapter in DIR;
             [--roster-key KEY] [--signatures DIR] [--min-owners N] [--run RUN]   exit 1 naming each that fails
     fedveil plan [overrides] [--json]           each backend against the stated threats, its cost, the pick
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                            help=f"check a run's round chain ({round_chain.FILENAME}) for tampering")
     check.add_argument("path", type=Path, help=f"{round_chain.FILENAME}, or a run directory holding one")
     check.add_argument("--head", help="expected hash of the last entry (summary.json's ledger_head)")
+    epsilon = sub.add_parser("verify-epsilon", help="check owners' ε ledgers (privacy_ledger.json, "
+                             "owner_level_ledger.json): chain intact, spend as its accountant gives it, within budget")
+    epsilon.add_argument("state_dirs", type=Path, nargs="+", metavar="STATE_DIR",
+                         help="an owner's state directory (simulation: <run>/clients/client_K)")
     adapter = sub.add_parser("verify-adapter", help="check that the federation's owners signed the adapter in DIR")
     adapter.add_argument("dir", type=Path, help="the final adapter folder (PEFT files)")
     adapter.add_argument("--roster", type=Path, required=True,
@@ -54,10 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "verify-adapter":
         return verify_adapter(args)
+    if args.command == "verify-epsilon":
+        return verify_epsilon(args.state_dirs)
     path = args.path / round_chain.FILENAME if args.path.is_dir() else args.path
     ok, message = round_chain.verify(path, args.head)
     print(message if ok else f"fedveil: error: {message}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def verify_epsilon(state_dirs: list[Path]) -> int:
+    """``fedveil verify-epsilon``: a line per ledger that verifies, one error line per state directory that
+    does not; exit 1 on any."""
+    from fedveil.privacy.dp import ledger_check  # lazy: the accountants import torch; verify-chain starts without it
+
+    failed = 0
+    for state in state_dirs:
+        try:
+            print("\n".join(ledger_check.verify(state)), flush=True)  # in order with the error lines
+        except ledger_check.LedgerError as exc:
+            print(f"fedveil: error: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def verify_adapter(args: argparse.Namespace) -> int:

@@ -237,7 +237,9 @@ BACKENDS: dict[str, BackendSpec] = {
                 "up to K-1 of K aggregator parties may collude; not all K, nor the TTP dealer with a party",
                 "the parties learn the owners' example counts",
                 "only owners on the operator-signed roster count towards min_owners; a coordinator controlling "
-                "min_owners-1 rostered owners can isolate one owner's update (its DP bounds what that reveals)",
+                "min_owners-1 rostered owners can isolate one owner's update (its DP bounds what that reveals; "
+                "under dp=owner_level only its own noise share, 1/t of the noise: the planned owner-level epsilon "
+                "assumes t = min_honest_owners honest owners in each round)",
             ),
             parties=2,
             min_owners=3,

@@ -78,3 +78,19 @@ def test_privacy_epsilon_sets_the_owner_level_target_and_keeps_the_unit():
     cfg = from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "crypten"}, "num_clients": 4,
                      "privacy": {"epsilon": 2.0}})
     assert (cfg.dp.name, cfg.dp.target_epsilon) == ("owner_level", 2.0)
+
+
+def test_privacy_epsilon_meets_the_cap_of_its_own_unit():
+    base = {"dp": {"name": "owner_level"}, "aggregation": {"name": "crypten"}, "num_clients": 4,
+            "privacy": {"epsilon": 4.0}}
+    # the sample-level cap does not bound an owner-level target ...
+    cfg = from_dict({**base, "owner_policy": {"max_epsilon": 2.0}})
+    assert (cfg.dp.name, cfg.dp.target_epsilon) == ("owner_level", 4.0)
+    # ... the owner-level one does, and the line names it
+    with pytest.raises(UserError, match=r"privacy.epsilon=4 is above the owners' policy owner_level_max_epsilon=3: "):
+        from_dict({**base, "owner_policy": {"owner_level_max_epsilon": 3.0}})
+    # and sample_level still meets max_epsilon only
+    sample = {**base, "dp": {"name": "sample_level"}}
+    assert from_dict({**sample, "owner_policy": {"owner_level_max_epsilon": 3.0}}).dp.target_epsilon == 4.0
+    with pytest.raises(UserError, match="above the owners' policy max_epsilon=2: "):
+        from_dict({**sample, "owner_policy": {"max_epsilon": 2.0}})
