@@ -9,11 +9,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the coordinator's claim key (privacy/provenance.py): a scratch one, never the machine user's ~/.config
 os.environ.setdefault("FEDVEIL_COORDINATOR_KEY", f"/tmp/fedveil-tests-{os.getuid()}/coordinator_ed25519.key")
 
+import sys  # noqa: E402
+
+import absl.logging  # noqa: E402
 import pytest  # noqa: E402
 
 from fedveil.core.console import quiet_libraries  # noqa: E402
 
 quiet_libraries()
+# absl (imported by dp-accounting, the owner-level accountant's) closes its handler's stream when logging is shut
+# down (hydra reconfiguring it in an in-process run) unless that stream is the sys.stderr of the moment: under
+# pytest its stream is the session's capture file, so a test with capsys closed it for every later test on the
+# worker ("I/O operation on closed file"). The process's own stderr is never closed.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @pytest.fixture(scope="session")
