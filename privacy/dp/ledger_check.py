@@ -25,18 +25,16 @@ def verify(state_dir: str | Path) -> list[str]:
     if not state.is_dir():
         raise LedgerError(f"{state} is not a directory: give an owner's state directory (e.g. <run>/clients/client_1)")
     lines = []
-    sample = ledger_store.load(state)
-    if sample is not None:
-        _within_budget(ledger_store.ledger_path(state), sample.spent_epsilon, sample.budget_epsilon)
-        lines.append(f"{ledger_store.ledger_path(state)}: sample-level ε ledger intact, {len(sample.history)} entries, "
-                     f"spent ε={sample.spent_epsilon:.4g} of its budget {sample.budget_epsilon:g} "
-                     f"(δ={sample.delta:g}, {sample.accountant})")
-    owner = owner_ledger.load(state)
-    if owner is not None:
-        _within_budget(owner_ledger.ledger_path(state), owner.spent_epsilon, owner.budget_epsilon)
-        lines.append(f"{owner_ledger.ledger_path(state)}: owner-level ε ledger intact, {len(owner.history)} rounds, "
-                     f"spent ε={owner.spent_epsilon:.4g} of its budget {owner.budget_epsilon:g} (δ={owner.delta:g}, "
-                     f"skellam)")
+    sample, owner = ledger_store.load(state), owner_ledger.load(state)
+    for path, ledger, unit, count, accountant in (
+            (ledger_store.ledger_path(state), sample, "sample-level", "entries", getattr(sample, "accountant", "")),
+            (owner_ledger.ledger_path(state), owner, "owner-level", "rounds", "skellam")):
+        if ledger is None:
+            continue
+        _within_budget(path, ledger.spent_epsilon, ledger.budget_epsilon)
+        lines.append(f"{path}: {unit} ε ledger intact, {len(ledger.history)} {count}, "
+                     f"spent ε={ledger.spent_epsilon:.4g} of its budget {ledger.budget_epsilon:g} "
+                     f"(δ={ledger.delta:g}, {accountant})")
     return lines or [f"{state}: no ε ledger (this owner never trained under DP)"]
 
 
