@@ -239,8 +239,8 @@ def test_crypten_matches_plain_with_three_parties_that_are_gone_afterwards(tmp_p
             assert c["bytes_update_up"] <= 3 * 2 * 4 * 16384 + 3 * 4096  # <= 2x fp32 per party
     # the parties die with the runner (PR_SET_PDEATHSIG): on a loaded machine they may take a moment after it exits
     def parties_left():
-        return [p for p in psutil.process_iter(["cmdline"])
-                if "secagg.crypten.party" in " ".join(p.info["cmdline"] or []) and str(out) in " ".join(p.info["cmdline"])]
+        lines = (" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+        return [line for line in lines if "secagg.crypten.party" in line and str(out) in line]
 
     deadline = time.monotonic() + 20
     while parties_left() and time.monotonic() < deadline:
