@@ -2,7 +2,8 @@
 
 Prints one table (a row per run: backend, DP, ε, held-out loss first -> last, bytes and seconds
 per round, measured/planned bytes) and writes comparison plots: the privacy/utility frontier
-(final held-out loss against ε), the held-out loss per round of every run, and the cost per
+(final held-out loss against ε, a series per backend and privacy unit: sample_level beside
+owner_level), the held-out loss per round of every run, and the cost per
 backend. A directory holding ``summary.json`` is a run; any other is searched for runs (a Hydra
 sweep directory holds one per job).
 """
@@ -161,20 +162,26 @@ def render_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+UNIT_LABELS = {"sample_level": "sample-level DP-SGD", "owner_level": "owner-level Skellam"}
+UNIT_STYLES = {"sample_level": "-", "owner_level": ":"}
+
+
 def plot_frontier(runs: list[Run], path: Path) -> dict[str, Any]:
-    """Final held-out loss against the ε the owners spent: one series per backend (runs with DP,
-    in ε order); runs without DP as dashed lines (ε = ∞)."""
+    """Final held-out loss against the ε the owners spent: one series per backend and privacy unit
+    (runs with DP, in ε order; owner-level dotted: its ε covers an owner's whole dataset, sample-level's
+    one record); runs without DP as dashed lines (ε = ∞)."""
     def draw(ax: Axes) -> None:
-        for backend in sorted({r.backend for r in runs}):
-            pts = sorted((r.epsilon, r.final_loss) for r in runs
-                         if r.backend == backend and r.epsilon is not None and r.final_loss is not None)
+        for backend, unit in sorted({(r.backend, r.dp) for r in runs}):
+            pts = sorted((r.epsilon, r.final_loss) for r in runs if (r.backend, r.dp) == (backend, unit)
+                         and r.epsilon is not None and r.final_loss is not None)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{backend} (DP-SGD)")
+                ax.plot(*zip(*pts), marker="o", linestyle=UNIT_STYLES.get(unit, "-"),
+                        label=f"{backend} ({UNIT_LABELS.get(unit, unit)})")
         for r in runs:
             if r.epsilon is None and r.final_loss is not None:
                 ax.axhline(r.final_loss, linestyle="--", color="0.5", label=f"no DP: {r.label}")
-        ax.set(xlabel="epsilon spent (max over owners)", ylabel="final held-out loss",
-               title="Privacy/utility frontier")
+        ax.set(xlabel="epsilon spent (max over owners; per record or per owner, by unit)",
+               ylabel="final held-out loss", title="Privacy/utility frontier")
     return save(path, draw, integer_x=False)
 
 

@@ -16,13 +16,15 @@ The owner's update, step by step (``c`` = ``dp.clip_norm``, ``gamma`` integer un
    may depend on the data except through the noised update, so this never raises on values);
 2. scale by ``gamma`` and round each value to ``floor`` or ``ceil`` at random, unbiased (``P(ceil)``
    = the fraction), from the OS CSPRNG;
-3. re-draw the rounding until ``||z||_2 <= l2_bound`` (conditional randomised rounding, Kairouz,
+3. keep the rounding only if ``||z||_2 <= l2_bound`` (conditional randomised rounding, Kairouz,
    Liu, Steinke 2021, "The Distributed Discrete Gaussian Mechanism for Federated Learning with
    Secure Aggregation", Theorem 1): ``l2_bound^2 = min(C^2 + d/4 + sqrt(2 ln(1/beta)) (C +
-   sqrt(d)/2), (C + sqrt(d))^2)`` with ``C = gamma c``; a try passes with probability ``>= 1 -
-   beta`` whatever the delta. The re-draw shrinks ``E[z]`` towards 0 by at most ``sqrt(beta) / (2 (1
-   - beta))`` units in L2 (< 1 unit at the default ``beta = e^-0.5``; Cauchy-Schwarz on the
-   rejected event), i.e. ``1 / gamma`` of the clip norm's unit: unbiased up to that;
+   sqrt(d)/2), (C + sqrt(d))^2)`` with ``C = gamma c``; one draw passes with probability ``>= 1 -
+   beta`` whatever the delta. The paper re-draws until one passes; the number of draws would then
+   depend on the delta, and so would the time the owner takes. Here there is one draw, and a draw
+   that fails (probability ``<= beta = 1e-9``) encodes as zeros, whose norm is within the bound too,
+   so the sensitivities below hold for every output. Against unbiasedness this costs at most
+   ``sqrt(beta) * E||z||`` in L2 (Cauchy-Schwarz on the failed event): ~3e-5 of the clip norm;
 4. add ``noise_share``: the sum the backend reveals is ``sum_i z_i + Sk(n mu / t, n mu / t)``.
 
 Sensitivities of the sum to one owner's data (its whole update in or out): ``l2_bound`` in L2 and
@@ -78,7 +80,7 @@ MAX_SHARE_LAMBDA = float(2**36)
 _UNIFORM_GRID = 2.0**-53  # secret_uniform's resolution: the tail mass each draw cannot represent
 _BRACKET_SIGMAS = 40.0  # a Poisson tail beyond 40 sigma + 40 is below e^-60, far under 2^-53
 _GUESS_FROM, _GUESS_REACH = 100.0, 32.0  # where a normal-quantile guess narrows the bisection, and by how much
-_ROUNDING_TRIES = 200  # each passes with prob >= 1 - beta (0.39): all fail with prob < 1e-43
+BETA = 1e-9  # one rounding draw fails the L2 bound (and encodes as zeros) with at most this
 _EXACT = 2.0**52  # |z| must stay an exact float64 integer for the norm check
 
 
@@ -106,14 +108,14 @@ class Quantiser:
     clip_norm: float
     gamma: float
     dim: int
-    beta: float = math.exp(-0.5)
+    beta: float = BETA
 
     def __post_init__(self) -> None:
         _positive("dp.clip_norm", self.clip_norm, "set the owner-level clip norm")
         _positive("gamma", self.gamma, "take it from choose_gamma")
         _count("dim", self.dim, "pass the adapter layout's number of values")
         if not 0 < self.beta < 1:
-            raise UserError(f"beta must be in (0, 1), got {self.beta!r}: leave it at its default e^-0.5")
+            raise UserError(f"beta must be in (0, 1), got {self.beta!r}: leave it at its default 1e-9")
         if self.gamma * self.clip_norm + math.sqrt(self.dim) >= _EXACT:
             raise UserError(f"gamma={self.gamma:g} x clip_norm={self.clip_norm:g} is beyond exact integers (2^52): "
                             "lower gamma (take it from choose_gamma)")
@@ -132,7 +134,8 @@ class Quantiser:
         return min(math.sqrt(self.dim) * l2, l2 * l2)
 
     def encode(self, delta: np.ndarray) -> np.ndarray:
-        """``delta`` (``dim`` floats) as int64 with ``||z||_2 <= l2_bound`` and ``E[z] ~ gamma * clip(delta)``.
+        """``delta`` (``dim`` floats) as int64 with ``||z||_2 <= l2_bound`` and ``E[z] ~ gamma * clip(delta)``:
+        one rounding draw of ``dim`` uniforms, whatever the delta.
 
         Raises only on the shape (public); a non-finite delta encodes as zeros.
         """
@@ -141,12 +144,10 @@ class Quantiser:
         # only below the bound shrunk by that much, so the true norm never exceeds it
         slack = (self.dim + 1) * 2.0**-53
         limit = self.l2_bound**2 * (1 - slack) / (1 + slack)
-        for _ in range(_ROUNDING_TRIES):
-            z = randomised_round(x)
-            if float(np.dot(z, z)) <= limit:
-                return z.astype(np.int64)
-        # unreachable in practice (< 1e-43); zeros depend on nothing, an error would depend on the data
-        return np.zeros(self.dim, dtype=np.int64)
+        # one draw whatever the data (a re-draw loop's count, so its time, would depend on it); a draw
+        # over the bound (probability <= beta) is zeros, which are within it
+        z = randomised_round(x)
+        return z.astype(np.int64) if float(np.dot(z, z)) <= limit else np.zeros(self.dim, dtype=np.int64)
 
     def clip(self, delta: np.ndarray) -> np.ndarray:
         """``delta`` scaled to L2 norm at most ``clip_norm`` (float64; zeros if any value is not finite)."""
@@ -262,13 +263,13 @@ def wrap_probability(dim: int, owners: int, mu: float, honest: int, l2_bound: fl
 
 
 def choose_gamma(clip_norm: float, dim: int, owners: int, mu_per_unit2: float, honest: int, modulus: int,
-                 max_wrap: float = 1e-9, beta: float = math.exp(-0.5)) -> float:
+                 max_wrap: float = 1e-9, beta: float = BETA) -> float:
     """The largest ``gamma`` with ``wrap_probability <= max_wrap``, capped so a share's draws stay exact.
 
     Noise is planned in units of the clip norm, so it scales with ``gamma``: ``mu = mu_per_unit2 *
     gamma^2``, ``mu_per_unit2 = (sigma * clip_norm)^2 / 2`` for a noise multiplier ``sigma``. The
     cap (``mu / honest <= MAX_SHARE_LAMBDA``) binds on wide moduli (2^44 and up) and costs nothing:
-    rounding then adds under 1e-6 to the sensitivity.
+    rounding then adds under 3e-6 to the sensitivity.
     """
     clip_norm = _positive("dp.clip_norm", clip_norm, "set the owner-level clip norm")
     mu_per_unit2 = _positive("mu_per_unit2", mu_per_unit2, "pass (sigma * clip_norm)^2 / 2")

@@ -138,7 +138,7 @@ def test_report_compares_a_sweep_in_one_table_and_a_frontier(sweep, tmp_path, ca
     assert lines[4].startswith("* held-out loss from the owners' own logs")
 
     frontier = plots["frontier.png"]
-    assert frontier["tenseal (DP-SGD)"] == [[1.9, 5.3], [7.9, 5.0]]  # (epsilon spent, final loss), in epsilon order
+    assert frontier["tenseal (sample-level DP-SGD)"] == [[1.9, 5.3], [7.9, 5.0]]  # (epsilon, final loss) by epsilon
     assert frontier["no DP: privacy.coordinator=trusted"] == [[0, 4.8], [1, 4.8]]
     cost = plots["cost_bytes.png"]["bytes"]
     # BFV: ~2x fp32 up; down (form committee, the default): the round's certified sum, ~2x a clear global
@@ -175,3 +175,21 @@ def test_many_owners_share_one_legend_entry_and_keep_their_lines(tmp_path, monke
         monkeypatch.setattr(plots, "save", lambda path, draw, integer_x=True: draw(ax))  # onto ax, no file
         plots.plot_epsilon([replace(r, per_client=dict(list(r.per_client.items())[:count])) for r in rows], tmp_path)
         assert plots.legend_entries(*ax.get_legend_handles_labels())[1] == expected
+
+
+def test_the_frontier_draws_owner_level_beside_sample_level(tmp_path):
+    """A sweep over the privacy unit at equal epsilon targets: one series per unit, each in epsilon order."""
+    runs, common = tmp_path / "units", ["rounds=2", "aggregation=crypten", "num_clients=3"]
+    for job, (unit, eps, losses) in enumerate([("owner_level", 2, [5.6, 5.2, 4.9]), ("owner_level", 8, [5.6, 5.0, 4.7]),
+                                               ("sample_level", 2, [5.6, 5.5, 5.4]),
+                                               ("sample_level", 8, [5.6, 5.4, 5.2])]):
+        overrides = [*common, f"dp={unit}", f"dp.target_epsilon={eps}"]
+        plan = plan_of(compose(overrides))
+        write_run(runs / str(job), plan, rounds(plan, losses, [eps / 2, eps - 0.1], dp=unit), overrides,
+                  owners_losses=losses)
+    text, plots = report([runs], tmp_path / "out")
+    frontier = plots["frontier.png"]
+    assert frontier["crypten (owner-level Skellam)"] == [[1.9, 4.9], [7.9, 4.7]]
+    assert frontier["crypten (sample-level DP-SGD)"] == [[1.9, 5.4], [7.9, 5.2]]
+    assert [re.split(r"\s{2,}", line.strip())[2] for line in text.splitlines()[1:5]] == \
+        ["owner_level", "owner_level", "sample_level", "sample_level"]
