@@ -1,6 +1,8 @@
 """Owner-side secret sharing for the crypten backend: exact reconstruction, uniform single shares,
 refusal of misrouted, replayed or cut shares."""
 
+import math
+
 import numpy as np
 import pytest
 from nacl.public import PrivateKey
@@ -85,6 +87,35 @@ def test_mpc_norm_check_drops_the_oversized_update_and_reveals_the_others_aggreg
         assert accepted == [True, False, True] and total == 316
         expected = (216 * updates[0] + 100 * updates[2]) / 316
         assert np.abs(weighted_sum / total - expected).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_mpc_norm_check_scales_a_bound_past_the_unscaled_limit_and_keeps_it_exact_to_a_unit():
+    """Owner-level DP's noised integers: a bound of 2^20 integer units (the unscaled check stops at ~2^14.5)
+    is checked on x 2^-k; an update within it passes, one a few units over fails, as does one coordinate over."""
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+    from fedveil.privacy.secagg.crypten.shares import norm_scale_bits, scaled_norm_limit
+
+    dim, bound = 64, 2.0**20
+    k = norm_scale_bits(bound, dim)
+    assert norm_scale_bits(2.0**14, dim) == 0 and k == 6  # per value 2^14: (2^30)^2 < 2^61
+    over_by = math.sqrt(scaled_norm_limit(bound, dim, k)) * 2.0**k - bound  # what the slack lets through
+    assert 0 < over_by < 1.0  # integer units
+    rng = np.random.default_rng(7)
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+
+    def at(norm):  # integers of L2 norm just under `norm`
+        return np.floor(np.abs(direction) * norm) * np.sign(direction)
+
+    spike = np.zeros(dim)
+    spike[3] = bound + 1  # one coordinate over (its norm too)
+    updates = [at(bound), at(bound + 8), spike, at(bound * 0.5)]
+    assert np.linalg.norm(updates[0]) <= bound < np.linalg.norm(updates[1]) - 4
+    shares = [split(encode_fixed(u), 3) for u in updates]
+    for accepted, weighted_sum, total in run_local_parties(shares, [1, 1, 1, 1], bound=bound):
+        assert accepted == [True, False, False, True] and total == 2
+        assert np.array_equal(np.rint(weighted_sum), updates[0] + updates[3])  # integers: exact
 
 
 def test_a_share_bundle_binds_round_layout_owner_and_each_parties_share(tmp_path):

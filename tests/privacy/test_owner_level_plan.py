@@ -7,7 +7,7 @@ from fedveil.configs.schema import from_dict
 from fedveil.core.errors import UserError
 from fedveil.core.payload import Revealed
 from fedveil.privacy.dp import skellam
-from fedveil.privacy.dp.owner_level import Quantiser, wrap_probability
+from fedveil.privacy.dp.owner_level import MAX_SHARE_LAMBDA, Quantiser, wrap_probability
 from fedveil.privacy.dp.owner_level_plan import (MAX_WRAP, OwnerLevelDPConfig, check_plan, decode_sum, plan, resolve,
                                                  run_epsilon)
 from fedveil.privacy.secagg import BACKENDS
@@ -25,9 +25,11 @@ def test_the_plan_meets_the_target_within_the_wrap_bound_and_the_parties_check()
     assert 4.0 * 0.99 < eps <= 4.0  # the least noise that meets the target (mu_for's 1e-4 step)
     assert wrap_probability(DIM, COHORT, cfg.mu, 3, q.l2_bound, CRYPTEN.modulus) <= MAX_WRAP
     assert CRYPTEN.checkable(bound, DIM) and bound > q.l2_bound
-    # the parties' check is what binds gamma at crypten's ring: 5 % more (at the same sigma) is not checkable
+    # the parties check the norm scaled (shares.norm_scale_bits), past the unscaled ring's 2^14.5: a share's
+    # exact-draw cap is what binds gamma now; 5 % more (at the same sigma) is refused
+    assert bound > 2**14.5 and 0.9 * MAX_SHARE_LAMBDA < cfg.mu / 3 <= MAX_SHARE_LAMBDA  # the plan keeps 2 % room
     wider = OwnerLevelDPConfig(**{**cfg.__dict__, "gamma": cfg.gamma * 1.05, "mu": cfg.mu * 1.05**2})
-    with pytest.raises(UserError, match="cannot check a noised update"):
+    with pytest.raises(UserError, match="over 2\\^36"):
         check_plan(wider, DIM, COHORT, 3, CRYPTEN)
 
 

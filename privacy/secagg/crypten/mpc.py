@@ -17,7 +17,11 @@ What is checked, for a ``bound`` B (``aggregation.norm_bound``; ``b = round(B * 
    yes/no bit is revealed.
 2. only for the owners passing 1: ``sum_i x_i^2 <= B^2``. With every ``|x_i| <= b`` this sum
    cannot wrap the ring (``values * B^2 * 2^16 < 2^61`` is required and checked, else the
-   parties refuse the request). The old check (2 alone) ran in Z_2^64 and an update of norm
+   parties refuse the request). A larger ``B`` (owner-level DP's noised integers) is checked on
+   ``x_i 2^-k`` for the least ``k`` that fits (``shares.norm_scale_bits``; ``B`` up to ~2^30 at
+   16,384 values), against ``shares.scaled_norm_limit``: the truncation's slack lets an update
+   over ``B`` by at most ``sqrt(values) 2^(k-15)`` integer units pass, never fails one within it.
+   The old check (2 alone) ran in Z_2^64 and an update of norm
    2^16 squared to 0: it passed any bound.
 
 An owner failing 1 or 2 is excluded (``over-bound``), whatever its size. Then:
@@ -41,7 +45,8 @@ import torch
 
 from fedveil.privacy.secagg.crypten.compat import import_crypten
 # RING_HEADROOM and norm_check_fits live in shares.py (owners plan with them without torch); party.py takes them here
-from fedveil.privacy.secagg.crypten.shares import PRECISION_BITS, RING_HEADROOM, norm_check_fits  # noqa: F401
+from fedveil.privacy.secagg.crypten.shares import (PRECISION_BITS, RING_HEADROOM, norm_check_fits,  # noqa: F401
+                                                   norm_scale_bits, scaled_norm_limit)
 
 MIN_OWNERS_FLOOR = 2  # no party ever reveals the "sum" of a single owner
 
@@ -55,7 +60,8 @@ def check_owners(x, bound: float) -> list[bool]:
     crypten = import_crypten()
 
     owners, length = x.size()
-    if not norm_check_fits(bound, length):
+    k = norm_scale_bits(bound, length)
+    if k is None:
         raise CheckOverflow(f"norm_bound={bound:g} over {length} values could wrap the fixed-point ring; "
                             "lower aggregation.norm_bound")
     # 1. every coordinate within [-b, b]: sign bits of (b - x) and (x + b), in one batched comparison
@@ -67,7 +73,10 @@ def check_owners(x, bound: float) -> list[bool]:
     passing = [k for k in range(owners) if inside[k]]
     if passing:
         sub = x[passing] if len(passing) < owners else x
-        within = (sub.square().sum(1) <= float(bound) ** 2).get_plain_text().round().long().tolist()
+        if k:  # a public factor 2^-k, exact in the fixed point; CrypTen truncates the product
+            sub = sub * 2.0**-k
+        limit = scaled_norm_limit(bound, length, k)
+        within = (sub.square().sum(1) <= limit).get_plain_text().round().long().tolist()
         for k, ok in zip(passing, within):
             accepted[k] = bool(ok)
     return accepted

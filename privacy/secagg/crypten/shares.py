@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -77,11 +78,43 @@ def encode_fixed(values: np.ndarray) -> np.ndarray:
     return scaled.astype(np.int64)
 
 
-def norm_check_fits(bound: float, length: int) -> bool:
-    """Whether ``sum_i x_i^2`` over ``length`` values each ``<= bound`` stays far from a ring wrap."""
-    b = round(float(bound) * SCALE)
+def _squares_fit(per_value: float, length: int) -> bool:
+    """Whether ``sum_i x_i^2`` over ``length`` values each within ``per_value`` stays far from a ring wrap."""
+    b = round(float(per_value) * SCALE)
     # per product before truncation (scale 2^32), and the sum after it (scale 2^16, +1 per rounding)
     return float(b) ** 2 < RING_HEADROOM and length * (float(b) ** 2 / SCALE + 1) < RING_HEADROOM
+
+
+def norm_scale_bits(bound: float, length: int) -> int | None:
+    """``k``: the parties check the norm of ``x 2^-k`` (0: of ``x``), the least ``k <= PRECISION_BITS``
+    (``2^-k`` exact in the fixed point) whose squares cannot wrap; None if none can, or if the
+    coordinate check itself could (``bound * 2^16 >= RING_HEADROOM``). A bound of ``2^14.5`` over
+    16,384 values needs ``k = 1``; ``2^30`` needs 16. ``dp=owner_level``'s noised integers need
+    the scaled check, as their noise makes the norm large."""
+    if not float(bound) * SCALE < RING_HEADROOM:
+        return None
+    for k in range(PRECISION_BITS + 1):
+        # scaling truncates each value by at most 2 units of 2^-16 (CrypTen's truncation)
+        if _squares_fit(float(bound) if k == 0 else float(bound) * 2.0**-k + 2.0 ** (1 - PRECISION_BITS), length):
+            return k
+    return None
+
+
+def scaled_norm_limit(bound: float, length: int, k: int) -> float:
+    """The limit the parties compare ``sum_i (x_i 2^-k)^2`` with: ``bound^2`` for ``k = 0``; else the
+    scaled bound plus the truncation's slack (``||e||_2 <= sqrt(length) 2^-15``), squared, plus one
+    unit of ``2^-16`` per squared value's rounding. An update of norm ``<= bound`` always passes; one
+    passes only if its norm is within ``bound + sqrt(length) 2^(k-15) + ...`` (1 integer unit at
+    16,384 values and ``k = 8``)."""
+    if k == 0:
+        return float(bound) ** 2
+    slack = math.sqrt(length) * 2.0 ** (1 - PRECISION_BITS)
+    return (float(bound) * 2.0**-k + slack) ** 2 + length * 2.0**-PRECISION_BITS
+
+
+def norm_check_fits(bound: float, length: int) -> bool:
+    """Whether the parties can check ``length`` values against the L2 bound ``bound`` without a ring wrap."""
+    return norm_scale_bits(bound, length) is not None
 
 
 def decode_fixed(ring: np.ndarray) -> np.ndarray:
