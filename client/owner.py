@@ -230,7 +230,7 @@ class Owner:
         optimizer = make_optimizer(self.model, tc)
         if self.cfg.dp.name == "owner_level":  # no per-example noise: the noise is the round's (below)
             metrics = owner_level.reserve(self.cfg, self.policy, self.identity.state_dir, self.run_key(), server_round,
-                                          self.layout.size)
+                                          self.layout.size, node_cap=self.identity.max_epsilon)
             result = self.train_plain(optimizer)
         elif self.dp_on:
             result, metrics = self.train_private(optimizer)

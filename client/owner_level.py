@@ -55,15 +55,18 @@ def check_config(cfg: Any, policy: Any, size: int) -> None:
                       "the owner refuses", key="aggregation.norm_bound")
 
 
-def reserve(cfg: Any, policy: Any, state_dir: str, run: str, server_round: int, size: int) -> dict[str, float]:
+def reserve(cfg: Any, policy: Any, state_dir: str, run: str, server_round: int, size: int,
+            node_cap: float | None = None) -> dict[str, float]:
     """Reserve this round's spend in the owner-level ε ledger (before training: a crash over-counts);
-    the DP record it releases. Raises :class:`Refusal` (``budget``, ``internal``)."""
+    the DP record it releases. The budget: the policy's ``owner_level_max_epsilon``, else the node
+    config's ``max-epsilon`` (``node_cap``, which caps both units), else the first run's target.
+    Raises :class:`Refusal` (``budget``, ``internal``)."""
     dp = cfg.dp
     mu, q, l1, l2 = run_entry(dp, size)
     release = owner_ledger.Release(run, server_round, mu, q, l1, l2)
     try:
-        epsilon, ledger = owner_ledger.reserve(state_dir, release, dp.delta, dp.target_epsilon,
-                                               policy.owner_level_max_epsilon)
+        cap = policy.owner_level_max_epsilon if policy.owner_level_max_epsilon is not None else node_cap
+        epsilon, ledger = owner_ledger.reserve(state_dir, release, dp.delta, dp.target_epsilon, cap)
     except BudgetExceeded as exc:
         raise Refusal("budget", str(exc)) from exc
     except LedgerError as exc:  # the owner's own files: its operator reads the line
