@@ -33,10 +33,12 @@ The bounds, and what they were checked against:
   * remove (D_alpha(M || P)): with L = Q/P, ``E_P[(M/P)^alpha] = sum_l C(alpha,l) (1-q)^(alpha-l) q^l
     E_P[L^l]`` exactly, ``E_P[L^l] = e^((l-1) D_l(Q || P)) <= e^((l-1) eps(l))`` by Agarwal et al.,
     and every coefficient is non-negative.
-  * add (D_alpha(P || M)) is at most remove, because the pair is symmetric: Q(x) = P(z - x), each
-    coordinate's Sk(mu, mu) being symmetric. Mironov et al. prove add <= remove for the Gaussian;
-    the proof here needs only Q = P o T with T an involution. Put a = 1-q+qL, c = 1-q+q/L,
-    f(x) = x^alpha - x^(1-alpha) and phi(L) = f(a) + L f(c). Remove minus add is
+  * add (D_alpha(P || M)) is at most remove, because the pair is symmetric: Q(x) = P(y + z - x), y
+    the other owners' contribution (condition on it: a divergence between mixtures with shared
+    weights is at most the largest), each coordinate's Sk(mu, mu) being symmetric. Mironov et al.
+    prove add <= remove for the Gaussian; the proof here needs only Q = P o T with T an involution.
+    Put a = 1-q+qL, c = 1-q+q/L, f(x) = x^alpha - x^(1-alpha) and phi(L) = f(a) + L f(c). Remove
+    minus add is
     ``E_P[(M/P)^alpha] - E_P[(P/M)^(alpha-1)] = E_P[f(a)] = E_P[L f(c)]`` (substitute x -> T x), so
     it is ``E_P[phi(L)]/2``, and phi >= 0: phi(1) = 0, phi(1/L) = phi(L)/L, and for L > 1, with
     s = alpha - 1/2, A = ln a and C = -ln c (A >= q ln L >= C > 0 by concavity of log), phi >= 0

@@ -237,3 +237,19 @@ def test_bound_holds_in_both_directions_for_a_two_dimensional_shift():
         ratio = bound_curve(mu, 0, q, l1=3.0, l2=math.sqrt(5.0), orders=orders) / remove
         assert np.all(ratio >= 1.0), (mu, q, ratio)
         assert np.min(ratio) <= closest  # close, not a bound that holds by being loose
+
+
+def test_the_symmetric_pair_lemma_holds_pointwise():
+    # The proof's pointwise step (privacy/dp/skellam.py): for L = e^t > 1, A = ln(1-q+qL), C = -ln(1-q+q/L),
+    # s = alpha - 1/2: ln sinh(sA) - ln sinh(sC) >= t - (A + C)/2, with equality at alpha = 1.
+    def log_sinh(x):
+        return x + np.log1p(-np.exp(-2 * x)) - math.log(2)
+
+    t = np.linspace(1e-3, 30, 3001)
+    for q in (1e-3, 0.05, 0.3, 0.7, 0.999):
+        big_a, big_c = np.log1p(q * np.expm1(t)), -np.log1p(q * np.expm1(-t))
+        assert np.all(big_a >= big_c)
+        gap = lambda s: log_sinh(s * big_a) - log_sinh(s * big_c) - (t - (big_a + big_c) / 2)  # noqa: E731
+        assert np.max(np.abs(gap(0.5))) < 1e-9  # alpha = 1: equal
+        for alpha in (1.5, 2, 3, 8, 64, 1024):
+            assert np.all(gap(alpha - 0.5) >= -1e-9), (q, alpha)
