@@ -137,6 +137,10 @@ def test_rdp_known_answer_by_hand():
     assert rdp(3, 0.5, 4.0, 2.0) == pytest.approx(12.0, rel=1e-12)
     # alpha=2, q=0.1, mu=50, l1=l2=1: log(1 - q^2 + q^2 e^eps(2)) with eps(2) = 0.010225 (l = 0..2 only)
     assert subsampled_rdp(2, 0.1, 50.0, 1.0, 1.0) == pytest.approx(math.log1p(0.01 * math.expm1(0.010225)), rel=1e-9)
+    # alpha=3, same: eps(3) = 3/200 + 11/40000 = 0.015275; l = 0..3 with weights 0.9^2*1.2, 3*0.01*0.9, 0.001
+    # (the general bound would put a factor 3 on the last term)
+    by_hand = 0.5 * math.log(0.81 * 1.2 + 0.027 * math.exp(0.010225) + 0.001 * math.exp(2 * 0.015275))
+    assert subsampled_rdp(3, 0.1, 50.0, 1.0, 1.0) == pytest.approx(by_hand, rel=1e-9)
 
 
 @pytest.mark.parametrize("alpha", [2, 8, 64])
