@@ -56,6 +56,25 @@ def test_an_edited_or_shortened_ledger_is_refused_not_reset(tmp_path):
         owner_ledger.reserve(tmp_path, Release("run#1", 3, **ENTRY), 1e-5, 50.0)
 
 
+def test_a_ledger_that_over_counts_loads_and_one_that_under_counts_is_refused(tmp_path, monkeypatch):
+    # An earlier accountant (Zhu & Wang's general subsampled bound) recorded ~3x today's epsilon at q < 1:
+    # that ledger must still load, its recorded spend kept; a recorded spend below today's is an edit.
+    real = skellam.epsilon_of
+    for scale, loads in ((3.0, True), (0.5, False)):
+        state = tmp_path / str(scale)
+        with monkeypatch.context() as patched:
+            patched.setattr(skellam, "epsilon_of", lambda history, delta: scale * real(history, delta))
+            for r in (1, 2):
+                owner_ledger.reserve(state, Release("run#1", r, **ENTRY), 1e-5, 50.0)
+        if loads:
+            assert owner_ledger.load(state).spent_epsilon == pytest.approx(3.0 * real([(*ENTRY.values(), 2)], 1e-5))
+            after, _ = owner_ledger.reserve(state, Release("run#1", 3, **ENTRY), 1e-5, 50.0)
+            assert after == pytest.approx(real([(*ENTRY.values(), 3)], 1e-5))  # today's accountant from here on
+        else:
+            with pytest.raises(LedgerError, match="does not match its history"):
+                owner_ledger.load(state)
+
+
 def crypten_owner_level(**dp):
     return from_dict({"dp": {"name": "owner_level", "gamma": 1000.0, "mu": 1e4, **dp},
                       "aggregation": {"name": "crypten", "min_owners": dp.get("min_honest_owners", 3)},
