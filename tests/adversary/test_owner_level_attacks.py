@@ -26,6 +26,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from nacl.public import PrivateKey
 from scipy.stats import binom
 import test_crypten_attacks
 import test_transcript
@@ -186,8 +187,6 @@ def _trains(rounds, overrides=None):
 
 
 def _party_keys() -> str:
-    from nacl.public import PrivateKey
-
     return ",".join(bytes(PrivateKey.generate().public_key).hex() for _ in range(2))
 
 
@@ -230,8 +229,14 @@ def test_an_owner_that_allows_no_amplification_refuses_q_below_1_before_any_epsi
                                                                                    monkeypatch):
     model, base = {"path": str(tiny_gpt2)}, owner_level_base()
     assert base["dp"]["sample_rate"] == 0.5
-    strict = OwnerPolicy(**{**OWNER_LEVEL_POLICY.__dict__, "allow_amplification": False})
+    strict = OwnerPolicy(**{**OWNER_LEVEL_POLICY.__dict__, "allow_amplification": False,
+                            "owner_level_max_sample_rate": None})
     out = transcript(_trains((1,)), datasets["D"], tmp_path / "strict", model, monkeypatch, base, strict)
     assert out[0][1][0] == "error" and "policy rule=allow_amplification" in out[0][1][2], out
     assert not owner_ledger.ledger_path(tmp_path / "strict").exists()
+    # control: the same owner takes the round at q = 1 (no amplification claimed), charged at q = 1
+    out = transcript(_trains((1,), {"dp.sample_rate": 1.0}), datasets["D"], tmp_path / "q1", model, monkeypatch,
+                     base, strict)
+    assert out[0][1][0] != "error", out
+    assert [r.sample_rate for r in owner_ledger.load(tmp_path / "q1").history] == [1.0]
 
