@@ -226,7 +226,9 @@ def test_replayed_round_and_replayed_shares_are_refused_and_reveal_nothing(parti
     with pytest.raises(RoundRefused, match="round 1 of run 'replay' is not newer"):
         server.combine(payloads, RoundContext(1, "L"))
     # 2. a fresh run id (the coordinator picks it), client_0's round-1 shares + two rostered accomplices
-    sybils = {f"accomplice_{i}": _protect(cfg, keys, f"accomplice_{i}", np.zeros(SIZE), 10, 1) for i in range(2)}
+    # (the accomplices sign the lowest floor too: a floor an owner signs binds only that owner's own shares)
+    low = _cfg(addresses, min_owners=2)
+    sybils = {f"accomplice_{i}": _protect(low, keys, f"accomplice_{i}", np.zeros(SIZE), 10, 1) for i in range(2)}
     meta = {"round": 1, "run": "evil", "clients": ["client_0", *sybils], "layout_digest": "L", "length": SIZE,
             "bound": 1.0, "min_owners": 2, "max_weight": None}  # the attacker also asks for the lowest floor
     for m, body in _ask_all(addresses, meta, {"client_0": payloads["client_0"], **sybils}):
@@ -478,7 +480,7 @@ def test_a_seed_swapped_to_another_party_is_refused_and_reveals_nothing(parties)
         blobs[f"share.{a}"], blobs[f"share.{b}"] = blobs[f"share.{b}"], blobs[f"share.{a}"]
         if resign:
             blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(3)], "r", server_round, "L", "client_0",
-                                        _owner_keys("client_0").sign)
+                                        _owner_keys("client_0").sign, min_owners=3)
         payloads["client_0"] = type(payloads["client_0"])(blobs=blobs)
         meta = {"round": server_round, "run": run, "clients": list(payloads), "layout_digest": "L", "length": SIZE,
                 "bound": 1.0, "min_owners": 3, "max_weight": None}

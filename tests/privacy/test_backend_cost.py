@@ -44,13 +44,15 @@ KNOWN = [  # (backend, config, values, owners) -> update_up, global_down, global
     ("tenseal", TensealConfig(max_owners=2000), TINY, 12, (262_516, 3_149_310, 3_149_310, 262_368, 0, 0, 0)),
     # crypten, seed-compressed shares (the default): one full share + K-1 sealed seeds up (was K full shares:
     # 394_331 and 10_487_432); party_in is the mean over parties of the shares and seeds, plus every owner's
-    # whole bundle (was K full shares and a K-th of each bundle: 394_329 and 209_748_600)
-    ("crypten", CryptenConfig(parties=3), TINY, 3, (132_299, 131_072, 131_072, 0, 133_281, 131_072, 3)),
-    ("crypten", CryptenConfig(parties=5), MID, 100, (2_099_032, 2_097_152, 2_097_152, 0, 42_030_800, 2_097_152, 5)),
+    # whole bundle (was K full shares and a K-th of each bundle: 394_329 and 209_748_600). Each bundle signs
+    # the owner's floor, '"min_owners": 3, ' (+17 B up, +17 B per owner to each party; was 132_299, 133_281,
+    # 2_099_032, 42_030_800, 394_379, 395_361, 10_487_512 and 209_800_400)
+    ("crypten", CryptenConfig(parties=3), TINY, 3, (132_316, 131_072, 131_072, 0, 133_332, 131_072, 3)),
+    ("crypten", CryptenConfig(parties=5), MID, 100, (2_099_049, 2_097_152, 2_097_152, 0, 42_032_500, 2_097_152, 5)),
     # the earlier layout, aggregation.shares=full: as before, +16 B per header (its "form" field) and the bundles
-    ("crypten", CryptenConfig(parties=3, shares="full"), TINY, 3, (394_379, 131_072, 131_072, 0, 395_361, 131_072, 3)),
+    ("crypten", CryptenConfig(parties=3, shares="full"), TINY, 3, (394_396, 131_072, 131_072, 0, 395_412, 131_072, 3)),
     ("crypten", CryptenConfig(parties=5, shares="full"), MID, 100,
-     (10_487_512, 2_097_152, 2_097_152, 0, 209_800_400, 2_097_152, 5)),
+     (10_487_529, 2_097_152, 2_097_152, 0, 209_802_100, 2_097_152, 5)),
 ]
 
 
@@ -79,11 +81,12 @@ KNOWN_NO_DP = [  # the same runs without DP -> eval_up, evalsum_down, evalsum_up
     (KNOWN[2], (120, 14_118, 8, 0, 0, 212_264_439, 21_228_559_579)),
     (KNOWN[3], (120, 448, 8, 0, 0, 33_891_436, 110_147_547)),
     # crypten: the pair's sealed share and K-1 seeds (was K shares: 1_191 and 1_787 B) + the signed bundle up;
-    # each party gets its share or seed of every pair and every bundle, and returns the pair's float64 sum
-    (KNOWN[6], (1_271, 0, 0, 135_554, 131_072 + 16, 264_642, 1_593_852)),
-    (KNOWN[7], (1_931, 0, 0, 42_120_380, 2_097_152 + 16, 4_198_115, 640_899_240)),
-    (KNOWN[8], (1_239, 0, 0, 397_602, 131_072 + 16, 526_690, 3_166_140)),
-    (KNOWN[9], (1_867, 0, 0, 209_888_700, 2_097_152 + 16, 12_586_531, 2_318_582_440)),
+    # each party gets its share or seed of every pair and every bundle, and returns the pair's float64 sum; the
+    # pair's bundle signs the owner's floor too (+17 B: was 1_271, 1_931, 1_239 and 1_867 up)
+    (KNOWN[6], (1_288, 0, 0, 135_656, 131_072 + 16, 264_676, 1_594_260)),
+    (KNOWN[7], (1_948, 0, 0, 42_123_780, 2_097_152 + 16, 4_198_149, 640_919_640)),
+    (KNOWN[8], (1_256, 0, 0, 397_704, 131_072 + 16, 526_724, 3_166_548)),
+    (KNOWN[9], (1_884, 0, 0, 209_892_100, 2_097_152 + 16, 12_586_565, 2_318_602_840)),
 ]
 
 
@@ -106,7 +109,7 @@ KNOWN_CARRIED = [  # eval_in_train (the default), under DP -> round 1, round 2, 
     # message, per_owner; then the downloads of rounds 1..3 of a 3-round run
     # plain and crypten: one fp32 global a round (the train message), the last round's evaluate message besides
     (KNOWN[0], (65_536, 65_536, 65_536, 65_536, 131_080), (65_536, 65_536, 131_072)),
-    (KNOWN[6], (65_536, 65_536, 65_536, 65_536, 197_835), (65_536, 65_536, 131_072)),
+    (KNOWN[6], (65_536, 65_536, 65_536, 65_536, 197_852), (65_536, 65_536, 131_072)),
     # tenseal: round r's train sends round r-1's signed updates (round 1 nothing); the owner keeps the global after
     # r-2 it opened in round r-1, so no signed base (was 525_970 a steady round: tests/faults/test_tenseal_kept_global)
     (KNOWN[1], (0, 394_513, 394_513, 394_513, 526_084), (0, 394_513, 789_026)),
@@ -160,10 +163,12 @@ def test_the_byte_limit_counts_the_held_out_pair_without_dp():
 
 def test_crypten_update_bytes_follow_the_owner_and_round_its_headers_name():
     cfg = CryptenConfig(parties=3)
-    assert BACKENDS["crypten"].update_bytes(cfg, TINY) == 132_299  # client_0, round 1
+    assert BACKENDS["crypten"].update_bytes(cfg, TINY) == 132_316  # client_0, round 1
     # 3 share (or seed) headers and the bundle each name the owner (+2 characters) and the round (+3 digits);
     # which party gets the full share moves with them, the total does not
-    assert BACKENDS["crypten"].update_bytes(cfg, TINY, "client_123", 1234) == 132_299 + 4 * (2 + 3)
+    assert BACKENDS["crypten"].update_bytes(cfg, TINY, "client_123", 1234) == 132_316 + 4 * (2 + 3)
+    # the bundle signs the owner's aggregation.min_owners: one more digit, one more byte
+    assert BACKENDS["crypten"].update_bytes(CryptenConfig(parties=3, min_owners=10), TINY) == 132_316 + 1
     assert BACKENDS["tenseal"].update_bytes(TensealConfig(), TINY, "client_123", 1234) == 131_571  # no ids inside
 
 

@@ -125,7 +125,7 @@ def test_a_share_bundle_binds_round_layout_owner_and_each_parties_share(tmp_path
     me, other = OwnerKeys("client_0", str(tmp_path / "a")), OwnerKeys("client_1", str(tmp_path / "b"))
     roster = {"client_0": me.member().verify_key, "client_1": other.member().verify_key}
     sealed = [b"share-0", b"share-1", b"share-2"]
-    bundle = sign_bundle(sealed, "run#1", 4, "L", "client_0", me.sign)
+    bundle = sign_bundle(sealed, "run#1", 4, "L", "client_0", me.sign, min_owners=3)
     for p, s in enumerate(sealed):  # each party checks its own share, without the others'
         check_bundle(bundle, s, p, "client_0", 4, "L", roster)
     with pytest.raises(NotRostered):
@@ -136,9 +136,14 @@ def test_a_share_bundle_binds_round_layout_owner_and_each_parties_share(tmp_path
                  (sealed[0], 0, "client_0", 4, "M")):  # another layout
         with pytest.raises(PayloadError):
             check_bundle(bundle, *args, roster)
-    forged = ShareBundle.decode(bundle)
-    forged = ShareBundle(**{**forged.__dict__, "run": "run#2"}).encode()  # the signature covers the run too
-    with pytest.raises(PayloadError, match="not signed"):
-        check_bundle(forged, sealed[0], 0, "client_0", 4, "L", roster)
+    assert check_bundle(bundle, sealed[0], 0, "client_0", 4, "L", roster).min_owners == 3
+    for change in ({"run": "run#2"}, {"min_owners": 2}):  # the signature covers the run and the owner's floor too
+        forged = ShareBundle(**{**ShareBundle.decode(bundle).__dict__, **change}).encode()
+        with pytest.raises(PayloadError, match="not signed"):
+            check_bundle(forged, sealed[0], 0, "client_0", 4, "L", roster)
+    for floor in ('"3"', "-1", "true", str(2**31), "3.0"):  # a floor that is no count is no bundle
+        with pytest.raises(PayloadError, match="malformed"):
+            check_bundle(bundle.replace(b'"min_owners": 3', f'"min_owners": {floor}'.encode()), sealed[0], 0,
+                         "client_0", 4, "L", roster)
     with pytest.raises(PayloadError, match="malformed"):
         check_bundle(b"{", sealed[0], 0, "client_0", 4, "L", roster)

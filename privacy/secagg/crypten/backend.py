@@ -3,13 +3,13 @@
 What each party holds and sees:
 
 - owners: split ``Δ_k`` (fixed point, Z_2^64) into K shares, seal share p and the count ``n_k``
-  to party p's X25519 key and sign the sealed shares (``ShareBundle``, the owner's Ed25519
-  identity key); the server relays sealed boxes it cannot open. With ``aggregation.shares=seeded``
-  (the default) K-1 of the shares travel as 32-byte ChaCha20 seeds and one party, rotating
-  over owners and rounds, gets the full share (``shares.seal_shares``). With ``norm_bound`` set an owner
-  clips its own delta below the bound (margin for fixed-point rounding) and its count to
-  ``max_weight``, and a non-finite delta is shared as zeros: the parties' verdict on an honest
-  owner never depends on its data.
+  to party p's X25519 key and sign the sealed shares and their ``aggregation.min_owners``
+  (``ShareBundle``, the owner's Ed25519 identity key); the server relays sealed boxes it cannot
+  open. With ``aggregation.shares=seeded`` (the default) K-1 of the shares travel as 32-byte
+  ChaCha20 seeds and one party, rotating over owners and rounds, gets the full share
+  (``shares.seal_shares``). With ``norm_bound`` set an owner clips its own delta below the bound
+  (margin for fixed-point rounding) and its count to ``max_weight``, and a non-finite delta is
+  shared as zeros: the parties' verdict on an honest owner never depends on its data.
 - parties: one uniformly random share per owner (plus every owner's count). Before anything is
   revealed they (see ``party.py`` and ``mpc.py`` for exactly how):
 
@@ -24,7 +24,9 @@ What each party holds and sees:
     ``||Δ_k|| <= B`` (only the yes/no is revealed; a failing update, however large, is dropped
     unseen as ``over-bound``; the coordinate check is what keeps the norm from wrapping the ring);
   * reveal ``Σ n_k Δ_k`` over the accepted owners only if there are at least
-    ``aggregation.min_owners`` (default 3, never below 2) of them; else nothing is revealed and
+    ``aggregation.min_owners`` (default 3, never below 2) of them, and at least the floor every
+    summed owner signed (its own ``aggregation.min_owners``: a request cannot lower what owners
+    accepted, under ``dp=owner_level`` their t); else nothing is revealed and
     :meth:`CryptenBackend.combine` raises :class:`CohortTooSmall`: that round fails.
 
   Up to K-1 colluding parties learn nothing about an update. Multiplication triples come from a
@@ -246,8 +248,9 @@ class CryptenBackend(ServerHoldsGlobal):
         sealed = seal_shares(encode_fixed(delta), ctx.owner, ctx.round, ctx.layout_digest, self.run, self.party_keys,
                              weight, self.cfg.shares)
         blobs = {f"share.{p}": blob for p, blob in enumerate(sealed)}
+        # the floor the owner accepted (under dp=owner_level at least its t): the parties never reveal a sum of fewer
         blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(self.cfg.parties)], self.run, ctx.round,
-                                    ctx.layout_digest, ctx.owner, self.keys.sign)
+                                    ctx.layout_digest, ctx.owner, self.keys.sign, min_owners=self.cfg.min_owners)
         return Protected(blobs=blobs)
 
     # --- server side ------------------------------------------------------------------------

@@ -57,17 +57,19 @@ def sealed_bytes(cfg: Any, values: int, server_round: int = 1, owner: str = owne
 
 
 def bundle_bytes(parties: int, server_round: int = 1, owner: str = owner_id(0), run: str = "",
-                 layout: str = LAYOUT) -> int:
-    """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, Ed25519)."""
+                 layout: str = LAYOUT, min_owners: int = 3) -> int:
+    """The owner's signed bundle over its sealed shares (``shares.ShareBundle``: SHA-256 per party, its
+    ``aggregation.min_owners``, Ed25519)."""
     return len(ShareBundle(run, server_round, layout, owner, (bytes(32),) * parties,
-                           bytes(crypto_sign_BYTES)).encode())
+                           bytes(crypto_sign_BYTES), min_owners).encode())
 
 
 def update_bytes(cfg: Any, values: int, owner: str = owner_id(0), server_round: int = 1,
                  calibration: Optional[Mapping[str, Any]] = None) -> int:
     """Exact bytes of one owner's protected update: its sealed shares (or seeds) and the signed bundle
     (the headers name the owner and the round, so their lengths vary by a few bytes)."""
-    return sealed_bytes(cfg, values, server_round, owner) + bundle_bytes(cfg.parties, server_round, owner)
+    return (sealed_bytes(cfg, values, server_round, owner)
+            + bundle_bytes(cfg.parties, server_round, owner, min_owners=cfg.min_owners))
 
 
 def pair_bytes(cfg: Any, owner: str, run: str, layout_digest: str, server_round: int) -> int:
@@ -75,7 +77,7 @@ def pair_bytes(cfg: Any, owner: str, run: str, layout_digest: str, server_round:
     and the signed bundle, as an update's but of 2 values under the pair's purpose tag."""
     tag = eval_pair.purpose_tag(layout_digest)
     return (sealed_bytes(cfg, eval_pair.LENGTH, server_round, owner, tag)
-            + bundle_bytes(cfg.parties, server_round, owner, run, tag))
+            + bundle_bytes(cfg.parties, server_round, owner, run, tag, cfg.min_owners))
 
 
 def pair_up_bytes(cfg: Any, owner: str = owner_id(0), server_round: int = 1) -> int:
@@ -91,7 +93,8 @@ def party_in_bytes(cfg: Any, values: int, owners: int, dp_on: bool) -> int:
     tag = eval_pair.purpose_tag(LAYOUT)
     sealed = owners * (sealed_bytes(cfg, values)
                        + (0 if dp_on else sealed_bytes(cfg, eval_pair.LENGTH, layout=tag)))
-    bundles = owners * (bundle_bytes(cfg.parties) + (0 if dp_on else bundle_bytes(cfg.parties, layout=tag)))
+    bundle = bundle_bytes(cfg.parties, min_owners=cfg.min_owners)
+    bundles = owners * (bundle + (0 if dp_on else bundle_bytes(cfg.parties, layout=tag, min_owners=cfg.min_owners)))
     return sealed // cfg.parties + bundles
 
 

@@ -39,7 +39,7 @@ def protect(backend, loss: float, tokens: float, ctx: RoundContext) -> Protected
     sealed = seal_shares(ring, ctx.owner, ctx.round, tag, backend.run, backend.party_keys, 1.0, backend.cfg.shares)
     blobs = {f"share.{p}": blob for p, blob in enumerate(sealed)}
     blobs[BUNDLE] = sign_bundle([blobs[f"share.{p}"] for p in range(backend.cfg.parties)], backend.run, ctx.round,
-                                tag, ctx.owner, backend.keys.sign)
+                                tag, ctx.owner, backend.keys.sign, min_owners=backend.cfg.min_owners)
     return Protected(blobs=blobs)
 
 

@@ -25,9 +25,10 @@ state directory and serves two gRPC calls (raw bytes, no generated code):
      took up (kept in ``rounds.json`` in its state directory, written before any MPC, so a
      restart does not forget and a failed round is not retried); otherwise it refuses (replay);
   2. a share is opened only if its owner is on the signed roster (``not-rostered``) and the
-     owner's signed bundle binds this round, layout, owner id and this very sealed share
-     (``unsigned``): the coordinator cannot seal shares for owners it made up, nor present one
-     owner's shares as another's; a share sealed as a seed is expanded (``shares.expand_seed``);
+     owner's signed bundle binds this round, layout, owner id, the owner's floor and this very
+     sealed share (``unsigned``): the coordinator cannot seal shares for owners it made up, nor
+     present one owner's shares as another's, nor change an owner's floor; a share sealed as a
+     seed is expanded (``shares.expand_seed``);
   3. a sealed share whose exact bytes this party opened before (SHA-256 kept in ``seen-shares``
      in its state directory) is not opened again (``replayed``), whatever run or round the
      request names: the run id is the coordinator's choice, the sealed bytes are the owner's;
@@ -38,11 +39,11 @@ state directory and serves two gRPC calls (raw bytes, no generated code):
   5. an owner whose count exceeds ``max_weight`` (the smaller of the request's and the party's
      own ``--max-weight``), or is so large that ``n * bound`` could wrap the ring, is
      ``over-weight``;
-  6. if at least ``min_owners`` (the larger of the request's and every party's own
-     ``--min-owners``, never below 2) owners remain, the MPC checks every coordinate and then
-     the norm (``mpc.party_aggregate``: ``over-bound``) and reveals the weighted sum, but only if
-     at least ``min_owners`` owners passed; otherwise the response reveals nothing and says
-     ``below_min_owners``.
+  6. if at least ``min_owners`` (the largest of the request's, every party's own ``--min-owners``,
+     never below 2, and each opened owner's signed floor: under ``dp=owner_level`` its t) owners
+     remain, the MPC checks every coordinate and then the norm (``mpc.party_aggregate``:
+     ``over-bound``) and reveals the weighted sum, but only if at least ``min_owners`` owners
+     passed; otherwise the response reveals nothing and says ``below_min_owners``.
 
 The coordinator calls every party with the same owner list at the same time; a party that is
 down or slow makes the call time out, which fails the round with a clear error. Starting and
@@ -163,21 +164,21 @@ class Party:
             self.seen.update(digests)
 
     def open(self, owner: str, blob: bytes, bundle: bytes, server_round: int, layout_digest: str,
-             length: int) -> tuple[float, float, np.ndarray | None]:
-        """(verdict, count, share) of one owner's sealed share: opened only if the owner is on the
-        signed roster and its signed bundle covers this very share."""
+             length: int) -> tuple[float, float, np.ndarray | None, int]:
+        """(verdict, count, share, the owner's signed floor) of one owner's sealed share: opened only
+        if the owner is on the signed roster and its signed bundle covers this very share."""
         try:
             signed = check_bundle(bundle, blob, self.rank, owner, server_round, layout_digest, self.roster)
         except NotRostered:
-            return NOT_ROSTERED, 0.0, None
+            return NOT_ROSTERED, 0.0, None, 0
         except PayloadError:
-            return UNSIGNED, 0.0, None
+            return UNSIGNED, 0.0, None, 0
         try:  # a seed expands for the run the owner signed, whatever run the request names
             count, share = open_share(blob, self.private, ShareHeader(server_round, owner, self.rank, layout_digest,
                                                                       length), signed.run)
         except PayloadError:
-            return MALFORMED, 0.0, None
-        return OPENED, count, share
+            return MALFORMED, 0.0, None, 0
+        return OPENED, count, share, signed.min_owners
 
     def aggregate(self, request: bytes, context) -> bytes:
         import torch  # lazy: fedveil-party --help and the coordinator's `call` need no torch
@@ -210,8 +211,10 @@ class Party:
                 elif seen in self.seen or seen in opened:
                     verdict, count, share = REPLAYED_SHARE, 0.0, None  # same sealed bytes, whatever the request says
                 else:
-                    verdict, count, share = self.open(owner, blob, bundle, server_round, meta["layout_digest"],
-                                                      meta["length"])
+                    verdict, count, share, signed_floor = self.open(owner, blob, bundle, server_round,
+                                                                    meta["layout_digest"], meta["length"])
+                    # the owner's own floor, under its signature: the request may raise it, never lower it
+                    min_owners = max(min_owners, signed_floor)
                 if verdict == OPENED:
                     opened.append(seen)
                 valid.append(verdict)
@@ -220,7 +223,7 @@ class Party:
             self.remember(opened)
             # public agreement (CrypTen's all_gather is int64: floats travel as their bit patterns): every
             # party's verdict on the request, a digest of the request (all must have got the same one), its
-            # floors, and per owner whether it opened the share and with which count
+            # floors (the largest is everyone's), and per owner whether it opened the share and with which count
             mine = np.zeros((2, 4 + len(sealed)), np.float64)
             mine[0, 0], mine[0, 2], mine[0, 3], mine[0, 4:], mine[1, 4:] = code, min_owners, max_weight, valid, counts
             mine.view(np.int64)[0, 1] = digest

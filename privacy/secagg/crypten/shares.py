@@ -22,9 +22,11 @@ A seed is its party's share: whoever holds it learns that share (and nothing els
 parties' side is ``mpc.py`` and ``party.py``.
 
 The owner signs the round's sealed shares with its identity key (Ed25519, ``identity.py``): a
-:class:`ShareBundle` binds run, round, layout, owner id and each sealed share's SHA-256, so party
-p checks its own share against the signature without the others'. Parties open shares only from
-owners on the operator-signed roster whose bundle verifies (a coordinator cannot make owners up).
+:class:`ShareBundle` binds run, round, layout, owner id, the owner's floor ``min_owners`` and each
+sealed share's SHA-256, so party p checks its own share against the signature without the others'.
+Parties open shares only from owners on the operator-signed roster whose bundle verifies (a
+coordinator cannot make owners up), and reveal no sum of fewer owners than any summed owner's
+signed floor (under ``dp=owner_level`` at least its t: the coordinator's request cannot lower it).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from fedveil.core.payload import PayloadError
 from fedveil.privacy.secagg import identity, sealing
 
 BUNDLE = "bundle"  # the blob holding an owner's signed ShareBundle, next to its "share.P" blobs
-BUNDLE_TAG = b"fedveil/crypten-bundle/v1"
+BUNDLE_TAG = b"fedveil/crypten-bundle/v2"  # v2: the statement covers min_owners
 PRG_TAG = b"fedveil/crypten-seed-prg/v1"
 PRECISION_BITS = 16
 SCALE = 1 << PRECISION_BITS
@@ -53,6 +55,7 @@ RING_HEADROOM = 2.0**61  # what a checked sum of squares (or a weighted term) ma
 # (and cost.py's price) does not depend on which party got the full share.
 FULL, SEED = "full", "seed"
 LAYOUTS = ("seeded", "full")  # aggregation.shares
+MAX_SIGNED_FLOOR = 2**31 - 1  # a bundle's min_owners beyond this is malformed (it travels as a float64 between parties)
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,11 @@ def open_share(sealed: bytes, party_private_key: bytes, expected: ShareHeader,
 
 @dataclass(frozen=True)
 class ShareBundle:
-    """What an owner signs over one round's sealed shares (``digests[p]``: SHA-256 of party p's)."""
+    """What an owner signs over one round's sealed shares (``digests[p]``: SHA-256 of party p's).
+
+    ``min_owners``: the fewest owners whose sum this owner's shares may enter (its accepted
+    ``aggregation.min_owners``; under ``dp=owner_level`` that is at least its t, which the owner
+    checked). The parties' floor is never below it (``party.py``, step 6)."""
 
     run: str
     round: int
@@ -253,29 +260,37 @@ class ShareBundle:
     owner: str
     digests: tuple[bytes, ...]
     signature: bytes = b""
+    min_owners: int = 0
 
     def statement(self) -> bytes:
         return identity.digest(BUNDLE_TAG, self.run.encode(), str(self.round).encode(), self.layout_digest.encode(),
-                               self.owner.encode(), *self.digests)
+                               self.owner.encode(), str(self.min_owners).encode(), *self.digests)
 
     def encode(self) -> bytes:
         return json.dumps({"run": self.run, "round": self.round, "layout_digest": self.layout_digest,
-                           "owner": self.owner, "digests": [d.hex() for d in self.digests],
-                           "signature": self.signature.hex()}, sort_keys=True).encode()
+                           "owner": self.owner, "min_owners": self.min_owners,
+                           "digests": [d.hex() for d in self.digests], "signature": self.signature.hex()},
+                          sort_keys=True).encode()
 
     @classmethod
     def decode(cls, blob: bytes) -> "ShareBundle":
         try:
             d = json.loads(blob)
+            floor = d["min_owners"]
+            if isinstance(floor, bool) or not isinstance(floor, int) or not 0 <= floor <= MAX_SIGNED_FLOOR:
+                raise ValueError(f"min_owners={floor!r}")
             return cls(str(d["run"]), int(d["round"]), str(d["layout_digest"]), str(d["owner"]),
-                       tuple(bytes.fromhex(h) for h in d["digests"]), bytes.fromhex(d["signature"]))
+                       tuple(bytes.fromhex(h) for h in d["digests"]), bytes.fromhex(d["signature"]), floor)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PayloadError("share bundle is malformed") from exc
 
 
-def sign_bundle(sealed: list[bytes], run: str, server_round: int, layout_digest: str, owner: str, sign) -> bytes:
-    """The encoded bundle over ``sealed`` (party order), signed with ``sign`` (the owner's ``OwnerKeys.sign``)."""
-    unsigned = ShareBundle(run, server_round, layout_digest, owner, tuple(hashlib.sha256(b).digest() for b in sealed))
+def sign_bundle(sealed: list[bytes], run: str, server_round: int, layout_digest: str, owner: str, sign, *,
+                min_owners: int) -> bytes:
+    """The encoded bundle over ``sealed`` (party order), signed with ``sign`` (the owner's ``OwnerKeys.sign``);
+    ``min_owners``: the owner's floor on the sum (:class:`ShareBundle`)."""
+    unsigned = ShareBundle(run, server_round, layout_digest, owner, tuple(hashlib.sha256(b).digest() for b in sealed),
+                           min_owners=int(min_owners))
     return ShareBundle(**{**unsigned.__dict__, "signature": sign(unsigned.statement())}).encode()
 
 
