@@ -118,6 +118,20 @@ def test_mpc_norm_check_scales_a_bound_past_the_unscaled_limit_and_keeps_it_exac
         assert np.array_equal(np.rint(weighted_sum), updates[0] + updates[3])  # integers: exact
 
 
+@pytest.mark.slow
+def test_the_weighted_sum_of_large_integers_is_exact():
+    """Owner-level's noised integers (~2^21 units, 2^37 in the ring) summed with integer weights: exact. CrypTen's
+    public multiply-then-truncate got several of 2,048 such values wrong by 2^32 units (2^48 ring units)."""
+    from fedveil.privacy.secagg.crypten.mpc import run_local_parties
+
+    rng = np.random.default_rng(3)
+    updates = [np.rint(rng.normal(scale=9e5, size=2048)) for _ in range(4)]
+    shares = [split(encode_fixed(u), 3) for u in updates]
+    for accepted, weighted_sum, total in run_local_parties(shares, [1, 1, 2, 1], bound=None):
+        assert accepted == [True] * 4 and total == 5
+        assert np.array_equal(weighted_sum, updates[0] + updates[1] + 2 * updates[2] + updates[3])
+
+
 def test_a_share_bundle_binds_round_layout_owner_and_each_parties_share(tmp_path):
     from fedveil.privacy.secagg.crypten.shares import NotRostered, ShareBundle, check_bundle, sign_bundle
     from fedveil.privacy.secagg.identity import OwnerKeys

@@ -29,7 +29,9 @@ An owner failing 1 or 2 is excluded (``over-bound``), whatever its size. Then:
 3. if fewer than ``min_owners`` owners remain, nothing is revealed (no sum is even formed): a
    "sum" of one owner is that owner's update;
 4. otherwise ``sum_k n_k x_k`` over the accepted owners (``n_k`` are public to the parties) is
-   revealed: the only value, besides the per-owner check bits, that leaves the MPC.
+   revealed: the only value, besides the per-owner check bits, that leaves the MPC. An integer
+   ``n_k`` multiplies each party's share locally (exact in the ring); CrypTen's public multiply,
+   kept for other weights, truncates, which can be off by 2^48 ring units for large values.
 
 Counts (``max_weight``), replayed rounds and agreement on which owners are valid are the
 parties' business (``party.py``), before this runs. :func:`run_local_parties` runs the same
@@ -107,8 +109,16 @@ def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
     total, weight = None, 0.0
     for s, n, ok in zip(local_shares, counts, accepted):
         if ok:
-            x = MPCTensor.from_shares(torch.from_numpy(np.asarray(s, np.int64)), precision=PRECISION_BITS)
-            term = x * float(n)
+            if float(n).is_integer():
+                # an integer weight multiplies each party's int64 share locally: exact in Z_2^64 (numpy
+                # wraps like the ring). CrypTen's public multiply truncates afterwards, and its truncation
+                # is off by 2^48 ring units with a chance that grows with the value (measured: several of
+                # 2,048 values of ~2^21 integer units, owner-level's noised integers, in one sum)
+                ring = np.asarray(s, np.int64) * np.int64(int(n))
+                term = MPCTensor.from_shares(torch.from_numpy(ring), precision=PRECISION_BITS)
+            else:
+                x = MPCTensor.from_shares(torch.from_numpy(np.asarray(s, np.int64)), precision=PRECISION_BITS)
+                term = x * float(n)
             total = term if total is None else total + term
             weight += float(n)
     return accepted, total.get_plain_text().double().numpy(), weight
