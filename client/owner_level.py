@@ -36,7 +36,7 @@ def check_config(cfg: Any, policy: Any, size: int) -> None:
     integers, a parties' floor at the owner's t, and gamma and mu within the wrap bound and the backend's
     check (``owner_level_plan.check_plan``) at the owner's t. Raises :class:`Refusal` (code ``config``)."""
     dp, agg = cfg.dp, cfg.aggregation
-    domain = backend_spec(agg.name).integers
+    domain = backend_spec(agg.name).integer_domain(agg)
     if domain is None:
         raise Refusal("config", f"dp=owner_level under aggregation={agg.name}: its noise is distributed only "
                       "under aggregation=crypten; the owner refuses", key="aggregation.name")

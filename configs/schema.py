@@ -231,7 +231,7 @@ def check_owner_level(cfg: FedveilConfig) -> None:
     the sum they check (not built yet)."""
     if cfg.dp.name != "owner_level":
         return
-    if BACKENDS[cfg.aggregation.name].integers is None:
+    if BACKENDS[cfg.aggregation.name].integer_domain(cfg.aggregation) is None:
         why = ("the coordinator would see each update with 1/t of the noise; for DP against it use dp=sample_level"
                if cfg.aggregation.name == "plain" else "its owners do not count contributions yet")
         raise UserError(f"dp=owner_level needs aggregation=crypten, got aggregation={cfg.aggregation.name} ({why})")

@@ -57,8 +57,8 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     cfg.model.path = str(check_model_dir(cfg.model.path))
     if cfg.dp.name == "owner_level":  # its public gamma and mu, once, for every owner (each checks them)
         size = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, seed=cfg.seed)).values())
-        cfg.aggregation.norm_bound = owner_level_plan.resolve(cfg.dp, size, cfg.participants, cfg.rounds,
-                                                              backend_spec(cfg.aggregation.name).integers)
+        domain = backend_spec(cfg.aggregation.name).integer_domain(cfg.aggregation)
+        cfg.aggregation.norm_bound = owner_level_plan.resolve(cfg.dp, size, cfg.participants, cfg.rounds, domain)
     if write_policies:
         cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
         owners = {owner_id(k): owner_state_dir(out, k) for k in range(cfg.num_clients)}

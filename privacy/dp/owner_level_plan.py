@@ -180,6 +180,17 @@ def run_epsilon(cfg: OwnerLevelDPConfig, dim: int, rounds: int) -> float:
     return skellam.epsilon_of([(mu, q, l1, l2, rounds)], cfg.delta)
 
 
+def epsilon_against_owners(cfg: OwnerLevelDPConfig, dim: int, rounds: int) -> float:
+    """The epsilon a fresh owner spends over ``rounds`` rounds against another owner that decrypts its
+    single update (tenseal: owners share the secret key; under crypten no owner sees one). That update
+    carries the owner's own share alone, ``Sk(mu / t, mu / t)`` with ``t = dp.min_honest_owners`` (the
+    share ``noise_share`` draws), so the accountant takes ``mu / t``: ``sqrt(t)`` times less noise. The
+    coin stays the owner's secret (a non-joining owner's update is its share alone, of the same form),
+    so sampling at ``q`` amplifies against other owners too."""
+    mu, q, l1, l2 = run_entry(cfg, dim)
+    return skellam.epsilon_of([(mu / cfg.min_honest_owners, q, l1, l2, rounds)], cfg.delta)
+
+
 def decode_sum(revealed: Revealed, gamma: float, sample_rate: float) -> Revealed:
     """The revealed integer sum (the parties' fixed-point decode may be off by a few 2^-16: the sum
     is an integer, so it is rounded) back to model units, weighted by the public expected number of
