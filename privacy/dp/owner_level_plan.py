@@ -168,7 +168,7 @@ def resolve(cfg: OwnerLevelDPConfig, dim: int, cohort: int, rounds: int, domain:
     """Fill in ``cfg.gamma`` and ``cfg.mu`` where unset (the plan above), check them as an owner will,
     and return the per-update bound the backend must check (``aggregation.norm_bound``, integer units)."""
     if domain is None:
-        raise UserError("dp=owner_level needs aggregation=crypten (its integer domain)")
+        raise UserError("dp=owner_level needs aggregation=crypten or tenseal with scheme=bfv (an integer domain)")
     if cfg.gamma is None or cfg.mu is None:
         cfg.gamma, cfg.mu = plan(cfg, dim, cohort, rounds, domain)
     return check_plan(cfg, dim, cohort, cfg.min_honest_owners, domain)

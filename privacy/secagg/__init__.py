@@ -31,6 +31,7 @@ from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.privacy.secagg.tenseal import keys as tenseal_keys
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.config import integer_values as tenseal_integer_values
 from fedveil.privacy.secagg.tenseal.config import integers as tenseal_integers
 from fedveil.privacy.secagg.tenseal.config import resolve as resolve_tenseal
 from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
@@ -132,9 +133,13 @@ class BackendSpec:
     # the cohort); None: the backend sums no integers
     integers: Optional[Any] = None
     # dp=owner_level: a round with fewer than the owners' t contributions reveals nothing (crypten: the parties'
-    # floor, aggregation.min_owners). Tenseal's owners would count the signed contributions in the sum they
-    # check: not built yet, so dp=owner_level is refused there although BFV has an integer domain
+    # floor, aggregation.min_owners; tenseal: each owner counts the signed contributions of a sum before it
+    # decrypts it, tenseal/checks.check_contributions)
     enforces_honest_floor: bool = False
+    # dp=owner_level: (backend config, per-update check bound, gamma, q, rounds) -> None, setting the backend's
+    # bounds for owners' integer updates (tenseal: step 1, its norm check, the global's bound); None: the runner
+    # sets ``norm_bound`` alone (crypten)
+    integer_values: Optional[Callable[..., None]] = None
 
     def integer_domain(self, agg: Any) -> Optional[IntegerDomain]:
         """The integer domain ``dp=owner_level`` runs in with the backend config ``agg``; None: it does not run
@@ -202,6 +207,8 @@ BACKENDS: dict[str, BackendSpec] = {
         variants=tenseal_cost.variants,
         committee=committee_round,
         integers=tenseal_integers,
+        integer_values=tenseal_integer_values,
+        enforces_honest_floor=True,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),

@@ -1,7 +1,5 @@
 """dp=owner_level's integer domain under tenseal's BFV: its modulus, the plan in it, an exact round trip."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -108,10 +106,12 @@ def test_an_update_over_the_owner_level_norm_bound_is_refused_by_the_owners_chec
     assert "L2 norm" in checks.problem(owner, owner.protect(over, 1.0))
 
 
-def test_tenseal_stays_refused_for_owner_level_until_owners_count_contributions():
-    assert BACKENDS["tenseal"].integers is integers and BACKENDS["tenseal"].integer_domain(TensealConfig()) is None
-    with pytest.raises(UserError, match="needs aggregation=crypten, got aggregation=tenseal"):
-        from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal"}, "num_clients": 4})
+def test_the_registry_gives_tenseal_its_domain_for_the_config_and_none_under_ckks():
+    spec = BACKENDS["tenseal"]
+    assert spec.integers is integers and spec.enforces_honest_floor
+    assert spec.integer_domain(TensealConfig(max_owners=COHORT)).modulus == 8388607
+    assert spec.integer_domain(TensealConfig(max_owners=COHORT, scheme="ckks")) is None
+    assert BACKENDS["plain"].integer_domain(None) is None
 
 
 def test_the_epsilon_against_other_owners_is_one_update_with_its_own_share_alone():
@@ -132,15 +132,13 @@ def plan_lines(cfg) -> list[str]:
     return render({**base, "dp": dp_plan(cfg, DIM)}).splitlines()
 
 
-def test_the_plan_states_both_epsilons_under_tenseal_and_one_under_crypten(monkeypatch):
+def test_the_plan_states_both_epsilons_under_tenseal_and_one_under_crypten():
     values = {"dp": {"name": "owner_level", "target_epsilon": 4.0, "sample_rate": 0.5, "min_honest_owners": T},
               "aggregation": {"name": "crypten"}, "num_clients": COHORT, "rounds": ROUNDS}
     cfg = from_dict(values)
     assert dp_plan(cfg, DIM)["epsilon_other_owners"] is None  # no owner sees another's update under crypten
     assert not any("against other owners" in line for line in plan_lines(cfg))
-    # tenseal as it will run once owners count contributions (refused until then: the test below)
-    monkeypatch.setitem(BACKENDS, "tenseal", replace(BACKENDS["tenseal"], enforces_honest_floor=True))
-    cfg.aggregation = TensealConfig(max_owners=COHORT)
+    cfg = from_dict({**values, "aggregation": {"name": "tenseal"}})
     planned_dp = dp_plan(cfg, DIM)
     assert planned_dp["epsilon"] == pytest.approx(4.0, abs=1e-3)
     assert planned_dp["epsilon_other_owners"] == pytest.approx(8.581, abs=0.005)

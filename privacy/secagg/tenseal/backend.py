@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -259,6 +259,7 @@ class TensealOwner(_Side):
         super().__init__(cfg, size, public, run)
         self.malicious_owners = malicious_owners
         self.min_contributions = 0  # dp=owner_level: the owner's t, a floor on each sum (checks.check_contributions)
+        self.decode: Callable[[Revealed], Revealed] = lambda r: r  # dp=owner_level: integers over gamma (decode_sum)
         # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
         self._secret, canonical = cached_context(secret)
         self._weight_key = None  # BFV: the key owners seal their weights with
@@ -350,10 +351,10 @@ class TensealOwner(_Side):
             vector = np.asarray(initial if start is None else start, np.float32)
         for at, payloads in enumerate(rounds, start=reached - len(rounds) + 1):
             if isinstance(payloads, Protected):  # a sum the round's verifier committee checked and signed
-                vector = self.reveal(payloads).applied_to(vector)
+                vector = self.decode(self.reveal(payloads)).applied_to(vector)
                 continue
             # each update within an owner's bounds, then the sum of the plaintexts checked (no Enc(sum) to decrypt)
-            vector = checks.checked_sum(self, payloads, at).applied_to(vector)
+            vector = self.decode(checks.checked_sum(self, payloads, at)).applied_to(vector)
         if self.keys is not None:
             kept.keep(run_dir(self.keys.state_dir, self.run), self.run, self.context_id, after_round,
                       kept.as_reencrypted(vector, self.cfg))

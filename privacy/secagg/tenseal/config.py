@@ -192,6 +192,16 @@ def integers(cfg: TensealConfig) -> Optional[IntegerDomain]:
                          checkable=lambda bound, dim: bound <= levels)
 
 
+def integer_values(cfg: TensealConfig, bound: float, gamma: float, sample_rate: float, rounds: int) -> None:
+    """Set what ``dp=owner_level`` needs of ``cfg`` (the runner, once; owners check it: ``client/owner_level.py``):
+    integers at step 1 (``max_weight`` 1, ``value_bound`` = ``levels``), the owners' norm check at ``bound``
+    (integer units), and the global's public bound for means of noised integer sums: each owner's digits are
+    within ``levels`` (checked), so a round's mean, the sum over ``gamma`` and ``q`` times the owners summed,
+    moves a value by at most ``levels / (gamma q)``."""
+    cfg.max_weight, cfg.value_bound, cfg.norm_bound = 1.0, float(cfg.levels), float(bound)
+    cfg.global_bound = GLOBAL_START + rounds * cfg.levels / (gamma * sample_rate)
+
+
 def clamp_notice(weight: float, delta: np.ndarray, cfg: TensealConfig) -> Optional[str]:
     """The owner's console line when tenseal's bounds change what it sends, or None.
 
