@@ -5,6 +5,7 @@ import pytest
 from scipy import stats
 
 from fedveil.client import owner_level
+from fedveil.core.payload import Revealed
 from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig
 
 DIM = 20_000
@@ -34,3 +35,23 @@ def test_a_non_finite_delta_joins_as_zeros_and_still_sends_its_noise():
     delta = np.full(DIM, np.nan)
     update = owner_level.noised_update(Run(1.0), delta)
     assert np.isfinite(update).all() and abs(update.mean()) < 0.2 and update.std() > 5
+
+
+def test_an_owner_that_decrypts_sums_itself_counts_its_t_and_decodes_over_gamma():
+    class Policy:
+        min_honest_owners = 3
+
+    class TensealSide:  # what floor_for sets on tenseal's owner side (TensealOwner)
+        min_contributions = 0
+
+        @staticmethod
+        def decode(revealed):
+            return revealed
+
+    backend = TensealSide()
+    owner_level.floor_for(backend, Run(0.5), Policy())
+    assert backend.min_contributions == 4  # the run's t (4), above the policy's floor (3)
+    out = backend.decode(Revealed(np.array([100.0, -50.00001]), 4.0))  # 4 owners summed, gamma 50, q 1/2
+    assert out.total_weight == 2.0 and np.array_equal(out.weighted_sum, [2.0, -1.0])
+    crypten_side = object()  # the parties enforce t there: nothing to set
+    owner_level.floor_for(crypten_side, Run(0.5), Policy())
