@@ -239,6 +239,9 @@ def check_owner_level(cfg: FedveilConfig) -> None:
     if spec.integer_domain(cfg.aggregation) is None:  # tenseal's CKKS
         raise UserError(f"dp=owner_level under aggregation={cfg.aggregation.name} needs its integer domain: set "
                         "aggregation.scheme=bfv (CKKS sums approximately)")
+    if getattr(cfg.aggregation, "download", None) == "sum":  # tenseal: owners count the signed contributions
+        raise UserError("dp=owner_level under aggregation=tenseal needs signed contributions to count in each sum, "
+                        "and aggregation.download=sum has none: set aggregation.download=committee (or every)")
     floor = getattr(cfg.aggregation, "min_owners", None)  # crypten's parties' floor (tenseal's owners count)
     if floor is not None and floor < cfg.dp.min_honest_owners:
         raise UserError(f"aggregation.min_owners={cfg.aggregation.min_owners} is below dp.min_honest_owners="

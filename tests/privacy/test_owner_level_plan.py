@@ -59,6 +59,9 @@ def test_owner_level_is_refused_under_plain_and_ckks():
     ckks = {"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal", "scheme": "ckks"}, "num_clients": 4}
     with pytest.raises(UserError, match="aggregation=tenseal needs its integer domain: set aggregation.scheme=bfv"):
         from_dict(ckks)
+    with pytest.raises(UserError, match="aggregation.download=sum has none: set aggregation.download=committee"):
+        from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal"}, "num_clients": 4,
+                   "privacy": {"malicious_owners": False}})  # download auto -> sum, which owners cannot count
     # tenseal's BFV runs it: its owners count the signed contributions (tests/privacy/test_owner_level_tenseal.py)
     assert from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal"}, "num_clients": 4}).dp.name \
         == "owner_level"
