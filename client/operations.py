@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from fedveil.client import owner_level
 from fedveil.client.owner import Owner, OwnerIdentity, model_loads, round_number, run_key
 from fedveil.client.release import dp_requested, release
 from fedveil.client.protocol import (COMMITTEE_OPS, EVALSUM, KEYGEN, OPERATIONS, PUBKEY, REVEAL, ROUND_OPS, TRAIN,
@@ -54,6 +55,8 @@ def checked_owner(instruction: Instruction, cfg: FedveilConfig, identity: OwnerI
         raise Refusal("layout", str(exc)) from exc
     if hasattr(owner.backend, "malicious_owners"):  # tenseal: whether a sum alone may be taken (policy.py)
         owner.backend.malicious_owners = owner.policy.malicious_owners
+    if cfg.dp.name == "owner_level":  # tenseal: the owner's t counted in each sum it decrypts, decoded over gamma
+        owner_level.floor_for(owner.backend, cfg, owner.policy)
     return owner
 
 

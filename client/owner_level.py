@@ -5,7 +5,7 @@ is where an owner applies them (``client/owner.py`` calls in). What it releases:
 
 - every round, whether its coin had it join or not, one integer vector of the adapter's size: the
   quantised clipped delta plus its noise share if it joined, the noise share alone if not. Both are
-  int64 values shared as integers in crypten's fixed-point ring (exact), so the bytes on the wire
+  int64 values, exact as crypten's fixed-point shares or as BFV digits at step 1, so the bytes on the wire
   have the same length and the same finite values whatever the coin; the work done is the same
   too (it trains and encodes either way, then picks);
 - the DP record of public values only (sigma, q, one round, delta, epsilon, budget): the same keys
@@ -17,6 +17,7 @@ read or its ε reserved.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,25 +27,30 @@ from fedveil.core.errors import Refusal, UserError
 from fedveil.privacy.dp import owner_ledger
 from fedveil.privacy.dp.epsilon_ledger import BudgetExceeded, LedgerError
 from fedveil.privacy.dp.owner_level import Quantiser, noise_share
-from fedveil.privacy.dp.owner_level_plan import check_plan, run_entry
+from fedveil.privacy.dp.owner_level_plan import check_plan, decode_sum, run_entry
 from fedveil.privacy.dp.randomness import secret_uniform
 from fedveil.privacy.secagg import backend_spec
 
 
 def check_config(cfg: Any, policy: Any, size: int) -> None:
     """The owner-level checks beyond its policy's (``OwnerPolicy.check_owner_level``): a backend that sums
-    integers, a parties' floor at the owner's t, and gamma and mu within the wrap bound and the backend's
-    check (``owner_level_plan.check_plan``) at the owner's t. Raises :class:`Refusal` (code ``config``)."""
+    integers, crypten's parties' floor at the owner's t (tenseal's owners count: :func:`floor_for`), tenseal's
+    integers at step 1, and gamma and mu within the wrap bound and the backend's check
+    (``owner_level_plan.check_plan``) at the owner's t. Raises :class:`Refusal` (code ``config``)."""
     dp, agg = cfg.dp, cfg.aggregation
-    domain = backend_spec(agg.name).integers
+    domain = backend_spec(agg.name).integer_domain(agg)
     if domain is None:
         raise Refusal("config", f"dp=owner_level under aggregation={agg.name}: its noise is distributed only "
-                      "under aggregation=crypten; the owner refuses", key="aggregation.name")
-    honest = max(dp.min_honest_owners, policy.min_honest_owners)
-    if agg.min_owners < honest:
+                      "under aggregation=crypten or tenseal (BFV); the owner refuses", key="aggregation.name")
+    honest = honest_floor(cfg, policy)
+    floor = getattr(agg, "min_owners", None)  # crypten: the parties' floor; tenseal: this owner counts (floor_for)
+    if floor is not None and floor < honest:
         raise Refusal("config", f"aggregation.min_owners={agg.min_owners} is below the owner's t={honest}: a round "
                       "could reveal fewer noise shares than the full noise; the owner refuses",
                       key="aggregation.min_owners")
+    if getattr(agg, "step", 1.0) != 1.0:  # tenseal's BFV: each integer one level (tenseal/config.integer_values)
+        raise Refusal("config", f"aggregation.value_bound={agg.value_bound} and max_weight={agg.max_weight} do not "
+                      "encode integers at step 1; the owner refuses", key="aggregation.value_bound")
     try:
         bound = check_plan(dp, size, cfg.participants, honest, domain)
     except UserError as exc:
@@ -53,6 +59,20 @@ def check_config(cfg: Any, policy: Any, size: int) -> None:
         # below it the parties would drop honest owners' noise shares; unset, they would check nothing
         raise Refusal("config", f"aggregation.norm_bound={agg.norm_bound} is not the owner-level bound {bound:g}; "
                       "the owner refuses", key="aggregation.norm_bound")
+
+
+def honest_floor(cfg: Any, policy: Any) -> int:
+    """The owner's t: the run's ``dp.min_honest_owners``, never below its policy's."""
+    return max(cfg.dp.min_honest_owners, policy.min_honest_owners)
+
+
+def floor_for(backend: Any, cfg: Any, policy: Any) -> None:
+    """Where owners decrypt sums themselves (tenseal), each counts the signed contributions of a sum before it
+    decrypts it (at least t: ``tenseal/checks.check_contributions``) and decodes it as integers over gamma
+    (``owner_level_plan.decode_sum``)."""
+    if hasattr(backend, "min_contributions"):
+        backend.min_contributions = honest_floor(cfg, policy)
+        backend.decode = partial(decode_sum, gamma=cfg.dp.gamma, sample_rate=cfg.dp.sample_rate)
 
 
 def reserve(cfg: Any, policy: Any, state_dir: str, run: str, server_round: int, size: int,

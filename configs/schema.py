@@ -225,17 +225,25 @@ def resolve_privacy(cfg: FedveilConfig, agg: dict[str, Any], dp: dict[str, Any],
 
 def check_owner_level(cfg: FedveilConfig) -> None:
     """``dp=owner_level`` runs only where its noise is distributed: under crypten, whose parties' floor
-    (``aggregation.min_owners``) enforces the owners' ``dp.min_honest_owners``. With ``plain`` the
+    (``aggregation.min_owners``) enforces the owners' ``dp.min_honest_owners``, and under tenseal's BFV,
+    whose owners count the signed contributions of each sum before they decrypt it. With ``plain`` the
     coordinator sees each update, which would need the full noise on each (local DP): that is what
-    ``dp=sample_level`` is for. Under tenseal owners would have to count the signed contributions in
-    the sum they check (not built yet)."""
+    ``dp=sample_level`` is for."""
     if cfg.dp.name != "owner_level":
         return
-    if BACKENDS[cfg.aggregation.name].integers is None:
-        why = ("the coordinator would see each update with 1/t of the noise; for DP against it use dp=sample_level"
-               if cfg.aggregation.name == "plain" else "its owners do not count contributions yet")
-        raise UserError(f"dp=owner_level needs aggregation=crypten, got aggregation={cfg.aggregation.name} ({why})")
-    if cfg.aggregation.min_owners < cfg.dp.min_honest_owners:
+    spec = BACKENDS[cfg.aggregation.name]
+    if spec.integers is None:
+        raise UserError(f"dp=owner_level needs aggregation=crypten, got aggregation={cfg.aggregation.name} (the "
+                        "coordinator would see each update with 1/t of the noise; for DP against it use "
+                        "dp=sample_level)")
+    if spec.integer_domain(cfg.aggregation) is None:  # tenseal's CKKS
+        raise UserError(f"dp=owner_level under aggregation={cfg.aggregation.name} needs its integer domain: set "
+                        "aggregation.scheme=bfv (CKKS sums approximately)")
+    if getattr(cfg.aggregation, "download", None) == "sum":  # tenseal: owners count the signed contributions
+        raise UserError("dp=owner_level under aggregation=tenseal needs signed contributions to count in each sum, "
+                        "and aggregation.download=sum has none: set aggregation.download=committee (or every)")
+    floor = getattr(cfg.aggregation, "min_owners", None)  # crypten's parties' floor (tenseal's owners count)
+    if floor is not None and floor < cfg.dp.min_honest_owners:
         raise UserError(f"aggregation.min_owners={cfg.aggregation.min_owners} is below dp.min_honest_owners="
                         f"{cfg.dp.min_honest_owners}: a round could reveal fewer shares than carry the full noise; "
                         "raise aggregation.min_owners")

@@ -67,12 +67,17 @@ def dp_plan(cfg, values: int = 0) -> dict | None:
         return None
     if dp.name == "owner_level":  # rounds are its steps; gamma and mu as the runner plans them (values: the adapter's)
         planned = replace(dp)
-        domain = backend_spec(cfg.aggregation.name).integers
+        domain = backend_spec(cfg.aggregation.name).integer_domain(cfg.aggregation)
         owner_level_plan.resolve(planned, values, cfg.participants, cfg.rounds, domain)
+        # where owners share the key (tenseal), each sees other owners' single updates: its own epsilon there
+        shared_key = not backend_spec(cfg.aggregation.name).guarantees.owner_collusion
         return {"mode": dp.name, "target_epsilon": dp.target_epsilon, "delta": dp.delta, "sample_rate": dp.sample_rate,
                 "steps": cfg.rounds, "accountant": "skellam-rdp", "noise_multiplier": planned.sigma,
                 "gamma": planned.gamma, "mu": planned.mu, "epsilon": owner_level_plan.run_epsilon(planned, values,
-                                                                                                 cfg.rounds)}
+                                                                                                 cfg.rounds),
+                "min_honest_owners": planned.min_honest_owners,
+                "epsilon_other_owners": (owner_level_plan.epsilon_against_owners(planned, values, cfg.rounds)
+                                         if shared_key else None)}
     steps = cfg.rounds * cfg.train.local_steps
     sigma = dp.noise_multiplier
     if sigma is None:
@@ -229,6 +234,11 @@ def render(p: dict) -> str:
         lines.append(f"DP: {dp['mode']}, target epsilon {dp['target_epsilon']:g} at delta {dp['delta']:g}, "
                      f"q {dp['sample_rate']:g}, {dp['steps']} steps -> noise sigma {dp['noise_multiplier']:.3f}, "
                      f"epsilon {dp['epsilon']:.3f} ({dp['accountant']})")
+        if dp.get("epsilon_other_owners") is not None:
+            lines.append(f"DP against other owners: epsilon {dp['epsilon_other_owners']:.3f} (owners share the key, "
+                         f"so each can decrypt one owner's update, which carries that owner's noise share alone: "
+                         f"1/sqrt(t) of the noise, t = {dp['min_honest_owners']}); against the coordinator "
+                         f"{dp['epsilon']:.3f}")
         if sampled < p["owners"]:
             lines.append(f"DP with owner sampling: no amplification is claimed (the coordinator picks who trains); "
                          f"sigma is planned as if every owner trained every round, and an owner spends epsilon only in "

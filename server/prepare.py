@@ -57,8 +57,12 @@ def prepare(cfg: FedveilConfig, report_data: bool = True, check_dp: bool = True,
     cfg.model.path = str(check_model_dir(cfg.model.path))
     if cfg.dp.name == "owner_level":  # its public gamma and mu, once, for every owner (each checks them)
         size = sum(v.size for v in get_adapter(load_lora_skeleton(cfg.model, seed=cfg.seed)).values())
-        cfg.aggregation.norm_bound = owner_level_plan.resolve(cfg.dp, size, cfg.participants, cfg.rounds,
-                                                              backend_spec(cfg.aggregation.name).integers)
+        spec = backend_spec(cfg.aggregation.name)
+        domain = spec.integer_domain(cfg.aggregation)
+        bound = owner_level_plan.resolve(cfg.dp, size, cfg.participants, cfg.rounds, domain)
+        cfg.aggregation.norm_bound = bound
+        if spec.integer_values is not None:  # tenseal: its owners' integers at step 1, the global's bound
+            spec.integer_values(cfg.aggregation, bound, cfg.dp.gamma, cfg.dp.sample_rate, cfg.rounds)
     if write_policies:
         cfg.owner_policy.check(cfg, cfg.owner_policy.model_digest)  # the owners check the real model digest
         owners = {owner_id(k): owner_state_dir(out, k) for k in range(cfg.num_clients)}

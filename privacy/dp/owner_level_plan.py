@@ -168,7 +168,7 @@ def resolve(cfg: OwnerLevelDPConfig, dim: int, cohort: int, rounds: int, domain:
     """Fill in ``cfg.gamma`` and ``cfg.mu`` where unset (the plan above), check them as an owner will,
     and return the per-update bound the backend must check (``aggregation.norm_bound``, integer units)."""
     if domain is None:
-        raise UserError("dp=owner_level needs aggregation=crypten (its integer domain)")
+        raise UserError("dp=owner_level needs aggregation=crypten or tenseal with scheme=bfv (an integer domain)")
     if cfg.gamma is None or cfg.mu is None:
         cfg.gamma, cfg.mu = plan(cfg, dim, cohort, rounds, domain)
     return check_plan(cfg, dim, cohort, cfg.min_honest_owners, domain)
@@ -178,6 +178,17 @@ def run_epsilon(cfg: OwnerLevelDPConfig, dim: int, rounds: int) -> float:
     """The epsilon a fresh owner spends over ``rounds`` rounds of this (resolved) plan."""
     mu, q, l1, l2 = run_entry(cfg, dim)
     return skellam.epsilon_of([(mu, q, l1, l2, rounds)], cfg.delta)
+
+
+def epsilon_against_owners(cfg: OwnerLevelDPConfig, dim: int, rounds: int) -> float:
+    """The epsilon a fresh owner spends over ``rounds`` rounds against another owner that decrypts its
+    single update (tenseal: owners share the secret key; under crypten no owner sees one). That update
+    carries the owner's own share alone, ``Sk(mu / t, mu / t)`` with ``t = dp.min_honest_owners`` (the
+    share ``noise_share`` draws), so the accountant takes ``mu / t``: ``sqrt(t)`` times less noise. The
+    coin stays the owner's secret (a non-joining owner's update is its share alone, of the same form),
+    so sampling at ``q`` amplifies against other owners too."""
+    mu, q, l1, l2 = run_entry(cfg, dim)
+    return skellam.epsilon_of([(mu / cfg.min_honest_owners, q, l1, l2, rounds)], cfg.delta)
 
 
 def decode_sum(revealed: Revealed, gamma: float, sample_rate: float) -> Revealed:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Optional
 
 from fedveil.core.errors import UserError
+from fedveil.privacy.dp.owner_level_plan import IntegerDomain
 from fedveil.privacy.secagg import plain
 from fedveil.privacy.secagg.base import Cost
 from fedveil.privacy.secagg.crypten import cost as crypten_cost
@@ -30,6 +31,8 @@ from fedveil.privacy.secagg.tenseal import cost as tenseal_cost
 from fedveil.privacy.secagg.tenseal import keys as tenseal_keys
 from fedveil.privacy.secagg.tenseal.backend import TensealOwner, TensealServer
 from fedveil.privacy.secagg.tenseal.config import TensealConfig
+from fedveil.privacy.secagg.tenseal.config import integer_values as tenseal_integer_values
+from fedveil.privacy.secagg.tenseal.config import integers as tenseal_integers
 from fedveil.privacy.secagg.tenseal.config import resolve as resolve_tenseal
 from fedveil.privacy.secagg.tenseal.global_codec import EncryptedGlobal
 
@@ -125,8 +128,25 @@ class BackendSpec:
     # loop's exchanges in server/committee_exchange.py, the owner's in client/operations.py); None: none
     committee: Any = None
     # dp=owner_level: the integer domain owners' quantised, noised updates are summed in (its modulus and the
-    # per-update bound it can check: ``privacy/dp/owner_level_plan.py``); None: the backend does not run it
+    # per-update bound it can check: ``privacy/dp/owner_level_plan.IntegerDomain``), or (the backend's config,
+    # resolved) -> that domain or None where it follows the config (tenseal: BFV's plain modulus is chosen for
+    # the cohort); None: the backend sums no integers
     integers: Optional[Any] = None
+    # dp=owner_level: a round with fewer than the owners' t contributions reveals nothing (crypten: the parties'
+    # floor, aggregation.min_owners; tenseal: each owner counts the signed contributions of a sum before it
+    # decrypts it, tenseal/checks.check_contributions)
+    enforces_honest_floor: bool = False
+    # dp=owner_level: (backend config, per-update check bound, gamma, q, rounds) -> None, setting the backend's
+    # bounds for owners' integer updates (tenseal: step 1, its norm check, the global's bound); None: the runner
+    # sets ``norm_bound`` alone (crypten)
+    integer_values: Optional[Callable[..., None]] = None
+
+    def integer_domain(self, agg: Any) -> Optional[IntegerDomain]:
+        """The integer domain ``dp=owner_level`` runs in with the backend config ``agg``; None: it does not run
+        here (no integer domain, or nothing enforces the owners' t)."""
+        if not self.enforces_honest_floor:
+            return None
+        return self.integers(agg) if callable(self.integers) else self.integers
 
 
 def _tenseal_owner(cfg, size, keys, per_round, run=""):
@@ -186,6 +206,9 @@ BACKENDS: dict[str, BackendSpec] = {
         priced_config=tenseal_cost.priced_config,
         variants=tenseal_cost.variants,
         committee=committee_round,
+        integers=tenseal_integers,
+        integer_values=tenseal_integer_values,
+        enforces_honest_floor=True,
         held_global=_tenseal_global,
         resolve=resolve_tenseal,
         key_setup=_tenseal_key_setup(),
@@ -222,6 +245,7 @@ BACKENDS: dict[str, BackendSpec] = {
         picked_values=crypten_cost.picked_values,
         local_services=_crypten_parties,
         integers=CRYPTEN_INTEGERS,
+        enforces_honest_floor=True,
         guarantees=Guarantees(
             coordinator=("trusted", "curious"),
             owner_collusion=True,

@@ -477,3 +477,29 @@ def test_the_caveat_a_cohort_of_colluders_certifies_any_sum_towards_owners_outsi
     with refused("choice"):  # detected: a committee the nonces do not derive
         r.verify(OUTSIDER, full(r, Certificate(1, r.contributions, r.reveals, COLLUDERS[:1] + (OUTSIDER,),
                                                signed.signatures, True)), forged, lean=False)
+
+
+def test_dp_owner_level_a_certified_round_of_fewer_than_t_contributions_is_refused_by_members_and_owners(fresh):
+    # dp=owner_level under tenseal: each contribution carries one noise share, only t carry the full noise.
+    # A member refuses to sign, and an owner to open, a committed set of fewer than its t (counted first).
+    r = Round(fresh, 1, {o: 0.1 for o in OWNERS[:3]})  # three contributors, t = 4 below
+    contributor = next(o for o in OWNERS[:3] if o not in r.committee)
+    member = r.committee[0]
+    r.owners[member].min_contributions = 4
+    with pytest.raises(Refusal, match="sums 3 signed contribution.*t=4") as exc:
+        r.attest(member)
+    assert (exc.value.code, exc.value.public) == ("bad-global", {"check": "contributions"})
+    r.owners[member].min_contributions = 3  # its t met: it signs (and so does the other member)
+    arrays = EncryptedGlobal(None, [committee.certified_round(1, r.sum_blob, r.signed())]).arrays()
+    zeros = np.zeros(SIZE, np.float32)
+    r.owners[contributor].min_contributions = 4
+    with pytest.raises(Refusal, match="sums 3 signed contribution.*t=4") as exc:
+        r.owners[contributor].open_global(arrays, zeros, 1)
+    assert (exc.value.code, exc.value.public) == ("bad-global", {"check": "contributions"})
+    r.owners[contributor].min_contributions = 3
+    np.testing.assert_allclose(r.owners[contributor].open_global(arrays, zeros, 1), 0.1, atol=1e-4)
+    # the sum alone (form sum) has no signed contributions to count: an owner with a floor refuses it
+    alone = EncryptedGlobal(None, [committee.certified_round(1, r.sum_blob, None)]).arrays()
+    r.owners[contributor].malicious_owners = False
+    with refused("sum"):
+        r.owners[contributor].open_global(alone, zeros, 1)

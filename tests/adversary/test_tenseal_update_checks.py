@@ -118,3 +118,25 @@ def test_a_ckks_update_with_an_unbounded_weight_slot_or_value_is_refused(keyed, 
         refused_naming(owners[o], opened_round(owners, made, CKKS, payloads), "client_2")
     fine = owners["client_0"].open_global(opened_round(owners, made, CKKS, honest(owners, 0.5, 2.0)), ZEROS, 1)
     np.testing.assert_allclose(fine, 0.5, atol=1e-4)
+
+
+def test_dp_owner_level_a_round_of_fewer_than_t_signed_updates_is_refused_before_decrypting(keyed, monkeypatch):
+    # dp=owner_level under tenseal: each update carries one noise share, and only t of them carry the full
+    # noise. A coordinator that keeps fewer than t signed updates in a round (here 2 of 3, t = 3) would
+    # show the owners (who hold the key) a sum with less noise: every owner counts, before decrypting.
+    _, owners, made = keyed(CFG)
+    payloads = honest(owners, 0.01)
+    kept = {o: payloads[o] for o in ("client_0", "client_1")}
+    arrays = opened_round(owners, made, CFG, kept)
+    np.testing.assert_allclose(owners["client_0"].open_global(arrays, ZEROS, 1), 0.01, atol=1e-4)  # no floor: opens
+    decrypted = []
+    monkeypatch.setattr(TensealOwner, "_vectors", lambda self, p, ctx: decrypted.append(ctx) or [])
+    for o in ("client_0", "client_1"):
+        owners[o].min_contributions = 3
+        with pytest.raises(Refusal, match="sums 2 signed contribution.*fewer than this owner's t=3") as exc:
+            owners[o].open_global(arrays, ZEROS, 1)
+        assert (exc.value.code, exc.value.public) == ("bad-global", {"check": "contributions"})
+    assert decrypted == []  # nothing loaded, let alone decrypted
+    monkeypatch.undo()
+    full = opened_round(owners, made, CFG, payloads)  # all three: the floor is met
+    np.testing.assert_allclose(owners["client_0"].open_global(full, ZEROS, 1), 0.01, atol=1e-4)

@@ -493,7 +493,8 @@ def test_the_battery_covers_at_least_25_coordinator_inputs():
 
 # dp=owner_level under crypten: the unit is the owner's whole dataset, so the neighbour of D is another
 # owner's data altogether ("other"), besides D's own neighbours
-OWNER_LEVEL_POLICY = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["crypten"], "owner_level_max_epsilon": 8.0,
+OWNER_LEVEL_POLICY = OwnerPolicy(**{**POLICY.__dict__, "allowed_backends": ["crypten", "tenseal"],
+                                    "owner_level_max_epsilon": 8.0,
                                     "owner_level_min_noise_multiplier": 0.3, "owner_level_max_sample_rate": 0.5,
                                     "min_honest_owners": 3})
 
@@ -523,7 +524,7 @@ OWNER_LEVEL_CASES = [  # (name, run-config overrides for every train, expected r
     ("higher q", {"dp.sample_rate": 0.9}, "policy rule=owner_level_max_sample_rate"),
     ("a lower norm bound", {"aggregation.norm_bound": 10.0}, "config key=aggregation.norm_bound"),
     ("to plain", {"aggregation": {"name": "plain"}}, "config"),
-    ("to tenseal", {"aggregation": {"name": "tenseal"}}, "config"),
+    ("to tenseal", {"aggregation": {"name": "tenseal"}}, "config key=aggregation.value_bound"),  # not at step 1
 ]
 
 
@@ -584,3 +585,49 @@ def test_an_owner_that_does_not_join_releases_what_one_that_joins_releases(datas
         sent[coin + " updates"] = shared
     assert sent["joins"] == sent["stays out"]
     assert sent["joins"][0][1][0] != "error"
+
+
+def owner_level_tenseal_base() -> dict:
+    """dp=owner_level under tenseal's BFV: the plan in its integer domain, and the bounds the runner sets
+    (``tenseal/config.integer_values``: integers at step 1, the owners' norm check at the plan's bound)."""
+    from fedveil.privacy.secagg.tenseal.config import TensealConfig, integer_values, integers
+
+    dp = {"name": "owner_level", "target_epsilon": 8.0, "sample_rate": 0.5, "min_honest_owners": 3}
+    planned, agg = OwnerLevelDPConfig(**dp), TensealConfig(max_owners=3)
+    bound = resolve(planned, START["size"], 3, BASE["rounds"], integers(agg))
+    integer_values(agg, bound, planned.gamma, planned.sample_rate, BASE["rounds"])
+    return {**BASE, "num_clients": 3, "dp": {**dp, "gamma": planned.gamma, "mu": planned.mu},
+            "aggregation": {"name": "tenseal", "max_owners": 3, "max_weight": agg.max_weight,
+                            "value_bound": agg.value_bound, "norm_bound": agg.norm_bound,
+                            "global_bound": agg.global_bound}}
+
+
+def test_owner_level_under_tenseal_releases_the_same_bytes_for_another_owners_data(
+        datasets, other_owner, tiny_gpt2, tmp_path, monkeypatch, tenseal_keyed):
+    """dp=owner_level under tenseal: one encrypted integer update (the quantised delta and the owner's noise
+    share, or the share alone), signed, with its committee commitment, and the DP record: on D, on another
+    owner's whole dataset and on D's neighbour every released byte is the same but the encryption's and the
+    CSPRNG's randomness, and the sizes; whether the owner's coin had it join does not show either."""
+    from fedveil.configs.schema import run_key
+
+    model, base = {"path": str(tiny_gpt2)}, owner_level_tenseal_base()
+    cfg = from_dict({**base, "model": model})
+    tenseal_keyed(tmp_path / "keyed", cfg.aggregation, run_key(cfg), ["client_0"])
+    case = [msg("train", 1, glob=None)]  # round 1 starts from the global every owner derives
+    sent = {}
+    for coin, draw in (("joins", 0.0), ("stays out", 0.999999)):
+        monkeypatch.setattr(owner_level, "secret_uniform", lambda n, draw=draw: np.full(n, draw))  # the coin only
+        sent[coin] = {name: transcript(case, path, tmp_path / coin / name, model, monkeypatch, base,
+                                       OWNER_LEVEL_POLICY, identity=tmp_path / "keyed" / "client_0")
+                      for name, path in (("D", datasets["D"]), ("other", other_owner), ("long", datasets["long"]))}
+        on = sent[coin]
+        assert on["other"] == on["D"] and on["long"] == on["D"]
+        entries = json.loads((tmp_path / coin / "D" / "owner_level_ledger.json").read_text())["history"]
+        assert [e["round"] for e in entries] == [1]
+    assert sent["joins"]["D"] == sent["stays out"]["D"]
+    (head, body), = sent["joins"]["D"]
+    assert head[0] == "train" and body[0] != "error"
+    blobs = dict(next(items for name, items in (b[:2] for b in body) if name == wire.BLOBS))
+    assert {"ciphertext", "signature"} <= set(blobs) and set(blobs) <= OPAQUE | {"context-id"}
+    metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
+    assert set(metrics) == {wire.NUM_EXAMPLES, wire.TRAIN_STEPS, *wire.DP_FIELDS}  # no loss, norm, timing

@@ -6,6 +6,7 @@ from scipy import stats
 
 from fedveil.client import owner_level
 from fedveil.core import wire
+from fedveil.core.payload import Revealed
 from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig
 
 DIM = 20_000
@@ -54,3 +55,23 @@ def test_the_node_configs_max_epsilon_caps_the_owner_level_budget_where_the_poli
     wins = owner_level.reserve(cfg, OwnerPolicy(owner_level_max_epsilon=40.0), str(tmp_path / "policy"), "run#1", 1,
                                64, node_cap=30.0)
     assert wins[wire.DP_BUDGET] == 40.0  # the policy's own key wins over the node config
+
+
+def test_an_owner_that_decrypts_sums_itself_counts_its_t_and_decodes_over_gamma():
+    class Policy:
+        min_honest_owners = 3
+
+    class TensealSide:  # what floor_for sets on tenseal's owner side (TensealOwner)
+        min_contributions = 0
+
+        @staticmethod
+        def decode(revealed):
+            return revealed
+
+    backend = TensealSide()
+    owner_level.floor_for(backend, Run(0.5), Policy())
+    assert backend.min_contributions == 4  # the run's t (4), above the policy's floor (3)
+    out = backend.decode(Revealed(np.array([100.0, -50.00001]), 4.0))  # 4 owners summed, gamma 50, q 1/2
+    assert out.total_weight == 2.0 and np.array_equal(out.weighted_sum, [2.0, -1.0])
+    crypten_side = object()  # the parties enforce t there: nothing to set
+    owner_level.floor_for(crypten_side, Run(0.5), Policy())

@@ -32,7 +32,7 @@ def test_each_option_composes_and_round_trips(group, option):
         overrides.append("model.path=/models/any")
     if group == "data" and option == "files":
         overrides.append("data.client_dirs=[/a,/b,/c]")
-    if group == "dp" and option == "owner_level":  # it runs under crypten only (check_owner_level)
+    if group == "dp" and option == "owner_level":  # not under plain, the default (check_owner_level)
         overrides.append("aggregation=crypten")
     cfg = from_dict(composed(overrides))
     assert isinstance(cfg, FedveilConfig)

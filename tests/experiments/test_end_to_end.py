@@ -273,6 +273,33 @@ def test_owner_level_dp_under_crypten_trains_and_each_ledger_holds_its_skellam_e
         assert not (state / "privacy_ledger.json").exists()  # the sample-level unit spent nothing
 
 
+def test_owner_level_dp_under_tenseal_trains_and_every_owner_decodes_the_same_global(tmp_path):
+    """dp=owner_level under tenseal's BFV: 4 owners, each its own coin (q = 1/2), integer updates (quantised
+    delta + Skellam share) encrypted at step 1, summed by the server; owners count the signed contributions
+    (t = 3) and decode the sum over gamma. Little noise (sigma 0.03) so that 2 rounds show the loss falling."""
+    from fedveil.privacy.dp import skellam
+
+    out = tmp_path / "owner-level-tenseal"
+    proc = run_cli(out, "seed=3", "rounds=2", "num_clients=4", "aggregation=tenseal", "dp=owner_level",
+                   "dp.noise_multiplier=0.03", "dp.clip_norm=1.0", "dp.target_epsilon=5000", "dp.sample_rate=0.5")
+    assert "DP against other owners: epsilon" in proc.stdout + proc.stderr  # the plan states both
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["owners_eval_loss_by_round"]["2"] < summary["owners_eval_loss_by_round"]["0"] - 0.1
+    for r in rows(out)[1:]:
+        assert r["clients"] == [f"client_{k}" for k in range(4)] and r["train_loss"] is None
+        for c in r["per_client"].values():  # ciphertexts only; owners the DP record only
+            assert c["num_examples"] is None and c["train_loss"] is None and "update_norm" not in c
+            assert (c["sample_rate"], c["steps"]) == (0.5, 1.0) and abs(c["noise_multiplier"] - 0.03) < 1e-9
+    adapters = set()
+    for k in range(4):
+        state = out / "clients" / f"client_{k}"
+        ledger = json.loads((state / "owner_level_ledger.json").read_text())
+        entries = [(e["mu"], e["sample_rate"], e["l1"], e["l2"], 1) for e in ledger["history"]]
+        assert ledger["spent_epsilon"] == skellam.epsilon_of(entries, ledger["delta"])
+        adapters.add((state / "final_adapter" / "adapter_model.safetensors").read_bytes())
+    assert len(adapters) == 1  # every owner decoded the same sums into the same global
+
+
 def test_llama_architecture_trains_through_model_path(tmp_path, tiny_llama):
     out = tmp_path / "L"
     run_cli(out, "model=local", f"model.path={tiny_llama}", "model.device=cpu", "experiment=smoke", *PLAIN)

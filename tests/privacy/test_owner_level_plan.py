@@ -54,10 +54,19 @@ def test_decode_divides_the_rounded_integer_sum_by_gamma_and_the_expected_count(
     np.testing.assert_allclose(out.mean, [1.5, -0.75, 0.0])
 
 
-@pytest.mark.parametrize("agg, match", [("plain", "use dp=sample_level"), ("tenseal", "count contributions")])
-def test_owner_level_runs_only_under_crypten(agg, match):
-    with pytest.raises(UserError, match=f"dp=owner_level needs aggregation=crypten, got aggregation={agg}.*{match}"):
-        from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": agg}, "num_clients": 4})
+def test_owner_level_is_refused_under_plain_and_ckks():
+    with pytest.raises(UserError, match="dp=owner_level needs aggregation=crypten, got aggregation=plain.*use "
+                                        "dp=sample_level"):
+        from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "plain"}, "num_clients": 4})
+    ckks = {"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal", "scheme": "ckks"}, "num_clients": 4}
+    with pytest.raises(UserError, match="aggregation=tenseal needs its integer domain: set aggregation.scheme=bfv"):
+        from_dict(ckks)
+    with pytest.raises(UserError, match="aggregation.download=sum has none: set aggregation.download=committee"):
+        from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal"}, "num_clients": 4,
+                   "privacy": {"malicious_owners": False}})  # download auto -> sum, which owners cannot count
+    # tenseal's BFV runs it: its owners count the signed contributions (tests/privacy/test_owner_level_tenseal.py)
+    assert from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal"}, "num_clients": 4}).dp.name \
+        == "owner_level"
 
 
 def test_the_parties_floor_below_t_is_refused_at_start():

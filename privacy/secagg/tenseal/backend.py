@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -258,6 +258,8 @@ class TensealOwner(_Side):
         range-checked; False: also the coordinator's sum alone (form ``sum``)."""
         super().__init__(cfg, size, public, run)
         self.malicious_owners = malicious_owners
+        self.min_contributions = 0  # dp=owner_level: the owner's t, a floor on each sum (checks.check_contributions)
+        self.decode: Callable[[Revealed], Revealed] = lambda r: r  # dp=owner_level: integers over gamma (decode_sum)
         # keys derived from the secret context as loaded (its serialization changes once it has decrypted)
         self._secret, canonical = cached_context(secret)
         self._weight_key = None  # BFV: the key owners seal their weights with
@@ -349,10 +351,10 @@ class TensealOwner(_Side):
             vector = np.asarray(initial if start is None else start, np.float32)
         for at, payloads in enumerate(rounds, start=reached - len(rounds) + 1):
             if isinstance(payloads, Protected):  # a sum the round's verifier committee checked and signed
-                vector = self.reveal(payloads).applied_to(vector)
+                vector = self.decode(self.reveal(payloads)).applied_to(vector)
                 continue
             # each update within an owner's bounds, then the sum of the plaintexts checked (no Enc(sum) to decrypt)
-            vector = checks.checked_sum(self, payloads, at).applied_to(vector)
+            vector = self.decode(checks.checked_sum(self, payloads, at)).applied_to(vector)
         if self.keys is not None:
             kept.keep(run_dir(self.keys.state_dir, self.run), self.run, self.context_id, after_round,
                       kept.as_reencrypted(vector, self.cfg))
@@ -366,8 +368,8 @@ class TensealOwner(_Side):
     def _certified(self, at: int, sum_blob: bytes, cert: committee.Certificate | None) -> Protected:
         """A round's sum on its verifier committee's word, checked (``committee.verify``): updates
         range-checked by the committee, as this owner cannot check them itself."""
-        if cert is None and not self.malicious_owners:  # form sum: this owner's policy trusts owners and the
-            return self.payload_of(sum_blob)  # coordinator is at most curious (privacy.coordinator)
+        if cert is None and not self.malicious_owners and not self.min_contributions:  # form sum: this owner's
+            return self.payload_of(sum_blob)  # policy trusts owners, the coordinator is at most curious; no t to count
         if cert is None or self.keys is None:  # the sum alone: the coordinator's word, and nobody checked updates
             raise Refusal("bad-global", f"pending round {at} is a sum without a committee's certificate: this owner "
                                         "accepts a sum only on a verifier committee's word", check="committee-sum")
@@ -375,6 +377,7 @@ class TensealOwner(_Side):
         sum_blob = sum_blob or committee.kept_sum(record, at)  # a member's round comes without the sum it computed
         committee.verify(record, self.roster, self.run, self.context_id, self.keys.owner_id, cert,
                          self.cfg.committee_size, sum_blob, require_checked=self.malicious_owners)
+        checks.check_contributions(cert.owners, self.min_contributions, at)  # the set the members signed
         return self.payload_of(sum_blob)
 
     def _checked_round(self, updates: global_codec.RoundUpdates) -> dict[str, Protected]:
@@ -390,6 +393,7 @@ class TensealOwner(_Side):
                     hashlib.sha256(mine).hexdigest() != sent.get("sha256"):
                 raise PayloadError(f"pending round {updates.round} leaves out this owner's own update "
                                    f"(the server dropped it, or it arrived after the round closed): refused")
+        checks.check_contributions(updates.signed, self.min_contributions, updates.round)  # each signature checked
         return {owner: self.payload_of(blob) for owner, (blob, _) in updates.signed.items()}
 
     def _check_signed(self, base: global_codec.SignedBase) -> None:

@@ -19,7 +19,7 @@ every ciphertext a second time to add them nor decrypts their sum.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 import numpy as np
 
@@ -29,6 +29,18 @@ from fedveil.privacy.secagg.tenseal import bfv, ckks
 
 if TYPE_CHECKING:
     from fedveil.privacy.secagg.tenseal.backend import TensealOwner
+
+
+def check_contributions(owners: Collection[str], least: int, server_round: int) -> None:
+    """``dp=owner_level``'s floor: refuse a round that sums fewer than ``least`` (the owner's t) signed
+    contributions, before any of it is decrypted. Each contribution carries one noise share, so only t of them
+    carry the full noise; with fewer, the sum would show each owner's update with less (the coordinator could
+    leave all but one out). Under tenseal owners hold the key: this count, of contributions whose signatures
+    the owner checked against its pinned roster (or a committee certified), is what enforces t."""
+    if len(set(owners)) < least:
+        raise Refusal("bad-global", f"pending round {server_round} sums {len(set(owners))} signed contribution(s), "
+                                    f"fewer than this owner's t={least} (dp.min_honest_owners): its noise shares are "
+                                    "not the full noise; refused before decrypting it", check="contributions")
 
 
 def check_round(backend: "TensealOwner", payloads: dict[str, Protected], server_round: int) -> None:

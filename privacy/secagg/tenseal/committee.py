@@ -107,6 +107,10 @@ class Certificate:
     def set_id(self, run: str, cid: str) -> bytes:
         return set_digest(run, cid, self.round, list(self.contributions))
 
+    @property
+    def owners(self) -> tuple[str, ...]:  # the contributors, as LeanCertificate.owners
+        return tuple(c.owner for c in self.contributions)
+
     def lean(self, run: str = "", cid: str = "") -> "LeanCertificate":
         """What a contributor outside the committee needs of it (:class:`LeanCertificate`); the kept
         ``updates_root`` where there is one (a wrong one fails each contributor's own-set check)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedveil.core.console import progress
 from fedveil.core.errors import UserError
+from fedveil.privacy.dp.owner_level_plan import IntegerDomain
 from fedveil.privacy.secagg.tenseal import bfv
 
 # Largest total coefficient modulus (bits) for 128-bit classical security, by ring degree N
@@ -170,6 +171,35 @@ def resolve(agg: dict, participants: int, dp_on: bool, update_clip_norm: Optiona
         raise UserError(f"aggregation.max_owners={agg['max_owners']} is below the {participants} owners that train per "
                         "round: their sum could overflow; raise aggregation.max_owners (or set it to null)")
     return agg
+
+
+def integers(cfg: TensealConfig) -> Optional[IntegerDomain]:
+    """``dp=owner_level``'s integer domain under BFV (None under CKKS, which sums approximately).
+
+    An owner's noised integer update is BFV's update at step 1 (``max_weight`` 1, ``value_bound`` =
+    ``levels``: ``bfv.py``), one signed digit per value: digits sum exactly while every digit of the
+    sum stays within ``(-R/2, R/2)``, ``R = isqrt(t)`` the radix of BFV's plain modulus ``t`` (a slot
+    holds two digits, so one value gets about half of ``t``'s bits: 23 of 46). That is the modulus the
+    wrap bound takes. A per-update bound (integer units, L2) is checkable where it is within the
+    ``levels`` one owner may send per digit (``checks.py`` refuses a larger digit, and the sum of
+    ``max_owners`` such digits cannot leave the range): each value is within the L2 norm, so an
+    honest noised update within the bound is never clamped, and the owners' norm check takes the
+    bound itself (``norm_bound``, at step 1)."""
+    if cfg.scheme != "bfv":
+        return None
+    levels = cfg.levels
+    return IntegerDomain(modulus=bfv.radix(cfg.poly_modulus_degree, cfg.plain_modulus_bits),
+                         checkable=lambda bound, dim: bound <= levels)
+
+
+def integer_values(cfg: TensealConfig, bound: float, gamma: float, sample_rate: float, rounds: int) -> None:
+    """Set what ``dp=owner_level`` needs of ``cfg`` (the runner, once; owners check it: ``client/owner_level.py``):
+    integers at step 1 (``max_weight`` 1, ``value_bound`` = ``levels``), the owners' norm check at ``bound``
+    (integer units), and the global's public bound for means of noised integer sums: each owner's digits are
+    within ``levels`` (checked), so a round's mean, the sum over ``gamma`` and ``q`` times the owners summed,
+    moves a value by at most ``levels / (gamma q)``."""
+    cfg.max_weight, cfg.value_bound, cfg.norm_bound = 1.0, float(cfg.levels), float(bound)
+    cfg.global_bound = GLOBAL_START + rounds * cfg.levels / (gamma * sample_rate)
 
 
 def clamp_notice(weight: float, delta: np.ndarray, cfg: TensealConfig) -> Optional[str]:
