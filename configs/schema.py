@@ -233,9 +233,9 @@ def check_owner_level(cfg: FedveilConfig) -> None:
         return
     spec = BACKENDS[cfg.aggregation.name]
     if spec.integers is None:
-        raise UserError(f"dp=owner_level needs aggregation=crypten, got aggregation={cfg.aggregation.name} (the "
-                        "coordinator would see each update with 1/t of the noise; for DP against it use "
-                        "dp=sample_level)")
+        raise UserError(f"dp=owner_level needs aggregation=crypten (or tenseal with BFV), got aggregation="
+                        f"{cfg.aggregation.name} (the coordinator would see each update with 1/t of the noise; for DP "
+                        "against it use dp=sample_level)")
     if spec.integer_domain(cfg.aggregation) is None:  # tenseal's CKKS
         raise UserError(f"dp=owner_level under aggregation={cfg.aggregation.name} needs its integer domain: set "
                         "aggregation.scheme=bfv (CKKS sums approximately)")

@@ -55,7 +55,8 @@ def test_decode_divides_the_rounded_integer_sum_by_gamma_and_the_expected_count(
 
 
 def test_owner_level_is_refused_under_plain_and_ckks():
-    with pytest.raises(UserError, match="dp=owner_level needs aggregation=crypten, got aggregation=plain.*use "
+    with pytest.raises(UserError, match="dp=owner_level needs aggregation=crypten \\(or tenseal with BFV\\), got "
+                                        "aggregation=plain.*use "
                                         "dp=sample_level"):
         from_dict({"dp": {"name": "owner_level"}, "aggregation": {"name": "plain"}, "num_clients": 4})
     ckks = {"dp": {"name": "owner_level"}, "aggregation": {"name": "tenseal", "scheme": "ckks"}, "num_clients": 4}
