@@ -62,8 +62,8 @@ def check_owners(x, bound: float) -> list[bool]:
     crypten = import_crypten()
 
     owners, length = x.size()
-    k = norm_scale_bits(bound, length)
-    if k is None:
+    shift = norm_scale_bits(bound, length)
+    if shift is None:
         raise CheckOverflow(f"norm_bound={bound:g} over {length} values could wrap the fixed-point ring; "
                             "lower aggregation.norm_bound")
     # 1. every coordinate within [-b, b]: sign bits of (b - x) and (x + b), in one batched comparison
@@ -75,9 +75,9 @@ def check_owners(x, bound: float) -> list[bool]:
     passing = [k for k in range(owners) if inside[k]]
     if passing:
         sub = x[passing] if len(passing) < owners else x
-        if k:  # a public factor 2^-k, exact in the fixed point; CrypTen truncates the product
-            sub = sub * 2.0**-k
-        limit = scaled_norm_limit(bound, length, k)
+        if shift:  # a public factor 2^-shift, exact in the fixed point; CrypTen truncates the product
+            sub = sub * 2.0**-shift
+        limit = scaled_norm_limit(bound, length, shift)
         within = (sub.square().sum(1) <= limit).get_plain_text().round().long().tolist()
         for k, ok in zip(passing, within):
             accepted[k] = bool(ok)

@@ -55,6 +55,7 @@ RING_HEADROOM = 2.0**61  # what a checked sum of squares (or a weighted term) ma
 # (and cost.py's price) does not depend on which party got the full share.
 FULL, SEED = "full", "seed"
 LAYOUTS = ("seeded", "full")  # aggregation.shares
+TRUNCATION_SLACK = 2.0 ** (1 - PRECISION_BITS)  # CrypTen's truncation: each value off by at most 2 units of 2^-16
 MAX_SIGNED_FLOOR = 2**31 - 1  # a bundle's min_owners beyond this is malformed (it travels as a float64 between parties)
 
 
@@ -97,8 +98,7 @@ def norm_scale_bits(bound: float, length: int) -> int | None:
     if not float(bound) * SCALE < RING_HEADROOM:
         return None
     for k in range(PRECISION_BITS + 1):
-        # scaling truncates each value by at most 2 units of 2^-16 (CrypTen's truncation)
-        if _squares_fit(float(bound) if k == 0 else float(bound) * 2.0**-k + 2.0 ** (1 - PRECISION_BITS), length):
+        if _squares_fit(float(bound) if k == 0 else float(bound) * 2.0**-k + TRUNCATION_SLACK, length):
             return k
     return None
 
@@ -111,8 +111,7 @@ def scaled_norm_limit(bound: float, length: int, k: int) -> float:
     16,384 values and ``k = 8``)."""
     if k == 0:
         return float(bound) ** 2
-    slack = math.sqrt(length) * 2.0 ** (1 - PRECISION_BITS)
-    return (float(bound) * 2.0**-k + slack) ** 2 + length * 2.0**-PRECISION_BITS
+    return (float(bound) * 2.0**-k + math.sqrt(length) * TRUNCATION_SLACK) ** 2 + length * 2.0**-PRECISION_BITS
 
 
 def norm_check_fits(bound: float, length: int) -> bool:
