@@ -12,7 +12,7 @@ Covered here, one test per claim:
 - the coordinator cannot claim amplification for an owner it picks: the owner's ε ledger charges
   every round at its own q whatever the coordinator's sampling, refuses q < 1 under
   ``allow_amplification=false`` before any ε is reserved, and never passes its
-  ``owner_level_max_epsilon``.
+  ``owner_level_max_epsilon`` (nor, where the policy names none, the node config's ``max-epsilon``).
 
 Covered elsewhere (not repeated): less noise, a lower t in the run config, a lower parties' floor in
 the run config, a higher q and another backend are refused before data or ε
@@ -34,6 +34,8 @@ from test_crypten_attacks import SIZE, _ask_all, _cfg, _protect
 from test_transcript import OWNER_LEVEL_POLICY, START, msg, owner_level_base, transcript
 
 from fedveil.client import owner_level
+from fedveil.client.release import Refusal
+from fedveil.configs.schema import from_dict
 from fedveil.core import wire
 from fedveil.core.payload import RoundContext
 from fedveil.privacy.dp import owner_ledger, skellam
@@ -240,3 +242,17 @@ def test_an_owner_that_allows_no_amplification_refuses_q_below_1_before_any_epsi
     assert out[0][1][0] != "error", out
     assert [r.sample_rate for r in owner_ledger.load(tmp_path / "q1").history] == [1.0]
 
+
+def test_the_node_configs_max_epsilon_caps_the_owner_level_budget_where_the_policy_sets_none(tmp_path):
+    """The coordinator's dp.target_epsilon (50) cannot set the budget of an owner whose node config caps
+    ε (30) and whose policy names no owner-level cap: the node's cap holds, and a round past it is refused."""
+    cfg = from_dict({"dp": {"name": "owner_level", "gamma": 1000.0, "mu": 1e4, "target_epsilon": 50.0},
+                     "aggregation": {"name": "crypten", "min_owners": 3}, "num_clients": 5})
+    record = owner_level.reserve(cfg, OwnerPolicy(), str(tmp_path / "node"), "run#1", 1, 64, node_cap=30.0)
+    assert record[wire.DP_BUDGET] == 30.0 == owner_ledger.load(tmp_path / "node").budget_epsilon  # not the run's 50
+    with pytest.raises(Refusal) as refused:  # a round past the node's cap: refused, nothing recorded
+        owner_level.reserve(cfg, OwnerPolicy(), str(tmp_path / "tight"), "run#1", 1, 64, node_cap=1e-3)
+    assert refused.value.code == "budget" and owner_ledger.load(tmp_path / "tight") is None
+    wins = owner_level.reserve(cfg, OwnerPolicy(owner_level_max_epsilon=40.0), str(tmp_path / "policy"), "run#1", 1,
+                               64, node_cap=30.0)
+    assert wins[wire.DP_BUDGET] == 40.0  # the policy's own key wins over the node config

@@ -5,7 +5,6 @@ import pytest
 from scipy import stats
 
 from fedveil.client import owner_level
-from fedveil.core import wire
 from fedveil.core.payload import Revealed
 from fedveil.privacy.dp.owner_level_plan import OwnerLevelDPConfig
 
@@ -37,24 +36,6 @@ def test_a_non_finite_delta_joins_as_zeros_and_still_sends_its_noise():
     update = owner_level.noised_update(Run(1.0), delta)
     noise_std = np.sqrt(2 * 400.0 / 4)  # Sk(mu / t, mu / t): 14.1; the mean of d draws within 6 of its sigmas
     assert np.isfinite(update).all() and abs(update.mean()) < 6 * noise_std / np.sqrt(DIM) and update.std() > 5
-
-
-def test_the_node_configs_max_epsilon_caps_the_owner_level_budget_where_the_policy_sets_none(tmp_path):
-    from fedveil.client.release import Refusal
-    from fedveil.configs.schema import from_dict
-    from fedveil.privacy.dp import owner_ledger
-    from fedveil.privacy.policy import OwnerPolicy
-
-    cfg = from_dict({"dp": {"name": "owner_level", "gamma": 1000.0, "mu": 1e4, "target_epsilon": 50.0},
-                     "aggregation": {"name": "crypten", "min_owners": 3}, "num_clients": 5})
-    record = owner_level.reserve(cfg, OwnerPolicy(), str(tmp_path / "node"), "run#1", 1, 64, node_cap=30.0)
-    assert record[wire.DP_BUDGET] == 30.0 == owner_ledger.load(tmp_path / "node").budget_epsilon  # not the run's 50
-    with pytest.raises(Refusal) as refused:  # a round past the node's cap: refused, nothing recorded
-        owner_level.reserve(cfg, OwnerPolicy(), str(tmp_path / "tight"), "run#1", 1, 64, node_cap=1e-3)
-    assert refused.value.code == "budget" and owner_ledger.load(tmp_path / "tight") is None
-    wins = owner_level.reserve(cfg, OwnerPolicy(owner_level_max_epsilon=40.0), str(tmp_path / "policy"), "run#1", 1,
-                               64, node_cap=30.0)
-    assert wins[wire.DP_BUDGET] == 40.0  # the policy's own key wins over the node config
 
 
 def test_an_owner_that_decrypts_sums_itself_counts_its_t_and_decodes_over_gamma():
