@@ -5,6 +5,7 @@ holds are what ``tenseal/cost.py`` prices for the committee form."""
 import numpy as np
 import pytest
 
+from fedveil.core.errors import Refusal
 from fedveil.core.payload import RoundContext
 from fedveil.privacy import planner
 from fedveil.privacy.secagg import backend_spec
@@ -43,7 +44,8 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
     updates = {m: step.round_updates(payloads, 1, leave_out=m) for m in draft.committee}  # a member has its own
     signatures = {m: step.attest_round(owners[m], updates[m], draft.encode()) for m in draft.committee}
     held = step.certify(server, payloads, draft, signatures, {o: sig for o, (_, sig) in revealed.items()})
-    certified = step.round_for(held, "client_0" if "client_0" not in draft.committee else "client_4")
+    outsider = next(o for o in OWNERS if o not in draft.committee)  # the nonces derive the committee: any 2 of 5
+    certified = step.round_for(held, outsider)
     zeros = np.zeros(SIZE, np.float32)
     every = server.combine(payloads, RoundContext(1, "L")).payload.blobs[ROUND_UPDATES]  # the every form's round
     for o in OWNERS:  # a member gets the round without the sum it computed
@@ -52,6 +54,8 @@ def test_a_committee_round_gives_every_owner_the_global_and_moves_the_priced_byt
         np.testing.assert_allclose(opened, 0.3, atol=1e-4)
         np.testing.assert_array_equal(opened, owners[o].open_global(EncryptedGlobal(None, [every]).arrays(), zeros,
                                                                     1))
+    with pytest.raises(Refusal, match="comes without its sum, and this owner was not on its committee"):
+        owners[outsider].open_global(EncryptedGlobal(None, [step.member_round(certified)]).arrays(), zeros, 1)
     # the bytes, as tenseal/cost.py prices the committee form (no signed base: the owner keeps the global)
     priced = tenseal_cost.variant(CFG, SIZE, 5, planner.calibration(), dp_on=True, form="committee")
     assert {p.nbytes for p in payloads.values()} == {priced.update_up}

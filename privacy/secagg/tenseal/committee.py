@@ -424,6 +424,13 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
                                  "forged or equivocated; refused") from exc
 
 
+def no_sum(server_round: int) -> Refusal:
+    """A round that comes without its sum to an owner that computed none (it was no member of the round's
+    committee): the lean form meant for a member, sent to an owner outside the committee."""
+    return _refuse("sum", f"round {server_round} comes without its sum, and this owner was not on its committee "
+                          "(it computed no sum to open it from): refused")
+
+
 def keep_sum(record: Record, server_round: int, sum_blob: bytes) -> None:
     """A member's sum of the round, kept beside its record: the coordinator sends it the round without it."""
     atomic_write_bytes(record.path.with_name(f"committee-sum-{server_round}.bin"), sum_blob, mode=0o600)
