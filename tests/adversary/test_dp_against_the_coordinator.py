@@ -43,7 +43,7 @@ def test_secret_noise_is_gaussian_and_not_reproducible_from_any_seed():
     assert not np.allclose(first[:100], second[:100])  # same seeds, different noise
     assert abs(float(np.corrcoef(first, second)[0, 1])) < 0.02
     # still N(0, 2^2): Kolmogorov-Smirnov and moments
-    assert stats.kstest(first, stats.norm(scale=2.0).cdf).pvalue > 1e-3
+    assert stats.kstest(first, stats.norm(scale=2.0).cdf).pvalue > 1e-7  # fails 1 run in 10^7 by chance
     assert abs(first.mean()) < 0.03 and abs(first.std() - 2.0) < 0.02
 
 
@@ -58,7 +58,7 @@ def test_secret_poisson_batches_differ_between_runs_and_have_rate_q():
     a, b = batches(), batches()
     assert a != b
     sizes = [len(x) for x in a + b]
-    assert stats.binomtest(sum(sizes), 2000 * len(sizes), 0.05).pvalue > 1e-3
+    assert stats.binomtest(sum(sizes), 2000 * len(sizes), 0.05).pvalue > 1e-7
 
 
 def dp_round(model_path, demo_dir, start, sampler_seed_from_config: bool):

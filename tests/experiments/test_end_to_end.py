@@ -275,18 +275,18 @@ def test_owner_level_dp_under_crypten_trains_and_each_ledger_holds_its_skellam_e
 
 
 def test_owner_level_dp_under_tenseal_trains_and_every_owner_decodes_the_same_global(tmp_path):
-    """dp=owner_level under tenseal's BFV: 4 owners, each its own coin (q = 3/4), integer updates (quantised
+    """dp=owner_level under tenseal's BFV: 4 owners, each its own coin (q = 0.9), integer updates (quantised
     delta + Skellam share) encrypted at step 1, summed by the server; owners count the signed contributions
     (t = 3) and decode the sum over gamma. Little noise (sigma 0.03). How many owners join is a draw of their
-    secret coins, Bin(4, 3/4) a round. Two joins in 2 rounds take the loss down by more than 0.02 (one join
+    secret coins, Bin(4, 0.9) a round. Two joins in 2 rounds take the loss down by more than 0.02 (one join
     alone took it down 0.030 and 0.066, measured with the coin forced; the owners' held-out samples, each drawn
-    with the owner's CSPRNG, move it ~0.01), and at most one join happens with probability 3.8e-4, so this
-    fails less than once in 2,500 runs (at q = 1/2 with a 0.1 fall it failed in CI)."""
+    with the owner's CSPRNG, move it ~0.01), and at most one join happens with probability 7.3e-7 (at q = 1/2
+    with a 0.1 fall the test failed in CI)."""
     from fedveil.privacy.dp import skellam
 
     out = tmp_path / "owner-level-tenseal"
     proc = run_cli(out, "seed=3", "rounds=2", "num_clients=4", "aggregation=tenseal", "dp=owner_level",
-                   "dp.noise_multiplier=0.03", "dp.clip_norm=1.0", "dp.target_epsilon=5000", "dp.sample_rate=0.75")
+                   "dp.noise_multiplier=0.03", "dp.clip_norm=1.0", "dp.target_epsilon=5000", "dp.sample_rate=0.9")
     assert "DP against other owners: epsilon" in proc.stdout + proc.stderr  # the plan states both
     summary = json.loads((out / "summary.json").read_text())
     assert summary["owners_eval_loss_by_round"]["2"] < summary["owners_eval_loss_by_round"]["0"] - 0.02
@@ -294,7 +294,7 @@ def test_owner_level_dp_under_tenseal_trains_and_every_owner_decodes_the_same_gl
         assert r["clients"] == [f"client_{k}" for k in range(4)] and r["train_loss"] is None
         for c in r["per_client"].values():  # ciphertexts only; owners the DP record only
             assert c["num_examples"] is None and c["train_loss"] is None and "update_norm" not in c
-            assert (c["sample_rate"], c["steps"]) == (0.75, 1.0) and abs(c["noise_multiplier"] - 0.03) < 1e-9
+            assert (c["sample_rate"], c["steps"]) == (0.9, 1.0) and abs(c["noise_multiplier"] - 0.03) < 1e-9
     adapters = set()
     for k in range(4):
         state = out / "clients" / f"client_{k}"

@@ -46,9 +46,9 @@ def test_a_single_share_is_uniform_whatever_the_update():
         share = split(encode_fixed(update), 3)[1]
         top = (share.view(np.uint64) >> np.uint64(56)).astype(np.int64)
         counts = np.bincount(top, minlength=256)
-        assert chisquare(counts).pvalue > 1e-4
+        assert chisquare(counts).pvalue > 1e-7  # 4 tests of fresh randomness: 4e-7 by chance
         low = (share.view(np.uint64) & np.uint64(0xFF)).astype(np.int64)
-        assert chisquare(np.bincount(low, minlength=256)).pvalue > 1e-4
+        assert chisquare(np.bincount(low, minlength=256)).pvalue > 1e-7
 
 
 def test_sealed_shares_open_only_for_their_party_round_and_length():

@@ -29,11 +29,11 @@ def test_replies_are_collected_at_the_short_interval_and_a_refused_message_is_no
     replies = grid_poll.send_and_receive(grid, ["a", "b", "refuse-c"], timeout=30)
     elapsed = time.monotonic() - start
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
-    assert grid.pulls == 4 and elapsed < 3 * grid_poll.PULL_INTERVAL_S + 1.0  # Flower's HttpGrid: 9 s
+    assert grid.pulls == 4 and elapsed < 3 * grid_poll.PULL_INTERVAL_S + 3.0  # Flower's HttpGrid: 9 s
 
 
 def test_send_and_receive_stops_at_its_timeout():
     grid = SlowGrid(after=10**9)
     start = time.monotonic()
     assert grid_poll.send_and_receive(grid, ["a"], timeout=0.3) == []
-    assert 0.3 <= time.monotonic() - start < 1.5
+    assert 0.3 <= time.monotonic() - start < 3.0  # a loaded CI machine may stall a poll ~1 s
