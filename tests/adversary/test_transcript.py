@@ -209,7 +209,9 @@ def message(op: str, server_round, config: dict, glob, per_round: dict, layout: 
     digest, size = layout
     content = {wire.CONFIG: ConfigRecord({**config, wire.ROUND: server_round, wire.LAYOUT_DIGEST: digest,
                                           **{k: v for k, v in per_round.items() if k != "fail"}})}
-    if glob is not None:
+    if isinstance(glob, dict):  # a global in another backend's form (its arrays, made by the test)
+        content[wire.GLOBAL] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in glob.items()})
+    elif glob is not None:
         content[wire.GLOBAL] = ArrayRecord({wire.CLEAR_GLOBAL: Array(glob(size))})
     m = Message(content=RecordDict(content), message_type=op, dst_node_id=1)
     m.metadata.__dict__["_message_id"] = m.object_id  # as the SuperLink stamps it
@@ -631,3 +633,37 @@ def test_owner_level_under_tenseal_releases_the_same_bytes_for_another_owners_da
     assert {"ciphertext", "signature"} <= set(blobs) and set(blobs) <= OPAQUE | {"context-id"}
     metrics = dict(next(b[2] for b in body if b[0] == wire.METRICS))
     assert set(metrics) == {wire.NUM_EXAMPLES, wire.TRAIN_STEPS, *wire.DP_FIELDS}  # no loss, norm, timing
+
+
+def test_owner_level_under_tenseal_a_round_of_fewer_than_t_contributions_is_refused_alike_on_any_data(
+        datasets, other_owner, tiny_gpt2, tmp_path, monkeypatch, tenseal_keyed):
+    """A coordinator that keeps 2 signed updates of a round (t = 3) would show the owners, who hold the key, a
+    sum carrying 2 of the t noise shares. The owner refuses it before its data is read or epsilon reserved, with
+    the code alone (``bad-global check=contributions``), byte-identical on D, on another owner's whole dataset
+    and on D's neighbour."""
+    from fedveil.configs.schema import run_key
+    from fedveil.core.payload import RoundContext
+    from fedveil.privacy.secagg import backend_spec
+    from fedveil.privacy.secagg.tenseal.backend import TensealServer
+    from fedveil.privacy.secagg.tenseal.global_codec import ROUND_UPDATES, EncryptedGlobal
+
+    model, base = {"path": str(tiny_gpt2)}, owner_level_tenseal_base()
+    cfg = from_dict({**base, "model": model})
+    owners = ["client_0", "client_1", "client_2"]
+    keys, made = tenseal_keyed(tmp_path / "keyed", cfg.aggregation, run_key(cfg), owners)
+    size = START["size"]
+    payloads = {o: backend_spec("tenseal").owner(cfg.aggregation, size, keys[o], {}, run=run_key(cfg)).protect(
+        np.zeros(size), 1.0, RoundContext(1, START["digest"], o)) for o in owners[1:]}  # client_0's left out
+    server = TensealServer(cfg.aggregation, size, public=made.public, run=run_key(cfg),
+                           signers={o: k.member().verify_key for o, k in keys.items()})
+    kept = server.combine(payloads, RoundContext(1, START["digest"])).payload.blobs[ROUND_UPDATES]
+    case = [msg("train", 2, glob=EncryptedGlobal(None, [kept]).arrays())]
+    on = {name: transcript(case, path, tmp_path / name, model, monkeypatch, base, OWNER_LEVEL_POLICY,
+                           identity=tmp_path / "keyed" / "client_0")
+          for name, path in (("D", datasets["D"]), ("other", other_owner), ("long", datasets["long"]))}
+    assert on["other"] == on["D"] and on["long"] == on["D"]
+    (head, body), = on["D"]
+    assert head[0] == "train" and body[0] == "error"
+    assert body[2] == "bad-global check=contributions", body  # the code and its check: no text, no count
+    for name in on:  # refused before the data was read or any epsilon reserved
+        assert not (tmp_path / name / "owner_level_ledger.json").exists()
