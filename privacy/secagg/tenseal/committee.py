@@ -425,10 +425,10 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
 
 
 def no_sum(server_round: int) -> Refusal:
-    """A round that comes without its sum to an owner that computed none (it was no member of the round's
-    committee): the lean form meant for a member, sent to an owner outside the committee."""
-    return _refuse("sum", f"round {server_round} comes without its sum, and this owner was not on its committee "
-                          "(it computed no sum to open it from): refused")
+    """A round that comes without its sum to an owner that keeps none: the lean form meant for a member of the
+    round's committee, sent to an owner outside it (or to a member that lost the sum it kept)."""
+    return _refuse("sum", f"round {server_round} comes without its sum, and this owner keeps no sum of it (the "
+                          "form for a member of its committee, which this owner was not): refused")
 
 
 def keep_sum(record: Record, server_round: int, sum_blob: bytes) -> None:
