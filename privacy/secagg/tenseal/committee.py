@@ -392,7 +392,8 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
            sum_blob: bytes, *, require_checked: bool) -> None:
     """Accept a round's sum on the committee's word, or refuse: the set the one this owner revealed
     for (its own update in it), the committee the one derived, every member's signature on one
-    statement naming this sum, and the updates range-checked where this owner requires it. A full
+    statement naming this sum (``sum_blob``: given, or the one it kept as a member; empty: refused),
+    and the updates range-checked where this owner requires it. A full
     :class:`Certificate`'s contributions are checked against the roster too; a :class:`LeanCertificate`
     carries none (the members checked them: docs/privacy.md, "tenseal's verifier committee").
 
@@ -414,6 +415,9 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
     if committee_of(run, cid, cert, size) != cert.committee:
         raise _refuse("choice", f"round {cert.round}: committee {list(cert.committee)} is not the one the revealed "
                                 "nonces derive (the coordinator chose it): refused")
+    if not sum_blob:  # the lean form meant for a member, sent to an owner outside (or one that lost its kept sum)
+        raise _refuse("sum", f"round {cert.round} comes without its sum, and this owner keeps no sum of it (the "
+                             "form for a member of its committee, which this owner was not): refused")
     statement = _statement(run, cid, roster, cert, hashlib.sha256(sum_blob).digest())
     for member in cert.committee:
         try:
@@ -422,13 +426,6 @@ def verify(record: Record, roster: identity.Roster, run: str, cid: str, owner: s
         except PayloadError as exc:
             raise _refuse("sum", f"round {cert.round}: committee member {member} did not sign this sum ({exc}): "
                                  "forged or equivocated; refused") from exc
-
-
-def no_sum(server_round: int) -> Refusal:
-    """A round that comes without its sum to an owner that keeps none: the lean form meant for a member of the
-    round's committee, sent to an owner outside it (or to a member that lost the sum it kept)."""
-    return _refuse("sum", f"round {server_round} comes without its sum, and this owner keeps no sum of it (the "
-                          "form for a member of its committee, which this owner was not): refused")
 
 
 def keep_sum(record: Record, server_round: int, sum_blob: bytes) -> None:
