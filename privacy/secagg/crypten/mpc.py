@@ -109,16 +109,15 @@ def party_aggregate(local_shares: Sequence[np.ndarray], counts: Sequence[float],
     total, weight = None, 0.0
     for s, n, ok in zip(local_shares, counts, accepted):
         if ok:
+            share = np.asarray(s, np.int64)
             if float(n).is_integer():
                 # an integer weight multiplies each party's int64 share locally: exact in Z_2^64 (numpy
                 # wraps like the ring). CrypTen's public multiply truncates afterwards, and its truncation
                 # is off by 2^48 ring units with a chance that grows with the value (measured: several of
                 # 2,048 values of ~2^21 integer units, owner-level's noised integers, in one sum)
-                ring = np.asarray(s, np.int64) * np.int64(int(n))
-                term = MPCTensor.from_shares(torch.from_numpy(ring), precision=PRECISION_BITS)
+                term = MPCTensor.from_shares(torch.from_numpy(share * np.int64(int(n))), precision=PRECISION_BITS)
             else:
-                x = MPCTensor.from_shares(torch.from_numpy(np.asarray(s, np.int64)), precision=PRECISION_BITS)
-                term = x * float(n)
+                term = MPCTensor.from_shares(torch.from_numpy(share), precision=PRECISION_BITS) * float(n)
             total = term if total is None else total + term
             weight += float(n)
     return accepted, total.get_plain_text().double().numpy(), weight
