@@ -160,6 +160,7 @@ def test_a_sum_the_coordinator_forged_is_refused(fed):
         "one owner left out": r.server.combine({o: r.payloads[o] for o in OWNERS[:-1]}).payload.blobs["ciphertext"],
         "one owner twice": r.server.combine({**{o: r.payloads[o] for o in OWNERS[:-1]}, "x": r.payloads["client_1"]}
                                             ).payload.blobs["ciphertext"],
+        "none (the form for a member, which keeps the sum it computed)": b"",
     }
     outsider = r.outsiders()[0]
     for forged in forged_sums.values():
